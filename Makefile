@@ -1,0 +1,34 @@
+# Two set-up commands: `make run` (a demo) and `make test` (the test suite).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]" "$(TORCH_SPEC)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fedshield run $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff check fedshield tests benchmarks examples
+	$(BIN)/python -m pytest -n 2 --benchmark-disable tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check fedshield tests benchmarks examples
+	$(BIN)/ruff format --check fedshield tests benchmarks examples
+
+bench: $(STAMP)
+	$(BIN)/fedshield bench --out runs/bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .benchmarks
