@@ -1,0 +1,105 @@
+"""``ParamSpec``: a model's exchanged state as one contiguous float32 vector, and back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["ParamEntry", "ParamSpec"]
+
+
+@dataclass(frozen=True)
+class ParamEntry:
+    """Where one named tensor lives in the flat vector."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+    size: int
+    trainable: bool
+
+
+class ParamSpec:
+    """Maps a model's exchanged tensors to offsets of one flat float32 vector. Computed once.
+
+    Trainable parameters come first (``[0, n_trainable)``), then floating-point buffers such as
+    BatchNorm running statistics. Integer buffers (``num_batches_tracked``) never travel. With
+    ``exclude_batchnorm=True`` (FedBN) every BatchNorm tensor stays local too.
+
+    Example:
+        >>> spec = ParamSpec.from_module(nn.Linear(3, 2))
+        >>> spec.dim, spec.n_trainable
+        (8, 8)
+        >>> vec = spec.flatten(nn.Linear(3, 2).state_dict())
+    """
+
+    def __init__(self, entries: list[ParamEntry]) -> None:
+        self.entries = tuple(entries)
+        self.dim = sum(e.size for e in entries)
+        self.n_trainable = sum(e.size for e in entries if e.trainable)
+        self.names = frozenset(e.name for e in entries)
+
+    @classmethod
+    def from_module(cls, model: nn.Module, *, exclude_batchnorm: bool = False) -> ParamSpec:
+        """Build the spec of ``model``; BatchNorm tensors are left out when asked (FedBN)."""
+        local_prefixes = tuple(
+            f"{name}." for name, m in model.named_modules() if isinstance(m, _BatchNorm)
+        )
+
+        def exchanged(name: str, tensor: torch.Tensor) -> bool:
+            if not tensor.is_floating_point():
+                return False
+            return not (exclude_batchnorm and name.startswith(local_prefixes))
+
+        entries: list[ParamEntry] = []
+        offset = 0
+        params = [(n, p, True) for n, p in model.named_parameters()]
+        buffers = [(n, b, False) for n, b in model.named_buffers()]
+        for name, tensor, trainable in params + buffers:
+            if exchanged(name, tensor):
+                entries.append(ParamEntry(name, tuple(tensor.shape), offset, tensor.numel(), trainable))
+                offset += tensor.numel()
+        return cls(entries)
+
+    def flatten(self, state: dict[str, torch.Tensor] | nn.Module) -> np.ndarray:
+        """The exchanged tensors of ``state`` (a state dict or a module) as one float32 vector."""
+        if isinstance(state, nn.Module):
+            state = state.state_dict()
+        out = np.empty(self.dim, dtype=np.float32)
+        for e in self.entries:
+            out[e.offset : e.offset + e.size] = (
+                state[e.name].detach().reshape(-1).to(torch.float32).cpu().numpy()
+            )
+        return out
+
+    def unflatten(self, vector: np.ndarray) -> dict[str, torch.Tensor]:
+        """Tensors (copies) named and shaped as in the model, from a flat vector."""
+        vector = self._check(vector)
+        return {
+            e.name: torch.from_numpy(vector[e.offset : e.offset + e.size].copy()).reshape(e.shape)
+            for e in self.entries
+        }
+
+    def load_into(self, model: nn.Module, vector: np.ndarray) -> None:
+        """Copy the flat vector into ``model``'s tensors; tensors outside the spec are untouched."""
+        vector = np.array(self._check(vector))  # a writable copy for torch.from_numpy
+        state = model.state_dict()
+        with torch.no_grad():
+            for e in self.entries:
+                chunk = torch.from_numpy(vector[e.offset : e.offset + e.size])
+                state[e.name].copy_(chunk.reshape(e.shape))
+
+    def local_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Copies of the tensors that never travel (FedBN's BatchNorm, integer buffers)."""
+        return {k: v.detach().clone() for k, v in model.state_dict().items() if k not in self.names}
+
+    def _check(self, vector: np.ndarray) -> np.ndarray:
+        vector = np.asarray(vector)
+        if vector.shape != (self.dim,) or vector.dtype != np.float32:
+            raise ValueError(f"expected a float32 vector of length {self.dim}, got "
+                             f"{vector.dtype} {vector.shape}")
+        return vector

@@ -1,0 +1,129 @@
+"""Local training: a standard PyTorch loop that fedshield wraps, or the user's own.
+
+Algorithms (what a site does with the global model each round):
+
+- ``fedavg``: E local epochs (McMahan et al., AISTATS 2017).
+- ``fedprox``: the same, with the proximal term ``mu/2 · ||w - w_global||²`` (Li et al., MLSys
+  2020), added to the gradient after ``backward()``: ``grad += mu · (w - w_global)``.
+- ``fedsgd``: one full-batch gradient of the local data and one SGD step; the server's average
+  of those steps is the server SGD step on the sample-weighted mean gradient.
+- ``fedbn``: FedAvg that never exchanges BatchNorm layers (Li et al., ICLR 2021).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedshield.errors import ConfigError
+
+__all__ = ["ALGORITHMS", "Algorithm", "LocalTrainer"]
+
+ALGORITHMS = ("fedavg", "fedsgd", "fedprox", "fedbn")
+
+TrainFn = Callable[[nn.Module, "torch.utils.data.DataLoader", int], dict]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A federated algorithm and its knobs.
+
+    Args:
+        name: one of ``fedavg``, ``fedsgd``, ``fedprox``, ``fedbn``.
+        mu: FedProx's proximal coefficient (ignored by the others).
+        sgd_lr: FedSGD's step size.
+    """
+
+    name: str = "fedavg"
+    mu: float = 0.0
+    sgd_lr: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.name not in ALGORITHMS:
+            raise ConfigError(f"unknown algorithm {self.name!r}; choose one of {ALGORITHMS}")
+        if self.mu < 0 or self.sgd_lr <= 0:
+            raise ConfigError("mu must be >= 0 and the FedSGD learning rate > 0")
+
+    @property
+    def exclude_batchnorm(self) -> bool:
+        """Whether BatchNorm layers stay local (FedBN)."""
+        return self.name == "fedbn"
+
+
+class LocalTrainer:
+    """Runs a site's local work on a model.
+
+    Either give ``loss_fn`` and ``optimizer_factory`` (fedshield runs the loop), or a callable
+    ``train_fn(model, loader, epochs) -> metrics`` that trains ``model`` in place.
+
+    Example:
+        >>> trainer = LocalTrainer(optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1))
+    """
+
+    def __init__(
+        self,
+        *,
+        loss_fn: nn.Module | None = None,
+        optimizer_factory: Callable[..., torch.optim.Optimizer] | None = None,
+        train_fn: TrainFn | None = None,
+    ) -> None:
+        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+        self.optimizer_factory = optimizer_factory or (lambda p: torch.optim.Adam(p, lr=1e-3))
+        self.train_fn = train_fn
+
+    def local_update(
+        self, algorithm: Algorithm, model: nn.Module, loader, epochs: int
+    ) -> dict[str, float]:
+        """Do ``algorithm``'s local work on ``model`` (which holds the global weights)."""
+        if algorithm.name == "fedsgd":
+            if self.train_fn is not None:
+                raise ConfigError("fedsgd needs fedshield's own loop; drop train_fn to use it")
+            return self.gradient_step(model, loader, lr=algorithm.sgd_lr)
+        mu = algorithm.mu if algorithm.name == "fedprox" else None
+        if self.train_fn is not None:
+            if mu:
+                raise ConfigError("fedprox with mu > 0 needs fedshield's own loop, not train_fn")
+            return dict(self.train_fn(model, loader, epochs) or {})
+        return self.fit(model, loader, epochs, prox_mu=mu)
+
+    def fit(self, model: nn.Module, loader, epochs: int, *, prox_mu: float | None = None) -> dict:
+        """``epochs`` passes over ``loader``; with ``prox_mu`` set, FedProx's proximal gradient."""
+        anchors = None
+        if prox_mu is not None:
+            anchors = [p.detach().clone() for p in model.parameters()]
+        optimizer = self.optimizer_factory(model.parameters())
+        model.train()
+        total, count = 0.0, 0
+        for _ in range(epochs):
+            for x, y in loader:
+                optimizer.zero_grad()
+                loss = self.loss_fn(model(x), y)
+                loss.backward()
+                if anchors is not None:
+                    with torch.no_grad():
+                        for p, p0 in zip(model.parameters(), anchors, strict=True):
+                            if p.grad is not None:
+                                p.grad.add_(p - p0, alpha=prox_mu)
+                optimizer.step()
+                total += loss.item() * len(y)
+                count += len(y)
+        return {"train_loss": total / max(count, 1), "samples": count}
+
+    def gradient_step(self, model: nn.Module, loader, *, lr: float) -> dict:
+        """One SGD step with the sample-weighted mean gradient over the whole of ``loader``."""
+        n = len(loader.dataset)
+        model.train()
+        model.zero_grad()
+        total = 0.0
+        for x, y in loader:
+            loss = self.loss_fn(model(x), y)
+            (loss * (len(y) / n)).backward()
+            total += loss.item() * len(y)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-lr)
+        return {"train_loss": total / max(n, 1), "samples": n}

@@ -1,0 +1,75 @@
+"""Narrow, typed exceptions. Every check in fedshield raises one of these.
+
+A party whose message raises an :class:`InvalidMessage` (or a subclass) is treated as dropped for
+the round; the honest parties' round goes on. :class:`ProtocolAbort` ends a round for everybody.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "FedshieldError",
+    "IllegalTransition",
+    "InvalidMessage",
+    "MalformedMessage",
+    "NonFiniteValues",
+    "ProtocolAbort",
+    "ReplayedMessage",
+    "StageError",
+    "UnknownSender",
+    "WrongRound",
+    "WrongShape",
+]
+
+
+class FedshieldError(Exception):
+    """Base class of every error fedshield raises on purpose."""
+
+
+class ConfigError(FedshieldError, ValueError):
+    """An option or combination of options that cannot work; the message says what to change."""
+
+
+class DataError(FedshieldError, ValueError):
+    """A data file is missing or malformed; the message names the file and the problem."""
+
+
+class InvalidMessage(FedshieldError):
+    """A message from another party was rejected. Its sender counts as dropped for the round."""
+
+
+class MalformedMessage(InvalidMessage):
+    """Bad framing: wrong magic or version, truncated, oversized, bad lengths or dtypes."""
+
+
+class WrongRound(InvalidMessage):
+    """The message header names another round (a replay from an earlier round, or a stale one)."""
+
+
+class UnknownSender(InvalidMessage):
+    """The sender is not a participant of this round, or does not match the channel it came on."""
+
+
+class ReplayedMessage(InvalidMessage):
+    """A second message from the same sender in the same stage."""
+
+
+class StageError(InvalidMessage):
+    """The message belongs to another protocol or stage than the one in progress."""
+
+
+class WrongShape(InvalidMessage):
+    """An array field has the wrong dtype, shape or length for this session."""
+
+
+class NonFiniteValues(InvalidMessage):
+    """A float payload contains NaN or infinity."""
+
+
+class ProtocolAbort(FedshieldError):
+    """The round cannot complete (for example, too few survivors). Nothing is aggregated."""
+
+
+class IllegalTransition(FedshieldError, RuntimeError):
+    """A session was driven out of order (a stage skipped or repeated, or reused after its end)."""
