@@ -15,6 +15,7 @@ check the header against the session's expectations with :meth:`Message.expect`.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -200,7 +201,9 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
                 raise MalformedMessage(f"array of {ndim} dimensions (at most {_MAX_NDIM})")
             shape = struct.unpack(f"<{ndim}I", _take(view, pos, 4 * ndim))
             pos += 4 * ndim
-            nbytes = int(np.prod(shape, dtype=np.uint64)) * dtype.itemsize
+            if any(dim > len(view) for dim in shape):
+                raise MalformedMessage(f"array dimension {max(shape)} exceeds the message size")
+            nbytes = math.prod(shape) * dtype.itemsize
             chunk = _take(view, pos, nbytes)
             pos += nbytes
             fields.append(np.frombuffer(chunk, dtype=dtype).reshape(shape))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedshield.errors import ConfigError
+
 __all__ = ["SERVER_OPTIMIZERS", "FedAdagrad", "FedAdam", "FedYogi", "ServerOptimizer", "build"]
 
 
@@ -93,7 +95,7 @@ def build(name: str, *, lr: float | None = None) -> ServerOptimizer:
     try:
         return SERVER_OPTIMIZERS[name](lr=lr)
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown server optimizer {name!r}; choose one of {sorted(SERVER_OPTIMIZERS)}"
         ) from None
 

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
-from monai.transforms import GaussianSmooth, RandBiasField
+from monai.transforms import GaussianSmooth, NormalizeIntensity, RandBiasField
 
-__all__ = ["AcquisitionShift", "apply_shift", "site_shift"]
+__all__ = ["AcquisitionShift", "apply_shift", "normalize_per_image", "site_shift"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,13 @@ def apply_shift(images: np.ndarray, shift: AcquisitionShift, *, noise_seed: int)
         rng = np.random.default_rng([noise_seed, 0x401])
         out += rng.normal(0.0, shift.noise, size=out.shape).astype(np.float32)
     return out[:, None]
+
+
+def normalize_per_image(images: np.ndarray) -> np.ndarray:
+    """Z-score each image on its own (MONAI ``NormalizeIntensity``), the usual first defence
+    against a scanner's gain and offset. Blur, bias field and noise survive it."""
+    if images.size == 0:
+        return images.astype(np.float32)
+    x = torch.as_tensor(images[:, 0], dtype=torch.float32)
+    out = NormalizeIntensity(channel_wise=True)(x)
+    return torch.as_tensor(out).numpy().astype(np.float32)[:, None]

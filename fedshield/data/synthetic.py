@@ -35,7 +35,7 @@ def synthetic_images(
     cy = torch.randint(size // 4, 3 * size // 4, (n,), generator=g).view(n, 1, 1).float()
     cx = torch.randint(size // 4, 3 * size // 4, (n,), generator=g).view(n, 1, 1).float()
     radius = (torch.rand(n, generator=g) * 1.5 + 2.0).view(n, 1, 1)
-    contrast = (torch.rand(n, generator=g) * 0.25 + 0.35).view(n, 1, 1)
+    contrast = (torch.rand(n, generator=g) * 0.2 + 0.25).view(n, 1, 1)
     dist2 = (yy[None] - cy) ** 2 + (xx[None] - cx) ** 2
     lesion = torch.exp(-dist2 / (2 * radius**2)) * contrast
     images = images + lesion[:, None] * labels.view(n, 1, 1, 1)

@@ -10,16 +10,22 @@ __all__ = ["MODELS", "SmallCNN", "build_model"]
 
 
 class SmallCNN(nn.Module):
-    """Three conv + BatchNorm + ReLU blocks, global average pooling and a linear head."""
+    """Three conv + norm + ReLU blocks, global average pooling and a linear head.
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 16) -> None:
+    ``norm="batch"`` (default) uses BatchNorm; ``norm="group"`` uses GroupNorm, which keeps no
+    running statistics and so does not suffer when sites average statistics of shifted data.
+    """
+
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 2, width: int = 16, norm: str = "batch"
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = [in_channels, width, 2 * width, 4 * width]
         for c_in, c_out in zip(channels, channels[1:], strict=False):
             layers += [
                 nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
+                nn.BatchNorm2d(c_out) if norm == "batch" else nn.GroupNorm(4, c_out),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
             ]
@@ -44,13 +50,14 @@ def _resnet18(in_channels: int, num_classes: int) -> nn.Module:
 
 MODELS = {
     "cnn": lambda c, k: SmallCNN(c, k),
+    "cnn-gn": lambda c, k: SmallCNN(c, k, norm="group"),
     "resnet18": _resnet18,
     "densenet121": _densenet121,
 }
 
 
 def build_model(name: str, *, in_channels: int = 1, num_classes: int = 2) -> nn.Module:
-    """A fresh network: ``cnn`` (ours, fast), or MONAI's ``resnet18`` or ``densenet121``."""
+    """A fresh network: ``cnn`` / ``cnn-gn`` (ours, fast), or MONAI's ``resnet18`` or ``densenet121``."""
     try:
         factory = MODELS[name]
     except KeyError:

@@ -1,0 +1,187 @@
+"""Command line: ``fedshield run`` and ``fedshield experiment survey``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedshield.errors import FedshieldError
+
+__all__ = ["main"]
+
+console = Console()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fedshield`` command."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except FedshieldError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    from fedshield.aggregation import SERVER_OPTIMIZERS
+    from fedshield.engine.experiment import RunConfig
+    from fedshield.engine.models import MODELS
+    from fedshield.engine.protocols import PROTOCOLS
+    from fedshield.engine.trainer import ALGORITHMS
+
+    d = RunConfig()
+    parser = argparse.ArgumentParser(prog="fedshield", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="federated training with protected updates")
+    run.add_argument("--dataset", default=d.dataset,
+                     help="synthetic | breastmnist | medmnist:PATH (default %(default)s)")
+    run.add_argument("--sites", type=int, default=d.sites)
+    run.add_argument("--rounds", type=int, default=d.rounds)
+    run.add_argument("--local-epochs", type=int, default=d.local_epochs)
+    run.add_argument("--algorithm", choices=ALGORITHMS, default=d.algorithm)
+    run.add_argument("--mu", type=float, default=d.mu, help="FedProx proximal coefficient")
+    run.add_argument("--fedsgd-lr", type=float, default=d.fedsgd_lr, help="FedSGD step size")
+    run.add_argument("--server-opt", choices=sorted(SERVER_OPTIMIZERS), default=d.server_opt)
+    run.add_argument("--server-lr", type=float, default=None,
+                     help="server learning rate (default 1 for none, 0.01 for adaptive)")
+    run.add_argument("--model", choices=sorted(MODELS), default=d.model)
+    run.add_argument("--protect", choices=sorted(PROTOCOLS), default=d.protect)
+    run.add_argument("--dropout", default="0",
+                     help="per-stage dropout probability, or a JSON schedule "
+                          "'{\"input\": [1]}' (stage -> client ids)")
+    run.add_argument("--partition", choices=("iid", "dirichlet"), default=d.partition)
+    run.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet label-skew alpha")
+    run.add_argument("--shift", action=argparse.BooleanOptionalAction, default=None,
+                     help="per-site acquisition shift (default: on for synthetic only)")
+    run.add_argument("--lr", type=float, default=d.lr, help="local Adam learning rate")
+    run.add_argument("--batch-size", type=int, default=d.batch_size)
+    run.add_argument("--seed", type=int, default=d.seed)
+    run.add_argument("--out", type=Path, default=None, help="output folder (runs/<timestamp>)")
+    run.set_defaults(handler=_cmd_run)
+
+    exp = sub.add_parser("experiment", help="reproduce a published experiment")
+    exp_sub = exp.add_subparsers(dest="experiment", required=True)
+    survey = exp_sub.add_parser("survey", help="Guan et al. 2024: Single/Cross/Mix/FedSGD/...")
+    survey.add_argument("--dataset", default="synthetic")
+    survey.add_argument("--seeds", type=int, default=3)
+    survey.add_argument("--rounds", type=int, default=10)
+    survey.add_argument("--local-epochs", type=int, default=2)
+    survey.add_argument("--out", type=Path, default=None)
+    survey.set_defaults(handler=_cmd_survey)
+    return parser
+
+
+def _default_out(kind: str) -> Path:
+    return Path("runs") / f"{kind}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from fedshield.engine.experiment import RunConfig, build_federation, parse_dropout
+    from fedshield.report import ROUND_COLUMNS, format_cell, run_result, write_run
+
+    probability, schedule = parse_dropout(args.dropout)
+    config = RunConfig(
+        dataset=args.dataset, sites=args.sites, rounds=args.rounds,
+        local_epochs=args.local_epochs, algorithm=args.algorithm, mu=args.mu,
+        fedsgd_lr=args.fedsgd_lr, server_opt=args.server_opt, server_lr=args.server_lr,
+        model=args.model, protect=args.protect, dropout=probability,
+        dropout_schedule=schedule, partition=args.partition, alpha=args.alpha,
+        shift=args.shift, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+    )
+    out = args.out or _default_out("run")
+    console.print(
+        f"[bold]fedshield run[/]: {config.dataset}, {config.sites} sites, {config.algorithm}, "
+        f"protection [cyan]{config.protect}[/], {config.rounds} rounds → {out}"
+    )
+    fed = build_federation(config)
+    console.print(f"model {config.model}: {fed.spec.dim:,} exchanged values per update")
+    table = Table(title="Rounds", header_style="bold")
+    for _, title, _ in ROUND_COLUMNS:
+        table.add_column(title, justify="right")
+    rounds = []
+    start = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("training", total=config.rounds * config.sites)
+        for r in range(config.rounds):
+            progress.update(task, description=f"round {r + 1}/{config.rounds}")
+            record = fed.run_round(on_site_done=lambda _cid: progress.advance(task))
+            row = record.as_dict()
+            rounds.append(row)
+            cells = [format_cell(k, row[k]) for k, _, _ in ROUND_COLUMNS]
+            table.add_row(*cells)
+            progress.console.print(
+                f"round {r + 1}: AUC {row['auc']:.3f}, accuracy {row['accuracy']:.3f}, "
+                f"{row['bytes_up_per_client']:,.0f} B up per client"
+                + (f", dropped {row['dropped']}" if row["dropped"] else "")
+                + (f" [yellow](aborted: {row['aborted']})[/]" if row["aborted"] else "")
+            )
+    console.print(table)
+    result = run_result(config.as_dict(), rounds, rounds[-1]["per_site"])
+    final = result["final"]
+    summary = Table(title="Final test metrics", header_style="bold")
+    for col in ("site", "accuracy", "AUC", "sensitivity", "specificity"):
+        summary.add_column(col, justify="right")
+    for name, m in [("pooled", final), *final["per_site"].items()]:
+        summary.add_row(name, *(format_cell("auc", m[k]) for k in
+                                ("accuracy", "auc", "sensitivity", "specificity")))
+    console.print(summary)
+    paths = write_run(out, result)
+    console.print(f"done in {time.perf_counter() - start:.1f} s; wrote " +
+                  ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _cmd_survey(args: argparse.Namespace) -> int:
+    from fedshield.engine.survey import STRATEGIES, SurveyConfig, run_survey, summarise
+    from fedshield.report import write_survey
+
+    config = SurveyConfig(dataset=args.dataset, seeds=args.seeds, rounds=args.rounds,
+                          local_epochs=args.local_epochs)
+    if config.seeds < 1 or config.rounds < 1 or config.local_epochs < 1:
+        raise FedshieldError("--seeds, --rounds and --local-epochs must be at least 1")
+    out = args.out or _default_out("survey")
+    console.print(f"[bold]survey experiment[/] on {config.dataset}, {config.seeds} seed(s) → {out}")
+    steps = config.seeds * 5
+    with _progress() as progress:
+        task = progress.add_task("strategies", total=steps)
+        raw = run_survey(config, on_step=lambda text: progress.update(
+            task, advance=1, description=text))
+    summary = summarise(raw)
+    table = Table(title="Survey: mean ± std over sites and seeds", header_style="bold")
+    for col in ("strategy", "ACC", "AUC", "SEN", "SPE"):
+        table.add_column(col, justify="right")
+    for strategy in STRATEGIES:
+        m = summary[strategy]
+        table.add_row(strategy, *(f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}"
+                                  for k in ("accuracy", "auc", "sensitivity", "specificity")))
+    console.print(table)
+    paths = write_survey(out, asdict(config), summary, raw)
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

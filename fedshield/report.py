@@ -1,0 +1,146 @@
+"""Result files: ``result.json``, ``report.md`` and ``curves.png`` for a run; the survey's table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fedshield import __version__  # noqa: E402
+
+__all__ = ["run_result", "write_run", "write_survey"]
+
+ROUND_COLUMNS = (
+    ("round", "round", "{}"),
+    ("accuracy", "acc", "{:.3f}"),
+    ("auc", "AUC", "{:.3f}"),
+    ("loss", "loss", "{:.3f}"),
+    ("clients", "clients", "{}"),
+    ("dropped", "dropped", "{}"),
+    ("bytes_up_per_client", "up B/client", "{:,.0f}"),
+    ("bytes_down_per_client", "down B/client", "{:,.0f}"),
+    ("client_encode_s", "encode s", "{:.4f}"),
+    ("server_aggregate_s", "aggregate s", "{:.4f}"),
+    ("wall_s", "wall s", "{:.2f}"),
+)
+
+
+def format_cell(key: str, value) -> str:
+    """A round value as it appears in tables."""
+    fmt = dict((k, f) for k, _, f in ROUND_COLUMNS).get(key, "{}")
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return fmt.format(value)
+
+
+def run_result(config: dict, rounds: list[dict], final_per_site: dict) -> dict:
+    """The ``result.json`` document."""
+    last = rounds[-1]
+    return {
+        "fedshield_version": __version__,
+        "config": config,
+        "rounds": rounds,
+        "final": {
+            **{k: last[k] for k in ("accuracy", "auc", "sensitivity", "specificity", "loss")},
+            "per_site": final_per_site,
+        },
+    }
+
+
+def write_run(out: Path, result: dict) -> list[Path]:
+    """Write ``result.json``, ``report.md`` and ``curves.png`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "result.json", out / "report.md", out / "curves.png"]
+    paths[0].write_text(json.dumps(_clean(result), indent=2, default=_jsonable) + "\n")
+    paths[1].write_text(_run_markdown(result))
+    _plot_curves(result["rounds"], paths[2])
+    return paths
+
+
+def _run_markdown(result: dict) -> str:
+    cfg, final = result["config"], result["final"]
+    lines = [
+        "# fedshield run",
+        "",
+        f"fedshield {result['fedshield_version']}: `{cfg['dataset']}`, {cfg['sites']} sites, "
+        f"{cfg['algorithm']}, protection `{cfg['protect']}`, {cfg['rounds']} rounds, seed "
+        f"{cfg['seed']}.",
+        "",
+        "| " + " | ".join(title for _, title, _ in ROUND_COLUMNS) + " |",
+        "|" + "---|" * len(ROUND_COLUMNS),
+    ]
+    for r in result["rounds"]:
+        lines.append("| " + " | ".join(format_cell(k, r[k]) for k, _, _ in ROUND_COLUMNS) + " |")
+    lines += ["", "## Final test metrics", "", "| site | accuracy | AUC | sensitivity | specificity |"]
+    lines.append("|---|---|---|---|---|")
+    rows = [("pooled", final), *final["per_site"].items()]
+    for name, m in rows:
+        cells = [format_cell("auc", m[k]) for k in ("accuracy", "auc", "sensitivity", "specificity")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Configuration:", "", "```json", json.dumps(cfg, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def _plot_curves(rounds: list[dict], path: Path) -> None:
+    xs = [r["round"] for r in rounds]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(xs, [r["accuracy"] for r in rounds], marker="o", label="accuracy")
+    ax1.plot(xs, [r["auc"] for r in rounds], marker="s", label="ROC AUC")
+    ax1.set(xlabel="round", ylabel="pooled test metric", ylim=(0, 1.02), title="Model quality")
+    ax1.legend()
+    ax2.plot(xs, [r["bytes_up_per_client"] / 1e3 for r in rounds], marker="o", label="up")
+    ax2.plot(xs, [r["bytes_down_per_client"] / 1e3 for r in rounds], marker="s", label="down")
+    ax2.set(xlabel="round", ylabel="kB per client", title="Traffic per client", ylim=(0, None))
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_survey(out: Path, config: dict, summary: dict, raw: dict) -> list[Path]:
+    """Write ``survey.json`` and ``survey.md`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"fedshield_version": __version__, "config": config, "summary": summary, "raw": raw}
+    paths = [out / "survey.json", out / "survey.md"]
+    paths[0].write_text(json.dumps(_clean(doc), indent=2, default=_jsonable) + "\n")
+    lines = [
+        "# Survey experiment (Guan et al., Pattern Recognition 2024)",
+        "",
+        f"Dataset `{config['dataset']}`, two sites with acquisition shift, {config['seeds']} "
+        "seed(s); mean ± std over sites and seeds.",
+        "",
+        "| strategy | ACC | AUC | SEN | SPE |",
+        "|---|---|---|---|---|",
+    ]
+    for strategy, metrics in summary.items():
+        cells = [
+            f"{metrics[m]['mean']:.3f} ± {metrics[m]['std']:.3f}"
+            for m in ("accuracy", "auc", "sensitivity", "specificity")
+        ]
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    paths[1].write_text("\n".join(lines) + "\n")
+    return paths
+
+
+def _jsonable(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _clean(value):
+    """NaN and infinity become ``null`` so that any JSON reader accepts the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+import torch
+
+from fedshield.engine.models import SmallCNN
+from fedshield.engine.paramspec import ParamSpec
+
+
+def test_flatten_unflatten_round_trip_and_layout():
+    torch.manual_seed(0)
+    model = SmallCNN()
+    spec = ParamSpec.from_module(model)
+    vec = spec.flatten(model)
+    assert vec.dtype == np.float32 and vec.shape == (spec.dim,)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert spec.n_trainable == n_params
+    assert all(e.trainable for e in spec.entries[: len(list(model.parameters()))])
+    assert not any(name.endswith("num_batches_tracked") for name in spec.names)
+    restored = spec.unflatten(vec)
+    for name, tensor in restored.items():
+        assert torch.equal(tensor, model.state_dict()[name])
+
+
+def test_load_into_writes_exactly_the_vector():
+    torch.manual_seed(0)
+    a, b = SmallCNN(), SmallCNN()
+    spec = ParamSpec.from_module(a)
+    spec.load_into(b, spec.flatten(a))
+    np.testing.assert_array_equal(spec.flatten(b), spec.flatten(a))
+
+
+def test_fedbn_spec_leaves_out_every_batchnorm_tensor():
+    model = SmallCNN()
+    spec = ParamSpec.from_module(model, exclude_batchnorm=True)
+    bn_names = {
+        f"{m}.{t}"
+        for m, mod in model.named_modules()
+        if isinstance(mod, torch.nn.BatchNorm2d)
+        for t in ("weight", "bias", "running_mean", "running_var")
+    }
+    assert bn_names and not (bn_names & spec.names)
+    assert spec.dim == sum(
+        p.numel() for n, p in model.named_parameters() if n not in bn_names
+    )
+    assert bn_names <= set(spec.local_state(model))
+
+
+def test_wrong_vector_is_refused():
+    spec = ParamSpec.from_module(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError):
+        spec.load_into(torch.nn.Linear(2, 2), np.zeros(spec.dim + 1, np.float32))
+    with pytest.raises(ValueError):
+        spec.unflatten(np.zeros(spec.dim, np.float64))
