@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check fedshield tests benchmarks examples
 
 bench: $(STAMP)
-	$(BIN)/fedshield bench --out runs/bench
+	for script in benchmarks/bench_*.py; do $(BIN)/python $$script --out runs/bench || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .benchmarks

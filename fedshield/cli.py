@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except FedshieldError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
@@ -46,8 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="federated training with protected updates")
-    run.add_argument("--dataset", default=d.dataset,
-                     help="synthetic | breastmnist | medmnist:PATH (default %(default)s)")
+    run.add_argument(
+        "--dataset",
+        default=d.dataset,
+        help="synthetic | breastmnist | medmnist:PATH (default %(default)s)",
+    )
     run.add_argument("--sites", type=int, default=d.sites)
     run.add_argument("--rounds", type=int, default=d.rounds)
     run.add_argument("--local-epochs", type=int, default=d.local_epochs)
@@ -55,17 +58,28 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--mu", type=float, default=d.mu, help="FedProx proximal coefficient")
     run.add_argument("--fedsgd-lr", type=float, default=d.fedsgd_lr, help="FedSGD step size")
     run.add_argument("--server-opt", choices=sorted(SERVER_OPTIMIZERS), default=d.server_opt)
-    run.add_argument("--server-lr", type=float, default=None,
-                     help="server learning rate (default 1 for none, 0.01 for adaptive)")
+    run.add_argument(
+        "--server-lr",
+        type=float,
+        default=None,
+        help="server learning rate (default 1 for none, 0.01 for adaptive)",
+    )
     run.add_argument("--model", choices=sorted(MODELS), default=d.model)
     run.add_argument("--protect", choices=sorted(PROTOCOLS), default=d.protect)
-    run.add_argument("--dropout", default="0",
-                     help="per-stage dropout probability, or a JSON schedule "
-                          "'{\"input\": [1]}' (stage -> client ids)")
+    run.add_argument(
+        "--dropout",
+        default="0",
+        help="per-stage dropout probability, or a JSON schedule "
+        "'{\"input\": [1]}' (stage -> client ids)",
+    )
     run.add_argument("--partition", choices=("iid", "dirichlet"), default=d.partition)
     run.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet label-skew alpha")
-    run.add_argument("--shift", action=argparse.BooleanOptionalAction, default=None,
-                     help="per-site acquisition shift (default: on for synthetic only)")
+    run.add_argument(
+        "--shift",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="per-site acquisition shift (default: on for synthetic only)",
+    )
     run.add_argument("--lr", type=float, default=d.lr, help="local Adam learning rate")
     run.add_argument("--batch-size", type=int, default=d.batch_size)
     run.add_argument("--seed", type=int, default=d.seed)
@@ -79,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     survey.add_argument("--seeds", type=int, default=3)
     survey.add_argument("--rounds", type=int, default=10)
     survey.add_argument("--local-epochs", type=int, default=2)
+    survey.add_argument("--model", choices=sorted(MODELS), default="cnn-gn")
     survey.add_argument("--out", type=Path, default=None)
     survey.set_defaults(handler=_cmd_survey)
     return parser
@@ -94,12 +109,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     probability, schedule = parse_dropout(args.dropout)
     config = RunConfig(
-        dataset=args.dataset, sites=args.sites, rounds=args.rounds,
-        local_epochs=args.local_epochs, algorithm=args.algorithm, mu=args.mu,
-        fedsgd_lr=args.fedsgd_lr, server_opt=args.server_opt, server_lr=args.server_lr,
-        model=args.model, protect=args.protect, dropout=probability,
-        dropout_schedule=schedule, partition=args.partition, alpha=args.alpha,
-        shift=args.shift, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+        dataset=args.dataset,
+        sites=args.sites,
+        rounds=args.rounds,
+        local_epochs=args.local_epochs,
+        algorithm=args.algorithm,
+        mu=args.mu,
+        fedsgd_lr=args.fedsgd_lr,
+        server_opt=args.server_opt,
+        server_lr=args.server_lr,
+        model=args.model,
+        protect=args.protect,
+        dropout=probability,
+        dropout_schedule=schedule,
+        partition=args.partition,
+        alpha=args.alpha,
+        shift=args.shift,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
     )
     out = args.out or _default_out("run")
     console.print(
@@ -135,12 +163,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for col in ("site", "accuracy", "AUC", "sensitivity", "specificity"):
         summary.add_column(col, justify="right")
     for name, m in [("pooled", final), *final["per_site"].items()]:
-        summary.add_row(name, *(format_cell("auc", m[k]) for k in
-                                ("accuracy", "auc", "sensitivity", "specificity")))
+        summary.add_row(
+            name,
+            *(format_cell("auc", m[k]) for k in ("accuracy", "auc", "sensitivity", "specificity")),
+        )
     console.print(summary)
     paths = write_run(out, result)
-    console.print(f"done in {time.perf_counter() - start:.1f} s; wrote " +
-                  ", ".join(str(p) for p in paths))
+    console.print(
+        f"done in {time.perf_counter() - start:.1f} s; wrote " + ", ".join(str(p) for p in paths)
+    )
     return 0
 
 
@@ -148,8 +179,13 @@ def _cmd_survey(args: argparse.Namespace) -> int:
     from fedshield.engine.survey import STRATEGIES, SurveyConfig, run_survey, summarise
     from fedshield.report import write_survey
 
-    config = SurveyConfig(dataset=args.dataset, seeds=args.seeds, rounds=args.rounds,
-                          local_epochs=args.local_epochs)
+    config = SurveyConfig(
+        dataset=args.dataset,
+        seeds=args.seeds,
+        rounds=args.rounds,
+        local_epochs=args.local_epochs,
+        model=args.model,
+    )
     if config.seeds < 1 or config.rounds < 1 or config.local_epochs < 1:
         raise FedshieldError("--seeds, --rounds and --local-epochs must be at least 1")
     out = args.out or _default_out("survey")
@@ -157,16 +193,22 @@ def _cmd_survey(args: argparse.Namespace) -> int:
     steps = config.seeds * 5
     with _progress() as progress:
         task = progress.add_task("strategies", total=steps)
-        raw = run_survey(config, on_step=lambda text: progress.update(
-            task, advance=1, description=text))
+        raw = run_survey(
+            config, on_step=lambda text: progress.update(task, advance=1, description=text)
+        )
     summary = summarise(raw)
     table = Table(title="Survey: mean ± std over sites and seeds", header_style="bold")
     for col in ("strategy", "ACC", "AUC", "SEN", "SPE"):
         table.add_column(col, justify="right")
     for strategy in STRATEGIES:
         m = summary[strategy]
-        table.add_row(strategy, *(f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}"
-                                  for k in ("accuracy", "auc", "sensitivity", "specificity")))
+        table.add_row(
+            strategy,
+            *(
+                f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}"
+                for k in ("accuracy", "auc", "sensitivity", "specificity")
+            ),
+        )
     console.print(table)
     paths = write_survey(out, asdict(config), summary, raw)
     console.print("wrote " + ", ".join(str(p) for p in paths))

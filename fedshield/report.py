@@ -9,9 +9,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from fedshield import __version__  # noqa: E402
+from fedshield import __version__
 
 __all__ = ["run_result", "write_run", "write_survey"]
 
@@ -78,11 +78,18 @@ def _run_markdown(result: dict) -> str:
     ]
     for r in result["rounds"]:
         lines.append("| " + " | ".join(format_cell(k, r[k]) for k, _, _ in ROUND_COLUMNS) + " |")
-    lines += ["", "## Final test metrics", "", "| site | accuracy | AUC | sensitivity | specificity |"]
+    lines += [
+        "",
+        "## Final test metrics",
+        "",
+        "| site | accuracy | AUC | sensitivity | specificity |",
+    ]
     lines.append("|---|---|---|---|---|")
     rows = [("pooled", final), *final["per_site"].items()]
     for name, m in rows:
-        cells = [format_cell("auc", m[k]) for k in ("accuracy", "auc", "sensitivity", "specificity")]
+        cells = [
+            format_cell("auc", m[k]) for k in ("accuracy", "auc", "sensitivity", "specificity")
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Configuration:", "", "```json", json.dumps(cfg, indent=2), "```", ""]
     return "\n".join(lines)

@@ -216,5 +216,7 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
 
 def _take(view: memoryview, pos: int, n: int) -> memoryview:
     if n < 0 or pos + n > len(view):
-        raise MalformedMessage(f"truncated: field needs {n} bytes at offset {pos}, have {len(view)}")
+        raise MalformedMessage(
+            f"truncated: field needs {n} bytes at offset {pos}, have {len(view)}"
+        )
     return view[pos : pos + n]

@@ -82,9 +82,7 @@ def _prepare(path: Path, split: str, images: np.ndarray, labels: np.ndarray):
     else:
         raise DataError(f"{path}: {split}_images has shape {images.shape}, expected (N, H, W[, C])")
     if len(images) != len(labels):
-        raise DataError(
-            f"{path}: {split} has {len(images)} images but {len(labels)} labels"
-        )
+        raise DataError(f"{path}: {split} has {len(images)} images but {len(labels)} labels")
     if not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
         raise DataError(f"{path}: {split}_labels must be non-negative integers")
     scale = 255.0 if images.dtype == np.uint8 else 1.0

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from monai.transforms import GaussianSmooth, NormalizeIntensity, RandBiasField
 
-__all__ = ["AcquisitionShift", "apply_shift", "normalize_per_image", "site_shift"]
+__all__ = ["AcquisitionShift", "apply_shift", "bias_field", "normalize_per_image", "site_shift"]
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,9 @@ class AcquisitionShift:
 # Hand-picked, clearly different scanners for the first sites; later sites draw at random.
 _PRESETS = (
     AcquisitionShift(scale=1.0, offset=0.0, bias=0.0, blur=0.0, noise=0.03),
-    AcquisitionShift(scale=0.55, offset=0.35, bias=0.4, blur=1.0, noise=0.10),
-    AcquisitionShift(scale=1.35, offset=-0.15, bias=0.25, blur=0.6, noise=0.06),
-    AcquisitionShift(scale=0.8, offset=0.2, bias=0.5, blur=0.3, noise=0.15),
+    AcquisitionShift(scale=0.85, offset=0.08, bias=0.3, blur=1.2, noise=0.12),
+    AcquisitionShift(scale=1.2, offset=-0.08, bias=0.25, blur=0.6, noise=0.06),
+    AcquisitionShift(scale=0.9, offset=0.12, bias=0.4, blur=0.3, noise=0.15),
 )
 
 
@@ -47,10 +47,10 @@ def site_shift(site: int, seed: int = 0) -> AcquisitionShift:
     rng = np.random.default_rng([seed, site, 0x5EED])
     return AcquisitionShift(
         field_seed=seed * 1000 + site,
-        scale=float(rng.uniform(0.5, 1.5)),
-        offset=float(rng.uniform(-0.2, 0.4)),
-        bias=float(rng.uniform(0.0, 0.5)),
-        blur=float(rng.uniform(0.0, 1.0)),
+        scale=float(rng.uniform(0.8, 1.25)),
+        offset=float(rng.uniform(-0.1, 0.15)),
+        bias=float(rng.uniform(0.0, 0.4)),
+        blur=float(rng.uniform(0.0, 1.2)),
         noise=float(rng.uniform(0.02, 0.15)),
     )
 
@@ -68,17 +68,26 @@ def apply_shift(images: np.ndarray, shift: AcquisitionShift, *, noise_seed: int)
         x = GaussianSmooth(sigma=shift.blur)(x)
     x = torch.as_tensor(x)
     if shift.bias > 0:
-        # One smooth multiplicative field per site: the scanner's coil, not the patient.
-        field_maker = RandBiasField(degree=3, coeff_range=(shift.bias, shift.bias), prob=1.0)
-        field_maker.set_random_state(shift.field_seed)
-        field = torch.as_tensor(field_maker(torch.ones_like(x[:1])))
-        x = x * field
+        x = x * bias_field(x.shape[-2:], strength=shift.bias, seed=shift.field_seed)
     x = x * shift.scale + shift.offset
     out = x.numpy().astype(np.float32)
     if shift.noise > 0:
         rng = np.random.default_rng([noise_seed, 0x401])
         out += rng.normal(0.0, shift.noise, size=out.shape).astype(np.float32)
     return out[:, None]
+
+
+def bias_field(shape: tuple[int, int], *, strength: float, seed: int) -> torch.Tensor:
+    """A smooth multiplicative field with ``log`` values in ``[-strength, strength]``.
+
+    The shape of the field is MONAI's ``RandBiasField`` (a degree-3 polynomial in ``log``
+    space); its amplitude is rescaled so ``strength`` reads directly, e.g. 0.3 → ×0.74 … ×1.35.
+    """
+    maker = RandBiasField(degree=3, coeff_range=(0.0, 1.0), prob=1.0)
+    maker.set_random_state(seed)
+    log_field = torch.log(torch.as_tensor(maker(torch.ones(1, *shape)))[0])
+    log_field = log_field - log_field.mean()
+    return torch.exp(strength * log_field / log_field.abs().max().clamp_min(1e-12))
 
 
 def normalize_per_image(images: np.ndarray) -> np.ndarray:

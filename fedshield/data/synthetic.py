@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 from fedshield.data.shift import apply_shift, site_shift
 from fedshield.data.sites import SiteData

@@ -76,7 +76,10 @@ class RoundRecord:
         """The record in ``result.json``'s round format."""
         return {
             "round": self.round,
-            **{k: self.metrics[k] for k in ("accuracy", "auc", "loss", "sensitivity", "specificity")},
+            **{
+                k: self.metrics[k]
+                for k in ("accuracy", "auc", "loss", "sensitivity", "specificity")
+            },
             "clients": self.clients,
             "dropped": self.dropped,
             "bytes_up_per_client": self.bytes_up_per_client,
@@ -130,12 +133,12 @@ class Federation:
         self.local_epochs = local_epochs
         torch.manual_seed(seed)
         self.model = model_factory()
-        self.spec = ParamSpec.from_module(self.model, exclude_batchnorm=self.algorithm.exclude_batchnorm)
+        self.spec = ParamSpec.from_module(
+            self.model, exclude_batchnorm=self.algorithm.exclude_batchnorm
+        )
         self.global_vector = self.spec.flatten(self.model)
         initial_local = self.spec.local_state(self.model)
-        self.local_states = [
-            {k: v.clone() for k, v in initial_local.items()} for _ in self.sites
-        ]
+        self.local_states = [{k: v.clone() for k, v in initial_local.items()} for _ in self.sites]
         self.round = 0
 
     # --- one round ---------------------------------------------------------------------------
@@ -222,7 +225,9 @@ class Federation:
             count += len(y)
         if not labels:
             return binary_metrics(np.zeros(0), np.zeros(0)), per_site
-        pooled = binary_metrics(np.concatenate(labels), np.concatenate(probs), weighted_loss / count)
+        pooled = binary_metrics(
+            np.concatenate(labels), np.concatenate(probs), weighted_loss / count
+        )
         return pooled, per_site
 
 

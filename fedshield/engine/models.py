@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from torch import nn
 
 from fedshield.errors import ConfigError
@@ -22,7 +24,7 @@ class SmallCNN(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         channels = [in_channels, width, 2 * width, 4 * width]
-        for c_in, c_out in zip(channels, channels[1:], strict=False):
+        for c_in, c_out in itertools.pairwise(channels):
             layers += [
                 nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
                 nn.BatchNorm2d(c_out) if norm == "batch" else nn.GroupNorm(4, c_out),
@@ -57,7 +59,7 @@ MODELS = {
 
 
 def build_model(name: str, *, in_channels: int = 1, num_classes: int = 2) -> nn.Module:
-    """A fresh network: ``cnn`` / ``cnn-gn`` (ours, fast), or MONAI's ``resnet18`` or ``densenet121``."""
+    """A fresh network: ``cnn`` / ``cnn-gn`` (ours, fast), MONAI's ``resnet18``/``densenet121``."""
     try:
         factory = MODELS[name]
     except KeyError:

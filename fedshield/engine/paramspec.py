@@ -61,7 +61,9 @@ class ParamSpec:
         buffers = [(n, b, False) for n, b in model.named_buffers()]
         for name, tensor, trainable in params + buffers:
             if exchanged(name, tensor):
-                entries.append(ParamEntry(name, tuple(tensor.shape), offset, tensor.numel(), trainable))
+                entries.append(
+                    ParamEntry(name, tuple(tensor.shape), offset, tensor.numel(), trainable)
+                )
                 offset += tensor.numel()
         return cls(entries)
 
@@ -100,6 +102,7 @@ class ParamSpec:
     def _check(self, vector: np.ndarray) -> np.ndarray:
         vector = np.asarray(vector)
         if vector.shape != (self.dim,) or vector.dtype != np.float32:
-            raise ValueError(f"expected a float32 vector of length {self.dim}, got "
-                             f"{vector.dtype} {vector.shape}")
+            raise ValueError(
+                f"expected a float32 vector of length {self.dim}, got {vector.dtype} {vector.shape}"
+            )
         return vector

@@ -52,5 +52,7 @@ class InProcessTransport(Transport):
                 data = session.handle(stage, bytes(message))
                 replies[cid] = Reply(bytes(data), time.perf_counter() - start)
             except FedshieldError as exc:
-                replies[cid] = Reply(None, time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
+                replies[cid] = Reply(
+                    None, time.perf_counter() - start, f"{type(exc).__name__}: {exc}"
+                )
         return replies

@@ -91,7 +91,9 @@ class ServerSession(ABC):
         try:
             message = wire.decode(data, max_bytes=self._max_message_bytes(stage))
             message.expect(
-                protocol=self.protocol_id, stage=self._stage_code(stage), round=self.round,
+                protocol=self.protocol_id,
+                stage=self._stage_code(stage),
+                round=self.round,
                 sender=sender,
             )
             self._receive(stage, sender, message)

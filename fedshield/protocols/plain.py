@@ -91,7 +91,7 @@ class PlainClient(ClientSession):
         message.require_fields(1)
         (dim,) = message.array(0, dtype="<u8", shape=(1,))
         if int(dim) != self.update.size:
-            raise WrongShape(f"server expects {int(dim)} values, this client has {self.update.size}")
-        return self._client_message(
-            stage, [np.array([self.weight], dtype=np.float64), self.update]
-        )
+            raise WrongShape(
+                f"server expects {int(dim)} values, this client has {self.update.size}"
+            )
+        return self._client_message(stage, [np.array([self.weight], dtype=np.float64), self.update])

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from fedshield.aggregation import FedAdagrad, FedAdam, FedYogi, ServerOptimizer, build, weighted_mean
+from fedshield.aggregation import (
+    FedAdagrad,
+    FedAdam,
+    FedYogi,
+    ServerOptimizer,
+    build,
+    weighted_mean,
+)
 from fedshield.errors import ConfigError, ProtocolAbort
 
 

@@ -1,6 +1,7 @@
 """FedAvg, FedProx, FedSGD and FedBN as the engine runs them."""
 
 import copy
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -8,7 +9,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedshield import wire
-from fedshield.engine.models import SmallCNN
 from fedshield.engine import (
     Algorithm,
     DropoutPolicy,
@@ -17,6 +17,7 @@ from fedshield.engine import (
     LocalTrainer,
     make_site,
 )
+from fedshield.engine.models import SmallCNN
 
 
 def _small_cnn():
@@ -52,7 +53,9 @@ def test_fedprox_pulls_towards_the_global_model(tiny_sites):
 
 
 class _Recorder(InProcessTransport):
-    sent: list[bytes] = []
+    """Keeps every reply it carried, to inspect what actually went over the wire."""
+
+    sent: ClassVar[list[bytes]] = []
 
     def exchange(self, stage, messages):
         replies = super().exchange(stage, messages)

@@ -39,9 +39,7 @@ def test_fedbn_spec_leaves_out_every_batchnorm_tensor():
         for t in ("weight", "bias", "running_mean", "running_var")
     }
     assert bn_names and not (bn_names & spec.names)
-    assert spec.dim == sum(
-        p.numel() for n, p in model.named_parameters() if n not in bn_names
-    )
+    assert spec.dim == sum(p.numel() for n, p in model.named_parameters() if n not in bn_names)
     assert bn_names <= set(spec.local_state(model))
 
 

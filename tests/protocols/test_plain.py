@@ -137,7 +137,7 @@ def test_unknown_sender_and_replay_are_rejected_without_losing_the_aggregate():
         server.receive("input", 9, answer0)
     server.receive("input", 1, clients[1].handle("input", request[1]))
     server.close_stage("input")
-    wsum, total = _expected(clients, [0, 1])
+    wsum, _total = _expected(clients, [0, 1])
     np.testing.assert_allclose(server.reveal().weighted_sum, wsum, rtol=1e-12)
 
 

@@ -1,0 +1,51 @@
+"""Embed fedshield as the aggregation backend of another FL framework.
+
+The "framework" here is a plain dict of queues: it owns the message passing and the models;
+fedshield only provides the protocol sessions (server + clients) and the wire format.
+No fedshield engine or CLI is involved.
+"""
+
+from collections import deque
+
+import numpy as np
+
+from fedshield.protocols import PlainClient, PlainServer
+
+
+def main(n_clients: int = 3, dim: int = 5, round_number: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    updates = {c: rng.normal(size=dim).astype(np.float32) for c in range(n_clients)}
+    weights = {c: float(10 * (c + 1)) for c in range(n_clients)}
+
+    # The foreign framework's own mailboxes: one inbox per party.
+    to_client = {c: deque() for c in range(n_clients)}
+    to_server: deque = deque()
+
+    server = PlainServer(round=round_number, clients=list(updates), dim=dim)
+    clients = {
+        c: PlainClient(client_id=c, round=round_number, update=updates[c], weight=weights[c])
+        for c in updates
+    }
+    for stage in server.stages:
+        for cid, message in server.broadcast(stage).items():
+            to_client[cid].append(message)  # bytes travel through the framework
+        for cid, inbox in to_client.items():
+            while inbox:
+                to_server.append((cid, clients[cid].handle(stage, inbox.popleft())))
+        while to_server:
+            sender, data = to_server.popleft()
+            server.receive(stage, sender, data)
+        server.close_stage(stage)
+
+    revealed = server.reveal()
+    mean = revealed.weighted_sum / revealed.total_weight
+    expected = sum(weights[c] * updates[c].astype(np.float64) for c in updates) / sum(
+        weights.values()
+    )
+    assert np.allclose(mean, expected), "aggregate differs from the plain weighted mean"
+    print(f"aggregated {len(revealed.contributors)} clients; mean update = {np.round(mean, 4)}")
+    return mean
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""``fedshield run`` and ``fedshield experiment survey`` end to end, small."""
+
+import json
+
+import pytest
+
+from fedshield.cli import main
+
+ROUND_KEYS = {
+    "round",
+    "accuracy",
+    "auc",
+    "loss",
+    "clients",
+    "dropped",
+    "bytes_up_per_client",
+    "bytes_down_per_client",
+    "client_encode_s",
+    "server_aggregate_s",
+    "wall_s",
+}
+
+
+def test_run_writes_the_three_files_with_the_promised_keys(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            "--sites",
+            "2",
+            "--rounds",
+            "2",
+            "--local-epochs",
+            "1",
+            "--dropout",
+            '{"input": [1]}',
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    result = json.loads((out / "result.json").read_text())
+    assert {"fedshield_version", "config", "rounds", "final"} <= set(result)
+    assert result["config"]["sites"] == 2 and result["config"]["protect"] == "plain"
+    assert result["config"]["dropout_schedule"] == {"input": [1]}
+    assert len(result["rounds"]) == 2
+    for r in result["rounds"]:
+        assert set(r) >= ROUND_KEYS
+        assert r["clients"] == [0] and r["dropped"] == [1]
+        assert r["bytes_up_per_client"] > 4 * 20_000  # float32 update of the small CNN
+    assert {"accuracy", "auc", "sensitivity", "specificity"} <= set(result["final"])
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| round |" in (out / "report.md").read_text()
+    printed = capsys.readouterr().out
+    assert "Final test metrics" in printed and "Rounds" in printed
+
+
+def test_run_with_a_missing_dataset_explains_what_to_do(tmp_path, capsys):
+    code = main(["run", "--dataset", f"medmnist:{tmp_path}/none.npz", "--out", str(tmp_path)])
+    assert code == 2
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "none.npz: no such file" in printed and "Pass the path" in printed
+
+
+@pytest.mark.parametrize("bad", [["--dropout", "{oops"], ["--sites", "0"]])
+def test_bad_options_are_reported_not_raised(tmp_path, capsys, bad):
+    assert main(["run", *bad, "--out", str(tmp_path)]) == 2
+    assert "error" in capsys.readouterr().out
+
+
+def test_survey_writes_json_and_markdown(tmp_path):
+    out = tmp_path / "survey"
+    code = main(
+        [
+            "experiment",
+            "survey",
+            "--seeds",
+            "1",
+            "--rounds",
+            "1",
+            "--local-epochs",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    doc = json.loads((out / "survey.json").read_text())
+    assert set(doc["summary"]) == {"Single", "Cross", "Mix", "FedSGD", "FedAvg", "FedProx"}
+    for metrics in doc["summary"].values():
+        assert set(metrics) == {"accuracy", "auc", "sensitivity", "specificity"}
+    assert "| FedAvg |" in (out / "survey.md").read_text()

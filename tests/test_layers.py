@@ -1,0 +1,35 @@
+"""DESIGN.md's layer rules: the lower layers import neither torch nor the engine."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fedshield"
+TORCH_FREE = ("crypto", "compress", "aggregation", "protocols")
+
+
+def test_torch_free_layers_import_without_torch():
+    code = (
+        "import sys\n"
+        + "".join(f"import fedshield.{m}\n" for m in TORCH_FREE)
+        + "import fedshield.wire, fedshield.errors\n"
+        + "bad = [m for m in ('torch', 'monai', 'fedshield.engine') if m in sys.modules]\n"
+        + "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_lower_layers_never_import_upwards():
+    for layer in TORCH_FREE:
+        for path in (PACKAGE / layer).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                for name in names:
+                    assert not name.startswith(
+                        ("torch", "monai", "fedshield.engine", "fedshield.data", "fedshield.cli")
+                    ), (path, name)
