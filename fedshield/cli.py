@@ -105,7 +105,7 @@ def _default_out(kind: str) -> Path:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedshield.engine.experiment import RunConfig, build_federation, parse_dropout
-    from fedshield.report import ROUND_COLUMNS, format_cell, run_result, write_run
+    from fedshield.report import CONSOLE_COLUMNS, format_cell, run_result, write_run
 
     probability, schedule = parse_dropout(args.dropout)
     config = RunConfig(
@@ -137,7 +137,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     fed = build_federation(config)
     console.print(f"model {config.model}: {fed.spec.dim:,} exchanged values per update")
     table = Table(title="Rounds", header_style="bold")
-    for _, title, _ in ROUND_COLUMNS:
+    for _, title, _ in CONSOLE_COLUMNS:
         table.add_column(title, justify="right")
     rounds = []
     start = time.perf_counter()
@@ -148,10 +148,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             record = fed.run_round(on_site_done=lambda _cid: progress.advance(task))
             row = record.as_dict()
             rounds.append(row)
-            cells = [format_cell(k, row[k]) for k, _, _ in ROUND_COLUMNS]
-            table.add_row(*cells)
+            table.add_row(*(cell(row) for _, _, cell in CONSOLE_COLUMNS))
             progress.console.print(
-                f"round {r + 1}: AUC {row['auc']:.3f}, accuracy {row['accuracy']:.3f}, "
+                f"round {row['round']}: AUC {row['auc']:.3f}, accuracy {row['accuracy']:.3f}, "
                 f"{row['bytes_up_per_client']:,.0f} B up per client"
                 + (f", dropped {row['dropped']}" if row["dropped"] else "")
                 + (f" [yellow](aborted: {row['aborted']})[/]" if row["aborted"] else "")
@@ -211,7 +210,7 @@ def _cmd_survey(args: argparse.Namespace) -> int:
         )
     console.print(table)
     paths = write_survey(out, asdict(config), summary, raw)
-    console.print("wrote " + ", ".join(str(p) for p in paths))
+    console.print("wrote " + ", ".join(map(str, paths)), soft_wrap=True)
     return 0
 
 

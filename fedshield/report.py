@@ -10,10 +10,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from fedshield import __version__
 
-__all__ = ["run_result", "write_run", "write_survey"]
+__all__ = ["CONSOLE_COLUMNS", "format_cell", "run_result", "write_run", "write_survey"]
 
 ROUND_COLUMNS = (
     ("round", "round", "{}"),
@@ -27,6 +28,25 @@ ROUND_COLUMNS = (
     ("client_encode_s", "encode s", "{:.4f}"),
     ("server_aggregate_s", "aggregate s", "{:.4f}"),
     ("wall_s", "wall s", "{:.2f}"),
+)
+
+
+# The console table: the same numbers, narrower units so it fits an 80-column terminal.
+CONSOLE_COLUMNS = (
+    ("round", "round", lambda r: str(r["round"])),
+    ("auc", "AUC", lambda r: format_cell("auc", r["auc"])),
+    ("accuracy", "acc", lambda r: format_cell("accuracy", r["accuracy"])),
+    ("loss", "loss", lambda r: format_cell("loss", r["loss"])),
+    (
+        "clients",
+        "sites in",
+        lambda r: f"{len(r['clients'])}/{len(r['clients']) + len(r['dropped'])}",
+    ),
+    ("bytes_up_per_client", "up kB", lambda r: f"{r['bytes_up_per_client'] / 1e3:,.1f}"),
+    ("bytes_down_per_client", "down kB", lambda r: f"{r['bytes_down_per_client'] / 1e3:,.1f}"),
+    ("client_encode_s", "enc ms", lambda r: f"{r['client_encode_s'] * 1e3:.2f}"),
+    ("server_aggregate_s", "agg ms", lambda r: f"{r['server_aggregate_s'] * 1e3:.2f}"),
+    ("wall_s", "wall s", lambda r: f"{r['wall_s']:.2f}"),
 )
 
 
@@ -97,15 +117,21 @@ def _run_markdown(result: dict) -> str:
 
 def _plot_curves(rounds: list[dict], path: Path) -> None:
     xs = [r["round"] for r in rounds]
+    up = [r["bytes_up_per_client"] / 1e3 for r in rounds]
+    down = [r["bytes_down_per_client"] / 1e3 for r in rounds]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(xs, [r["accuracy"] for r in rounds], marker="o", label="accuracy")
     ax1.plot(xs, [r["auc"] for r in rounds], marker="s", label="ROC AUC")
     ax1.set(xlabel="round", ylabel="pooled test metric", ylim=(0, 1.02), title="Model quality")
-    ax1.legend()
-    ax2.plot(xs, [r["bytes_up_per_client"] / 1e3 for r in rounds], marker="o", label="up")
-    ax2.plot(xs, [r["bytes_down_per_client"] / 1e3 for r in rounds], marker="s", label="down")
-    ax2.set(xlabel="round", ylabel="kB per client", title="Traffic per client", ylim=(0, None))
-    ax2.legend()
+    ax1.legend(loc="lower right")
+    ax2.plot(xs, up, marker="o", label="up")
+    ax2.plot(xs, down, marker="s", linestyle="--", label="down")
+    ax2.set(xlabel="round", ylabel="kB per client", title="Traffic per client")
+    ax2.set_ylim(0, 1.2 * max(up + down + [1e-3]))
+    ax2.legend(loc="lower right")
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

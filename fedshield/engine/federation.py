@@ -139,7 +139,7 @@ class Federation:
         self.global_vector = self.spec.flatten(self.model)
         initial_local = self.spec.local_state(self.model)
         self.local_states = [{k: v.clone() for k, v in initial_local.items()} for _ in self.sites]
-        self.round = 0
+        self.round = 1  # rounds count from 1, on the wire and in records
 
     # --- one round ---------------------------------------------------------------------------
     def run_round(self, on_site_done: Callable[[int], None] | None = None) -> RoundRecord:
