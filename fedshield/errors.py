@@ -11,6 +11,8 @@ __all__ = [
     "DataError",
     "FedshieldError",
     "IllegalTransition",
+    "InvalidShare",
+    "NotEnoughShares",
     "InvalidMessage",
     "MalformedMessage",
     "NonFiniteValues",
@@ -73,3 +75,11 @@ class ProtocolAbort(FedshieldError):
 
 class IllegalTransition(FedshieldError, RuntimeError):
     """A session was driven out of order (a stage skipped or repeated, or reused after its end)."""
+
+
+class InvalidShare(InvalidMessage):
+    """A secret share that is malformed, out of the field, or inconsistent with its siblings."""
+
+
+class NotEnoughShares(ProtocolAbort):
+    """Fewer shares than the threshold the shares themselves carry: nothing can be recovered."""
