@@ -18,6 +18,7 @@ __all__ = [
     "NonFiniteValues",
     "ProtocolAbort",
     "ReplayedMessage",
+    "SecAggAbort",
     "StageError",
     "UnknownSender",
     "WrongRound",
@@ -83,3 +84,7 @@ class InvalidShare(InvalidMessage):
 
 class NotEnoughShares(ProtocolAbort):
     """Fewer shares than the threshold the shares themselves carry: nothing can be recovered."""
+
+
+class SecAggAbort(ProtocolAbort):
+    """SecAgg+ cannot complete: fewer survivors (or shares) than the threshold at some stage."""

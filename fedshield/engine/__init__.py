@@ -5,7 +5,7 @@ from fedshield.engine.federation import Federation, RoundRecord, Site, make_site
 from fedshield.engine.metrics import binary_metrics, predict, roc_auc
 from fedshield.engine.models import build_model
 from fedshield.engine.paramspec import ParamEntry, ParamSpec
-from fedshield.engine.protocols import PROTOCOLS, get_protocol
+from fedshield.engine.protocols import PROTOCOLS, ProtocolPair, get_protocol
 from fedshield.engine.runner import ProtocolOutcome, StageStats, run_protocol
 from fedshield.engine.trainer import ALGORITHMS, Algorithm, LocalTrainer
 from fedshield.engine.transport import InProcessTransport, Reply, Transport
@@ -21,6 +21,7 @@ __all__ = [
     "ParamEntry",
     "ParamSpec",
     "ProtocolOutcome",
+    "ProtocolPair",
     "Reply",
     "RoundRecord",
     "Site",

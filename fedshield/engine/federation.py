@@ -21,7 +21,7 @@ from fedshield.data.sites import SiteData
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.metrics import binary_metrics, predict
 from fedshield.engine.paramspec import ParamSpec
-from fedshield.engine.protocols import get_protocol
+from fedshield.engine.protocols import ProtocolPair, get_protocol
 from fedshield.engine.runner import StageStats, run_protocol
 from fedshield.engine.trainer import Algorithm, LocalTrainer
 from fedshield.engine.transport import InProcessTransport
@@ -102,7 +102,8 @@ class Federation:
         sites: the participating sites.
         algorithm: ``Algorithm("fedavg" | "fedsgd" | "fedprox" | "fedbn", ...)``.
         trainer: the local training loop (or the user's ``train_fn``).
-        protect: protocol name (``plain``).
+        protect: a protocol name (``plain``, ``secagg`` with default options) or a
+            :class:`ProtocolPair` from :func:`get_protocol` with its options bound.
         server_opt: server optimizer on the trainable part; ``None`` is plain FedAvg.
         dropout: simulated dropouts per stage.
         local_epochs: local epochs per round (FedSGD ignores it).
@@ -116,7 +117,7 @@ class Federation:
         sites: Sequence[Site],
         algorithm: Algorithm | None = None,
         trainer: LocalTrainer | None = None,
-        protect: str = "plain",
+        protect: str | ProtocolPair = "plain",
         server_opt: ServerOptimizer | None = None,
         dropout: DropoutPolicy | None = None,
         local_epochs: int = 1,
@@ -127,7 +128,9 @@ class Federation:
         self.sites = list(sites)
         self.algorithm = algorithm or Algorithm()
         self.trainer = trainer or LocalTrainer()
-        self.protocol = get_protocol(protect)
+        if isinstance(protect, str):
+            protect = get_protocol(protect, max_weight=max(s.weight for s in self.sites))
+        self.protocol = protect
         self.server_opt = server_opt or ServerOptimizer()
         self.dropout = dropout
         self.local_epochs = local_epochs

@@ -1,0 +1,112 @@
+"""Public parameters of a SecAgg+ round and the neighbour graph.
+
+Building block: use the SecAgg+ protocol unless you know why not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fedshield.crypto.ring import ring_bits
+
+__all__ = ["COMPLETE_GRAPH_MAX_N", "SecAggConfig", "default_neighbours", "neighbour_graph"]
+
+COMPLETE_GRAPH_MAX_N = 32
+
+
+def default_neighbours(n: int) -> int:
+    """Neighbours per client: the complete graph up to 32 clients, else ``2·⌈4·log2 n⌉``.
+
+    Bell et al. (CCS 2020) show a random graph of degree ``O(log n)`` keeps the sum private
+    and connected under dropouts with overwhelming probability; the constant 4 (per side) is
+    our conservative choice, overridable with ``--neighbours``.
+    """
+    if n <= COMPLETE_GRAPH_MAX_N:
+        return n - 1
+    return min(n - 1, 2 * math.ceil(4 * math.log2(n)))
+
+
+def neighbour_graph(clients: list[int], k: int, seed: bytes) -> dict[int, tuple[int, ...]]:
+    """A random k-regular graph (Harary graph on a seeded permutation); complete if k >= n-1.
+
+    ``seed`` is public randomness chosen by the server; every party computes the same graph.
+    """
+    clients = sorted(clients)
+    n = len(clients)
+    if k >= n - 1:
+        return {c: tuple(x for x in clients if x != c) for c in clients}
+    # The permutation is public and non-secret: numpy's generator is fine for it.
+    order = np.random.default_rng(np.frombuffer(seed, dtype=np.uint32)).permutation(clients)
+    position = {int(c): p for p, c in enumerate(order)}
+    half = k // 2
+    graph = {}
+    for c in clients:
+        p = position[c]
+        graph[c] = tuple(sorted(int(order[(p + s) % n]) for s in range(-half, half + 1) if s))
+    return graph
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """What every party agrees on before a round.
+
+    Args:
+        clip: updates are clipped to ``[-clip, clip]`` before quantization.
+        quant_bits: bits per quantized value (1..24).
+        weight_bits: bits of the integer FedAvg weight each client multiplies in.
+        max_weight: public upper bound of a client's weight (its sample count); weights are
+            scaled to integers in ``[1, 2^weight_bits - 1]`` relative to it.
+        threshold: Shamir threshold ``t``; ``None`` picks a majority of each share group.
+        neighbours: neighbours per client; ``None`` uses :func:`default_neighbours`.
+    """
+
+    clip: float = 0.1
+    quant_bits: int = 8
+    weight_bits: int = 8
+    max_weight: float = 1.0
+    threshold: int | None = None
+    neighbours: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.clip > 0 and math.isfinite(self.clip)):
+            raise ValueError("clip must be positive and finite")
+        if not 1 <= self.quant_bits <= 24 or not 1 <= self.weight_bits <= 24:
+            raise ValueError("quant_bits and weight_bits must be in 1..24")
+        if not self.max_weight > 0:
+            raise ValueError("max_weight must be positive")
+        if self.threshold is not None and self.threshold < 1:
+            raise ValueError("threshold must be at least 1")
+        if self.neighbours is not None and self.neighbours < 1:
+            raise ValueError("neighbours must be at least 1")
+
+    def digest(self) -> bytes:
+        """SHA-256 of the parameters, so parties detect a mismatch in the first stage."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).digest()
+
+    def degree(self, n: int) -> int:
+        """Neighbours per client in a round of ``n`` clients (even when the graph is sparse)."""
+        k = default_neighbours(n) if self.neighbours is None else min(self.neighbours, n - 1)
+        return k if k >= n - 1 else max(2, k - k % 2)
+
+    def threshold_for(self, n: int) -> int:
+        """Shamir threshold for share groups of ``degree + 1`` holders (a client and its
+        neighbours): the configured one, or a strict majority of the group."""
+        holders = self.degree(n) + 1
+        t = holders // 2 + 1 if self.threshold is None else self.threshold
+        if t > holders:
+            raise ValueError(f"threshold {t} exceeds the {holders} holders of each secret")
+        return t
+
+    def bits(self, n: int) -> int:
+        """Ring size for ``n`` clients."""
+        return ring_bits(quant_bits=self.quant_bits, n_clients=n, weight_bits=self.weight_bits)
+
+    def integer_weight(self, weight: float) -> int:
+        """The client's weight as an integer in ``[1, 2^weight_bits - 1]``."""
+        top = (1 << self.weight_bits) - 1
+        return int(min(top, max(1, round(weight / self.max_weight * top))))
