@@ -65,7 +65,33 @@ def _parser() -> argparse.ArgumentParser:
         help="server learning rate (default 1 for none, 0.01 for adaptive)",
     )
     run.add_argument("--model", choices=sorted(MODELS), default=d.model)
-    run.add_argument("--protect", choices=sorted(PROTOCOLS), default=d.protect)
+    run.add_argument(
+        "--protect",
+        choices=PROTOCOLS,
+        default=d.protect,
+        help="plain: server sees each update; secagg: only the sum (default)",
+    )
+    run.add_argument(
+        "--quant-bits", type=int, default=d.quant_bits, help="secagg: bits per quantized value"
+    )
+    run.add_argument(
+        "--clip",
+        type=float,
+        default=d.clip,
+        help="secagg: updates are clipped to [-clip, clip] before quantization",
+    )
+    run.add_argument(
+        "--threshold",
+        type=int,
+        default=None,
+        help="secagg: Shamir threshold (default: a majority of each share group)",
+    )
+    run.add_argument(
+        "--neighbours",
+        type=int,
+        default=None,
+        help="secagg: neighbours per client (default: complete graph up to 32)",
+    )
     run.add_argument(
         "--dropout",
         default="0",
@@ -120,6 +146,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         server_lr=args.server_lr,
         model=args.model,
         protect=args.protect,
+        quant_bits=args.quant_bits,
+        clip=args.clip,
+        threshold=args.threshold,
+        neighbours=args.neighbours,
         dropout=probability,
         dropout_schedule=schedule,
         partition=args.partition,

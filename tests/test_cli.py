@@ -32,6 +32,8 @@ def test_run_writes_the_three_files_with_the_promised_keys(tmp_path, capsys):
             "2",
             "--local-epochs",
             "1",
+            "--protect",
+            "plain",
             "--dropout",
             '{"input": [1]}',
             "--out",
@@ -53,6 +55,32 @@ def test_run_writes_the_three_files_with_the_promised_keys(tmp_path, capsys):
     assert "| round |" in (out / "report.md").read_text()
     printed = capsys.readouterr().out
     assert "Final test metrics" in printed and "Rounds" in printed
+
+
+def test_default_run_is_secagg_with_dropout_recovery(tmp_path):
+    out = tmp_path / "secagg"
+    args = ["run", "--sites", "3", "--rounds", "1", "--local-epochs", "1"]
+    code = main([*args, "--dropout", '{"masked_input": [2]}', "--out", str(out)])
+    assert code == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["config"]["protect"] == "secagg" and result["config"]["quant_bits"] == 8
+    (r,) = result["rounds"]
+    assert r["clients"] == [0, 1] and r["dropped"] == [2]
+    assert r["ring_bits"] == 8 + 8 + 2
+    assert [s["stage"] for s in r["stages"]] == [
+        "advertise_keys",
+        "share_keys",
+        "masked_input",
+        "unmask",
+    ]
+    dim = 23_762  # the small CNN's exchanged values, plus the weight in the masked vector
+    masked = r["stages"][2]["bytes_up"]["0"]
+    assert (dim + 1) * 18 / 8 < masked < (dim + 1) * 18 / 8 + 100
+
+
+def test_dropout_schedule_with_an_unknown_stage_is_refused(tmp_path, capsys):
+    assert main(["run", "--dropout", '{"input": [1]}', "--out", str(tmp_path)]) == 2
+    assert "masked_input" in capsys.readouterr().out
 
 
 def test_run_with_a_missing_dataset_explains_what_to_do(tmp_path, capsys):

@@ -92,6 +92,10 @@ class SecAggServer(ServerSession):
         self.shares_b: dict[int, list[shamir.Share]] = {}
         self.shares_s: dict[int, list[shamir.Share]] = {}
 
+    def describe(self) -> dict:
+        """Ring bits, Shamir threshold and neighbours per client of this round."""
+        return {"ring_bits": self.bits, "threshold": self.threshold, "neighbours": self.k}
+
     def _packed_len(self) -> int:
         return ((self.dim + 1) * self.bits + 7) // 8
 
@@ -216,6 +220,7 @@ class SecAggServer(ServerSession):
         except ProtocolAbort as exc:
             raise SecAggAbort(f"round {self.round}: cannot unmask ({exc})") from exc
         total &= np.uint64((1 << self.bits) - 1)
+        self.unmasked = total  # sum_i w_i q_i and sum_i w_i: all the server learns
         weight = int(total[-1])
         if weight == 0:
             raise SecAggAbort(f"round {self.round}: the unmasked total weight is zero")

@@ -12,6 +12,7 @@ from fedshield.data import load_sites
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.federation import Federation, make_site
 from fedshield.engine.models import build_model
+from fedshield.engine.protocols import get_protocol
 from fedshield.engine.trainer import Algorithm, LocalTrainer
 from fedshield.errors import ConfigError
 
@@ -32,7 +33,11 @@ class RunConfig:
     server_opt: str = "none"
     server_lr: float | None = None
     model: str = "cnn"
-    protect: str = "plain"
+    protect: str = "secagg"
+    quant_bits: int = 8
+    clip: float = 0.1
+    threshold: int | None = None
+    neighbours: int | None = None
     dropout: float = 0.0
     dropout_schedule: dict[str, list[int]] = field(default_factory=dict)
     partition: str = "iid"
@@ -95,7 +100,14 @@ def build_federation(config: RunConfig) -> Federation:
         sites=sites,
         algorithm=Algorithm(config.algorithm, mu=config.mu, sgd_lr=config.fedsgd_lr),
         trainer=trainer,
-        protect=config.protect,
+        protect=get_protocol(
+            config.protect,
+            max_weight=max(site.weight for site in sites),
+            clip=config.clip,
+            quant_bits=config.quant_bits,
+            threshold=config.threshold,
+            neighbours=config.neighbours,
+        ),
         server_opt=build_server_opt(config.server_opt, lr=config.server_lr),
         dropout=DropoutPolicy(
             probability=config.dropout, schedule=config.dropout_schedule, seed=config.seed

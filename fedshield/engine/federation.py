@@ -25,6 +25,7 @@ from fedshield.engine.protocols import ProtocolPair, get_protocol
 from fedshield.engine.runner import StageStats, run_protocol
 from fedshield.engine.trainer import Algorithm, LocalTrainer
 from fedshield.engine.transport import InProcessTransport
+from fedshield.errors import ConfigError
 
 __all__ = ["Federation", "RoundRecord", "Site", "make_site"]
 
@@ -71,6 +72,7 @@ class RoundRecord:
     wall_s: float
     stages: list[StageStats] = field(default_factory=list)
     aborted: str | None = None
+    protocol: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         """The record in ``result.json``'s round format."""
@@ -89,6 +91,8 @@ class RoundRecord:
             "train_s": self.train_s,
             "wall_s": self.wall_s,
             "aborted": self.aborted,
+            "ring_bits": self.protocol.get("ring_bits"),
+            "protocol": self.protocol,
             "per_site": self.per_site,
             "stages": [s.as_dict() for s in self.stages],
         }
@@ -131,6 +135,12 @@ class Federation:
         if isinstance(protect, str):
             protect = get_protocol(protect, max_weight=max(s.weight for s in self.sites))
         self.protocol = protect
+        unknown = set(dropout.schedule) - set(protect.stages) if dropout else set()
+        if unknown:
+            raise ConfigError(
+                f"dropout schedule names stage(s) {sorted(unknown)}, but {protect.name} has "
+                f"the stages {list(protect.stages)}"
+            )
         self.server_opt = server_opt or ServerOptimizer()
         self.dropout = dropout
         self.local_epochs = local_epochs
@@ -195,6 +205,7 @@ class Federation:
             wall_s=time.perf_counter() - start,
             stages=outcome.stages,
             aborted=outcome.aborted,
+            protocol={"name": self.protocol.name, **server.describe()},
         )
 
     def _apply(self, mean_delta: np.ndarray) -> None:

@@ -28,6 +28,7 @@ class ProtocolPair:
     server: Callable[..., ServerSession]
     client: Callable[..., ClientSession]
     options: dict
+    stages: tuple[str, ...]
 
 
 def get_protocol(
@@ -41,18 +42,29 @@ def get_protocol(
 ) -> ProtocolPair:
     """The protocol called ``name``; ``secagg`` takes the quantization and threshold options."""
     if name == "plain":
-        return ProtocolPair("plain", PlainServer, PlainClient, {})
+        return ProtocolPair("plain", PlainServer, PlainClient, {}, PlainServer.stages)
     if name == "secagg":
         try:
-            config = SecAggConfig(clip=clip, quant_bits=quant_bits, max_weight=max_weight,
-                                  threshold=threshold, neighbours=neighbours)
+            config = SecAggConfig(
+                clip=clip,
+                quant_bits=quant_bits,
+                max_weight=max_weight,
+                threshold=threshold,
+                neighbours=neighbours,
+            )
         except ValueError as exc:
             raise ConfigError(f"secagg: {exc}") from None
         return ProtocolPair(
             "secagg",
             partial(SecAggServer, config=config),
             partial(SecAggClient, config=config),
-            {"clip": clip, "quant_bits": quant_bits, "threshold": threshold,
-             "neighbours": neighbours, "max_weight": max_weight},
+            {
+                "clip": clip,
+                "quant_bits": quant_bits,
+                "threshold": threshold,
+                "neighbours": neighbours,
+                "max_weight": max_weight,
+            },
+            SecAggServer.stages,
         )
     raise ConfigError(f"unknown protection {name!r}; available: {list(PROTOCOLS)}")

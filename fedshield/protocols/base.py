@@ -116,6 +116,10 @@ class ServerSession(ABC):
         self._revealed = True
         return self._reveal()
 
+    def describe(self) -> dict:
+        """Public parameters of this round worth recording (ring bits, threshold...)."""
+        return {}
+
     @property
     def dropped(self) -> tuple[int, ...]:
         """Clients dropped so far in this round."""

@@ -1,0 +1,280 @@
+"""SecAgg+ as an auditor checks it: exactness, dropouts, the server's view, tampering."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedshield import wire
+from fedshield.crypto import ring
+from fedshield.crypto.secagg import STAGES, SecAggClient, SecAggServer
+from fedshield.crypto.secagg_config import SecAggConfig, default_neighbours, neighbour_graph
+from fedshield.engine.dropout import DropoutPolicy
+from fedshield.engine.runner import run_protocol
+from fedshield.engine.transport import InProcessTransport, Reply
+from fedshield.errors import (
+    IllegalTransition,
+    SecAggAbort,
+    UnknownSender,
+    WrongRound,
+)
+
+CONFIG = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0)
+
+
+def _levels(n, d, seed=0):
+    rng = np.random.default_rng(seed)
+    return {c: rng.integers(0, 256, size=d).astype(np.uint64) for c in range(n)}
+
+
+def _decode_levels(server, revealed, d):
+    """The unmasked integer sum the server computed (weighted levels), checked against the
+    revealed weight; the float mean is derived from exactly this vector."""
+    assert int(server.unmasked[-1]) == revealed.total_weight
+    return server.unmasked[:-1].astype(np.int64)
+
+
+def _inputs(n, d, seed=0):
+    """Updates that sit exactly on quantization levels, so stochastic rounding is the identity."""
+    levels = _levels(n, d, seed)
+    updates = {
+        c: (lv.astype(np.float64) * (2 * CONFIG.clip / 255) - CONFIG.clip).astype(np.float32)
+        for c, lv in levels.items()
+    }
+    # float32 can sit a hair off a level; re-derive the levels the encoder will see.
+    levels = {
+        c: np.rint((u.astype(np.float64) + CONFIG.clip) * (255 / (2 * CONFIG.clip))).astype(
+            np.int64
+        )
+        for c, u in updates.items()
+    }
+    weights = {c: float(1 + (c * 7) % 15) for c in range(n)}
+    return updates, levels, weights
+
+
+def _run(n, d, *, config=CONFIG, schedule=None, round=0, seed=0, transport_cls=InProcessTransport):
+    updates, levels, weights = _inputs(n, d, seed)
+    server = SecAggServer(round=round, clients=range(n), dim=d, config=config)
+    clients = {
+        c: SecAggClient(
+            client_id=c, round=round, update=updates[c], weight=weights[c], config=config
+        )
+        for c in range(n)
+    }
+    outcome = run_protocol(server, transport_cls(clients), dropout=DropoutPolicy(schedule=schedule))
+    return server, outcome, levels, weights
+
+
+def _expected_level_sum(levels, weights, survivors, config=CONFIG):
+    return sum(config.integer_weight(weights[c]) * levels[c] for c in survivors)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 12])
+def test_unmasked_sum_equals_the_plain_integer_sum(n):
+    d = 257
+    server, outcome, levels, weights = _run(
+        n,
+        d,
+        config=SecAggConfig(
+            clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, threshold=1 if n < 3 else None
+        ),
+    )
+    revealed = outcome.revealed
+    assert revealed.contributors == tuple(range(n))
+    assert revealed.total_weight == sum(CONFIG.integer_weight(w) for w in weights.values())
+    got = _decode_levels(server, revealed, d)
+    np.testing.assert_array_equal(got, _expected_level_sum(levels, weights, range(n)))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_dropout_pattern_gives_the_exact_aggregate_or_a_typed_abort(data):
+    n = data.draw(st.integers(2, 12), label="n")
+    t = data.draw(st.integers(1, n), label="t")
+    schedule, gone = {}, set()
+    for stage in STAGES:
+        drop = data.draw(st.sets(st.sampled_from(range(n)), max_size=n), label=stage)
+        schedule[stage] = sorted(drop - gone)
+        gone |= drop
+    config = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, threshold=t)
+    d = 31
+    server, outcome, levels, weights = _run(n, d, config=config, schedule=schedule)
+    alive = set(range(n))
+    enough = True
+    for stage in STAGES:
+        alive -= set(schedule[stage])
+        enough &= len(alive) >= t
+    if not enough:
+        assert outcome.revealed is None and "threshold" in outcome.aborted
+        return
+    # Survivors: everyone who delivered a masked input (dropping at unmask still counts).
+    survivors = (
+        set(range(n))
+        - set(schedule["advertise_keys"])
+        - set(schedule["share_keys"])
+        - set(schedule["masked_input"])
+    )
+    assert outcome.revealed is not None, outcome.aborted
+    assert outcome.revealed.contributors == tuple(sorted(survivors))
+    np.testing.assert_array_equal(
+        _decode_levels(server, outcome.revealed, d),
+        _expected_level_sum(levels, weights, survivors, config),
+    )
+
+
+def _masked_uploads(n, d, round, same_input_seed=0):
+    captured = {}
+
+    class Capture(InProcessTransport):
+        def exchange(self, stage, messages):
+            replies = super().exchange(stage, messages)
+            if stage == "masked_input":
+                for c, r in replies.items():
+                    captured[c] = wire.decode(r.data).raw(1)
+            return replies
+
+    server, _, _, _ = _run(n, d, round=round, seed=same_input_seed, transport_cls=Capture)
+    return server, captured
+
+
+def test_masked_uploads_look_uniform_over_the_ring_and_change_every_round():
+    n, d = 4, 20_000
+    server, uploads = _masked_uploads(n, d, round=0)
+    bits = server.bits
+    for packed in uploads.values():
+        values = ring.unpack(packed, d + 1, bits)
+        bins = 64  # chi-square over the top 6 bits of each ring element
+        counts = np.bincount((values >> np.uint64(bits - 6)).astype(np.int64), minlength=bins)
+        expected = len(values) / bins
+        chi2 = ((counts - expected) ** 2 / expected).sum()
+        assert chi2 < 120  # df = 63: p < 1e-5 above this
+    _, uploads_next = _masked_uploads(n, d, round=1)
+    a = ring.unpack(uploads[0], d + 1, bits).astype(np.float64)
+    b = ring.unpack(uploads_next[0], d + 1, bits).astype(np.float64)
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.05  # same input, unrelated masked vectors
+
+
+def test_packed_upload_uses_ring_bits_per_value():
+    server, uploads = _masked_uploads(5, 1000, round=0)
+    assert server.bits == 8 + 4 + 3
+    assert all(len(p) == (1001 * server.bits + 7) // 8 for p in uploads.values())
+
+
+class _FlipShareByte(InProcessTransport):
+    """Flips one byte of client 1's first sealed share as the server relays it."""
+
+    def exchange(self, stage, messages):
+        replies = super().exchange(stage, messages)
+        if stage == "share_keys" and 1 in replies:
+            msg = wire.decode(replies[1].data)
+            receivers, blob = msg.fields
+            blob = bytearray(blob)
+            blob[40] ^= 0xFF
+            replies[1] = Reply(wire.encode(msg.header, [receivers, bytes(blob)]))
+        return replies
+
+
+def test_flipped_byte_in_a_sealed_share_drops_its_sender_and_the_round_completes():
+    server, outcome, levels, weights = _run(5, 40, transport_cls=_FlipShareByte)
+    assert outcome.revealed is not None
+    assert 1 not in outcome.revealed.contributors
+    np.testing.assert_array_equal(
+        _decode_levels(server, outcome.revealed, 40),
+        _expected_level_sum(levels, weights, [0, 2, 3, 4]),
+    )
+
+
+def test_share_replayed_from_another_round_is_rejected():
+    updates, _, weights = _inputs(3, 8)
+    old_server = SecAggServer(round=0, clients=range(3), dim=8, config=CONFIG)
+    old = {
+        c: SecAggClient(client_id=c, round=0, update=updates[c], weight=weights[c], config=CONFIG)
+        for c in range(3)
+    }
+    new_server = SecAggServer(round=1, clients=range(3), dim=8, config=CONFIG)
+    new = {
+        c: SecAggClient(client_id=c, round=1, update=updates[c], weight=weights[c], config=CONFIG)
+        for c in range(3)
+    }
+    for server, clients in ((old_server, old), (new_server, new)):
+        for stage in STAGES[:1]:
+            for c, m in server.broadcast(stage).items():
+                server.receive(stage, c, clients[c].handle(stage, m))
+            server.close_stage(stage)
+    stale = old[0].handle("share_keys", old_server.broadcast("share_keys")[0])
+    new_server.broadcast("share_keys")
+    with pytest.raises(WrongRound):
+        new_server.receive("share_keys", 0, stale)
+    assert 0 not in new_server.alive
+
+
+def test_message_from_an_unknown_sender_is_rejected_and_the_round_completes():
+    class Intruder(InProcessTransport):
+        def exchange(self, stage, messages):
+            replies = super().exchange(stage, messages)
+            if stage == "masked_input":
+                replies[99] = replies[0]
+            return replies
+
+    server = SecAggServer(round=0, clients=range(3), dim=8, config=CONFIG)
+    server.broadcast("advertise_keys")
+    with pytest.raises(UnknownSender):
+        server.receive("advertise_keys", 99, b"")
+    _, outcome, _, _ = _run(3, 8, transport_cls=Intruder)
+    assert outcome.revealed is not None
+    assert "UnknownSender" in outcome.stages[2].rejected[99]
+
+
+def test_too_few_survivors_abort_and_reveal_nothing():
+    config = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, threshold=3)
+    server, outcome, _, _ = _run(4, 8, config=config, schedule={"masked_input": [0, 1]})
+    assert outcome.revealed is None and "threshold is 3" in outcome.aborted
+    with pytest.raises(IllegalTransition):
+        server.reveal()
+
+
+def test_client_refuses_overlapping_survivor_and_dropped_sets():
+    updates, _, weights = _inputs(3, 8)
+    server = SecAggServer(round=0, clients=range(3), dim=8, config=CONFIG)
+    clients = {
+        c: SecAggClient(client_id=c, round=0, update=updates[c], weight=weights[c], config=CONFIG)
+        for c in range(3)
+    }
+    for stage in STAGES[:3]:
+        for c, m in server.broadcast(stage).items():
+            server.receive(stage, c, clients[c].handle(stage, m))
+        server.close_stage(stage)
+    header = wire.Header(2, 4, 0, wire.SERVER_ID)
+    overlapping = wire.encode(header, [np.array([0, 1, 2], np.uint32), np.array([1], np.uint32)])
+    with pytest.raises(SecAggAbort, match="overlap"):
+        clients[0].handle("unmask", overlapping)
+
+
+def test_neighbour_graph_is_regular_symmetric_and_seeded():
+    clients = list(range(100))
+    k = default_neighbours(100)
+    assert k < 99 and k % 2 == 0
+    g = neighbour_graph(clients, k, b"\x01" * 32)
+    assert all(len(v) == k for v in g.values())
+    assert all(i in g[j] for i in g for j in g[i])
+    assert g == neighbour_graph(clients, k, b"\x01" * 32)
+    assert g != neighbour_graph(clients, k, b"\x02" * 32)
+    assert default_neighbours(10) == 9  # small rounds use the complete graph
+
+
+def test_stochastic_rounding_is_unbiased_and_within_one_step():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, 1000).astype(np.float32)
+    step = 2.0 / 255
+    draws = np.stack([ring.encode(x, clip=1.0, quant_bits=8, rng=rng) for _ in range(400)])
+    values = draws.astype(np.float64) * step - 1.0
+    assert np.abs(values - x).max() <= step + 1e-9
+    assert np.abs(values.mean(axis=0) - x).max() < 4 * step / np.sqrt(400)
+
+
+@pytest.mark.parametrize("bits", [1, 5, 8, 13, 16, 19, 31, 32])
+def test_pack_round_trip(bits):
+    values = np.random.default_rng(bits).integers(0, 2**bits, size=1003).astype(np.uint64)
+    packed = ring.pack(values, bits)
+    assert len(packed) == (1003 * bits + 7) // 8
+    np.testing.assert_array_equal(ring.unpack(packed, 1003, bits), values)
