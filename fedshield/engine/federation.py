@@ -213,7 +213,7 @@ class Federation:
         new = self.global_vector.copy()
         new[:k] = self.server_opt.step(self.global_vector[:k], mean_delta[:k])
         new[k:] = self.global_vector[k:] + mean_delta[k:]  # buffers (BN statistics): plain mean
-        self.global_vector = new
+        self.global_vector = self.spec.clamp_variances(new)
 
     def _load_site_model(self, cid: int, vector: np.ndarray) -> None:
         self.spec.load_into(self.model, vector)

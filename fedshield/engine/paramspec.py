@@ -95,6 +95,18 @@ class ParamSpec:
                 chunk = torch.from_numpy(vector[e.offset : e.offset + e.size])
                 state[e.name].copy_(chunk.reshape(e.shape))
 
+    def clamp_variances(self, vector: np.ndarray) -> np.ndarray:
+        """Clip BatchNorm running variances at 0 in place. Quantization noise in an aggregate
+        can push a tiny variance below 0, and ``sqrt(var + eps)`` would then be NaN."""
+        for e in self.entries:
+            if e.name.endswith("running_var"):
+                np.maximum(
+                    vector[e.offset : e.offset + e.size],
+                    0.0,
+                    out=vector[e.offset : e.offset + e.size],
+                )
+        return vector
+
     def local_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Copies of the tensors that never travel (FedBN's BatchNorm, integer buffers)."""
         return {k: v.detach().clone() for k, v in model.state_dict().items() if k not in self.names}

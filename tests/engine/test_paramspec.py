@@ -49,3 +49,17 @@ def test_wrong_vector_is_refused():
         spec.load_into(torch.nn.Linear(2, 2), np.zeros(spec.dim + 1, np.float32))
     with pytest.raises(ValueError):
         spec.unflatten(np.zeros(spec.dim, np.float64))
+
+
+def test_aggregated_running_variances_never_go_negative():
+    model = SmallCNN()
+    spec = ParamSpec.from_module(model)
+    vec = spec.flatten(model)
+    vec[:] = -1.0
+    spec.clamp_variances(vec)
+    for e in spec.entries:
+        chunk = vec[e.offset : e.offset + e.size]
+        if e.name.endswith("running_var"):
+            assert (chunk == 0).all()
+        else:
+            assert (chunk == -1).all()
