@@ -1,0 +1,165 @@
+"""SecAgg+: ours beside Flower 1.42's own, one round each, same process, same inputs.
+
+Same n, d, share-group size (Flower's ``num_shares`` = our neighbours + 1, the client itself
+included) and threshold; both at 8-bit quantization of updates clipped to [-clip, clip].
+Reports round wall time, server time, mean client time, bytes uploaded per client and the max
+abs error against the exact mean, and the ratios (Flower / ours). Then a sweep over n at
+d = 100k with 10% of the clients dropping before the masked-input stage, server time vs n.
+
+    python benchmarks/bench_secagg.py --out runs/bench            # full (a few minutes)
+    python benchmarks/bench_secagg.py --out runs/bench --quick    # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from flower_secaggplus import run_flower_secaggplus
+
+from fedshield.crypto.secagg import SecAggClient, SecAggServer
+from fedshield.crypto.secagg_config import SecAggConfig
+from fedshield.engine.dropout import DropoutPolicy
+from fedshield.engine.runner import run_protocol
+from fedshield.engine.transport import InProcessTransport
+
+CLIP = 0.1
+
+
+def _updates(n: int, d: int) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(n * 7919 + d)
+    return {c: rng.uniform(-CLIP, CLIP, d).astype(np.float32) for c in range(n)}
+
+
+def run_ours(updates, *, config: SecAggConfig, drop: set[int]) -> dict:
+    _n, d = len(updates), next(iter(updates.values())).size
+    server = SecAggServer(round=0, clients=list(updates), dim=d, config=config)
+    clients = {
+        c: SecAggClient(client_id=c, round=0, update=u, weight=1.0, config=config)
+        for c, u in updates.items()
+    }
+    policy = DropoutPolicy(schedule={"masked_input": sorted(drop)})
+    start = time.perf_counter()
+    outcome = run_protocol(server, InProcessTransport(clients), dropout=policy)
+    wall = time.perf_counter() - start
+    revealed = outcome.revealed
+    survivors = revealed.contributors
+    exact = np.mean([updates[c] for c in survivors], axis=0)
+    client_totals: dict[int, float] = {}
+    bytes_up: dict[int, int] = {}
+    for stage in outcome.stages:
+        for c, s in stage.client_s.items():
+            client_totals[c] = client_totals.get(c, 0.0) + s
+        for c, b in stage.bytes_up.items():
+            bytes_up[c] = bytes_up.get(c, 0) + b
+    return {
+        "round_s": wall,
+        "server_s": sum(s.server_s for s in outcome.stages),
+        "client_s": float(np.mean(list(client_totals.values()))),
+        "bytes_up_per_client": float(np.mean(list(bytes_up.values()))),
+        "max_abs_error": float(np.abs(revealed.weighted_sum / revealed.total_weight - exact).max()),
+        "ring_bits": server.bits,
+        "neighbours": server.k,
+        "threshold": server.threshold,
+    }
+
+
+def run_flower(updates, *, holders: int, threshold: int, drop: set[int]) -> dict:
+    out = run_flower_secaggplus(
+        updates,
+        num_shares=holders,
+        threshold=threshold,
+        clip=CLIP,
+        quant_bits=8,
+        drop_before_masked_input=drop,
+    )
+    survivors = [c for c in updates if c not in drop]
+    exact = np.mean([updates[c] for c in survivors], axis=0)
+    aggregate = out.pop("aggregate")
+    return {**out, "max_abs_error": float(np.abs(aggregate - exact).max())}
+
+
+def case(n: int, d: int, dropout: float = 0.0) -> dict:
+    updates = _updates(n, d)
+    config = SecAggConfig(clip=CLIP, quant_bits=8, max_weight=1.0)
+    k = config.degree(n)
+    if (k + 1) % 2 == 0 and k + 1 != n:  # Flower wants an odd group size below n
+        config = SecAggConfig(clip=CLIP, quant_bits=8, max_weight=1.0, neighbours=k - 2)
+    drop = set(range(0, n, round(1 / dropout))) if dropout else set()
+    ours = run_ours(updates, config=config, drop=drop)
+    flower = run_flower(
+        updates, holders=ours["neighbours"] + 1, threshold=ours["threshold"], drop=drop
+    )
+    ratios = {
+        f"{key}_flower_over_ours": flower[key] / ours[key]
+        for key in ("round_s", "server_s", "client_s", "bytes_up_per_client")
+    }
+    return {"n": n, "d": d, "dropped": sorted(drop), "ours": ours, "flower": flower, **ratios}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    args = parser.parse_args(argv)
+    if args.quick:
+        headline, sweep_d, sweep_n = [(5, 1000)], 1000, [5, 10]
+    else:
+        headline, sweep_d, sweep_n = (
+            [(10, 1_000_000), (50, 100_000)],
+            100_000,
+            [10, 25, 50, 100, 200],
+        )
+    results = {"benchmark": "secagg", "cases": [], "sweep": []}
+    for n, d in headline:
+        results["cases"].append(c := case(n, d))
+        print(
+            f"n={n} d={d:,}: round ×{c['round_s_flower_over_ours']:.2f} faster, upload "
+            f"×{c['bytes_up_per_client_flower_over_ours']:.2f} smaller, client "
+            f"×{c['client_s_flower_over_ours']:.2f} faster (Flower / ours)",
+            flush=True,
+        )
+    for n in sweep_n:
+        results["sweep"].append(c := case(n, sweep_d, dropout=0.1))
+        print(
+            f"sweep n={n}: server ours {c['ours']['server_s']:.3f} s, Flower "
+            f"{c['flower']['server_s']:.3f} s",
+            flush=True,
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "secagg.json").write_text(json.dumps(results, indent=2) + "\n")
+    _plot(results["sweep"], args.out / "secagg_server_time.png")
+    return results
+
+
+def _plot(sweep: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = [c["n"] for c in sweep]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ns, [c["ours"]["server_s"] for c in sweep], marker="o", label="fedshield")
+    ax.plot(ns, [c["flower"]["server_s"] for c in sweep], marker="s", label="Flower 1.42")
+    ax.set(
+        xlabel="clients n (10% drop before masked input)",
+        ylabel="server seconds",
+        title=f"SecAgg+ server time, d = {sweep[0]['d']:,}",
+    )
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
