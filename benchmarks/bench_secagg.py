@@ -88,10 +88,11 @@ def run_flower(updates, *, holders: int, threshold: int, drop: set[int]) -> dict
 
 def case(n: int, d: int, dropout: float = 0.0) -> dict:
     updates = _updates(n, d)
-    config = SecAggConfig(clip=CLIP, quant_bits=8, max_weight=1.0)
+    # Unweighted mean on both sides (Flower: every client reports 1 example, max_weight 1).
+    config = SecAggConfig(clip=CLIP, quant_bits=8, weight_bits=0)
     k = config.degree(n)
     if (k + 1) % 2 == 0 and k + 1 != n:  # Flower wants an odd group size below n
-        config = SecAggConfig(clip=CLIP, quant_bits=8, max_weight=1.0, neighbours=k - 2)
+        config = SecAggConfig(clip=CLIP, quant_bits=8, weight_bits=0, neighbours=k - 2)
     drop = set(range(0, n, round(1 / dropout))) if dropout else set()
     ours = run_ours(updates, config=config, drop=drop)
     flower = run_flower(

@@ -1,3 +1,5 @@
-"""numba compression kernels on flat arrays (numpy, numba only). See the project's issues."""
+"""numba compression kernels on flat arrays (numpy, numba only)."""
 
-__all__: list[str] = []
+from fedshield.compress.bitpack import pack, packed_size, unpack
+
+__all__ = ["pack", "packed_size", "unpack"]

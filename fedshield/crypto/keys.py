@@ -28,6 +28,7 @@ __all__ = [
     "derive",
     "open_share",
     "seal_share",
+    "validate_public_key",
 ]
 
 PUBLIC_KEY_BYTES = 32
@@ -68,8 +69,22 @@ class KeyPair:
         """A 32-byte key shared with the owner of ``peer_public``, bound to ``info``."""
         if len(peer_public) != PUBLIC_KEY_BYTES:
             raise WrongShape(f"an X25519 public key is 32 bytes, got {len(peer_public)}")
-        shared = self._private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        try:
+            shared = self._private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        except ValueError:  # a low-order point gives the all-zero secret
+            raise WrongShape("peer public key is a low-order point") from None
         return derive(shared, info=info)
+
+
+def validate_public_key(public: bytes) -> None:
+    """Raise :class:`WrongShape` unless ``public`` is a usable X25519 public key (32 bytes, not a
+    low-order point, which would make every agreement with it the all-zero secret)."""
+    if len(public) != PUBLIC_KEY_BYTES:
+        raise WrongShape(f"an X25519 public key is 32 bytes, got {len(public)}")
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        raise WrongShape("public key is a low-order point") from None
 
 
 def derive(key_material: bytes, *, info: bytes, length: int = 32) -> bytes:

@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from fedshield.compress import bitpack
+
 __all__ = ["decode_mean", "encode", "pack", "ring_bits", "unpack"]
 
 
@@ -56,19 +58,9 @@ def decode_mean(
 
 def pack(values: np.ndarray, bits: int) -> bytes:
     """Pack uint64 values, each below ``2^bits``, into ``ceil(len * bits / 8)`` bytes."""
-    if bits in (8, 16, 32, 64):
-        return values.astype(f"<u{bits // 8}").tobytes()
-    shifts = np.arange(bits, dtype=np.uint64)
-    bit_matrix = ((values[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
-    return np.packbits(bit_matrix.reshape(-1), bitorder="little").tobytes()
+    return bitpack.pack(values, bits)
 
 
 def unpack(data: bytes, length: int, bits: int) -> np.ndarray:
     """Inverse of :func:`pack`; ``data`` must be exactly ``ceil(length * bits / 8)`` bytes."""
-    if len(data) != (length * bits + 7) // 8:
-        raise ValueError(f"{len(data)} bytes cannot hold exactly {length} values of {bits} bits")
-    if bits in (8, 16, 32, 64):
-        return np.frombuffer(data, dtype=f"<u{bits // 8}").astype(np.uint64)
-    flat = np.unpackbits(np.frombuffer(data, np.uint8), count=length * bits, bitorder="little")
-    weights = np.left_shift(np.uint64(1), np.arange(bits, dtype=np.uint64))
-    return (flat.reshape(length, bits).astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+    return bitpack.unpack(data, length, bits)

@@ -22,6 +22,8 @@ Z_{2^b}) → ``unmask`` (shares of survivors' self-mask seeds and of dropped cli
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import secrets
 import struct
 
@@ -29,7 +31,13 @@ import numpy as np
 
 from fedshield import wire
 from fedshield.crypto import ring, shamir
-from fedshield.crypto.keys import PUBLIC_KEY_BYTES, KeyPair, open_share, seal_share
+from fedshield.crypto.keys import (
+    PUBLIC_KEY_BYTES,
+    KeyPair,
+    open_share,
+    seal_share,
+    validate_public_key,
+)
 from fedshield.crypto.prg import SEED_BYTES, expand_mask
 from fedshield.crypto.secagg_config import SecAggConfig, neighbour_graph
 from fedshield.errors import InvalidShare, ProtocolAbort, SecAggAbort, UnknownSender, WrongShape
@@ -67,6 +75,34 @@ def _pairwise_mask(
     return mask if me < peer else (np.uint64(0) - mask)
 
 
+def _commit(seed: bytes, *, round: int, client: int) -> bytes:
+    """Hash commitment to a self-mask seed (the seed has 256 bits of entropy: hiding)."""
+    label = b"fedshield/secagg/self-seed" + struct.pack("<II", round, client)
+    return hashlib.sha256(label + seed).digest()
+
+
+def _verified_secret(shares: list[shamir.Share], check, max_tries: int = 64) -> bytes:
+    """Reconstruct from ``t`` shares and check it against the owner's commitment; if a share
+    was forged, try other ``t``-subsets (when more than ``t`` shares are at hand).
+
+    Raises:
+        SecAggAbort: when no subset tried yields a secret that passes ``check``.
+    """
+    if not shares:
+        raise SecAggAbort("no shares to reconstruct from")
+    t = shares[0].threshold
+    for subset in itertools.islice(itertools.combinations(shares, t), max_tries):
+        try:
+            secret = shamir.reconstruct(list(subset))
+            if check(secret):
+                return secret
+        except (InvalidShare, WrongShape):
+            continue
+    if len(shares) < t:
+        raise SecAggAbort(f"{len(shares)} shares, the threshold is {t}")
+    raise SecAggAbort("no subset of the revealed shares matches the owner's commitment")
+
+
 class SecAggServer(ServerSession):
     """Server side: relays keys and shares, sums masked inputs, removes the masks it may."""
 
@@ -91,6 +127,7 @@ class SecAggServer(ServerSession):
         self.u3: tuple[int, ...] = ()
         self.shares_b: dict[int, list[shamir.Share]] = {}
         self.shares_s: dict[int, list[shamir.Share]] = {}
+        self.commitments: dict[int, bytes] = {}  # client -> hash of its self-mask seed
 
     def describe(self) -> dict:
         """Ring bits, Shamir threshold and neighbours per client of this round."""
@@ -140,11 +177,14 @@ class SecAggServer(ServerSession):
             message.require_fields(2)
             c_pk = message.raw(0, length=PUBLIC_KEY_BYTES)
             s_pk = message.raw(1, length=PUBLIC_KEY_BYTES)
+            validate_public_key(c_pk)
+            validate_public_key(s_pk)
             if c_pk == s_pk or c_pk in self.c_pk.values() or s_pk in self.s_pk.values():
                 raise WrongShape(f"client {sender} reused a public key")
             self.c_pk[sender], self.s_pk[sender] = c_pk, s_pk
         elif stage == "share_keys":
-            message.require_fields(2)
+            message.require_fields(3)
+            self.commitments[sender] = message.raw(2, length=32)
             expected = [j for j in (*self.graph[sender], sender) if j in self.c_pk]
             receivers = message.array(0, dtype="<u4", shape=(len(expected),))
             if sorted(receivers.tolist()) != sorted(expected):
@@ -177,7 +217,11 @@ class SecAggServer(ServerSession):
                     share = shamir.Share.from_bytes(
                         blob[i * shamir.SHARE_BYTES : (i + 1) * shamir.SHARE_BYTES]
                     )
-                    if share.x != sender + 1 or share.threshold != self.threshold:
+                    if (share.x, share.threshold, share.secret_len) != (
+                        sender + 1,
+                        self.threshold,
+                        SEED_BYTES,
+                    ):
                         raise InvalidShare(f"client {sender} sent a share that is not its own")
                     store.setdefault(owner, []).append(share)
 
@@ -202,10 +246,17 @@ class SecAggServer(ServerSession):
             total += self.masked[c]
         try:
             for c in survivors:
-                seed = shamir.reconstruct(self.shares_b.get(c, []))
+                seed = _verified_secret(
+                    self.shares_b.get(c, []),
+                    lambda b, c=c: _commit(b, round=self.round, client=c) == self.commitments[c],
+                )
                 total -= expand_mask(seed, length, self.bits)
             for j in dropped:
-                keys = KeyPair.from_private_bytes(shamir.reconstruct(self.shares_s.get(j, [])))
+                secret = _verified_secret(
+                    self.shares_s.get(j, []),
+                    lambda b, j=j: KeyPair.from_private_bytes(b).public_bytes == self.s_pk[j],
+                )
+                keys = KeyPair.from_private_bytes(secret)
                 for i in self.graph[j]:
                     if i in self.masked:  # i added sgn(i, j)·mask(i, j); take it away
                         total -= _pairwise_mask(
@@ -217,7 +268,7 @@ class SecAggServer(ServerSession):
                             length=length,
                             bits=self.bits,
                         )
-        except ProtocolAbort as exc:
+        except (ProtocolAbort, InvalidShare, WrongShape) as exc:
             raise SecAggAbort(f"round {self.round}: cannot unmask ({exc})") from exc
         total &= np.uint64((1 << self.bits) - 1)
         self.unmasked = total  # sum_i w_i q_i and sum_i w_i: all the server learns
@@ -294,7 +345,10 @@ class SecAggClient(ClientSession):
             key = self.c_keys.agree(self.c_pk[h], info=_enc_info(self.round, me, h))
             plain = _PAIR.pack(me, h) + b.to_bytes() + s.to_bytes()
             sealed.append(seal_share(key, plain, round=self.round, sender=me, receiver=h))
-        return self._client_message(stage, [np.array(holders, dtype=np.uint32), b"".join(sealed)])
+        commitment = _commit(self.self_seed, round=self.round, client=me)
+        return self._client_message(
+            stage, [np.array(holders, dtype=np.uint32), b"".join(sealed), commitment]
+        )
 
     def _masked_input(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(3)

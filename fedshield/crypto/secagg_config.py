@@ -58,7 +58,8 @@ class SecAggConfig:
     Args:
         clip: updates are clipped to ``[-clip, clip]`` before quantization.
         quant_bits: bits per quantized value (1..24).
-        weight_bits: bits of the integer FedAvg weight each client multiplies in.
+        weight_bits: bits of the integer FedAvg weight each client multiplies in; 0 means an
+            unweighted mean (every weight is 1) and saves those bits on the wire.
         max_weight: public upper bound of a client's weight (its sample count); weights are
             scaled to integers in ``[1, 2^weight_bits - 1]`` relative to it.
         threshold: Shamir threshold ``t``; ``None`` picks a majority of each share group.
@@ -75,8 +76,8 @@ class SecAggConfig:
     def __post_init__(self) -> None:
         if not (self.clip > 0 and math.isfinite(self.clip)):
             raise ValueError("clip must be positive and finite")
-        if not 1 <= self.quant_bits <= 24 or not 1 <= self.weight_bits <= 24:
-            raise ValueError("quant_bits and weight_bits must be in 1..24")
+        if not 1 <= self.quant_bits <= 24 or not 0 <= self.weight_bits <= 24:
+            raise ValueError("quant_bits must be in 1..24 and weight_bits in 0..24")
         if not self.max_weight > 0:
             raise ValueError("max_weight must be positive")
         if self.threshold is not None and self.threshold < 1:
@@ -107,6 +108,8 @@ class SecAggConfig:
         return ring_bits(quant_bits=self.quant_bits, n_clients=n, weight_bits=self.weight_bits)
 
     def integer_weight(self, weight: float) -> int:
-        """The client's weight as an integer in ``[1, 2^weight_bits - 1]``."""
+        """The client's weight as an integer in ``[1, 2^weight_bits - 1]`` (1 if unweighted)."""
+        if self.weight_bits == 0:
+            return 1
         top = (1 << self.weight_bits) - 1
         return int(min(top, max(1, round(weight / self.max_weight * top))))

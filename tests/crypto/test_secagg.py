@@ -167,10 +167,10 @@ class _FlipShareByte(InProcessTransport):
         replies = super().exchange(stage, messages)
         if stage == "share_keys" and 1 in replies:
             msg = wire.decode(replies[1].data)
-            receivers, blob = msg.fields
+            receivers, blob, commitment = msg.fields
             blob = bytearray(blob)
             blob[40] ^= 0xFF
-            replies[1] = Reply(wire.encode(msg.header, [receivers, bytes(blob)]))
+            replies[1] = Reply(wire.encode(msg.header, [receivers, bytes(blob), commitment]))
         return replies
 
 
@@ -272,9 +272,67 @@ def test_stochastic_rounding_is_unbiased_and_within_one_step():
     assert np.abs(values.mean(axis=0) - x).max() < 4 * step / np.sqrt(400)
 
 
-@pytest.mark.parametrize("bits", [1, 5, 8, 13, 16, 19, 31, 32])
-def test_pack_round_trip(bits):
-    values = np.random.default_rng(bits).integers(0, 2**bits, size=1003).astype(np.uint64)
-    packed = ring.pack(values, bits)
-    assert len(packed) == (1003 * bits + 7) // 8
-    np.testing.assert_array_equal(ring.unpack(packed, 1003, bits), values)
+def test_unweighted_mode_saves_the_weight_bits_and_counts_survivors():
+    config = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=0)
+    server, outcome, levels, _ = _run(4, 16, config=config, schedule={"masked_input": [3]})
+    assert server.bits == 8 + 2
+    assert outcome.revealed.total_weight == 3
+    np.testing.assert_array_equal(
+        _decode_levels(server, outcome.revealed, 16), sum(levels[c] for c in range(3))
+    )
+
+
+def test_low_order_public_key_is_rejected_and_the_round_completes():
+    class ZeroKey(InProcessTransport):
+        def exchange(self, stage, messages):
+            replies = super().exchange(stage, messages)
+            if stage == "advertise_keys":
+                header = wire.decode(replies[2].data).header
+                replies[2] = Reply(wire.encode(header, [bytes(32), bytes(32)]))
+            return replies
+
+    server, outcome, levels, weights = _run(4, 16, transport_cls=ZeroKey)
+    assert "low-order" in outcome.stages[0].rejected[2]
+    np.testing.assert_array_equal(
+        _decode_levels(server, outcome.revealed, 16),
+        _expected_level_sum(levels, weights, [0, 1, 3]),
+    )
+
+
+def test_forged_unmask_shares_abort_the_round_instead_of_crashing_the_server():
+    class Forge(InProcessTransport):
+        def exchange(self, stage, messages):
+            replies = super().exchange(stage, messages)
+            if stage == "unmask":
+                for c, reply in replies.items():
+                    msg = wire.decode(reply.data)
+                    ids_b, blob_b, ids_s, blob_s = msg.fields
+                    blob_b = bytearray(blob_b)
+                    for i in range(len(ids_b)):  # perturb y of every share, keep the format
+                        blob_b[i * 71 + 5] ^= 1
+                    fields = [ids_b, bytes(blob_b), ids_s, blob_s]
+                    replies[c] = Reply(wire.encode(msg.header, fields))
+            return replies
+
+    _, outcome, _, _ = _run(3, 16, transport_cls=Forge)
+    assert outcome.revealed is None and "commitment" in outcome.aborted
+
+
+def test_one_forged_share_is_outvoted_when_spare_shares_exist():
+    class ForgeOne(InProcessTransport):
+        def exchange(self, stage, messages):
+            replies = super().exchange(stage, messages)
+            if stage == "unmask":
+                msg = wire.decode(replies[0].data)
+                ids_b, blob_b, ids_s, blob_s = msg.fields
+                blob_b = bytearray(blob_b)
+                blob_b[5] ^= 1  # client 0 lies about one share of one survivor's seed
+                replies[0] = Reply(wire.encode(msg.header, [ids_b, bytes(blob_b), ids_s, blob_s]))
+            return replies
+
+    config = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, threshold=3)
+    server, outcome, levels, weights = _run(5, 16, config=config, transport_cls=ForgeOne)
+    np.testing.assert_array_equal(
+        _decode_levels(server, outcome.revealed, 16),
+        _expected_level_sum(levels, weights, range(5), config),
+    )
