@@ -28,7 +28,7 @@ def _pack(values, bits, out):  # pragma: no cover - compiled
     j = 0
     mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
     for i in range(values.size):
-        acc |= (values[i] & mask) << np.uint64(filled)
+        acc |= (np.uint64(values[i]) & mask) << np.uint64(filled)
         filled += bits
         while filled >= 8:
             out[j] = np.uint8(acc & np.uint64(0xFF))
@@ -63,7 +63,10 @@ def _check_bits(bits: int) -> None:
 def pack(values: np.ndarray, bits: int) -> bytes:
     """Pack unsigned integers (each below ``2^bits``) into :func:`packed_size` bytes."""
     _check_bits(bits)
-    values = np.ascontiguousarray(values, dtype=np.uint64)
+    values = np.asarray(values)
+    if values.dtype not in (np.uint8, np.uint16, np.uint32, np.uint64):
+        values = values.astype(np.uint64)
+    values = np.ascontiguousarray(values)
     if values.ndim != 1:
         raise ValueError("values must be a flat array")
     out = np.zeros(packed_size(values.size, bits), dtype=np.uint8)

@@ -12,14 +12,20 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["SEED_BYTES", "expand_mask"]
+__all__ = ["SEED_BYTES", "expand_mask", "ring_dtype"]
 
 SEED_BYTES = 32
 _NONCE = bytes(16)
 
 
+def ring_dtype(bits: int) -> np.dtype:
+    """The narrowest unsigned dtype holding ring elements of ``bits`` bits (uint32 or uint64).
+    Arithmetic in it wraps modulo 2^32 or 2^64, a multiple of the ring size 2^bits."""
+    return np.dtype(np.uint32) if bits <= 32 else np.dtype(np.uint64)
+
+
 def expand_mask(seed: bytes, length: int, bits: int) -> np.ndarray:
-    """``length`` uniform values in ``[0, 2^bits)`` (uint64) from a 32-byte seed.
+    """``length`` uniform values in ``[0, 2^bits)`` (:func:`ring_dtype`) from a 32-byte seed.
 
     Args:
         seed: 32 bytes from a CSPRNG or a KDF.
@@ -32,14 +38,15 @@ def expand_mask(seed: bytes, length: int, bits: int) -> np.ndarray:
         raise ValueError(f"bits must be in 1..64, got {bits}")
     if length < 0:
         raise ValueError("length must be non-negative")
-    nbytes = 8 * length
+    dtype = ring_dtype(bits)
+    nbytes = dtype.itemsize * length
     # update_into wants 15 spare bytes after the output; the keystream is AES-CTR over zeros.
     backing = np.empty(nbytes + 15, dtype=np.uint8)
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(_NONCE)).encryptor()
     encryptor.update_into(_zeros(nbytes), backing)
-    out = backing[:nbytes].view(np.uint64)
-    if bits < 64:
-        out &= np.uint64((1 << bits) - 1)
+    out = backing[:nbytes].view(dtype)
+    if bits < 8 * dtype.itemsize:
+        out &= dtype.type((1 << bits) - 1)
     return out
 
 

@@ -38,7 +38,7 @@ from fedshield.crypto.keys import (
     seal_share,
     validate_public_key,
 )
-from fedshield.crypto.prg import SEED_BYTES, expand_mask
+from fedshield.crypto.prg import SEED_BYTES, expand_mask, ring_dtype
 from fedshield.crypto.secagg_config import SecAggConfig, neighbour_graph
 from fedshield.errors import InvalidShare, ProtocolAbort, SecAggAbort, UnknownSender, WrongShape
 from fedshield.protocols.base import ClientSession, Revealed, ServerSession
@@ -72,7 +72,7 @@ def _pairwise_mask(
     """+mask for the smaller id, -mask for the larger, so each pair cancels in the sum."""
     seed = keys.agree(peer_public, info=_mask_info(round, me, peer))
     mask = expand_mask(seed, length, bits)
-    return mask if me < peer else (np.uint64(0) - mask)
+    return mask if me < peer else (mask.dtype.type(0) - mask)
 
 
 def _commit(seed: bytes, *, round: int, client: int) -> bytes:
@@ -241,7 +241,7 @@ class SecAggServer(ServerSession):
         survivors = sorted(self.masked)
         dropped = sorted(set(self.u2) - set(survivors))
         length = self.dim + 1
-        total = np.zeros(length, dtype=np.uint64)
+        total = np.zeros(length, dtype=ring_dtype(self.bits))
         for c in survivors:
             total += self.masked[c]
         try:
@@ -270,7 +270,7 @@ class SecAggServer(ServerSession):
                         )
         except (ProtocolAbort, InvalidShare, WrongShape) as exc:
             raise SecAggAbort(f"round {self.round}: cannot unmask ({exc})") from exc
-        total &= np.uint64((1 << self.bits) - 1)
+        total &= total.dtype.type((1 << self.bits) - 1)
         self.unmasked = total  # sum_i w_i q_i and sum_i w_i: all the server learns
         weight = int(total[-1])
         if weight == 0:
@@ -387,8 +387,8 @@ class SecAggClient(ClientSession):
             rng=np.random.default_rng(secrets.randbits(128)),
         )
         weight = self.config.integer_weight(self.weight)
-        y = np.empty(length, dtype=np.uint64)
-        y[:-1] = q * np.uint64(weight)
+        y = np.empty(length, dtype=ring_dtype(self.bits))
+        np.multiply(q, weight, out=y[:-1], casting="unsafe")
         y[-1] = weight
         y += expand_mask(self.self_seed, length, self.bits)
         for j in self.neighbours:
@@ -402,7 +402,7 @@ class SecAggClient(ClientSession):
                     length=length,
                     bits=self.bits,
                 )
-        y &= np.uint64((1 << self.bits) - 1)
+        y &= y.dtype.type((1 << self.bits) - 1)
         return self._client_message(
             stage, [np.array(complaints, dtype=np.uint32), ring.pack(y, self.bits)]
         )
