@@ -17,7 +17,7 @@ def _load(name):
 def test_bench_secagg_quick_runs_both_sides_and_both_are_accurate(tmp_path):
     _load("bench_secagg").main(["--quick", "--out", str(tmp_path)])
     doc = json.loads((tmp_path / "secagg.json").read_text())
-    for c in doc["cases"] + doc["sweep"]:
+    for c in doc["cases"] + [c for c in doc["sweep"] if c["flower"]]:
         step = 2 * 0.1 / 255
         assert c["ours"]["max_abs_error"] <= step and c["flower"]["max_abs_error"] <= 2 * step
         assert c["bytes_up_per_client_flower_over_ours"] > 1

@@ -122,7 +122,7 @@ class SecAggServer(ServerSession):
         self.s_pk: dict[int, bytes] = {}
         self.mailbox: dict[int, dict[int, bytes]] = {}  # receiver -> sender -> sealed share
         self.masked: dict[int, np.ndarray] = {}
-        self.complaints: set[int] = set()
+        self.complaints: dict[int, set[int]] = {}  # complainer -> senders of bad shares
         self.u2: tuple[int, ...] = ()
         self.u3: tuple[int, ...] = ()
         self.shares_b: dict[int, list[shamir.Share]] = {}
@@ -194,12 +194,12 @@ class SecAggServer(ServerSession):
                 self.mailbox.setdefault(j, {})[sender] = blob[i * _SEALED : (i + 1) * _SEALED]
         elif stage == "masked_input":
             message.require_fields(2)
-            complaints = message.array(0, dtype="<u4")
-            if not set(complaints.tolist()) <= set(self.graph[sender]):
+            complaints = set(message.array(0, dtype="<u4").tolist())
+            if not complaints <= {*self.graph[sender], sender}:
                 raise UnknownSender(f"client {sender} complained about a non-neighbour")
             packed = message.raw(1, length=self._packed_len())
             self.masked[sender] = ring.unpack(packed, self.dim + 1, self.bits)
-            self.complaints |= set(complaints.tolist())
+            self.complaints[sender] = complaints
         else:
             message.require_fields(4)
             for ids_field, shares_field, store, allowed in (
@@ -228,8 +228,9 @@ class SecAggServer(ServerSession):
     def _close_stage(self, stage: str) -> None:
         if stage == "masked_input":
             # A client whose shares failed authentication at a neighbour counts as dropped.
-            self.alive -= self.complaints
-            for c in self.complaints:
+            accused = set().union(*self.complaints.values())
+            self.alive -= accused
+            for c in accused:
                 self.masked.pop(c, None)
         if len(self.alive) < self.threshold:
             raise SecAggAbort(
@@ -252,22 +253,29 @@ class SecAggServer(ServerSession):
                 )
                 total -= expand_mask(seed, length, self.bits)
             for j in dropped:
+                # Survivors that complained about j left their mask with j out of their input.
+                paired = [
+                    i
+                    for i in self.graph[j]
+                    if i in self.masked and j not in self.complaints.get(i, ())
+                ]
+                if not paired:
+                    continue
                 secret = _verified_secret(
                     self.shares_s.get(j, []),
                     lambda b, j=j: KeyPair.from_private_bytes(b).public_bytes == self.s_pk[j],
                 )
                 keys = KeyPair.from_private_bytes(secret)
-                for i in self.graph[j]:
-                    if i in self.masked:  # i added sgn(i, j)·mask(i, j); take it away
-                        total -= _pairwise_mask(
-                            keys,
-                            self.s_pk[i],
-                            round=self.round,
-                            me=i,
-                            peer=j,
-                            length=length,
-                            bits=self.bits,
-                        )
+                for i in paired:  # i added sgn(i, j)·mask(i, j); take it away
+                    total -= _pairwise_mask(
+                        keys,
+                        self.s_pk[i],
+                        round=self.round,
+                        me=i,
+                        peer=j,
+                        length=length,
+                        bits=self.bits,
+                    )
         except (ProtocolAbort, InvalidShare, WrongShape) as exc:
             raise SecAggAbort(f"round {self.round}: cannot unmask ({exc})") from exc
         total &= total.dtype.type((1 << self.bits) - 1)
@@ -335,14 +343,17 @@ class SecAggClient(ClientSession):
             raise WrongShape("the server relayed keys that are not this client's")
         if len(set(self.c_pk.values()) | set(self.s_pk.values())) != 2 * len(u1):
             raise WrongShape("the server relayed repeated public keys")
-        self.neighbours = neighbour_graph(u1, self.config.degree(self.n), seed)[me]
+        self.neighbours = neighbour_graph(u1, self.config.degree(self.n), seed, only=me)[me]
         holders = sorted((*self.neighbours, me))
         xs = [h + 1 for h in holders]
         b_shares = shamir.split(self.self_seed, threshold=self.threshold, xs=xs)
         s_shares = shamir.split(self.s_keys.private_bytes(), threshold=self.threshold, xs=xs)
         sealed = []
+        self.share_keys = {
+            h: self.c_keys.agree(self.c_pk[h], info=_enc_info(self.round, me, h)) for h in holders
+        }
         for h, b, s in zip(holders, b_shares, s_shares, strict=True):
-            key = self.c_keys.agree(self.c_pk[h], info=_enc_info(self.round, me, h))
+            key = self.share_keys[h]
             plain = _PAIR.pack(me, h) + b.to_bytes() + s.to_bytes()
             sealed.append(seal_share(key, plain, round=self.round, sender=me, receiver=h))
         commitment = _commit(self.self_seed, round=self.round, client=me)
@@ -362,7 +373,7 @@ class SecAggClient(ClientSession):
         for i, sender in enumerate(senders):
             if sender not in (*self.neighbours, me) or sender not in u2:
                 raise UnknownSender(f"client {me} got a share from non-neighbour {sender}")
-            key = self.c_keys.agree(self.c_pk[sender], info=_enc_info(self.round, me, sender))
+            key = self.share_keys[sender]
             try:
                 plain = open_share(
                     key,
@@ -392,7 +403,7 @@ class SecAggClient(ClientSession):
         y[-1] = weight
         y += expand_mask(self.self_seed, length, self.bits)
         for j in self.neighbours:
-            if j in u2:
+            if j in u2 and j not in complaints:  # no mask with a peer whose shares were bad
                 y += _pairwise_mask(
                     self.s_keys,
                     self.s_pk[j],

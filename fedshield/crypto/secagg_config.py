@@ -31,24 +31,25 @@ def default_neighbours(n: int) -> int:
     return min(n - 1, 2 * math.ceil(4 * math.log2(n)))
 
 
-def neighbour_graph(clients: list[int], k: int, seed: bytes) -> dict[int, tuple[int, ...]]:
+def neighbour_graph(
+    clients: list[int], k: int, seed: bytes, only: int | None = None
+) -> dict[int, tuple[int, ...]]:
     """A random k-regular graph (Harary graph on a seeded permutation); complete if k >= n-1.
 
     ``seed`` is public randomness chosen by the server; every party computes the same graph.
+    With ``only``, just that client's neighbours are computed (what a client needs).
     """
     clients = sorted(clients)
     n = len(clients)
+    wanted = clients if only is None else [only]
     if k >= n - 1:
-        return {c: tuple(x for x in clients if x != c) for c in clients}
+        return {c: tuple(x for x in clients if x != c) for c in wanted}
     # The permutation is public and non-secret: numpy's generator is fine for it.
     order = np.random.default_rng(np.frombuffer(seed, dtype=np.uint32)).permutation(clients)
     position = {int(c): p for p, c in enumerate(order)}
     half = k // 2
-    graph = {}
-    for c in clients:
-        p = position[c]
-        graph[c] = tuple(sorted(int(order[(p + s) % n]) for s in range(-half, half + 1) if s))
-    return graph
+    offsets = [s for s in range(-half, half + 1) if s]
+    return {c: tuple(sorted(int(order[(position[c] + s) % n]) for s in offsets)) for c in wanted}
 
 
 @dataclass(frozen=True)

@@ -336,3 +336,34 @@ def test_one_forged_share_is_outvoted_when_spare_shares_exist():
         _decode_levels(server, outcome.revealed, 16),
         _expected_level_sum(levels, weights, range(5), config),
     )
+
+
+def test_sealed_share_replayed_from_an_earlier_round_fails_authentication():
+    """An old ciphertext slipped into a new round's relay is caught (AEAD binds the round)."""
+    old_blobs = {}
+
+    class Keep(InProcessTransport):
+        def exchange(self, stage, messages):
+            replies = super().exchange(stage, messages)
+            if stage == "share_keys":
+                old_blobs.update({c: wire.decode(r.data).fields for c, r in replies.items()})
+            return replies
+
+    _run(4, 8, round=0, transport_cls=Keep)
+    old = dict(old_blobs)
+
+    class Replay(InProcessTransport):
+        def exchange(self, stage, messages):
+            replies = super().exchange(stage, messages)
+            if stage == "share_keys":
+                msg = wire.decode(replies[1].data)
+                receivers, _, commitment = msg.fields
+                replies[1] = Reply(wire.encode(msg.header, [receivers, old[1][1], commitment]))
+            return replies
+
+    server, outcome, levels, weights = _run(4, 8, round=1, transport_cls=Replay)
+    assert outcome.revealed.contributors == (0, 2, 3)  # 1's stale shares got it dropped
+    np.testing.assert_array_equal(
+        _decode_levels(server, outcome.revealed, 8),
+        _expected_level_sum(levels, weights, [0, 2, 3]),
+    )
