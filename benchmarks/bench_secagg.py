@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         headline, sweep_d, sweep_n = (
             [(10, 1_000_000), (50, 100_000)],
             100_000,
-            [10, 25, 50, 100, 200],
+            [10, 25, 50, 100],
         )
     results = {"benchmark": "secagg", "cases": [], "sweep": []}
     args.out.mkdir(parents=True, exist_ok=True)
