@@ -64,7 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="server learning rate (default 1 for none, 0.01 for adaptive)",
     )
-    run.add_argument("--model", choices=sorted(MODELS), default=d.model)
+    run.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default=None,
+        help="default: cnn-gn (GroupNorm) for synthetic, cnn (BatchNorm) otherwise and for fedbn",
+    )
     run.add_argument(
         "--protect",
         choices=PROTOCOLS,

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from fedshield.cli import main
+from fedshield.engine.models import build_model
 
 ROUND_KEYS = {
     "round",
@@ -73,7 +74,8 @@ def test_default_run_is_secagg_with_dropout_recovery(tmp_path):
         "masked_input",
         "unmask",
     ]
-    dim = 23_762  # the small CNN's exchanged values, plus the weight in the masked vector
+    assert result["config"]["model"] == "cnn-gn"  # synthetic sites default to GroupNorm
+    dim = sum(p.numel() for p in build_model("cnn-gn").parameters())
     masked = r["stages"][2]["bytes_up"]["0"]
     assert (dim + 1) * 18 / 8 < masked < (dim + 1) * 18 / 8 + 100
 
