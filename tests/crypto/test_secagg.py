@@ -184,23 +184,32 @@ def test_flipped_byte_in_a_sealed_share_drops_its_sender_and_the_round_completes
     )
 
 
+def _sessions(n, d, round):
+    """A server and its clients for one round, not yet driven."""
+    updates, _, weights = _inputs(n, d)
+    server = SecAggServer(round=round, clients=range(n), dim=d, config=CONFIG)
+    clients = {
+        c: SecAggClient(
+            client_id=c, round=round, update=updates[c], weight=weights[c], config=CONFIG
+        )
+        for c in range(n)
+    }
+    return server, clients
+
+
+def _drive(server, clients, stages):
+    """Run ``stages`` honestly, by hand (no runner)."""
+    for stage in stages:
+        for c, m in server.broadcast(stage).items():
+            server.receive(stage, c, clients[c].handle(stage, m))
+        server.close_stage(stage)
+
+
 def test_share_replayed_from_another_round_is_rejected():
-    updates, _, weights = _inputs(3, 8)
-    old_server = SecAggServer(round=0, clients=range(3), dim=8, config=CONFIG)
-    old = {
-        c: SecAggClient(client_id=c, round=0, update=updates[c], weight=weights[c], config=CONFIG)
-        for c in range(3)
-    }
-    new_server = SecAggServer(round=1, clients=range(3), dim=8, config=CONFIG)
-    new = {
-        c: SecAggClient(client_id=c, round=1, update=updates[c], weight=weights[c], config=CONFIG)
-        for c in range(3)
-    }
-    for server, clients in ((old_server, old), (new_server, new)):
-        for stage in STAGES[:1]:
-            for c, m in server.broadcast(stage).items():
-                server.receive(stage, c, clients[c].handle(stage, m))
-            server.close_stage(stage)
+    old_server, old = _sessions(3, 8, round=0)
+    new_server, new = _sessions(3, 8, round=1)
+    _drive(old_server, old, STAGES[:1])
+    _drive(new_server, new, STAGES[:1])
     stale = old[0].handle("share_keys", old_server.broadcast("share_keys")[0])
     new_server.broadcast("share_keys")
     with pytest.raises(WrongRound):
@@ -234,16 +243,8 @@ def test_too_few_survivors_abort_and_reveal_nothing():
 
 
 def test_client_refuses_overlapping_survivor_and_dropped_sets():
-    updates, _, weights = _inputs(3, 8)
-    server = SecAggServer(round=0, clients=range(3), dim=8, config=CONFIG)
-    clients = {
-        c: SecAggClient(client_id=c, round=0, update=updates[c], weight=weights[c], config=CONFIG)
-        for c in range(3)
-    }
-    for stage in STAGES[:3]:
-        for c, m in server.broadcast(stage).items():
-            server.receive(stage, c, clients[c].handle(stage, m))
-        server.close_stage(stage)
+    server, clients = _sessions(3, 8, round=0)
+    _drive(server, clients, STAGES[:3])
     header = wire.Header(2, 4, 0, wire.SERVER_ID)
     overlapping = wire.encode(header, [np.array([0, 1, 2], np.uint32), np.array([1], np.uint32)])
     with pytest.raises(SecAggAbort, match="overlap"):
