@@ -95,6 +95,8 @@ def case(n: int, d: int, dropout: float = 0.0, with_flower: bool = True) -> dict
         config = SecAggConfig(clip=CLIP, quant_bits=8, weight_bits=0, neighbours=k - 2)
     drop = set(range(0, n, round(1 / dropout))) if dropout else set()
     ours = run_ours(updates, config=config, drop=drop)
+    if not with_flower:
+        return {"n": n, "d": d, "dropped": sorted(drop), "ours": ours, "flower": None}
     flower = run_flower(
         updates, holders=ours["neighbours"] + 1, threshold=ours["threshold"], drop=drop
     )
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         headline, sweep_d, sweep_n = (
             [(10, 1_000_000), (50, 100_000)],
             100_000,
-            [10, 25, 50, 100],
+            [10, 25, 50, 100, 200],
         )
     results = {"benchmark": "secagg", "cases": [], "sweep": []}
     args.out.mkdir(parents=True, exist_ok=True)

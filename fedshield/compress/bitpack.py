@@ -2,18 +2,32 @@
 
 ``pack(values, bits)`` writes value ``i`` into bits ``[i·b, (i+1)·b)`` of the output, least
 significant bit first; ``unpack`` inverts it. The numpy versions ``pack_reference`` and
-``unpack_reference`` are the test oracles. Serial loops: at one byte per step they already run
-at hundreds of MB/s; the kernels issue parallelises them over chunks.
+``unpack_reference`` are the test oracles. The kernels run in parallel over groups of 64
+values, which fill exactly ``b`` 64-bit words, so every group writes whole words of its own
+(little-endian hosts, where word order is byte order); the last ``len % 64`` values stream in
+byte by byte.
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-__all__ = ["pack", "pack_reference", "packed_size", "unpack", "unpack_reference"]
+__all__ = [
+    "pack",
+    "pack_buffer",
+    "pack_into",
+    "pack_reference",
+    "packed_size",
+    "unpack",
+    "unpack_reference",
+]
 
-MAX_BITS = 56  # the streaming accumulator holds up to 7 spare bits plus one value
+MAX_BITS = 56  # the byte-streaming tail holds up to 7 spare bits plus one value
+if sys.byteorder != "little":  # pragma: no cover
+    raise ImportError("fedshield.compress.bitpack writes little-endian words")
 
 
 def packed_size(length: int, bits: int) -> int:
@@ -21,13 +35,60 @@ def packed_size(length: int, bits: int) -> int:
     return (length * bits + 7) // 8
 
 
+_GROUP = 64  # values per parallel task: 64 values of b bits fill exactly b 64-bit words
+
+
+@njit(cache=True, parallel=True)
+def _pack_words(values, bits, words):  # pragma: no cover - compiled
+    """Pack the first ``64·(len(values) // 64)`` values, one group of b words per task."""
+    width = np.uint64(bits)
+    mask = (np.uint64(1) << width) - np.uint64(1)
+    for g in prange(values.size // _GROUP):
+        acc = np.uint64(0)
+        filled = np.uint64(0)
+        w = np.uint64(g) * width
+        base = np.uint64(g) * np.uint64(_GROUP)
+        for k in range(_GROUP):
+            v = np.uint64(values[base + np.uint64(k)]) & mask
+            acc |= v << filled
+            filled += width
+            if filled >= np.uint64(64):
+                words[w] = acc
+                w += np.uint64(1)
+                filled -= np.uint64(64)
+                acc = v >> (width - filled) if filled > np.uint64(0) else np.uint64(0)
+
+
+@njit(cache=True, parallel=True)
+def _unpack_words(words, length, bits, out):  # pragma: no cover - compiled
+    width = np.uint64(bits)
+    mask = (np.uint64(1) << width) - np.uint64(1)
+    for g in prange(length // _GROUP):
+        w = np.uint64(g) * width
+        acc = words[w]
+        filled = np.uint64(64)
+        base = np.uint64(g) * np.uint64(_GROUP)
+        for k in range(_GROUP):
+            if filled >= width:
+                out[base + np.uint64(k)] = acc & mask
+                acc >>= width
+                filled -= width
+            else:  # the value straddles two words
+                w += np.uint64(1)
+                following = words[w]
+                out[base + np.uint64(k)] = (acc | (following << filled)) & mask
+                acc = following >> (width - filled)
+                filled = np.uint64(64) - (width - filled)
+
+
 @njit(cache=True)
-def _pack(values, bits, out):  # pragma: no cover - compiled
+def _pack_tail(values, start, bits, out):  # pragma: no cover - compiled
+    """Stream ``values[start:]`` (start a multiple of 8) into ``out``, one byte at a time."""
     acc = np.uint64(0)
     filled = 0
-    j = 0
+    j = start // 8 * bits
     mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
-    for i in range(values.size):
+    for i in range(start, values.size):
         acc |= (np.uint64(values[i]) & mask) << np.uint64(filled)
         filled += bits
         while filled >= 8:
@@ -40,12 +101,12 @@ def _pack(values, bits, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _unpack(data, length, bits, out):  # pragma: no cover - compiled
+def _unpack_tail(data, start, length, bits, out):  # pragma: no cover - compiled
     acc = np.uint64(0)
     filled = 0
-    j = 0
+    j = start // 8 * bits
     mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
-    for i in range(length):
+    for i in range(start, length):
         while filled < bits:
             acc |= np.uint64(data[j]) << np.uint64(filled)
             filled += 8
@@ -60,27 +121,58 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"bits must be in 1..{MAX_BITS}, got {bits}")
 
 
-def pack(values: np.ndarray, bits: int) -> bytes:
-    """Pack unsigned integers (each below ``2^bits``) into :func:`packed_size` bytes."""
-    _check_bits(bits)
+def _flat_unsigned(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values)
     if values.dtype not in (np.uint8, np.uint16, np.uint32, np.uint64):
         values = values.astype(np.uint64)
     values = np.ascontiguousarray(values)
     if values.ndim != 1:
         raise ValueError("values must be a flat array")
-    out = np.zeros(packed_size(values.size, bits), dtype=np.uint8)
-    _pack(values, bits, out)
-    return out.tobytes()
+    return values
 
 
-def unpack(data: bytes, length: int, bits: int) -> np.ndarray:
-    """Inverse of :func:`pack`; ``data`` must hold exactly :func:`packed_size` bytes."""
+def pack_buffer(length: int, bits: int) -> np.ndarray:
+    """A word-aligned uint8 buffer that :func:`pack_into` can fill for ``length`` values."""
+    return np.empty(-(-packed_size(length, bits) // 8), dtype=np.uint64).view(np.uint8)
+
+
+def pack_into(values: np.ndarray, bits: int, out: np.ndarray) -> int:
+    """Pack into ``out`` (from :func:`pack_buffer`, reusable); returns the bytes written."""
+    _check_bits(bits)
+    values = _flat_unsigned(values)
+    size = packed_size(values.size, bits)
+    if out.dtype != np.uint8 or out.size < -(-size // 8) * 8 or out.ctypes.data % 8:
+        raise ValueError("out must be a pack_buffer() of at least this length")
+    _pack_words(values, bits, out[: size // 8 * 8].view(np.uint64))
+    _pack_tail(values, values.size // _GROUP * _GROUP, bits, out)
+    return size
+
+
+def pack(values: np.ndarray, bits: int) -> bytes:
+    """Pack unsigned integers (each below ``2^bits``) into :func:`packed_size` bytes."""
+    values = _flat_unsigned(values)
+    out = pack_buffer(values.size, bits)
+    return out[: pack_into(values, bits, out)].tobytes()
+
+
+def unpack(data: bytes, length: int, bits: int, dtype: np.dtype | type = np.uint64) -> np.ndarray:
+    """Inverse of :func:`pack`; ``data`` must hold exactly :func:`packed_size` bytes.
+
+    ``dtype``: the unsigned output type; it must hold ``bits`` bits.
+    """
     _check_bits(bits)
     if len(data) != packed_size(length, bits):
         raise ValueError(f"{len(data)} bytes cannot hold exactly {length} values of {bits} bits")
-    out = np.empty(length, dtype=np.uint64)
-    _unpack(np.frombuffer(data, dtype=np.uint8), length, bits, out)
+    dtype = np.dtype(dtype)
+    if dtype.kind != "u" or 8 * dtype.itemsize < bits:
+        raise ValueError(f"{dtype} cannot hold {bits}-bit values")
+    out = np.empty(length, dtype=dtype)
+    body = length // _GROUP * _GROUP
+    words = np.frombuffer(data, dtype=np.uint64, count=body // _GROUP * bits)
+    if not words.flags.aligned:
+        words = words.copy()
+    _unpack_words(words, length, bits, out)
+    _unpack_tail(np.frombuffer(data, dtype=np.uint8), body, length, bits, out)
     return out
 
 
