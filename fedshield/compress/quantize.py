@@ -27,6 +27,7 @@ __all__ = [
     "MAX_BITS",
     "dequantize_chunked",
     "dequantize_fixed",
+    "dequantize_fixed_reference",
     "quantize_chunked",
     "quantize_chunked_reference",
     "quantize_fixed",
@@ -103,10 +104,28 @@ def quantize_fixed_reference(x: np.ndarray, *, clip: float, bits: int, seed: int
     return np.minimum(q, (1 << bits) - 1).astype(_level_dtype(bits))
 
 
+@njit(cache=True, parallel=True)
+def _dequantize_fixed(levels, clip, scale, out):  # pragma: no cover - compiled
+    n = levels.size
+    for block in prange((n + _BLOCK - 1) // _BLOCK):
+        start = block * _BLOCK
+        for i in range(np.uint64(start), np.uint64(min(start + _BLOCK, n))):
+            out[i] = np.float32(levels[i]) / scale - clip
+
+
 def dequantize_fixed(levels: np.ndarray, *, clip: float, bits: int) -> np.ndarray:
-    """Float32 values of fixed-range levels (or of a mean of levels)."""
+    """Float32 values of fixed-range levels."""
     c, scale = _fixed_scale(clip, bits)
-    return (levels.astype(np.float32) / scale - c).astype(np.float32)
+    levels = np.ascontiguousarray(levels)
+    out = np.empty(levels.shape, dtype=np.float32)
+    _dequantize_fixed(levels.reshape(-1), c, scale, out.reshape(-1))
+    return out
+
+
+def dequantize_fixed_reference(levels: np.ndarray, *, clip: float, bits: int) -> np.ndarray:
+    """numpy oracle of :func:`dequantize_fixed`."""
+    c, scale = _fixed_scale(clip, bits)
+    return levels.astype(np.float32) / scale - c
 
 
 # --- per-chunk range --------------------------------------------------------------------------

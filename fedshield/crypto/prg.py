@@ -12,16 +12,49 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["SEED_BYTES", "expand_mask", "ring_dtype"]
+__all__ = ["SEED_BYTES", "add_mask", "expand_mask", "mask_scratch", "ring_dtype"]
 
 SEED_BYTES = 32
 _NONCE = bytes(16)
 
 
 def ring_dtype(bits: int) -> np.dtype:
-    """The narrowest unsigned dtype holding ring elements of ``bits`` bits (uint32 or uint64).
-    Arithmetic in it wraps modulo 2^32 or 2^64, a multiple of the ring size 2^bits."""
+    """The narrowest unsigned dtype holding ring elements of ``bits`` bits (uint16, 32 or 64).
+    Arithmetic in it wraps modulo 2^16, 2^32 or 2^64, a multiple of the ring size 2^bits."""
+    if bits <= 16:
+        return np.dtype(np.uint16)
     return np.dtype(np.uint32) if bits <= 32 else np.dtype(np.uint64)
+
+
+def mask_scratch(length: int, bits: int) -> np.ndarray:
+    """A reusable keystream buffer for :func:`add_mask` on ``length`` ring elements."""
+    return np.empty(ring_dtype(bits).itemsize * length + 15, dtype=np.uint8)
+
+
+def add_mask(
+    acc: np.ndarray, seed: bytes, *, subtract: bool = False, scratch: np.ndarray | None = None
+) -> None:
+    """``acc += PRG(seed)`` (or ``-=``) in place, modulo 2^(bits of acc's dtype).
+
+    The keystream is not reduced to the ring: the caller reduces the final sum once, which
+    gives the same result since the ring size divides the dtype's modulus.
+    ``scratch`` (from :func:`mask_scratch`) avoids an allocation per mask.
+    """
+    if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
+        raise ValueError(f"seed must be {SEED_BYTES} bytes")
+    if acc.dtype.kind != "u" or not acc.flags.c_contiguous:
+        raise ValueError("acc must be a contiguous unsigned array")
+    nbytes = acc.nbytes
+    if scratch is None or scratch.size < nbytes + 15:
+        scratch = np.empty(nbytes + 15, dtype=np.uint8)
+    # update_into wants 15 spare bytes after the output; the keystream is AES-CTR over zeros.
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(_NONCE)).encryptor()
+    encryptor.update_into(_zeros(nbytes), scratch)
+    mask = scratch[:nbytes].view(acc.dtype)
+    if subtract:
+        acc -= mask
+    else:
+        acc += mask
 
 
 def expand_mask(seed: bytes, length: int, bits: int) -> np.ndarray:
@@ -32,19 +65,13 @@ def expand_mask(seed: bytes, length: int, bits: int) -> np.ndarray:
         length: number of values.
         bits: ring size in bits, 1..64.
     """
-    if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
-        raise ValueError(f"seed must be {SEED_BYTES} bytes")
     if not 1 <= bits <= 64:
         raise ValueError(f"bits must be in 1..64, got {bits}")
     if length < 0:
         raise ValueError("length must be non-negative")
     dtype = ring_dtype(bits)
-    nbytes = dtype.itemsize * length
-    # update_into wants 15 spare bytes after the output; the keystream is AES-CTR over zeros.
-    backing = np.empty(nbytes + 15, dtype=np.uint8)
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(_NONCE)).encryptor()
-    encryptor.update_into(_zeros(nbytes), backing)
-    out = backing[:nbytes].view(dtype)
+    out = np.zeros(length, dtype=dtype)
+    add_mask(out, seed)
     if bits < 8 * dtype.itemsize:
         out &= dtype.type((1 << bits) - 1)
     return out

@@ -7,8 +7,8 @@ Encoding: clip to ``[-c, c]``, map to ``[0, 2^q - 1]`` and round stochastically 
 ``sum_i w_i q_i < 2^(q + wb + ceil(log2 n))``: that is the ring size :func:`ring_bits` returns,
 so the modular sum never wraps and decodes exactly.
 
-This is the simple numpy quantizer the SecAgg+ issue allows; the numba kernels issue replaces
-it behind the same functions.
+Quantization and packing are the numba kernels of :mod:`fedshield.compress` (one encoding path
+for every protocol); this module adds the ring sizing and the decoding of sums.
 """
 
 from __future__ import annotations
@@ -17,15 +17,18 @@ import math
 
 import numpy as np
 
-from fedshield.compress import bitpack
+from fedshield.compress import bitpack, quantize
+from fedshield.crypto.prg import ring_dtype
 
-__all__ = ["decode_mean", "encode", "pack", "ring_bits", "unpack"]
+__all__ = ["decode_mean", "dequantize", "encode", "pack", "ring_bits", "unpack"]
 
 
 def ring_bits(*, quant_bits: int, n_clients: int, weight_bits: int) -> int:
     """Bits of the ring that holds the weighted sum of ``n_clients`` encoded updates."""
-    if not 1 <= quant_bits <= 24 or n_clients < 1 or not 0 <= weight_bits <= 24:
-        raise ValueError("need 1 <= quant_bits <= 24, n_clients >= 1, 0 <= weight_bits <= 24")
+    if not 1 <= quant_bits <= quantize.MAX_BITS or n_clients < 1 or not 0 <= weight_bits <= 24:
+        raise ValueError(
+            f"need 1 <= quant_bits <= {quantize.MAX_BITS}, n_clients >= 1, 0 <= weight_bits <= 24"
+        )
     bits = (
         quant_bits + weight_bits + math.ceil(math.log2(n_clients))
         if n_clients > 1
@@ -36,19 +39,13 @@ def ring_bits(*, quant_bits: int, n_clients: int, weight_bits: int) -> int:
     return bits
 
 
-def encode(x: np.ndarray, *, clip: float, quant_bits: int, rng: np.random.Generator) -> np.ndarray:
-    """Stochastically rounded levels in ``[0, 2^quant_bits - 1]`` (uint32) of clipped ``x``."""
-    if not clip > 0:
-        raise ValueError("clip must be positive")
-    levels = (1 << quant_bits) - 1
-    # float32 is exact enough up to 16-bit levels and halves the memory traffic.
-    ftype = np.float32 if quant_bits <= 16 else np.float64
-    scaled = np.clip(x.astype(ftype, copy=False), -clip, clip)
-    scaled += ftype(clip)
-    scaled *= ftype(levels / (2 * clip))
-    q = np.floor(scaled)
-    q += rng.random(x.shape, dtype=ftype) < (scaled - q)
-    return np.clip(q, 0, levels).astype(np.uint32)
+def encode(
+    x: np.ndarray, *, clip: float, quant_bits: int, seed: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Stochastically rounded levels in ``[0, 2^quant_bits - 1]`` of ``x`` clipped to
+    ``[-clip, clip]``: the shared-range kernel of :mod:`fedshield.compress.quantize`, written
+    into ``out`` (a ring-dtype slice) when given."""
+    return quantize.quantize_fixed(x, clip=clip, bits=quant_bits, seed=seed, out=out)
 
 
 def decode_mean(
@@ -60,12 +57,16 @@ def decode_mean(
     return (mean_level * (2 * clip / levels) - clip).astype(np.float32)
 
 
+def dequantize(levels: np.ndarray, *, clip: float, quant_bits: int) -> np.ndarray:
+    """Float32 values of one client's levels (what it contributes to the sum)."""
+    return quantize.dequantize_fixed(levels, clip=clip, bits=quant_bits)
+
+
 def pack(values: np.ndarray, bits: int) -> bytes:
     """Pack unsigned values, each below ``2^bits``, into ``ceil(len * bits / 8)`` bytes."""
     return bitpack.pack(values, bits)
 
 
 def unpack(data: bytes, length: int, bits: int) -> np.ndarray:
-    """Inverse of :func:`pack`, as ring elements (uint32 up to 32 bits, else uint64)."""
-    out = bitpack.unpack(data, length, bits)
-    return out.astype(np.uint32) if bits <= 32 else out
+    """Inverse of :func:`pack`, as ring elements (:func:`~fedshield.crypto.prg.ring_dtype`)."""
+    return bitpack.unpack(data, length, bits, ring_dtype(bits))

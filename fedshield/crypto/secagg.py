@@ -38,7 +38,7 @@ from fedshield.crypto.keys import (
     seal_share,
     validate_public_key,
 )
-from fedshield.crypto.prg import SEED_BYTES, expand_mask, ring_dtype
+from fedshield.crypto.prg import SEED_BYTES, add_mask, mask_scratch, ring_dtype
 from fedshield.crypto.secagg_config import SecAggConfig, neighbour_graph
 from fedshield.errors import InvalidShare, ProtocolAbort, SecAggAbort, UnknownSender, WrongShape
 from fedshield.protocols.base import ClientSession, Revealed, ServerSession
@@ -66,13 +66,21 @@ def _enc_info(round: int, a: int, b: int) -> bytes:
     return b"fedshield/secagg/share-key" + struct.pack("<III", round, lo, hi)
 
 
-def _pairwise_mask(
-    keys: KeyPair, peer_public: bytes, *, round: int, me: int, peer: int, length: int, bits: int
-) -> np.ndarray:
-    """+mask for the smaller id, -mask for the larger, so each pair cancels in the sum."""
+def _add_pairwise_mask(
+    acc: np.ndarray,
+    keys: KeyPair,
+    peer_public: bytes,
+    *,
+    round: int,
+    me: int,
+    peer: int,
+    scratch: np.ndarray,
+    undo: bool = False,
+) -> None:
+    """Add ``me``'s pairwise mask with ``peer`` (``undo``: take it away): +mask for the
+    smaller id, -mask for the larger, so each pair cancels in the sum."""
     seed = keys.agree(peer_public, info=_mask_info(round, me, peer))
-    mask = expand_mask(seed, length, bits)
-    return mask if me < peer else (mask.dtype.type(0) - mask)
+    add_mask(acc, seed, subtract=(me > peer) != undo, scratch=scratch)
 
 
 def _commit(seed: bytes, *, round: int, client: int) -> bytes:
@@ -121,7 +129,8 @@ class SecAggServer(ServerSession):
         self.c_pk: dict[int, bytes] = {}
         self.s_pk: dict[int, bytes] = {}
         self.mailbox: dict[int, dict[int, bytes]] = {}  # receiver -> sender -> sealed share
-        self.masked: dict[int, np.ndarray] = {}
+        self.masked: dict[int, bytes] = {}  # packed masked inputs, already in masked_sum
+        self.masked_sum = np.zeros(dim + 1, dtype=ring_dtype(self.bits))
         self.complaints: dict[int, set[int]] = {}  # complainer -> senders of bad shares
         self.u2: tuple[int, ...] = ()
         self.u3: tuple[int, ...] = ()
@@ -198,7 +207,8 @@ class SecAggServer(ServerSession):
             if not complaints <= {*self.graph[sender], sender}:
                 raise UnknownSender(f"client {sender} complained about a non-neighbour")
             packed = message.raw(1, length=self._packed_len())
-            self.masked[sender] = ring.unpack(packed, self.dim + 1, self.bits)
+            self.masked_sum += ring.unpack(packed, self.dim + 1, self.bits)
+            self.masked[sender] = packed
             self.complaints[sender] = complaints
         else:
             message.require_fields(4)
@@ -230,8 +240,8 @@ class SecAggServer(ServerSession):
             # A client whose shares failed authentication at a neighbour counts as dropped.
             accused = set().union(*self.complaints.values())
             self.alive -= accused
-            for c in accused:
-                self.masked.pop(c, None)
+            for c in accused & set(self.masked):
+                self.masked_sum -= ring.unpack(self.masked.pop(c), self.dim + 1, self.bits)
         if len(self.alive) < self.threshold:
             raise SecAggAbort(
                 f"round {self.round}: {len(self.alive)} clients left after {stage!r}, "
@@ -241,17 +251,15 @@ class SecAggServer(ServerSession):
     def _reveal(self) -> Revealed:
         survivors = sorted(self.masked)
         dropped = sorted(set(self.u2) - set(survivors))
-        length = self.dim + 1
-        total = np.zeros(length, dtype=ring_dtype(self.bits))
-        for c in survivors:
-            total += self.masked[c]
+        total = self.masked_sum
+        scratch = mask_scratch(self.dim + 1, self.bits)
         try:
             for c in survivors:
                 seed = _verified_secret(
                     self.shares_b.get(c, []),
                     lambda b, c=c: _commit(b, round=self.round, client=c) == self.commitments[c],
                 )
-                total -= expand_mask(seed, length, self.bits)
+                add_mask(total, seed, subtract=True, scratch=scratch)
             for j in dropped:
                 # Survivors that complained about j left their mask with j out of their input.
                 paired = [
@@ -267,14 +275,15 @@ class SecAggServer(ServerSession):
                 )
                 keys = KeyPair.from_private_bytes(secret)
                 for i in paired:  # i added sgn(i, j)·mask(i, j); take it away
-                    total -= _pairwise_mask(
+                    _add_pairwise_mask(
+                        total,
                         keys,
                         self.s_pk[i],
                         round=self.round,
                         me=i,
                         peer=j,
-                        length=length,
-                        bits=self.bits,
+                        scratch=scratch,
+                        undo=True,
                     )
         except (ProtocolAbort, InvalidShare, WrongShape) as exc:
             raise SecAggAbort(f"round {self.round}: cannot unmask ({exc})") from exc
@@ -301,10 +310,20 @@ class SecAggClient(ClientSession):
     stages = STAGES
 
     def __init__(
-        self, *, client_id: int, round: int, update: np.ndarray, weight: float, config: SecAggConfig
+        self,
+        *,
+        client_id: int,
+        round: int,
+        update: np.ndarray,
+        weight: float,
+        config: SecAggConfig,
+        quant_seed: int | None = None,
     ) -> None:
         super().__init__(client_id=client_id, round=round, update=update, weight=weight)
         self.config = config
+        # The stochastic-rounding stream: reproducible when the engine passes a seed.
+        self.quant_seed = secrets.randbits(64) if quant_seed is None else quant_seed
+        self.sent: np.ndarray | None = None  # the dequantized update the sum will contain
         self.c_keys = KeyPair.generate()
         self.s_keys = KeyPair.generate()
         self.self_seed = secrets.token_bytes(SEED_BYTES)
@@ -391,27 +410,26 @@ class SecAggClient(ClientSession):
             except InvalidShare:
                 complaints.append(sender)  # the sender is treated as dropped by the server
         length = self.update.size + 1
-        q = ring.encode(
-            self.update,
-            clip=self.config.clip,
-            quant_bits=self.config.quant_bits,
-            rng=np.random.default_rng(secrets.randbits(128)),
-        )
-        weight = self.config.integer_weight(self.weight)
+        config = self.config
         y = np.empty(length, dtype=ring_dtype(self.bits))
-        np.multiply(q, weight, out=y[:-1], casting="unsafe")
+        levels = ring.encode(
+            self.update,
+            clip=config.clip,
+            quant_bits=config.quant_bits,
+            seed=self.quant_seed,
+            out=y[:-1],
+        )
+        self.sent = ring.dequantize(levels, clip=config.clip, quant_bits=config.quant_bits)
+        weight = config.integer_weight(self.weight)
+        if weight != 1:
+            levels *= y.dtype.type(weight)
         y[-1] = weight
-        y += expand_mask(self.self_seed, length, self.bits)
+        scratch = mask_scratch(length, self.bits)
+        add_mask(y, self.self_seed, scratch=scratch)
         for j in self.neighbours:
             if j in u2 and j not in complaints:  # no mask with a peer whose shares were bad
-                y += _pairwise_mask(
-                    self.s_keys,
-                    self.s_pk[j],
-                    round=self.round,
-                    me=me,
-                    peer=j,
-                    length=length,
-                    bits=self.bits,
+                _add_pairwise_mask(
+                    y, self.s_keys, self.s_pk[j], round=self.round, me=me, peer=j, scratch=scratch
                 )
         y &= y.dtype.type((1 << self.bits) - 1)
         return self._client_message(

@@ -58,7 +58,7 @@ class SecAggConfig:
 
     Args:
         clip: updates are clipped to ``[-clip, clip]`` before quantization.
-        quant_bits: bits per quantized value (1..24).
+        quant_bits: bits per quantized value (1..16).
         weight_bits: bits of the integer FedAvg weight each client multiplies in; 0 means an
             unweighted mean (every weight is 1) and saves those bits on the wire.
         max_weight: public upper bound of a client's weight (its sample count); weights are
@@ -77,8 +77,8 @@ class SecAggConfig:
     def __post_init__(self) -> None:
         if not (self.clip > 0 and math.isfinite(self.clip)):
             raise ValueError("clip must be positive and finite")
-        if not 1 <= self.quant_bits <= 24 or not 0 <= self.weight_bits <= 24:
-            raise ValueError("quant_bits must be in 1..24 and weight_bits in 0..24")
+        if not 1 <= self.quant_bits <= 16 or not 0 <= self.weight_bits <= 24:
+            raise ValueError("quant_bits must be in 1..16 and weight_bits in 0..24")
         if not self.max_weight > 0:
             raise ValueError("max_weight must be positive")
         if self.threshold is not None and self.threshold < 1:

@@ -7,6 +7,7 @@ from fedshield.compress.counter_rng import derive_seed, uint32_reference
 from fedshield.compress.quantize import (
     dequantize_chunked,
     dequantize_fixed,
+    dequantize_fixed_reference,
     quantize_chunked,
     quantize_chunked_reference,
     quantize_fixed,
@@ -23,6 +24,10 @@ def test_fixed_kernel_equals_the_numpy_reference(bits):
     x = _data(200_003, bits)
     got = quantize_fixed(x, clip=0.1, bits=bits, seed=99)
     np.testing.assert_array_equal(got, quantize_fixed_reference(x, clip=0.1, bits=bits, seed=99))
+    np.testing.assert_array_equal(
+        dequantize_fixed(got, clip=0.1, bits=bits),
+        dequantize_fixed_reference(got, clip=0.1, bits=bits),
+    )
     assert got.max() <= 2**bits - 1
 
 

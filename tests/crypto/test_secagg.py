@@ -267,7 +267,7 @@ def test_stochastic_rounding_is_unbiased_and_within_one_step():
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, 1000).astype(np.float32)
     step = 2.0 / 255
-    draws = np.stack([ring.encode(x, clip=1.0, quant_bits=8, rng=rng) for _ in range(400)])
+    draws = np.stack([ring.encode(x, clip=1.0, quant_bits=8, seed=s) for s in range(400)])
     values = draws.astype(np.float64) * step - 1.0
     assert np.abs(values - x).max() <= step + 1e-9
     assert np.abs(values.mean(axis=0) - x).max() < 4 * step / np.sqrt(400)
