@@ -77,7 +77,22 @@ def _parser() -> argparse.ArgumentParser:
         help="plain: server sees each update; secagg: only the sum (default)",
     )
     run.add_argument(
-        "--quant-bits", type=int, default=d.quant_bits, help="secagg: bits per quantized value"
+        "--quant-bits",
+        type=int,
+        default=None,
+        help="bits per quantized value, 1..16 (default: 8 for secagg, float32 for plain)",
+    )
+    run.add_argument(
+        "--sparsify",
+        default=None,
+        metavar="randk:F|topk:F",
+        help="keep a fraction F of the update: randk (same coordinates at every site, any "
+        "protection) or topk (largest magnitudes; plain only)",
+    )
+    run.add_argument(
+        "--error-feedback",
+        action="store_true",
+        help="carry what compression dropped into the next round (per-site residual)",
     )
     run.add_argument(
         "--clip",
@@ -155,6 +170,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         clip=args.clip,
         threshold=args.threshold,
         neighbours=args.neighbours,
+        sparsify=args.sparsify,
+        error_feedback=args.error_feedback,
         dropout=probability,
         dropout_schedule=schedule,
         partition=args.partition,

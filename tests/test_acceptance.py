@@ -25,11 +25,15 @@ def test_breastmnist_fedavg_four_sites_reaches_auc_085_over_three_seeds():
     assert np.mean(aucs) >= 0.85
 
 
-def _final_auc(**options) -> float:
+def _final(**options) -> tuple[float, float]:
+    """Final pooled test AUC and mean upload bytes per client per round."""
     fed = build_federation(RunConfig(dataset="breastmnist", sites=4, rounds=20, **options))
-    for _ in range(20):
-        record = fed.run_round()
-    return record.metrics["auc"]
+    records = [fed.run_round() for _ in range(20)]
+    return records[-1].metrics["auc"], float(np.mean([r.bytes_up_per_client for r in records]))
+
+
+def _final_auc(**options) -> float:
+    return _final(**options)[0]
 
 
 @pytest.mark.slow
@@ -51,3 +55,19 @@ def test_survey_on_synthetic_shows_the_qualitative_finding():
     assert acc["Cross"] < acc["Single"] - 0.03 and auc["Cross"] < auc["Single"] - 0.02
     # ... and FedAvg is at least as good as Single.
     assert acc["FedAvg"] >= acc["Single"] and auc["FedAvg"] >= auc["Single"] - 0.005
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_breastmnist(), reason="breastmnist.npz not available")
+def test_compressed_updates_track_fp32_fedavg_on_breastmnist():
+    fp32, fp32_bytes = _final(protect="plain", seed=0)
+    q8, q8_bytes = _final(protect="plain", quant_bits=8, error_feedback=True, seed=0)
+    rk, rk_bytes = _final(
+        protect="plain", quant_bits=8, sparsify="randk:0.1", error_feedback=True, seed=0
+    )
+    print(
+        f"BreastMNIST final AUC / upload per client per round: fp32 {fp32:.4f} / {fp32_bytes:.0f}"
+        f", 8-bit+EF {q8:.4f} / {q8_bytes:.0f}, rand-k 10% + 8-bit + EF {rk:.4f} / {rk_bytes:.0f}"
+    )
+    assert abs(q8 - fp32) <= 0.01 and q8_bytes < 0.3 * fp32_bytes
+    assert abs(rk - fp32) <= 0.03 and rk_bytes < 0.04 * fp32_bytes

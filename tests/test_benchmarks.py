@@ -29,3 +29,15 @@ def test_bench_wire_runs(tmp_path):
     _load("bench_wire").main(["--dims", "1000", "--repeats", "1", "--out", str(tmp_path)])
     doc = json.loads((tmp_path / "wire.json").read_text())
     assert doc["cases"][0]["ours"]["bytes"] < doc["cases"][0]["flower"]["bytes"] + 200
+
+
+def test_bench_kernels_quick_reports_every_kernel_against_its_baselines(tmp_path):
+    doc = _load("bench_kernels").main(["--quick", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "kernels.json").read_text()) == json.loads(json.dumps(doc))
+    cases = doc["cases"]
+    assert {"quantize_fixed_8bit", "topk_exact_1pct", "randk_1pct", "pack_12bit"} <= set(cases)
+    assert {"numpy_over_ours", "torch_over_ours", "flower_over_ours"} <= set(
+        cases["quantize_fixed_8bit"]
+    )
+    assert all(t["compile_s"] > 0 and t["cache_load_s"] > 0 for t in doc["first_call"].values())
+    assert set(doc["targets"]) and all("met" in t for t in doc["targets"].values())

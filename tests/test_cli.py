@@ -120,3 +120,23 @@ def test_survey_writes_json_and_markdown(tmp_path):
     for metrics in doc["summary"].values():
         assert set(metrics) == {"accuracy", "auc", "sensitivity", "specificity"}
     assert "| FedAvg |" in (out / "survey.md").read_text()
+
+
+def test_compression_options_reach_the_wire_and_the_result(tmp_path):
+    out = tmp_path / "compressed"
+    args = ["run", "--sites", "2", "--rounds", "2", "--local-epochs", "1", "--protect", "plain"]
+    extra = ["--quant-bits", "4", "--sparsify", "topk:0.1", "--error-feedback"]
+    assert main([*args, *extra, "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["config"]["sparsify"] == "topk:0.1" and result["config"]["error_feedback"]
+    r = result["rounds"][0]
+    assert r["protocol"]["sparsify"] == "topk" and r["protocol"]["quant_bits"] == 4
+    dim = result["rounds"][0]["protocol"]["k"] * 10
+    # 10% of the values at 4 bits, plus packed indices and chunk ranges: far below float32.
+    assert r["bytes_up_per_client"] < 0.1 * 4 * dim
+
+
+def test_topk_under_secagg_is_refused_with_the_reason(tmp_path, capsys):
+    code = main(["run", "--sparsify", "topk:0.1", "--rounds", "1", "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "randk" in capsys.readouterr().out

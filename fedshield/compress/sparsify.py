@@ -119,6 +119,11 @@ def _finish(candidates, keys, mask, high, k):  # pragma: no cover - compiled
     return out
 
 
+def _parts(n: int) -> int:
+    """Parallel parts: a few per thread, but none under 256k values (each costs a histogram)."""
+    return max(1, min(4 * get_num_threads(), n >> 18))
+
+
 def _select_largest(keys: np.ndarray, k: int, mask: int = 0xFFFFFFFF) -> np.ndarray:
     """Sorted indices of the ``k`` largest ``keys & mask`` (uint32), ties to the lowest index.
 
@@ -129,7 +134,7 @@ def _select_largest(keys: np.ndarray, k: int, mask: int = 0xFFFFFFFF) -> np.ndar
     if not 0 < k <= keys.size:
         raise ValueError(f"k must be in 1..{keys.size}, got {k}")
     mask = np.uint32(mask)
-    hist = _histograms(keys, mask, 4 * get_num_threads())
+    hist = _histograms(keys, mask, _parts(keys.size))
     high, _ = _bucket_of_kth(hist.sum(axis=0), k)
     candidates = _at_least(keys, mask, np.uint32(high << 16), hist[:, high:].sum(axis=1))
     return _finish(candidates, keys, mask, np.uint32(high), k)
@@ -162,7 +167,7 @@ def topk_sampled(x: np.ndarray, k: int, *, seed: int, sample: int = 65_536) -> n
     sampled = np.sort(bits[picks] & _SIGN_OFF)
     threshold = sampled[min(sample - 1, int(sample * (1 - k / bits.size)))]
     # Every value at or above the estimated threshold; the counts come from one pass.
-    counts = _count_at_least(bits, _SIGN_OFF, threshold, 4 * get_num_threads())
+    counts = _count_at_least(bits, _SIGN_OFF, threshold, _parts(bits.size))
     return _at_least(bits, _SIGN_OFF, threshold, counts)
 
 

@@ -1,6 +1,7 @@
 """Trainers, sessions, the round runner and transports (imports torch and MONAI)."""
 
 from fedshield.engine.dropout import DropoutPolicy
+from fedshield.engine.encoding import Encoding, UpdateEncoder
 from fedshield.engine.federation import Federation, RoundRecord, Site, make_site
 from fedshield.engine.metrics import binary_metrics, predict, roc_auc
 from fedshield.engine.models import build_model
@@ -15,6 +16,7 @@ __all__ = [
     "PROTOCOLS",
     "Algorithm",
     "DropoutPolicy",
+    "Encoding",
     "Federation",
     "InProcessTransport",
     "LocalTrainer",
@@ -27,6 +29,7 @@ __all__ = [
     "Site",
     "StageStats",
     "Transport",
+    "UpdateEncoder",
     "binary_metrics",
     "build_model",
     "get_protocol",

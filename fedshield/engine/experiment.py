@@ -10,9 +10,10 @@ import torch
 from fedshield.aggregation import build as build_server_opt
 from fedshield.data import load_sites
 from fedshield.engine.dropout import DropoutPolicy
+from fedshield.engine.encoding import Encoding
 from fedshield.engine.federation import Federation, make_site
 from fedshield.engine.models import build_model
-from fedshield.engine.protocols import get_protocol
+from fedshield.engine.protocols import DEFAULT_QUANT_BITS, get_protocol
 from fedshield.engine.trainer import Algorithm, LocalTrainer
 from fedshield.errors import ConfigError
 
@@ -34,10 +35,12 @@ class RunConfig:
     server_lr: float | None = None
     model: str | None = None
     protect: str = "secagg"
-    quant_bits: int = 8
+    quant_bits: int | None = None  # None: the protocol's default (8 for secagg, fp32 plain)
     clip: float = 0.1
     threshold: int | None = None
     neighbours: int | None = None
+    sparsify: str | None = None
+    error_feedback: bool = False
     dropout: float = 0.0
     dropout_schedule: dict[str, list[int]] = field(default_factory=dict)
     partition: str = "iid"
@@ -55,12 +58,19 @@ class RunConfig:
             # in round 5 of the default demo). FedBN needs BatchNorm; MedMNIST keeps it.
             synthetic = self.dataset == "synthetic" and self.algorithm != "fedbn"
             self.model = "cnn-gn" if synthetic else "cnn"
+        if self.quant_bits is None:
+            self.quant_bits = DEFAULT_QUANT_BITS.get(self.protect)
+        self.encoding()  # validates --sparsify early
         if self.sites < 1 or self.rounds < 1 or self.local_epochs < 1:
             raise ConfigError("--sites, --rounds and --local-epochs must be at least 1")
         if self.lr <= 0 or self.batch_size < 1:
             raise ConfigError("--lr must be positive and --batch-size at least 1")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+    def encoding(self) -> Encoding:
+        """The encoder chain these options describe."""
+        return Encoding.parse(self.sparsify, error_feedback=self.error_feedback)
 
     def as_dict(self) -> dict:
         """Every effective option as plain data."""
@@ -120,5 +130,6 @@ def build_federation(config: RunConfig) -> Federation:
             probability=config.dropout, schedule=config.dropout_schedule, seed=config.seed
         ),
         local_epochs=config.local_epochs,
+        encoding=config.encoding(),
         seed=config.seed,
     )

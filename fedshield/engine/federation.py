@@ -19,6 +19,7 @@ from fedshield import wire
 from fedshield.aggregation import ServerOptimizer, weighted_mean
 from fedshield.data.sites import SiteData
 from fedshield.engine.dropout import DropoutPolicy
+from fedshield.engine.encoding import Encoding, UpdateEncoder
 from fedshield.engine.metrics import binary_metrics, predict
 from fedshield.engine.paramspec import ParamSpec
 from fedshield.engine.protocols import ProtocolPair, get_protocol
@@ -111,7 +112,8 @@ class Federation:
         server_opt: server optimizer on the trainable part; ``None`` is plain FedAvg.
         dropout: simulated dropouts per stage.
         local_epochs: local epochs per round (FedSGD ignores it).
-        seed: seeds model initialisation.
+        encoding: the encoder chain before protection (sparsification, error feedback).
+        seed: seeds model initialisation, rand-k and stochastic rounding.
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class Federation:
         server_opt: ServerOptimizer | None = None,
         dropout: DropoutPolicy | None = None,
         local_epochs: int = 1,
+        encoding: Encoding | None = None,
         seed: int = 0,
     ) -> None:
         if not sites:
@@ -150,6 +153,15 @@ class Federation:
             self.model, exclude_batchnorm=self.algorithm.exclude_batchnorm
         )
         self.global_vector = self.spec.flatten(self.model)
+        self.encoder = UpdateEncoder(
+            encoding or Encoding(),
+            dim=self.spec.dim,
+            n_sites=len(self.sites),
+            seed=seed,
+            n_trainable=self.spec.n_trainable,
+        )
+        if self.encoder.encoding.sparsify == "topk":
+            self.protocol = self.protocol.with_topk(self.encoder.k)
         initial_local = self.spec.local_state(self.model)
         self.local_states = [{k: v.clone() for k, v in initial_local.items()} for _ in self.sites]
         self.round = 1  # rounds count from 1, on the wire and in records
@@ -162,7 +174,9 @@ class Federation:
         broadcast = wire.encode(
             wire.Header(MODEL_BROADCAST, 0, r, wire.SERVER_ID), [self.global_vector]
         )
-        sessions = {}
+        sessions, encoded = {}, {}
+        shared_indices = self.encoder.shared_indices(r)
+        topk = self.encoder.encoding.sparsify == "topk"
         train_s = 0.0
         for cid, site in enumerate(self.sites):
             t0 = time.perf_counter()
@@ -173,18 +187,28 @@ class Federation:
             self.trainer.local_update(self.algorithm, self.model, site.train, self.local_epochs)
             self.local_states[cid] = self.spec.local_state(self.model)
             delta = self.spec.flatten(self.model) - start_vector
+            encoded[cid] = self.encoder.encode(cid, r, delta)
             sessions[cid] = self.protocol.client(
-                client_id=cid, round=r, update=delta, weight=site.weight
+                client_id=cid,
+                round=r,
+                update=encoded[cid].values,
+                weight=site.weight,
+                quant_seed=self.encoder.quant_seed(cid, r),
+                **({"indices": encoded[cid].indices} if topk else {}),
             )
             train_s += time.perf_counter() - t0
             if on_site_done:
                 on_site_done(cid)
-        server = self.protocol.server(round=r, clients=list(sessions), dim=self.spec.dim)
+        server = self.protocol.server(
+            round=r, clients=list(sessions), dim=self.encoder.protocol_dim
+        )
         outcome = run_protocol(server, InProcessTransport(sessions), dropout=self.dropout)
+        for cid, session in sessions.items():
+            self.encoder.record(cid, encoded[cid], session.sent)
         t0 = time.perf_counter()
         if outcome.revealed is not None:
-            mean_delta = weighted_mean(outcome.revealed.weighted_sum, outcome.revealed.total_weight)
-            self._apply(mean_delta)
+            mean = weighted_mean(outcome.revealed.weighted_sum, outcome.revealed.total_weight)
+            self._apply(self.encoder.expand(shared_indices, mean))
             clients = list(outcome.revealed.contributors)
         else:
             clients = []
@@ -205,7 +229,11 @@ class Federation:
             wall_s=time.perf_counter() - start,
             stages=outcome.stages,
             aborted=outcome.aborted,
-            protocol={"name": self.protocol.name, **server.describe()},
+            protocol={
+                "name": self.protocol.name,
+                **server.describe(),
+                **self.encoder.encoding.describe(),
+            },
         )
 
     def _apply(self, mean_delta: np.ndarray) -> None:

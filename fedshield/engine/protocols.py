@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from fedshield.crypto.secagg import SecAggClient, SecAggServer
 from fedshield.crypto.secagg_config import SecAggConfig
 from fedshield.errors import ConfigError
 from fedshield.protocols.base import ClientSession, ServerSession
-from fedshield.protocols.plain import PlainClient, PlainServer
+from fedshield.protocols.plain import PlainClient, PlainFormat, PlainServer
 
-__all__ = ["PROTOCOLS", "ProtocolPair", "get_protocol"]
+__all__ = ["DEFAULT_QUANT_BITS", "PROTOCOLS", "ProtocolPair", "get_protocol"]
 
 PROTOCOLS = ("plain", "secagg")
+DEFAULT_QUANT_BITS = {"plain": None, "secagg": 8}  # None: float32 on the wire
 
 
 @dataclass(frozen=True)
 class ProtocolPair:
     """A protocol's name and its two session factories, options already bound.
 
-    ``server(round=, clients=, dim=)`` and ``client(client_id=, round=, update=, weight=)``.
+    ``server(round=, clients=, dim=)`` and
+    ``client(client_id=, round=, update=, weight=, quant_seed=)`` (plus ``indices=`` for a
+    sparse ``plain`` format: see :meth:`with_topk`).
     """
 
     name: str
@@ -29,6 +32,30 @@ class ProtocolPair:
     client: Callable[..., ClientSession]
     options: dict
     stages: tuple[str, ...]
+    plain_format: PlainFormat | None = None
+
+    def with_topk(self, k: int) -> ProtocolPair:
+        """The same protocol carrying ``k`` (index, value) pairs per client (``plain`` only).
+
+        Top-k cannot run under secure aggregation or HE: each client keeps different indices,
+        so masked or encrypted vectors would not line up, the sum would need every index, and
+        the indices themselves reveal which parameters moved most.
+        """
+        if self.plain_format is None:
+            raise ConfigError(
+                f"--sparsify topk cannot run under --protect {self.name}: every client keeps "
+                "different indices, so the protected vectors would not line up (the sum needs "
+                "every index) and the indices themselves would leak which parameters moved "
+                "most. Use --sparsify randk:F (the round's shared seed picks the same indices "
+                "at every client) or --protect plain."
+            )
+        fmt = replace(self.plain_format, k=k)
+        return replace(
+            self,
+            server=partial(PlainServer, format=fmt),
+            client=partial(PlainClient, format=fmt),
+            plain_format=fmt,
+        )
 
 
 def get_protocol(
@@ -36,35 +63,52 @@ def get_protocol(
     *,
     max_weight: float = 1.0,
     clip: float = 0.1,
-    quant_bits: int = 8,
+    quant_bits: int | None = None,
     threshold: int | None = None,
     neighbours: int | None = None,
 ) -> ProtocolPair:
-    """The protocol called ``name``; ``secagg`` takes the quantization and threshold options."""
+    """The protocol called ``name`` with its options.
+
+    ``quant_bits``: ``None`` takes the protocol's default (:data:`DEFAULT_QUANT_BITS`): float32
+    for ``plain`` (per-chunk quantization when given), 8 for ``secagg`` (shared range
+    ``[-clip, clip]``).
+    """
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown protection {name!r}; available: {list(PROTOCOLS)}")
+    bits = DEFAULT_QUANT_BITS[name] if quant_bits is None else quant_bits
     if name == "plain":
-        return ProtocolPair("plain", PlainServer, PlainClient, {}, PlainServer.stages)
-    if name == "secagg":
         try:
-            config = SecAggConfig(
-                clip=clip,
-                quant_bits=quant_bits,
-                max_weight=max_weight,
-                threshold=threshold,
-                neighbours=neighbours,
-            )
+            fmt = PlainFormat(quant_bits=bits)
         except ValueError as exc:
-            raise ConfigError(f"secagg: {exc}") from None
+            raise ConfigError(f"plain: {exc}") from None
         return ProtocolPair(
-            "secagg",
-            partial(SecAggServer, config=config),
-            partial(SecAggClient, config=config),
-            {
-                "clip": clip,
-                "quant_bits": quant_bits,
-                "threshold": threshold,
-                "neighbours": neighbours,
-                "max_weight": max_weight,
-            },
-            SecAggServer.stages,
+            "plain",
+            partial(PlainServer, format=fmt),
+            partial(PlainClient, format=fmt),
+            {"quant_bits": bits},
+            PlainServer.stages,
+            plain_format=fmt,
         )
-    raise ConfigError(f"unknown protection {name!r}; available: {list(PROTOCOLS)}")
+    try:
+        config = SecAggConfig(
+            clip=clip,
+            quant_bits=bits,
+            max_weight=max_weight,
+            threshold=threshold,
+            neighbours=neighbours,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"secagg: {exc}") from None
+    return ProtocolPair(
+        "secagg",
+        partial(SecAggServer, config=config),
+        partial(SecAggClient, config=config),
+        {
+            "clip": clip,
+            "quant_bits": bits,
+            "threshold": threshold,
+            "neighbours": neighbours,
+            "max_weight": max_weight,
+        },
+        SecAggServer.stages,
+    )

@@ -169,6 +169,9 @@ class ClientSession(ABC):
         self.round = round
         self.update = update
         self.weight = float(weight)
+        # What the server will decode of this client's input (dequantized values), once sent:
+        # what error feedback compares the update with.
+        self.sent: np.ndarray | None = None
         self._stage_index = -1
 
     def handle(self, stage: str, data: bytes) -> bytes:

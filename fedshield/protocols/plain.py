@@ -4,20 +4,80 @@ Threat model: none. The server (and anyone on the path without TLS) learns each 
 It is the baseline the protected protocols are measured against, and the protocol of choice
 only when the server is fully trusted. Any number of dropouts is tolerated: the aggregate is over
 whoever answered with a valid update.
+
+Payload (both sides agree on a :class:`PlainFormat`; the server's request states it and the
+client checks it): ``n`` values, float32 or stochastically quantized to ``quant_bits`` with a
+``(low, step)`` pair per chunk and bit-packed; with ``k`` set (top-k), ``n = k`` and the message
+also carries the sorted coordinates, bit-packed at ``ceil(log2 dim)`` bits each.
 """
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
+
 import numpy as np
 
 from fedshield import wire
+from fedshield.compress.bitpack import pack, packed_size, unpack
+from fedshield.compress.quantize import (
+    DEFAULT_CHUNK,
+    MAX_BITS,
+    dequantize_chunked,
+    quantize_chunked,
+)
 from fedshield.errors import NonFiniteValues, ProtocolAbort, WrongShape
 from fedshield.protocols.base import ClientSession, Revealed, ServerSession
 
-__all__ = ["PlainClient", "PlainServer"]
+__all__ = ["PlainClient", "PlainFormat", "PlainServer"]
 
 PROTOCOL_ID = 1
 STAGES = ("input",)
+
+
+@dataclass(frozen=True)
+class PlainFormat:
+    """How a ``plain`` update travels.
+
+    Args:
+        quant_bits: ``None`` for float32, else 1..16 bits per value (per-chunk range).
+        chunk: values per ``(low, step)`` pair when quantized.
+        k: ``None`` for dense updates, else how many ``(index, value)`` pairs each client sends.
+    """
+
+    quant_bits: int | None = None
+    chunk: int = DEFAULT_CHUNK
+    k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.quant_bits is not None and not 1 <= self.quant_bits <= MAX_BITS:
+            raise ValueError(f"quant_bits must be in 1..{MAX_BITS} (or None for float32)")
+        if self.chunk < 1 or (self.k is not None and self.k < 1):
+            raise ValueError("chunk and k must be positive")
+
+    def n_values(self, dim: int) -> int:
+        """Values per client message."""
+        return dim if self.k is None else min(self.k, dim)
+
+    def header(self, dim: int) -> np.ndarray:
+        """What the server's request states, for the client to check."""
+        return np.array(
+            [dim, self.n_values(dim), self.quant_bits or 0, self.chunk, self.k is not None],
+            dtype=np.uint64,
+        )
+
+    def max_bytes(self, dim: int) -> int:
+        """Upper bound of a client message."""
+        n = self.n_values(dim)
+        values = 4 * n if self.quant_bits is None else packed_size(n, self.quant_bits)
+        chunks = 8 * -(-n // self.chunk) if self.quant_bits else 0
+        indices = packed_size(n, index_bits(dim)) if self.k is not None else 0
+        return 256 + values + chunks + indices
+
+
+def index_bits(dim: int) -> int:
+    """Bits per packed coordinate of a ``dim``-long vector."""
+    return max(1, (dim - 1).bit_length())
 
 
 class PlainServer(ServerSession):
@@ -37,34 +97,77 @@ class PlainServer(ServerSession):
     protocol_id = PROTOCOL_ID
     stages = STAGES
 
-    def __init__(self, *, round: int, clients, dim: int, keep_updates: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        round: int,
+        clients,
+        dim: int,
+        keep_updates: bool = False,
+        format: PlainFormat | None = None,
+    ) -> None:
         super().__init__(round=round, clients=clients, dim=dim)
+        self.format = format or PlainFormat()
         self._sum = np.zeros(dim, dtype=np.float64)
         self._total_weight = 0.0
         self._weights: dict[int, float] = {}
         self._updates: dict[int, np.ndarray] | None = {} if keep_updates else None
 
+    def describe(self) -> dict:
+        """The payload format of this round."""
+        f = self.format
+        return {"quant_bits": f.quant_bits, "chunk": f.chunk if f.quant_bits else None, "k": f.k}
+
     def _broadcast(self, stage: str) -> dict[int, bytes]:
-        request = self._server_message(stage, [np.array([self.dim], dtype=np.uint64)])
+        request = self._server_message(stage, [self.format.header(self.dim)])
         return {cid: request for cid in sorted(self.alive)}
 
     def _max_message_bytes(self, stage: str) -> int:
-        return 64 + 4 * self.dim + 64
+        return self.format.max_bytes(self.dim)
 
     def _receive(self, stage: str, sender: int, message: wire.Message) -> None:
-        message.require_fields(2)
+        f = self.format
+        n = f.n_values(self.dim)
+        quantized = f.quant_bits is not None
+        message.require_fields(2 + 2 * quantized + (f.k is not None))
         weight = float(message.array(0, dtype="<f8", shape=(1,))[0])
-        update = message.array(1, dtype="<f4", shape=(self.dim,))
         if not np.isfinite(weight) or weight <= 0:
             raise WrongShape(f"client {sender} sent weight {weight}; it must be positive")
-        if not np.isfinite(update).all():
+        if quantized:
+            levels = unpack(message.raw(1, length=packed_size(n, f.quant_bits)), n, f.quant_bits)
+            chunks = -(-n // f.chunk)
+            low = message.array(2, dtype="<f4", shape=(chunks,))
+            step = message.array(3, dtype="<f4", shape=(chunks,))
+            if not (np.isfinite(low).all() and np.isfinite(step).all()):
+                raise NonFiniteValues(f"client {sender} sent a NaN or infinite chunk range")
+            if (step < 0).any():
+                raise WrongShape(f"client {sender} sent a negative quantization step")
+            values = dequantize_chunked(levels.astype(np.uint16), low, step, chunk=f.chunk)
+        else:
+            values = message.array(1, dtype="<f4", shape=(n,))
+        if not np.isfinite(values).all():
             raise NonFiniteValues(f"client {sender} sent an update with NaN or infinity")
+        indices = None
+        if f.k is not None:
+            bits = index_bits(self.dim)
+            packed = message.raw(len(message.fields) - 1, length=packed_size(n, bits))
+            indices = unpack(packed, n, bits).astype(np.int64)
+            if (n and indices[-1] >= self.dim) or (np.diff(indices) <= 0).any():
+                raise WrongShape(
+                    f"client {sender} sent coordinates that are not sorted or in range"
+                )
         # Only valid input reaches the sum, so a rejected client never corrupts it.
-        self._sum += weight * update.astype(np.float64)
+        if indices is None:
+            self._sum += weight * values.astype(np.float64)
+        else:
+            self._sum[indices] += weight * values.astype(np.float64)
         self._total_weight += weight
         self._weights[sender] = weight
         if self._updates is not None:
-            self._updates[sender] = update.copy()
+            dense = values.copy() if indices is None else np.zeros(self.dim, np.float32)
+            if indices is not None:
+                dense[indices] = values
+            self._updates[sender] = dense
 
     def _close_stage(self, stage: str) -> None:
         if not self._weights:
@@ -82,16 +185,51 @@ class PlainServer(ServerSession):
 
 
 class PlainClient(ClientSession):
-    """Client side of ``plain``: sends ``(weight, update)`` in the clear."""
+    """Client side of ``plain``: sends ``(weight, update)`` in the clear, encoded per the
+    :class:`PlainFormat` (with ``indices`` for top-k: the coordinates ``update`` holds)."""
 
     protocol_id = PROTOCOL_ID
     stages = STAGES
 
+    def __init__(
+        self,
+        *,
+        client_id: int,
+        round: int,
+        update: np.ndarray,
+        weight: float,
+        format: PlainFormat | None = None,
+        indices: np.ndarray | None = None,
+        quant_seed: int | None = None,
+    ) -> None:
+        super().__init__(client_id=client_id, round=round, update=update, weight=weight)
+        self.format = format or PlainFormat()
+        if (indices is None) != (self.format.k is None):
+            raise ValueError("pass indices exactly when the format is sparse (k set)")
+        if indices is not None and indices.shape != update.shape:
+            raise ValueError("indices and update must have the same length")
+        self.indices = indices
+        self.quant_seed = secrets.randbits(64) if quant_seed is None else quant_seed
+
     def _handle(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(1)
-        (dim,) = message.array(0, dtype="<u8", shape=(1,))
-        if int(dim) != self.update.size:
-            raise WrongShape(
-                f"server expects {int(dim)} values, this client has {self.update.size}"
+        stated = message.array(0, dtype="<u8", shape=(5,))
+        dim = int(stated[0])
+        f = self.format
+        if self.indices is None and dim != self.update.size:
+            raise WrongShape(f"server expects {dim} values, this client has {self.update.size}")
+        if not np.array_equal(stated, f.header(dim)):
+            raise WrongShape("the server's payload format differs from this client's")
+        fields: list = [np.array([self.weight], dtype=np.float64)]
+        if f.quant_bits is None:
+            self.sent = self.update
+            fields.append(self.update)
+        else:
+            levels, low, step = quantize_chunked(
+                self.update, bits=f.quant_bits, seed=self.quant_seed, chunk=f.chunk
             )
-        return self._client_message(stage, [np.array([self.weight], dtype=np.float64), self.update])
+            self.sent = dequantize_chunked(levels, low, step, chunk=f.chunk)
+            fields += [pack(levels, f.quant_bits), low, step]
+        if self.indices is not None:
+            fields.append(pack(self.indices.astype(np.uint64), index_bits(dim)))
+        return self._client_message(stage, fields)

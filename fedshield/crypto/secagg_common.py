@@ -1,0 +1,71 @@
+"""What both SecAgg+ sides share: protocol constants, key-derivation labels, pairwise masks
+and the self-mask seed commitment. The protocol and its threat model: :mod:`secagg`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import numpy as np
+
+from fedshield.crypto import shamir
+from fedshield.crypto.keys import KeyPair
+from fedshield.crypto.prg import add_mask
+
+__all__ = [
+    "PAIR",
+    "PROTOCOL_ID",
+    "SEALED_SHARE_BYTES",
+    "STAGES",
+    "add_pairwise_mask",
+    "commit",
+    "enc_info",
+    "ids",
+    "mask_info",
+]
+
+PROTOCOL_ID = 2
+STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
+PAIR = struct.Struct("<II")
+_SHARE_PLAIN = PAIR.size + 2 * shamir.SHARE_BYTES
+# AES-GCM: 12-byte nonce, then (sender, receiver) and two shares, then the 16-byte tag.
+SEALED_SHARE_BYTES = 12 + _SHARE_PLAIN + 16
+
+
+def ids(values) -> np.ndarray:
+    """Client ids as the sorted uint32 array the messages carry."""
+    return np.array(sorted(values), dtype=np.uint32)
+
+
+def mask_info(round: int, a: int, b: int) -> bytes:
+    lo, hi = min(a, b), max(a, b)
+    return b"fedshield/secagg/pairwise-mask" + struct.pack("<III", round, lo, hi)
+
+
+def enc_info(round: int, a: int, b: int) -> bytes:
+    lo, hi = min(a, b), max(a, b)
+    return b"fedshield/secagg/share-key" + struct.pack("<III", round, lo, hi)
+
+
+def add_pairwise_mask(
+    acc: np.ndarray,
+    keys: KeyPair,
+    peer_public: bytes,
+    *,
+    round: int,
+    me: int,
+    peer: int,
+    scratch: np.ndarray,
+    undo: bool = False,
+) -> None:
+    """Add ``me``'s pairwise mask with ``peer`` (``undo``: take it away): +mask for the
+    smaller id, -mask for the larger, so each pair cancels in the sum."""
+    seed = keys.agree(peer_public, info=mask_info(round, me, peer))
+    add_mask(acc, seed, subtract=(me > peer) != undo, scratch=scratch)
+
+
+def commit(seed: bytes, *, round: int, client: int) -> bytes:
+    """Hash commitment to a self-mask seed (the seed has 256 bits of entropy: hiding)."""
+    label = b"fedshield/secagg/self-seed" + struct.pack("<II", round, client)
+    return hashlib.sha256(label + seed).digest()
