@@ -74,7 +74,14 @@ def _parser() -> argparse.ArgumentParser:
         "--protect",
         choices=PROTOCOLS,
         default=d.protect,
-        help="plain: server sees each update; secagg: only the sum (default)",
+        help="plain: server sees each update; secagg: only the sum (default); "
+        "he: only ciphertexts (the sites decrypt the sum)",
+    )
+    run.add_argument(
+        "--he-scheme",
+        choices=("bfv", "ckks"),
+        default=d.he_scheme,
+        help="he: bfv (quantized, packed; default) or ckks (float updates)",
     )
     run.add_argument(
         "--quant-bits",
@@ -170,6 +177,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         clip=args.clip,
         threshold=args.threshold,
         neighbours=args.neighbours,
+        he_scheme=args.he_scheme,
         sparsify=args.sparsify,
         error_feedback=args.error_feedback,
         dropout=probability,

@@ -11,6 +11,7 @@ __all__ = [
     "DataError",
     "FedshieldError",
     "IllegalTransition",
+    "InvalidCiphertext",
     "InvalidMessage",
     "InvalidShare",
     "MalformedMessage",
@@ -80,6 +81,11 @@ class IllegalTransition(FedshieldError, RuntimeError):
 
 class InvalidShare(InvalidMessage):
     """A secret share that is malformed, out of the field, or inconsistent with its siblings."""
+
+
+class InvalidCiphertext(InvalidMessage):
+    """A ciphertext (or sealed key) that is garbage, truncated, oversized, or made under other
+    parameters: rejected before any arithmetic."""
 
 
 class NotEnoughShares(ProtocolAbort):

@@ -20,7 +20,15 @@ import numpy as np
 from fedshield.compress import bitpack, quantize
 from fedshield.crypto.prg import ring_dtype
 
-__all__ = ["decode_mean", "dequantize", "encode", "pack", "ring_bits", "unpack"]
+__all__ = [
+    "decode_mean",
+    "dequantize",
+    "encode",
+    "integer_weight",
+    "pack",
+    "ring_bits",
+    "unpack",
+]
 
 
 def ring_bits(*, quant_bits: int, n_clients: int, weight_bits: int) -> int:
@@ -37,6 +45,15 @@ def ring_bits(*, quant_bits: int, n_clients: int, weight_bits: int) -> int:
     if bits > 62:
         raise ValueError(f"a {bits}-bit ring is too large; lower the bits or the weight bits")
     return bits
+
+
+def integer_weight(weight: float, max_weight: float, weight_bits: int) -> int:
+    """A site's FedAvg weight as an integer in ``[1, 2^weight_bits - 1]``, scaled to the
+    public ``max_weight`` (always 1 when ``weight_bits`` is 0: an unweighted mean)."""
+    if weight_bits == 0:
+        return 1
+    top = (1 << weight_bits) - 1
+    return int(min(top, max(1, round(weight / max_weight * top))))
 
 
 def encode(

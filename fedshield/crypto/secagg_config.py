@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fedshield.crypto.ring import ring_bits
+from fedshield.crypto.ring import integer_weight, ring_bits
 
 __all__ = ["COMPLETE_GRAPH_MAX_N", "SecAggConfig", "default_neighbours", "neighbour_graph"]
 
@@ -110,7 +110,4 @@ class SecAggConfig:
 
     def integer_weight(self, weight: float) -> int:
         """The client's weight as an integer in ``[1, 2^weight_bits - 1]`` (1 if unweighted)."""
-        if self.weight_bits == 0:
-            return 1
-        top = (1 << self.weight_bits) - 1
-        return int(min(top, max(1, round(weight / self.max_weight * top))))
+        return integer_weight(weight, self.max_weight, self.weight_bits)

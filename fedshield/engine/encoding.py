@@ -1,8 +1,9 @@
 """The client-side encoder chain that runs before protection.
 
-error feedback (add the residual) → sparsify (rand-k with the round's shared seed, or top-k)
-→ the protocol quantizes and bit-packs (shared range for ``secagg``, per-chunk for ``plain``)
-→ error feedback keeps what the protocol did not carry.
+local training from the global model plus the site's residual (error feedback) → sparsify
+(rand-k with the round's shared seed, or top-k) → the protocol quantizes and bit-packs (shared
+range for ``secagg``, per-chunk for ``plain``) → the residual keeps what the protocol did not
+carry.
 
 Rand-k is sent unscaled: with error feedback the coordinates left out this round travel later;
 without it, a rand-k update is a shrunken (biased) step, as with any sparsifier.
@@ -117,9 +118,23 @@ class UpdateEncoder:
         )
         return np.concatenate([kept, self._buffers])
 
+    def local_start(self, site: int, global_vector: np.ndarray) -> np.ndarray:
+        """Where the site trains from: the global model plus what it has not sent yet.
+
+        With error feedback the site keeps the unsent part of its own progress and trains on
+        from there, so its next update (trained model minus global) already contains the
+        residual. Adding the residual to a fresh update instead would count again every
+        displacement that local training re-makes from the same stale start (measured on
+        BreastMNIST with rand-k 10%: AUC 0.844 against 0.904 for float32, seed 1).
+        """
+        if not self.feedback:
+            return global_vector
+        return global_vector + self.feedback[site].residual
+
     def encode(self, site: int, round: int, delta: np.ndarray) -> EncodedUpdate:
-        """Error feedback, then sparsification, of one site's update."""
-        corrected = self.feedback[site].compensate(delta) if self.feedback else delta
+        """Sparsification of one site's update ``trained - global`` (which, with error
+        feedback, already includes the residual: see :meth:`local_start`)."""
+        corrected = delta
         if self.encoding.sparsify == "topk":
             kept = topk_exact(corrected[: self.n_trainable], self.k_trainable)
             indices = np.concatenate([kept, self._buffers])

@@ -39,6 +39,7 @@ class RunConfig:
     clip: float = 0.1
     threshold: int | None = None
     neighbours: int | None = None
+    he_scheme: str = "bfv"
     sparsify: str | None = None
     error_feedback: bool = False
     dropout: float = 0.0
@@ -124,6 +125,7 @@ def build_federation(config: RunConfig) -> Federation:
             quant_bits=config.quant_bits,
             threshold=config.threshold,
             neighbours=config.neighbours,
+            he_scheme=config.he_scheme,
         ),
         server_opt=build_server_opt(config.server_opt, lr=config.server_lr),
         dropout=DropoutPolicy(

@@ -162,6 +162,9 @@ class Federation:
         )
         if self.encoder.encoding.sparsify == "topk":
             self.protocol = self.protocol.with_topk(self.encoder.k)
+        self.protocol = self.protocol.prepare(
+            clients=list(range(len(self.sites))), dim=self.encoder.protocol_dim
+        )
         initial_local = self.spec.local_state(self.model)
         self.local_states = [{k: v.clone() for k, v in initial_local.items()} for _ in self.sites]
         self.round = 1  # rounds count from 1, on the wire and in records
@@ -183,7 +186,7 @@ class Federation:
             received = wire.decode(broadcast)
             received.expect(protocol=MODEL_BROADCAST, stage=0, round=r, sender=wire.SERVER_ID)
             start_vector = received.array(0, dtype="<f4", shape=(self.spec.dim,))
-            self._load_site_model(cid, start_vector)
+            self._load_site_model(cid, self.encoder.local_start(cid, start_vector))
             self.trainer.local_update(self.algorithm, self.model, site.train, self.local_epochs)
             self.local_states[cid] = self.spec.local_state(self.model)
             delta = self.spec.flatten(self.model) - start_vector
@@ -206,8 +209,9 @@ class Federation:
         for cid, session in sessions.items():
             self.encoder.record(cid, encoded[cid], session.sent)
         t0 = time.perf_counter()
-        if outcome.revealed is not None:
-            mean = weighted_mean(outcome.revealed.weighted_sum, outcome.revealed.total_weight)
+        aggregate = _aggregate(outcome.revealed, sessions)
+        if aggregate is not None:
+            mean = weighted_mean(*aggregate)
             self._apply(self.encoder.expand(shared_indices, mean))
             clients = list(outcome.revealed.contributors)
         else:
@@ -271,6 +275,22 @@ class Federation:
             np.concatenate(labels), np.concatenate(probs), weighted_loss / count
         )
         return pooled, per_site
+
+
+def _aggregate(revealed, sessions) -> tuple[np.ndarray, float] | None:
+    """``(weighted_sum, total_weight)``: what the server learned, or, under ``he``, what the
+    sites decrypted (every site holds the same aggregate; they must agree)."""
+    if revealed is None:
+        return None
+    if revealed.weighted_sum is not None:
+        return revealed.weighted_sum, revealed.total_weight
+    held = [s.aggregate for s in sessions.values() if s.aggregate is not None]
+    if not held:
+        return None
+    weighted_sum, total = held[0]
+    if any(t != total or not np.array_equal(w, weighted_sum) for w, t in held[1:]):
+        raise RuntimeError("sites decrypted different aggregates")  # cannot happen: same key
+    return weighted_sum, total
 
 
 def _mean_per_client(stages: list[StageStats], attr: str) -> float:

@@ -6,6 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
+from fedshield.crypto.he import HEClient, HEServer
+from fedshield.crypto.he_keys import HEKeySetupClient, HEKeySetupServer
+from fedshield.crypto.he_params import HEConfig, plan_for
 from fedshield.crypto.secagg import SecAggClient, SecAggServer
 from fedshield.crypto.secagg_config import SecAggConfig
 from fedshield.errors import ConfigError
@@ -14,8 +17,9 @@ from fedshield.protocols.plain import PlainClient, PlainFormat, PlainServer
 
 __all__ = ["DEFAULT_QUANT_BITS", "PROTOCOLS", "ProtocolPair", "get_protocol"]
 
-PROTOCOLS = ("plain", "secagg")
-DEFAULT_QUANT_BITS = {"plain": None, "secagg": 8}  # None: float32 on the wire
+PROTOCOLS = ("plain", "secagg", "he")
+DEFAULT_QUANT_BITS = {"plain": None, "secagg": 8, "he": 8}  # None: float32 on the wire
+KEY_HOLDER = 0  # the site that makes the HE secret key
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,30 @@ class ProtocolPair:
     options: dict
     stages: tuple[str, ...]
     plain_format: PlainFormat | None = None
+    he_config: HEConfig | None = None
+
+    def prepare(self, *, clients: list[int], dim: int) -> ProtocolPair:
+        """Once per federation, before the first round: ``he`` makes its parameters for these
+        clients and ``dim`` values and distributes the secret key among the sites (the server
+        only relays sealed keys). Other protocols need nothing."""
+        if self.he_config is None:
+            return self
+        from fedshield.engine.runner import run_protocol
+        from fedshield.engine.transport import InProcessTransport
+
+        plan = plan_for(self.he_config, n_clients=len(clients), dim=dim)
+        sites = {c: HEKeySetupClient(client_id=c, plan=plan, holder=KEY_HOLDER) for c in clients}
+        server = HEKeySetupServer(round=0, clients=clients, dim=1, plan=plan, holder=KEY_HOLDER)
+        outcome = run_protocol(server, InProcessTransport(sites))
+        if outcome.revealed is None or len(outcome.revealed.contributors) != len(clients):
+            raise ConfigError(f"he: key distribution failed ({outcome.aborted})")
+        keyrings = {c: site.keyring for c, site in sites.items()}
+        return replace(
+            self,
+            server=partial(HEServer, plan=plan),
+            client=_HEClientFactory(keyrings),
+            options={**self.options, "plan": plan},
+        )
 
     def with_topk(self, k: int) -> ProtocolPair:
         """The same protocol carrying ``k`` (index, value) pairs per client (``plain`` only).
@@ -58,6 +86,16 @@ class ProtocolPair:
         )
 
 
+class _HEClientFactory:
+    """Makes each site's ``HEClient`` with that site's own keyring."""
+
+    def __init__(self, keyrings: dict) -> None:
+        self.keyrings = keyrings
+
+    def __call__(self, *, client_id: int, **kwargs) -> HEClient:
+        return HEClient(client_id=client_id, keyring=self.keyrings[client_id], **kwargs)
+
+
 def get_protocol(
     name: str,
     *,
@@ -66,6 +104,7 @@ def get_protocol(
     quant_bits: int | None = None,
     threshold: int | None = None,
     neighbours: int | None = None,
+    he_scheme: str = "bfv",
 ) -> ProtocolPair:
     """The protocol called ``name`` with its options.
 
@@ -76,6 +115,16 @@ def get_protocol(
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown protection {name!r}; available: {list(PROTOCOLS)}")
     bits = DEFAULT_QUANT_BITS[name] if quant_bits is None else quant_bits
+    if name == "he":
+        config = HEConfig(scheme=he_scheme, clip=clip, quant_bits=bits, max_weight=max_weight)
+        return ProtocolPair(
+            "he",
+            _unprepared,
+            _unprepared,
+            {"scheme": he_scheme, "clip": clip, "quant_bits": bits, "max_weight": max_weight},
+            HEServer.stages,
+            he_config=config,
+        )
     if name == "plain":
         try:
             fmt = PlainFormat(quant_bits=bits)
@@ -112,3 +161,7 @@ def get_protocol(
         },
         SecAggServer.stages,
     )
+
+
+def _unprepared(**_kwargs):
+    raise ConfigError("he: call ProtocolPair.prepare(clients=, dim=) before the first round")

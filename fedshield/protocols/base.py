@@ -32,16 +32,18 @@ class Revealed:
 
     Attributes:
         contributors: clients whose input is in the aggregate.
-        weighted_sum: ``sum_i w_i * x_i`` over contributors (float64).
-        total_weight: ``sum_i w_i`` over contributors.
+        weighted_sum: ``sum_i w_i * x_i`` over contributors (float64); ``None`` when the
+            server learns no aggregate (``he``: the clients decrypt it, see
+            :attr:`ClientSession.aggregate`).
+        total_weight: ``sum_i w_i`` over contributors (``None`` likewise).
         dropped: clients that were asked to take part but are not in the aggregate.
         updates: each contributor's update, only for protocols that reveal them (``plain``) and
             when asked to keep them.
     """
 
     contributors: tuple[int, ...]
-    weighted_sum: np.ndarray
-    total_weight: float
+    weighted_sum: np.ndarray | None
+    total_weight: float | None
     dropped: tuple[int, ...] = ()
     updates: Mapping[int, np.ndarray] | None = field(default=None, repr=False)
 
@@ -76,7 +78,9 @@ class ServerSession(ABC):
             raise IllegalTransition(f"cannot open stage {stage!r} after {self._current()!r}")
         self._stage_index = expected
         self._answered = set()
-        return self._broadcast(stage)
+        messages = self._broadcast(stage)
+        self._addressed = set(messages)
+        return messages
 
     def receive(self, stage: str, sender: int, data: bytes) -> None:
         """Take ``sender``'s answer for ``stage``; a bad answer raises and drops the sender."""
@@ -103,10 +107,11 @@ class ServerSession(ABC):
         self._answered.add(sender)
 
     def close_stage(self, stage: str) -> None:
-        """End ``stage``: clients that did not answer are dropped. May raise ProtocolAbort."""
+        """End ``stage``: clients asked in it that did not answer are dropped (a stage may
+        address only some clients). May raise ProtocolAbort."""
         if stage != self._current():
             raise IllegalTransition(f"stage {stage!r} is not open (open: {self._current()!r})")
-        self.alive &= self._answered
+        self.alive -= self._addressed - self._answered
         self._close_stage(stage)
 
     def reveal(self) -> Revealed:
@@ -158,6 +163,7 @@ class ClientSession(ABC):
 
     protocol_id: int
     stages: tuple[str, ...]
+    skippable: frozenset[str] = frozenset()  # stages the server may address to others only
 
     def __init__(self, *, client_id: int, round: int, update: np.ndarray, weight: float) -> None:
         update = np.asarray(update)
@@ -172,11 +178,21 @@ class ClientSession(ABC):
         # What the server will decode of this client's input (dequantized values), once sent:
         # what error feedback compares the update with.
         self.sent: np.ndarray | None = None
+        # (weighted_sum, total_weight) for protocols where clients, not the server, learn the
+        # aggregate (he).
+        self.aggregate: tuple[np.ndarray, float] | None = None
         self._stage_index = -1
 
     def handle(self, stage: str, data: bytes) -> bytes:
-        """Answer the server's message for ``stage``. Stages must come in order."""
+        """Answer the server's message for ``stage``. Stages must come in order; only those in
+        :attr:`skippable` may pass this client by."""
         expected = self._stage_index + 1
+        while (
+            expected < len(self.stages)
+            and self.stages[expected] != stage
+            and self.stages[expected] in self.skippable
+        ):
+            expected += 1
         if expected >= len(self.stages) or stage != self.stages[expected]:
             raise IllegalTransition(f"client {self.client_id} cannot handle stage {stage!r} now")
         self._stage_index = expected

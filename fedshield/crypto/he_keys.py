@@ -1,0 +1,222 @@
+"""HE key material on the sites' side, and its end-to-end distribution through the server.
+
+Building block: use the ``he`` protocol (:mod:`fedshield.crypto.he`) unless you know why not.
+
+A designated key-holder site generates the SEAL secret key. Every other site sends a fresh
+X25519 public key; the key holder encrypts the serialized secret key to each of them with
+AES-GCM under an HKDF-SHA256 key from X25519, bound to the parameters id, the key holder and the
+receiver; the server only relays public keys and AEAD ciphertexts. The server's side of this
+session (:class:`HEKeySetupServer`) holds no key at any point.
+
+Stages: ``advertise`` (each site: its X25519 public key) → ``seal`` (the key holder: one sealed
+key per site) → ``install`` (each site opens its sealed key).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tenseal.sealapi as sa
+
+from fedshield import wire
+from fedshield.crypto.he_params import HEPlan, SealIO
+from fedshield.crypto.keys import (
+    PUBLIC_KEY_BYTES,
+    KeyPair,
+    open_share,
+    seal_share,
+    validate_public_key,
+)
+from fedshield.errors import InvalidShare, ProtocolAbort, UnknownSender, WrongShape
+from fedshield.protocols.base import ClientSession, Revealed, ServerSession
+
+__all__ = ["HEKeySetupClient", "HEKeySetupServer", "HEKeyring"]
+
+PROTOCOL_ID = 4
+STAGES = ("advertise", "seal", "install")
+_MAX_SEALED = 1 << 20
+
+
+class HEKeyring:
+    """What a site holds: the parameters, the SEAL context and the secret key.
+
+    Never constructed on the server. ``generate`` makes a new key (the key holder, or
+    ``fedshield keygen``); ``from_secret_bytes`` installs a distributed one.
+    """
+
+    def __init__(self, plan: HEPlan, secret_key: sa.SecretKey, io: SealIO) -> None:
+        self.plan = plan
+        self.context = io.context
+        self.io = io
+        self.secret_key = secret_key
+        self.encryptor = sa.Encryptor(self.context, secret_key)
+        self.decryptor = sa.Decryptor(self.context, secret_key)
+        self.evaluator = sa.Evaluator(self.context)
+        if plan.scheme == "bfv":
+            self.encoder = sa.BatchEncoder(self.context)
+        else:
+            self.encoder = sa.CKKSEncoder(self.context)
+
+    @classmethod
+    def generate(cls, plan: HEPlan) -> HEKeyring:
+        """A fresh secret key for ``plan`` (from SEAL's CSPRNG)."""
+        io = SealIO(plan.context())
+        return cls(plan, sa.KeyGenerator(io.context).secret_key(), io)
+
+    @classmethod
+    def from_secret_bytes(cls, plan: HEPlan, data: bytes) -> HEKeyring:
+        """Install a serialized secret key (checked against the plan's parameters)."""
+        io = SealIO(plan.context())
+        return cls(plan, io.load_secret_key(data), io)
+
+    def secret_bytes(self) -> bytes:
+        """The serialized secret key: only ever sealed to another site or written locally."""
+        return self.io.dump(self.secret_key)
+
+
+def _transport_info(params_id: bytes, holder: int, site: int) -> bytes:
+    return (
+        b"fedshield/he/key-transport"
+        + params_id
+        + holder.to_bytes(4, "little")
+        + (site.to_bytes(4, "little"))
+    )
+
+
+class HEKeySetupServer(ServerSession):
+    """Server side of key distribution: relays public keys and sealed keys, learns neither."""
+
+    protocol_id = PROTOCOL_ID
+    stages = STAGES
+
+    def __init__(self, *, round: int, clients, dim: int, plan: HEPlan, holder: int) -> None:
+        super().__init__(round=round, clients=clients, dim=dim)
+        if holder not in self.clients:
+            raise ValueError("the key holder must be one of the clients")
+        self.plan = plan
+        self.holder = holder
+        self.public: dict[int, bytes] = {}
+        self.sealed: dict[int, bytes] = {}
+        self.installed: set[int] = set()
+
+    def _max_message_bytes(self, stage: str) -> int:
+        return 256 + len(self.clients) * (8 + _MAX_SEALED)
+
+    def _broadcast(self, stage: str) -> dict[int, bytes]:
+        alive = sorted(self.alive)
+        if stage == "advertise":
+            msg = self._server_message(stage, [self.plan.params_id])
+            return {c: msg for c in alive}
+        if stage == "seal":
+            if self.holder not in self.public:
+                raise ProtocolAbort("the key holder did not advertise a key")
+            sites = [c for c in alive if c != self.holder]
+            fields = [
+                np.array(sites, dtype=np.uint32),
+                b"".join(self.public[c] for c in sites),
+            ]
+            return {self.holder: self._server_message(stage, fields)}
+        holder_key = self.public[self.holder]
+        return {
+            c: self._server_message(stage, [holder_key, self.sealed.get(c, b"")])
+            for c in alive
+            if c == self.holder or c in self.sealed
+        }
+
+    def _receive(self, stage: str, sender: int, message: wire.Message) -> None:
+        if stage == "advertise":
+            message.require_fields(1)
+            public = message.raw(0, length=PUBLIC_KEY_BYTES)
+            validate_public_key(public)
+            self.public[sender] = public
+        elif stage == "seal":
+            if sender != self.holder:
+                raise UnknownSender(f"client {sender} is not the key holder")
+            message.require_fields(3)
+            sites = message.array(0, dtype="<u4").tolist()
+            sizes = message.array(1, dtype="<u4", shape=(len(sites),)).tolist()
+            blob = message.raw(2, length=sum(sizes))
+            if not set(sites) <= set(self.public) or len(set(sites)) != len(sites):
+                raise WrongShape("the key holder sealed keys for unknown sites")
+            offset = 0
+            for site, size in zip(sites, sizes, strict=True):
+                self.sealed[site] = blob[offset : offset + size]
+                offset += size
+        else:
+            message.require_fields(0)
+            self.installed.add(sender)
+
+    def _close_stage(self, stage: str) -> None:
+        if stage == "seal" and self.holder not in self.alive:
+            raise ProtocolAbort("the key holder dropped out before sealing the key")
+
+    def _reveal(self) -> Revealed:
+        return Revealed(
+            contributors=tuple(sorted(self.installed)),
+            weighted_sum=None,
+            total_weight=None,
+            dropped=tuple(c for c in self.clients if c not in self.installed),
+        )
+
+
+class HEKeySetupClient(ClientSession):
+    """Site side of key distribution; the key holder also generates the key.
+
+    After ``install``, :attr:`keyring` holds the site's :class:`HEKeyring`.
+    """
+
+    protocol_id = PROTOCOL_ID
+    stages = STAGES
+    skippable = frozenset({"seal"})  # only the key holder seals
+
+    def __init__(self, *, client_id: int, plan: HEPlan, holder: int, round: int = 0) -> None:
+        super().__init__(
+            client_id=client_id, round=round, update=np.zeros(1, np.float32), weight=1.0
+        )
+        self.plan = plan
+        self.holder = holder
+        self.transport_keys = KeyPair.generate()
+        self.keyring: HEKeyring | None = HEKeyring.generate(plan) if client_id == holder else None
+
+    def _handle(self, stage: str, message: wire.Message) -> bytes:
+        if stage == "advertise":
+            message.require_fields(1)
+            if message.raw(0, length=32) != self.plan.params_id:
+                raise WrongShape("the server's HE parameters differ from this site's")
+            return self._client_message(stage, [self.transport_keys.public_bytes])
+        if stage == "seal":
+            return self._seal(stage, message)
+        message.require_fields(2)
+        holder_public = message.raw(0, length=PUBLIC_KEY_BYTES)
+        if self.client_id != self.holder:
+            sealed = message.raw(1, max_len=_MAX_SEALED)
+            key = self.transport_keys.agree(
+                holder_public,
+                info=_transport_info(self.plan.params_id, self.holder, self.client_id),
+            )
+            secret = open_share(
+                key, sealed, round=self.round, sender=self.holder, receiver=self.client_id
+            )
+            self.keyring = HEKeyring.from_secret_bytes(self.plan, secret)
+        return self._client_message(stage, [])
+
+    def _seal(self, stage: str, message: wire.Message) -> bytes:
+        if self.keyring is None or self.client_id != self.holder:
+            raise InvalidShare("only the key holder seals keys")
+        message.require_fields(2)
+        sites = message.array(0, dtype="<u4").tolist()
+        publics = message.raw(1, length=len(sites) * PUBLIC_KEY_BYTES)
+        secret = self.keyring.secret_bytes()
+        sealed = []
+        for i, site in enumerate(sites):
+            public = publics[i * PUBLIC_KEY_BYTES : (i + 1) * PUBLIC_KEY_BYTES]
+            validate_public_key(public)
+            key = self.transport_keys.agree(
+                public, info=_transport_info(self.plan.params_id, self.client_id, site)
+            )
+            sealed.append(
+                seal_share(key, secret, round=self.round, sender=self.client_id, receiver=site)
+            )
+        sizes = np.array([len(s) for s in sealed], dtype=np.uint32)
+        return self._client_message(
+            stage, [np.array(sites, dtype=np.uint32), sizes, b"".join(sealed)]
+        )

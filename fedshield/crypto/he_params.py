@@ -1,0 +1,228 @@
+"""Parameters of packed homomorphic aggregation: choose them, build SEAL contexts, move
+ciphertexts and keys in and out of bytes.
+
+Building block: use the ``he`` protocol (:mod:`fedshield.crypto.he`) unless you know why not.
+
+**BFV** (default): N = 4096, SEAL's 128-bit-secure default coefficient modulus (109 bits), and a
+batching plain modulus ``t`` of ``tbits`` bits. The invariant noise budget of a fresh symmetric
+encryption measured here is ``67 - tbits`` bits (17 at 50 bits, 7 at 60), and each doubling of
+the number of summed ciphertexts costs one bit; we keep ``ceil(log2 n) + 2`` bits, so
+``tbits = min(60, 65 - ceil(log2 n))``. Each slot then packs ``m = (tbits - 1) // w`` values of
+``w = quant_bits + weight_bits + ceil(log2 n)`` bits: the sum of n clients' values never carries
+into its neighbour, and the packed slot stays below ``t``. Up to :data:`MAX_CLIENTS` clients.
+
+**CKKS** (``scheme="ckks"``): N = 4096 (2048 slots), coefficient modulus [60, 49] bits and
+scale 2^36, the smallest setting that fits one addition level with a 60-bit special prime. The
+decrypted sum of n float updates is within ``n · 2^-20`` of the exact sum (measured error
+< 1e-7 per value per client; tested).
+
+SEAL's ``save``/``load`` take file paths only; a tmpfs file (``/dev/shm``) carries the bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import struct
+import tempfile
+from dataclasses import asdict, dataclass
+
+import tenseal.sealapi as sa
+
+from fedshield.errors import ConfigError, InvalidCiphertext
+
+__all__ = [
+    "MAX_CLIENTS",
+    "HEConfig",
+    "HEPlan",
+    "SealIO",
+    "plan_for",
+]
+
+POLY_DEGREE = 4096
+MAX_CLIENTS = 1024
+FRESH_BUDGET_AT_ZERO = 67  # measured: fresh noise budget = 67 - tbits at N = 4096
+CKKS_COEFF_BITS = (60, 49)
+CKKS_SCALE_BITS = 36
+_SEAL_MAGIC = 0xA15E
+# SEAL's SEALHeader: magic, header size, version major/minor, compression, reserved, total size
+_SEAL_HEADER = struct.Struct("<HBBBBHQ")
+
+
+@dataclass(frozen=True)
+class HEConfig:
+    """What every site agrees on before the key is made.
+
+    Args:
+        scheme: ``"bfv"`` (quantized, packed; default) or ``"ckks"`` (floats).
+        clip: BFV clips updates to ``[-clip, clip]`` before quantization.
+        quant_bits: BFV bits per quantized value (1..16).
+        weight_bits: bits of the integer FedAvg weight (0: unweighted mean).
+        max_weight: public upper bound of a site's weight (its sample count).
+    """
+
+    scheme: str = "bfv"
+    clip: float = 0.1
+    quant_bits: int = 8
+    weight_bits: int = 8
+    max_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.scheme not in ("bfv", "ckks"):
+            raise ConfigError(f"--he-scheme must be bfv or ckks, got {self.scheme!r}")
+        if not (self.clip > 0 and math.isfinite(self.clip)):
+            raise ConfigError("--clip must be positive and finite")
+        if not 1 <= self.quant_bits <= 16 or not 0 <= self.weight_bits <= 16:
+            raise ConfigError("he: quant bits must be in 1..16 and weight bits in 0..16")
+        if not self.max_weight > 0:
+            raise ConfigError("max_weight must be positive")
+
+
+@dataclass(frozen=True)
+class HEPlan:
+    """Concrete parameters for ``n_clients`` updates of ``dim`` values (plus the weight)."""
+
+    scheme: str
+    n_clients: int
+    dim: int
+    poly_degree: int
+    coeff_bits: tuple[int, ...]
+    plain_bits: int  # BFV: bits of t; CKKS: 0
+    scale_bits: int  # CKKS: log2 of the scale; BFV: 0
+    value_bits: int  # BFV: bits per packed value
+    per_slot: int  # values per slot
+    slots: int
+    n_ciphertexts: int
+    config: HEConfig
+
+    @property
+    def params_id(self) -> bytes:
+        """SHA-256 of everything both sides must agree on; every ciphertext message names it."""
+        return hashlib.sha256(repr(sorted(asdict(self).items())).encode()).digest()
+
+    def context(self) -> sa.SEALContext:
+        """The SEAL context (public parameters only)."""
+        if self.scheme == "bfv":
+            params = sa.EncryptionParameters(sa.SCHEME_TYPE.BFV)
+            params.set_poly_modulus_degree(self.poly_degree)
+            params.set_coeff_modulus(
+                sa.CoeffModulus.BFVDefault(self.poly_degree, sa.SEC_LEVEL_TYPE.TC128)
+            )
+            params.set_plain_modulus(sa.PlainModulus.Batching(self.poly_degree, self.plain_bits))
+        else:
+            params = sa.EncryptionParameters(sa.SCHEME_TYPE.CKKS)
+            params.set_poly_modulus_degree(self.poly_degree)
+            params.set_coeff_modulus(sa.CoeffModulus.Create(self.poly_degree, self.coeff_bits))
+        context = sa.SEALContext(params, True, sa.SEC_LEVEL_TYPE.TC128)
+        if not context.parameters_set():
+            raise ConfigError(f"SEAL rejected the parameters: {context.parameter_error_message()}")
+        return context
+
+    @property
+    def max_ciphertext_bytes(self) -> int:
+        """Upper bound of one serialized seeded ciphertext (uncompressed, plus header)."""
+        return 16 + 256 + 2 * self.poly_degree * len(self.coeff_bits) * 8
+
+
+def plan_for(config: HEConfig, *, n_clients: int, dim: int) -> HEPlan:
+    """The parameters for a round of ``n_clients`` updates of ``dim`` values.
+
+    Raises:
+        ConfigError: when no parameters decrypt the sum correctly (too many clients, or
+            values too wide for a slot).
+    """
+    if not 1 <= n_clients <= MAX_CLIENTS:
+        raise ConfigError(f"he supports 1..{MAX_CLIENTS} clients, got {n_clients}")
+    if dim < 1:
+        raise ConfigError("dim must be positive")
+    length = dim + 1  # the weight travels as one more value
+    log_n = math.ceil(math.log2(n_clients)) if n_clients > 1 else 0
+    if config.scheme == "ckks":
+        slots = POLY_DEGREE // 2
+        return HEPlan(
+            "ckks", n_clients, dim, POLY_DEGREE, CKKS_COEFF_BITS, 0, CKKS_SCALE_BITS, 0, 1,
+            slots, -(-length // slots), config,
+        )  # fmt: skip
+    slots = POLY_DEGREE
+    plain_bits = min(60, FRESH_BUDGET_AT_ZERO - 2 - log_n)
+    width = config.quant_bits + config.weight_bits + log_n
+    per_slot = (plain_bits - 1) // width
+    budget = FRESH_BUDGET_AT_ZERO - plain_bits - log_n
+    if per_slot < 1 or budget < 2:
+        raise ConfigError(
+            f"he: {n_clients} clients with {config.quant_bits}-bit values and "
+            f"{config.weight_bits}-bit weights need {width}-bit fields, more than a "
+            f"{plain_bits}-bit BFV slot holds; lower --quant-bits or the clients"
+        )
+    coeff_bits = tuple(v.bit_length() for v in _bfv_moduli())
+    return HEPlan(
+        "bfv", n_clients, dim, POLY_DEGREE, coeff_bits, plain_bits, 0, width, per_slot,
+        slots, -(-length // (slots * per_slot)), config,
+    )  # fmt: skip
+
+
+def _bfv_moduli() -> list[int]:
+    return [q.value() for q in sa.CoeffModulus.BFVDefault(POLY_DEGREE, sa.SEC_LEVEL_TYPE.TC128)]
+
+
+class SealIO:
+    """Bytes in and out of SEAL objects through one reusable tmpfs file.
+
+    ``load`` checks the serialization header (magic, declared size) before SEAL parses
+    anything, and SEAL's own validity check after; failures raise
+    :class:`~fedshield.errors.InvalidCiphertext`.
+    """
+
+    def __init__(self, context: sa.SEALContext) -> None:
+        self.context = context
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        handle, self.path = tempfile.mkstemp(prefix="fedshield-he-", dir=folder)
+        os.close(handle)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    def dump(self, obj) -> bytes:
+        """Serialized bytes of a SEAL object (or a seeded ``Serializable``)."""
+        obj.save(self.path)
+        with open(self.path, "rb") as f:
+            return f.read()
+
+    def load_ciphertext(self, data: bytes, *, max_bytes: int) -> sa.Ciphertext:
+        """A ciphertext valid for this context, from untrusted bytes."""
+        self._check_header(data, max_bytes)
+        ct = sa.Ciphertext()
+        self._load_into(ct, data)
+        if ct.size() != 2 or not sa.is_valid_for(ct, self.context):
+            raise InvalidCiphertext("the ciphertext does not belong to these parameters")
+        if ct.parms_id() != self.context.first_parms_id():
+            raise InvalidCiphertext("the ciphertext is at another parameter level")
+        return ct
+
+    def load_secret_key(self, data: bytes) -> sa.SecretKey:
+        """A secret key for this context (from a decrypted key-distribution message)."""
+        self._check_header(data, 1 << 22)
+        key = sa.SecretKey()
+        self._load_into(key, data)
+        if not sa.is_valid_for(key, self.context):
+            raise InvalidCiphertext("the secret key does not belong to these parameters")
+        return key
+
+    def _load_into(self, obj, data: bytes) -> None:
+        with open(self.path, "wb") as f:
+            f.write(data)
+        try:
+            obj.load(self.context, self.path)
+        except Exception as exc:  # SEAL raises ValueError/RuntimeError/etc. on bad bytes
+            raise InvalidCiphertext(f"SEAL could not parse the bytes ({exc})") from None
+
+    @staticmethod
+    def _check_header(data: bytes, max_bytes: int) -> None:
+        if len(data) < _SEAL_HEADER.size:
+            raise InvalidCiphertext("too short for a SEAL object")
+        magic, _, _, _, _, _, size = _SEAL_HEADER.unpack_from(data)
+        if magic != _SEAL_MAGIC or size != len(data) or size > max_bytes:
+            raise InvalidCiphertext("not a SEAL object of the expected size")
