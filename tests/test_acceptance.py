@@ -71,3 +71,12 @@ def test_compressed_updates_track_fp32_fedavg_on_breastmnist():
     )
     assert abs(q8 - fp32) <= 0.01 and q8_bytes < 0.3 * fp32_bytes
     assert abs(rk - fp32) <= 0.03 and rk_bytes < 0.04 * fp32_bytes
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_breastmnist(), reason="breastmnist.npz not available")
+def test_he_matches_plain_auc_within_001_on_breastmnist():
+    plain = _final_auc(protect="plain", seed=0)
+    he = _final_auc(protect="he", seed=0)
+    print(f"BreastMNIST final AUC: plain {plain:.4f}, he (BFV, 8-bit) {he:.4f}")
+    assert abs(he - plain) <= 0.01

@@ -41,3 +41,13 @@ def test_bench_kernels_quick_reports_every_kernel_against_its_baselines(tmp_path
     )
     assert all(t["compile_s"] > 0 and t["cache_load_s"] > 0 for t in doc["first_call"].values())
     assert set(doc["targets"]) and all("met" in t for t in doc["targets"].values())
+
+
+def test_bench_he_quick_compares_with_the_flare_way(tmp_path):
+    doc = _load("bench_he").main(["--quick", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "he.json").read_text())["cases"]
+    for case in doc["cases"]:
+        assert case["flare"]["bytes_over_fp32"] > 10  # CKKS, one vector per layer
+        for name in ("ours", "ours_unweighted"):
+            assert case[name]["max_abs_error"] <= 0.1 / 255 + 1e-6  # one quantization step
+            assert case[f"{name}_ratios"]["bytes_up_flare_over_ours"] > 5

@@ -185,6 +185,7 @@ class HEClient(ClientSession):
         self.keyring = keyring
         self.plan = keyring.plan
         self.quant_seed = secrets.randbits(64) if quant_seed is None else quant_seed
+        self.level_sum: np.ndarray | None = None
 
     def _handle(self, stage: str, message: wire.Message) -> bytes:
         if stage == "input":
@@ -248,6 +249,7 @@ class HEClient(ClientSession):
             values = flat.reshape(-1)
             return values[:dim].copy(), float(values[dim])
         values = unpack_slots(flat, plan, dim + 1)
+        self.level_sum = values  # sum_i w_i q_i and sum_i w_i, for auditors
         weight = int(values[-1])
         if weight == 0:
             raise ProtocolAbort("the decrypted total weight is zero")

@@ -237,6 +237,7 @@ class Federation:
                 "name": self.protocol.name,
                 **server.describe(),
                 **self.encoder.encoding.describe(),
+                **(_he_costs(outcome.stages) if self.protocol.name == "he" else {}),
             },
         )
 
@@ -291,6 +292,23 @@ def _aggregate(revealed, sessions) -> tuple[np.ndarray, float] | None:
     if any(t != total or not np.array_equal(w, weighted_sum) for w, t in held[1:]):
         raise RuntimeError("sites decrypted different aggregates")  # cannot happen: same key
     return weighted_sum, total
+
+
+def _he_costs(stages: list[StageStats]) -> dict:
+    """Ciphertext bytes and the encrypt / sum / decrypt seconds of an ``he`` round."""
+    by_name = {s.stage: s for s in stages}
+    upload, download = by_name.get("input"), by_name.get("aggregate")
+
+    def mean(values: dict) -> float | None:
+        return float(np.mean(list(values.values()))) if values else None
+
+    return {
+        "ciphertext_bytes_up": mean(upload.bytes_up) if upload else None,
+        "ciphertext_bytes_down": mean(download.bytes_down) if download else None,
+        "encrypt_s": mean(upload.client_s) if upload else None,
+        "sum_s": upload.server_s if upload else None,
+        "decrypt_s": mean(download.client_s) if download else None,
+    }
 
 
 def _mean_per_client(stages: list[StageStats], attr: str) -> float:

@@ -1,0 +1,256 @@
+"""``he`` as an auditor checks it: exact sums at the documented maximum, a server that holds
+nothing that decrypts, sealed key transport, and malformed ciphertexts rejected."""
+
+import gc
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import tenseal.sealapi as sa
+
+from fedshield import wire
+from fedshield.crypto import ring
+from fedshield.crypto.he import HEClient, HEServer, pack_slots, unpack_slots
+from fedshield.crypto.he_keys import HEKeyring, HEKeySetupClient, HEKeySetupServer
+from fedshield.crypto.he_params import MAX_CLIENTS, HEConfig, plan_for
+from fedshield.crypto.keys import KeyPair, open_share
+from fedshield.engine.dropout import DropoutPolicy
+from fedshield.engine.runner import run_protocol
+from fedshield.engine.transport import InProcessTransport
+from fedshield.errors import ConfigError, InvalidCiphertext, InvalidShare, WrongShape
+
+CONFIG = HEConfig(clip=0.5, quant_bits=8, weight_bits=8, max_weight=100.0)
+
+
+def _round(plan, keyring, updates, weights, *, schedule=None, transport_cls=InProcessTransport):
+    server = HEServer(round=1, clients=list(updates), dim=plan.dim, plan=plan)
+    clients = {
+        c: HEClient(
+            client_id=c, round=1, update=u, weight=weights[c], keyring=keyring, quant_seed=c
+        )
+        for c, u in updates.items()
+    }
+    outcome = run_protocol(
+        server, transport_cls(clients), dropout=DropoutPolicy(schedule=schedule or {})
+    )
+    return server, clients, outcome
+
+
+def _expected_levels(plan, updates, weights, ids):
+    total = np.zeros(plan.dim + 1, dtype=np.uint64)
+    for c in ids:
+        w = ring.integer_weight(weights[c], plan.config.max_weight, plan.config.weight_bits)
+        levels = ring.encode(updates[c], clip=plan.config.clip, quant_bits=8, seed=c)
+        total[:-1] += levels.astype(np.uint64) * np.uint64(w)
+        total[-1] += w
+    return total
+
+
+def test_packing_round_trips_and_keeps_fields_apart():
+    plan = plan_for(CONFIG, n_clients=4, dim=30_000)
+    values = np.random.default_rng(0).integers(0, 2**plan.value_bits, 30_001, dtype=np.uint64)
+    slots = pack_slots(values, plan)
+    assert slots.shape == (plan.n_ciphertexts, plan.slots) and plan.per_slot == 3
+    assert int(slots.max()) < 2 ** (plan.plain_bits - 1)
+    np.testing.assert_array_equal(unpack_slots(slots, plan, values.size), values)
+
+
+def test_sum_is_exact_at_the_documented_maximum_with_every_value_at_its_largest():
+    """1024 sites, every level 2^8 - 1 and every weight 2^8 - 1: any carry would show."""
+    n = MAX_CLIENTS
+    plan = plan_for(CONFIG, n_clients=n, dim=2 * 4096 - 1)  # exactly one full ciphertext
+    assert plan.n_ciphertexts == 1
+    keyring = HEKeyring.generate(plan)
+    top = np.full(plan.dim, CONFIG.clip, np.float32)  # quantizes to the top level exactly
+    updates = dict.fromkeys(range(n), top)
+    weights = dict.fromkeys(range(n), CONFIG.max_weight)
+    _server, clients, outcome = _round(plan, keyring, updates, weights)
+    assert outcome.aborted is None and len(outcome.revealed.contributors) == n
+    np.testing.assert_array_equal(clients[0].level_sum[:-1], np.full(plan.dim, n * 255 * 255))
+    assert clients[0].level_sum[-1] == n * 255  # the weights, in the last value
+
+
+def test_random_updates_with_dropouts_give_the_survivors_exact_integer_sum():
+    plan = plan_for(CONFIG, n_clients=5, dim=9000)
+    keyring = HEKeyring.generate(plan)
+    rng = np.random.default_rng(1)
+    updates = {c: rng.uniform(-0.6, 0.6, plan.dim).astype(np.float32) for c in range(5)}
+    weights = {c: float(rng.integers(1, 100)) for c in range(5)}
+    _server, clients, outcome = _round(plan, keyring, updates, weights, schedule={"input": [3]})
+    assert outcome.revealed.contributors == (0, 1, 2, 4) and outcome.revealed.weighted_sum is None
+    expected = _expected_levels(plan, updates, weights, [0, 1, 2, 4])
+    for c in (0, 1, 2, 4):
+        np.testing.assert_array_equal(clients[c].level_sum, expected)
+    weighted_sum, total = clients[0].aggregate
+    assert total == expected[-1] and weighted_sum.shape == (plan.dim,)
+
+
+def test_too_many_clients_or_too_wide_values_are_refused():
+    with pytest.raises(ConfigError):
+        plan_for(CONFIG, n_clients=MAX_CLIENTS + 1, dim=10)
+    with pytest.raises(ConfigError):
+        HEConfig(quant_bits=17)
+    widest = plan_for(HEConfig(quant_bits=16, weight_bits=16), n_clients=MAX_CLIENTS, dim=10)
+    assert widest.per_slot == 1 and widest.value_bits <= widest.plain_bits - 1
+
+
+def test_ckks_error_stays_within_the_documented_bound():
+    config = HEConfig(scheme="ckks", max_weight=10.0)
+    plan = plan_for(config, n_clients=6, dim=5000)
+    keyring = HEKeyring.generate(plan)
+    rng = np.random.default_rng(2)
+    updates = {c: rng.normal(0, 1, plan.dim).astype(np.float32) for c in range(6)}
+    weights = {c: float(c + 1) for c in range(6)}
+    _server, clients, _ = _round(plan, keyring, updates, weights)
+    weighted_sum, total = clients[0].aggregate
+    exact = sum(weights[c] / 10 * updates[c].astype(np.float64) for c in range(6))
+    assert abs(total - sum(weights.values()) / 10) <= 6 * 2**-20
+    assert np.abs(weighted_sum - exact).max() <= 6 * 2**-20
+
+
+# --- what the server holds ----------------------------------------------------------------
+def _holds_a_secret(obj, seen=None) -> bool:
+    """Whether anything reachable from ``obj``'s attributes is a secret key or a keyring."""
+    seen = seen if seen is not None else set()
+    if id(obj) in seen:
+        return False
+    seen.add(id(obj))
+    if isinstance(obj, (sa.SecretKey, sa.Decryptor, sa.Encryptor, HEKeyring, KeyPair)):
+        return True
+    if isinstance(obj, dict):
+        return any(_holds_a_secret(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple, set)):
+        return any(_holds_a_secret(v, seen) for v in obj)
+    if hasattr(obj, "__dict__"):
+        return any(_holds_a_secret(v, seen) for v in vars(obj).values())
+    return False
+
+
+class _Recorder(InProcessTransport):
+    relayed: ClassVar[list] = []
+
+    def exchange(self, stage, messages):
+        replies = super().exchange(stage, messages)
+        type(self).relayed.append((stage, dict(messages), {c: r.data for c, r in replies.items()}))
+        return replies
+
+
+def test_the_server_never_holds_anything_that_decrypts():
+    plan = plan_for(CONFIG, n_clients=3, dim=5000)
+    setup_server = HEKeySetupServer(round=0, clients=[0, 1, 2], dim=1, plan=plan, holder=0)
+    sites = {c: HEKeySetupClient(client_id=c, plan=plan, holder=0) for c in range(3)}
+    _Recorder.relayed = []
+    run_protocol(setup_server, _Recorder(sites))
+    assert not _holds_a_secret(setup_server)
+    rng = np.random.default_rng(3)
+    updates = {c: rng.uniform(-0.5, 0.5, plan.dim).astype(np.float32) for c in range(3)}
+    server = HEServer(round=1, clients=[0, 1, 2], dim=plan.dim, plan=plan)
+    clients = {
+        c: HEClient(client_id=c, round=1, update=updates[c], weight=50.0, keyring=sites[c].keyring)
+        for c in range(3)
+    }
+    run_protocol(server, InProcessTransport(clients))
+    assert not _holds_a_secret(server) and server.sum is not None
+    # The only decryptor one can build from the server's context uses some other key: the
+    # sum then decrypts to noise, not to the aggregate.
+    outsider = sa.Decryptor(server.io.context, sa.KeyGenerator(server.io.context).secret_key())
+    plaintext = sa.Plaintext()
+    outsider.decrypt(server.sum[0], plaintext)
+    guess = np.array(sa.BatchEncoder(server.io.context).decode_uint64(plaintext), np.uint64)
+    truth = pack_slots(clients[0].level_sum, plan)[0]
+    assert np.mean(guess == truth) < 0.01
+    gc.collect()
+
+
+def test_key_transport_messages_are_aead_ciphertexts_only_the_addressed_site_opens():
+    plan = plan_for(CONFIG, n_clients=3, dim=100)
+    setup_server = HEKeySetupServer(round=0, clients=[0, 1, 2], dim=1, plan=plan, holder=0)
+    sites = {c: HEKeySetupClient(client_id=c, plan=plan, holder=0) for c in range(3)}
+    _Recorder.relayed = []
+    run_protocol(setup_server, _Recorder(sites))
+    secret = sites[0].keyring.secret_bytes()
+    assert sites[1].keyring.secret_bytes() == secret == sites[2].keyring.secret_bytes()
+    everything = b"".join(
+        data for _stage, down, up in _Recorder.relayed for data in [*down.values(), *up.values()]
+    )
+    assert secret[32:96] not in everything  # the key never crosses in the clear
+    (install,) = [down for stage, down, _ in _Recorder.relayed if stage == "install"]
+    sealed_for_1 = wire.decode(install[1]).raw(1)
+    holder_public = wire.decode(install[1]).raw(0)
+    for wrong_site in (2, 0):
+        from fedshield.crypto.he_keys import _transport_info
+
+        key = sites[wrong_site].transport_keys.agree(
+            holder_public, info=_transport_info(plan.params_id, 0, wrong_site)
+        )
+        with pytest.raises(InvalidShare):
+            open_share(key, sealed_for_1, round=0, sender=0, receiver=wrong_site)
+
+
+# --- malformed ciphertexts ---------------------------------------------------------------
+def _tampered(answer: bytes, case: str, other_plan) -> bytes:
+    msg = wire.decode(answer)
+    params, sizes, blob = msg.fields
+    first = int(sizes[0])
+    if case == "wrong params id":
+        params = bytes(32)
+    elif case == "garbage bytes":
+        blob = bytes(len(blob))
+    elif case == "truncated ciphertext":
+        blob = blob[: first - 10] + blob[first:]
+        sizes = sizes.copy()
+        sizes[0] -= 10
+    elif case == "sizes disagree":
+        sizes = sizes.copy()
+        sizes[0] += 1
+    elif case == "other parameters":
+        keyring = HEKeyring.generate(other_plan)
+        pt = sa.Plaintext()
+        keyring.encoder.encode([1] * other_plan.slots, pt)
+        foreign = keyring.io.dump(keyring.encryptor.encrypt_symmetric(pt))
+        blob = foreign + blob[first:]
+        sizes = sizes.copy()
+        sizes[0] = len(foreign)
+    return wire.encode(msg.header, [params, sizes, blob])
+
+
+@pytest.mark.parametrize(
+    ("case", "error"),
+    [
+        ("wrong params id", WrongShape),
+        ("garbage bytes", InvalidCiphertext),
+        ("truncated ciphertext", InvalidCiphertext),
+        ("sizes disagree", WrongShape),
+        ("other parameters", InvalidCiphertext),
+    ],
+)
+def test_malformed_ciphertexts_are_rejected_and_the_honest_round_completes(case, error):
+    plan = plan_for(CONFIG, n_clients=3, dim=9000)
+    other_plan = plan_for(CONFIG, n_clients=600, dim=9000)  # another plain modulus
+    keyring = HEKeyring.generate(plan)
+    rng = np.random.default_rng(4)
+    updates = {c: rng.uniform(-0.5, 0.5, plan.dim).astype(np.float32) for c in range(3)}
+    weights = dict.fromkeys(range(3), 50.0)
+    server = HEServer(round=1, clients=[0, 1, 2], dim=plan.dim, plan=plan)
+    clients = {
+        c: HEClient(
+            client_id=c, round=1, update=updates[c], weight=50.0, keyring=keyring, quant_seed=c
+        )
+        for c in range(3)
+    }
+    request = server.broadcast("input")
+    answers = {c: clients[c].handle("input", request[c]) for c in range(3)}
+    server.receive("input", 0, answers[0])
+    with pytest.raises(error):
+        server.receive("input", 1, _tampered(answers[1], case, other_plan))
+    server.receive("input", 2, answers[2])
+    server.close_stage("input")
+    down = server.broadcast("aggregate")
+    assert set(down) == {0, 2}
+    for c in (0, 2):
+        server.receive("aggregate", c, clients[c].handle("aggregate", down[c]))
+    server.close_stage("aggregate")
+    assert server.reveal().contributors == (0, 2)
+    np.testing.assert_array_equal(
+        clients[0].level_sum, _expected_levels(plan, updates, weights, [0, 2])
+    )
