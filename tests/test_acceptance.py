@@ -60,17 +60,24 @@ def test_survey_on_synthetic_shows_the_qualitative_finding():
 @pytest.mark.slow
 @pytest.mark.skipif(not _has_breastmnist(), reason="breastmnist.npz not available")
 def test_compressed_updates_track_fp32_fedavg_on_breastmnist():
-    fp32, fp32_bytes = _final(protect="plain", seed=0)
-    q8, q8_bytes = _final(protect="plain", quant_bits=8, error_feedback=True, seed=0)
-    rk, rk_bytes = _final(
-        protect="plain", quant_bits=8, sparsify="randk:0.1", error_feedback=True, seed=0
-    )
-    print(
-        f"BreastMNIST final AUC / upload per client per round: fp32 {fp32:.4f} / {fp32_bytes:.0f}"
-        f", 8-bit+EF {q8:.4f} / {q8_bytes:.0f}, rand-k 10% + 8-bit + EF {rk:.4f} / {rk_bytes:.0f}"
-    )
-    assert abs(q8 - fp32) <= 0.01 and q8_bytes < 0.3 * fp32_bytes
-    assert abs(rk - fp32) <= 0.03 and rk_bytes < 0.04 * fp32_bytes
+    """Seeds 0-2: 8-bit + error feedback within 0.01 AUC of float32 FedAvg at every seed;
+    rand-k 10% + 8-bit + error feedback within 0.03 on the mean over the seeds."""
+    rows = []
+    for seed in range(3):
+        fp32, fp32_bytes = _final(protect="plain", seed=seed)
+        q8, q8_bytes = _final(protect="plain", quant_bits=8, error_feedback=True, seed=seed)
+        rk, rk_bytes = _final(
+            protect="plain", quant_bits=8, sparsify="randk:0.1", error_feedback=True, seed=seed
+        )
+        rows.append((fp32, q8, rk))
+        print(
+            f"seed {seed}: AUC / upload per client per round: fp32 {fp32:.4f} / {fp32_bytes:.0f}"
+            f", 8-bit+EF {q8:.4f} / {q8_bytes:.0f}, rand-k 10%+8-bit+EF {rk:.4f} / {rk_bytes:.0f}"
+        )
+        assert abs(q8 - fp32) <= 0.01 and q8_bytes < 0.3 * fp32_bytes
+        assert rk_bytes < 0.04 * fp32_bytes
+    fp32, _q8, rk = np.mean(rows, axis=0)
+    assert abs(rk - fp32) <= 0.03
 
 
 @pytest.mark.slow

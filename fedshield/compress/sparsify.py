@@ -190,15 +190,28 @@ def _hash_keys(n, k0, k1, out):  # pragma: no cover - compiled
         out[i] = hash32(i, k0, k1)
 
 
-def randk(dim: int, k: int, *, seed: int) -> np.ndarray:
-    """Sorted indices of a uniform random ``k``-subset of ``range(dim)``, fixed by ``seed``."""
+def randk(dim: int, k: int, *, seed: int, block: int = 0) -> np.ndarray:
+    """Sorted indices of a uniform random ``k``-subset of ``range(dim)``, fixed by ``seed``.
+
+    ``seed`` fixes a random order of the coordinates; ``block`` ``b`` takes its places
+    ``b·k .. (b+1)·k - 1``. Blocks ``0 .. dim // k - 1`` of one seed are disjoint, so a schedule
+    that walks through them visits every coordinate once per cycle (rand-k without
+    replacement); each block on its own is a uniform random ``k``-subset.
+    """
     if not 0 < dim <= MAX_INDEX:
         raise ValueError(f"dim must be in 1..{MAX_INDEX}")
+    if not 0 <= block < max(1, dim // max(k, 1)):
+        raise ValueError(f"block must be in 0..{dim // max(k, 1) - 1}")
     keys = np.empty(dim, dtype=np.uint32)
     _hash_keys(dim, *split_seed(seed), keys)
-    return _select_largest(keys, k)
+    upto = _select_largest(keys, (block + 1) * k)
+    if block == 0:
+        return upto
+    return np.setdiff1d(upto, _select_largest(keys, block * k), assume_unique=True)
 
 
-def randk_reference(dim: int, k: int, *, seed: int) -> np.ndarray:
+def randk_reference(dim: int, k: int, *, seed: int, block: int = 0) -> np.ndarray:
     """numpy oracle of :func:`randk`."""
-    return _select_reference(uint32_reference(0, dim, seed), k)
+    keys = uint32_reference(0, dim, seed)
+    order = np.argsort(-keys.astype(np.int64), kind="stable")
+    return np.sort(order[block * k : (block + 1) * k])

@@ -1,9 +1,8 @@
 """The client-side encoder chain that runs before protection.
 
-local training from the global model plus the site's residual (error feedback) → sparsify
-(rand-k with the round's shared seed, or top-k) → the protocol quantizes and bit-packs (shared
-range for ``secagg``, per-chunk for ``plain``) → the residual keeps what the protocol did not
-carry.
+error feedback (add the site's residual) → sparsify (rand-k with the round's shared seed, or
+top-k) → the protocol quantizes and bit-packs (shared range for ``secagg`` and ``he``, per-chunk
+for ``plain``) → the residual keeps what the protocol did not carry.
 
 Rand-k is sent unscaled: with error feedback the coordinates left out this round travel later;
 without it, a rand-k update is a shrunken (biased) step, as with any sparsifier.
@@ -110,31 +109,24 @@ class UpdateEncoder:
         return self.k if self.encoding.sparsify == "randk" else self.dim
 
     def shared_indices(self, round: int) -> np.ndarray | None:
-        """Rand-k's coordinates for ``round``: public, the same at every client and the server."""
+        """Rand-k's coordinates for ``round``: public, the same at every client and the server.
+
+        Rounds walk through the disjoint blocks of one random order of the coordinates, then
+        draw a new order (rand-k without replacement): every coordinate travels at least once
+        per ``n_trainable // k`` rounds. Drawn independently each round, 12% of the coordinates
+        would wait more than 20 rounds at 10% (0.9^20), and the global model would lag there.
+        """
         if self.encoding.sparsify != "randk":
             return None
-        kept = randk(
-            self.n_trainable, self.k_trainable, seed=derive_seed("randk", self.seed, round)
-        )
+        blocks = max(1, self.n_trainable // self.k_trainable)
+        cycle, block = divmod(round - 1, blocks)
+        seed = derive_seed("randk", self.seed, cycle)
+        kept = randk(self.n_trainable, self.k_trainable, seed=seed, block=block)
         return np.concatenate([kept, self._buffers])
 
-    def local_start(self, site: int, global_vector: np.ndarray) -> np.ndarray:
-        """Where the site trains from: the global model plus what it has not sent yet.
-
-        With error feedback the site keeps the unsent part of its own progress and trains on
-        from there, so its next update (trained model minus global) already contains the
-        residual. Adding the residual to a fresh update instead would count again every
-        displacement that local training re-makes from the same stale start (measured on
-        BreastMNIST with rand-k 10%: AUC 0.844 against 0.904 for float32, seed 1).
-        """
-        if not self.feedback:
-            return global_vector
-        return global_vector + self.feedback[site].residual
-
     def encode(self, site: int, round: int, delta: np.ndarray) -> EncodedUpdate:
-        """Sparsification of one site's update ``trained - global`` (which, with error
-        feedback, already includes the residual: see :meth:`local_start`)."""
-        corrected = delta
+        """Error feedback (add the site's residual), then sparsification, of one update."""
+        corrected = self.feedback[site].compensate(delta) if self.feedback else delta
         if self.encoding.sparsify == "topk":
             kept = topk_exact(corrected[: self.n_trainable], self.k_trainable)
             indices = np.concatenate([kept, self._buffers])

@@ -186,7 +186,7 @@ class Federation:
             received = wire.decode(broadcast)
             received.expect(protocol=MODEL_BROADCAST, stage=0, round=r, sender=wire.SERVER_ID)
             start_vector = received.array(0, dtype="<f4", shape=(self.spec.dim,))
-            self._load_site_model(cid, self.encoder.local_start(cid, start_vector))
+            self._load_site_model(cid, start_vector)
             self.trainer.local_update(self.algorithm, self.model, site.train, self.local_epochs)
             self.local_states[cid] = self.spec.local_state(self.model)
             delta = self.spec.flatten(self.model) - start_vector

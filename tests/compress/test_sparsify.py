@@ -71,3 +71,15 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError):
         k_for(10, 0.0)
     assert k_for(10, 0.1) == 1 and k_for(1000, 0.1) == 100
+
+
+def test_randk_blocks_partition_one_random_order():
+    dim, k = 10_007, 1000
+    blocks = [randk(dim, k, seed=9, block=b) for b in range(dim // k)]
+    for b, got in enumerate(blocks):
+        np.testing.assert_array_equal(got, randk_reference(dim, k, seed=9, block=b))
+        assert got.size == k
+    union = np.concatenate(blocks)
+    assert np.unique(union).size == union.size == k * (dim // k)  # disjoint
+    with pytest.raises(ValueError):
+        randk(dim, k, seed=9, block=dim // k)
