@@ -27,8 +27,9 @@ from fedshield.engine.runner import StageStats, run_protocol
 from fedshield.engine.trainer import Algorithm, LocalTrainer
 from fedshield.engine.transport import InProcessTransport
 from fedshield.errors import ConfigError
+from fedshield.protocols.base import ClientSession
 
-__all__ = ["Federation", "RoundRecord", "Site", "make_site"]
+__all__ = ["Federation", "RoundRecord", "Site", "make_site", "pooled_metrics"]
 
 MODEL_BROADCAST = 0  # protocol id of the engine's own "here is the global model" message
 
@@ -168,56 +169,84 @@ class Federation:
         initial_local = self.spec.local_state(self.model)
         self.local_states = [{k: v.clone() for k, v in initial_local.items()} for _ in self.sites]
         self.round = 1  # rounds count from 1, on the wire and in records
+        self._encoded: dict = {}  # site -> its EncodedUpdate, until the protocol is done
 
     # --- one round ---------------------------------------------------------------------------
     def run_round(self, on_site_done: Callable[[int], None] | None = None) -> RoundRecord:
         """Train every site, protect and aggregate their updates, update the global model."""
         start = time.perf_counter()
-        r = self.round
-        broadcast = wire.encode(
-            wire.Header(MODEL_BROADCAST, 0, r, wire.SERVER_ID), [self.global_vector]
-        )
-        sessions, encoded = {}, {}
-        shared_indices = self.encoder.shared_indices(r)
-        topk = self.encoder.encoding.sparsify == "topk"
+        broadcast = self.model_broadcast()
+        sessions = {}
         train_s = 0.0
-        for cid, site in enumerate(self.sites):
+        for cid in range(len(self.sites)):
             t0 = time.perf_counter()
-            received = wire.decode(broadcast)
-            received.expect(protocol=MODEL_BROADCAST, stage=0, round=r, sender=wire.SERVER_ID)
-            start_vector = received.array(0, dtype="<f4", shape=(self.spec.dim,))
-            self._load_site_model(cid, start_vector)
-            self.trainer.local_update(self.algorithm, self.model, site.train, self.local_epochs)
-            self.local_states[cid] = self.spec.local_state(self.model)
-            delta = self.spec.flatten(self.model) - start_vector
-            encoded[cid] = self.encoder.encode(cid, r, delta)
-            sessions[cid] = self.protocol.client(
-                client_id=cid,
-                round=r,
-                update=encoded[cid].values,
-                weight=site.weight,
-                quant_seed=self.encoder.quant_seed(cid, r),
-                **({"indices": encoded[cid].indices} if topk else {}),
-            )
+            sessions[cid] = self.site_session(cid, broadcast)
             train_s += time.perf_counter() - t0
             if on_site_done:
                 on_site_done(cid)
-        server = self.protocol.server(
-            round=r, clients=list(sessions), dim=self.encoder.protocol_dim
-        )
-        outcome = run_protocol(server, InProcessTransport(sessions), dropout=self.dropout)
+        outcome, server = self.aggregate_round(InProcessTransport(sessions), list(sessions))
         for cid, session in sessions.items():
-            self.encoder.record(cid, encoded[cid], session.sent)
+            self.site_sent(cid, session.sent)
+        aggregate_s = self._finish(outcome, sessions)
+        metrics, per_site = self.evaluate()
+        return self.record(
+            outcome, server, metrics, per_site, broadcast, aggregate_s, train_s, start
+        )
+
+    def model_broadcast(self) -> bytes:
+        """The engine's "here is the global model" message of the current round."""
+        header = wire.Header(MODEL_BROADCAST, 0, self.round, wire.SERVER_ID)
+        return wire.encode(header, [self.global_vector])
+
+    def site_session(self, cid: int, broadcast: bytes) -> ClientSession:
+        """Site ``cid``'s side of a round: parse the model, train, encode, open a session."""
+        r = self.round
+        received = wire.decode(broadcast)
+        received.expect(protocol=MODEL_BROADCAST, stage=0, round=r, sender=wire.SERVER_ID)
+        start_vector = received.array(0, dtype="<f4", shape=(self.spec.dim,))
+        self._load_site_model(cid, start_vector)
+        site = self.sites[cid]
+        self.trainer.local_update(self.algorithm, self.model, site.train, self.local_epochs)
+        self.local_states[cid] = self.spec.local_state(self.model)
+        delta = self.spec.flatten(self.model) - start_vector
+        self._encoded[cid] = encoded = self.encoder.encode(cid, r, delta)
+        topk = self.encoder.encoding.sparsify == "topk"
+        return self.protocol.client(
+            client_id=cid,
+            round=r,
+            update=encoded.values,
+            weight=site.weight,
+            quant_seed=self.encoder.quant_seed(cid, r),
+            **({"indices": encoded.indices} if topk else {}),
+        )
+
+    def site_sent(self, cid: int, sent: np.ndarray | None) -> None:
+        """After the protocol: site ``cid`` keeps what its message did not carry (feedback)."""
+        self.encoder.record(cid, self._encoded.pop(cid), sent)
+
+    def aggregate_round(self, transport, clients: list[int]):
+        """The server's side of the protocol over ``transport``: ``(outcome, server)``."""
+        server = self.protocol.server(
+            round=self.round, clients=clients, dim=self.encoder.protocol_dim
+        )
+        return run_protocol(server, transport, dropout=self.dropout), server
+
+    def _finish(self, outcome, sessions=None) -> float:
+        """Apply the round's aggregate to the global model; returns the seconds it took plus
+        the protocol's server seconds."""
         t0 = time.perf_counter()
-        aggregate = _aggregate(outcome.revealed, sessions)
+        aggregate = _aggregate(outcome.revealed, sessions or {})
         if aggregate is not None:
             mean = weighted_mean(*aggregate)
-            self._apply(self.encoder.expand(shared_indices, mean))
-            clients = list(outcome.revealed.contributors)
-        else:
-            clients = []
-        aggregate_s = time.perf_counter() - t0 + sum(s.server_s for s in outcome.stages)
-        metrics, per_site = self.evaluate()
+            self._apply(self.encoder.expand(self.encoder.shared_indices(self.round), mean))
+        return time.perf_counter() - t0 + sum(s.server_s for s in outcome.stages)
+
+    def record(
+        self, outcome, server, metrics, per_site, broadcast, aggregate_s, train_s, start
+    ) -> RoundRecord:
+        """The round's record; the next round begins."""
+        r = self.round
+        clients = list(outcome.revealed.contributors) if outcome.revealed is not None else []
         self.round += 1
         return RoundRecord(
             round=r,
@@ -258,24 +287,32 @@ class Federation:
 
         Each site's model is the global model plus, under FedBN, its own BatchNorm layers.
         """
-        labels, probs, per_site = [], [], {}
-        weighted_loss, count = 0.0, 0
-        for cid, site in enumerate(self.sites):
-            if site.test is None:
-                continue
-            self._load_site_model(cid, self.global_vector)
-            y, p, loss = predict(self.model, site.test, self.trainer.loss_fn)
-            per_site[site.name] = binary_metrics(y, p, loss)
-            labels.append(y)
-            probs.append(p)
-            weighted_loss += loss * len(y)
-            count += len(y)
-        if not labels:
-            return binary_metrics(np.zeros(0), np.zeros(0)), per_site
-        pooled = binary_metrics(
-            np.concatenate(labels), np.concatenate(probs), weighted_loss / count
-        )
-        return pooled, per_site
+        results = [
+            (self.sites[cid].name, *self.site_predictions(cid, self.global_vector))
+            for cid in range(len(self.sites))
+            if self.sites[cid].test is not None
+        ]
+        return pooled_metrics(results)
+
+    def site_predictions(
+        self, cid: int, vector: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Labels, predicted probabilities and mean loss of site ``cid``'s test set."""
+        self._load_site_model(cid, vector)
+        return predict(self.model, self.sites[cid].test, self.trainer.loss_fn)
+
+
+def pooled_metrics(
+    results: list[tuple[str, np.ndarray, np.ndarray, float]],
+) -> tuple[dict, dict[str, dict]]:
+    """Pooled and per-site metrics from each site's ``(name, labels, probabilities, loss)``."""
+    if not results:
+        return binary_metrics(np.zeros(0), np.zeros(0)), {}
+    per_site = {name: binary_metrics(y, p, loss) for name, y, p, loss in results}
+    labels = np.concatenate([y for _, y, _, _ in results])
+    probs = np.concatenate([p for _, _, p, _ in results])
+    loss = sum(loss * len(y) for _, y, _, loss in results) / max(1, len(labels))
+    return binary_metrics(labels, probs, loss), per_site
 
 
 def _aggregate(revealed, sessions) -> tuple[np.ndarray, float] | None:
