@@ -125,6 +125,13 @@ def _parser() -> argparse.ArgumentParser:
         help="per-stage dropout probability, or a JSON schedule "
         "'{\"input\": [1]}' (stage -> client ids)",
     )
+    run.add_argument(
+        "--transport",
+        choices=("inprocess", "flower"),
+        default=d.transport,
+        help="inprocess (default) or flower: a local Flower deployment (SuperLink and one "
+        "SuperNode per site on loopback), torn down afterwards",
+    )
     run.add_argument("--partition", choices=("iid", "dirichlet"), default=d.partition)
     run.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet label-skew alpha")
     run.add_argument(
@@ -182,6 +189,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         error_feedback=args.error_feedback,
         dropout=probability,
         dropout_schedule=schedule,
+        transport=args.transport,
         partition=args.partition,
         alpha=args.alpha,
         shift=args.shift,
@@ -199,22 +207,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     table = Table(title="Rounds", header_style="bold")
     for _, title, _ in CONSOLE_COLUMNS:
         table.add_column(title, justify="right")
-    rounds = []
     start = time.perf_counter()
-    with _progress() as progress:
-        task = progress.add_task("training", total=config.rounds * config.sites)
-        for r in range(config.rounds):
-            progress.update(task, description=f"round {r + 1}/{config.rounds}")
-            record = fed.run_round(on_site_done=lambda _cid: progress.advance(task))
-            row = record.as_dict()
-            rounds.append(row)
-            table.add_row(*(cell(row) for _, _, cell in CONSOLE_COLUMNS))
-            progress.console.print(
-                f"round {row['round']}: AUC {row['auc']:.3f}, accuracy {row['accuracy']:.3f}, "
-                f"{row['bytes_up_per_client']:,.0f} B up per client"
-                + (f", dropped {row['dropped']}" if row["dropped"] else "")
-                + (f" [yellow](aborted: {row['aborted']})[/]" if row["aborted"] else "")
-            )
+    rounds = _run_flower(config, out) if config.transport == "flower" else _run_local(fed, config)
+    for row in rounds:
+        table.add_row(*(cell(row) for _, _, cell in CONSOLE_COLUMNS))
     console.print(table)
     result = run_result(config.as_dict(), rounds, rounds[-1]["per_site"])
     final = result["final"]
@@ -232,6 +228,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"done in {time.perf_counter() - start:.1f} s; wrote " + ", ".join(str(p) for p in paths)
     )
     return 0
+
+
+def _round_line(row: dict) -> str:
+    return (
+        f"round {row['round']}: AUC {row['auc']:.3f}, accuracy {row['accuracy']:.3f}, "
+        f"{row['bytes_up_per_client']:,.0f} B up per client"
+        + (f", dropped {row['dropped']}" if row["dropped"] else "")
+        + (f" [yellow](aborted: {row['aborted']})[/]" if row["aborted"] else "")
+    )
+
+
+def _run_local(fed, config) -> list[dict]:
+    rounds = []
+    with _progress() as progress:
+        task = progress.add_task("training", total=config.rounds * config.sites)
+        for r in range(config.rounds):
+            progress.update(task, description=f"round {r + 1}/{config.rounds}")
+            row = fed.run_round(on_site_done=lambda _cid: progress.advance(task)).as_dict()
+            rounds.append(row)
+            progress.console.print(_round_line(row))
+    return rounds
+
+
+def _run_flower(config, out: Path) -> list[dict]:
+    from fedshield.engine.flower.deploy import run_on_flower
+
+    with _progress() as progress:
+        task = progress.add_task("starting the Flower deployment", total=config.rounds)
+
+        def on_event(event: dict, _deployment) -> None:
+            if event.get("event") == "sites":
+                progress.update(task, description="sites connected")
+            elif "stage" in event:
+                progress.update(task, description=f"round {event['round']}: {event['stage']}")
+            elif event.get("event") == "done":
+                progress.advance(task)
+                dropped = f", dropped {event['dropped']}" if event["dropped"] else ""
+                progress.console.print(f"round {event['round']}: AUC {event['auc']:.3f}{dropped}")
+
+        return run_on_flower(config, out, on_event=on_event)
 
 
 def _cmd_survey(args: argparse.Namespace) -> int:

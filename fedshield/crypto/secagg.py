@@ -22,6 +22,7 @@ Z_{2^b}) → ``unmask`` (shares of survivors' self-mask seeds and of dropped cli
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import secrets
 
@@ -95,10 +96,20 @@ class SecAggServer(ServerSession):
         self.shares_b: dict[int, list[shamir.Share]] = {}
         self.shares_s: dict[int, list[shamir.Share]] = {}
         self.commitments: dict[int, bytes] = {}  # client -> hash of its self-mask seed
+        self.unmasked: np.ndarray | None = None  # the revealed integer sum
 
     def describe(self) -> dict:
-        """Ring bits, Shamir threshold and neighbours per client of this round."""
-        return {"ring_bits": self.bits, "threshold": self.threshold, "neighbours": self.k}
+        """Ring bits, Shamir threshold and neighbours per client of this round, and after the
+        reveal the SHA-256 of the unmasked integer sum (to compare runs bit for bit)."""
+        digest = None
+        if self.unmasked is not None:
+            digest = hashlib.sha256(self.unmasked.astype("<u8").tobytes()).hexdigest()
+        return {
+            "ring_bits": self.bits,
+            "threshold": self.threshold,
+            "neighbours": self.k,
+            "aggregate_sha256": digest,
+        }
 
     def _packed_len(self) -> int:
         return ((self.dim + 1) * self.bits + 7) // 8

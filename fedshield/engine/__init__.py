@@ -1,40 +1,49 @@
-"""Trainers, sessions, the round runner and transports (imports torch and MONAI)."""
+"""Trainers, sessions, the round runner and transports (imports torch and MONAI).
 
-from fedshield.engine.dropout import DropoutPolicy
-from fedshield.engine.encoding import Encoding, UpdateEncoder
-from fedshield.engine.federation import Federation, RoundRecord, Site, make_site
-from fedshield.engine.metrics import binary_metrics, predict, roc_auc
-from fedshield.engine.models import build_model
-from fedshield.engine.paramspec import ParamEntry, ParamSpec
-from fedshield.engine.protocols import PROTOCOLS, ProtocolPair, get_protocol
-from fedshield.engine.runner import ProtocolOutcome, StageStats, run_protocol
-from fedshield.engine.trainer import ALGORITHMS, Algorithm, LocalTrainer
-from fedshield.engine.transport import InProcessTransport, Reply, Transport
+Names load on first use (PEP 562), so a light submodule such as the Flower relay
+(:mod:`fedshield.engine.flower.apps`' ClientApp) does not pay for torch.
+"""
 
-__all__ = [
-    "ALGORITHMS",
-    "PROTOCOLS",
-    "Algorithm",
-    "DropoutPolicy",
-    "Encoding",
-    "Federation",
-    "InProcessTransport",
-    "LocalTrainer",
-    "ParamEntry",
-    "ParamSpec",
-    "ProtocolOutcome",
-    "ProtocolPair",
-    "Reply",
-    "RoundRecord",
-    "Site",
-    "StageStats",
-    "Transport",
-    "UpdateEncoder",
-    "binary_metrics",
-    "build_model",
-    "get_protocol",
-    "make_site",
-    "predict",
-    "roc_auc",
-    "run_protocol",
-]
+from importlib import import_module
+
+_WHERE = {
+    "DropoutPolicy": "dropout",
+    "Encoding": "encoding",
+    "UpdateEncoder": "encoding",
+    "Federation": "federation",
+    "RoundRecord": "federation",
+    "Site": "federation",
+    "make_site": "federation",
+    "binary_metrics": "metrics",
+    "predict": "metrics",
+    "roc_auc": "metrics",
+    "build_model": "models",
+    "ParamEntry": "paramspec",
+    "ParamSpec": "paramspec",
+    "PROTOCOLS": "protocols",
+    "ProtocolPair": "protocols",
+    "get_protocol": "protocols",
+    "ProtocolOutcome": "runner",
+    "StageStats": "runner",
+    "run_protocol": "runner",
+    "ALGORITHMS": "trainer",
+    "Algorithm": "trainer",
+    "LocalTrainer": "trainer",
+    "InProcessTransport": "transport",
+    "Reply": "transport",
+    "Transport": "transport",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -47,6 +47,7 @@ class RunConfig:
     partition: str = "iid"
     alpha: float = 0.5
     shift: bool | None = None
+    transport: str = "inprocess"
     lr: float = 1e-3
     batch_size: int = 32
     seed: int = 0
@@ -66,6 +67,8 @@ class RunConfig:
             raise ConfigError("--sites, --rounds and --local-epochs must be at least 1")
         if self.lr <= 0 or self.batch_size < 1:
             raise ConfigError("--lr must be positive and --batch-size at least 1")
+        if self.transport not in ("inprocess", "flower"):
+            raise ConfigError(f"--transport must be inprocess or flower, got {self.transport!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
 

@@ -1,0 +1,139 @@
+"""The Flower apps: ``server_app`` runs the server side of every round; ``client_app`` relays
+each message to its site's process (:mod:`.site`) and sends the answer back.
+
+Run configuration (``flwr run --run-config``): ``config`` (path of the RunConfig JSON),
+``out`` (folder for ``rounds.json``), ``events`` (a file the server appends progress events
+to), ``stage-timeout`` and ``train-timeout`` (seconds). SuperNode configuration
+(``--node-config``): ``site-port`` and ``site-key-file`` of the site's process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fedshield.engine.flower.relay import RelayError, ask
+
+__all__ = ["client_app", "server_app"]
+
+client_app = ClientApp()
+server_app = ServerApp()
+
+
+@client_app.query("relay")
+def relay(message: Message, context: Context) -> Message:
+    """Hand the request to the site process; wrap its answer (or error) in the reply."""
+    record = message.content["fedshield"]
+    port = int(context.node_config["site-port"])
+    key = Path(str(context.node_config["site-key-file"])).read_bytes()
+    try:
+        data = ask(("127.0.0.1", port), key, str(record["kind"]), bytes(record["data"]))
+        reply = ConfigRecord({"ok": True, "data": data})
+    except RelayError as exc:
+        reply = ConfigRecord({"ok": False, "error": str(exc)})
+    return Message(RecordDict({"fedshield": reply}), reply_to=message)
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    """All rounds: model out, training, the protocol's stages, evaluation; then the records."""
+    # Server-side imports here: the ClientApp relay, in the same module, stays light.
+    from fedshield.engine.experiment import RunConfig, build_federation
+    from fedshield.engine.flower.transport import FlowerTransport
+
+    cfg = context.run_config
+    config = RunConfig(**json.loads(Path(str(cfg["config"])).read_text()))
+    events = Path(str(cfg["events"]))
+    stage_timeout, train_timeout = float(cfg["stage-timeout"]), float(cfg["train-timeout"])
+
+    def emit(**event) -> None:
+        with events.open("a") as f:
+            f.write(json.dumps(event) + "\n")
+
+    fed = build_federation(config)
+    nodes = _discover_sites(grid, config.sites, timeout=train_timeout)
+    emit(event="sites", nodes={str(c): n for c, n in nodes.items()})
+    records = []
+    for _ in range(config.rounds):
+        r = fed.round
+        start = time.perf_counter()
+        transport = FlowerTransport(
+            grid, nodes, timeout=stage_timeout, on_stage=lambda s, r=r: emit(round=r, stage=s)
+        )
+        broadcast = fed.model_broadcast()
+        trained = FlowerTransport(grid, nodes, timeout=train_timeout).request(
+            "train", dict.fromkeys(nodes, broadcast)
+        )
+        ready = sorted(c for c, reply in trained.items() if reply.data is not None)
+        train_s = max((reply.seconds for reply in trained.values()), default=0.0)
+        outcome, server = fed.aggregate_round(transport, ready)
+        aggregate_s = fed._finish(outcome)
+        metrics, per_site = _evaluate(fed, grid, nodes, stage_timeout)
+        record = fed.record(
+            outcome, server, metrics, per_site, broadcast, aggregate_s, train_s, start
+        )
+        record.dropped = sorted(set(record.dropped) | (set(range(config.sites)) - set(ready)))
+        records.append(record.as_dict())
+        emit(round=r, event="done", dropped=record.dropped, auc=record.metrics["auc"])
+    out = Path(str(cfg["out"]))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rounds.json").write_text(json.dumps(_plain(records)) + "\n")
+    FlowerTransport(grid, nodes, timeout=5).request("shutdown", dict.fromkeys(nodes, b""))
+    emit(event="finished")
+
+
+def _discover_sites(grid: Grid, n_sites: int, *, timeout: float) -> dict[int, int]:
+    """Map site ids to Flower node ids: wait for the SuperNodes, ask each its site."""
+    from fedshield.engine.flower.transport import FlowerTransport
+
+    deadline = time.monotonic() + timeout
+    while len(list(grid.get_node_ids())) < n_sites and time.monotonic() < deadline:
+        time.sleep(0.2)
+    node_ids = list(grid.get_node_ids())
+    hello = FlowerTransport(grid, {n: n for n in node_ids}, timeout=timeout)
+    nodes = {}
+    for node, reply in hello.request("hello", dict.fromkeys(node_ids, b"")).items():
+        if reply.data is not None:
+            nodes[int(reply.data.decode())] = node
+    if len(nodes) < n_sites:
+        raise RuntimeError(f"only {len(nodes)} of {n_sites} sites answered")
+    return nodes
+
+
+def _evaluate(fed, grid: Grid, nodes: dict[int, int], timeout: float):
+    """Pooled and per-site metrics from every reachable site's test predictions."""
+    from fedshield import wire
+    from fedshield.engine.federation import MODEL_BROADCAST, pooled_metrics
+    from fedshield.engine.flower.transport import FlowerTransport
+
+    broadcast = fed.model_broadcast()
+    replies = FlowerTransport(grid, nodes, timeout=timeout).request(
+        "evaluate", dict.fromkeys(nodes, broadcast)
+    )
+    results = []
+    for cid in sorted(replies):
+        if replies[cid].data is None or fed.sites[cid].test is None:
+            continue
+        message = wire.decode(replies[cid].data)
+        message.expect(protocol=MODEL_BROADCAST, stage=1, round=fed.round, sender=cid)
+        labels = message.array(0, dtype="<f8")
+        probs = message.array(1, dtype="<f8", shape=labels.shape)
+        (loss,) = message.array(2, dtype="<f8", shape=(1,))
+        results.append((fed.sites[cid].name, labels, probs, float(loss)))
+    return pooled_metrics(results)
+
+
+def _plain(value):
+    """JSON-ready copies of records (numpy scalars to Python)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()  # numpy scalars
+    return value

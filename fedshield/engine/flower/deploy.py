@@ -1,0 +1,260 @@
+"""A whole Flower deployment on loopback: ``flower-superlink``, one site process and one
+``flower-supernode`` per site, then ``flwr run`` of fedshield's apps; everything is torn down
+afterwards, also on error or Ctrl-C.
+
+Insecure (no TLS) is allowed here only because every address is 127.0.0.1; a real deployment
+follows ``docs/deploy-flower.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedshield.errors import ConfigError, FedshieldError
+
+__all__ = ["FlowerRunError", "LocalDeployment", "run_on_flower"]
+
+_APP_TOML = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "fedshield-flower-app"
+version = "1.0.0"
+description = "fedshield's protocols over Flower"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "fedshield"
+
+[tool.flwr.app.components]
+serverapp = "fedshield.engine.flower.apps:server_app"
+clientapp = "fedshield.engine.flower.apps:client_app"
+
+[tool.flwr.app.config]
+config = ""
+out = ""
+events = ""
+stage-timeout = 60.0
+train-timeout = 300.0
+"""
+
+
+class FlowerRunError(FedshieldError):
+    """The Flower deployment failed to start or the run failed; the message says where."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _executable(name: str) -> str:
+    found = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                     os.environ.get("PATH", "")]))  # fmt: skip
+    if found is None:
+        raise ConfigError(
+            f"{name} not found: install Flower with `pip install fedshield[flower]` "
+            "(`make install` does)"
+        )
+    return found
+
+
+def _wait_for_port(port: int, timeout: float, process: subprocess.Popen, name: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise FlowerRunError(f"{name} exited with code {process.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise FlowerRunError(f"{name} did not open port {port} within {timeout:.0f} s")
+
+
+@dataclass
+class LocalDeployment:
+    """Processes of one loopback deployment, in their own process groups.
+
+    Use as a context manager; :meth:`kill_site` stops a site's SuperNode and process
+    (a hospital going offline).
+    """
+
+    n_sites: int
+    workdir: Path
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __enter__(self) -> LocalDeployment:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _start(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
+        log = (self.workdir / f"{name}.log").open("w")
+        process = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env or self.env,
+            start_new_session=True,  # its own process group: stop() takes its children too
+        )
+        self.processes[name] = process
+        return process
+
+    def start(self, config_path: Path) -> None:
+        """Start the SuperLink, the site processes and the SuperNodes; wait until they listen."""
+        self.port = _free_port()
+        self.home = self.workdir / "flwr-home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.toml").write_text(
+            '[superlink]\ndefault = "local"\n\n[superlink.local]\n'
+            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
+        )
+        # flwr's executables start each other by name: the venv's bin goes first on PATH.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        self.env = {
+            **os.environ,
+            "PATH": path,
+            "FLWR_HOME": str(self.home),
+            "PYTHONUNBUFFERED": "1",
+        }
+        link = self._start(
+            "superlink",
+            [_executable("flower-superlink"), "--insecure", "--port", str(self.port),
+             "--disable-runtime-dependency-installation"],
+        )  # fmt: skip
+        _wait_for_port(self.port, 60, link, "flower-superlink")
+        sites = []
+        for site in range(self.n_sites):
+            key_file = self.workdir / f"site{site}.key"
+            key_file.write_bytes(secrets.token_bytes(32))
+            key_file.chmod(0o600)
+            site_port = _free_port()
+            process = self._start(
+                f"site{site}",
+                [sys.executable, "-m", "fedshield.engine.flower.site", "--config",
+                 str(config_path), "--site", str(site), "--port", str(site_port),
+                 "--key-file", str(key_file)],
+            )  # fmt: skip
+            sites.append((site, site_port, key_file, process))
+        for site, site_port, key_file, process in sites:  # they load data and torch at once
+            _wait_for_port(site_port, 180, process, f"site {site} process")
+            node_config = f'site-port={site_port} site-key-file="{key_file}"'
+            self._start(
+                f"supernode{site}",
+                [_executable("flower-supernode"), "--insecure", "--superlink",
+                 f"127.0.0.1:{self.port}", "--port", str(_free_port()),
+                 "--node-config", node_config],
+            )  # fmt: skip
+
+    def kill_site(self, site: int) -> None:
+        """SIGKILL a site's SuperNode and its site process (no goodbye, like a crash)."""
+        for name in (f"supernode{site}", f"site{site}"):
+            process = self.processes.get(name)
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def stop(self) -> None:
+        """Terminate every process group (children included), then kill what remains."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def pids(self) -> list[int]:
+        """Process ids of every started process group leader (tests check they are gone)."""
+        return [p.pid for p in self.processes.values()]
+
+
+def run_on_flower(
+    config,
+    out: Path,
+    *,
+    on_event: Callable[[dict, LocalDeployment], None] | None = None,
+    stage_timeout: float = 30.0,
+    train_timeout: float = 600.0,
+    timeout: float = 3600.0,
+) -> list[dict]:
+    """Run ``config`` (a RunConfig) on a fresh loopback deployment; the round records.
+
+    ``on_event(event, deployment)`` sees each progress event of the ServerApp as it happens
+    (``{"round": r, "stage": s}`` when a stage opens, ``{"round": r, "event": "done", ...}``).
+    """
+    if config.protect == "he":
+        raise ConfigError(
+            "--transport flower runs plain and secagg for now; he needs the sites to apply "
+            "the decrypted aggregate themselves (see docs/deploy-flower.md)"
+        )
+    workdir = Path(tempfile.mkdtemp(prefix="fedshield-flower-"))
+    config_path = workdir / "run.json"
+    config_path.write_text(json.dumps(config.as_dict()))
+    app = workdir / "app"
+    app.mkdir()
+    (app / "pyproject.toml").write_text(_APP_TOML)
+    (app / "fedshield_flower_app.py").write_text('"""Components live in fedshield."""\n')
+    events = workdir / "events.jsonl"
+    events.touch()
+    out = Path(out).resolve()
+    with LocalDeployment(config.sites, workdir) as deployment:
+        deployment.start(config_path)
+        run_config = (
+            f'config="{config_path}" out="{out}" events="{events}" '
+            f"stage-timeout={float(stage_timeout)} train-timeout={float(train_timeout)}"
+        )
+        runner = deployment._start(
+            "flwr-run",
+            [_executable("flwr"), "run", str(app), "local", "--stream",
+             "--run-config", run_config],
+            env=deployment.env,
+        )  # fmt: skip
+        seen = 0
+        deadline = time.monotonic() + timeout
+        finished = False
+        while time.monotonic() < deadline:
+            lines = events.read_text().splitlines()
+            for line in lines[seen:]:
+                event = json.loads(line)
+                finished |= event.get("event") == "finished"
+                if on_event:
+                    on_event(event, deployment)
+            seen = len(lines)
+            if finished:
+                break
+            if runner.poll() is not None and not finished:
+                time.sleep(0.5)
+                if "finished" not in events.read_text():
+                    raise FlowerRunError(f"the Flower run ended without results; logs in {workdir}")
+            time.sleep(0.1)
+        else:
+            raise FlowerRunError(f"the Flower run took longer than {timeout:.0f} s")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return json.loads((out / "rounds.json").read_text())

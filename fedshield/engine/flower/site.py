@@ -1,0 +1,91 @@
+"""One site's long-lived process in a Flower deployment.
+
+It builds the same federation the in-process engine would (same options, same seeds) and
+serves its own site's part of every round: train on the received model and open the protocol
+session, answer each stage, report test predictions. Started by :mod:`.deploy` next to the
+site's SuperNode; in a real deployment each hospital runs it next to its own SuperNode.
+
+    python -m fedshield.engine.flower.site --config run.json --site 0 --port 7000 --key-file K
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedshield import wire
+from fedshield.engine.experiment import RunConfig, build_federation
+from fedshield.engine.federation import MODEL_BROADCAST
+from fedshield.engine.flower.relay import serve
+
+__all__ = ["SiteProcess", "main"]
+
+
+class SiteProcess:
+    """Site ``site``'s state across rounds and its answers to the server's requests."""
+
+    def __init__(self, config: RunConfig, site: int) -> None:
+        self.site = site
+        self.federation = build_federation(config)
+        self.session = None
+
+    def handle(self, kind: str, payload: bytes) -> bytes | None:
+        """One request from the server (through Flower and the relay)."""
+        fed = self.federation
+        if kind == "hello":
+            return str(self.site).encode()
+        if kind == "train":
+            self._close_previous()
+            header = wire.decode(payload).header
+            fed.round = header.round
+            start = time.perf_counter()
+            self.session = fed.site_session(self.site, payload)
+            return np.array([time.perf_counter() - start]).tobytes()
+        if kind.startswith("stage:"):
+            if self.session is None:
+                raise RuntimeError("no open session: the server skipped the train message")
+            return self.session.handle(kind.removeprefix("stage:"), payload)
+        if kind == "evaluate":
+            message = wire.decode(payload)
+            message.expect(protocol=MODEL_BROADCAST, stage=0, round=message.header.round,
+                           sender=wire.SERVER_ID)  # fmt: skip
+            vector = message.array(0, dtype="<f4", shape=(fed.spec.dim,))
+            fed.global_vector = vector
+            self._close_previous()
+            labels, probs, loss = fed.site_predictions(self.site, vector)
+            header = wire.Header(MODEL_BROADCAST, 1, message.header.round, self.site)
+            return wire.encode(
+                header,
+                [labels.astype(np.float64), probs.astype(np.float64), np.array([loss])],
+            )
+        if kind == "shutdown":
+            return None
+        raise ValueError(f"unknown request {kind!r}")
+
+    def _close_previous(self) -> None:
+        """Error feedback for the last session, once its protocol is over."""
+        if self.session is not None:
+            self.federation.site_sent(self.site, self.session.sent)
+            self.session = None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="RunConfig as JSON")
+    parser.add_argument("--site", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--key-file", type=Path, required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # reproducible float sums, and one core per site
+    config = RunConfig(**json.loads(args.config.read_text()))
+    process = SiteProcess(config, args.site)
+    serve(("127.0.0.1", args.port), args.key_file.read_bytes(), process.handle)
+
+
+if __name__ == "__main__":
+    main()
