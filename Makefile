@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]" "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev,flower]" "$(TORCH_SPEC)"
 	touch $(STAMP)
 
 install: $(STAMP)
