@@ -99,8 +99,12 @@ def parse_dropout(text: str) -> tuple[float, dict[str, list[int]]]:
         ) from None
 
 
-def build_federation(config: RunConfig) -> Federation:
-    """Load the data, build the sites and the federation that ``config`` describes."""
+def build_federation(config: RunConfig, *, prepare_protocol: bool = True) -> Federation:
+    """Load the data, build the sites and the federation that ``config`` describes.
+
+    ``prepare_protocol=False`` leaves the protocol's one-time setup (``he`` keys) to the
+    caller: the Flower transport runs it through the grid.
+    """
     data = load_sites(
         config.dataset,
         config.sites,
@@ -137,4 +141,5 @@ def build_federation(config: RunConfig) -> Federation:
         local_epochs=config.local_epochs,
         encoding=config.encoding(),
         seed=config.seed,
+        prepare_protocol=prepare_protocol,
     )

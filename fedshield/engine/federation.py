@@ -130,6 +130,7 @@ class Federation:
         local_epochs: int = 1,
         encoding: Encoding | None = None,
         seed: int = 0,
+        prepare_protocol: bool = True,
     ) -> None:
         if not sites:
             raise ValueError("a federation needs at least one site")
@@ -163,9 +164,10 @@ class Federation:
         )
         if self.encoder.encoding.sparsify == "topk":
             self.protocol = self.protocol.with_topk(self.encoder.k)
-        self.protocol = self.protocol.prepare(
-            clients=list(range(len(self.sites))), dim=self.encoder.protocol_dim
-        )
+        if prepare_protocol:  # off where another transport runs the setup (he over Flower)
+            self.protocol = self.protocol.prepare(
+                clients=list(range(len(self.sites))), dim=self.encoder.protocol_dim
+            )
         initial_local = self.spec.local_state(self.model)
         self.local_states = [{k: v.clone() for k, v in initial_local.items()} for _ in self.sites]
         self.round = 1  # rounds count from 1, on the wire and in records
@@ -231,14 +233,19 @@ class Federation:
         )
         return run_protocol(server, transport, dropout=self.dropout), server
 
+    def apply_aggregate(self, weighted_sum: np.ndarray, total_weight: float) -> None:
+        """Apply a round's aggregate (what the server learned, or under ``he`` what a site
+        decrypted) to the global model with the server optimizer."""
+        mean = weighted_mean(weighted_sum, total_weight)
+        self._apply(self.encoder.expand(self.encoder.shared_indices(self.round), mean))
+
     def _finish(self, outcome, sessions=None) -> float:
         """Apply the round's aggregate to the global model; returns the seconds it took plus
         the protocol's server seconds."""
         t0 = time.perf_counter()
         aggregate = _aggregate(outcome.revealed, sessions or {})
         if aggregate is not None:
-            mean = weighted_mean(*aggregate)
-            self._apply(self.encoder.expand(self.encoder.shared_indices(self.round), mean))
+            self.apply_aggregate(*aggregate)
         return time.perf_counter() - t0 + sum(s.server_s for s in outcome.stages)
 
     def record(

@@ -48,19 +48,13 @@ class ProtocolPair:
         from fedshield.engine.runner import run_protocol
         from fedshield.engine.transport import InProcessTransport
 
-        plan = plan_for(self.he_config, n_clients=len(clients), dim=dim)
+        plan = he_plan(self, clients=clients, dim=dim)
         sites = {c: HEKeySetupClient(client_id=c, plan=plan, holder=KEY_HOLDER) for c in clients}
         server = HEKeySetupServer(round=0, clients=clients, dim=1, plan=plan, holder=KEY_HOLDER)
         outcome = run_protocol(server, InProcessTransport(sites))
         if outcome.revealed is None or len(outcome.revealed.contributors) != len(clients):
             raise ConfigError(f"he: key distribution failed ({outcome.aborted})")
-        keyrings = {c: site.keyring for c, site in sites.items()}
-        return replace(
-            self,
-            server=partial(HEServer, plan=plan),
-            client=_HEClientFactory(keyrings),
-            options={**self.options, "plan": plan},
-        )
+        return with_he_keys(self, plan, {c: site.keyring for c, site in sites.items()})
 
     def with_topk(self, k: int) -> ProtocolPair:
         """The same protocol carrying ``k`` (index, value) pairs per client (``plain`` only).
@@ -84,6 +78,21 @@ class ProtocolPair:
             client=partial(PlainClient, format=fmt),
             plain_format=fmt,
         )
+
+
+def he_plan(pair: ProtocolPair, *, clients: list[int], dim: int):
+    """The HE parameters both sides derive for these clients and ``dim`` values."""
+    return plan_for(pair.he_config, n_clients=len(clients), dim=dim)
+
+
+def with_he_keys(pair: ProtocolPair, plan, keyrings: dict) -> ProtocolPair:
+    """``pair`` bound to a plan and the keyrings of the sites in this process."""
+    return replace(
+        pair,
+        server=partial(HEServer, plan=plan),
+        client=_HEClientFactory(keyrings),
+        options={**pair.options, "plan": plan},
+    )
 
 
 class _HEClientFactory:

@@ -72,3 +72,19 @@ def test_a_supernode_killed_mid_round_is_a_recovered_dropout(tmp_path):
     assert 2 in stages["masked_input"]["dropped"]
     assert row["protocol"]["aggregate_sha256"] is not None
     assert _gone(seen["pids"])  # the deployment's processes are all gone
+
+
+def test_he_over_flower_keys_travel_sealed_and_sites_apply_the_same_aggregate(tmp_path):
+    """The key-holder site seals the HE key to the others through the grid; the server only
+    adds ciphertexts; every site decrypts and applies the aggregate itself, and the model
+    they evaluate is the in-process engine's."""
+    config = RunConfig(protect="he", sites=2, rounds=1, local_epochs=1)
+    events = []
+    (row,) = run_on_flower(
+        config, tmp_path / "out", on_event=lambda e, _d: events.append(e), stage_timeout=30
+    )
+    assert {"event": "keys"} in events
+    assert row["clients"] == [0, 1] and row["protocol"]["name"] == "he"
+    assert row["protocol"]["ciphertext_bytes_up"] > 0
+    (mine,) = _in_process(config)
+    assert row["auc"] == pytest.approx(mine["auc"], abs=1e-9)

@@ -55,9 +55,13 @@ def main(grid: Grid, context: Context) -> None:
         with events.open("a") as f:
             f.write(json.dumps(event) + "\n")
 
-    fed = build_federation(config)
+    he = config.protect == "he"
+    fed = build_federation(config, prepare_protocol=False)
     nodes = _discover_sites(grid, config.sites, timeout=train_timeout)
     emit(event="sites", nodes={str(c): n for c, n in nodes.items()})
+    if he:
+        _distribute_he_keys(fed, grid, nodes, timeout=stage_timeout)
+        emit(event="keys")
     records = []
     for _ in range(config.rounds):
         r = fed.round
@@ -65,7 +69,7 @@ def main(grid: Grid, context: Context) -> None:
         transport = FlowerTransport(
             grid, nodes, timeout=stage_timeout, on_stage=lambda s, r=r: emit(round=r, stage=s)
         )
-        broadcast = fed.model_broadcast()
+        broadcast = _round_start(fed, he)
         trained = FlowerTransport(grid, nodes, timeout=train_timeout).request(
             "train", dict.fromkeys(nodes, broadcast)
         )
@@ -73,7 +77,7 @@ def main(grid: Grid, context: Context) -> None:
         train_s = max((reply.seconds for reply in trained.values()), default=0.0)
         outcome, server = fed.aggregate_round(transport, ready)
         aggregate_s = fed._finish(outcome)
-        metrics, per_site = _evaluate(fed, grid, nodes, stage_timeout)
+        metrics, per_site = _evaluate(fed, grid, nodes, stage_timeout, he)
         record = fed.record(
             outcome, server, metrics, per_site, broadcast, aggregate_s, train_s, start
         )
@@ -105,15 +109,43 @@ def _discover_sites(grid: Grid, n_sites: int, *, timeout: float) -> dict[int, in
     return nodes
 
 
-def _evaluate(fed, grid: Grid, nodes: dict[int, int], timeout: float):
+def _round_start(fed, he: bool) -> bytes:
+    """The model broadcast; under ``he`` only the round number (the sites hold the model)."""
+    from fedshield import wire
+    from fedshield.engine.federation import MODEL_BROADCAST
+
+    if not he:
+        return fed.model_broadcast()
+    return wire.encode(wire.Header(MODEL_BROADCAST, 0, fed.round, wire.SERVER_ID), [])
+
+
+def _distribute_he_keys(fed, grid: Grid, nodes: dict[int, int], *, timeout: float) -> None:
+    """The key-holder site makes the HE key and seals it to every other site; the server
+    relays. The server's protocol is then bound to the parameters (and holds no key)."""
+    from fedshield.crypto.he_keys import HEKeySetupServer
+    from fedshield.engine.flower.transport import FlowerTransport
+    from fedshield.engine.protocols import KEY_HOLDER, he_plan, with_he_keys
+    from fedshield.engine.runner import run_protocol
+
+    sites = list(range(len(fed.sites)))
+    plan = he_plan(fed.protocol, clients=sites, dim=fed.encoder.protocol_dim)
+    FlowerTransport(grid, nodes, timeout=timeout).request("keysetup", dict.fromkeys(nodes, b""))
+    server = HEKeySetupServer(round=0, clients=sites, dim=1, plan=plan, holder=KEY_HOLDER)
+    transport = FlowerTransport(grid, nodes, timeout=timeout, prefix="keystage")
+    outcome = run_protocol(server, transport)
+    if outcome.revealed is None or len(outcome.revealed.contributors) != len(sites):
+        raise RuntimeError(f"he key distribution failed: {outcome.aborted or outcome.stages}")
+    fed.protocol = with_he_keys(fed.protocol, plan, {})
+
+
+def _evaluate(fed, grid: Grid, nodes: dict[int, int], timeout: float, he: bool):
     """Pooled and per-site metrics from every reachable site's test predictions."""
     from fedshield import wire
     from fedshield.engine.federation import MODEL_BROADCAST, pooled_metrics
     from fedshield.engine.flower.transport import FlowerTransport
 
-    broadcast = fed.model_broadcast()
     replies = FlowerTransport(grid, nodes, timeout=timeout).request(
-        "evaluate", dict.fromkeys(nodes, broadcast)
+        "evaluate", dict.fromkeys(nodes, _round_start(fed, he))
     )
     results = []
     for cid in sorted(replies):

@@ -209,11 +209,6 @@ def run_on_flower(
     ``on_event(event, deployment)`` sees each progress event of the ServerApp as it happens
     (``{"round": r, "stage": s}`` when a stage opens, ``{"round": r, "event": "done", ...}``).
     """
-    if config.protect == "he":
-        raise ConfigError(
-            "--transport flower runs plain and secagg for now; he needs the sites to apply "
-            "the decrypted aggregate themselves (see docs/deploy-flower.md)"
-        )
     workdir = Path(tempfile.mkdtemp(prefix="fedshield-flower-"))
     config_path = workdir / "run.json"
     config_path.write_text(json.dumps(config.as_dict()))

@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from fedshield import wire
+from fedshield.crypto.he_keys import HEKeySetupClient
 from fedshield.engine.experiment import RunConfig, build_federation
 from fedshield.engine.federation import MODEL_BROADCAST
 from fedshield.engine.flower.relay import serve
+from fedshield.engine.protocols import KEY_HOLDER, he_plan, with_he_keys
 
 __all__ = ["SiteProcess", "main"]
 
@@ -31,18 +33,39 @@ class SiteProcess:
 
     def __init__(self, config: RunConfig, site: int) -> None:
         self.site = site
-        self.federation = build_federation(config)
+        # Under he the sites hold the model: each applies the decrypted aggregate itself, and
+        # the key comes through the grid (the key-holder site makes it), not from a local setup.
+        self.he = config.protect == "he"
+        self.federation = build_federation(config, prepare_protocol=not self.he)
         self.session = None
+        self.key_session: HEKeySetupClient | None = None
 
     def handle(self, kind: str, payload: bytes) -> bytes | None:
         """One request from the server (through Flower and the relay)."""
         fed = self.federation
         if kind == "hello":
             return str(self.site).encode()
+        if kind == "keysetup":
+            sites = list(range(len(fed.sites)))
+            plan = he_plan(fed.protocol, clients=sites, dim=fed.encoder.protocol_dim)
+            self.key_session = HEKeySetupClient(client_id=self.site, plan=plan, holder=KEY_HOLDER)
+            return b""
+        if kind.startswith("keystage:"):
+            if self.key_session is None:
+                raise RuntimeError("no key setup in progress")
+            stage = kind.removeprefix("keystage:")
+            reply = self.key_session.handle(stage, payload)
+            if stage == "install":
+                keys = self.key_session
+                fed.protocol = with_he_keys(fed.protocol, keys.plan, {self.site: keys.keyring})
+                self.key_session = None
+            return reply
         if kind == "train":
             self._close_previous()
             header = wire.decode(payload).header
             fed.round = header.round
+            if self.he:  # train from this site's own copy of the model
+                payload = fed.model_broadcast()
             start = time.perf_counter()
             self.session = fed.site_session(self.site, payload)
             return np.array([time.perf_counter() - start]).tobytes()
@@ -54,9 +77,12 @@ class SiteProcess:
             message = wire.decode(payload)
             message.expect(protocol=MODEL_BROADCAST, stage=0, round=message.header.round,
                            sender=wire.SERVER_ID)  # fmt: skip
-            vector = message.array(0, dtype="<f4", shape=(fed.spec.dim,))
-            fed.global_vector = vector
             self._close_previous()
+            if self.he:
+                vector = fed.global_vector
+            else:
+                vector = message.array(0, dtype="<f4", shape=(fed.spec.dim,))
+                fed.global_vector = vector
             labels, probs, loss = fed.site_predictions(self.site, vector)
             header = wire.Header(MODEL_BROADCAST, 1, message.header.round, self.site)
             return wire.encode(
@@ -71,6 +97,8 @@ class SiteProcess:
         """Error feedback for the last session, once its protocol is over."""
         if self.session is not None:
             self.federation.site_sent(self.site, self.session.sent)
+            if self.he and self.session.aggregate is not None:
+                self.federation.apply_aggregate(*self.session.aggregate)
             self.session = None
 
 

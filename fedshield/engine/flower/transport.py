@@ -45,16 +45,18 @@ class FlowerTransport(Transport):
         *,
         timeout: float,
         on_stage: Callable[[str], None] | None = None,
+        prefix: str = "stage",
     ) -> None:
         self.grid = grid
         self.nodes = dict(nodes)
         self.timeout = timeout
         self.on_stage = on_stage
+        self.prefix = prefix  # "keystage" for he's key distribution
 
     def exchange(self, stage: str, messages: Mapping[int, bytes]) -> dict[int, Reply]:
         if self.on_stage:
             self.on_stage(stage)
-        return self.request(f"stage:{stage}", messages)
+        return self.request(f"{self.prefix}:{stage}", messages)
 
     def request(self, kind: str, messages: Mapping[int, bytes]) -> dict[int, Reply]:
         """Any request (``train``, ``evaluate``, a stage) to the addressed sites."""
