@@ -21,7 +21,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check fedshield tests benchmarks examples
-	$(BIN)/python -m pytest -n 2 --benchmark-disable tests
+	$(BIN)/python -m pytest -n 3 --dist worksteal --benchmark-disable tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check fedshield tests benchmarks examples
