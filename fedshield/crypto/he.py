@@ -25,8 +25,6 @@ ciphertexts; each site decrypts them into :attr:`ClientSession.aggregate`).
 
 from __future__ import annotations
 
-import secrets
-
 import numpy as np
 import tenseal.sealapi as sa
 
@@ -179,12 +177,13 @@ class HEClient(ClientSession):
         keyring: HEKeyring,
         quant_seed: int | None = None,
     ) -> None:
-        super().__init__(client_id=client_id, round=round, update=update, weight=weight)
+        super().__init__(
+            client_id=client_id, round=round, update=update, weight=weight, quant_seed=quant_seed
+        )
         if update.size != keyring.plan.dim:
             raise ValueError(f"the HE plan is for {keyring.plan.dim} values, got {update.size}")
         self.keyring = keyring
         self.plan = keyring.plan
-        self.quant_seed = secrets.randbits(64) if quant_seed is None else quant_seed
         self.level_sum: np.ndarray | None = None
 
     def _handle(self, stage: str, message: wire.Message) -> bytes:

@@ -44,10 +44,10 @@ class SecAggClient(ClientSession):
         config: SecAggConfig,
         quant_seed: int | None = None,
     ) -> None:
-        super().__init__(client_id=client_id, round=round, update=update, weight=weight)
+        super().__init__(
+            client_id=client_id, round=round, update=update, weight=weight, quant_seed=quant_seed
+        )
         self.config = config
-        # The stochastic-rounding stream: reproducible when the engine passes a seed.
-        self.quant_seed = secrets.randbits(64) if quant_seed is None else quant_seed
         self.c_keys = KeyPair.generate()
         self.s_keys = KeyPair.generate()
         self.self_seed = secrets.token_bytes(SEED_BYTES)

@@ -14,6 +14,7 @@ is dropped for the rest of the round; the session remembers it.
 
 from __future__ import annotations
 
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -165,7 +166,15 @@ class ClientSession(ABC):
     stages: tuple[str, ...]
     skippable: frozenset[str] = frozenset()  # stages the server may address to others only
 
-    def __init__(self, *, client_id: int, round: int, update: np.ndarray, weight: float) -> None:
+    def __init__(
+        self,
+        *,
+        client_id: int,
+        round: int,
+        update: np.ndarray,
+        weight: float,
+        quant_seed: int | None = None,
+    ) -> None:
         update = np.asarray(update)
         if update.ndim != 1 or update.dtype != np.float32:
             raise TypeError("update must be a flat float32 vector (use ParamSpec.flatten)")
@@ -175,6 +184,8 @@ class ClientSession(ABC):
         self.round = round
         self.update = update
         self.weight = float(weight)
+        # The stochastic-rounding stream: reproducible when the engine passes a seed.
+        self.quant_seed = secrets.randbits(64) if quant_seed is None else int(quant_seed)
         # What the server will decode of this client's input (dequantized values), once sent:
         # what error feedback compares the update with.
         self.sent: np.ndarray | None = None

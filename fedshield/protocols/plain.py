@@ -13,7 +13,6 @@ also carries the sorted coordinates, bit-packed at ``ceil(log2 dim)`` bits each.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,14 +201,15 @@ class PlainClient(ClientSession):
         indices: np.ndarray | None = None,
         quant_seed: int | None = None,
     ) -> None:
-        super().__init__(client_id=client_id, round=round, update=update, weight=weight)
+        super().__init__(
+            client_id=client_id, round=round, update=update, weight=weight, quant_seed=quant_seed
+        )
         self.format = format or PlainFormat()
         if (indices is None) != (self.format.k is None):
             raise ValueError("pass indices exactly when the format is sparse (k set)")
         if indices is not None and indices.shape != update.shape:
             raise ValueError("indices and update must have the same length")
         self.indices = indices
-        self.quant_seed = secrets.randbits(64) if quant_seed is None else quant_seed
 
     def _handle(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(1)
