@@ -32,3 +32,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .benchmarks
+	find fedshield -name '*.nbi' -delete -o -name '*.nbc' -delete  # numba's kernel cache

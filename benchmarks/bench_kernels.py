@@ -73,7 +73,7 @@ def run_cases(dim: int, repeats: int) -> dict:
         ours_s=best_of(repeats, lambda: quantize.quantize_fixed(x, clip=CLIP, bits=8, seed=1)),
         numpy_s=best_of(1, lambda: quantize.quantize_fixed_reference(x, clip=CLIP, bits=8, seed=1)),
         torch_s=best_of(repeats, lambda: _torch_quantize(tx, 8)),
-        flower_s=best_of(1, lambda: flower_quantize([x], CLIP, 2**8 - 1)),
+        flower_s=best_of(3, lambda: flower_quantize([x], CLIP, 2**8 - 1)),
     )
     case(
         "quantize_chunked_8bit",

@@ -7,7 +7,7 @@ transport as bytes, so sizes are honest and parsing always runs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,11 +23,11 @@ from fedshield.engine.encoding import Encoding, UpdateEncoder
 from fedshield.engine.metrics import binary_metrics, predict
 from fedshield.engine.paramspec import ParamSpec
 from fedshield.engine.protocols import ProtocolPair, get_protocol
-from fedshield.engine.runner import StageStats, run_protocol
+from fedshield.engine.runner import ProtocolOutcome, StageStats, run_protocol
 from fedshield.engine.trainer import Algorithm, LocalTrainer
-from fedshield.engine.transport import InProcessTransport
+from fedshield.engine.transport import InProcessTransport, Transport
 from fedshield.errors import ConfigError
-from fedshield.protocols.base import ClientSession
+from fedshield.protocols.base import ClientSession, ServerSession
 
 __all__ = ["Federation", "RoundRecord", "Site", "make_site", "pooled_metrics"]
 
@@ -189,7 +189,7 @@ class Federation:
         outcome, server = self.aggregate_round(InProcessTransport(sessions), list(sessions))
         for cid, session in sessions.items():
             self.site_sent(cid, session.sent)
-        aggregate_s = self._finish(outcome, sessions)
+        aggregate_s = self.finish_round(outcome, sessions)
         metrics, per_site = self.evaluate()
         return self.record(
             outcome, server, metrics, per_site, broadcast, aggregate_s, train_s, start
@@ -226,7 +226,9 @@ class Federation:
         """After the protocol: site ``cid`` keeps what its message did not carry (feedback)."""
         self.encoder.record(cid, self._encoded.pop(cid), sent)
 
-    def aggregate_round(self, transport, clients: list[int]):
+    def aggregate_round(
+        self, transport: Transport, clients: list[int]
+    ) -> tuple[ProtocolOutcome, ServerSession]:
         """The server's side of the protocol over ``transport``: ``(outcome, server)``."""
         server = self.protocol.server(
             round=self.round, clients=clients, dim=self.encoder.protocol_dim
@@ -239,7 +241,9 @@ class Federation:
         mean = weighted_mean(weighted_sum, total_weight)
         self._apply(self.encoder.expand(self.encoder.shared_indices(self.round), mean))
 
-    def _finish(self, outcome, sessions=None) -> float:
+    def finish_round(
+        self, outcome: ProtocolOutcome, sessions: Mapping[int, ClientSession] | None = None
+    ) -> float:
         """Apply the round's aggregate to the global model; returns the seconds it took plus
         the protocol's server seconds."""
         t0 = time.perf_counter()
@@ -249,7 +253,15 @@ class Federation:
         return time.perf_counter() - t0 + sum(s.server_s for s in outcome.stages)
 
     def record(
-        self, outcome, server, metrics, per_site, broadcast, aggregate_s, train_s, start
+        self,
+        outcome: ProtocolOutcome,
+        server: ServerSession,
+        metrics: dict,
+        per_site: dict[str, dict],
+        broadcast: bytes,
+        aggregate_s: float,
+        train_s: float,
+        start: float,
     ) -> RoundRecord:
         """The round's record; the next round begins."""
         r = self.round

@@ -74,14 +74,15 @@ def main(grid: Grid, context: Context) -> None:
             "train", dict.fromkeys(nodes, broadcast)
         )
         ready = sorted(c for c, reply in trained.items() if reply.data is not None)
+        if not ready:
+            raise RuntimeError(f"round {r}: no site trained: {trained}")
         train_s = max((reply.seconds for reply in trained.values()), default=0.0)
         outcome, server = fed.aggregate_round(transport, ready)
-        aggregate_s = fed._finish(outcome)
+        aggregate_s = fed.finish_round(outcome)
         metrics, per_site = _evaluate(fed, grid, nodes, stage_timeout, he)
         record = fed.record(
             outcome, server, metrics, per_site, broadcast, aggregate_s, train_s, start
         )
-        record.dropped = sorted(set(record.dropped) | (set(range(config.sites)) - set(ready)))
         records.append(record.as_dict())
         emit(round=r, event="done", dropped=record.dropped, auc=record.metrics["auc"])
     out = Path(str(cfg["out"]))
