@@ -1,43 +1,37 @@
 """fedshield over a real Flower deployment on loopback (SuperLink, SuperNodes, flwr run)."""
 
 import json
-import os
+import subprocess
+import sys
 
 import pytest
-import torch
 
 from fedshield.cli import main
-from fedshield.engine.experiment import RunConfig, build_federation
-from fedshield.engine.flower.deploy import run_on_flower
+from fedshield.engine.experiment import RunConfig
+from fedshield.engine.flower.deploy import live_members, run_on_flower
 
 pytestmark = pytest.mark.slow
 
 
-def _gone(groups) -> bool:
-    """No live (non-zombie) process is left in any of the deployment's process groups."""
-    groups = set(groups)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, pgid = fields[0], int(fields[2])
-        if pgid in groups and state != "Z":
-            return False
-    return True
+_IN_PROCESS = """
+import json, sys, torch
+from fedshield.engine.experiment import RunConfig, build_federation
+torch.set_num_threads(1)  # as the site processes
+fed = build_federation(RunConfig(**json.loads(sys.argv[1])))
+print(json.dumps([fed.run_round().as_dict() for _ in range({rounds})], default=str))
+"""
 
 
 def _in_process(config: RunConfig) -> list[dict]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the site processes train with one thread too
-    try:
-        fed = build_federation(config)
-        return [fed.run_round().as_dict() for _ in range(config.rounds)]
-    finally:
-        torch.set_num_threads(threads)
+    """The same run on the in-process transport, in a fresh interpreter like the sites'
+    (a test worker's process has run other tests first; the comparison is clean-to-clean)."""
+    config = RunConfig(**{**config.as_dict(), "transport": "inprocess"})
+    done = subprocess.run(
+        [sys.executable, "-c", _IN_PROCESS.format(rounds=config.rounds),
+         json.dumps(config.as_dict())],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_cli_secagg_over_flower_unmasks_the_in_process_aggregate_bit_for_bit(tmp_path):
@@ -46,7 +40,7 @@ def test_cli_secagg_over_flower_unmasks_the_in_process_aggregate_bit_for_bit(tmp
     assert main([*args, "--rounds", "2", "--out", str(out)]) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["config"]["transport"] == "flower"
-    local = _in_process(RunConfig(**{**result["config"], "transport": "inprocess"}))
+    local = _in_process(RunConfig(**result["config"]))
     for remote, mine in zip(result["rounds"], local, strict=True):
         assert remote["clients"] == [0, 1, 2] and remote["dropped"] == []
         digest = remote["protocol"]["aggregate_sha256"]
@@ -71,7 +65,7 @@ def test_a_supernode_killed_mid_round_is_a_recovered_dropout(tmp_path):
     stages = {s["stage"]: s for s in row["stages"]}
     assert 2 in stages["masked_input"]["dropped"]
     assert row["protocol"]["aggregate_sha256"] is not None
-    assert _gone(seen["pids"])  # the deployment's processes are all gone
+    assert live_members(seen["pids"]) == []  # the deployment's processes are all gone
 
 
 def test_he_over_flower_keys_travel_sealed_and_sites_apply_the_same_aggregate(tmp_path):

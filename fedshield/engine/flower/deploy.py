@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fedshield.errors import ConfigError, FedshieldError
 
-__all__ = ["FlowerRunError", "LocalDeployment", "run_on_flower"]
+__all__ = ["FlowerRunError", "LocalDeployment", "live_members", "run_on_flower"]
 
 _APP_TOML = """\
 [build-system]
@@ -189,10 +189,29 @@ class LocalDeployment:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        deadline = time.monotonic() + 10  # SIGKILL is delivered asynchronously
+        while live_members(self.pids()) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def pids(self) -> list[int]:
         """Process ids of every started process group leader (tests check they are gone)."""
         return [p.pid for p in self.processes.values()]
+
+
+def live_members(groups) -> list[int]:
+    """Pids of live (not zombie) processes in the given process groups (Linux ``/proc``)."""
+    groups, live = set(groups), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) in groups and fields[0] != "Z":
+            live.append(int(entry))
+    return live
 
 
 def run_on_flower(
