@@ -73,10 +73,11 @@ class Header:
 
 @dataclass(frozen=True)
 class Message:
-    """A parsed message: its header and its fields (``bytes`` or read-only numpy arrays)."""
+    """A parsed message: its header and its fields (``bytes``, or read-only memoryviews when
+    decoded with ``views``, or read-only numpy arrays)."""
 
     header: Header
-    fields: tuple[bytes | np.ndarray, ...]
+    fields: tuple[bytes | memoryview | np.ndarray, ...]
 
     def expect(self, *, protocol: int, stage: int, round: int, sender: int | None = None) -> None:
         """Raise a typed error unless the header matches the session's expectations."""
@@ -106,21 +107,27 @@ class Message:
 
     def raw(self, index: int, *, max_len: int | None = None, length: int | None = None) -> bytes:
         """Field ``index`` as bytes, with an optional exact or maximum length."""
+        return bytes(self.view(index, max_len=max_len, length=length))
+
+    def view(
+        self, index: int, *, max_len: int | None = None, length: int | None = None
+    ) -> memoryview:
+        """Field ``index`` as a read-only memoryview (no copy when decoded with ``views``)."""
         value = self._field(index)
-        if not isinstance(value, bytes):
+        if not isinstance(value, bytes | memoryview):
             raise WrongShape(f"field {index} should be bytes, got an array")
         if length is not None and len(value) != length:
             raise WrongShape(f"field {index} has {len(value)} bytes, expected {length}")
         if max_len is not None and len(value) > max_len:
             raise WrongShape(f"field {index} has {len(value)} bytes, at most {max_len} allowed")
-        return value
+        return memoryview(value).toreadonly()
 
     def require_fields(self, count: int) -> None:
         """Raise :class:`WrongShape` unless the message has exactly ``count`` fields."""
         if len(self.fields) != count:
             raise WrongShape(f"expected {count} fields, got {len(self.fields)}")
 
-    def _field(self, index: int) -> bytes | np.ndarray:
+    def _field(self, index: int) -> bytes | memoryview | np.ndarray:
         if not 0 <= index < len(self.fields):
             raise WrongShape(f"missing field {index} (message has {len(self.fields)})")
         return self.fields[index]
@@ -130,10 +137,10 @@ def encode(header: Header, fields: tuple[bytes | np.ndarray, ...] | list) -> byt
     """Serialise a header and its fields to bytes."""
     if len(fields) > 255:
         raise ValueError("at most 255 fields per message")
-    parts: list[bytes] = []
+    parts: list[bytes | memoryview] = []
     for value in fields:
         if isinstance(value, bytes | bytearray | memoryview):
-            data = bytes(value)
+            data = memoryview(value).cast("B")
             parts += [bytes([_KIND_BYTES]), _U32.pack(len(data)), data]
         elif isinstance(value, np.ndarray):
             dtype = value.dtype.newbyteorder("<")
@@ -145,7 +152,7 @@ def encode(header: Header, fields: tuple[bytes | np.ndarray, ...] | list) -> byt
             parts += [bytes([_KIND_ARRAY, code, value.ndim]), dims, data]
         else:
             raise TypeError(f"cannot encode a field of type {type(value).__name__}")
-    body = b"".join(parts)
+    body_len = sum(len(part) for part in parts)
     head = _HEADER.pack(
         MAGIC,
         VERSION,
@@ -154,13 +161,14 @@ def encode(header: Header, fields: tuple[bytes | np.ndarray, ...] | list) -> byt
         len(fields),
         header.round,
         header.sender,
-        len(body),
+        body_len,
     )
-    return head + body
+    return b"".join([head, *parts])  # one copy of the payload
 
 
-def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES, views: bool = False) -> Message:
     """Parse bytes into a :class:`Message`, checking every length before touching the payload.
+    Bytes fields are copies, or read-only views of ``data`` with ``views`` (large payloads).
 
     Raises:
         MalformedMessage: on any framing problem (truncation, oversize, bad magic, dtype...).
@@ -189,7 +197,8 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
         if kind == _KIND_BYTES:
             (length,) = _U32.unpack(_take(view, pos, 4))
             pos += 4
-            fields.append(bytes(_take(view, pos, length)))
+            chunk = _take(view, pos, length)
+            fields.append(chunk.toreadonly() if views else bytes(chunk))
             pos += length
         elif kind == _KIND_ARRAY:
             code, ndim = _take(view, pos, 2)

@@ -25,62 +25,162 @@ ciphertexts; each site decrypts them into :attr:`ClientSession.aggregate`).
 
 from __future__ import annotations
 
+import array
+import weakref
+from functools import partial
+
 import numpy as np
 import tenseal.sealapi as sa
 
 from fedshield import wire
+from fedshield.compress import fields
 from fedshield.crypto import ring
+from fedshield.crypto.forked import (
+    ForkedObject,
+    fork_map,
+    shared_array,
+    split_range,
+    worker_count,
+)
 from fedshield.crypto.he_keys import HEKeyring
 from fedshield.crypto.he_params import HEPlan, SealIO
 from fedshield.errors import InvalidCiphertext, ProtocolAbort, WrongShape
 from fedshield.protocols.base import ClientSession, Revealed, ServerSession
 
-__all__ = ["HEClient", "HEServer", "pack_slots", "unpack_slots"]
+__all__ = ["CiphertextSum", "HEClient", "HEServer", "pack_slots", "unpack_slots"]
 
 PROTOCOL_ID = 3
 STAGES = ("input", "aggregate")
 
 
 # --- packing ----------------------------------------------------------------------------------
-def pack_slots(values: np.ndarray, plan: HEPlan) -> np.ndarray:
-    """``(n_ciphertexts, slots)`` uint64: value ``i`` goes to ciphertext ``i // (slots·m)``,
-    slot ``j % slots`` and field ``j // slots`` (``j`` its index within the ciphertext)."""
-    per_ct = plan.slots * plan.per_slot
-    padded = np.zeros(plan.n_ciphertexts * per_ct, dtype=np.uint64)
-    padded[: values.size] = values
-    fields = padded.reshape(plan.n_ciphertexts, plan.per_slot, plan.slots)
-    out = np.zeros((plan.n_ciphertexts, plan.slots), dtype=np.uint64)
-    for f in range(plan.per_slot):
-        out |= fields[:, f, :] << np.uint64(f * plan.value_bits)
-    return out
+def pack_slots(values: np.ndarray, plan: HEPlan, *, scale: int = 1) -> np.ndarray:
+    """``(n_ciphertexts, slots)`` uint64 of ``values * scale``: value ``i`` goes to ciphertext
+    ``i // (slots·m)``, slot ``j % slots`` and field ``j // slots`` (``j`` its index within the
+    ciphertext)."""
+    return fields.pack_fields(
+        values,
+        rows=plan.n_ciphertexts,
+        slots=plan.slots,
+        per_slot=plan.per_slot,
+        bits=plan.value_bits,
+        scale=scale,
+    )
 
 
 def unpack_slots(slots: np.ndarray, plan: HEPlan, length: int) -> np.ndarray:
     """Inverse of :func:`pack_slots` for the first ``length`` values."""
-    mask = np.uint64((1 << plan.value_bits) - 1)
-    fields = np.stack(
-        [(slots >> np.uint64(f * plan.value_bits)) & mask for f in range(plan.per_slot)], axis=1
-    )
-    return fields.reshape(-1)[:length]
+    return fields.unpack_fields(slots, length=length, per_slot=plan.per_slot, bits=plan.value_bits)
+
+
+def _place(rows: np.ndarray, index: int, value: int, plan: HEPlan) -> None:
+    """Put one more value at position ``index`` of packed ``rows`` (its field is empty)."""
+    row, k = divmod(index, plan.slots * plan.per_slot)
+    field, slot = divmod(k, plan.slots)
+    rows[row, slot] |= np.uint64(value) << np.uint64(field * plan.value_bits)
 
 
 # --- server -----------------------------------------------------------------------------------
+class CiphertextSum:
+    """Running sum of ciphertexts ``lo..hi-1`` over the accepted sites: ``stage`` parses and
+    checks one site's ciphertexts (raising before anything is added), ``commit`` adds them.
+
+    Bytes come and go through ``inbox`` (shared with the server process when this runs in a
+    forked worker): one site's ciphertexts before ``stage``, the sums after ``dump``.
+    """
+
+    def __init__(self, plan: HEPlan, lo: int, hi: int, inbox: np.ndarray) -> None:
+        self.plan, self.lo, self.hi, self.inbox = plan, lo, hi, inbox
+        self.io = SealIO(plan.context())  # public parameters only
+        self.evaluator = sa.Evaluator(self.io.context)
+        self.total: list[sa.Ciphertext] | None = None
+        self.pending: list[sa.Ciphertext] | None = None
+        self.serialized: list[bytes] = []
+
+    def stage(self, sizes: np.ndarray, start: int) -> None:
+        """Parse one site's ciphertexts of this range, ``sizes`` bytes each from ``inbox[start:]``;
+        raises InvalidCiphertext."""
+        self.pending = None
+        blob = memoryview(self.inbox[start : start + int(sizes.sum())])
+        self.pending = load_ciphertexts(sizes, blob, self.plan, self.io)
+
+    def commit(self) -> None:
+        """Add the staged ciphertexts to the sum."""
+        if self.total is None:
+            self.total = self.pending
+        else:
+            for total, ct in zip(self.total, self.pending, strict=True):
+                self.evaluator.add_inplace(total, ct)
+        self.pending = None
+
+    def discard(self) -> None:
+        """Forget the staged ciphertexts."""
+        self.pending = None
+
+    def serialize(self) -> list[int]:
+        """Serialize the sums (kept here until :meth:`write`); returns their sizes."""
+        self.serialized = [self.io.dump(ct) for ct in self.total]
+        self.total = None
+        return [len(data) for data in self.serialized]
+
+    def write(self, offset: int) -> None:
+        """Write the serialized sums one after the other into ``inbox[offset:]``."""
+        for data in self.serialized:
+            self.inbox[offset : offset + len(data)] = np.frombuffer(data, np.uint8)
+            offset += len(data)
+        self.serialized = []
+
+
+class _InProcess:
+    """A :class:`CiphertextSum` driven like a :class:`ForkedObject`."""
+
+    def __init__(self, target: CiphertextSum) -> None:
+        self.target = target
+        self._outcome = (True, None)
+
+    def send(self, method: str, *args) -> None:
+        try:
+            self._outcome = (True, getattr(self.target, method)(*args))
+        except Exception as exc:
+            self._outcome = (False, exc)
+
+    def result(self):
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
+
+    def call(self, method: str, *args):
+        self.send(method, *args)
+        return self.result()
+
+    def close(self, *, wait: bool = True) -> None:
+        self.target.io.close()
+
+
 class HEServer(ServerSession):
-    """Server side: checks and adds ciphertexts, returns the encrypted sum. Holds no key."""
+    """Server side: checks and adds ciphertexts, returns the encrypted sum. Holds no key.
+
+    ``workers``: processes that parse and add (each owns a range of ciphertexts); by default
+    one per core for large updates, this process alone for small ones.
+    """
 
     protocol_id = PROTOCOL_ID
     stages = STAGES
+    large_payloads = True
 
-    def __init__(self, *, round: int, clients, dim: int, plan: HEPlan) -> None:
+    def __init__(
+        self, *, round: int, clients, dim: int, plan: HEPlan, workers: int | None = None
+    ) -> None:
         super().__init__(round=round, clients=clients, dim=dim)
         if plan.dim != dim:
             raise ValueError(f"the HE plan is for {plan.dim} values, the round has {dim}")
         self.plan = plan
-        self.io = SealIO(plan.context())  # public parameters only
-        self.evaluator = sa.Evaluator(self.io.context)
-        self.sum: list[sa.Ciphertext] | None = None
+        self.ranges = split_range(plan.n_ciphertexts, worker_count(workers, plan.n_ciphertexts))
+        self.parts: list = []
+        self.inbox = np.empty(0, np.uint8)  # made (shared) when the input stage opens
+        self._closer = weakref.finalize(self, _close_all, self.parts)
         self.contributors: list[int] = []
-        self.bytes_summed = 0
 
     def describe(self) -> dict:
         """Scheme, parameters and packing of this round."""
@@ -101,17 +201,33 @@ class HEServer(ServerSession):
     def _broadcast(self, stage: str) -> dict[int, bytes]:
         alive = sorted(self.alive)
         if stage == "input":
+            self._start_parts()
             msg = self._server_message(stage, [self.plan.params_id])
             return {c: msg for c in alive}
-        blobs = [self.io.dump(ct) for ct in self.sum]
-        fields = [
-            self.plan.params_id,
-            np.array(self.contributors, dtype=np.uint32),
-            np.array([len(b) for b in blobs], dtype=np.uint32),
-            b"".join(blobs),
-        ]
-        msg = self._server_message(stage, fields)
+        for part in self.parts:
+            part.send("serialize")
+        part_sizes = [np.array(part.result(), np.uint32) for part in self.parts]
+        offset = 0
+        for part, sizes in zip(self.parts, part_sizes, strict=True):
+            part.send("write", offset)
+            offset += int(sizes.sum())
+        for part in self.parts:
+            part.result()
+        self._closer()
+        sums = self.inbox[:offset].data  # the summed ciphertexts, back to back
+        message = [self.plan.params_id, np.array(self.contributors, np.uint32)]
+        message += [np.concatenate(part_sizes), sums]
+        msg = self._server_message(stage, message)
         return {c: msg for c in alive}
+
+    def _start_parts(self) -> None:
+        plan = self.plan
+        self.inbox = shared_array((plan.n_ciphertexts * plan.max_ciphertext_bytes,), np.uint8)
+        if len(self.ranges) == 1:
+            self.parts.append(_InProcess(CiphertextSum(plan, *self.ranges[0], self.inbox)))
+            return
+        for lo, hi in self.ranges:
+            self.parts.append(ForkedObject(partial(CiphertextSum, plan, lo, hi, self.inbox)))
 
     def _receive(self, stage: str, sender: int, message: wire.Message) -> None:
         if stage == "aggregate":
@@ -120,17 +236,30 @@ class HEServer(ServerSession):
         message.require_fields(3)
         if message.raw(0, length=32) != self.plan.params_id:
             raise WrongShape(f"client {sender} encrypted under other parameters")
-        ciphertexts = read_ciphertexts(message, 1, self.plan, self.io)
+        sizes, blob = read_sizes(message, 1, self.plan)
+        self.inbox[: len(blob)] = np.frombuffer(blob, np.uint8)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        for part, (lo, hi) in zip(self.parts, self.ranges, strict=True):
+            part.send("stage", sizes[lo:hi], int(offsets[lo]))
+        errors = []
+        for part in self.parts:
+            try:
+                part.result()
+            except Exception as exc:  # every part must answer before the next request
+                errors.append(exc)
         # Every ciphertext parsed and checked: only now does anything touch the sum.
-        if self.sum is None:
-            self.sum = ciphertexts
-        else:
-            for total, ct in zip(self.sum, ciphertexts, strict=True):
-                self.evaluator.add_inplace(total, ct)
+        verdict = "discard" if errors else "commit"
+        for part in self.parts:
+            part.send(verdict)
+        for part in self.parts:
+            part.result()
+        if errors:
+            raise errors[0]
         self.contributors.append(sender)
 
     def _close_stage(self, stage: str) -> None:
         if stage == "input" and not self.contributors:
+            self._closer()
             raise ProtocolAbort(f"round {self.round}: no site delivered a valid ciphertext")
 
     def _reveal(self) -> Revealed:
@@ -142,15 +271,24 @@ class HEServer(ServerSession):
         )
 
 
-def read_ciphertexts(
-    message: wire.Message, first: int, plan: HEPlan, io: SealIO
-) -> list[sa.Ciphertext]:
-    """``plan.n_ciphertexts`` ciphertexts from fields ``first`` (sizes) and ``first + 1``
-    (concatenated bytes), each checked before any arithmetic."""
+def _close_all(parts: list) -> None:
+    for part in parts:
+        part.close(wait=False)
+    parts.clear()
+
+
+def read_sizes(message: wire.Message, first: int, plan: HEPlan) -> tuple[np.ndarray, memoryview]:
+    """The ciphertext sizes (field ``first``) and their concatenated bytes (``first + 1``)."""
     sizes = message.array(first, dtype="<u4", shape=(plan.n_ciphertexts,)).astype(np.int64)
-    blob = message.raw(first + 1, length=int(sizes.sum()))
     if (sizes > plan.max_ciphertext_bytes).any():
         raise InvalidCiphertext("a ciphertext is larger than these parameters allow")
+    return sizes, message.view(first + 1, length=int(sizes.sum()))
+
+
+def load_ciphertexts(
+    sizes: np.ndarray, blob: bytes | memoryview, plan: HEPlan, io: SealIO
+) -> list[sa.Ciphertext]:
+    """Ciphertexts of the given ``sizes`` from their concatenated bytes, each checked."""
     out, offset = [], 0
     for size in sizes:
         out.append(
@@ -162,10 +300,15 @@ def read_ciphertexts(
 
 # --- client -----------------------------------------------------------------------------------
 class HEClient(ClientSession):
-    """Site side: encrypts its encoded update, then decrypts the summed ciphertexts."""
+    """Site side: encrypts its encoded update, then decrypts the summed ciphertexts.
+
+    ``workers``: processes that encrypt and decrypt; by default one per core for large
+    updates, this process alone for small ones.
+    """
 
     protocol_id = PROTOCOL_ID
     stages = STAGES
+    large_payloads = True
 
     def __init__(
         self,
@@ -176,6 +319,7 @@ class HEClient(ClientSession):
         weight: float,
         keyring: HEKeyring,
         quant_seed: int | None = None,
+        workers: int | None = None,
     ) -> None:
         super().__init__(
             client_id=client_id, round=round, update=update, weight=weight, quant_seed=quant_seed
@@ -184,6 +328,7 @@ class HEClient(ClientSession):
             raise ValueError(f"the HE plan is for {keyring.plan.dim} values, got {update.size}")
         self.keyring = keyring
         self.plan = keyring.plan
+        self.workers = worker_count(workers, self.plan.n_ciphertexts)
         self.level_sum: np.ndarray | None = None
 
     def _handle(self, stage: str, message: wire.Message) -> bytes:
@@ -200,49 +345,36 @@ class HEClient(ClientSession):
         contributors = message.array(1, dtype="<u4").tolist()
         if not contributors or len(set(contributors)) != len(contributors):
             raise WrongShape("the aggregate names no (or repeated) contributors")
-        summed = read_ciphertexts(message, 2, self.plan, self.keyring.io)
-        self.aggregate = self._decrypt(summed)
+        self.aggregate = self._decrypt(*read_sizes(message, 2, self.plan))
         return self._client_message(stage, [])
 
-    def _encrypt(self) -> list[bytes]:
-        k, plan, config = self.keyring, self.plan, self.plan.config
-        plaintext = sa.Plaintext()
-        blobs = []
+    def _encrypt(self) -> list[memoryview]:
+        plan, config = self.plan, self.plan.config
         if plan.scheme == "bfv":
             levels = ring.encode(
                 self.update, clip=config.clip, quant_bits=config.quant_bits, seed=self.quant_seed
             )
             self.sent = ring.dequantize(levels, clip=config.clip, quant_bits=config.quant_bits)
             weight = ring.integer_weight(self.weight, config.max_weight, config.weight_bits)
-            values = np.empty(self.update.size + 1, dtype=np.uint64)
-            np.multiply(levels, np.uint64(weight), out=values[:-1], casting="unsafe")
-            values[-1] = weight
-            for row in pack_slots(values, plan):
-                k.encoder.encode(row.tolist(), plaintext)
-                blobs.append(k.io.dump(k.encryptor.encrypt_symmetric(plaintext)))
-            return blobs
-        fraction = min(1.0, self.weight / config.max_weight)
-        values = np.zeros(plan.n_ciphertexts * plan.slots, dtype=np.float64)
-        values[: self.update.size] = self.update * fraction
-        values[self.update.size] = fraction
-        self.sent = self.update
-        scale = float(2**plan.scale_bits)
-        for row in values.reshape(plan.n_ciphertexts, plan.slots):
-            k.encoder.encode(row.tolist(), scale, plaintext)
-            blobs.append(k.io.dump(k.encryptor.encrypt_symmetric(plaintext)))
-        return blobs
+            rows = pack_slots(levels, plan, scale=weight)
+            _place(rows, self.update.size, weight, plan)  # the weight: one more value
+        else:
+            fraction = min(1.0, self.weight / config.max_weight)
+            rows = np.zeros(plan.n_ciphertexts * plan.slots, dtype=np.float64)
+            rows[: self.update.size] = self.update * fraction
+            rows[self.update.size] = fraction
+            rows = rows.reshape(plan.n_ciphertexts, plan.slots)
+            self.sent = self.update
+        out = shared_array((plan.n_ciphertexts, plan.max_ciphertext_bytes), np.uint8)
+        sizes = shared_array((plan.n_ciphertexts,), np.int64)
+        fork_map(partial(_encrypt_rows, self.keyring, rows, out, sizes), len(rows), self.workers)
+        return [row[:size].data for row, size in zip(out, sizes, strict=True)]
 
-    def _decrypt(self, summed: list[sa.Ciphertext]) -> tuple[np.ndarray, float]:
-        k, plan, config = self.keyring, self.plan, self.plan.config
-        plaintext = sa.Plaintext()
-        rows = []
-        for ct in summed:
-            k.decryptor.decrypt(ct, plaintext)
-            if plan.scheme == "bfv":
-                rows.append(np.array(k.encoder.decode_uint64(plaintext), dtype=np.uint64))
-            else:
-                rows.append(np.array(k.encoder.decode_double(plaintext), dtype=np.float64))
-        flat = np.stack(rows)
+    def _decrypt(self, sizes: np.ndarray, blob: memoryview) -> tuple[np.ndarray, float]:
+        plan, config = self.plan, self.plan.config
+        dtype = np.uint64 if plan.scheme == "bfv" else np.float64
+        flat = shared_array((plan.n_ciphertexts, plan.slots), dtype)
+        fork_map(partial(_decrypt_rows, self.keyring, sizes, blob, flat), len(sizes), self.workers)
         dim = self.update.size
         if plan.scheme == "ckks":
             values = flat.reshape(-1)
@@ -254,3 +386,45 @@ class HEClient(ClientSession):
             raise ProtocolAbort("the decrypted total weight is zero")
         mean = ring.decode_mean(values[:-1], weight, clip=config.clip, quant_bits=config.quant_bits)
         return mean.astype(np.float64) * weight, float(weight)
+
+
+def _encrypt_rows(
+    keyring: HEKeyring, rows: np.ndarray, out: np.ndarray, sizes: np.ndarray, lo: int, hi: int
+) -> None:
+    """Seeded symmetric ciphertexts of ``rows[lo:hi]``, serialized into ``out[i]`` (``sizes[i]``
+    bytes)."""
+    plaintext = sa.Plaintext()
+    ckks = keyring.plan.scheme == "ckks"
+    scale = float(2**keyring.plan.scale_bits)
+    with SealIO(keyring.context) as io:
+        for i in range(lo, hi):
+            if ckks:
+                keyring.encoder.encode(rows[i].tolist(), scale, plaintext)
+            else:
+                keyring.encoder.encode(rows[i].tolist(), plaintext)
+            data = io.dump(keyring.encryptor.encrypt_symmetric(plaintext))
+            out[i, : len(data)] = np.frombuffer(data, np.uint8)
+            sizes[i] = len(data)
+
+
+def _decrypt_rows(
+    keyring: HEKeyring, sizes: np.ndarray, blob: memoryview, out: np.ndarray, lo: int, hi: int
+) -> None:
+    """Slots of the summed ciphertexts ``lo..hi-1`` into ``out[lo:hi]``; each ciphertext is
+    checked before it is decrypted."""
+    plan = keyring.plan
+    start = int(sizes[:lo].sum())
+    part = blob[start : start + int(sizes[lo:hi].sum())]
+    plaintext = sa.Plaintext()
+    with SealIO(keyring.context) as io:
+        cts = load_ciphertexts(sizes[lo:hi], part, plan, io)
+        for i, ct in enumerate(cts, start=lo):
+            keyring.decryptor.decrypt(ct, plaintext)
+            if plan.scheme == "bfv":
+                out[i] = np.frombuffer(
+                    array.array("Q", keyring.encoder.decode_uint64(plaintext)), np.uint64
+                )
+            else:
+                out[i] = np.frombuffer(
+                    array.array("d", keyring.encoder.decode_double(plaintext)), np.float64
+                )[: plan.slots]

@@ -54,6 +54,7 @@ class ServerSession(ABC):
 
     protocol_id: int
     stages: tuple[str, ...]
+    large_payloads = False  # True: bytes fields arrive as views of the message, not copies
 
     def __init__(self, *, round: int, clients: Iterable[int], dim: int) -> None:
         clients = tuple(sorted(set(int(c) for c in clients)))
@@ -94,7 +95,9 @@ class ServerSession(ABC):
         if sender in self._answered:
             raise ReplayedMessage(f"client {sender} already answered stage {stage!r}")
         try:
-            message = wire.decode(data, max_bytes=self._max_message_bytes(stage))
+            message = wire.decode(
+                data, max_bytes=self._max_message_bytes(stage), views=self.large_payloads
+            )
             message.expect(
                 protocol=self.protocol_id,
                 stage=self._stage_code(stage),
@@ -164,6 +167,7 @@ class ClientSession(ABC):
 
     protocol_id: int
     stages: tuple[str, ...]
+    large_payloads = False  # True: bytes fields arrive as views of the message, not copies
     skippable: frozenset[str] = frozenset()  # stages the server may address to others only
 
     def __init__(
@@ -207,7 +211,7 @@ class ClientSession(ABC):
         if expected >= len(self.stages) or stage != self.stages[expected]:
             raise IllegalTransition(f"client {self.client_id} cannot handle stage {stage!r} now")
         self._stage_index = expected
-        message = wire.decode(data)
+        message = wire.decode(data, views=self.large_payloads)
         message.expect(
             protocol=self.protocol_id, stage=expected + 1, round=self.round, sender=wire.SERVER_ID
         )

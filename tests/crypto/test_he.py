@@ -22,11 +22,26 @@ from fedshield.errors import ConfigError, InvalidCiphertext, InvalidShare, Wrong
 CONFIG = HEConfig(clip=0.5, quant_bits=8, weight_bits=8, max_weight=100.0)
 
 
-def _round(plan, keyring, updates, weights, *, schedule=None, transport_cls=InProcessTransport):
-    server = HEServer(round=1, clients=list(updates), dim=plan.dim, plan=plan)
+def _round(
+    plan,
+    keyring,
+    updates,
+    weights,
+    *,
+    schedule=None,
+    transport_cls=InProcessTransport,
+    workers=None,
+):
+    server = HEServer(round=1, clients=list(updates), dim=plan.dim, plan=plan, workers=workers)
     clients = {
         c: HEClient(
-            client_id=c, round=1, update=u, weight=weights[c], keyring=keyring, quant_seed=c
+            client_id=c,
+            round=1,
+            update=u,
+            weight=weights[c],
+            keyring=keyring,
+            quant_seed=c,
+            workers=workers,
         )
         for c, u in updates.items()
     }
@@ -50,33 +65,46 @@ def test_packing_round_trips_and_keeps_fields_apart():
     plan = plan_for(CONFIG, n_clients=4, dim=30_000)
     values = np.random.default_rng(0).integers(0, 2**plan.value_bits, 30_001, dtype=np.uint64)
     slots = pack_slots(values, plan)
-    assert slots.shape == (plan.n_ciphertexts, plan.slots) and plan.per_slot == 3
+    assert plan.value_bits == 8 + 8 + 2 and plan.per_slot == (plan.plain_bits - 1) // 18 == 2
+    assert slots.shape == (plan.n_ciphertexts, plan.slots)
     assert int(slots.max()) < 2 ** (plan.plain_bits - 1)
     np.testing.assert_array_equal(unpack_slots(slots, plan, values.size), values)
 
 
-def test_sum_is_exact_at_the_documented_maximum_with_every_value_at_its_largest():
-    """1024 sites, every level 2^8 - 1 and every weight 2^8 - 1: any carry would show."""
-    n = MAX_CLIENTS
-    plan = plan_for(CONFIG, n_clients=n, dim=2 * 4096 - 1)  # exactly one full ciphertext
+@pytest.mark.parametrize("bits", [8, 4], ids=["8-bit, one value per slot", "4-bit, two"])
+def test_sum_is_exact_at_the_documented_maximum_with_every_value_at_its_largest(bits):
+    """1024 sites, every level and every weight at its largest: any carry would show, and
+    the noise budget is at its smallest (the plain modulus is chosen for n)."""
+    n, top_level = MAX_CLIENTS, 2**bits - 1
+    config = HEConfig(clip=0.5, quant_bits=bits, weight_bits=bits, max_weight=100.0)
+    slots_per_ct = plan_for(config, n_clients=n, dim=1).per_slot * 4096
+    assert slots_per_ct == (4096 if bits == 8 else 2 * 4096)
+    plan = plan_for(config, n_clients=n, dim=slots_per_ct - 1)  # exactly one full ciphertext
     assert plan.n_ciphertexts == 1
     keyring = HEKeyring.generate(plan)
-    top = np.full(plan.dim, CONFIG.clip, np.float32)  # quantizes to the top level exactly
+    top = np.full(plan.dim, config.clip, np.float32)  # quantizes to the top level exactly
     updates = dict.fromkeys(range(n), top)
-    weights = dict.fromkeys(range(n), CONFIG.max_weight)
+    weights = dict.fromkeys(range(n), config.max_weight)
     _server, clients, outcome = _round(plan, keyring, updates, weights)
     assert outcome.aborted is None and len(outcome.revealed.contributors) == n
-    np.testing.assert_array_equal(clients[0].level_sum[:-1], np.full(plan.dim, n * 255 * 255))
-    assert clients[0].level_sum[-1] == n * 255  # the weights, in the last value
+    expected = n * top_level * top_level
+    assert expected.bit_length() == plan.value_bits  # the field is full, not just wide enough
+    np.testing.assert_array_equal(clients[0].level_sum[:-1], np.full(plan.dim, expected))
+    assert clients[0].level_sum[-1] == n * top_level  # the weights, in the last value
 
 
-def test_random_updates_with_dropouts_give_the_survivors_exact_integer_sum():
+@pytest.mark.parametrize("workers", [1, 2], ids=["one process", "two forked workers"])
+def test_random_updates_with_dropouts_give_the_survivors_exact_integer_sum(workers):
     plan = plan_for(CONFIG, n_clients=5, dim=9000)
+    assert plan.n_ciphertexts == 2  # with two workers, each encrypts, adds, decrypts one
     keyring = HEKeyring.generate(plan)
     rng = np.random.default_rng(1)
     updates = {c: rng.uniform(-0.6, 0.6, plan.dim).astype(np.float32) for c in range(5)}
     weights = {c: float(rng.integers(1, 100)) for c in range(5)}
-    _server, clients, outcome = _round(plan, keyring, updates, weights, schedule={"input": [3]})
+    server, clients, outcome = _round(
+        plan, keyring, updates, weights, schedule={"input": [3]}, workers=workers
+    )
+    assert len(server.ranges) == workers and not server.parts  # workers stopped
     assert outcome.revealed.contributors == (0, 1, 2, 4) and outcome.revealed.weighted_sum is None
     expected = _expected_levels(plan, updates, weights, [0, 1, 2, 4])
     for c in (0, 1, 2, 4):
@@ -149,16 +177,23 @@ def test_the_server_never_holds_anything_that_decrypts():
         c: HEClient(client_id=c, round=1, update=updates[c], weight=50.0, keyring=sites[c].keyring)
         for c in range(3)
     }
-    run_protocol(server, InProcessTransport(clients))
-    assert not _holds_a_secret(server) and server.sum is not None
+    for c, request in server.broadcast("input").items():
+        server.receive("input", c, clients[c].handle("input", request))
+    server.close_stage("input")
+    (part,) = server.parts  # a small update: summed in this process
+    assert not _holds_a_secret(server) and part.target.total is not None
     # The only decryptor one can build from the server's context uses some other key: the
     # sum then decrypts to noise, not to the aggregate.
-    outsider = sa.Decryptor(server.io.context, sa.KeyGenerator(server.io.context).secret_key())
+    context = part.target.io.context
+    outsider = sa.Decryptor(context, sa.KeyGenerator(context).secret_key())
     plaintext = sa.Plaintext()
-    outsider.decrypt(server.sum[0], plaintext)
-    guess = np.array(sa.BatchEncoder(server.io.context).decode_uint64(plaintext), np.uint64)
+    outsider.decrypt(part.target.total[0], plaintext)
+    guess = np.array(sa.BatchEncoder(context).decode_uint64(plaintext), np.uint64)
+    for c, request in server.broadcast("aggregate").items():
+        server.receive("aggregate", c, clients[c].handle("aggregate", request))
     truth = pack_slots(clients[0].level_sum, plan)[0]
     assert np.mean(guess == truth) < 0.01
+    assert not server.parts  # the sum is gone once it was sent
     gc.collect()
 
 
@@ -214,6 +249,7 @@ def _tampered(answer: bytes, case: str, other_plan) -> bytes:
     return wire.encode(msg.header, [params, sizes, blob])
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["one process", "two forked workers"])
 @pytest.mark.parametrize(
     ("case", "error"),
     [
@@ -224,17 +260,25 @@ def _tampered(answer: bytes, case: str, other_plan) -> bytes:
         ("other parameters", InvalidCiphertext),
     ],
 )
-def test_malformed_ciphertexts_are_rejected_and_the_honest_round_completes(case, error):
+def test_malformed_ciphertexts_are_rejected_and_the_honest_round_completes(case, error, workers):
+    """With two workers, the first ciphertext is bad and the second good: the worker that
+    accepted its part must drop it too (nothing of a rejected site reaches the sum)."""
     plan = plan_for(CONFIG, n_clients=3, dim=9000)
     other_plan = plan_for(CONFIG, n_clients=600, dim=9000)  # another plain modulus
     keyring = HEKeyring.generate(plan)
     rng = np.random.default_rng(4)
     updates = {c: rng.uniform(-0.5, 0.5, plan.dim).astype(np.float32) for c in range(3)}
     weights = dict.fromkeys(range(3), 50.0)
-    server = HEServer(round=1, clients=[0, 1, 2], dim=plan.dim, plan=plan)
+    server = HEServer(round=1, clients=[0, 1, 2], dim=plan.dim, plan=plan, workers=workers)
     clients = {
         c: HEClient(
-            client_id=c, round=1, update=updates[c], weight=50.0, keyring=keyring, quant_seed=c
+            client_id=c,
+            round=1,
+            update=updates[c],
+            weight=50.0,
+            keyring=keyring,
+            quant_seed=c,
+            workers=workers,
         )
         for c in range(3)
     }
