@@ -113,9 +113,18 @@ def flare_way(layers: list[np.ndarray], n: int) -> dict:
 
 
 # --- ours -------------------------------------------------------------------------------------
-def ours(layers: list[np.ndarray], n: int, *, weight_bits: int, workers: int | None = None) -> dict:
+def ours(
+    layers: list[np.ndarray],
+    n: int,
+    *,
+    weight_bits: int = 8,
+    weighting: str = "fraction",
+    workers: int | None = None,
+) -> dict:
     update = np.concatenate([layer.ravel() for layer in layers])
-    config = HEConfig(clip=CLIP, quant_bits=8, weight_bits=weight_bits, max_weight=1.0)
+    config = HEConfig(
+        clip=CLIP, quant_bits=8, weight_bits=weight_bits, max_weight=1.0, weighting=weighting
+    )
     plan = plan_for(config, n_clients=n, dim=update.size)
     keyring = HEKeyring.generate(plan)
     client = HEClient(
@@ -158,10 +167,11 @@ def _as_sender(answer: bytes, sender: int) -> bytes:
     return wire.encode(header, list(message.fields))
 
 
-OURS = {  # name: (weight bits, workers)
-    "ours": (8, None),
-    "ours_one_process": (8, 1),
-    "ours_unweighted": (0, None),
+OURS = {  # name: options of ours()
+    "ours": {},
+    "ours_one_process": {"workers": 1},
+    "ours_integer_weights": {"weighting": "integer"},
+    "ours_unweighted": {"weight_bits": 0},
 }
 
 
@@ -184,16 +194,13 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     small = densenet_update(True)
     flare_way(small, 2)  # warm-up: imports, kernel loading, first allocations
-    ours(small, 2, weight_bits=8, workers=2)
+    ours(small, 2, workers=2)
     for n in (3, 10):
         flare = _median_of(lambda n=n: flare_way(layers, n), args.repeats)
         flare["bytes_over_fp32"] = flare["bytes_up"] / fp32_bytes
         case = {"n": n, "flare": flare}
-        for name, (weight_bits, workers) in OURS.items():
-            mine = _median_of(
-                lambda n=n, w=weight_bits, k=workers: ours(layers, n, weight_bits=w, workers=k),
-                args.repeats,
-            )
+        for name, options in OURS.items():
+            mine = _median_of(lambda n=n, o=options: ours(layers, n, **o), args.repeats)
             mine["bytes_over_fp32"] = mine["bytes_up"] / fp32_bytes
             case[name] = mine
             case[f"{name}_ratios"] = {

@@ -84,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
         help="he: bfv (quantized, packed; default) or ckks (float updates)",
     )
     run.add_argument(
+        "--he-weighting",
+        choices=("fraction", "integer"),
+        default=d.he_weighting,
+        help="he (bfv): fraction (sites scale their update by their weight before quantizing;"
+        " default, half the ciphertexts) or integer (levels times the weight, as secagg)",
+    )
+    run.add_argument(
         "--quant-bits",
         type=int,
         default=None,
@@ -185,6 +192,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         neighbours=args.neighbours,
         he_scheme=args.he_scheme,
+        he_weighting=args.he_weighting,
         sparsify=args.sparsify,
         error_feedback=args.error_feedback,
         dropout=probability,

@@ -84,6 +84,10 @@ def test_compressed_updates_track_fp32_fedavg_on_breastmnist():
 @pytest.mark.skipif(not _has_breastmnist(), reason="breastmnist.npz not available")
 def test_he_matches_plain_auc_within_001_on_breastmnist():
     plain = _final_auc(protect="plain", seed=0)
-    he = _final_auc(protect="he", seed=0)
-    print(f"BreastMNIST final AUC: plain {plain:.4f}, he (BFV, 8-bit) {he:.4f}")
-    assert abs(he - plain) <= 0.01
+    he = _final_auc(protect="he", seed=0)  # BFV, 8-bit, fraction weighting
+    he_integer = _final_auc(protect="he", he_weighting="integer", seed=0)
+    print(
+        f"BreastMNIST final AUC: plain {plain:.4f}, he (BFV, 8-bit) {he:.4f}, "
+        f"with integer weights {he_integer:.4f}"
+    )
+    assert abs(he - plain) <= 0.01 and abs(he_integer - plain) <= 0.01

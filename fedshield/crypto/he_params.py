@@ -12,9 +12,22 @@ and 60 bits at N = 4096 is well inside the 128-bit bound (109 bits; HE standard)
 noise budget of a fresh symmetric encryption measured here is ``55 - tbits`` bits, and each
 doubling of the number of summed ciphertexts costs one bit; we keep ``ceil(log2 n) + 2`` bits,
 so ``tbits = 53 - ceil(log2 n)`` (51 at n = 3, 49 at n = 10, 43 at n = 1024). Each slot then
-packs ``m = (tbits - 1) // w`` values of ``w = quant_bits + weight_bits + ceil(log2 n)`` bits:
-the sum of n clients' values never carries into its neighbour, and the packed slot stays below
-``t``. Up to :data:`MAX_CLIENTS` clients.
+packs ``m = (tbits - 1) // w`` values of ``w`` bits, so that the sum of n clients' values never
+carries into its neighbour and the packed slot stays below ``t``. Up to :data:`MAX_CLIENTS`
+clients.
+
+FedAvg weights (``weighting``), with ``W`` a site's integer weight of ``weight_bits`` bits:
+
+- ``"fraction"`` (default): a site quantizes its update times ``W / (2^weight_bits - 1)`` on
+  the shared grid, so a field needs only ``w = quant_bits + ceil(log2 n)`` bits; ``W`` travels
+  as ``ceil(weight_bits / quant_bits)`` more values (base ``2^quant_bits`` digits), then a 1
+  (the decrypted count of sites, checked against the server's list of contributors). Every site
+  adds at most one grid step of rounding error whatever its weight, so the mean's error is at
+  most ``n · step · (2^weight_bits - 1) / sum W`` (equal weights: the unweighted mean's).
+- ``"integer"``: a site multiplies its levels by ``W`` (as ``secagg`` does: the two give the
+  same aggregate bit for bit); fields need ``w = quant_bits + weight_bits + ceil(log2 n)`` bits,
+  ``W`` is one more value, and the mean's error is at most one step. At 8 bits and 3 to 10
+  sites this packs 2 values per slot instead of 4 or 5: twice the ciphertexts.
 
 **CKKS** (``scheme="ckks"``): N = 4096 (2048 slots), coefficient modulus [60, 49] bits and
 scale 2^36, the smallest setting that fits one addition level with a 60-bit special prime. The
@@ -68,6 +81,8 @@ class HEConfig:
         quant_bits: BFV bits per quantized value (1..16).
         weight_bits: bits of the integer FedAvg weight (0: unweighted mean).
         max_weight: public upper bound of a site's weight (its sample count).
+        weighting: BFV: ``"fraction"`` (sites scale their update by their weight before
+            quantizing; default) or ``"integer"`` (levels times the integer weight).
     """
 
     scheme: str = "bfv"
@@ -75,8 +90,11 @@ class HEConfig:
     quant_bits: int = 8
     weight_bits: int = 8
     max_weight: float = 1.0
+    weighting: str = "fraction"
 
     def __post_init__(self) -> None:
+        if self.weighting not in ("fraction", "integer"):
+            raise ConfigError(f"--he-weighting must be fraction or integer, got {self.weighting!r}")
         if self.scheme not in ("bfv", "ckks"):
             raise ConfigError(f"--he-scheme must be bfv or ckks, got {self.scheme!r}")
         if not (self.clip > 0 and math.isfinite(self.clip)):
@@ -85,6 +103,26 @@ class HEConfig:
             raise ConfigError("he: quant bits must be in 1..16 and weight bits in 0..16")
         if not self.max_weight > 0:
             raise ConfigError("max_weight must be positive")
+
+    @property
+    def weight_digits(self) -> int:
+        """How many packed values carry a site's integer weight."""
+        if self.scheme == "ckks" or self.weighting == "integer":
+            return 1
+        return max(1, -(-self.weight_bits // self.quant_bits))
+
+    @property
+    def tail_values(self) -> int:
+        """Values packed after the update: the weight's digits and, with fraction weighting,
+        a 1 per site (the decrypted count of contributors)."""
+        return self.weight_digits + (self.scheme == "bfv" and self.weighting == "fraction")
+
+    @property
+    def field_bits(self) -> int:
+        """BFV bits of one value before the ``ceil(log2 n)`` headroom of the sum."""
+        if self.weighting == "integer":
+            return self.quant_bits + self.weight_bits
+        return self.quant_bits
 
 
 @dataclass(frozen=True)
@@ -144,7 +182,7 @@ def plan_for(config: HEConfig, *, n_clients: int, dim: int) -> HEPlan:
         raise ConfigError(f"he supports 1..{MAX_CLIENTS} clients, got {n_clients}")
     if dim < 1:
         raise ConfigError("dim must be positive")
-    length = dim + 1  # the weight travels as one more value
+    length = dim + config.tail_values  # the weight (and a count) travel as more values
     log_n = math.ceil(math.log2(n_clients)) if n_clients > 1 else 0
     if config.scheme == "ckks":
         slots = POLY_DEGREE // 2
@@ -154,13 +192,13 @@ def plan_for(config: HEConfig, *, n_clients: int, dim: int) -> HEPlan:
         )  # fmt: skip
     slots = POLY_DEGREE
     plain_bits = FRESH_BUDGET_AT_ZERO - 2 - log_n
-    width = config.quant_bits + config.weight_bits + log_n
+    width = config.field_bits + log_n
     per_slot = (plain_bits - 1) // width
     budget = FRESH_BUDGET_AT_ZERO - plain_bits - log_n
     if per_slot < 1 or budget < 2:
         raise ConfigError(
-            f"he: {n_clients} clients with {config.quant_bits}-bit values and "
-            f"{config.weight_bits}-bit weights need {width}-bit fields, more than a "
+            f"he: {n_clients} clients with {config.quant_bits}-bit values "
+            f"({config.weighting} weights) need {width}-bit fields, more than a "
             f"{plain_bits}-bit BFV slot holds; lower --quant-bits or the clients"
         )
     return HEPlan(

@@ -40,6 +40,7 @@ class RunConfig:
     threshold: int | None = None
     neighbours: int | None = None
     he_scheme: str = "bfv"
+    he_weighting: str = "fraction"
     sparsify: str | None = None
     error_feedback: bool = False
     dropout: float = 0.0
@@ -133,6 +134,7 @@ def build_federation(config: RunConfig, *, prepare_protocol: bool = True) -> Fed
             threshold=config.threshold,
             neighbours=config.neighbours,
             he_scheme=config.he_scheme,
+            he_weighting=config.he_weighting,
         ),
         server_opt=build_server_opt(config.server_opt, lr=config.server_lr),
         dropout=DropoutPolicy(

@@ -114,6 +114,7 @@ def get_protocol(
     threshold: int | None = None,
     neighbours: int | None = None,
     he_scheme: str = "bfv",
+    he_weighting: str = "fraction",
 ) -> ProtocolPair:
     """The protocol called ``name`` with its options.
 
@@ -125,12 +126,24 @@ def get_protocol(
         raise ConfigError(f"unknown protection {name!r}; available: {list(PROTOCOLS)}")
     bits = DEFAULT_QUANT_BITS[name] if quant_bits is None else quant_bits
     if name == "he":
-        config = HEConfig(scheme=he_scheme, clip=clip, quant_bits=bits, max_weight=max_weight)
+        config = HEConfig(
+            scheme=he_scheme,
+            clip=clip,
+            quant_bits=bits,
+            max_weight=max_weight,
+            weighting=he_weighting,
+        )
         return ProtocolPair(
             "he",
             _unprepared,
             _unprepared,
-            {"scheme": he_scheme, "clip": clip, "quant_bits": bits, "max_weight": max_weight},
+            {
+                "scheme": he_scheme,
+                "weighting": he_weighting,
+                "clip": clip,
+                "quant_bits": bits,
+                "max_weight": max_weight,
+            },
             HEServer.stages,
             he_config=config,
         )

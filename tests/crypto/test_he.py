@@ -52,12 +52,22 @@ def _round(
 
 
 def _expected_levels(plan, updates, weights, ids):
-    total = np.zeros(plan.dim + 1, dtype=np.uint64)
+    """The plain integer sum the decrypted slots must equal: levels (times the integer weight,
+    or of the update times its weight fraction), weight digits, and the count of sites."""
+    config = plan.config
+    total = np.zeros(plan.dim + config.tail_values, dtype=np.uint64)
     for c in ids:
-        w = ring.integer_weight(weights[c], plan.config.max_weight, plan.config.weight_bits)
-        levels = ring.encode(updates[c], clip=plan.config.clip, quant_bits=8, seed=c)
-        total[:-1] += levels.astype(np.uint64) * np.uint64(w)
-        total[-1] += w
+        w = ring.integer_weight(weights[c], config.max_weight, config.weight_bits)
+        quant = {"clip": config.clip, "quant_bits": config.quant_bits, "seed": c}
+        if config.weighting == "integer":
+            levels = ring.encode(updates[c], **quant).astype(np.uint64) * np.uint64(w)
+            tail = [w]
+        else:
+            share = np.float32(w / (2**config.weight_bits - 1))
+            levels = ring.encode(updates[c] * share, **quant).astype(np.uint64)
+            tail = [w, 1]  # 8-bit weights: one digit, then the count
+        total[: plan.dim] += levels
+        total[plan.dim :] += np.array(tail, dtype=np.uint64)
     return total
 
 
@@ -65,38 +75,52 @@ def test_packing_round_trips_and_keeps_fields_apart():
     plan = plan_for(CONFIG, n_clients=4, dim=30_000)
     values = np.random.default_rng(0).integers(0, 2**plan.value_bits, 30_001, dtype=np.uint64)
     slots = pack_slots(values, plan)
-    assert plan.value_bits == 8 + 8 + 2 and plan.per_slot == (plan.plain_bits - 1) // 18 == 2
+    assert plan.value_bits == 8 + 2 and plan.per_slot == (plan.plain_bits - 1) // 10 == 5
     assert slots.shape == (plan.n_ciphertexts, plan.slots)
     assert int(slots.max()) < 2 ** (plan.plain_bits - 1)
     np.testing.assert_array_equal(unpack_slots(slots, plan, values.size), values)
 
 
-@pytest.mark.parametrize("bits", [8, 4], ids=["8-bit, one value per slot", "4-bit, two"])
-def test_sum_is_exact_at_the_documented_maximum_with_every_value_at_its_largest(bits):
+@pytest.mark.parametrize(
+    ("weighting", "bits", "per_slot"),
+    [("integer", 8, 1), ("integer", 4, 2), ("fraction", 8, 2), ("fraction", 4, 3)],
+)
+def test_sum_is_exact_at_the_documented_maximum_with_every_value_at_its_largest(
+    weighting, bits, per_slot
+):
     """1024 sites, every level and every weight at its largest: any carry would show, and
     the noise budget is at its smallest (the plain modulus is chosen for n)."""
-    n, top_level = MAX_CLIENTS, 2**bits - 1
-    config = HEConfig(clip=0.5, quant_bits=bits, weight_bits=bits, max_weight=100.0)
-    slots_per_ct = plan_for(config, n_clients=n, dim=1).per_slot * 4096
-    assert slots_per_ct == (4096 if bits == 8 else 2 * 4096)
-    plan = plan_for(config, n_clients=n, dim=slots_per_ct - 1)  # exactly one full ciphertext
+    n, top = MAX_CLIENTS, 2**bits - 1
+    config = HEConfig(
+        clip=0.5, quant_bits=bits, weight_bits=bits, max_weight=100.0, weighting=weighting
+    )
+    probe = plan_for(config, n_clients=n, dim=1)
+    assert probe.per_slot == per_slot
+    dim = per_slot * 4096 - config.tail_values  # exactly one full ciphertext
+    plan = plan_for(config, n_clients=n, dim=dim)
     assert plan.n_ciphertexts == 1
     keyring = HEKeyring.generate(plan)
-    top = np.full(plan.dim, config.clip, np.float32)  # quantizes to the top level exactly
-    updates = dict.fromkeys(range(n), top)
+    updates = dict.fromkeys(range(n), np.full(dim, config.clip, np.float32))  # the top level
     weights = dict.fromkeys(range(n), config.max_weight)
     _server, clients, outcome = _round(plan, keyring, updates, weights)
     assert outcome.aborted is None and len(outcome.revealed.contributors) == n
-    expected = n * top_level * top_level
+    expected = n * top * top if weighting == "integer" else n * top
     assert expected.bit_length() == plan.value_bits  # the field is full, not just wide enough
-    np.testing.assert_array_equal(clients[0].level_sum[:-1], np.full(plan.dim, expected))
-    assert clients[0].level_sum[-1] == n * top_level  # the weights, in the last value
+    level_sum = clients[0].level_sum
+    np.testing.assert_array_equal(level_sum[:dim], np.full(dim, expected))
+    assert level_sum[dim] == n * top  # the weights
+    if weighting == "fraction":
+        assert level_sum[dim + 1] == n  # the count of sites
+    weighted_sum, total = clients[0].aggregate
+    assert total == n * top and np.allclose(weighted_sum / total, config.clip)
 
 
+@pytest.mark.parametrize("weighting", ["fraction", "integer"])
 @pytest.mark.parametrize("workers", [1, 2], ids=["one process", "two forked workers"])
-def test_random_updates_with_dropouts_give_the_survivors_exact_integer_sum(workers):
-    plan = plan_for(CONFIG, n_clients=5, dim=9000)
-    assert plan.n_ciphertexts == 2  # with two workers, each encrypts, adds, decrypts one
+def test_random_updates_with_dropouts_give_the_survivors_exact_integer_sum(workers, weighting):
+    config = HEConfig(clip=0.5, max_weight=100.0, weighting=weighting)
+    plan = plan_for(config, n_clients=5, dim=20_000)
+    assert plan.n_ciphertexts >= 2  # with two workers, each encrypts, adds, decrypts a part
     keyring = HEKeyring.generate(plan)
     rng = np.random.default_rng(1)
     updates = {c: rng.uniform(-0.6, 0.6, plan.dim).astype(np.float32) for c in range(5)}
@@ -109,8 +133,18 @@ def test_random_updates_with_dropouts_give_the_survivors_exact_integer_sum(worke
     expected = _expected_levels(plan, updates, weights, [0, 1, 2, 4])
     for c in (0, 1, 2, 4):
         np.testing.assert_array_equal(clients[c].level_sum, expected)
+    # The decoded weighted mean is within the documented error of the exact one.
     weighted_sum, total = clients[0].aggregate
-    assert total == expected[-1] and weighted_sum.shape == (plan.dim,)
+    assert total == expected[plan.dim] and weighted_sum.shape == (plan.dim,)
+    top, step, ids = 255, 2 * config.clip / 255, (0, 1, 2, 4)
+    w = {c: ring.integer_weight(weights[c], config.max_weight, 8) for c in ids}
+    if weighting == "integer":  # clip, then weight
+        exact = sum(w[c] * np.clip(updates[c], -0.5, 0.5).astype(np.float64) for c in ids)
+        bound = step
+    else:  # weight, then clip: every site adds at most one step of the shared grid
+        exact = sum(top * np.clip(updates[c] * (w[c] / top), -0.5, 0.5) for c in ids)
+        bound = len(ids) * step * top / total
+    assert np.abs(weighted_sum / total - exact / total).max() <= bound * (1 + 1e-6)
 
 
 def test_too_many_clients_or_too_wide_values_are_refused():
@@ -263,8 +297,9 @@ def _tampered(answer: bytes, case: str, other_plan) -> bytes:
 def test_malformed_ciphertexts_are_rejected_and_the_honest_round_completes(case, error, workers):
     """With two workers, the first ciphertext is bad and the second good: the worker that
     accepted its part must drop it too (nothing of a rejected site reaches the sum)."""
-    plan = plan_for(CONFIG, n_clients=3, dim=9000)
-    other_plan = plan_for(CONFIG, n_clients=600, dim=9000)  # another plain modulus
+    plan = plan_for(CONFIG, n_clients=3, dim=30_000)
+    assert plan.n_ciphertexts == 2
+    other_plan = plan_for(CONFIG, n_clients=600, dim=30_000)  # another plain modulus
     keyring = HEKeyring.generate(plan)
     rng = np.random.default_rng(4)
     updates = {c: rng.uniform(-0.5, 0.5, plan.dim).astype(np.float32) for c in range(3)}
