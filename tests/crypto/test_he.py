@@ -17,7 +17,13 @@ from fedshield.crypto.keys import KeyPair, open_share
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
-from fedshield.errors import ConfigError, InvalidCiphertext, InvalidShare, WrongShape
+from fedshield.errors import (
+    ConfigError,
+    InvalidCiphertext,
+    InvalidShare,
+    ProtocolAbort,
+    WrongShape,
+)
 
 CONFIG = HEConfig(clip=0.5, quant_bits=8, weight_bits=8, max_weight=100.0)
 
@@ -145,6 +151,62 @@ def test_random_updates_with_dropouts_give_the_survivors_exact_integer_sum(worke
         exact = sum(top * np.clip(updates[c] * (w[c] / top), -0.5, 0.5) for c in ids)
         bound = len(ids) * step * top / total
     assert np.abs(weighted_sum / total - exact / total).max() <= bound * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 100])
+def test_the_noise_budget_left_after_summing_n_ciphertexts_is_what_the_plan_keeps(n):
+    """The plan keeps 2 bits of invariant noise budget after n additions; SEAL measures what
+    is left, and the sum decrypts exactly (mod t)."""
+    plan = plan_for(CONFIG, n_clients=n, dim=10)
+    keyring = HEKeyring.generate(plan)
+    evaluator = sa.Evaluator(keyring.context)
+    plaintext = sa.Plaintext()
+    row = np.random.default_rng(n).integers(0, 2 ** (plan.plain_bits - 1), plan.slots, np.uint64)
+    total = None
+    for _ in range(n):  # n independent fresh encryptions (fresh noise each)
+        keyring.encoder.encode(row.tolist(), plaintext)
+        ct = sa.Ciphertext()
+        keyring.encryptor.encrypt_symmetric(plaintext, ct)
+        if total is None:
+            total = ct
+        else:
+            evaluator.add_inplace(total, ct)
+    budget = keyring.decryptor.invariant_noise_budget(total)
+    # Measured here: 2, 2, 3, 4, 5 bits left (independent noises add in quadrature, the plan
+    # assumes they add up); SEAL's reading moves by a bit from key to key.
+    assert budget >= 1
+    keyring.decryptor.decrypt(total, plaintext)
+    expected = (row * np.uint64(n)) % np.uint64(
+        keyring.context.first_context_data().parms().plain_modulus().value()
+    )
+    np.testing.assert_array_equal(np.array(keyring.encoder.decode_uint64(plaintext)), expected)
+
+
+def test_a_server_that_misreports_the_contributors_is_caught_by_the_sites():
+    plan = plan_for(CONFIG, n_clients=3, dim=500)
+    keyring = HEKeyring.generate(plan)
+    server = HEServer(round=1, clients=[0, 1, 2], dim=plan.dim, plan=plan)
+    rng = np.random.default_rng(5)
+    clients = {
+        c: HEClient(
+            client_id=c,
+            round=1,
+            update=rng.uniform(-0.5, 0.5, plan.dim).astype(np.float32),
+            weight=50.0,
+            keyring=keyring,
+        )
+        for c in range(3)
+    }
+    for c, request in server.broadcast("input").items():
+        server.receive("input", c, clients[c].handle("input", request))
+    server.close_stage("input")
+    honest = wire.decode(server.broadcast("aggregate")[0])
+    params, contributors, sizes, blob = honest.fields
+    lie = wire.encode(honest.header, [params, contributors[:2].copy(), sizes, blob])
+    with pytest.raises(ProtocolAbort, match="holds 3 sites, the server names 2"):
+        clients[0].handle("aggregate", lie)
+    clients[1].handle("aggregate", wire.encode(honest.header, list(honest.fields)))
+    assert clients[1].aggregate[1] == 3 * 128  # three weights of 50/100 in 8 bits
 
 
 def test_too_many_clients_or_too_wide_values_are_refused():
