@@ -21,7 +21,14 @@ from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
-__all__ = ["ForkedObject", "fork_map", "shared_array", "split_range", "worker_count"]
+__all__ = [
+    "ForkedObject",
+    "LocalObject",
+    "fork_map",
+    "shared_array",
+    "split_range",
+    "worker_count",
+]
 
 T = TypeVar("T")
 MAX_WORKERS = 8
@@ -82,7 +89,8 @@ def fork_map(job: Callable[[int, int], T], count: int, workers: int) -> list[T]:
 
 class ForkedObject:
     """An object that lives in a forked child: ``factory()`` builds it there, ``send`` asks
-    it to run a method, ``result`` waits for the answer (so several can work at once)."""
+    it to run a method, ``result`` waits for the answer (so several can work at once). When
+    it stops, the child calls the object's ``close()`` if it has one."""
 
     def __init__(self, factory: Callable[[], Any]) -> None:
         self._conn, child = _FORK.Pipe()
@@ -117,6 +125,34 @@ class ForkedObject:
             _stop(self._process)
 
 
+class LocalObject:
+    """The same interface as :class:`ForkedObject` for an object built in this process."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.target = factory()
+        self._outcome: tuple[bool, Any] = (True, None)
+
+    def send(self, method: str, *args: Any) -> None:
+        """Run ``method(*args)`` now; ``result`` gives its value or raises its error."""
+        try:
+            self._outcome = (True, getattr(self.target, method)(*args))
+        except Exception as exc:
+            self._outcome = (False, exc)
+
+    def result(self) -> Any:
+        """The value of the last ``send``, or its exception raised here."""
+        return _unwrap(self._outcome)
+
+    def call(self, method: str, *args: Any) -> Any:
+        """``send`` then ``result``."""
+        self.send(method, *args)
+        return self.result()
+
+    def close(self, *, wait: bool = True) -> None:
+        """Call the object's ``close()`` if it has one."""
+        _close_target(self.target)
+
+
 # --- inside the children ----------------------------------------------------------------------
 def _run_part(job: Callable[[int, int], Any], lo: int, hi: int, conn) -> None:
     try:
@@ -138,8 +174,9 @@ def _serve(factory: Callable[[], Any], conn) -> None:
         try:
             request = conn.recv()
         except EOFError:
-            return
+            request = None
         if request is None:
+            _close_target(target)
             return
         method, args = request
         try:
@@ -149,6 +186,12 @@ def _serve(factory: Callable[[], Any], conn) -> None:
         except BaseException as exc:
             outcome = (False, exc)
         conn.send_bytes(_pickle(outcome))
+
+
+def _close_target(target: Any) -> None:
+    close = getattr(target, "close", None)
+    if callable(close):
+        close()
 
 
 def _pickle(outcome: tuple[bool, Any]) -> bytes:

@@ -43,6 +43,7 @@ from fedshield.compress import fields
 from fedshield.crypto import ring
 from fedshield.crypto.forked import (
     ForkedObject,
+    LocalObject,
     fork_map,
     shared_array,
     split_range,
@@ -56,11 +57,11 @@ from fedshield.protocols.base import ClientSession, Revealed, ServerSession
 __all__ = ["CiphertextSum", "HEClient", "HEServer", "pack_slots", "unpack_slots"]
 
 PROTOCOL_ID = 3
+STAGES = ("input", "aggregate")
 # By default a site forks a worker per core only for at least this many ciphertexts each
 # (about 1 ms to encrypt one, 0.4 ms to decrypt one; measured fork cost 20-70 ms).
 ENCRYPTS_PER_FORK = 256
 DECRYPTS_PER_FORK = 512
-STAGES = ("input", "aggregate")
 
 
 # --- packing ----------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ class CiphertextSum:
     checks one site's ciphertexts (raising before anything is added), ``commit`` adds them.
 
     Bytes come and go through ``inbox`` (shared with the server process when this runs in a
-    forked worker): one site's ciphertexts before ``stage``, the sums after ``dump``.
+    forked worker): one site's ciphertexts before ``stage``, the sums after ``write``.
     """
 
     def __init__(self, plan: HEPlan, lo: int, hi: int, inbox: np.ndarray) -> None:
@@ -140,32 +141,9 @@ class CiphertextSum:
             offset += len(data)
         self.serialized = []
 
-
-class _InProcess:
-    """A :class:`CiphertextSum` driven like a :class:`ForkedObject`."""
-
-    def __init__(self, target: CiphertextSum) -> None:
-        self.target = target
-        self._outcome = (True, None)
-
-    def send(self, method: str, *args) -> None:
-        try:
-            self._outcome = (True, getattr(self.target, method)(*args))
-        except Exception as exc:
-            self._outcome = (False, exc)
-
-    def result(self):
-        ok, value = self._outcome
-        if not ok:
-            raise value
-        return value
-
-    def call(self, method: str, *args):
-        self.send(method, *args)
-        return self.result()
-
-    def close(self, *, wait: bool = True) -> None:
-        self.target.io.close()
+    def close(self) -> None:
+        """Remove the tmpfs file."""
+        self.io.close()
 
 
 class HEServer(ServerSession):
@@ -233,11 +211,9 @@ class HEServer(ServerSession):
     def _start_parts(self) -> None:
         plan = self.plan
         self.inbox = shared_array((plan.n_ciphertexts * plan.max_ciphertext_bytes,), np.uint8)
-        if len(self.ranges) == 1:
-            self.parts.append(_InProcess(CiphertextSum(plan, *self.ranges[0], self.inbox)))
-            return
+        holder = LocalObject if len(self.ranges) == 1 else ForkedObject
         for lo, hi in self.ranges:
-            self.parts.append(ForkedObject(partial(CiphertextSum, plan, lo, hi, self.inbox)))
+            self.parts.append(holder(partial(CiphertextSum, plan, lo, hi, self.inbox)))
 
     def _receive(self, stage: str, sender: int, message: wire.Message) -> None:
         if stage == "aggregate":

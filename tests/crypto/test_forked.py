@@ -1,11 +1,18 @@
 """The forked workers that put SEAL on several cores: order, errors, and what they inherit."""
 
 import os
+from functools import partial
 
 import numpy as np
 import pytest
 
-from fedshield.crypto.forked import ForkedObject, fork_map, split_range, worker_count
+from fedshield.crypto.forked import (
+    ForkedObject,
+    LocalObject,
+    fork_map,
+    split_range,
+    worker_count,
+)
 from fedshield.errors import InvalidCiphertext
 
 
@@ -60,3 +67,20 @@ def test_a_forked_object_keeps_state_and_reports_errors_and_death():
             counter.call("get", "n")
     finally:
         counter.close()
+
+
+class _Marker:
+    def __init__(self, path):
+        self.path = path
+
+    def close(self):
+        self.path.write_text(str(os.getpid()))
+
+
+def test_a_stopped_object_is_closed_in_its_own_process(tmp_path):
+    """What the object holds (a SEAL tmpfs file, say) is released where it was made."""
+    forked = ForkedObject(partial(_Marker, tmp_path / "forked"))
+    forked.close()
+    assert int((tmp_path / "forked").read_text()) != os.getpid()
+    local = LocalObject(partial(_Marker, tmp_path / "local"))
+    assert local.call("close") is None and int((tmp_path / "local").read_text()) == os.getpid()
