@@ -48,6 +48,12 @@ def test_bench_he_quick_compares_with_the_flare_way(tmp_path):
     assert json.loads((tmp_path / "he.json").read_text())["cases"]
     for case in doc["cases"]:
         assert case["flare"]["bytes_over_fp32"] > 10  # CKKS, one vector per layer
-        for name in ("ours", "ours_unweighted"):
+        for name in ("ours", "ours_one_process", "ours_integer_weights", "ours_unweighted"):
             assert case[name]["max_abs_error"] <= 0.1 / 255 + 1e-6  # one quantization step
             assert case[f"{name}_ratios"]["bytes_up_flare_over_ours"] > 5
+            assert set(case["targets"][name]) == {
+                "bytes_over_fp32",
+                "encrypt_s_flare_over_ours",
+                "sum_s_flare_over_ours",
+                "decrypt_s_flare_over_ours",
+            }

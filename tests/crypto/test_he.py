@@ -214,8 +214,13 @@ def test_too_many_clients_or_too_wide_values_are_refused():
         plan_for(CONFIG, n_clients=MAX_CLIENTS + 1, dim=10)
     with pytest.raises(ConfigError):
         HEConfig(quant_bits=17)
-    widest = plan_for(HEConfig(quant_bits=16, weight_bits=16), n_clients=MAX_CLIENTS, dim=10)
-    assert widest.per_slot == 1 and widest.value_bits <= widest.plain_bits - 1
+    with pytest.raises(ConfigError, match="fraction or integer"):
+        HEConfig(weighting="mean")
+    for weighting in ("fraction", "integer"):  # the widest fields at the most sites still fit
+        config = HEConfig(quant_bits=16, weight_bits=16, weighting=weighting)
+        widest = plan_for(config, n_clients=MAX_CLIENTS, dim=10)
+        assert widest.per_slot >= 1 and widest.value_bits <= widest.plain_bits - 1
+    assert widest.value_bits == 16 + 16 + 10 == widest.plain_bits - 1  # integer: exactly full
 
 
 def test_ckks_error_stays_within_the_documented_bound():
