@@ -142,17 +142,21 @@ def test_topk_under_secagg_is_refused_with_the_reason(tmp_path, capsys):
     assert "randk" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("scheme", ["bfv", "ckks"])
-def test_he_run_records_ciphertext_costs_and_survives_a_dropout(tmp_path, scheme):
+@pytest.mark.parametrize(
+    ("scheme", "weighting"), [("bfv", "fraction"), ("bfv", "integer"), ("ckks", None)]
+)
+def test_he_run_records_ciphertext_costs_and_survives_a_dropout(tmp_path, scheme, weighting):
     out = tmp_path / scheme
     args = ["run", "--protect", "he", "--he-scheme", scheme, "--sites", "3", "--rounds", "2"]
+    if weighting:
+        args += ["--he-weighting", weighting]
     code = main([*args, "--local-epochs", "1", "--dropout", '{"input": [2]}', "--out", str(out)])
     assert code == 0
     result = json.loads((out / "result.json").read_text())
     for r in result["rounds"]:
         assert r["clients"] == [0, 1] and r["dropped"] == [2]
         p = r["protocol"]
-        assert p["name"] == "he" and p["scheme"] == scheme
+        assert p["name"] == "he" and p["scheme"] == scheme and p["weighting"] == weighting
         assert p["ciphertext_bytes_up"] > 0 and p["ciphertext_bytes_down"] > 0
         assert p["encrypt_s"] > 0 and p["sum_s"] > 0 and p["decrypt_s"] > 0
     assert result["rounds"][-1]["auc"] > 0.5

@@ -175,6 +175,7 @@ class HEServer(ServerSession):
         p = self.plan
         return {
             "scheme": p.scheme,
+            "weighting": p.config.weighting if p.scheme == "bfv" else None,
             "poly_degree": p.poly_degree,
             "plain_bits": p.plain_bits or None,
             "values_per_slot": p.per_slot,
