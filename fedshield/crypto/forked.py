@@ -37,11 +37,21 @@ _FORK = multiprocessing.get_context("fork")
 
 def worker_count(requested: int | None, items: int, *, min_items: int = 32) -> int:
     """How many processes share ``items`` pieces of work: ``requested`` when given (at most
-    ``items``), else one per available core with at least ``min_items`` pieces each."""
+    ``items``), else one per available core with at least ``min_items`` pieces each. Inside a
+    daemonic process (a ``multiprocessing.Pool`` worker, say), which may not have children,
+    always 1."""
+    daemonic = multiprocessing.current_process().daemon
     if requested is not None:
         if requested < 1:
             raise ValueError(f"workers must be at least 1, got {requested}")
+        if requested > 1 and daemonic:
+            raise ValueError(
+                "this is a daemonic process (a multiprocessing.Pool worker?), which may not "
+                "start workers: pass workers=1 or None"
+            )
         return max(1, min(requested, items))
+    if daemonic:
+        return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(cores or 1, MAX_WORKERS, items // min_items))
 

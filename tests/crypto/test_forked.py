@@ -1,5 +1,6 @@
 """The forked workers that put SEAL on several cores: order, errors, and what they inherit."""
 
+import multiprocessing
 import os
 from functools import partial
 
@@ -29,6 +30,24 @@ def test_worker_count_honours_a_request_and_keeps_small_jobs_in_one_process():
     assert worker_count(None, 10) == 1  # fewer than 32 items per worker: not worth a fork
     with pytest.raises(ValueError, match="at least 1"):
         worker_count(0, 10)
+
+
+def _count_in_a_daemon(conn):
+    conn.send(worker_count(None, 10**6, min_items=1))
+    try:
+        worker_count(2, 10**6)
+    except ValueError as exc:
+        conn.send(str(exc))
+
+
+def test_a_daemonic_process_keeps_the_work_to_itself():
+    """multiprocessing forbids children to daemonic processes (Pool workers)."""
+    fork = multiprocessing.get_context("fork")
+    receiver, sender = fork.Pipe(duplex=False)
+    process = fork.Process(target=_count_in_a_daemon, args=(sender,), daemon=True)
+    process.start()
+    assert receiver.recv() == 1 and "daemonic" in receiver.recv()
+    process.join()
 
 
 def test_fork_map_runs_parts_in_other_processes_and_keeps_their_order():
