@@ -365,7 +365,7 @@ class HEClient(ClientSession):
             rows = pack_slots(levels, plan, scale=weight)
             _place(rows, dim, weight, plan)
             return rows
-        share = np.float32(weight / _top_weight(config))
+        share = np.float32(weight / ring.weight_top(config.weight_bits))
         levels = ring.encode(self.update * share, seed=self.quant_seed, **quant)
         self.sent = ring.dequantize(levels, **quant) / share
         rows = pack_slots(levels, plan)
@@ -404,13 +404,10 @@ class HEClient(ClientSession):
                 f"the sum holds {int(values[-1])} sites, the server names {contributors}"
             )
         # sum_i share_i x_i, from the summed levels of every contributor's scaled update
-        step = 2 * config.clip / ((1 << config.quant_bits) - 1)
-        shares = values[:dim].astype(np.float64) * step - contributors * config.clip
-        return shares * _top_weight(config), float(total)
-
-
-def _top_weight(config) -> int:
-    return max(1, (1 << config.weight_bits) - 1)
+        shares = ring.decode_sum(
+            values[:dim], contributors, clip=config.clip, quant_bits=config.quant_bits
+        )
+        return shares * ring.weight_top(config.weight_bits), float(total)
 
 
 def _encrypt_rows(

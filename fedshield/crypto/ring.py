@@ -22,12 +22,14 @@ from fedshield.crypto.prg import ring_dtype
 
 __all__ = [
     "decode_mean",
+    "decode_sum",
     "dequantize",
     "encode",
     "integer_weight",
     "pack",
     "ring_bits",
     "unpack",
+    "weight_top",
 ]
 
 
@@ -47,12 +49,17 @@ def ring_bits(*, quant_bits: int, n_clients: int, weight_bits: int) -> int:
     return bits
 
 
+def weight_top(weight_bits: int) -> int:
+    """The integer weight of a site at ``max_weight`` (1 when ``weight_bits`` is 0)."""
+    return max(1, (1 << weight_bits) - 1)
+
+
 def integer_weight(weight: float, max_weight: float, weight_bits: int) -> int:
     """A site's FedAvg weight as an integer in ``[1, 2^weight_bits - 1]``, scaled to the
     public ``max_weight`` (always 1 when ``weight_bits`` is 0: an unweighted mean)."""
     if weight_bits == 0:
         return 1
-    top = (1 << weight_bits) - 1
+    top = weight_top(weight_bits)
     return int(min(top, max(1, round(weight / max_weight * top))))
 
 
@@ -72,6 +79,12 @@ def decode_mean(
     levels = (1 << quant_bits) - 1
     mean_level = level_sum.astype(np.float64) / total_weight
     return (mean_level * (2 * clip / levels) - clip).astype(np.float32)
+
+
+def decode_sum(level_sum: np.ndarray, count: int, *, clip: float, quant_bits: int) -> np.ndarray:
+    """The float64 sum of ``count`` sites' dequantized values from the sum of their levels."""
+    step = 2 * clip / ((1 << quant_bits) - 1)
+    return level_sum.astype(np.float64) * step - count * clip
 
 
 def dequantize(levels: np.ndarray, *, clip: float, quant_bits: int) -> np.ndarray:
