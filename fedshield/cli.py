@@ -150,6 +150,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=float, default=d.lr, help="local Adam learning rate")
     run.add_argument("--batch-size", type=int, default=d.batch_size)
     run.add_argument("--seed", type=int, default=d.seed)
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for training (default: torch's, one per core; 1 per Flower site); "
+        "results are bit-identical for the same seed and thread count",
+    )
     run.add_argument("--out", type=Path, default=None, help="output folder (runs/<timestamp>)")
     run.set_defaults(handler=_cmd_run)
 
@@ -204,7 +211,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         lr=args.lr,
         batch_size=args.batch_size,
         seed=args.seed,
+        threads=args.threads,
     )
+    if config.threads and config.transport == "inprocess":
+        import torch
+
+        torch.set_num_threads(config.threads)
     out = args.out or _default_out("run")
     console.print(
         f"[bold]fedshield run[/]: {config.dataset}, {config.sites} sites, {config.algorithm}, "
@@ -220,7 +232,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for row in rounds:
         table.add_row(*(cell(row) for _, _, cell in CONSOLE_COLUMNS))
     console.print(table)
-    result = run_result(config.as_dict(), rounds, rounds[-1]["per_site"])
+    result = run_result(config.as_dict(), rounds, rounds[-1]["per_site"], _environment(config))
     final = result["final"]
     summary = Table(title="Final test metrics", header_style="bold")
     for col in ("site", "accuracy", "AUC", "sensitivity", "specificity"):
@@ -236,6 +248,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"done in {time.perf_counter() - start:.1f} s; wrote " + ", ".join(str(p) for p in paths)
     )
     return 0
+
+
+def _environment(config) -> dict:
+    """What the run's numbers depend on (``result.json``'s ``reproducibility``)."""
+    from fedshield.engine.reproducibility import environment
+
+    env = environment()
+    if config.transport == "flower":  # the training ran in the site processes
+        env["torch_threads"] = config.threads or 1
+    return env
 
 
 def _round_line(row: dict) -> str:

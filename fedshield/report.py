@@ -60,12 +60,18 @@ def format_cell(key: str, value) -> str:
     return fmt.format(value)
 
 
-def run_result(config: dict, rounds: list[dict], final_per_site: dict) -> dict:
-    """The ``result.json`` document."""
+def run_result(
+    config: dict, rounds: list[dict], final_per_site: dict, environment: dict | None = None
+) -> dict:
+    """The ``result.json`` document; ``environment`` is what reproducing it depends on."""
     last = rounds[-1]
     return {
         "fedshield_version": __version__,
         "config": config,
+        "reproducibility": {
+            **(environment or {}),
+            "final_model_sha256": last.get("model_sha256"),
+        },
         "rounds": rounds,
         "final": {
             **{k: last[k] for k in ("accuracy", "auc", "sensitivity", "specificity", "loss")},
@@ -112,6 +118,14 @@ def _run_markdown(result: dict) -> str:
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Configuration:", "", "```json", json.dumps(cfg, indent=2), "```", ""]
+    env = result.get("reproducibility", {})
+    if env:
+        lines += [
+            "Reproducibility (same configuration, versions, thread count and CPU: same bits):",
+            "",
+            *(f"- {key}: `{value}`" for key, value in env.items()),
+            "",
+        ]
     return "\n".join(lines)
 
 

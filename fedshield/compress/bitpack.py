@@ -15,6 +15,8 @@ import sys
 import numpy as np
 from numba import njit, prange
 
+from fedshield.compress._parallel import parallel_kernel
+
 __all__ = [
     "pack",
     "pack_buffer",
@@ -38,7 +40,7 @@ def packed_size(length: int, bits: int) -> int:
 _GROUP = 64  # values per parallel task: 64 values of b bits fill exactly b 64-bit words
 
 
-@njit(cache=True, parallel=True)
+@parallel_kernel
 def _pack_words(values, bits, words):  # pragma: no cover - compiled
     """Pack the first ``64·(len(values) // 64)`` values, one group of b words per task."""
     width = np.uint64(bits)
@@ -59,7 +61,7 @@ def _pack_words(values, bits, words):  # pragma: no cover - compiled
                 acc = v >> (width - filled) if filled > np.uint64(0) else np.uint64(0)
 
 
-@njit(cache=True, parallel=True)
+@parallel_kernel
 def _unpack_words(words, length, bits, out):  # pragma: no cover - compiled
     width = np.uint64(bits)
     mask = (np.uint64(1) << width) - np.uint64(1)

@@ -9,14 +9,16 @@ the sum of the true updates by exactly the current residual, which stays bounded
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from fedshield.compress._parallel import parallel_kernel
 
 __all__ = ["ErrorFeedback", "residual_reference"]
 
 _BLOCK = 1 << 16
 
 
-@njit(cache=True, parallel=True)
+@parallel_kernel
 def _residual(corrected, indices, sent, out):  # pragma: no cover - compiled
     """out = corrected - scatter(indices, sent); all of ``corrected`` where nothing was sent."""
     n = corrected.size

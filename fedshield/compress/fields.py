@@ -12,7 +12,9 @@ are the test oracles.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from fedshield.compress._parallel import parallel_kernel
 
 __all__ = ["pack_fields", "pack_fields_reference", "unpack_fields", "unpack_fields_reference"]
 
@@ -48,7 +50,7 @@ def unpack_fields(packed: np.ndarray, *, length: int, per_slot: int, bits: int) 
     return out
 
 
-@njit(cache=True, parallel=True)
+@parallel_kernel
 def _pack(values, scale, per_slot, bits, slots, out):  # pragma: no cover - compiled
     n = np.uint64(values.size)
     width = np.uint64(bits)
@@ -66,7 +68,7 @@ def _pack(values, scale, per_slot, bits, slots, out):  # pragma: no cover - comp
             out[row * stride + np.uint64(j)] = acc
 
 
-@njit(cache=True, parallel=True)
+@parallel_kernel
 def _unpack(packed, per_slot, bits, slots, out):  # pragma: no cover - compiled
     n = np.uint64(out.size)
     width = np.uint64(bits)

@@ -18,8 +18,9 @@ bits.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from fedshield.compress._parallel import parallel_kernel
 from fedshield.compress.counter_rng import MAX_INDEX, split_seed, uniform32, uniform_reference
 
 __all__ = [
@@ -60,7 +61,7 @@ def _fixed_scale(clip: float, bits: int) -> tuple[np.float32, np.float32]:
 
 
 # --- fixed range ------------------------------------------------------------------------------
-@njit(cache=True, parallel=True)
+@parallel_kernel
 def _quantize_fixed(x, clip, scale, levels, k0, k1, out):  # pragma: no cover - compiled
     n = x.size
     for block in prange((n + _BLOCK - 1) // _BLOCK):
@@ -104,7 +105,7 @@ def quantize_fixed_reference(x: np.ndarray, *, clip: float, bits: int, seed: int
     return np.minimum(q, (1 << bits) - 1).astype(_level_dtype(bits))
 
 
-@njit(cache=True, parallel=True)
+@parallel_kernel
 def _dequantize_fixed(levels, clip, scale, out):  # pragma: no cover - compiled
     n = levels.size
     for block in prange((n + _BLOCK - 1) // _BLOCK):
@@ -129,7 +130,7 @@ def dequantize_fixed_reference(levels: np.ndarray, *, clip: float, bits: int) ->
 
 
 # --- per-chunk range --------------------------------------------------------------------------
-@njit(cache=True, parallel=True)
+@parallel_kernel
 def _quantize_chunked(x, chunk, levels, k0, k1, out, low, step):  # pragma: no cover - compiled
     n = x.size
     for c in prange((n + chunk - 1) // chunk):
@@ -189,7 +190,7 @@ def quantize_chunked_reference(
     return np.minimum(q, levels).astype(_level_dtype(bits)), low, step
 
 
-@njit(cache=True, parallel=True)
+@parallel_kernel
 def _dequantize_chunked(levels, low, step, chunk, out):  # pragma: no cover - compiled
     n = levels.size
     for c in prange((n + chunk - 1) // chunk):

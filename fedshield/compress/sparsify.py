@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from fedshield.compress._parallel import parallel_kernel
 from fedshield.compress.counter_rng import MAX_INDEX, hash32, split_seed, uint32_reference
 
 __all__ = [
@@ -51,7 +52,7 @@ def _magnitude_bits(x: np.ndarray) -> np.ndarray:
 
 
 # --- the select kernel ------------------------------------------------------------------------
-@njit(cache=True, parallel=True)
+@parallel_kernel
 def _histograms(keys, mask, n_parts):  # pragma: no cover - compiled
     """One histogram of the high 16 bits of ``keys & mask`` per contiguous part."""
     n = keys.size
@@ -74,7 +75,7 @@ def _bucket_of_kth(hist, k):  # pragma: no cover - compiled
     return 0, above
 
 
-@njit(cache=True, parallel=True)
+@parallel_kernel
 def _at_least(keys, mask, lower, counts):  # pragma: no cover - compiled
     """Indices ``i`` with ``keys[i] & mask >= lower``, in order; ``counts`` per part known."""
     n = keys.size
@@ -171,7 +172,7 @@ def topk_sampled(x: np.ndarray, k: int, *, seed: int, sample: int = 65_536) -> n
     return _at_least(bits, _SIGN_OFF, threshold, counts)
 
 
-@njit(cache=True, parallel=True)
+@parallel_kernel
 def _count_at_least(keys, mask, lower, n_parts):  # pragma: no cover - compiled
     n = keys.size
     per = (n + n_parts - 1) // n_parts
@@ -184,7 +185,7 @@ def _count_at_least(keys, mask, lower, n_parts):  # pragma: no cover - compiled
     return counts
 
 
-@njit(cache=True, parallel=True)
+@parallel_kernel
 def _hash_keys(n, k0, k1, out):  # pragma: no cover - compiled
     for i in prange(n):
         out[i] = hash32(i, k0, k1)

@@ -52,6 +52,8 @@ class RunConfig:
     lr: float = 1e-3
     batch_size: int = 32
     seed: int = 0
+    threads: int | None = None  # torch threads of a training process (None: torch's default
+    # in process, 1 per Flower site process); float results depend on it
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -70,6 +72,8 @@ class RunConfig:
             raise ConfigError("--lr must be positive and --batch-size at least 1")
         if self.transport not in ("inprocess", "flower"):
             raise ConfigError(f"--transport must be inprocess or flower, got {self.transport!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
 

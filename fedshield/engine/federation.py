@@ -75,6 +75,7 @@ class RoundRecord:
     stages: list[StageStats] = field(default_factory=list)
     aborted: str | None = None
     protocol: dict = field(default_factory=dict)
+    model_sha256: str | None = None  # the global model after the round (None: not held here)
 
     def as_dict(self) -> dict:
         """The record in ``result.json``'s round format."""
@@ -93,6 +94,7 @@ class RoundRecord:
             "train_s": self.train_s,
             "wall_s": self.wall_s,
             "aborted": self.aborted,
+            "model_sha256": self.model_sha256,
             "ring_bits": self.protocol.get("ring_bits"),
             "protocol": self.protocol,
             "per_site": self.per_site,
@@ -262,8 +264,11 @@ class Federation:
         aggregate_s: float,
         train_s: float,
         start: float,
+        *,
+        model_held: bool = True,
     ) -> RoundRecord:
-        """The round's record; the next round begins."""
+        """The round's record; the next round begins. ``model_held=False`` where this process
+        does not hold the global model (the server of ``he`` over Flower)."""
         r = self.round
         clients = list(outcome.revealed.contributors) if outcome.revealed is not None else []
         self.round += 1
@@ -287,6 +292,7 @@ class Federation:
                 **self.encoder.encoding.describe(),
                 **(_he_costs(outcome.stages) if self.protocol.name == "he" else {}),
             },
+            model_sha256=self.spec.sha256(self.global_vector) if model_held else None,
         )
 
     def _apply(self, mean_delta: np.ndarray) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,6 +111,16 @@ class ParamSpec:
     def local_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Copies of the tensors that never travel (FedBN's BatchNorm, integer buffers)."""
         return {k: v.detach().clone() for k, v in model.state_dict().items() if k not in self.names}
+
+    def sha256(self, vector: np.ndarray) -> str:
+        """SHA-256 of the exchanged state dict that ``vector`` holds: each tensor's name, shape
+        and float32 little-endian bytes, in order. Equal digests mean bit-identical models."""
+        vector = self._check(vector)
+        digest = hashlib.sha256()
+        for e in self.entries:
+            digest.update(f"{e.name}:{','.join(map(str, e.shape))};".encode())
+            digest.update(vector[e.offset : e.offset + e.size].astype("<f4", copy=False).tobytes())
+        return digest.hexdigest()
 
     def _check(self, vector: np.ndarray) -> np.ndarray:
         vector = np.asarray(vector)

@@ -81,7 +81,15 @@ def main(grid: Grid, context: Context) -> None:
         aggregate_s = fed.finish_round(outcome)
         metrics, per_site = _evaluate(fed, grid, nodes, stage_timeout, he)
         record = fed.record(
-            outcome, server, metrics, per_site, broadcast, aggregate_s, train_s, start
+            outcome,
+            server,
+            metrics,
+            per_site,
+            broadcast,
+            aggregate_s,
+            train_s,
+            start,
+            model_held=not he,  # under he only the sites hold the model
         )
         records.append(record.as_dict())
         emit(round=r, event="done", dropped=record.dropped, auc=record.metrics["auc"])

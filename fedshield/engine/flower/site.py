@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--key-file", type=Path, required=True)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # reproducible float sums, and one core per site
     config = RunConfig(**json.loads(args.config.read_text()))
+    torch.set_num_threads(config.threads or 1)  # float sums depend on it; one core per site
     process = SiteProcess(config, args.site)
     serve(("127.0.0.1", args.port), args.key_file.read_bytes(), process.handle)
 
