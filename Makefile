@@ -1,11 +1,12 @@
-# Two set-up commands: `make run` (a demo) and `make test` (the test suite).
+# Two set-up commands: `make run` (a demo) and `make test` (the test suite);
+# `make acceptance`: the multi-run accuracy checks on real images (CI runs both).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test acceptance lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +22,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check fedshield tests benchmarks examples
-	$(BIN)/python -m pytest -n 3 --dist worksteal --benchmark-disable tests
+	$(BIN)/python -m pytest -n 3 --dist worksteal --benchmark-disable -m "not slow" tests
+
+# Each training runs once, in its own process, cached under runs/test-cache (tests/run_cache.py).
+acceptance: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --benchmark-disable -m slow tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check fedshield tests benchmarks examples
@@ -31,5 +36,5 @@ bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script --out runs/bench || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .benchmarks
+	rm -rf $(VENV) runs .pytest_cache .benchmarks  # runs/ holds the test-run cache too
 	find fedshield -name '*.nbi' -delete -o -name '*.nbc' -delete  # numba's kernel cache

@@ -10,7 +10,7 @@ from fedshield.cli import main
 from fedshield.engine.experiment import RunConfig
 from fedshield.engine.flower.deploy import live_members, run_on_flower
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.flower
 
 
 _IN_PROCESS = """
@@ -46,6 +46,8 @@ def test_cli_secagg_over_flower_unmasks_the_in_process_aggregate_bit_for_bit(tmp
         digest = remote["protocol"]["aggregate_sha256"]
         assert digest is not None and digest == mine["protocol"]["aggregate_sha256"]
         assert remote["auc"] == pytest.approx(mine["auc"], abs=1e-9)
+        assert remote["model_sha256"] == mine["model_sha256"]  # the same global model, bits
+    assert result["reproducibility"]["final_model_sha256"] == local[-1]["model_sha256"]
 
 
 def test_a_supernode_killed_mid_round_is_a_recovered_dropout(tmp_path):
@@ -82,3 +84,4 @@ def test_he_over_flower_keys_travel_sealed_and_sites_apply_the_same_aggregate(tm
     assert row["protocol"]["ciphertext_bytes_up"] > 0
     (mine,) = _in_process(config)
     assert row["auc"] == pytest.approx(mine["auc"], abs=1e-9)
+    assert row["model_sha256"] is None  # the server never holds the model under he

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from fedshield.engine.models import SmallCNN
-from fedshield.engine.paramspec import ParamSpec
+from fedshield.engine.paramspec import ParamEntry, ParamSpec
 
 
 def test_flatten_unflatten_round_trip_and_layout():
@@ -63,3 +64,17 @@ def test_aggregated_running_variances_never_go_negative():
             assert (chunk == 0).all()
         else:
             assert (chunk == -1).all()
+
+
+def test_sha256_names_every_bit_of_the_exchanged_state():
+    model = nn.Linear(3, 2)
+    spec = ParamSpec.from_module(model)
+    vector = spec.flatten(model)
+    digest = spec.sha256(vector)
+    assert digest == spec.sha256(vector.copy()) and len(digest) == 64
+    flipped = vector.copy()
+    flipped.view(np.uint32)[5] ^= 1  # the last bit of one bias value
+    assert spec.sha256(flipped) != digest
+    renamed = ParamSpec([ParamEntry("w", e.shape, e.offset, e.size, e.trainable) if i == 0 else e
+                         for i, e in enumerate(spec.entries)])  # fmt: skip
+    assert renamed.sha256(vector) != digest
