@@ -2,7 +2,7 @@
 
 The FLARE way (as its HE filters do it): TenSEAL CKKS, N = 8192, coefficient moduli
 [60, 40, 40], scale 2^40, a symmetric context, one ``ckks_vector`` per layer, serialized. Ours:
-``fedshield.crypto.he`` sessions, BFV with several quantized values per slot, seeded symmetric
+``fedshield.protocols.he`` sessions, BFV with several quantized values per slot, seeded symmetric
 ciphertexts. The update is one of a MONAI ``DenseNet121(spatial_dims=2, in_channels=1,
 out_channels=2)`` state dict (7.0M floats). For n = 3 and n = 10 sites: per-site encrypt
 time, bytes uploaded (and the ratio to the float32 update), server sum time, per-site decrypt
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import tenseal as ts
 
-from fedshield.crypto.he import HEClient, HEServer
-from fedshield.crypto.he_keys import HEKeyring
-from fedshield.crypto.he_params import HEConfig, plan_for
+from fedshield.protocols.he import HEClient, HEServer
+from fedshield.protocols.he.keys import HEKeyring
+from fedshield.protocols.he.params import HEConfig, plan_for
 
 CLIP = 0.05
 

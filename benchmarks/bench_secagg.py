@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flower_secaggplus import run_flower_secaggplus
 
-from fedshield.crypto.secagg import SecAggClient, SecAggServer
-from fedshield.crypto.secagg_config import SecAggConfig
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
+from fedshield.protocols.secagg import SecAggClient, SecAggServer
+from fedshield.protocols.secagg.config import SecAggConfig
 
 CLIP = 0.1
 

@@ -9,8 +9,8 @@ from collections import deque
 
 import numpy as np
 
-from fedshield.crypto.secagg import SecAggClient, SecAggServer
-from fedshield.crypto.secagg_config import SecAggConfig
+from fedshield.protocols.secagg import SecAggClient, SecAggServer
+from fedshield.protocols.secagg.config import SecAggConfig
 
 
 def main(n_clients: int = 3, dim: int = 5, round_number: int = 0) -> np.ndarray:

@@ -38,8 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     from fedshield.aggregation import SERVER_OPTIMIZERS
     from fedshield.engine.experiment import RunConfig
     from fedshield.engine.models import MODELS
-    from fedshield.engine.protocols import PROTOCOLS
     from fedshield.engine.trainer import ALGORITHMS
+    from fedshield.protocols.registry import PROTOCOLS
 
     d = RunConfig()
     parser = argparse.ArgumentParser(prog="fedshield", description=__doc__)

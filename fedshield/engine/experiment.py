@@ -13,9 +13,9 @@ from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.encoding import Encoding
 from fedshield.engine.federation import Federation, make_site
 from fedshield.engine.models import build_model
-from fedshield.engine.protocols import DEFAULT_QUANT_BITS, get_protocol
 from fedshield.engine.trainer import Algorithm, LocalTrainer
 from fedshield.errors import ConfigError
+from fedshield.protocols.registry import DEFAULT_QUANT_BITS, get_protocol
 
 __all__ = ["RunConfig", "build_federation", "parse_dropout"]
 

@@ -22,16 +22,14 @@ from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.encoding import Encoding, UpdateEncoder
 from fedshield.engine.metrics import binary_metrics, predict
 from fedshield.engine.paramspec import ParamSpec
-from fedshield.engine.protocols import ProtocolPair, get_protocol
-from fedshield.engine.runner import ProtocolOutcome, StageStats, run_protocol
+from fedshield.engine.runner import ProtocolOutcome, StageStats, run_protocol, setup_protocol
 from fedshield.engine.trainer import Algorithm, LocalTrainer
 from fedshield.engine.transport import InProcessTransport, Transport
 from fedshield.errors import ConfigError
 from fedshield.protocols.base import ClientSession, ServerSession
+from fedshield.protocols.registry import MODEL_BROADCAST, ProtocolSpec, get_protocol
 
-__all__ = ["Federation", "RoundRecord", "Site", "make_site", "pooled_metrics"]
-
-MODEL_BROADCAST = 0  # protocol id of the engine's own "here is the global model" message
+__all__ = ["MODEL_BROADCAST", "Federation", "RoundRecord", "Site", "make_site", "pooled_metrics"]
 
 
 @dataclass(frozen=True)
@@ -111,7 +109,7 @@ class Federation:
         algorithm: ``Algorithm("fedavg" | "fedsgd" | "fedprox" | "fedbn", ...)``.
         trainer: the local training loop (or the user's ``train_fn``).
         protect: a protocol name (``plain``, ``secagg`` with default options) or a
-            :class:`ProtocolPair` from :func:`get_protocol` with its options bound.
+            :class:`ProtocolSpec` from :func:`get_protocol` with its options bound.
         server_opt: server optimizer on the trainable part; ``None`` is plain FedAvg.
         dropout: simulated dropouts per stage.
         local_epochs: local epochs per round (FedSGD ignores it).
@@ -126,7 +124,7 @@ class Federation:
         sites: Sequence[Site],
         algorithm: Algorithm | None = None,
         trainer: LocalTrainer | None = None,
-        protect: str | ProtocolPair = "plain",
+        protect: str | ProtocolSpec = "plain",
         server_opt: ServerOptimizer | None = None,
         dropout: DropoutPolicy | None = None,
         local_epochs: int = 1,
@@ -167,8 +165,8 @@ class Federation:
         if self.encoder.encoding.sparsify == "topk":
             self.protocol = self.protocol.with_topk(self.encoder.k)
         if prepare_protocol:  # off where another transport runs the setup (he over Flower)
-            self.protocol = self.protocol.prepare(
-                clients=list(range(len(self.sites))), dim=self.encoder.protocol_dim
+            self.protocol = setup_protocol(
+                self.protocol, clients=list(range(len(self.sites))), dim=self.encoder.protocol_dim
             )
         initial_local = self.spec.local_state(self.model)
         self.local_states = [{k: v.clone() for k, v in initial_local.items()} for _ in self.sites]

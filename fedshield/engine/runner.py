@@ -10,11 +10,12 @@ import time
 from dataclasses import dataclass, field
 
 from fedshield.engine.dropout import DropoutPolicy
-from fedshield.engine.transport import Transport
-from fedshield.errors import InvalidMessage, ProtocolAbort
+from fedshield.engine.transport import InProcessTransport, Transport
+from fedshield.errors import ConfigError, InvalidMessage, ProtocolAbort
 from fedshield.protocols.base import Revealed, ServerSession
+from fedshield.protocols.registry import ProtocolSpec
 
-__all__ = ["ProtocolOutcome", "StageStats", "run_protocol"]
+__all__ = ["ProtocolOutcome", "StageStats", "run_protocol", "setup_protocol"]
 
 
 @dataclass
@@ -99,3 +100,17 @@ def run_protocol(
         return ProtocolOutcome(revealed, stages)
     except ProtocolAbort as exc:
         return ProtocolOutcome(None, stages, aborted=str(exc))
+
+
+def setup_protocol(spec: ProtocolSpec, *, clients: list[int], dim: int) -> ProtocolSpec:
+    """Run ``spec``'s one-time setup in this process (``he``: the key-holder site makes the
+    key and seals it to the others; the server only relays). Returns the protocol ready for
+    its first round; a protocol without setup comes back as it is."""
+    setup = spec.key_setup(clients=clients, dim=dim)
+    if setup is None:
+        return spec
+    sites = {c: setup.client(c) for c in clients}
+    outcome = run_protocol(setup.server(), InProcessTransport(sites))
+    if outcome.revealed is None or len(outcome.revealed.contributors) != len(clients):
+        raise ConfigError(f"{spec.name}: key distribution failed ({outcome.aborted})")
+    return setup.bind({c: site.keyring for c, site in sites.items()})

@@ -27,10 +27,11 @@ from fedshield.compress.quantize import (
 )
 from fedshield.errors import NonFiniteValues, ProtocolAbort, WrongShape
 from fedshield.protocols.base import ClientSession, Revealed, ServerSession
+from fedshield.protocols.ids import ProtocolId
 
 __all__ = ["PlainClient", "PlainFormat", "PlainServer"]
 
-PROTOCOL_ID = 1
+PROTOCOL_ID = ProtocolId.PLAIN
 STAGES = ("input",)
 
 

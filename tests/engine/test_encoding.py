@@ -7,8 +7,8 @@ import torch
 from fedshield.engine import Federation, LocalTrainer, make_site
 from fedshield.engine.encoding import Encoding, UpdateEncoder
 from fedshield.engine.models import SmallCNN
-from fedshield.engine.protocols import get_protocol
 from fedshield.errors import ConfigError
+from fedshield.protocols.registry import get_protocol
 
 
 def _federation(tiny_sites, protect, encoding):

@@ -121,7 +121,7 @@ def _discover_sites(grid: Grid, n_sites: int, *, timeout: float) -> dict[int, in
 def _round_start(fed, he: bool) -> bytes:
     """The model broadcast; under ``he`` only the round number (the sites hold the model)."""
     from fedshield import wire
-    from fedshield.engine.federation import MODEL_BROADCAST
+    from fedshield.protocols.registry import MODEL_BROADCAST
 
     if not he:
         return fed.model_broadcast()
@@ -131,27 +131,25 @@ def _round_start(fed, he: bool) -> bytes:
 def _distribute_he_keys(fed, grid: Grid, nodes: dict[int, int], *, timeout: float) -> None:
     """The key-holder site makes the HE key and seals it to every other site; the server
     relays. The server's protocol is then bound to the parameters (and holds no key)."""
-    from fedshield.crypto.he_keys import HEKeySetupServer
     from fedshield.engine.flower.transport import FlowerTransport
-    from fedshield.engine.protocols import KEY_HOLDER, he_plan, with_he_keys
     from fedshield.engine.runner import run_protocol
 
     sites = list(range(len(fed.sites)))
-    plan = he_plan(fed.protocol, clients=sites, dim=fed.encoder.protocol_dim)
+    setup = fed.protocol.key_setup(clients=sites, dim=fed.encoder.protocol_dim)
     FlowerTransport(grid, nodes, timeout=timeout).request("keysetup", dict.fromkeys(nodes, b""))
-    server = HEKeySetupServer(round=0, clients=sites, dim=1, plan=plan, holder=KEY_HOLDER)
     transport = FlowerTransport(grid, nodes, timeout=timeout, prefix="keystage")
-    outcome = run_protocol(server, transport)
+    outcome = run_protocol(setup.server(), transport)
     if outcome.revealed is None or len(outcome.revealed.contributors) != len(sites):
         raise RuntimeError(f"he key distribution failed: {outcome.aborted or outcome.stages}")
-    fed.protocol = with_he_keys(fed.protocol, plan, {})
+    fed.protocol = setup.bind({})
 
 
 def _evaluate(fed, grid: Grid, nodes: dict[int, int], timeout: float, he: bool):
     """Pooled and per-site metrics from every reachable site's test predictions."""
     from fedshield import wire
-    from fedshield.engine.federation import MODEL_BROADCAST, pooled_metrics
+    from fedshield.engine.federation import pooled_metrics
     from fedshield.engine.flower.transport import FlowerTransport
+    from fedshield.protocols.registry import MODEL_BROADCAST
 
     replies = FlowerTransport(grid, nodes, timeout=timeout).request(
         "evaluate", dict.fromkeys(nodes, _round_start(fed, he))

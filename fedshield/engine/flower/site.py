@@ -19,11 +19,10 @@ import numpy as np
 import torch
 
 from fedshield import wire
-from fedshield.crypto.he_keys import HEKeySetupClient
 from fedshield.engine.experiment import RunConfig, build_federation
-from fedshield.engine.federation import MODEL_BROADCAST
 from fedshield.engine.flower.relay import serve
-from fedshield.engine.protocols import KEY_HOLDER, he_plan, with_he_keys
+from fedshield.protocols.he.keys import HEKeySetupClient
+from fedshield.protocols.registry import MODEL_BROADCAST
 
 __all__ = ["SiteProcess", "main"]
 
@@ -46,9 +45,10 @@ class SiteProcess:
         if kind == "hello":
             return str(self.site).encode()
         if kind == "keysetup":
-            sites = list(range(len(fed.sites)))
-            plan = he_plan(fed.protocol, clients=sites, dim=fed.encoder.protocol_dim)
-            self.key_session = HEKeySetupClient(client_id=self.site, plan=plan, holder=KEY_HOLDER)
+            self.key_setup = fed.protocol.key_setup(
+                clients=list(range(len(fed.sites))), dim=fed.encoder.protocol_dim
+            )
+            self.key_session = self.key_setup.client(self.site)
             return b""
         if kind.startswith("keystage:"):
             if self.key_session is None:
@@ -56,8 +56,7 @@ class SiteProcess:
             stage = kind.removeprefix("keystage:")
             reply = self.key_session.handle(stage, payload)
             if stage == "install":
-                keys = self.key_session
-                fed.protocol = with_he_keys(fed.protocol, keys.plan, {self.site: keys.keyring})
+                fed.protocol = self.key_setup.bind({self.site: self.key_session.keyring})
                 self.key_session = None
             return reply
         if kind == "train":

@@ -10,9 +10,6 @@ import tenseal.sealapi as sa
 
 from fedshield import wire
 from fedshield.crypto import ring
-from fedshield.crypto.he import HEClient, HEServer, pack_slots, unpack_slots
-from fedshield.crypto.he_keys import HEKeyring, HEKeySetupClient, HEKeySetupServer
-from fedshield.crypto.he_params import MAX_CLIENTS, HEConfig, plan_for
 from fedshield.crypto.keys import KeyPair, open_share
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.runner import run_protocol
@@ -24,6 +21,9 @@ from fedshield.errors import (
     ProtocolAbort,
     WrongShape,
 )
+from fedshield.protocols.he import HEClient, HEServer, pack_slots, unpack_slots
+from fedshield.protocols.he.keys import HEKeyring, HEKeySetupClient, HEKeySetupServer
+from fedshield.protocols.he.params import MAX_CLIENTS, HEConfig, plan_for
 
 CONFIG = HEConfig(clip=0.5, quant_bits=8, weight_bits=8, max_weight=100.0)
 
@@ -314,7 +314,7 @@ def test_key_transport_messages_are_aead_ciphertexts_only_the_addressed_site_ope
     sealed_for_1 = wire.decode(install[1]).raw(1)
     holder_public = wire.decode(install[1]).raw(0)
     for wrong_site in (2, 0):
-        from fedshield.crypto.he_keys import _transport_info
+        from fedshield.protocols.he.keys import _transport_info
 
         key = sites[wrong_site].transport_keys.agree(
             holder_public, info=_transport_info(plan.params_id, 0, wrong_site)

@@ -7,14 +7,14 @@ from functools import partial
 import numpy as np
 import pytest
 
-from fedshield.crypto.forked import (
+from fedshield.errors import InvalidCiphertext
+from fedshield.protocols.he.forked import (
     ForkedObject,
     LocalObject,
     fork_map,
     split_range,
     worker_count,
 )
-from fedshield.errors import InvalidCiphertext
 
 
 def test_ranges_cover_everything_once_in_order():

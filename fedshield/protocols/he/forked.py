@@ -5,7 +5,7 @@ bulk results go into a :func:`shared_array` made before the fork.
 
 Linux/macOS only (``fork``); a worker must not touch torch or numba (their thread pools do not
 survive a fork). A forked worker that writes SEAL objects to bytes uses its own
-:class:`~fedshield.crypto.he_params.SealIO`.
+:class:`~fedshield.protocols.he.params.SealIO`.
 """
 
 from __future__ import annotations

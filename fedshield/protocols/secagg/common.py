@@ -12,6 +12,7 @@ import numpy as np
 from fedshield.crypto import shamir
 from fedshield.crypto.keys import KeyPair
 from fedshield.crypto.prg import add_mask
+from fedshield.protocols.ids import ProtocolId
 
 __all__ = [
     "PAIR",
@@ -25,7 +26,7 @@ __all__ = [
     "mask_info",
 ]
 
-PROTOCOL_ID = 2
+PROTOCOL_ID = ProtocolId.SECAGG
 STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
 PAIR = struct.Struct("<II")
 _SHARE_PLAIN = PAIR.size + 2 * shamir.SHARE_BYTES

@@ -1,7 +1,4 @@
-"""Parameters of packed homomorphic aggregation: choose them, build SEAL contexts, move
-ciphertexts and keys in and out of bytes.
-
-Building block: use the ``he`` protocol (:mod:`fedshield.crypto.he`) unless you know why not.
+"""Parameters of packed homomorphic aggregation: how many bits, slots and ciphertexts.
 
 **BFV** (default): N = 4096, a coefficient modulus of one 60-bit prime, and a batching plain
 modulus ``t`` of ``tbits`` bits. Aggregation only adds, so no key switching is ever needed and
@@ -34,29 +31,24 @@ scale 2^36, the smallest setting that fits one addition level with a 60-bit spec
 decrypted sum of n float updates is within ``n · 2^-20`` of the exact sum (measured error
 < 1e-7 per value per client; tested).
 
-SEAL's ``save``/``load`` take file paths only; a tmpfs file (``/dev/shm``) carries the bytes,
-written in place (SEAL reads only the size its header declares).
+SEAL contexts and bytes in and out of SEAL objects: :mod:`fedshield.crypto.seal`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
-import os
-import struct
-import tempfile
 from dataclasses import asdict, dataclass
 
 import tenseal.sealapi as sa
 
-from fedshield.errors import ConfigError, InvalidCiphertext
+from fedshield.crypto.seal import seal_context
+from fedshield.errors import ConfigError
 
 __all__ = [
     "MAX_CLIENTS",
     "HEConfig",
     "HEPlan",
-    "SealIO",
     "plan_for",
 ]
 
@@ -66,9 +58,6 @@ BFV_COEFF_BITS = (60,)
 FRESH_BUDGET_AT_ZERO = 55  # measured: fresh noise budget = 55 - tbits (N = 4096, one 60-bit q)
 CKKS_COEFF_BITS = (60, 49)
 CKKS_SCALE_BITS = 36
-_SEAL_MAGIC = 0xA15E
-# SEAL's SEALHeader: magic, header size, version major/minor, compression, reserved, total size
-_SEAL_HEADER = struct.Struct("<HBBBBHQ")
 
 
 @dataclass(frozen=True)
@@ -149,19 +138,9 @@ class HEPlan:
 
     def context(self) -> sa.SEALContext:
         """The SEAL context (public parameters only)."""
-        if self.scheme == "bfv":
-            params = sa.EncryptionParameters(sa.SCHEME_TYPE.BFV)
-            params.set_poly_modulus_degree(self.poly_degree)
-            params.set_coeff_modulus(sa.CoeffModulus.Create(self.poly_degree, self.coeff_bits))
-            params.set_plain_modulus(sa.PlainModulus.Batching(self.poly_degree, self.plain_bits))
-        else:
-            params = sa.EncryptionParameters(sa.SCHEME_TYPE.CKKS)
-            params.set_poly_modulus_degree(self.poly_degree)
-            params.set_coeff_modulus(sa.CoeffModulus.Create(self.poly_degree, self.coeff_bits))
-        context = sa.SEALContext(params, True, sa.SEC_LEVEL_TYPE.TC128)
-        if not context.parameters_set():
-            raise ConfigError(f"SEAL rejected the parameters: {context.parameter_error_message()}")
-        return context
+        return seal_context(
+            self.scheme, self.poly_degree, self.coeff_bits, plain_bits=self.plain_bits
+        )
 
     @property
     def max_ciphertext_bytes(self) -> int:
@@ -205,77 +184,3 @@ def plan_for(config: HEConfig, *, n_clients: int, dim: int) -> HEPlan:
         "bfv", n_clients, dim, POLY_DEGREE, BFV_COEFF_BITS, plain_bits, 0, width, per_slot,
         slots, -(-length // (slots * per_slot)), config,
     )  # fmt: skip
-
-
-class SealIO:
-    """Bytes in and out of SEAL objects through one reusable tmpfs file.
-
-    ``load`` checks the serialization header (magic, declared size) before SEAL parses
-    anything, and SEAL's own validity check after; failures raise
-    :class:`~fedshield.errors.InvalidCiphertext`. One per process: a forked worker makes its
-    own. ``close()`` (or the end of a ``with`` block) removes the file.
-    """
-
-    def __init__(self, context: sa.SEALContext) -> None:
-        self.context = context
-        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        self._fd, self.path = tempfile.mkstemp(prefix="fedshield-he-", dir=folder)
-        self._owner = os.getpid()
-
-    def close(self) -> None:
-        """Remove the file (only in the process that made it)."""
-        if self._fd >= 0 and os.getpid() == self._owner:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-                os.unlink(self.path)
-        self._fd = -1
-
-    def __enter__(self) -> SealIO:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
-
-    def dump(self, obj) -> bytes:
-        """Serialized bytes of a SEAL object (or a seeded ``Serializable``)."""
-        obj.save(self.path)
-        header = os.pread(self._fd, _SEAL_HEADER.size, 0)
-        return os.pread(self._fd, _SEAL_HEADER.unpack(header)[-1], 0)
-
-    def load_ciphertext(self, data: bytes, *, max_bytes: int) -> sa.Ciphertext:
-        """A ciphertext valid for this context, from untrusted bytes."""
-        self._check_header(data, max_bytes)
-        ct = sa.Ciphertext()
-        self._load_into(ct, data)
-        if ct.size() != 2 or not sa.is_valid_for(ct, self.context):
-            raise InvalidCiphertext("the ciphertext does not belong to these parameters")
-        if ct.parms_id() != self.context.first_parms_id():
-            raise InvalidCiphertext("the ciphertext is at another parameter level")
-        return ct
-
-    def load_secret_key(self, data: bytes) -> sa.SecretKey:
-        """A secret key for this context (from a decrypted key-distribution message)."""
-        self._check_header(data, 1 << 22)
-        key = sa.SecretKey()
-        self._load_into(key, data)
-        if not sa.is_valid_for(key, self.context):
-            raise InvalidCiphertext("the secret key does not belong to these parameters")
-        return key
-
-    def _load_into(self, obj, data: bytes) -> None:
-        os.pwrite(self._fd, data, 0)  # SEAL reads the header's size, not to the end of file
-        try:
-            obj.load(self.context, self.path)
-        except Exception as exc:  # SEAL raises ValueError/RuntimeError/etc. on bad bytes
-            raise InvalidCiphertext(f"SEAL could not parse the bytes ({exc})") from None
-
-    @staticmethod
-    def _check_header(data: bytes, max_bytes: int) -> None:
-        if len(data) < _SEAL_HEADER.size:
-            raise InvalidCiphertext("too short for a SEAL object")
-        magic, _, _, _, _, _, size = _SEAL_HEADER.unpack_from(data)
-        if magic != _SEAL_MAGIC or size != len(data) or size > max_bytes:
-            raise InvalidCiphertext("not a SEAL object of the expected size")

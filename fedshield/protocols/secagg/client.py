@@ -12,7 +12,9 @@ from fedshield import wire
 from fedshield.crypto import ring, shamir
 from fedshield.crypto.keys import PUBLIC_KEY_BYTES, KeyPair, open_share, seal_share
 from fedshield.crypto.prg import SEED_BYTES, add_mask, mask_scratch, ring_dtype
-from fedshield.crypto.secagg_common import (
+from fedshield.errors import InvalidShare, SecAggAbort, UnknownSender, WrongShape
+from fedshield.protocols.base import ClientSession
+from fedshield.protocols.secagg.common import (
     PAIR,
     PROTOCOL_ID,
     SEALED_SHARE_BYTES,
@@ -21,9 +23,7 @@ from fedshield.crypto.secagg_common import (
     commit,
     enc_info,
 )
-from fedshield.crypto.secagg_config import SecAggConfig, neighbour_graph
-from fedshield.errors import InvalidShare, SecAggAbort, UnknownSender, WrongShape
-from fedshield.protocols.base import ClientSession
+from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
 
 __all__ = ["SecAggClient"]
 

@@ -7,8 +7,6 @@ from hypothesis import strategies as st
 
 from fedshield import wire
 from fedshield.crypto import ring
-from fedshield.crypto.secagg import STAGES, SecAggClient, SecAggServer
-from fedshield.crypto.secagg_config import SecAggConfig, default_neighbours, neighbour_graph
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport, Reply
@@ -18,6 +16,8 @@ from fedshield.errors import (
     UnknownSender,
     WrongRound,
 )
+from fedshield.protocols.secagg import STAGES, SecAggClient, SecAggServer
+from fedshield.protocols.secagg.config import SecAggConfig, default_neighbours, neighbour_graph
 
 CONFIG = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0)
 

@@ -1,6 +1,6 @@
 """HE key material on the sites' side, and its end-to-end distribution through the server.
 
-Building block: use the ``he`` protocol (:mod:`fedshield.crypto.he`) unless you know why not.
+Building block: use the ``he`` protocol (:mod:`fedshield.protocols.he`) unless you know why not.
 
 A designated key-holder site generates the SEAL secret key. Every other site sends a fresh
 X25519 public key; the key holder encrypts the serialized secret key to each of them with
@@ -18,7 +18,6 @@ import numpy as np
 import tenseal.sealapi as sa
 
 from fedshield import wire
-from fedshield.crypto.he_params import HEPlan, SealIO
 from fedshield.crypto.keys import (
     PUBLIC_KEY_BYTES,
     KeyPair,
@@ -26,12 +25,15 @@ from fedshield.crypto.keys import (
     seal_share,
     validate_public_key,
 )
+from fedshield.crypto.seal import SealIO
 from fedshield.errors import InvalidShare, ProtocolAbort, UnknownSender, WrongShape
 from fedshield.protocols.base import ClientSession, Revealed, ServerSession
+from fedshield.protocols.he.params import HEPlan
+from fedshield.protocols.ids import ProtocolId
 
 __all__ = ["HEKeySetupClient", "HEKeySetupServer", "HEKeyring"]
 
-PROTOCOL_ID = 4
+PROTOCOL_ID = ProtocolId.HE_KEYS
 STAGES = ("advertise", "seal", "install")
 _MAX_SEALED = 1 << 20
 

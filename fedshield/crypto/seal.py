@@ -1,0 +1,117 @@
+"""SEAL through ``tenseal.sealapi``: contexts, and bytes in and out of SEAL objects.
+
+Building block: use the ``he`` protocol (:mod:`fedshield.protocols.he`) unless you know why not.
+
+SEAL's ``save``/``load`` take file paths only; a tmpfs file (``/dev/shm``) carries the bytes,
+written in place (SEAL reads only the size its header declares).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import tempfile
+
+import tenseal.sealapi as sa
+
+from fedshield.errors import ConfigError, InvalidCiphertext
+
+__all__ = ["SealIO", "seal_context"]
+
+_SEAL_MAGIC = 0xA15E
+# SEAL's SEALHeader: magic, header size, version major/minor, compression, reserved, total size
+_SEAL_HEADER = struct.Struct("<HBBBBHQ")
+
+
+def seal_context(
+    scheme: str, poly_degree: int, coeff_bits: tuple[int, ...], *, plain_bits: int = 0
+) -> sa.SEALContext:
+    """A SEAL context at 128-bit security (public parameters only): ``scheme`` ``"bfv"``
+    (batching plain modulus of ``plain_bits`` bits) or ``"ckks"``."""
+    if scheme not in ("bfv", "ckks"):
+        raise ValueError(f"scheme must be 'bfv' or 'ckks', got {scheme!r}")
+    kind = sa.SCHEME_TYPE.BFV if scheme == "bfv" else sa.SCHEME_TYPE.CKKS
+    params = sa.EncryptionParameters(kind)
+    params.set_poly_modulus_degree(poly_degree)
+    params.set_coeff_modulus(sa.CoeffModulus.Create(poly_degree, coeff_bits))
+    if scheme == "bfv":
+        params.set_plain_modulus(sa.PlainModulus.Batching(poly_degree, plain_bits))
+    context = sa.SEALContext(params, True, sa.SEC_LEVEL_TYPE.TC128)
+    if not context.parameters_set():
+        raise ConfigError(f"SEAL rejected the parameters: {context.parameter_error_message()}")
+    return context
+
+
+class SealIO:
+    """Bytes in and out of SEAL objects through one reusable tmpfs file.
+
+    ``load`` checks the serialization header (magic, declared size) before SEAL parses
+    anything, and SEAL's own validity check after; failures raise
+    :class:`~fedshield.errors.InvalidCiphertext`. One per process: a forked worker makes its
+    own. ``close()`` (or the end of a ``with`` block) removes the file.
+    """
+
+    def __init__(self, context: sa.SEALContext) -> None:
+        self.context = context
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self._fd, self.path = tempfile.mkstemp(prefix="fedshield-he-", dir=folder)
+        self._owner = os.getpid()
+
+    def close(self) -> None:
+        """Remove the file (only in the process that made it)."""
+        if self._fd >= 0 and os.getpid() == self._owner:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+                os.unlink(self.path)
+        self._fd = -1
+
+    def __enter__(self) -> SealIO:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def dump(self, obj) -> bytes:
+        """Serialized bytes of a SEAL object (or a seeded ``Serializable``)."""
+        obj.save(self.path)
+        header = os.pread(self._fd, _SEAL_HEADER.size, 0)
+        return os.pread(self._fd, _SEAL_HEADER.unpack(header)[-1], 0)
+
+    def load_ciphertext(self, data: bytes, *, max_bytes: int) -> sa.Ciphertext:
+        """A ciphertext valid for this context, from untrusted bytes."""
+        self._check_header(data, max_bytes)
+        ct = sa.Ciphertext()
+        self._load_into(ct, data)
+        if ct.size() != 2 or not sa.is_valid_for(ct, self.context):
+            raise InvalidCiphertext("the ciphertext does not belong to these parameters")
+        if ct.parms_id() != self.context.first_parms_id():
+            raise InvalidCiphertext("the ciphertext is at another parameter level")
+        return ct
+
+    def load_secret_key(self, data: bytes) -> sa.SecretKey:
+        """A secret key for this context (from a decrypted key-distribution message)."""
+        self._check_header(data, 1 << 22)
+        key = sa.SecretKey()
+        self._load_into(key, data)
+        if not sa.is_valid_for(key, self.context):
+            raise InvalidCiphertext("the secret key does not belong to these parameters")
+        return key
+
+    def _load_into(self, obj, data: bytes) -> None:
+        os.pwrite(self._fd, data, 0)  # SEAL reads the header's size, not to the end of file
+        try:
+            obj.load(self.context, self.path)
+        except Exception as exc:  # SEAL raises ValueError/RuntimeError/etc. on bad bytes
+            raise InvalidCiphertext(f"SEAL could not parse the bytes ({exc})") from None
+
+    @staticmethod
+    def _check_header(data: bytes, max_bytes: int) -> None:
+        if len(data) < _SEAL_HEADER.size:
+            raise InvalidCiphertext("too short for a SEAL object")
+        magic, _, _, _, _, _, size = _SEAL_HEADER.unpack_from(data)
+        if magic != _SEAL_MAGIC or size != len(data) or size > max_bytes:
+            raise InvalidCiphertext("not a SEAL object of the expected size")

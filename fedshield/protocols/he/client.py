@@ -1,0 +1,199 @@
+"""The ``he`` site session: encrypts its update, decrypts the sum (threat model: the package)."""
+
+from __future__ import annotations
+
+import array
+from functools import partial
+
+import numpy as np
+import tenseal.sealapi as sa
+
+from fedshield import wire
+from fedshield.crypto import ring
+from fedshield.crypto.seal import SealIO
+from fedshield.errors import ProtocolAbort, WrongShape
+from fedshield.protocols.base import ClientSession
+from fedshield.protocols.he.common import (
+    DECRYPTS_PER_FORK,
+    ENCRYPTS_PER_FORK,
+    PROTOCOL_ID,
+    STAGES,
+    load_ciphertexts,
+    read_sizes,
+)
+from fedshield.protocols.he.forked import (
+    fork_map,
+    shared_array,
+    worker_count,
+)
+from fedshield.protocols.he.keys import HEKeyring
+from fedshield.protocols.he.packing import pack_slots, place_value, unpack_slots
+
+__all__ = ["HEClient"]
+
+
+# --- client -----------------------------------------------------------------------------------
+class HEClient(ClientSession):
+    """Site side: encrypts its encoded update, then decrypts the summed ciphertexts.
+
+    ``workers``: processes that encrypt and decrypt; by default one per core when each gets
+    enough ciphertexts to pay for a fork (:data:`ENCRYPTS_PER_FORK`), else this process.
+    """
+
+    protocol_id = PROTOCOL_ID
+    stages = STAGES
+    large_payloads = True
+
+    def __init__(
+        self,
+        *,
+        client_id: int,
+        round: int,
+        update: np.ndarray,
+        weight: float,
+        keyring: HEKeyring,
+        quant_seed: int | None = None,
+        workers: int | None = None,
+    ) -> None:
+        super().__init__(
+            client_id=client_id, round=round, update=update, weight=weight, quant_seed=quant_seed
+        )
+        if update.size != keyring.plan.dim:
+            raise ValueError(f"the HE plan is for {keyring.plan.dim} values, got {update.size}")
+        self.keyring = keyring
+        self.plan = keyring.plan
+        self.workers = workers
+        self.level_sum: np.ndarray | None = None
+
+    def _handle(self, stage: str, message: wire.Message) -> bytes:
+        if stage == "input":
+            message.require_fields(1)
+            if message.raw(0, length=32) != self.plan.params_id:
+                raise WrongShape("the server's HE parameters differ from this site's")
+            blobs = self._encrypt()
+            sizes = np.array([len(b) for b in blobs], dtype=np.uint32)
+            return self._client_message(stage, [self.plan.params_id, sizes, b"".join(blobs)])
+        message.require_fields(4)
+        if message.raw(0, length=32) != self.plan.params_id:
+            raise WrongShape("the aggregate is under other parameters")
+        contributors = message.array(1, dtype="<u4").tolist()
+        if not contributors or len(set(contributors)) != len(contributors):
+            raise WrongShape("the aggregate names no (or repeated) contributors")
+        self.aggregate = self._decrypt(*read_sizes(message, 2, self.plan), len(contributors))
+        return self._client_message(stage, [])
+
+    def _encrypt(self) -> list[memoryview]:
+        plan, config = self.plan, self.plan.config
+        if plan.scheme == "bfv":
+            rows = self._encode_bfv()
+        else:
+            fraction = min(1.0, self.weight / config.max_weight)
+            rows = np.zeros(plan.n_ciphertexts * plan.slots, dtype=np.float64)
+            rows[: self.update.size] = self.update * fraction
+            rows[self.update.size] = fraction
+            rows = rows.reshape(plan.n_ciphertexts, plan.slots)
+            self.sent = self.update
+        out = shared_array((plan.n_ciphertexts, plan.max_ciphertext_bytes), np.uint8)
+        sizes = shared_array((plan.n_ciphertexts,), np.int64)
+        # A fork of a large process costs tens of ms: worth it from ~0.25 s of work per worker.
+        workers = worker_count(self.workers, len(rows), min_items=ENCRYPTS_PER_FORK)
+        fork_map(partial(_encrypt_rows, self.keyring, rows, out, sizes), len(rows), workers)
+        return [row[:size].data for row, size in zip(out, sizes, strict=True)]
+
+    def _encode_bfv(self) -> np.ndarray:
+        """Packed slots: the weighted, quantized update, then the integer weight."""
+        plan, config = self.plan, self.plan.config
+        quant = {"clip": config.clip, "quant_bits": config.quant_bits}
+        weight = ring.integer_weight(self.weight, config.max_weight, config.weight_bits)
+        dim = self.update.size
+        if config.weighting == "integer":
+            levels = ring.encode(self.update, seed=self.quant_seed, **quant)
+            self.sent = ring.dequantize(levels, **quant)
+            rows = pack_slots(levels, plan, scale=weight)
+            place_value(rows, dim, weight, plan)
+            return rows
+        share = np.float32(weight / ring.weight_top(config.weight_bits))
+        levels = ring.encode(self.update * share, seed=self.quant_seed, **quant)
+        self.sent = ring.dequantize(levels, **quant) / share
+        rows = pack_slots(levels, plan)
+        for k in range(config.weight_digits):  # base 2^quant_bits digits
+            digit = (weight >> (k * config.quant_bits)) & ((1 << config.quant_bits) - 1)
+            place_value(rows, dim + k, digit, plan)
+        place_value(rows, dim + config.weight_digits, 1, plan)  # counts the sites in the sum
+        return rows
+
+    def _decrypt(
+        self, sizes: np.ndarray, blob: memoryview, contributors: int
+    ) -> tuple[np.ndarray, float]:
+        plan, config = self.plan, self.plan.config
+        dtype = np.uint64 if plan.scheme == "bfv" else np.float64
+        flat = shared_array((plan.n_ciphertexts, plan.slots), dtype)
+        workers = worker_count(self.workers, len(sizes), min_items=DECRYPTS_PER_FORK)
+        fork_map(partial(_decrypt_rows, self.keyring, sizes, blob, flat), len(sizes), workers)
+        dim = self.update.size
+        if plan.scheme == "ckks":
+            values = flat.reshape(-1)
+            return values[:dim].copy(), float(values[dim])
+        values = unpack_slots(flat, plan, dim + config.tail_values)
+        self.level_sum = values  # summed levels, weight digits (and count), for auditors
+        total = sum(
+            int(values[dim + k]) << (k * config.quant_bits) for k in range(config.weight_digits)
+        )
+        if total == 0:
+            raise ProtocolAbort("the decrypted total weight is zero")
+        if config.weighting == "integer":
+            mean = ring.decode_mean(
+                values[:dim], total, clip=config.clip, quant_bits=config.quant_bits
+            )
+            return mean.astype(np.float64) * total, float(total)
+        if int(values[-1]) != contributors:
+            raise ProtocolAbort(
+                f"the sum holds {int(values[-1])} sites, the server names {contributors}"
+            )
+        # sum_i share_i x_i, from the summed levels of every contributor's scaled update
+        shares = ring.decode_sum(
+            values[:dim], contributors, clip=config.clip, quant_bits=config.quant_bits
+        )
+        return shares * ring.weight_top(config.weight_bits), float(total)
+
+
+def _encrypt_rows(
+    keyring: HEKeyring, rows: np.ndarray, out: np.ndarray, sizes: np.ndarray, lo: int, hi: int
+) -> None:
+    """Seeded symmetric ciphertexts of ``rows[lo:hi]``, serialized into ``out[i]`` (``sizes[i]``
+    bytes)."""
+    plaintext = sa.Plaintext()
+    ckks = keyring.plan.scheme == "ckks"
+    scale = float(2**keyring.plan.scale_bits)
+    with SealIO(keyring.context) as io:
+        for i in range(lo, hi):
+            if ckks:
+                keyring.encoder.encode(rows[i].tolist(), scale, plaintext)
+            else:
+                keyring.encoder.encode(rows[i].tolist(), plaintext)
+            data = io.dump(keyring.encryptor.encrypt_symmetric(plaintext))
+            out[i, : len(data)] = np.frombuffer(data, np.uint8)
+            sizes[i] = len(data)
+
+
+def _decrypt_rows(
+    keyring: HEKeyring, sizes: np.ndarray, blob: memoryview, out: np.ndarray, lo: int, hi: int
+) -> None:
+    """Slots of the summed ciphertexts ``lo..hi-1`` into ``out[lo:hi]``; each ciphertext is
+    checked before it is decrypted."""
+    plan = keyring.plan
+    start = int(sizes[:lo].sum())
+    part = blob[start : start + int(sizes[lo:hi].sum())]
+    plaintext = sa.Plaintext()
+    with SealIO(keyring.context) as io:
+        cts = load_ciphertexts(sizes[lo:hi], part, plan, io)
+        for i, ct in enumerate(cts, start=lo):
+            keyring.decryptor.decrypt(ct, plaintext)
+            if plan.scheme == "bfv":
+                out[i] = np.frombuffer(
+                    array.array("Q", keyring.encoder.decode_uint64(plaintext)), np.uint64
+                )
+            else:
+                out[i] = np.frombuffer(
+                    array.array("d", keyring.encoder.decode_double(plaintext)), np.float64
+                )[: plan.slots]

@@ -1,0 +1,49 @@
+"""What both sides of ``he`` share: the protocol id, stages, and ciphertext parsing."""
+
+from __future__ import annotations
+
+import numpy as np
+import tenseal.sealapi as sa
+
+from fedshield import wire
+from fedshield.crypto.seal import SealIO
+from fedshield.errors import InvalidCiphertext
+from fedshield.protocols.he.params import HEPlan
+from fedshield.protocols.ids import ProtocolId
+
+__all__ = [
+    "DECRYPTS_PER_FORK",
+    "ENCRYPTS_PER_FORK",
+    "PROTOCOL_ID",
+    "STAGES",
+    "load_ciphertexts",
+    "read_sizes",
+]
+
+PROTOCOL_ID = ProtocolId.HE
+STAGES = ("input", "aggregate")
+# By default a site forks a worker per core only for at least this many ciphertexts each
+# (about 1 ms to encrypt one, 0.4 ms to decrypt one; measured fork cost 20-70 ms).
+ENCRYPTS_PER_FORK = 256
+DECRYPTS_PER_FORK = 512
+
+
+def read_sizes(message: wire.Message, first: int, plan: HEPlan) -> tuple[np.ndarray, memoryview]:
+    """The ciphertext sizes (field ``first``) and their concatenated bytes (``first + 1``)."""
+    sizes = message.array(first, dtype="<u4", shape=(plan.n_ciphertexts,)).astype(np.int64)
+    if (sizes > plan.max_ciphertext_bytes).any():
+        raise InvalidCiphertext("a ciphertext is larger than these parameters allow")
+    return sizes, message.view(first + 1, length=int(sizes.sum()))
+
+
+def load_ciphertexts(
+    sizes: np.ndarray, blob: bytes | memoryview, plan: HEPlan, io: SealIO
+) -> list[sa.Ciphertext]:
+    """Ciphertexts of the given ``sizes`` from their concatenated bytes, each checked."""
+    out, offset = [], 0
+    for size in sizes:
+        out.append(
+            io.load_ciphertext(blob[offset : offset + size], max_bytes=plan.max_ciphertext_bytes)
+        )
+        offset += size
+    return out

@@ -1,0 +1,290 @@
+"""The protocols by name: one small spec class each, with its options bound.
+
+A spec makes the two sessions of a round (``server(...)``, ``client(...)``) and says what
+else the protocol needs: ``he`` a one-time key setup (:meth:`ProtocolSpec.key_setup`), which a
+transport runs (the in-process engine, or the Flower grid). Register a new protocol with
+:func:`register`; wire ids live in :mod:`fedshield.protocols.ids`.
+
+Example:
+    >>> spec = get_protocol("secagg", max_weight=120.0)
+    >>> spec.name, spec.stages[0]
+    ('secagg', 'advertise_keys')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+from fedshield.errors import ConfigError
+from fedshield.protocols.base import ClientSession, ServerSession
+from fedshield.protocols.he import (
+    HEClient,
+    HEConfig,
+    HEKeyring,
+    HEKeySetupClient,
+    HEKeySetupServer,
+    HEPlan,
+    HEServer,
+    plan_for,
+)
+from fedshield.protocols.ids import ProtocolId
+from fedshield.protocols.plain import PlainClient, PlainFormat, PlainServer
+from fedshield.protocols.secagg import SecAggClient, SecAggConfig, SecAggServer
+
+__all__ = [
+    "DEFAULT_QUANT_BITS",
+    "KEY_HOLDER",
+    "MODEL_BROADCAST",
+    "PROTOCOLS",
+    "HESpec",
+    "KeySetup",
+    "PlainSpec",
+    "ProtocolSpec",
+    "SecAggSpec",
+    "get_protocol",
+    "protocol_names",
+    "register",
+]
+
+MODEL_BROADCAST = ProtocolId.MODEL_BROADCAST
+KEY_HOLDER = 0  # the site that makes the HE secret key
+
+
+class ProtocolSpec:
+    """A protocol with its options bound: makes the server and client sessions of a round.
+
+    ``server(round=, clients=, dim=)``; ``client(client_id=, round=, update=, weight=,
+    quant_seed=, indices=None)``.
+    """
+
+    name: ClassVar[str]
+    stages: ClassVar[tuple[str, ...]]
+    default_quant_bits: ClassVar[int | None] = 8
+
+    def server(self, *, round: int, clients: list[int], dim: int) -> ServerSession:
+        raise NotImplementedError
+
+    def client(self, **kwargs) -> ClientSession:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """The bound options, as plain data."""
+        raise NotImplementedError
+
+    def key_setup(self, *, clients: list[int], dim: int) -> KeySetup | None:
+        """What must run once before the first round (``None``: nothing)."""
+        return None
+
+    def with_topk(self, k: int) -> ProtocolSpec:
+        """The same protocol carrying ``k`` (index, value) pairs per client.
+
+        Top-k cannot run under secure aggregation or HE: each client keeps different indices,
+        so masked or encrypted vectors would not line up, the sum would need every index, and
+        the indices themselves reveal which parameters moved most.
+        """
+        raise ConfigError(
+            f"top-k sparsification cannot run under {self.name}: every client keeps different "
+            "indices, so the protected vectors would not line up (the sum needs every index) "
+            "and the indices themselves would leak which parameters moved most. Use rand-k "
+            "(the round's shared seed picks the same indices at every client) or plain."
+        )
+
+
+PROTOCOLS: dict[str, type[ProtocolSpec]] = {}
+
+
+def register(spec: type[ProtocolSpec]) -> type[ProtocolSpec]:
+    """Class decorator: make ``spec`` available to :func:`get_protocol` by its ``name``."""
+    if spec.name in PROTOCOLS:
+        raise ValueError(f"a protocol named {spec.name!r} is already registered")
+    PROTOCOLS[spec.name] = spec
+    return spec
+
+
+@register
+@dataclass(frozen=True)
+class PlainSpec(ProtocolSpec):
+    """``plain``: the server sees each update (float32, per-chunk quantized, or top-k)."""
+
+    name: ClassVar[str] = "plain"
+    stages: ClassVar[tuple[str, ...]] = PlainServer.stages
+    default_quant_bits: ClassVar[int | None] = None  # float32 on the wire
+    format: PlainFormat = field(default_factory=PlainFormat)
+
+    @classmethod
+    def from_options(cls, *, quant_bits: int | None = None, **_ignored) -> PlainSpec:
+        try:
+            return cls(PlainFormat(quant_bits=quant_bits))
+        except ValueError as exc:
+            raise ConfigError(f"plain: {exc}") from None
+
+    def server(self, *, round: int, clients: list[int], dim: int) -> ServerSession:
+        return PlainServer(round=round, clients=clients, dim=dim, format=self.format)
+
+    def client(self, **kwargs) -> ClientSession:
+        return PlainClient(format=self.format, **kwargs)
+
+    def describe(self) -> dict:
+        return {"quant_bits": self.format.quant_bits}
+
+    def with_topk(self, k: int) -> PlainSpec:
+        return replace(self, format=replace(self.format, k=k))
+
+
+@register
+@dataclass(frozen=True)
+class SecAggSpec(ProtocolSpec):
+    """``secagg``: SecAgg+; the server learns only the weighted sum of the survivors."""
+
+    name: ClassVar[str] = "secagg"
+    stages: ClassVar[tuple[str, ...]] = SecAggServer.stages
+    config: SecAggConfig
+
+    @classmethod
+    def from_options(
+        cls, *, max_weight: float, clip: float, quant_bits: int | None, threshold=None,
+        neighbours=None, **_ignored,
+    ) -> SecAggSpec:  # fmt: skip
+        try:
+            config = SecAggConfig(
+                clip=clip,
+                quant_bits=cls.default_quant_bits if quant_bits is None else quant_bits,
+                max_weight=max_weight,
+                threshold=threshold,
+                neighbours=neighbours,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"secagg: {exc}") from None
+        return cls(config)
+
+    def server(self, *, round: int, clients: list[int], dim: int) -> ServerSession:
+        return SecAggServer(round=round, clients=clients, dim=dim, config=self.config)
+
+    def client(self, **kwargs) -> ClientSession:
+        return SecAggClient(config=self.config, **kwargs)
+
+    def describe(self) -> dict:
+        c = self.config
+        return {
+            "clip": c.clip,
+            "quant_bits": c.quant_bits,
+            "threshold": c.threshold,
+            "neighbours": c.neighbours,
+            "max_weight": c.max_weight,
+        }
+
+
+@dataclass(frozen=True)
+class KeySetup:
+    """``he``'s one-time key distribution for ``clients``: run :meth:`server` against one
+    :meth:`client` per site over any transport, then :meth:`bind` each process's keyrings."""
+
+    spec: HESpec
+    plan: HEPlan
+    clients: list[int]
+    holder: int = KEY_HOLDER
+
+    def server(self) -> HEKeySetupServer:
+        return HEKeySetupServer(round=0, clients=self.clients, dim=1, plan=self.plan,
+                                holder=self.holder)  # fmt: skip
+
+    def client(self, client_id: int) -> HEKeySetupClient:
+        return HEKeySetupClient(client_id=client_id, plan=self.plan, holder=self.holder)
+
+    def bind(self, keyrings: dict[int, HEKeyring]) -> HESpec:
+        """The protocol bound to the plan and the keyrings this process holds (none on the
+        server)."""
+        return replace(self.spec, plan=self.plan, keyrings=dict(keyrings))
+
+
+@register
+@dataclass(frozen=True)
+class HESpec(ProtocolSpec):
+    """``he``: packed BFV or CKKS; the server adds ciphertexts, the sites decrypt the sum."""
+
+    name: ClassVar[str] = "he"
+    stages: ClassVar[tuple[str, ...]] = HEServer.stages
+    config: HEConfig
+    plan: HEPlan | None = None  # set by the key setup
+    keyrings: dict[int, HEKeyring] = field(default_factory=dict)
+
+    @classmethod
+    def from_options(
+        cls, *, max_weight: float, clip: float, quant_bits: int | None, he_scheme: str = "bfv",
+        he_weighting: str = "fraction", **_ignored,
+    ) -> HESpec:  # fmt: skip
+        bits = cls.default_quant_bits if quant_bits is None else quant_bits
+        return cls(HEConfig(scheme=he_scheme, clip=clip, quant_bits=bits,
+                            max_weight=max_weight, weighting=he_weighting))  # fmt: skip
+
+    def key_setup(self, *, clients: list[int], dim: int) -> KeySetup:
+        plan = plan_for(self.config, n_clients=len(clients), dim=dim)
+        return KeySetup(self, plan, list(clients))
+
+    def server(self, *, round: int, clients: list[int], dim: int) -> ServerSession:
+        return HEServer(round=round, clients=clients, dim=dim, plan=self._plan())
+
+    def client(self, *, client_id: int, **kwargs) -> ClientSession:
+        if client_id not in self.keyrings:
+            raise ConfigError(f"he: site {client_id} holds no key in this process")
+        return HEClient(client_id=client_id, keyring=self.keyrings[client_id], **kwargs)
+
+    def describe(self) -> dict:
+        c = self.config
+        options = {"scheme": c.scheme, "weighting": c.weighting, "clip": c.clip,
+                   "quant_bits": c.quant_bits, "max_weight": c.max_weight}  # fmt: skip
+        return {**options, "plan": self.plan} if self.plan else options
+
+    def _plan(self) -> HEPlan:
+        if self.plan is None:
+            raise ConfigError("he: run the key setup (spec.key_setup(...)) before the first round")
+        return self.plan
+
+
+DEFAULT_QUANT_BITS = {name: spec.default_quant_bits for name, spec in PROTOCOLS.items()}
+
+
+def get_protocol(
+    name: str,
+    *,
+    max_weight: float | None = None,
+    clip: float = 0.1,
+    quant_bits: int | None = None,
+    threshold: int | None = None,
+    neighbours: int | None = None,
+    he_scheme: str = "bfv",
+    he_weighting: str = "fraction",
+) -> ProtocolSpec:
+    """The protocol called ``name`` with its options.
+
+    Args:
+        name: ``plain``, ``secagg`` or ``he`` (or any registered name).
+        max_weight: the largest FedAvg weight of any site (its sample count). Required by
+            ``secagg`` and ``he``, which turn weights into small public integers against it.
+        clip: the shared range ``[-clip, clip]`` of quantized ``secagg`` / ``he`` updates.
+        quant_bits: ``None`` takes the protocol's default (:data:`DEFAULT_QUANT_BITS`):
+            float32 for ``plain`` (per-chunk quantization when given), 8 otherwise.
+        threshold, neighbours: ``secagg``'s Shamir threshold and neighbour count.
+        he_scheme, he_weighting: ``he``'s scheme (``bfv``, ``ckks``) and weighting.
+
+    Raises:
+        ConfigError: an unknown name or an invalid option.
+        TypeError: ``max_weight`` missing where the protocol needs it.
+    """
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown protection {name!r}; available: {list(PROTOCOLS)}")
+    if max_weight is None and name != "plain":
+        raise TypeError(
+            f"get_protocol({name!r}) needs max_weight=: the largest site weight (its sample "
+            "count); without it FedAvg would silently become an unweighted mean"
+        )
+    return PROTOCOLS[name].from_options(
+        max_weight=max_weight, clip=clip, quant_bits=quant_bits, threshold=threshold,
+        neighbours=neighbours, he_scheme=he_scheme, he_weighting=he_weighting,
+    )  # fmt: skip
+
+
+def protocol_names() -> tuple[str, ...]:
+    """Every registered protocol's name."""
+    return tuple(PROTOCOLS)
