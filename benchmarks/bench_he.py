@@ -162,9 +162,9 @@ def _as_sender(answer: bytes, sender: int) -> bytes:
     """The same message as if ``sender`` had sent it (the header names the sender)."""
     from fedshield import wire
 
-    message = wire.decode(answer)
+    message = wire.parse(answer)
     header = wire.Header(message.header.protocol, message.header.stage, 1, sender)
-    return wire.encode(header, list(message.fields))
+    return wire.serialize(header, list(message.fields))
 
 
 OURS = {  # name: options of ours()

@@ -35,8 +35,8 @@ __all__ = [
     "VERSION",
     "Header",
     "Message",
-    "decode",
-    "encode",
+    "parse",
+    "serialize",
 ]
 
 MAGIC = b"FSHD"
@@ -133,7 +133,7 @@ class Message:
         return self.fields[index]
 
 
-def encode(header: Header, fields: tuple[bytes | np.ndarray, ...] | list) -> bytes:
+def serialize(header: Header, fields: tuple[bytes | np.ndarray, ...] | list) -> bytes:
     """Serialise a header and its fields to bytes."""
     if len(fields) > 255:
         raise ValueError("at most 255 fields per message")
@@ -166,7 +166,7 @@ def encode(header: Header, fields: tuple[bytes | np.ndarray, ...] | list) -> byt
     return b"".join([head, *parts])  # one copy of the payload
 
 
-def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES, views: bool = False) -> Message:
+def parse(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES, views: bool = False) -> Message:
     """Parse bytes into a :class:`Message`, checking every length before touching the payload.
     Bytes fields are copies, or read-only views of ``data`` with ``views`` (large payloads).
 

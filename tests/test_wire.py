@@ -18,12 +18,12 @@ from fedshield.errors import (
 def _message():
     header = wire.Header(protocol=1, stage=2, round=7, sender=3)
     fields = [b"abc", np.arange(5, dtype=np.float32), np.ones((2, 3), dtype=np.uint8)]
-    return header, fields, wire.encode(header, fields)
+    return header, fields, wire.serialize(header, fields)
 
 
 def test_round_trip_keeps_header_and_fields():
     header, fields, data = _message()
-    msg = wire.decode(data)
+    msg = wire.parse(data)
     assert msg.header == header
     assert msg.raw(0) == b"abc"
     np.testing.assert_array_equal(msg.array(1, dtype="<f4", shape=(5,)), fields[1])
@@ -34,32 +34,32 @@ def test_every_truncation_is_rejected():
     _, _, data = _message()
     for cut in range(len(data)):
         with pytest.raises(MalformedMessage):
-            wire.decode(data[:cut])
+            wire.parse(data[:cut])
 
 
 def test_trailing_bytes_bad_magic_version_and_size_are_rejected():
     _, _, data = _message()
     with pytest.raises(MalformedMessage, match="body length"):
-        wire.decode(data + b"\0")
+        wire.parse(data + b"\0")
     with pytest.raises(MalformedMessage, match="magic"):
-        wire.decode(b"XXXX" + data[4:])
+        wire.parse(b"XXXX" + data[4:])
     with pytest.raises(MalformedMessage, match="version"):
-        wire.decode(data[:4] + bytes([99]) + data[5:])
+        wire.parse(data[:4] + bytes([99]) + data[5:])
     with pytest.raises(MalformedMessage, match="limit"):
-        wire.decode(data, max_bytes=len(data) - 1)
+        wire.parse(data, max_bytes=len(data) - 1)
 
 
 def test_unknown_dtype_code_is_rejected():
     header = wire.Header(1, 1, 0, 0)
-    data = bytearray(wire.encode(header, [np.zeros(2, np.float32)]))
+    data = bytearray(wire.serialize(header, [np.zeros(2, np.float32)]))
     data[21] = 200  # the dtype code of the first field
     with pytest.raises(MalformedMessage, match="dtype"):
-        wire.decode(bytes(data))
+        wire.parse(bytes(data))
 
 
 def test_expectations_raise_typed_errors():
     _, _, data = _message()
-    msg = wire.decode(data)
+    msg = wire.parse(data)
     msg.expect(protocol=1, stage=2, round=7, sender=3)
     with pytest.raises(WrongRound):
         msg.expect(protocol=1, stage=2, round=8, sender=3)
@@ -79,7 +79,7 @@ def test_expectations_raise_typed_errors():
 
 def test_parsed_arrays_are_read_only_views():
     _, _, data = _message()
-    arr = wire.decode(data).array(1, dtype="<f4")
+    arr = wire.parse(data).array(1, dtype="<f4")
     with pytest.raises(ValueError):
         arr[0] = 1.0
 
@@ -88,7 +88,7 @@ def test_parsed_arrays_are_read_only_views():
 @given(st.binary(max_size=200))
 def test_random_bytes_only_ever_raise_malformed(data):
     with contextlib.suppress(MalformedMessage):
-        wire.decode(data)
+        wire.parse(data)
 
 
 @settings(max_examples=200, deadline=None)
@@ -99,4 +99,4 @@ def test_bit_flips_in_a_valid_message_never_crash(data):
     pos = data.draw(st.integers(0, len(buf) - 1))
     buf[pos] ^= 1 << data.draw(st.integers(0, 7))
     with contextlib.suppress(MalformedMessage):
-        wire.decode(bytes(buf))
+        wire.parse(bytes(buf))

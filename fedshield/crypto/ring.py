@@ -17,16 +17,17 @@ import math
 
 import numpy as np
 
-from fedshield.compress import bitpack, quantize
+from fedshield.compress import bitpack
+from fedshield.compress.quantize import MAX_BITS, dequantize_fixed, quantize_fixed
 from fedshield.crypto.prg import ring_dtype
 
 __all__ = [
-    "decode_mean",
-    "decode_sum",
     "dequantize",
-    "encode",
+    "dequantize_mean",
+    "dequantize_sum",
     "integer_weight",
     "pack",
+    "quantize",
     "ring_bits",
     "unpack",
     "weight_top",
@@ -35,9 +36,9 @@ __all__ = [
 
 def ring_bits(*, quant_bits: int, n_clients: int, weight_bits: int) -> int:
     """Bits of the ring that holds the weighted sum of ``n_clients`` encoded updates."""
-    if not 1 <= quant_bits <= quantize.MAX_BITS or n_clients < 1 or not 0 <= weight_bits <= 24:
+    if not 1 <= quant_bits <= MAX_BITS or n_clients < 1 or not 0 <= weight_bits <= 24:
         raise ValueError(
-            f"need 1 <= quant_bits <= {quantize.MAX_BITS}, n_clients >= 1, 0 <= weight_bits <= 24"
+            f"need 1 <= quant_bits <= {MAX_BITS}, n_clients >= 1, 0 <= weight_bits <= 24"
         )
     bits = (
         quant_bits + weight_bits + math.ceil(math.log2(n_clients))
@@ -63,16 +64,16 @@ def integer_weight(weight: float, max_weight: float, weight_bits: int) -> int:
     return int(min(top, max(1, round(weight / max_weight * top))))
 
 
-def encode(
+def quantize(
     x: np.ndarray, *, clip: float, quant_bits: int, seed: int, out: np.ndarray | None = None
 ) -> np.ndarray:
     """Stochastically rounded levels in ``[0, 2^quant_bits - 1]`` of ``x`` clipped to
     ``[-clip, clip]``: the shared-range kernel of :mod:`fedshield.compress.quantize`, written
     into ``out`` (a ring-dtype slice) when given."""
-    return quantize.quantize_fixed(x, clip=clip, bits=quant_bits, seed=seed, out=out)
+    return quantize_fixed(x, clip=clip, bits=quant_bits, seed=seed, out=out)
 
 
-def decode_mean(
+def dequantize_mean(
     level_sum: np.ndarray, total_weight: int, *, clip: float, quant_bits: int
 ) -> np.ndarray:
     """The weighted mean in float units from ``sum_i w_i q_i`` and ``sum_i w_i``."""
@@ -81,7 +82,9 @@ def decode_mean(
     return (mean_level * (2 * clip / levels) - clip).astype(np.float32)
 
 
-def decode_sum(level_sum: np.ndarray, count: int, *, clip: float, quant_bits: int) -> np.ndarray:
+def dequantize_sum(
+    level_sum: np.ndarray, count: int, *, clip: float, quant_bits: int
+) -> np.ndarray:
     """The float64 sum of ``count`` sites' dequantized values from the sum of their levels."""
     step = 2 * clip / ((1 << quant_bits) - 1)
     return level_sum.astype(np.float64) * step - count * clip
@@ -89,7 +92,7 @@ def decode_sum(level_sum: np.ndarray, count: int, *, clip: float, quant_bits: in
 
 def dequantize(levels: np.ndarray, *, clip: float, quant_bits: int) -> np.ndarray:
     """Float32 values of one client's levels (what it contributes to the sum)."""
-    return quantize.dequantize_fixed(levels, clip=clip, bits=quant_bits)
+    return dequantize_fixed(levels, clip=clip, bits=quant_bits)
 
 
 def pack(values: np.ndarray, bits: int) -> bytes:

@@ -198,12 +198,12 @@ class Federation:
     def model_broadcast(self) -> bytes:
         """The engine's "here is the global model" message of the current round."""
         header = wire.Header(MODEL_BROADCAST, 0, self.round, wire.SERVER_ID)
-        return wire.encode(header, [self.global_vector])
+        return wire.serialize(header, [self.global_vector])
 
     def site_session(self, cid: int, broadcast: bytes) -> ClientSession:
         """Site ``cid``'s side of a round: parse the model, train, encode, open a session."""
         r = self.round
-        received = wire.decode(broadcast)
+        received = wire.parse(broadcast)
         received.expect(protocol=MODEL_BROADCAST, stage=0, round=r, sender=wire.SERVER_ID)
         start_vector = received.array(0, dtype="<f4", shape=(self.spec.dim,))
         self._load_site_model(cid, start_vector)

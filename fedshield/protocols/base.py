@@ -95,7 +95,7 @@ class ServerSession(ABC):
         if sender in self._answered:
             raise ReplayedMessage(f"client {sender} already answered stage {stage!r}")
         try:
-            message = wire.decode(
+            message = wire.parse(
                 data, max_bytes=self._max_message_bytes(stage), views=self.large_payloads
             )
             message.expect(
@@ -143,7 +143,7 @@ class ServerSession(ABC):
 
     def _server_message(self, stage: str, fields: tuple | list = ()) -> bytes:
         header = wire.Header(self.protocol_id, self._stage_code(stage), self.round, wire.SERVER_ID)
-        return wire.encode(header, fields)
+        return wire.serialize(header, fields)
 
     # --- protocol specifics ------------------------------------------------------------------
     @abstractmethod
@@ -211,7 +211,7 @@ class ClientSession(ABC):
         if expected >= len(self.stages) or stage != self.stages[expected]:
             raise IllegalTransition(f"client {self.client_id} cannot handle stage {stage!r} now")
         self._stage_index = expected
-        message = wire.decode(data, views=self.large_payloads)
+        message = wire.parse(data, views=self.large_payloads)
         message.expect(
             protocol=self.protocol_id, stage=expected + 1, round=self.round, sender=wire.SERVER_ID
         )
@@ -219,7 +219,9 @@ class ClientSession(ABC):
 
     def _client_message(self, stage: str, fields: tuple | list) -> bytes:
         code = self.stages.index(stage) + 1
-        return wire.encode(wire.Header(self.protocol_id, code, self.round, self.client_id), fields)
+        return wire.serialize(
+            wire.Header(self.protocol_id, code, self.round, self.client_id), fields
+        )
 
     @abstractmethod
     def _handle(self, stage: str, message: wire.Message) -> bytes: ...

@@ -80,7 +80,7 @@ def test_fedbn_never_sends_batchnorm_parameters_or_statistics(tiny_sites, monkey
     assert rec_avg.bytes_up_per_client - rec_bn.bytes_up_per_client == 4 * bn_size
     bn_messages = _Recorder.sent[: len(tiny_sites)]
     for data in bn_messages:  # decoded content: exactly the non-BN update
-        update = wire.decode(data).fields[1]
+        update = wire.parse(data).fields[1]
         assert update.shape == (fedbn.spec.dim,)
     # Each site keeps its own BatchNorm: the sites' running means now differ.
     means = [s["features.1.running_mean"] for s in fedbn.local_states]

@@ -66,11 +66,11 @@ def _expected_levels(plan, updates, weights, ids):
         w = ring.integer_weight(weights[c], config.max_weight, config.weight_bits)
         quant = {"clip": config.clip, "quant_bits": config.quant_bits, "seed": c}
         if config.weighting == "integer":
-            levels = ring.encode(updates[c], **quant).astype(np.uint64) * np.uint64(w)
+            levels = ring.quantize(updates[c], **quant).astype(np.uint64) * np.uint64(w)
             tail = [w]
         else:
             share = np.float32(w / (2**config.weight_bits - 1))
-            levels = ring.encode(updates[c] * share, **quant).astype(np.uint64)
+            levels = ring.quantize(updates[c] * share, **quant).astype(np.uint64)
             tail = [w, 1]  # 8-bit weights: one digit, then the count
         total[: plan.dim] += levels
         total[plan.dim :] += np.array(tail, dtype=np.uint64)
@@ -200,12 +200,12 @@ def test_a_server_that_misreports_the_contributors_is_caught_by_the_sites():
     for c, request in server.broadcast("input").items():
         server.receive("input", c, clients[c].handle("input", request))
     server.close_stage("input")
-    honest = wire.decode(server.broadcast("aggregate")[0])
+    honest = wire.parse(server.broadcast("aggregate")[0])
     params, contributors, sizes, blob = honest.fields
-    lie = wire.encode(honest.header, [params, contributors[:2].copy(), sizes, blob])
+    lie = wire.serialize(honest.header, [params, contributors[:2].copy(), sizes, blob])
     with pytest.raises(ProtocolAbort, match="holds 3 sites, the server names 2"):
         clients[0].handle("aggregate", lie)
-    clients[1].handle("aggregate", wire.encode(honest.header, list(honest.fields)))
+    clients[1].handle("aggregate", wire.serialize(honest.header, list(honest.fields)))
     assert clients[1].aggregate[1] == 3 * 128  # three weights of 50/100 in 8 bits
 
 
@@ -311,8 +311,8 @@ def test_key_transport_messages_are_aead_ciphertexts_only_the_addressed_site_ope
     )
     assert secret[32:96] not in everything  # the key never crosses in the clear
     (install,) = [down for stage, down, _ in _Recorder.relayed if stage == "install"]
-    sealed_for_1 = wire.decode(install[1]).raw(1)
-    holder_public = wire.decode(install[1]).raw(0)
+    sealed_for_1 = wire.parse(install[1]).raw(1)
+    holder_public = wire.parse(install[1]).raw(0)
     for wrong_site in (2, 0):
         from fedshield.protocols.he.keys import _transport_info
 
@@ -325,7 +325,7 @@ def test_key_transport_messages_are_aead_ciphertexts_only_the_addressed_site_ope
 
 # --- malformed ciphertexts ---------------------------------------------------------------
 def _tampered(answer: bytes, case: str, other_plan) -> bytes:
-    msg = wire.decode(answer)
+    msg = wire.parse(answer)
     params, sizes, blob = msg.fields
     first = int(sizes[0])
     if case == "wrong params id":
@@ -347,7 +347,7 @@ def _tampered(answer: bytes, case: str, other_plan) -> bytes:
         blob = foreign + blob[first:]
         sizes = sizes.copy()
         sizes[0] = len(foreign)
-    return wire.encode(msg.header, [params, sizes, blob])
+    return wire.serialize(msg.header, [params, sizes, blob])
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["one process", "two forked workers"])

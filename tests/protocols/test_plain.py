@@ -69,12 +69,12 @@ def test_any_dropout_set_gives_the_survivors_aggregate_or_an_abort(n, dropped):
 
 def _bad_answers(good: bytes, sender: int):
     """Malformed variants of client ``sender``'s honest answer, and the error each must raise."""
-    msg = wire.decode(good)
+    msg = wire.parse(good)
     weight, update = msg.fields
     header = msg.header
 
     def with_(header=header, fields=(weight, update)):
-        return wire.encode(header, list(fields))
+        return wire.serialize(header, list(fields))
 
     nan_update = update.copy()
     nan_update[0] = np.nan

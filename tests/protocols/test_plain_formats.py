@@ -69,7 +69,7 @@ def test_server_sums_exactly_what_clients_sent_in_packed_bytes(fmt):
 
 
 def _tamper(answer: bytes, fmt: PlainFormat, case: str) -> bytes:
-    msg = wire.decode(answer)
+    msg = wire.parse(answer)
     fields = list(msg.fields)
     if case == "nan range":
         low = fields[2].copy()
@@ -94,7 +94,7 @@ def _tamper(answer: bytes, fmt: PlainFormat, case: str) -> bytes:
         fields[-1] = pack(np.arange(DIM - fmt.k + 1, DIM + 1, dtype=np.uint64), bits)
     elif case == "missing indices":
         fields = fields[:-1]
-    return wire.encode(msg.header, fields)
+    return wire.serialize(msg.header, fields)
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,7 @@ def _masked_uploads(n, d, round, same_input_seed=0):
             replies = super().exchange(stage, messages)
             if stage == "masked_input":
                 for c, r in replies.items():
-                    captured[c] = wire.decode(r.data).raw(1)
+                    captured[c] = wire.parse(r.data).raw(1)
             return replies
 
     server, _, _, _ = _run(n, d, round=round, seed=same_input_seed, transport_cls=Capture)
@@ -173,11 +173,11 @@ class _FlipShareByte(InProcessTransport):
     def exchange(self, stage, messages):
         replies = super().exchange(stage, messages)
         if stage == "share_keys" and 1 in replies:
-            msg = wire.decode(replies[1].data)
+            msg = wire.parse(replies[1].data)
             receivers, blob, commitment = msg.fields
             blob = bytearray(blob)
             blob[40] ^= 0xFF
-            replies[1] = Reply(wire.encode(msg.header, [receivers, bytes(blob), commitment]))
+            replies[1] = Reply(wire.serialize(msg.header, [receivers, bytes(blob), commitment]))
         return replies
 
 
@@ -253,7 +253,7 @@ def test_client_refuses_overlapping_survivor_and_dropped_sets():
     server, clients = _sessions(3, 8, round=0)
     _drive(server, clients, STAGES[:3])
     header = wire.Header(2, 4, 0, wire.SERVER_ID)
-    overlapping = wire.encode(header, [np.array([0, 1, 2], np.uint32), np.array([1], np.uint32)])
+    overlapping = wire.serialize(header, [np.array([0, 1, 2], np.uint32), np.array([1], np.uint32)])
     with pytest.raises(SecAggAbort, match="overlap"):
         clients[0].handle("unmask", overlapping)
 
@@ -274,7 +274,7 @@ def test_stochastic_rounding_is_unbiased_and_within_one_step():
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, 1000).astype(np.float32)
     step = 2.0 / 255
-    draws = np.stack([ring.encode(x, clip=1.0, quant_bits=8, seed=s) for s in range(400)])
+    draws = np.stack([ring.quantize(x, clip=1.0, quant_bits=8, seed=s) for s in range(400)])
     values = draws.astype(np.float64) * step - 1.0
     assert np.abs(values - x).max() <= step + 1e-9
     assert np.abs(values.mean(axis=0) - x).max() < 4 * step / np.sqrt(400)
@@ -295,8 +295,8 @@ def test_low_order_public_key_is_rejected_and_the_round_completes():
         def exchange(self, stage, messages):
             replies = super().exchange(stage, messages)
             if stage == "advertise_keys":
-                header = wire.decode(replies[2].data).header
-                replies[2] = Reply(wire.encode(header, [bytes(32), bytes(32)]))
+                header = wire.parse(replies[2].data).header
+                replies[2] = Reply(wire.serialize(header, [bytes(32), bytes(32)]))
             return replies
 
     server, outcome, levels, weights = _run(4, 16, transport_cls=ZeroKey)
@@ -313,13 +313,13 @@ def test_forged_unmask_shares_abort_the_round_instead_of_crashing_the_server():
             replies = super().exchange(stage, messages)
             if stage == "unmask":
                 for c, reply in replies.items():
-                    msg = wire.decode(reply.data)
+                    msg = wire.parse(reply.data)
                     ids_b, blob_b, ids_s, blob_s = msg.fields
                     blob_b = bytearray(blob_b)
                     for i in range(len(ids_b)):  # perturb y of every share, keep the format
                         blob_b[i * 71 + 5] ^= 1
                     fields = [ids_b, bytes(blob_b), ids_s, blob_s]
-                    replies[c] = Reply(wire.encode(msg.header, fields))
+                    replies[c] = Reply(wire.serialize(msg.header, fields))
             return replies
 
     _, outcome, _, _ = _run(3, 16, transport_cls=Forge)
@@ -331,11 +331,13 @@ def test_one_forged_share_is_outvoted_when_spare_shares_exist():
         def exchange(self, stage, messages):
             replies = super().exchange(stage, messages)
             if stage == "unmask":
-                msg = wire.decode(replies[0].data)
+                msg = wire.parse(replies[0].data)
                 ids_b, blob_b, ids_s, blob_s = msg.fields
                 blob_b = bytearray(blob_b)
                 blob_b[5] ^= 1  # client 0 lies about one share of one survivor's seed
-                replies[0] = Reply(wire.encode(msg.header, [ids_b, bytes(blob_b), ids_s, blob_s]))
+                replies[0] = Reply(
+                    wire.serialize(msg.header, [ids_b, bytes(blob_b), ids_s, blob_s])
+                )
             return replies
 
     config = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, threshold=3)
@@ -354,7 +356,7 @@ def test_sealed_share_replayed_from_an_earlier_round_fails_authentication():
         def exchange(self, stage, messages):
             replies = super().exchange(stage, messages)
             if stage == "share_keys":
-                old_blobs.update({c: wire.decode(r.data).fields for c, r in replies.items()})
+                old_blobs.update({c: wire.parse(r.data).fields for c, r in replies.items()})
             return replies
 
     _run(4, 8, round=0, transport_cls=Keep)
@@ -364,9 +366,9 @@ def test_sealed_share_replayed_from_an_earlier_round_fails_authentication():
         def exchange(self, stage, messages):
             replies = super().exchange(stage, messages)
             if stage == "share_keys":
-                msg = wire.decode(replies[1].data)
+                msg = wire.parse(replies[1].data)
                 receivers, _, commitment = msg.fields
-                replies[1] = Reply(wire.encode(msg.header, [receivers, old[1][1], commitment]))
+                replies[1] = Reply(wire.serialize(msg.header, [receivers, old[1][1], commitment]))
             return replies
 
     server, outcome, levels, weights = _run(4, 8, round=1, transport_cls=Replay)

@@ -125,7 +125,7 @@ def _round_start(fed, he: bool) -> bytes:
 
     if not he:
         return fed.model_broadcast()
-    return wire.encode(wire.Header(MODEL_BROADCAST, 0, fed.round, wire.SERVER_ID), [])
+    return wire.serialize(wire.Header(MODEL_BROADCAST, 0, fed.round, wire.SERVER_ID), [])
 
 
 def _distribute_he_keys(fed, grid: Grid, nodes: dict[int, int], *, timeout: float) -> None:
@@ -158,7 +158,7 @@ def _evaluate(fed, grid: Grid, nodes: dict[int, int], timeout: float, he: bool):
     for cid in sorted(replies):
         if replies[cid].data is None or fed.sites[cid].test is None:
             continue
-        message = wire.decode(replies[cid].data)
+        message = wire.parse(replies[cid].data)
         message.expect(protocol=MODEL_BROADCAST, stage=1, round=fed.round, sender=cid)
         labels = message.array(0, dtype="<f8")
         probs = message.array(1, dtype="<f8", shape=labels.shape)

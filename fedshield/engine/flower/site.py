@@ -61,7 +61,7 @@ class SiteProcess:
             return reply
         if kind == "train":
             self._close_previous()
-            header = wire.decode(payload).header
+            header = wire.parse(payload).header
             fed.round = header.round
             if self.he:  # train from this site's own copy of the model
                 payload = fed.model_broadcast()
@@ -73,7 +73,7 @@ class SiteProcess:
                 raise RuntimeError("no open session: the server skipped the train message")
             return self.session.handle(kind.removeprefix("stage:"), payload)
         if kind == "evaluate":
-            message = wire.decode(payload)
+            message = wire.parse(payload)
             message.expect(protocol=MODEL_BROADCAST, stage=0, round=message.header.round,
                            sender=wire.SERVER_ID)  # fmt: skip
             self._close_previous()
@@ -84,7 +84,7 @@ class SiteProcess:
                 fed.global_vector = vector
             labels, probs, loss = fed.site_predictions(self.site, vector)
             header = wire.Header(MODEL_BROADCAST, 1, message.header.round, self.site)
-            return wire.encode(
+            return wire.serialize(
                 header,
                 [labels.astype(np.float64), probs.astype(np.float64), np.array([loss])],
             )

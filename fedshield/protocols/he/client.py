@@ -107,13 +107,13 @@ class HEClient(ClientSession):
         weight = ring.integer_weight(self.weight, config.max_weight, config.weight_bits)
         dim = self.update.size
         if config.weighting == "integer":
-            levels = ring.encode(self.update, seed=self.quant_seed, **quant)
+            levels = ring.quantize(self.update, seed=self.quant_seed, **quant)
             self.sent = ring.dequantize(levels, **quant)
             rows = pack_slots(levels, plan, scale=weight)
             place_value(rows, dim, weight, plan)
             return rows
         share = np.float32(weight / ring.weight_top(config.weight_bits))
-        levels = ring.encode(self.update * share, seed=self.quant_seed, **quant)
+        levels = ring.quantize(self.update * share, seed=self.quant_seed, **quant)
         self.sent = ring.dequantize(levels, **quant) / share
         rows = pack_slots(levels, plan)
         for k in range(config.weight_digits):  # base 2^quant_bits digits
@@ -142,7 +142,7 @@ class HEClient(ClientSession):
         if total == 0:
             raise ProtocolAbort("the decrypted total weight is zero")
         if config.weighting == "integer":
-            mean = ring.decode_mean(
+            mean = ring.dequantize_mean(
                 values[:dim], total, clip=config.clip, quant_bits=config.quant_bits
             )
             return mean.astype(np.float64) * total, float(total)
@@ -151,7 +151,7 @@ class HEClient(ClientSession):
                 f"the sum holds {int(values[-1])} sites, the server names {contributors}"
             )
         # sum_i share_i x_i, from the summed levels of every contributor's scaled update
-        shares = ring.decode_sum(
+        shares = ring.dequantize_sum(
             values[:dim], contributors, clip=config.clip, quant_bits=config.quant_bits
         )
         return shares * ring.weight_top(config.weight_bits), float(total)

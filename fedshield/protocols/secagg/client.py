@@ -136,7 +136,7 @@ class SecAggClient(ClientSession):
         length = self.update.size + 1
         config = self.config
         y = np.empty(length, dtype=ring_dtype(self.bits))
-        levels = ring.encode(
+        levels = ring.quantize(
             self.update,
             clip=config.clip,
             quant_bits=config.quant_bits,

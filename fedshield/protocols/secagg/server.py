@@ -242,7 +242,7 @@ class SecAggServer(ServerSession):
         weight = int(total[-1])
         if weight == 0:
             raise SecAggAbort(f"round {self.round}: the unmasked total weight is zero")
-        mean = ring.decode_mean(
+        mean = ring.dequantize_mean(
             total[:-1], weight, clip=self.config.clip, quant_bits=self.config.quant_bits
         )
         return Revealed(
