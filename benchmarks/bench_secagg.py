@@ -68,7 +68,7 @@ def run_ours(updates, *, config: SecAggConfig, drop: set[int]) -> dict:
         "bytes_up_per_client": float(np.mean(list(bytes_up.values()))),
         "max_abs_error": float(np.abs(revealed.weighted_sum / revealed.total_weight - exact).max()),
         "ring_bits": server.bits,
-        "neighbours": server.k,
+        "neighbours": server.degree,
         "threshold": server.threshold,
     }
 

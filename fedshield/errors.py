@@ -21,6 +21,7 @@ __all__ = [
     "ReplayedMessage",
     "SecAggAbort",
     "StageError",
+    "StageNotClosed",
     "UnknownSender",
     "WrongRound",
     "WrongShape",
@@ -77,6 +78,11 @@ class ProtocolAbort(FedshieldError):
 
 class IllegalTransition(FedshieldError, RuntimeError):
     """A session was driven out of order (a stage skipped or repeated, or reused after its end)."""
+
+
+class StageNotClosed(IllegalTransition):
+    """A stage was opened (or the round revealed) before the previous stage was closed with
+    ``close_stage``, or a stage was closed twice."""
 
 
 class InvalidShare(InvalidMessage):

@@ -8,23 +8,111 @@ stages. The round runner (or any foreign framework) drives them:
    ``server.receive(stage, client_id, answer)``; then ``server.close_stage(stage)``;
 2. ``server.reveal()`` gives what the protocol lets the server learn.
 
-A client that does not answer, or whose answer raises :class:`~fedshield.errors.InvalidMessage`,
-is dropped for the rest of the round; the session remembers it.
+Driving a session out of that order raises :class:`~fedshield.errors.IllegalTransition`
+(:class:`~fedshield.errors.StageNotClosed` when a stage was not closed first). A client that
+does not answer, or whose answer raises :class:`~fedshield.errors.InvalidMessage`, is dropped for
+the rest of the round; the session remembers it.
+
+Stage handlers. A session's stages are a :class:`~fedshield.protocols.ids.StrEnum`; each stage
+has one method per step, marked with :func:`broadcasts`, :func:`receives` and (optionally)
+:func:`closes` on a server, :func:`handles` on a client. The marks are collected into the
+class's ``_handlers`` table when the class is created, and a class whose ``stages`` lack a
+handler (or that marks a stage it does not have) fails right there, at import.
 """
 
 from __future__ import annotations
 
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from fedshield import wire
-from fedshield.errors import IllegalTransition, ReplayedMessage, UnknownSender
+from fedshield.crypto._validate import check_client_ids, check_int, check_real
+from fedshield.errors import (
+    IllegalTransition,
+    ProtocolAbort,
+    ReplayedMessage,
+    StageNotClosed,
+    UnknownSender,
+)
 
-__all__ = ["ClientSession", "Revealed", "ServerSession"]
+__all__ = [
+    "ClientSession",
+    "Revealed",
+    "ServerSession",
+    "broadcasts",
+    "closes",
+    "handles",
+    "receives",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_MARK = "_fedshield_stages"
+_ROUND_TOP = 2**32 - 1  # the wire's round field is u32
+_CLIENT_TOP = 2**32 - 2  # 0xFFFFFFFF is the server's id on the wire
+
+
+def _marker(kind: str) -> Callable[..., Callable[[F], F]]:
+    def mark_stages(*stages: str) -> Callable[[F], F]:
+        def mark(method: F) -> F:
+            marks = getattr(method, _MARK, ())
+            setattr(method, _MARK, (*marks, *((kind, str(s)) for s in stages)))
+            return method
+
+        return mark
+
+    mark_stages.__name__ = {"broadcast": "broadcasts", "close": "closes"}.get(kind, kind + "s")
+    mark_stages.__doc__ = f"Mark a method as the ``{kind}`` step of the given stages."
+    return mark_stages
+
+
+broadcasts = _marker("broadcast")  # server: (self, stage) -> {client: message}
+receives = _marker("receive")  # server: (self, stage, sender, message) -> None
+closes = _marker("close")  # server, optional: (self, stage) -> None; may raise ProtocolAbort
+handles = _marker("handle")  # client: (self, stage, message) -> answer bytes
+
+
+class _StageMachine(ABC):
+    """Collects each concrete subclass's marked handlers into ``_handlers`` and checks them."""
+
+    stages: ClassVar[tuple[str, ...]]
+    _required_kinds: ClassVar[tuple[str, ...]] = ()
+    _optional_kinds: ClassVar[tuple[str, ...]] = ()
+    _handlers: ClassVar[Mapping[tuple[str, str], str]] = MappingProxyType({})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        table: dict[tuple[str, str], str] = {}
+        for klass in reversed(cls.__mro__):
+            for name, member in vars(klass).items():
+                for key in getattr(member, _MARK, ()):
+                    table[key] = name
+        cls._handlers = MappingProxyType(table)
+        stages = getattr(cls, "stages", None)
+        if stages is not None:  # a concrete session, not an intermediate base
+            _check_handlers(cls, tuple(str(s) for s in stages), table)
+
+    def _handler(self, kind: str, stage: str) -> Callable[..., Any] | None:
+        name = self._handlers.get((kind, str(stage)))
+        return None if name is None else getattr(self, name)
+
+
+def _check_handlers(cls: type[_StageMachine], stages: tuple[str, ...], table) -> None:
+    if len(set(stages)) != len(stages):
+        raise TypeError(f"{cls.__name__}.stages repeats a stage: {stages}")
+    kinds = cls._required_kinds + cls._optional_kinds
+    missing = [f"{k} '{s}'" for k in cls._required_kinds for s in stages if (k, s) not in table]
+    unknown = [f"{k} '{s}'" for k, s in table if k not in kinds or s not in stages]
+    if missing or unknown:
+        raise TypeError(
+            f"{cls.__name__}: stage handlers missing for {missing or 'none'}; "
+            f"handlers for unknown kinds or stages: {unknown or 'none'}"
+        )
 
 
 @dataclass(frozen=True)
@@ -38,62 +126,70 @@ class Revealed:
             :attr:`ClientSession.aggregate`).
         total_weight: ``sum_i w_i`` over contributors (``None`` likewise).
         dropped: clients that were asked to take part but are not in the aggregate.
-        updates: each contributor's update, only for protocols that reveal them (``plain``) and
-            when asked to keep them.
     """
 
     contributors: tuple[int, ...]
     weighted_sum: np.ndarray | None
     total_weight: float | None
     dropped: tuple[int, ...] = ()
-    updates: Mapping[int, np.ndarray] | None = field(default=None, repr=False)
 
 
-class ServerSession(ABC):
-    """Server side of one round of a protocol. Single use: one session per round."""
+class ServerSession(_StageMachine):
+    """Server side of one round of a protocol. Single use: one session per round.
+
+    Subclasses set ``protocol_id`` and ``stages`` and mark one :func:`broadcasts` and one
+    :func:`receives` method per stage (a :func:`closes` method where a stage needs one), and
+    implement ``_reveal`` and ``_max_message_bytes``.
+    """
 
     protocol_id: int
-    stages: tuple[str, ...]
     large_payloads = False  # True: bytes fields arrive as views of the message, not copies
+    _required_kinds = ("broadcast", "receive")
+    _optional_kinds = ("close",)
 
     def __init__(self, *, round: int, clients: Iterable[int], dim: int) -> None:
-        clients = tuple(sorted(set(int(c) for c in clients)))
-        if not clients:
-            raise ValueError("a round needs at least one client")
-        if dim <= 0:
-            raise ValueError(f"dim must be positive, got {dim}")
-        if not 0 <= round < 2**32:
-            raise ValueError(f"round must fit in 32 bits, got {round}")
-        self.round = round
-        self.clients = clients
-        self.dim = dim
-        self.alive: set[int] = set(clients)
+        self.round = check_int("round", round, low=0, high=_ROUND_TOP)
+        self.clients = check_client_ids("clients", clients)
+        self.dim = check_int("dim", dim, low=1)
+        self.alive: set[int] = set(self.clients)
         self._stage_index = -1
+        self._closed = False  # whether the stage at _stage_index is closed
+        self._aborted = False
         self._answered: set[int] = set()
+        self._addressed: set[int] = set()
         self._revealed = False
 
     # --- driving -------------------------------------------------------------------------------
     def broadcast(self, stage: str) -> dict[int, bytes]:
-        """Open ``stage`` and return the message for each live client."""
+        """Open ``stage`` and return the message for each live client.
+
+        Raises:
+            StageNotClosed: the previous stage is still open (call :meth:`close_stage`).
+            IllegalTransition: ``stage`` is not the next one, or the round is over.
+        """
+        self._check_live()
         expected = self._stage_index + 1
         if expected >= len(self.stages) or stage != self.stages[expected]:
-            raise IllegalTransition(f"cannot open stage {stage!r} after {self._current()!r}")
-        self._stage_index = expected
+            raise IllegalTransition(f"cannot open stage '{stage}' now ({self._where()})")
+        if self._stage_index >= 0 and not self._closed:
+            raise StageNotClosed(
+                f"cannot open stage '{stage}': close stage '{self._current()}' first"
+            )
+        self._stage_index, self._closed = expected, False
         self._answered = set()
-        messages = self._broadcast(stage)
+        messages = self._run("broadcast", stage)
         self._addressed = set(messages)
         return messages
 
     def receive(self, stage: str, sender: int, data: bytes) -> None:
         """Take ``sender``'s answer for ``stage``; a bad answer raises and drops the sender."""
-        if stage != self._current():
-            raise IllegalTransition(f"stage {stage!r} is not open (open: {self._current()!r})")
+        self._check_open(stage)
         if sender not in self.clients:
             raise UnknownSender(f"client {sender} is not a participant of round {self.round}")
         if sender not in self.alive:
             raise UnknownSender(f"client {sender} already dropped out of round {self.round}")
         if sender in self._answered:
-            raise ReplayedMessage(f"client {sender} already answered stage {stage!r}")
+            raise ReplayedMessage(f"client {sender} already answered stage '{stage}'")
         try:
             message = wire.parse(
                 data, max_bytes=self._max_message_bytes(stage), views=self.large_payloads
@@ -104,7 +200,7 @@ class ServerSession(ABC):
                 round=self.round,
                 sender=sender,
             )
-            self._receive(stage, sender, message)
+            self._run("receive", stage, sender, message)
         except Exception:
             self.alive.discard(sender)
             raise
@@ -113,15 +209,19 @@ class ServerSession(ABC):
     def close_stage(self, stage: str) -> None:
         """End ``stage``: clients asked in it that did not answer are dropped (a stage may
         address only some clients). May raise ProtocolAbort."""
-        if stage != self._current():
-            raise IllegalTransition(f"stage {stage!r} is not open (open: {self._current()!r})")
+        self._check_open(stage)
+        self._closed = True
         self.alive -= self._addressed - self._answered
-        self._close_stage(stage)
+        if self._handler("close", stage) is not None:
+            self._run("close", stage)
 
     def reveal(self) -> Revealed:
-        """After the last stage: what the server learns."""
-        if self._stage_index != len(self.stages) - 1 or self._revealed:
-            raise IllegalTransition("reveal() comes once, after the last stage is closed")
+        """After the last stage is closed, once: what the server learns."""
+        self._check_live()
+        if self._stage_index != len(self.stages) - 1:
+            raise IllegalTransition(f"reveal() comes after the last stage ({self._where()})")
+        if not self._closed:
+            raise StageNotClosed(f"reveal() comes after close_stage('{self._current()}')")
         self._revealed = True
         return self._reveal()
 
@@ -133,6 +233,33 @@ class ServerSession(ABC):
     def dropped(self) -> tuple[int, ...]:
         """Clients dropped so far in this round."""
         return tuple(c for c in self.clients if c not in self.alive)
+
+    # --- state checks --------------------------------------------------------------------------
+    def _check_live(self) -> None:
+        if self._aborted or self._revealed:
+            raise IllegalTransition(f"round {self.round} is over ({self._where()})")
+
+    def _check_open(self, stage: str) -> None:
+        self._check_live()
+        if self._stage_index < 0 or stage != self._current() or self._closed:
+            raise IllegalTransition(f"stage '{stage}' is not open ({self._where()})")
+
+    def _where(self) -> str:
+        if self._aborted:
+            return "the round aborted"
+        if self._revealed:
+            return "the round was revealed"
+        if self._stage_index < 0:
+            return "no stage opened yet"
+        return f"stage '{self._current()}' is {'closed' if self._closed else 'open'}"
+
+    def _run(self, kind: str, stage: str, *args: Any) -> Any:
+        """Call ``stage``'s ``kind`` handler; a ProtocolAbort ends the session."""
+        try:
+            return self._handler(kind, stage)(stage, *args)
+        except ProtocolAbort:
+            self._aborted = True
+            raise
 
     # --- helpers for subclasses ----------------------------------------------------------------
     def _current(self) -> str | None:
@@ -147,28 +274,22 @@ class ServerSession(ABC):
 
     # --- protocol specifics ------------------------------------------------------------------
     @abstractmethod
-    def _broadcast(self, stage: str) -> dict[int, bytes]: ...
-
-    @abstractmethod
-    def _receive(self, stage: str, sender: int, message: wire.Message) -> None: ...
-
-    def _close_stage(self, stage: str) -> None:  # noqa: B027 - optional hook
-        """Hook run at the end of each stage."""
-
-    @abstractmethod
     def _reveal(self) -> Revealed: ...
 
     @abstractmethod
     def _max_message_bytes(self, stage: str) -> int: ...
 
 
-class ClientSession(ABC):
-    """Client side of one round of a protocol: answers each stage's server message."""
+class ClientSession(_StageMachine):
+    """Client side of one round of a protocol: answers each stage's server message.
+
+    Subclasses set ``protocol_id`` and ``stages`` and mark one :func:`handles` method per stage.
+    """
 
     protocol_id: int
-    stages: tuple[str, ...]
     large_payloads = False  # True: bytes fields arrive as views of the message, not copies
     skippable: frozenset[str] = frozenset()  # stages the server may address to others only
+    _required_kinds = ("handle",)
 
     def __init__(
         self,
@@ -179,17 +300,13 @@ class ClientSession(ABC):
         weight: float,
         quant_seed: int | None = None,
     ) -> None:
-        update = np.asarray(update)
-        if update.ndim != 1 or update.dtype != np.float32:
-            raise TypeError("update must be a flat float32 vector (use ParamSpec.flatten)")
-        if not np.isfinite(weight) or weight <= 0:
-            raise ValueError(f"weight must be positive and finite, got {weight}")
-        self.client_id = int(client_id)
-        self.round = round
-        self.update = update
-        self.weight = float(weight)
+        self.client_id = check_int("client_id", client_id, low=0, high=_CLIENT_TOP)
+        self.round = check_int("round", round, low=0, high=_ROUND_TOP)
+        self.update = _check_update(update)
+        self.weight = check_real("weight", weight)
+        seed = check_int("quant_seed", quant_seed, low=0, high=2**64 - 1, optional=True)
         # The stochastic-rounding stream: reproducible when the engine passes a seed.
-        self.quant_seed = secrets.randbits(64) if quant_seed is None else int(quant_seed)
+        self.quant_seed = secrets.randbits(64) if seed is None else seed
         # What the server will decode of this client's input (dequantized values), once sent:
         # what error feedback compares the update with.
         self.sent: np.ndarray | None = None
@@ -200,7 +317,11 @@ class ClientSession(ABC):
 
     def handle(self, stage: str, data: bytes) -> bytes:
         """Answer the server's message for ``stage``. Stages must come in order; only those in
-        :attr:`skippable` may pass this client by."""
+        :attr:`skippable` may pass this client by.
+
+        Raises:
+            IllegalTransition: ``stage`` is not one this client may handle now.
+        """
         expected = self._stage_index + 1
         while (
             expected < len(self.stages)
@@ -209,13 +330,17 @@ class ClientSession(ABC):
         ):
             expected += 1
         if expected >= len(self.stages) or stage != self.stages[expected]:
-            raise IllegalTransition(f"client {self.client_id} cannot handle stage {stage!r} now")
+            done = self.stages[self._stage_index] if self._stage_index >= 0 else None
+            raise IllegalTransition(
+                f"client {self.client_id} cannot handle stage '{stage}' now "
+                f"(last handled: {'none' if done is None else repr(str(done))})"
+            )
         self._stage_index = expected
         message = wire.parse(data, views=self.large_payloads)
         message.expect(
             protocol=self.protocol_id, stage=expected + 1, round=self.round, sender=wire.SERVER_ID
         )
-        return self._handle(stage, message)
+        return self._handler("handle", stage)(stage, message)
 
     def _client_message(self, stage: str, fields: tuple | list) -> bytes:
         code = self.stages.index(stage) + 1
@@ -223,5 +348,15 @@ class ClientSession(ABC):
             wire.Header(self.protocol_id, code, self.round, self.client_id), fields
         )
 
-    @abstractmethod
-    def _handle(self, stage: str, message: wire.Message) -> bytes: ...
+
+def _check_update(update: object) -> np.ndarray:
+    if not isinstance(update, np.ndarray) or update.dtype != np.float32:
+        what = type(update).__name__
+        if isinstance(update, np.ndarray):
+            what = f"an array of {update.dtype}"
+        raise TypeError(
+            f"update must be a flat float32 numpy array (use ParamSpec.flatten), got {what}"
+        )
+    if update.ndim != 1 or update.size == 0:
+        raise ValueError(f"update must be a non-empty 1-D vector, got shape {update.shape}")
+    return update

@@ -25,14 +25,30 @@ from fedshield.compress.quantize import (
     dequantize_chunked,
     quantize_chunked,
 )
-from fedshield.errors import NonFiniteValues, ProtocolAbort, WrongShape
-from fedshield.protocols.base import ClientSession, Revealed, ServerSession
-from fedshield.protocols.ids import ProtocolId
+from fedshield.crypto._validate import check_instance, check_int
+from fedshield.errors import ConfigError, NonFiniteValues, ProtocolAbort, WrongShape
+from fedshield.protocols.base import (
+    ClientSession,
+    Revealed,
+    ServerSession,
+    broadcasts,
+    closes,
+    handles,
+    receives,
+)
+from fedshield.protocols.ids import ProtocolId, StrEnum
 
-__all__ = ["PlainClient", "PlainFormat", "PlainServer"]
+__all__ = ["PROTOCOL_ID", "STAGES", "PlainClient", "PlainFormat", "PlainServer", "PlainStage"]
+
+
+class PlainStage(StrEnum):
+    """The one stage of ``plain``: each client sends its update."""
+
+    INPUT = "input"
+
 
 PROTOCOL_ID = ProtocolId.PLAIN
-STAGES = ("input",)
+STAGES: tuple[PlainStage, ...] = tuple(PlainStage)
 
 
 @dataclass(frozen=True)
@@ -50,10 +66,10 @@ class PlainFormat:
     k: int | None = None
 
     def __post_init__(self) -> None:
-        if self.quant_bits is not None and not 1 <= self.quant_bits <= MAX_BITS:
-            raise ValueError(f"quant_bits must be in 1..{MAX_BITS} (or None for float32)")
-        if self.chunk < 1 or (self.k is not None and self.k < 1):
-            raise ValueError("chunk and k must be positive")
+        check_int("quant_bits", self.quant_bits, low=1, high=MAX_BITS, optional=True,
+                  error=ConfigError)  # fmt: skip
+        check_int("chunk", self.chunk, low=1, error=ConfigError)
+        check_int("k", self.k, low=1, optional=True, error=ConfigError)
 
     def n_values(self, dim: int) -> int:
         """Values per client message."""
@@ -87,7 +103,7 @@ class PlainServer(ServerSession):
         >>> import numpy as np
         >>> server = PlainServer(round=0, clients=[0], dim=3)
         >>> client = PlainClient(client_id=0, round=0, update=np.ones(3, np.float32), weight=2.0)
-        >>> request = server.broadcast("input")[0]
+        >>> request = server.broadcast(PlainStage.INPUT)[0]
         >>> server.receive("input", 0, client.handle("input", request))
         >>> server.close_stage("input")
         >>> server.reveal().weighted_sum.tolist()
@@ -103,29 +119,29 @@ class PlainServer(ServerSession):
         round: int,
         clients,
         dim: int,
-        keep_updates: bool = False,
-        format: PlainFormat | None = None,
+        payload_format: PlainFormat | None = None,
     ) -> None:
         super().__init__(round=round, clients=clients, dim=dim)
-        self.format = format or PlainFormat()
+        self.format = _check_format(payload_format)
         self._sum = np.zeros(dim, dtype=np.float64)
         self._total_weight = 0.0
         self._weights: dict[int, float] = {}
-        self._updates: dict[int, np.ndarray] | None = {} if keep_updates else None
 
     def describe(self) -> dict:
         """The payload format of this round."""
         f = self.format
         return {"quant_bits": f.quant_bits, "chunk": f.chunk if f.quant_bits else None, "k": f.k}
 
-    def _broadcast(self, stage: str) -> dict[int, bytes]:
+    @broadcasts(PlainStage.INPUT)
+    def _request_input(self, stage: str) -> dict[int, bytes]:
         request = self._server_message(stage, [self.format.header(self.dim)])
         return {cid: request for cid in sorted(self.alive)}
 
     def _max_message_bytes(self, stage: str) -> int:
         return self.format.max_bytes(self.dim)
 
-    def _receive(self, stage: str, sender: int, message: wire.Message) -> None:
+    @receives(PlainStage.INPUT)
+    def _receive_input(self, stage: str, sender: int, message: wire.Message) -> None:
         f = self.format
         n = f.n_values(self.dim)
         quantized = f.quant_bits is not None
@@ -163,13 +179,9 @@ class PlainServer(ServerSession):
             self._sum[indices] += weight * values.astype(np.float64)
         self._total_weight += weight
         self._weights[sender] = weight
-        if self._updates is not None:
-            dense = values.copy() if indices is None else np.zeros(self.dim, np.float32)
-            if indices is not None:
-                dense[indices] = values
-            self._updates[sender] = dense
 
-    def _close_stage(self, stage: str) -> None:
+    @closes(PlainStage.INPUT)
+    def _close_input(self, stage: str) -> None:
         if not self._weights:
             raise ProtocolAbort(f"round {self.round}: no client delivered a valid update")
 
@@ -180,7 +192,6 @@ class PlainServer(ServerSession):
             weighted_sum=self._sum,
             total_weight=self._total_weight,
             dropped=tuple(c for c in self.clients if c not in self._weights),
-            updates=self._updates,
         )
 
 
@@ -198,21 +209,26 @@ class PlainClient(ClientSession):
         round: int,
         update: np.ndarray,
         weight: float,
-        format: PlainFormat | None = None,
+        payload_format: PlainFormat | None = None,
         indices: np.ndarray | None = None,
         quant_seed: int | None = None,
     ) -> None:
         super().__init__(
             client_id=client_id, round=round, update=update, weight=weight, quant_seed=quant_seed
         )
-        self.format = format or PlainFormat()
+        self.format = _check_format(payload_format)
         if (indices is None) != (self.format.k is None):
-            raise ValueError("pass indices exactly when the format is sparse (k set)")
-        if indices is not None and indices.shape != update.shape:
-            raise ValueError("indices and update must have the same length")
+            raise ValueError(
+                "indices: pass the update's coordinates exactly when payload_format.k is set"
+            )
+        if indices is not None:
+            check_instance("indices", indices, np.ndarray, "sorted int coordinates")
+            if indices.dtype.kind not in "iu" or indices.shape != update.shape:
+                raise ValueError("indices must be integer coordinates, one per update value")
         self.indices = indices
 
-    def _handle(self, stage: str, message: wire.Message) -> bytes:
+    @handles(PlainStage.INPUT)
+    def _send_input(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(1)
         stated = message.array(0, dtype="<u8", shape=(5,))
         dim = int(stated[0])
@@ -234,3 +250,10 @@ class PlainClient(ClientSession):
         if self.indices is not None:
             fields.append(pack(self.indices.astype(np.uint64), index_bits(dim)))
         return self._client_message(stage, fields)
+
+
+def _check_format(payload_format: PlainFormat | None) -> PlainFormat:
+    if payload_format is None:
+        return PlainFormat()
+    check_instance("payload_format", payload_format, PlainFormat, "or None for float32")
+    return payload_format

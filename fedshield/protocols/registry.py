@@ -120,10 +120,10 @@ class PlainSpec(ProtocolSpec):
             raise ConfigError(f"plain: {exc}") from None
 
     def server(self, *, round: int, clients: list[int], dim: int) -> ServerSession:
-        return PlainServer(round=round, clients=clients, dim=dim, format=self.format)
+        return PlainServer(round=round, clients=clients, dim=dim, payload_format=self.format)
 
     def client(self, **kwargs) -> ClientSession:
-        return PlainClient(format=self.format, **kwargs)
+        return PlainClient(payload_format=self.format, **kwargs)
 
     def describe(self) -> dict:
         return {"quant_bits": self.format.quant_bits}

@@ -26,7 +26,7 @@ def _clients(n, fmt, seed=0):
             round=0,
             update=update if indices is None else update[indices],
             weight=float(c + 1),
-            format=fmt,
+            payload_format=fmt,
             indices=indices,
             quant_seed=c,
         )
@@ -54,7 +54,7 @@ def _expected(clients, ids):
 )
 def test_server_sums_exactly_what_clients_sent_in_packed_bytes(fmt):
     clients = _clients(3, fmt)
-    server = PlainServer(round=0, clients=clients, dim=DIM, format=fmt)
+    server = PlainServer(round=0, clients=clients, dim=DIM, payload_format=fmt)
     outcome = run_protocol(server, InProcessTransport(clients))
     np.testing.assert_allclose(outcome.revealed.weighted_sum, _expected(clients, range(3)))
     n = fmt.n_values(DIM)
@@ -111,7 +111,7 @@ def _tamper(answer: bytes, fmt: PlainFormat, case: str) -> bytes:
 def test_malformed_compressed_input_is_rejected_and_the_round_completes(case, error):
     fmt = PlainFormat(quant_bits=8, chunk=500, k=1000)
     clients = _clients(3, fmt)
-    server = PlainServer(round=0, clients=clients, dim=DIM, format=fmt)
+    server = PlainServer(round=0, clients=clients, dim=DIM, payload_format=fmt)
     request = server.broadcast("input")
     answers = {c: clients[c].handle("input", request[c]) for c in clients}
     server.receive("input", 0, answers[0])
@@ -127,7 +127,7 @@ def test_malformed_compressed_input_is_rejected_and_the_round_completes(case, er
 def test_oversized_compressed_message_and_format_mismatch():
     fmt = PlainFormat(quant_bits=4)
     clients = _clients(1, fmt)
-    server = PlainServer(round=0, clients=clients, dim=DIM, format=fmt)
+    server = PlainServer(round=0, clients=clients, dim=DIM, payload_format=fmt)
     request = server.broadcast("input")[0]
     answer = clients[0].handle("input", request)
     with pytest.raises(MalformedMessage):
@@ -137,7 +137,7 @@ def test_oversized_compressed_message_and_format_mismatch():
         round=0,
         update=np.zeros(DIM, np.float32),
         weight=1.0,
-        format=PlainFormat(quant_bits=8),
+        payload_format=PlainFormat(quant_bits=8),
     )
     with pytest.raises(WrongShape):
         other.handle("input", request)

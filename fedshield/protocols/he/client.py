@@ -10,14 +10,16 @@ import tenseal.sealapi as sa
 
 from fedshield import wire
 from fedshield.crypto import ring
+from fedshield.crypto._validate import check_instance, check_int
 from fedshield.crypto.seal import SealIO
 from fedshield.errors import ProtocolAbort, WrongShape
-from fedshield.protocols.base import ClientSession
+from fedshield.protocols.base import ClientSession, handles
 from fedshield.protocols.he.common import (
     DECRYPTS_PER_FORK,
     ENCRYPTS_PER_FORK,
     PROTOCOL_ID,
     STAGES,
+    HEStage,
     load_ciphertexts,
     read_sizes,
 )
@@ -58,21 +60,27 @@ class HEClient(ClientSession):
         super().__init__(
             client_id=client_id, round=round, update=update, weight=weight, quant_seed=quant_seed
         )
+        check_instance("keyring", keyring, HEKeyring, "from the key setup")
         if update.size != keyring.plan.dim:
-            raise ValueError(f"the HE plan is for {keyring.plan.dim} values, got {update.size}")
+            raise ValueError(
+                f"update: the keyring's plan is for {keyring.plan.dim} values, got {update.size}"
+            )
         self.keyring = keyring
         self.plan = keyring.plan
-        self.workers = workers
+        self.workers = check_int("workers", workers, low=1, optional=True)
         self.level_sum: np.ndarray | None = None
 
-    def _handle(self, stage: str, message: wire.Message) -> bytes:
-        if stage == "input":
-            message.require_fields(1)
-            if message.raw(0, length=32) != self.plan.params_id:
-                raise WrongShape("the server's HE parameters differ from this site's")
-            blobs = self._encrypt()
-            sizes = np.array([len(b) for b in blobs], dtype=np.uint32)
-            return self._client_message(stage, [self.plan.params_id, sizes, b"".join(blobs)])
+    @handles(HEStage.INPUT)
+    def _send_input(self, stage: str, message: wire.Message) -> bytes:
+        message.require_fields(1)
+        if message.raw(0, length=32) != self.plan.params_id:
+            raise WrongShape("the server's HE parameters differ from this site's")
+        blobs = self._encrypt()
+        sizes = np.array([len(b) for b in blobs], dtype=np.uint32)
+        return self._client_message(stage, [self.plan.params_id, sizes, b"".join(blobs)])
+
+    @handles(HEStage.AGGREGATE)
+    def _take_aggregate(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(4)
         if message.raw(0, length=32) != self.plan.params_id:
             raise WrongShape("the aggregate is under other parameters")

@@ -1,4 +1,5 @@
-"""What both sides of ``he`` share: the protocol id, stages, and ciphertext parsing."""
+"""What both sides of ``he`` (and of its key setup) share: the protocol ids, the stages, and
+ciphertext parsing."""
 
 from __future__ import annotations
 
@@ -9,19 +10,41 @@ from fedshield import wire
 from fedshield.crypto.seal import SealIO
 from fedshield.errors import InvalidCiphertext
 from fedshield.protocols.he.params import HEPlan
-from fedshield.protocols.ids import ProtocolId
+from fedshield.protocols.ids import ProtocolId, StrEnum
 
 __all__ = [
     "DECRYPTS_PER_FORK",
     "ENCRYPTS_PER_FORK",
+    "KEY_PROTOCOL_ID",
+    "KEY_STAGES",
     "PROTOCOL_ID",
     "STAGES",
+    "HEKeyStage",
+    "HEStage",
     "load_ciphertexts",
     "read_sizes",
 ]
 
+
+class HEStage(StrEnum):
+    """The stages of an ``he`` round, in order."""
+
+    INPUT = "input"  # each site: its ciphertexts
+    AGGREGATE = "aggregate"  # the server: the summed ciphertexts, for the sites to decrypt
+
+
+class HEKeyStage(StrEnum):
+    """The stages of ``he``'s one-time key distribution, in order."""
+
+    ADVERTISE = "advertise"  # each site: its X25519 public key
+    SEAL = "seal"  # the key holder: the secret key sealed to each site
+    INSTALL = "install"  # each site: opens its sealed key
+
+
 PROTOCOL_ID = ProtocolId.HE
-STAGES = ("input", "aggregate")
+STAGES: tuple[HEStage, ...] = tuple(HEStage)
+KEY_PROTOCOL_ID = ProtocolId.HE_KEYS
+KEY_STAGES: tuple[HEKeyStage, ...] = tuple(HEKeyStage)
 # By default a site forks a worker per core only for at least this many ciphertexts each
 # (about 1 ms to encrypt one, 0.4 ms to decrypt one; measured fork cost 20-70 ms).
 ENCRYPTS_PER_FORK = 256

@@ -8,8 +8,9 @@ AES-GCM under an HKDF-SHA256 key from X25519, bound to the parameters id, the ke
 receiver; the server only relays public keys and AEAD ciphertexts. The server's side of this
 session (:class:`HEKeySetupServer`) holds no key at any point.
 
-Stages: ``advertise`` (each site: its X25519 public key) → ``seal`` (the key holder: one sealed
-key per site) → ``install`` (each site opens its sealed key).
+Stages (:class:`~fedshield.protocols.he.common.HEKeyStage`): ``advertise`` (each site: its
+X25519 public key) → ``seal`` (the key holder: one sealed key per site) → ``install`` (each site
+opens its sealed key).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import tenseal.sealapi as sa
 
 from fedshield import wire
+from fedshield.crypto._validate import check_instance, check_int
 from fedshield.crypto.keys import (
     PUBLIC_KEY_BYTES,
     KeyPair,
@@ -27,32 +29,39 @@ from fedshield.crypto.keys import (
 )
 from fedshield.crypto.seal import SealIO
 from fedshield.errors import InvalidShare, ProtocolAbort, UnknownSender, WrongShape
-from fedshield.protocols.base import ClientSession, Revealed, ServerSession
+from fedshield.protocols.base import (
+    ClientSession,
+    Revealed,
+    ServerSession,
+    broadcasts,
+    closes,
+    handles,
+    receives,
+)
+from fedshield.protocols.he.common import KEY_PROTOCOL_ID, KEY_STAGES, HEKeyStage
 from fedshield.protocols.he.params import HEPlan
-from fedshield.protocols.ids import ProtocolId
 
 __all__ = ["HEKeySetupClient", "HEKeySetupServer", "HEKeyring"]
-
-PROTOCOL_ID = ProtocolId.HE_KEYS
-STAGES = ("advertise", "seal", "install")
 _MAX_SEALED = 1 << 20
 
 
 class HEKeyring:
     """What a site holds: the parameters, the SEAL context and the secret key.
 
-    Never constructed on the server. ``generate`` makes a new key (the key holder, or
-    ``fedshield keygen``); ``from_secret_bytes`` installs a distributed one.
+    Never constructed on the server. :meth:`generate` makes a new key (on the key holder);
+    :meth:`from_secret_bytes` installs a distributed one.
     """
 
     def __init__(self, plan: HEPlan, secret_key: sa.SecretKey, io: SealIO) -> None:
+        check_instance("plan", plan, HEPlan)
+        check_instance("secret_key", secret_key, sa.SecretKey)
+        check_instance("io", io, SealIO)
         self.plan = plan
         self.context = io.context
         self.io = io
         self.secret_key = secret_key
         self.encryptor = sa.Encryptor(self.context, secret_key)
         self.decryptor = sa.Decryptor(self.context, secret_key)
-        self.evaluator = sa.Evaluator(self.context)
         if plan.scheme == "bfv":
             self.encoder = sa.BatchEncoder(self.context)
         else:
@@ -87,13 +96,14 @@ def _transport_info(params_id: bytes, holder: int, site: int) -> bytes:
 class HEKeySetupServer(ServerSession):
     """Server side of key distribution: relays public keys and sealed keys, learns neither."""
 
-    protocol_id = PROTOCOL_ID
-    stages = STAGES
+    protocol_id = KEY_PROTOCOL_ID
+    stages = KEY_STAGES
 
     def __init__(self, *, round: int, clients, dim: int, plan: HEPlan, holder: int) -> None:
         super().__init__(round=round, clients=clients, dim=dim)
-        if holder not in self.clients:
-            raise ValueError("the key holder must be one of the clients")
+        check_instance("plan", plan, HEPlan, "from plan_for")
+        if check_int("holder", holder, low=0) not in self.clients:
+            raise ValueError(f"holder must be one of clients {list(self.clients)}, got {holder}")
         self.plan = plan
         self.holder = holder
         self.public: dict[int, bytes] = {}
@@ -103,53 +113,59 @@ class HEKeySetupServer(ServerSession):
     def _max_message_bytes(self, stage: str) -> int:
         return 256 + len(self.clients) * (8 + _MAX_SEALED)
 
-    def _broadcast(self, stage: str) -> dict[int, bytes]:
-        alive = sorted(self.alive)
-        if stage == "advertise":
-            msg = self._server_message(stage, [self.plan.params_id])
-            return {c: msg for c in alive}
-        if stage == "seal":
-            if self.holder not in self.public:
-                raise ProtocolAbort("the key holder did not advertise a key")
-            sites = [c for c in alive if c != self.holder]
-            fields = [
-                np.array(sites, dtype=np.uint32),
-                b"".join(self.public[c] for c in sites),
-            ]
-            return {self.holder: self._server_message(stage, fields)}
+    @broadcasts(HEKeyStage.ADVERTISE)
+    def _ask_for_public_keys(self, stage: str) -> dict[int, bytes]:
+        msg = self._server_message(stage, [self.plan.params_id])
+        return dict.fromkeys(sorted(self.alive), msg)
+
+    @receives(HEKeyStage.ADVERTISE)
+    def _take_public_key(self, stage: str, sender: int, message: wire.Message) -> None:
+        message.require_fields(1)
+        public = message.raw(0, length=PUBLIC_KEY_BYTES)
+        validate_public_key(public)
+        self.public[sender] = public
+
+    @broadcasts(HEKeyStage.SEAL)
+    def _ask_holder_to_seal(self, stage: str) -> dict[int, bytes]:
+        if self.holder not in self.public:
+            raise ProtocolAbort("the key holder did not advertise a key")
+        sites = [c for c in sorted(self.alive) if c != self.holder]
+        fields = [np.array(sites, dtype=np.uint32), b"".join(self.public[c] for c in sites)]
+        return {self.holder: self._server_message(stage, fields)}
+
+    @receives(HEKeyStage.SEAL)
+    def _take_sealed_keys(self, stage: str, sender: int, message: wire.Message) -> None:
+        if sender != self.holder:
+            raise UnknownSender(f"client {sender} is not the key holder")
+        message.require_fields(3)
+        sites = message.array(0, dtype="<u4").tolist()
+        sizes = message.array(1, dtype="<u4", shape=(len(sites),)).tolist()
+        blob = message.raw(2, length=sum(sizes))
+        if not set(sites) <= set(self.public) or len(set(sites)) != len(sites):
+            raise WrongShape("the key holder sealed keys for unknown sites")
+        offset = 0
+        for site, size in zip(sites, sizes, strict=True):
+            self.sealed[site] = blob[offset : offset + size]
+            offset += size
+
+    @closes(HEKeyStage.SEAL)
+    def _close_seal(self, stage: str) -> None:
+        if self.holder not in self.alive:
+            raise ProtocolAbort("the key holder dropped out before sealing the key")
+
+    @broadcasts(HEKeyStage.INSTALL)
+    def _relay_sealed_keys(self, stage: str) -> dict[int, bytes]:
         holder_key = self.public[self.holder]
         return {
             c: self._server_message(stage, [holder_key, self.sealed.get(c, b"")])
-            for c in alive
+            for c in sorted(self.alive)
             if c == self.holder or c in self.sealed
         }
 
-    def _receive(self, stage: str, sender: int, message: wire.Message) -> None:
-        if stage == "advertise":
-            message.require_fields(1)
-            public = message.raw(0, length=PUBLIC_KEY_BYTES)
-            validate_public_key(public)
-            self.public[sender] = public
-        elif stage == "seal":
-            if sender != self.holder:
-                raise UnknownSender(f"client {sender} is not the key holder")
-            message.require_fields(3)
-            sites = message.array(0, dtype="<u4").tolist()
-            sizes = message.array(1, dtype="<u4", shape=(len(sites),)).tolist()
-            blob = message.raw(2, length=sum(sizes))
-            if not set(sites) <= set(self.public) or len(set(sites)) != len(sites):
-                raise WrongShape("the key holder sealed keys for unknown sites")
-            offset = 0
-            for site, size in zip(sites, sizes, strict=True):
-                self.sealed[site] = blob[offset : offset + size]
-                offset += size
-        else:
-            message.require_fields(0)
-            self.installed.add(sender)
-
-    def _close_stage(self, stage: str) -> None:
-        if stage == "seal" and self.holder not in self.alive:
-            raise ProtocolAbort("the key holder dropped out before sealing the key")
+    @receives(HEKeyStage.INSTALL)
+    def _take_receipt(self, stage: str, sender: int, message: wire.Message) -> None:
+        message.require_fields(0)
+        self.installed.add(sender)
 
     def _reveal(self) -> Revealed:
         return Revealed(
@@ -166,27 +182,29 @@ class HEKeySetupClient(ClientSession):
     After ``install``, :attr:`keyring` holds the site's :class:`HEKeyring`.
     """
 
-    protocol_id = PROTOCOL_ID
-    stages = STAGES
-    skippable = frozenset({"seal"})  # only the key holder seals
+    protocol_id = KEY_PROTOCOL_ID
+    stages = KEY_STAGES
+    skippable = frozenset({HEKeyStage.SEAL})  # only the key holder seals
 
     def __init__(self, *, client_id: int, plan: HEPlan, holder: int, round: int = 0) -> None:
         super().__init__(
             client_id=client_id, round=round, update=np.zeros(1, np.float32), weight=1.0
         )
+        check_instance("plan", plan, HEPlan, "from plan_for")
         self.plan = plan
-        self.holder = holder
+        self.holder = check_int("holder", holder, low=0)
         self.transport_keys = KeyPair.generate()
         self.keyring: HEKeyring | None = HEKeyring.generate(plan) if client_id == holder else None
 
-    def _handle(self, stage: str, message: wire.Message) -> bytes:
-        if stage == "advertise":
-            message.require_fields(1)
-            if message.raw(0, length=32) != self.plan.params_id:
-                raise WrongShape("the server's HE parameters differ from this site's")
-            return self._client_message(stage, [self.transport_keys.public_bytes])
-        if stage == "seal":
-            return self._seal(stage, message)
+    @handles(HEKeyStage.ADVERTISE)
+    def _advertise(self, stage: str, message: wire.Message) -> bytes:
+        message.require_fields(1)
+        if message.raw(0, length=32) != self.plan.params_id:
+            raise WrongShape("the server's HE parameters differ from this site's")
+        return self._client_message(stage, [self.transport_keys.public_bytes])
+
+    @handles(HEKeyStage.INSTALL)
+    def _install(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(2)
         holder_public = message.raw(0, length=PUBLIC_KEY_BYTES)
         if self.client_id != self.holder:
@@ -201,6 +219,7 @@ class HEKeySetupClient(ClientSession):
             self.keyring = HEKeyring.from_secret_bytes(self.plan, secret)
         return self._client_message(stage, [])
 
+    @handles(HEKeyStage.SEAL)
     def _seal(self, stage: str, message: wire.Message) -> bytes:
         if self.keyring is None or self.client_id != self.holder:
             raise InvalidShare("only the key holder seals keys")

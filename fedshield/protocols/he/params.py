@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 
 import tenseal.sealapi as sa
 
+from fedshield.crypto._validate import check_choice, check_instance, check_int, check_real
 from fedshield.crypto.seal import seal_context
 from fedshield.errors import ConfigError
 
@@ -72,6 +73,10 @@ class HEConfig:
         max_weight: public upper bound of a site's weight (its sample count).
         weighting: BFV: ``"fraction"`` (sites scale their update by their weight before
             quantizing; default) or ``"integer"`` (levels times the integer weight).
+
+    Raises:
+        TypeError: an argument of the wrong type.
+        ConfigError: a value out of range or not among the choices (a ``ValueError``).
     """
 
     scheme: str = "bfv"
@@ -82,16 +87,15 @@ class HEConfig:
     weighting: str = "fraction"
 
     def __post_init__(self) -> None:
-        if self.weighting not in ("fraction", "integer"):
-            raise ConfigError(f"--he-weighting must be fraction or integer, got {self.weighting!r}")
-        if self.scheme not in ("bfv", "ckks"):
-            raise ConfigError(f"--he-scheme must be bfv or ckks, got {self.scheme!r}")
-        if not (self.clip > 0 and math.isfinite(self.clip)):
-            raise ConfigError("--clip must be positive and finite")
-        if not 1 <= self.quant_bits <= 16 or not 0 <= self.weight_bits <= 16:
-            raise ConfigError("he: quant bits must be in 1..16 and weight bits in 0..16")
-        if not self.max_weight > 0:
-            raise ConfigError("max_weight must be positive")
+        # Messages name the argument (the CLI maps its flags onto these names).
+        check_choice("weighting", self.weighting, ("fraction", "integer"), error=ConfigError)
+        check_choice("scheme", self.scheme, ("bfv", "ckks"), error=ConfigError)
+        object.__setattr__(self, "clip", check_real("clip", self.clip, error=ConfigError))
+        check_int("quant_bits", self.quant_bits, low=1, high=16, error=ConfigError)
+        check_int("weight_bits", self.weight_bits, low=0, high=16, error=ConfigError)
+        object.__setattr__(
+            self, "max_weight", check_real("max_weight", self.max_weight, error=ConfigError)
+        )
 
     @property
     def weight_digits(self) -> int:
@@ -157,10 +161,9 @@ def plan_for(config: HEConfig, *, n_clients: int, dim: int) -> HEPlan:
         ConfigError: when no parameters decrypt the sum correctly (too many clients, or
             values too wide for a slot).
     """
-    if not 1 <= n_clients <= MAX_CLIENTS:
-        raise ConfigError(f"he supports 1..{MAX_CLIENTS} clients, got {n_clients}")
-    if dim < 1:
-        raise ConfigError("dim must be positive")
+    check_instance("config", config, HEConfig)
+    check_int("n_clients", n_clients, low=1, high=MAX_CLIENTS, error=ConfigError)
+    check_int("dim", dim, low=1, error=ConfigError)
     length = dim + config.tail_values  # the weight (and a count) travel as more values
     log_n = math.ceil(math.log2(n_clients)) if n_clients > 1 else 0
     if config.scheme == "ckks":
@@ -178,7 +181,7 @@ def plan_for(config: HEConfig, *, n_clients: int, dim: int) -> HEPlan:
         raise ConfigError(
             f"he: {n_clients} clients with {config.quant_bits}-bit values "
             f"({config.weighting} weights) need {width}-bit fields, more than a "
-            f"{plain_bits}-bit BFV slot holds; lower --quant-bits or the clients"
+            f"{plain_bits}-bit BFV slot holds; lower quant_bits or the number of clients"
         )
     return HEPlan(
         "bfv", n_clients, dim, POLY_DEGREE, BFV_COEFF_BITS, plain_bits, 0, width, per_slot,

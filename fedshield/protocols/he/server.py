@@ -9,10 +9,17 @@ import numpy as np
 import tenseal.sealapi as sa
 
 from fedshield import wire
+from fedshield.crypto._validate import check_instance, check_int
 from fedshield.crypto.seal import SealIO
 from fedshield.errors import ProtocolAbort, WrongShape
-from fedshield.protocols.base import Revealed, ServerSession
-from fedshield.protocols.he.common import PROTOCOL_ID, STAGES, load_ciphertexts, read_sizes
+from fedshield.protocols.base import Revealed, ServerSession, broadcasts, closes, receives
+from fedshield.protocols.he.common import (
+    PROTOCOL_ID,
+    STAGES,
+    HEStage,
+    load_ciphertexts,
+    read_sizes,
+)
 from fedshield.protocols.he.forked import (
     ForkedObject,
     LocalObject,
@@ -95,9 +102,11 @@ class HEServer(ServerSession):
         self, *, round: int, clients, dim: int, plan: HEPlan, workers: int | None = None
     ) -> None:
         super().__init__(round=round, clients=clients, dim=dim)
+        check_instance("plan", plan, HEPlan, "from plan_for or the key setup")
         if plan.dim != dim:
-            raise ValueError(f"the HE plan is for {plan.dim} values, the round has {dim}")
+            raise ValueError(f"plan: it is for {plan.dim} values, the round has dim={dim}")
         self.plan = plan
+        workers = check_int("workers", workers, low=1, optional=True)
         self.ranges = split_range(plan.n_ciphertexts, worker_count(workers, plan.n_ciphertexts))
         self.parts: list = []
         self.inbox = np.empty(0, np.uint8)  # made (shared) when the input stage opens
@@ -117,16 +126,18 @@ class HEServer(ServerSession):
         }
 
     def _max_message_bytes(self, stage: str) -> int:
-        if stage == "input":
+        if stage == HEStage.INPUT:
             return 256 + self.plan.n_ciphertexts * (4 + self.plan.max_ciphertext_bytes)
         return 256
 
-    def _broadcast(self, stage: str) -> dict[int, bytes]:
-        alive = sorted(self.alive)
-        if stage == "input":
-            self._start_parts()
-            msg = self._server_message(stage, [self.plan.params_id])
-            return {c: msg for c in alive}
+    @broadcasts(HEStage.INPUT)
+    def _ask_for_input(self, stage: str) -> dict[int, bytes]:
+        self._start_parts()
+        msg = self._server_message(stage, [self.plan.params_id])
+        return dict.fromkeys(sorted(self.alive), msg)
+
+    @broadcasts(HEStage.AGGREGATE)
+    def _send_aggregate(self, stage: str) -> dict[int, bytes]:
         for part in self.parts:
             part.send("serialize")
         part_sizes = [np.array(part.result(), np.uint32) for part in self.parts]
@@ -141,7 +152,7 @@ class HEServer(ServerSession):
         message = [self.plan.params_id, np.array(self.contributors, np.uint32)]
         message += [np.concatenate(part_sizes), sums]
         msg = self._server_message(stage, message)
-        return {c: msg for c in alive}
+        return dict.fromkeys(sorted(self.alive), msg)
 
     def _start_parts(self) -> None:
         plan = self.plan
@@ -150,10 +161,12 @@ class HEServer(ServerSession):
         for lo, hi in self.ranges:
             self.parts.append(holder(partial(CiphertextSum, plan, lo, hi, self.inbox)))
 
-    def _receive(self, stage: str, sender: int, message: wire.Message) -> None:
-        if stage == "aggregate":
-            message.require_fields(0)
-            return
+    @receives(HEStage.AGGREGATE)
+    def _take_receipt(self, stage: str, sender: int, message: wire.Message) -> None:
+        message.require_fields(0)
+
+    @receives(HEStage.INPUT)
+    def _take_input(self, stage: str, sender: int, message: wire.Message) -> None:
         message.require_fields(3)
         if message.raw(0, length=32) != self.plan.params_id:
             raise WrongShape(f"client {sender} encrypted under other parameters")
@@ -178,8 +191,9 @@ class HEServer(ServerSession):
             raise errors[0]
         self.contributors.append(sender)
 
-    def _close_stage(self, stage: str) -> None:
-        if stage == "input" and not self.contributors:
+    @closes(HEStage.INPUT)
+    def _close_input(self, stage: str) -> None:
+        if not self.contributors:
             self._closer()
             raise ProtocolAbort(f"round {self.round}: no site delivered a valid ciphertext")
 

@@ -14,14 +14,37 @@ holders; below that it raises :class:`~fedshield.errors.SecAggAbort` and nothing
 What leaks: the weighted sum of the survivors' quantized updates, their total weight, and the
 set of survivors. Clients that drop after sending their masked input are still counted.
 
-Stages: ``advertise_keys`` (two fresh X25519 public keys per client) → ``share_keys`` (Shamir
-shares of the self-mask seed and of the mask-agreement secret key, AES-GCM encrypted to each
-neighbour, relayed by the server) → ``masked_input`` (the bit-packed masked vector in
-Z_{2^b}) → ``unmask`` (shares of survivors' self-mask seeds and of dropped clients' secret keys).
+Stages (:class:`SecAggStage`): ``advertise_keys`` (two fresh X25519 public keys per client) →
+``share_keys`` (Shamir shares of the self-mask seed and of the mask-agreement secret key, AES-GCM
+encrypted to each neighbour, relayed by the server) → ``masked_input`` (the bit-packed masked
+vector in Z_{2^b}) → ``unmask`` (shares of survivors' self-mask seeds and of dropped clients'
+secret keys). The paper's ConsistencyCheck round (its round 3) is not run.
+
+Legend: the paper's notation (Bonawitz et al., Figure 4) → our names.
+
+- ``u``, ``v`` (users) → ``client_id``, or ``me`` and ``peer``; ``t`` → ``threshold``.
+- ``(c_u^PK, c_u^SK)``, the key pair that agrees the share-encryption keys → ``channel_keys``;
+  every client's ``c^PK`` as relayed by the server → ``channel_public_keys``; the agreed keys
+  ``KA.agree(c_u^SK, c_v^PK)`` → ``channel_secrets``.
+- ``(s_u^PK, s_u^SK)``, the key pair that agrees the pairwise mask seeds ``s_{u,v}`` →
+  ``mask_keys``; every client's ``s^PK`` as relayed → ``mask_public_keys``.
+- ``b_u``, the self-mask seed → ``self_mask_seed``; ``PRG(b_u)`` → ``add_mask(y,
+  self_mask_seed)``; ``PRG(s_{u,v})`` with its sign → :func:`add_pairwise_mask`.
+- ``b_{u,v}`` and ``s^SK_{u,v}``, ``v``'s Shamir shares of ``b_u`` and ``s_u^SK`` →
+  ``seed_shares`` and ``mask_key_shares`` (per owner on the server: ``self_mask_seed_shares``,
+  ``mask_key_shares``); ``e_{u,v}``, the encrypted pair → a sealed share
+  (:func:`~fedshield.crypto.keys.seal_share`).
+- ``y_u``, the masked input → ``masked`` (one client), ``masked_sum`` (the server's sum).
+- ``U_1`` (advertised keys) → ``advertised``; ``U_2`` (sent shares) →
+  ``shared_keys_survivors``; ``U_3`` (sent a masked input) → ``masked_input_survivors``;
+  ``U_2 - U_3`` → ``dropped`` in the unmask request; ``U_5`` (answered unmask) → the server's
+  ``alive`` at reveal. ``U_4`` (ConsistencyCheck) has no counterpart.
+- ``N_G(u)``, ``u``'s neighbours in the SecAgg+ graph → ``neighbours`` (``graph`` on the
+  server); a client with its neighbours hold its shares → ``holders``.
 """
 
 from fedshield.protocols.secagg.client import SecAggClient
-from fedshield.protocols.secagg.common import PROTOCOL_ID, STAGES
+from fedshield.protocols.secagg.common import PROTOCOL_ID, STAGES, SecAggStage
 from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
 from fedshield.protocols.secagg.server import SecAggServer
 
@@ -31,5 +54,6 @@ __all__ = [
     "SecAggClient",
     "SecAggConfig",
     "SecAggServer",
+    "SecAggStage",
     "neighbour_graph",
 ]

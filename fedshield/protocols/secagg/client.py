@@ -1,5 +1,6 @@
 """SecAgg+ client session: fresh keys, Shamir shares to neighbours, a masked and bit-packed
-input, and the shares the server may see. The protocol and its threat model: :mod:`secagg`.
+input, and the shares the server may see. The protocol, its threat model and the legend from
+the paper's notation to these names: :mod:`fedshield.protocols.secagg`.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ import numpy as np
 
 from fedshield import wire
 from fedshield.crypto import ring, shamir
+from fedshield.crypto._validate import check_instance
 from fedshield.crypto.keys import PUBLIC_KEY_BYTES, KeyPair, open_share, seal_share
 from fedshield.crypto.prg import SEED_BYTES, add_mask, mask_scratch, ring_dtype
 from fedshield.errors import InvalidShare, SecAggAbort, UnknownSender, WrongShape
-from fedshield.protocols.base import ClientSession
+from fedshield.protocols.base import ClientSession, handles
 from fedshield.protocols.secagg.common import (
     PAIR,
     PROTOCOL_ID,
     SEALED_SHARE_BYTES,
     STAGES,
+    SecAggStage,
     add_pairwise_mask,
     commit,
     enc_info,
@@ -28,8 +31,20 @@ from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
 __all__ = ["SecAggClient"]
 
 
+def _split_keys(blob: bytes, owners: list[int]) -> dict[int, bytes]:
+    """Concatenated 32-byte public keys, one per owner in order."""
+    size = PUBLIC_KEY_BYTES
+    return {c: blob[i * size : (i + 1) * size] for i, c in enumerate(owners)}
+
+
 class SecAggClient(ClientSession):
-    """Client side: fresh keys, shares to neighbours, a masked and bit-packed input."""
+    """Client side: fresh keys, shares to neighbours, a masked and bit-packed input.
+
+    Args:
+        client_id, round, update, weight, quant_seed: as for every
+            :class:`~fedshield.protocols.base.ClientSession`.
+        config: the round's :class:`SecAggConfig` (the server checks it is the same).
+    """
 
     protocol_id = PROTOCOL_ID
     stages = STAGES
@@ -47,15 +62,15 @@ class SecAggClient(ClientSession):
         super().__init__(
             client_id=client_id, round=round, update=update, weight=weight, quant_seed=quant_seed
         )
+        check_instance("config", config, SecAggConfig)
         self.config = config
-        self.c_keys = KeyPair.generate()
-        self.s_keys = KeyPair.generate()
-        self.self_seed = secrets.token_bytes(SEED_BYTES)
-        self.held: dict[int, tuple[shamir.Share, shamir.Share]] = {}
+        self.channel_keys = KeyPair.generate()  # c_u: agrees the keys that seal shares
+        self.mask_keys = KeyPair.generate()  # s_u: agrees the pairwise mask seeds
+        self.self_mask_seed = secrets.token_bytes(SEED_BYTES)  # b_u
+        # owner -> (this client's share of the owner's b, of the owner's s^SK)
+        self.held_shares: dict[int, tuple[shamir.Share, shamir.Share]] = {}
 
-    def _handle(self, stage: str, message: wire.Message) -> bytes:
-        return getattr(self, f"_{stage}")(stage, message)
-
+    @handles(SecAggStage.ADVERTISE_KEYS)
     def _advertise_keys(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(2)
         if message.raw(0, length=32) != self.config.digest():
@@ -66,117 +81,166 @@ class SecAggClient(ClientSession):
         self.n = len(self.clients)
         self.bits = self.config.bits(self.n)
         self.threshold = self.config.threshold_for(self.n)
-        return self._client_message(stage, [self.c_keys.public_bytes, self.s_keys.public_bytes])
-
-    def _share_keys(self, stage: str, message: wire.Message) -> bytes:
-        message.require_fields(4)
-        seed = message.raw(0, length=32)
-        u1 = message.array(1, dtype="<u4").tolist()
-        c_blob = message.raw(2, length=len(u1) * PUBLIC_KEY_BYTES)
-        s_blob = message.raw(3, length=len(u1) * PUBLIC_KEY_BYTES)
-        if len(set(u1)) != len(u1) or not set(u1) <= set(self.clients) or len(u1) < self.threshold:
-            raise SecAggAbort(f"client {self.client_id}: bad or too small key list ({len(u1)})")
-        self.c_pk = {c: c_blob[i * 32 : (i + 1) * 32] for i, c in enumerate(u1)}
-        self.s_pk = {c: s_blob[i * 32 : (i + 1) * 32] for i, c in enumerate(u1)}
-        me = self.client_id
-        if (
-            self.c_pk.get(me) != self.c_keys.public_bytes
-            or self.s_pk.get(me) != self.s_keys.public_bytes
-        ):
-            raise WrongShape("the server relayed keys that are not this client's")
-        if len(set(self.c_pk.values()) | set(self.s_pk.values())) != 2 * len(u1):
-            raise WrongShape("the server relayed repeated public keys")
-        self.neighbours = neighbour_graph(u1, self.config.degree(self.n), seed, only=me)[me]
-        holders = sorted((*self.neighbours, me))
-        xs = [h + 1 for h in holders]
-        b_shares = shamir.split(self.self_seed, threshold=self.threshold, xs=xs)
-        s_shares = shamir.split(self.s_keys.private_bytes(), threshold=self.threshold, xs=xs)
-        sealed = []
-        self.share_keys = {
-            h: self.c_keys.agree(self.c_pk[h], info=enc_info(self.round, me, h)) for h in holders
-        }
-        for h, b, s in zip(holders, b_shares, s_shares, strict=True):
-            key = self.share_keys[h]
-            plain = PAIR.pack(me, h) + b.to_bytes() + s.to_bytes()
-            sealed.append(seal_share(key, plain, round=self.round, sender=me, receiver=h))
-        commitment = commit(self.self_seed, round=self.round, client=me)
         return self._client_message(
-            stage, [np.array(holders, dtype=np.uint32), b"".join(sealed), commitment]
+            stage, [self.channel_keys.public_bytes, self.mask_keys.public_bytes]
         )
 
+    @handles(SecAggStage.SHARE_KEYS)
+    def _share_keys(self, stage: str, message: wire.Message) -> bytes:
+        message.require_fields(4)
+        graph_seed = message.raw(0, length=32)
+        advertised = message.array(1, dtype="<u4").tolist()  # U_1
+        channel_blob = message.raw(2, length=len(advertised) * PUBLIC_KEY_BYTES)
+        mask_blob = message.raw(3, length=len(advertised) * PUBLIC_KEY_BYTES)
+        me = self.client_id
+        if (
+            len(set(advertised)) != len(advertised)
+            or not set(advertised) <= set(self.clients)
+            or len(advertised) < self.threshold
+        ):
+            raise SecAggAbort(f"client {me}: bad or too small key list ({len(advertised)})")
+        self.channel_public_keys = _split_keys(channel_blob, advertised)
+        self.mask_public_keys = _split_keys(mask_blob, advertised)
+        if (
+            self.channel_public_keys.get(me) != self.channel_keys.public_bytes
+            or self.mask_public_keys.get(me) != self.mask_keys.public_bytes
+        ):
+            raise WrongShape("the server relayed keys that are not this client's")
+        distinct = set(self.channel_public_keys.values()) | set(self.mask_public_keys.values())
+        if len(distinct) != 2 * len(advertised):
+            raise WrongShape("the server relayed repeated public keys")
+        degree = self.config.degree(self.n)
+        self.neighbours = neighbour_graph(advertised, degree, graph_seed, only=me)[me]
+        holders = sorted((*self.neighbours, me))
+        self.channel_secrets = {
+            h: self.channel_keys.agree(
+                self.channel_public_keys[h], info=enc_info(self.round, me, h)
+            )
+            for h in holders
+        }
+        return self._client_message(
+            stage,
+            [
+                np.array(holders, dtype=np.uint32),
+                b"".join(self._sealed_shares(holders)),
+                commit(self.self_mask_seed, round=self.round, client=me),
+            ],
+        )
+
+    def _sealed_shares(self, holders: list[int]) -> list[bytes]:
+        """``e_{u,v}`` for each holder ``v``: its shares of ``b_u`` and of ``s_u^SK``, sealed."""
+        xs = [h + 1 for h in holders]
+        seed_shares = shamir.split(self.self_mask_seed, threshold=self.threshold, xs=xs)
+        mask_key_shares = shamir.split(
+            self.mask_keys.private_bytes(), threshold=self.threshold, xs=xs
+        )
+        me, sealed = self.client_id, []
+        for h, seed_share, key_share in zip(holders, seed_shares, mask_key_shares, strict=True):
+            plaintext = PAIR.pack(me, h) + seed_share.to_bytes() + key_share.to_bytes()
+            sealed.append(
+                seal_share(
+                    self.channel_secrets[h], plaintext, round=self.round, sender=me, receiver=h
+                )
+            )
+        return sealed
+
+    @handles(SecAggStage.MASKED_INPUT)
     def _masked_input(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(3)
-        u2 = set(message.array(0, dtype="<u4").tolist())
+        shared_keys_survivors = set(message.array(0, dtype="<u4").tolist())  # U_2
         senders = message.array(1, dtype="<u4").tolist()
         blob = message.raw(2, length=len(senders) * SEALED_SHARE_BYTES)
         me = self.client_id
-        if not u2 <= set(self.c_pk) or me not in u2 or len(u2) < self.threshold:
+        if (
+            not shared_keys_survivors <= set(self.channel_public_keys)
+            or me not in shared_keys_survivors
+            or len(shared_keys_survivors) < self.threshold
+        ):
             raise SecAggAbort(f"client {me}: the survivor list is inconsistent or too small")
         complaints = []
         for i, sender in enumerate(senders):
-            if sender not in (*self.neighbours, me) or sender not in u2:
+            if sender not in (*self.neighbours, me) or sender not in shared_keys_survivors:
                 raise UnknownSender(f"client {me} got a share from non-neighbour {sender}")
-            key = self.share_keys[sender]
+            sealed = blob[i * SEALED_SHARE_BYTES : (i + 1) * SEALED_SHARE_BYTES]
             try:
-                plain = open_share(
-                    key,
-                    blob[i * SEALED_SHARE_BYTES : (i + 1) * SEALED_SHARE_BYTES],
-                    round=self.round,
-                    sender=sender,
-                    receiver=me,
-                )
-                if PAIR.unpack_from(plain) != (sender, me):
-                    raise InvalidShare("share addressed to another pair")
-                o = PAIR.size
-                b = shamir.Share.from_bytes(plain[o : o + shamir.SHARE_BYTES])
-                s = shamir.Share.from_bytes(plain[o + shamir.SHARE_BYTES :])
-                self.held[sender] = (b, s)
+                self.held_shares[sender] = self._open_shares(sender, sealed)
             except InvalidShare:
                 complaints.append(sender)  # the sender is treated as dropped by the server
+        # no mask with a peer whose shares were bad: the server drops that peer
+        peers = [j for j in self.neighbours if j in shared_keys_survivors and j not in complaints]
+        masked = self._masked_vector(peers)
+        return self._client_message(
+            stage, [np.array(complaints, dtype=np.uint32), ring.pack(masked, self.bits)]
+        )
+
+    def _open_shares(self, sender: int, sealed: bytes) -> tuple[shamir.Share, shamir.Share]:
+        """Open ``e_{sender,me}``: this client's shares of the sender's ``b`` and ``s^SK``."""
+        me = self.client_id
+        plaintext = open_share(
+            self.channel_secrets[sender], sealed, round=self.round, sender=sender, receiver=me
+        )
+        if PAIR.unpack_from(plaintext) != (sender, me):
+            raise InvalidShare("share addressed to another pair")
+        o = PAIR.size
+        seed_share = shamir.Share.from_bytes(plaintext[o : o + shamir.SHARE_BYTES])
+        key_share = shamir.Share.from_bytes(plaintext[o + shamir.SHARE_BYTES :])
+        return seed_share, key_share
+
+    def _masked_vector(self, peers: list[int]) -> np.ndarray:
+        """``y_u``: the weighted, quantized update and the weight, plus ``PRG(b_u)`` and the
+        pairwise masks with ``peers``, in the ring."""
         length = self.update.size + 1
         config = self.config
-        y = np.empty(length, dtype=ring_dtype(self.bits))
+        masked = np.empty(length, dtype=ring_dtype(self.bits))
         levels = ring.quantize(
             self.update,
             clip=config.clip,
             quant_bits=config.quant_bits,
             seed=self.quant_seed,
-            out=y[:-1],
+            out=masked[:-1],
         )
         self.sent = ring.dequantize(levels, clip=config.clip, quant_bits=config.quant_bits)
         weight = config.integer_weight(self.weight)
         if weight != 1:
-            levels *= y.dtype.type(weight)
-        y[-1] = weight
+            levels *= masked.dtype.type(weight)
+        masked[-1] = weight
         scratch = mask_scratch(length, self.bits)
-        add_mask(y, self.self_seed, scratch=scratch)
-        for j in self.neighbours:
-            if j in u2 and j not in complaints:  # no mask with a peer whose shares were bad
-                add_pairwise_mask(
-                    y, self.s_keys, self.s_pk[j], round=self.round, me=me, peer=j, scratch=scratch
-                )
-        y &= y.dtype.type((1 << self.bits) - 1)
-        return self._client_message(
-            stage, [np.array(complaints, dtype=np.uint32), ring.pack(y, self.bits)]
-        )
+        add_mask(masked, self.self_mask_seed, scratch=scratch)
+        for j in peers:
+            add_pairwise_mask(
+                masked,
+                self.mask_keys,
+                self.mask_public_keys[j],
+                round=self.round,
+                me=self.client_id,
+                peer=j,
+                scratch=scratch,
+            )
+        masked &= masked.dtype.type((1 << self.bits) - 1)
+        return masked
 
+    @handles(SecAggStage.UNMASK)
     def _unmask(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(2)
-        u3 = set(message.array(0, dtype="<u4").tolist())
-        dropped = set(message.array(1, dtype="<u4").tolist())
+        masked_input_survivors = set(message.array(0, dtype="<u4").tolist())  # U_3
+        dropped = set(message.array(1, dtype="<u4").tolist())  # U_2 - U_3
         me = self.client_id
-        if u3 & dropped or me not in u3 or len(u3) < self.threshold:
+        if (
+            masked_input_survivors & dropped
+            or me not in masked_input_survivors
+            or len(masked_input_survivors) < self.threshold
+        ):
             raise SecAggAbort(f"client {me}: survivors and dropped overlap, or too few survivors")
-        if not (u3 | dropped) <= set(self.c_pk):
+        if not (masked_input_survivors | dropped) <= set(self.channel_public_keys):
             raise SecAggAbort(f"client {me}: unknown clients in the unmask request")
-        reveal_b = sorted(j for j in u3 if j in self.held)
-        reveal_s = sorted(j for j in dropped if j in self.held)
+        seed_owners = sorted(j for j in masked_input_survivors if j in self.held_shares)
+        key_owners = sorted(j for j in dropped if j in self.held_shares)
         return self._client_message(
             stage,
             [
-                np.array(reveal_b, dtype=np.uint32),
-                b"".join(self.held[j][0].to_bytes() for j in reveal_b),
-                np.array(reveal_s, dtype=np.uint32),
-                b"".join(self.held[j][1].to_bytes() for j in reveal_s),
+                np.array(seed_owners, dtype=np.uint32),
+                b"".join(self.held_shares[j][0].to_bytes() for j in seed_owners),
+                np.array(key_owners, dtype=np.uint32),
+                b"".join(self.held_shares[j][1].to_bytes() for j in key_owners),
             ],
         )

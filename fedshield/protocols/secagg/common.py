@@ -1,5 +1,6 @@
-"""What both SecAgg+ sides share: protocol constants, key-derivation labels, pairwise masks
-and the self-mask seed commitment. The protocol and its threat model: :mod:`secagg`.
+"""What both SecAgg+ sides share: the stages, protocol constants, key-derivation labels,
+pairwise masks and the self-mask seed commitment. The protocol, its threat model and the legend
+from the paper's notation to our names: :mod:`fedshield.protocols.secagg`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import numpy as np
 from fedshield.crypto import shamir
 from fedshield.crypto.keys import KeyPair
 from fedshield.crypto.prg import add_mask
-from fedshield.protocols.ids import ProtocolId
+from fedshield.protocols.ids import ProtocolId, StrEnum
 
 __all__ = [
     "PAIR",
     "PROTOCOL_ID",
     "SEALED_SHARE_BYTES",
     "STAGES",
+    "SecAggStage",
     "add_pairwise_mask",
     "commit",
     "enc_info",
@@ -26,8 +28,18 @@ __all__ = [
     "mask_info",
 ]
 
+
+class SecAggStage(StrEnum):
+    """The SecAgg+ stages, in order (Bonawitz et al. rounds 0, 1, 2 and 4)."""
+
+    ADVERTISE_KEYS = "advertise_keys"
+    SHARE_KEYS = "share_keys"
+    MASKED_INPUT = "masked_input"
+    UNMASK = "unmask"
+
+
 PROTOCOL_ID = ProtocolId.SECAGG
-STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
+STAGES: tuple[SecAggStage, ...] = tuple(SecAggStage)
 PAIR = struct.Struct("<II")
 _SHARE_PLAIN = PAIR.size + 2 * shamir.SHARE_BYTES
 # AES-GCM: 12-byte nonce, then (sender, receiver) and two shares, then the 16-byte tag.
@@ -40,19 +52,21 @@ def ids(values) -> np.ndarray:
 
 
 def mask_info(round: int, a: int, b: int) -> bytes:
+    """HKDF label of the pairwise mask seed ``s_{a,b}`` (symmetric in ``a`` and ``b``)."""
     lo, hi = min(a, b), max(a, b)
     return b"fedshield/secagg/pairwise-mask" + struct.pack("<III", round, lo, hi)
 
 
 def enc_info(round: int, a: int, b: int) -> bytes:
+    """HKDF label of the key sealing shares between ``a`` and ``b`` (symmetric)."""
     lo, hi = min(a, b), max(a, b)
     return b"fedshield/secagg/share-key" + struct.pack("<III", round, lo, hi)
 
 
 def add_pairwise_mask(
     acc: np.ndarray,
-    keys: KeyPair,
-    peer_public: bytes,
+    mask_keys: KeyPair,
+    peer_mask_public_key: bytes,
     *,
     round: int,
     me: int,
@@ -62,7 +76,7 @@ def add_pairwise_mask(
 ) -> None:
     """Add ``me``'s pairwise mask with ``peer`` (``undo``: take it away): +mask for the
     smaller id, -mask for the larger, so each pair cancels in the sum."""
-    seed = keys.agree(peer_public, info=mask_info(round, me, peer))
+    seed = mask_keys.agree(peer_mask_public_key, info=mask_info(round, me, peer))
     add_mask(acc, seed, subtract=(me > peer) != undo, scratch=scratch)
 
 

@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from fedshield.crypto._validate import check_int, check_real
 from fedshield.crypto.ring import integer_weight, ring_bits
+from fedshield.errors import ConfigError
 
 __all__ = ["COMPLETE_GRAPH_MAX_N", "SecAggConfig", "default_neighbours", "neighbour_graph"]
 
@@ -24,7 +26,7 @@ def default_neighbours(n: int) -> int:
 
     Bell et al. (CCS 2020) show a random graph of degree ``O(log n)`` keeps the sum private
     and connected under dropouts with overwhelming probability; the constant 4 (per side) is
-    our conservative choice, overridable with ``--neighbours``.
+    our conservative choice, overridable with :attr:`SecAggConfig.neighbours`.
     """
     if n <= COMPLETE_GRAPH_MAX_N:
         return n - 1
@@ -56,6 +58,10 @@ def neighbour_graph(
 class SecAggConfig:
     """What every party agrees on before a round.
 
+    Example:
+        >>> SecAggConfig(clip=0.5, quant_bits=8, max_weight=120.0).bits(10)
+        20
+
     Args:
         clip: updates are clipped to ``[-clip, clip]`` before quantization.
         quant_bits: bits per quantized value (1..16).
@@ -65,6 +71,10 @@ class SecAggConfig:
             scaled to integers in ``[1, 2^weight_bits - 1]`` relative to it.
         threshold: Shamir threshold ``t``; ``None`` picks a majority of each share group.
         neighbours: neighbours per client; ``None`` uses :func:`default_neighbours`.
+
+    Raises:
+        TypeError: an argument of the wrong type (``quant_bits=8.5``, ``clip="1"``).
+        ConfigError: a value out of range (a ``ValueError``).
     """
 
     clip: float = 0.1
@@ -75,16 +85,15 @@ class SecAggConfig:
     neighbours: int | None = None
 
     def __post_init__(self) -> None:
-        if not (self.clip > 0 and math.isfinite(self.clip)):
-            raise ValueError("clip must be positive and finite")
-        if not 1 <= self.quant_bits <= 16 or not 0 <= self.weight_bits <= 24:
-            raise ValueError("quant_bits must be in 1..16 and weight_bits in 0..24")
-        if not self.max_weight > 0:
-            raise ValueError("max_weight must be positive")
-        if self.threshold is not None and self.threshold < 1:
-            raise ValueError("threshold must be at least 1")
-        if self.neighbours is not None and self.neighbours < 1:
-            raise ValueError("neighbours must be at least 1")
+        # Values arrive from code, not only the CLI: check types too (pyca's habit).
+        object.__setattr__(self, "clip", check_real("clip", self.clip, error=ConfigError))
+        check_int("quant_bits", self.quant_bits, low=1, high=16, error=ConfigError)
+        check_int("weight_bits", self.weight_bits, low=0, high=24, error=ConfigError)
+        object.__setattr__(
+            self, "max_weight", check_real("max_weight", self.max_weight, error=ConfigError)
+        )
+        check_int("threshold", self.threshold, low=1, optional=True, error=ConfigError)
+        check_int("neighbours", self.neighbours, low=1, optional=True, error=ConfigError)
 
     def digest(self) -> bytes:
         """SHA-256 of the parameters, so parties detect a mismatch in the first stage."""

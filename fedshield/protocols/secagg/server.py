@@ -1,4 +1,6 @@
-"""The SecAgg+ server session (threat model and stages: :mod:`fedshield.protocols.secagg`)."""
+"""The SecAgg+ server session. The protocol, its threat model and the legend from the paper's
+notation to these names: :mod:`fedshield.protocols.secagg`.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +12,16 @@ import numpy as np
 
 from fedshield import wire
 from fedshield.crypto import ring, shamir
+from fedshield.crypto._validate import check_instance
 from fedshield.crypto.keys import PUBLIC_KEY_BYTES, KeyPair, validate_public_key
 from fedshield.crypto.prg import SEED_BYTES, add_mask, mask_scratch, ring_dtype
 from fedshield.errors import InvalidShare, ProtocolAbort, SecAggAbort, UnknownSender, WrongShape
-from fedshield.protocols.base import Revealed, ServerSession
+from fedshield.protocols.base import Revealed, ServerSession, broadcasts, closes, receives
 from fedshield.protocols.secagg.common import (
     PROTOCOL_ID,
     SEALED_SHARE_BYTES,
     STAGES,
+    SecAggStage,
     add_pairwise_mask,
     commit,
     ids,
@@ -50,30 +54,36 @@ def _verified_secret(shares: list[shamir.Share], check, max_tries: int = 64) -> 
 
 
 class SecAggServer(ServerSession):
-    """Server side: relays keys and shares, sums masked inputs, removes the masks it may."""
+    """Server side: relays keys and shares, sums masked inputs, removes the masks it may.
+
+    Args:
+        round, clients, dim: as for every :class:`~fedshield.protocols.base.ServerSession`.
+        config: the round's :class:`SecAggConfig` (each client checks it is the same).
+    """
 
     protocol_id = PROTOCOL_ID
     stages = STAGES
 
     def __init__(self, *, round: int, clients, dim: int, config: SecAggConfig) -> None:
         super().__init__(round=round, clients=clients, dim=dim)
+        check_instance("config", config, SecAggConfig)
         n = len(self.clients)
         self.config = config
         self.bits = config.bits(n)
         self.threshold = config.threshold_for(n)
-        self.k = config.degree(n)
+        self.degree = config.degree(n)  # neighbours per client
         self.graph_seed = secrets.token_bytes(32)  # public randomness, chosen by the server
         self.graph: dict[int, tuple[int, ...]] = {}
-        self.c_pk: dict[int, bytes] = {}
-        self.s_pk: dict[int, bytes] = {}
+        self.channel_public_keys: dict[int, bytes] = {}  # c_u^PK
+        self.mask_public_keys: dict[int, bytes] = {}  # s_u^PK
         self.mailbox: dict[int, dict[int, bytes]] = {}  # receiver -> sender -> sealed share
         self.masked: dict[int, bytes] = {}  # packed masked inputs, already in masked_sum
         self.masked_sum = np.zeros(dim + 1, dtype=ring_dtype(self.bits))
         self.complaints: dict[int, set[int]] = {}  # complainer -> senders of bad shares
-        self.u2: tuple[int, ...] = ()
-        self.u3: tuple[int, ...] = ()
-        self.shares_b: dict[int, list[shamir.Share]] = {}
-        self.shares_s: dict[int, list[shamir.Share]] = {}
+        self.shared_keys_survivors: tuple[int, ...] = ()  # U_2
+        self.masked_input_survivors: tuple[int, ...] = ()  # U_3
+        self.self_mask_seed_shares: dict[int, list[shamir.Share]] = {}  # owner -> shares of b
+        self.mask_key_shares: dict[int, list[shamir.Share]] = {}  # owner -> shares of s^SK
         self.commitments: dict[int, bytes] = {}  # client -> hash of its self-mask seed
         self.unmasked: np.ndarray | None = None  # the revealed integer sum
 
@@ -86,7 +96,7 @@ class SecAggServer(ServerSession):
         return {
             "ring_bits": self.bits,
             "threshold": self.threshold,
-            "neighbours": self.k,
+            "neighbours": self.degree,
             "aggregate_sha256": digest,
         }
 
@@ -95,146 +105,146 @@ class SecAggServer(ServerSession):
 
     def _max_message_bytes(self, stage: str) -> int:
         n = len(self.clients)
-        if stage == "masked_input":
+        if stage == SecAggStage.MASKED_INPUT:
             return 256 + 4 * n + self._packed_len()
         return 256 + n * (8 + 2 * SEALED_SHARE_BYTES + 2 * shamir.SHARE_BYTES)
 
-    def _broadcast(self, stage: str) -> dict[int, bytes]:
-        alive = sorted(self.alive)
-        if stage == "advertise_keys":
-            msg = self._server_message(stage, [self.config.digest(), ids(self.clients)])
-            return {c: msg for c in alive}
-        if stage == "share_keys":
-            self.graph = neighbour_graph(alive, self.k, self.graph_seed)
-            fields = [
+    def _to_all_alive(self, stage: str, fields: list) -> dict[int, bytes]:
+        msg = self._server_message(stage, fields)
+        return dict.fromkeys(sorted(self.alive), msg)
+
+    # --- advertise_keys ----------------------------------------------------------------------
+    @broadcasts(SecAggStage.ADVERTISE_KEYS)
+    def _ask_for_keys(self, stage: str) -> dict[int, bytes]:
+        return self._to_all_alive(stage, [self.config.digest(), ids(self.clients)])
+
+    @receives(SecAggStage.ADVERTISE_KEYS)
+    def _take_keys(self, stage: str, sender: int, message: wire.Message) -> None:
+        message.require_fields(2)
+        channel_public_key = message.raw(0, length=PUBLIC_KEY_BYTES)
+        mask_public_key = message.raw(1, length=PUBLIC_KEY_BYTES)
+        validate_public_key(channel_public_key)
+        validate_public_key(mask_public_key)
+        if (
+            channel_public_key == mask_public_key
+            or channel_public_key in self.channel_public_keys.values()
+            or mask_public_key in self.mask_public_keys.values()
+        ):
+            raise WrongShape(f"client {sender} reused a public key")
+        self.channel_public_keys[sender] = channel_public_key
+        self.mask_public_keys[sender] = mask_public_key
+
+    # --- share_keys --------------------------------------------------------------------------
+    @broadcasts(SecAggStage.SHARE_KEYS)
+    def _relay_keys(self, stage: str) -> dict[int, bytes]:
+        advertised = sorted(self.alive)  # U_1
+        self.graph = neighbour_graph(advertised, self.degree, self.graph_seed)
+        return self._to_all_alive(
+            stage,
+            [
                 self.graph_seed,
-                ids(alive),
-                b"".join(self.c_pk[c] for c in alive),
-                b"".join(self.s_pk[c] for c in alive),
-            ]
-            msg = self._server_message(stage, fields)
-            return {c: msg for c in alive}
-        if stage == "masked_input":
-            self.u2 = tuple(alive)
-            out = {}
-            for c in alive:
-                inbox = {s: m for s, m in self.mailbox.get(c, {}).items() if s in self.alive}
-                out[c] = self._server_message(
-                    stage, [ids(alive), ids(inbox), b"".join(inbox[s] for s in sorted(inbox))]
+                ids(advertised),
+                b"".join(self.channel_public_keys[c] for c in advertised),
+                b"".join(self.mask_public_keys[c] for c in advertised),
+            ],
+        )
+
+    @receives(SecAggStage.SHARE_KEYS)
+    def _take_sealed_shares(self, stage: str, sender: int, message: wire.Message) -> None:
+        message.require_fields(3)
+        self.commitments[sender] = message.raw(2, length=32)
+        holders = [j for j in (*self.graph[sender], sender) if j in self.channel_public_keys]
+        receivers = message.array(0, dtype="<u4", shape=(len(holders),))
+        if sorted(receivers.tolist()) != sorted(holders):
+            raise UnknownSender(f"client {sender} addressed shares outside its neighbours")
+        blob = message.raw(1, length=len(holders) * SEALED_SHARE_BYTES)
+        for i, j in enumerate(receivers.tolist()):
+            sealed = blob[i * SEALED_SHARE_BYTES : (i + 1) * SEALED_SHARE_BYTES]
+            self.mailbox.setdefault(j, {})[sender] = sealed
+
+    # --- masked_input ------------------------------------------------------------------------
+    @broadcasts(SecAggStage.MASKED_INPUT)
+    def _relay_shares(self, stage: str) -> dict[int, bytes]:
+        self.shared_keys_survivors = tuple(sorted(self.alive))
+        out = {}
+        for c in self.shared_keys_survivors:
+            inbox = {s: m for s, m in self.mailbox.get(c, {}).items() if s in self.alive}
+            out[c] = self._server_message(
+                stage,
+                [
+                    ids(self.shared_keys_survivors),
+                    ids(inbox),
+                    b"".join(inbox[s] for s in sorted(inbox)),
+                ],
+            )
+        return out
+
+    @receives(SecAggStage.MASKED_INPUT)
+    def _take_masked_input(self, stage: str, sender: int, message: wire.Message) -> None:
+        message.require_fields(2)
+        complaints = set(message.array(0, dtype="<u4").tolist())
+        if not complaints <= {*self.graph[sender], sender}:
+            raise UnknownSender(f"client {sender} complained about a non-neighbour")
+        packed = message.raw(1, length=self._packed_len())
+        self.masked_sum += ring.unpack(packed, self.dim + 1, self.bits)
+        self.masked[sender] = packed
+        self.complaints[sender] = complaints
+
+    @closes(SecAggStage.MASKED_INPUT)
+    def _drop_accused(self, stage: str) -> None:
+        """A client whose shares failed authentication at a neighbour counts as dropped."""
+        accused = set().union(*self.complaints.values())
+        self.alive -= accused
+        for c in accused & set(self.masked):
+            self.masked_sum -= ring.unpack(self.masked.pop(c), self.dim + 1, self.bits)
+        self._check_threshold(stage)
+
+    # --- unmask ------------------------------------------------------------------------------
+    @broadcasts(SecAggStage.UNMASK)
+    def _ask_for_shares(self, stage: str) -> dict[int, bytes]:
+        self.masked_input_survivors = tuple(sorted(self.alive))
+        dropped = set(self.shared_keys_survivors) - set(self.masked_input_survivors)
+        return self._to_all_alive(stage, [ids(self.masked_input_survivors), ids(dropped)])
+
+    @receives(SecAggStage.UNMASK)
+    def _take_shares(self, stage: str, sender: int, message: wire.Message) -> None:
+        message.require_fields(4)
+        dropped = set(self.shared_keys_survivors) - set(self.masked_input_survivors)
+        own_group = {*self.graph[sender], sender}
+        for ids_field, store, allowed in (
+            (0, self.self_mask_seed_shares, set(self.masked_input_survivors)),
+            (2, self.mask_key_shares, dropped),
+        ):
+            owners = message.array(ids_field, dtype="<u4").tolist()
+            blob = message.raw(ids_field + 1, length=len(owners) * shamir.SHARE_BYTES)
+            if len(set(owners)) != len(owners) or not set(owners) <= allowed & own_group:
+                raise InvalidShare(f"client {sender} revealed shares it must not reveal")
+            for i, owner in enumerate(owners):
+                share = shamir.Share.from_bytes(
+                    blob[i * shamir.SHARE_BYTES : (i + 1) * shamir.SHARE_BYTES]
                 )
-            return out
-        # unmask
-        self.u3 = tuple(alive)
-        dropped = ids(set(self.u2) - set(self.u3))
-        msg = self._server_message(stage, [ids(self.u3), dropped])
-        return {c: msg for c in alive}
+                if (share.x, share.threshold, share.secret_len) != (
+                    sender + 1,
+                    self.threshold,
+                    SEED_BYTES,
+                ):
+                    raise InvalidShare(f"client {sender} sent a share that is not its own")
+                store.setdefault(owner, []).append(share)
 
-    def _receive(self, stage: str, sender: int, message: wire.Message) -> None:
-        if stage == "advertise_keys":
-            message.require_fields(2)
-            c_pk = message.raw(0, length=PUBLIC_KEY_BYTES)
-            s_pk = message.raw(1, length=PUBLIC_KEY_BYTES)
-            validate_public_key(c_pk)
-            validate_public_key(s_pk)
-            if c_pk == s_pk or c_pk in self.c_pk.values() or s_pk in self.s_pk.values():
-                raise WrongShape(f"client {sender} reused a public key")
-            self.c_pk[sender], self.s_pk[sender] = c_pk, s_pk
-        elif stage == "share_keys":
-            message.require_fields(3)
-            self.commitments[sender] = message.raw(2, length=32)
-            expected = [j for j in (*self.graph[sender], sender) if j in self.c_pk]
-            receivers = message.array(0, dtype="<u4", shape=(len(expected),))
-            if sorted(receivers.tolist()) != sorted(expected):
-                raise UnknownSender(f"client {sender} addressed shares outside its neighbours")
-            blob = message.raw(1, length=len(expected) * SEALED_SHARE_BYTES)
-            for i, j in enumerate(receivers.tolist()):
-                self.mailbox.setdefault(j, {})[sender] = blob[
-                    i * SEALED_SHARE_BYTES : (i + 1) * SEALED_SHARE_BYTES
-                ]
-        elif stage == "masked_input":
-            message.require_fields(2)
-            complaints = set(message.array(0, dtype="<u4").tolist())
-            if not complaints <= {*self.graph[sender], sender}:
-                raise UnknownSender(f"client {sender} complained about a non-neighbour")
-            packed = message.raw(1, length=self._packed_len())
-            self.masked_sum += ring.unpack(packed, self.dim + 1, self.bits)
-            self.masked[sender] = packed
-            self.complaints[sender] = complaints
-        else:
-            message.require_fields(4)
-            for ids_field, shares_field, store, allowed in (
-                (0, 1, self.shares_b, set(self.u3)),
-                (2, 3, self.shares_s, set(self.u2) - set(self.u3)),
-            ):
-                ids = message.array(ids_field, dtype="<u4").tolist()
-                blob = message.raw(shares_field, length=len(ids) * shamir.SHARE_BYTES)
-                if len(set(ids)) != len(ids) or not set(ids) <= allowed & {
-                    *self.graph[sender],
-                    sender,
-                }:
-                    raise InvalidShare(f"client {sender} revealed shares it must not reveal")
-                for i, owner in enumerate(ids):
-                    share = shamir.Share.from_bytes(
-                        blob[i * shamir.SHARE_BYTES : (i + 1) * shamir.SHARE_BYTES]
-                    )
-                    if (share.x, share.threshold, share.secret_len) != (
-                        sender + 1,
-                        self.threshold,
-                        SEED_BYTES,
-                    ):
-                        raise InvalidShare(f"client {sender} sent a share that is not its own")
-                    store.setdefault(owner, []).append(share)
-
-    def _close_stage(self, stage: str) -> None:
-        if stage == "masked_input":
-            # A client whose shares failed authentication at a neighbour counts as dropped.
-            accused = set().union(*self.complaints.values())
-            self.alive -= accused
-            for c in accused & set(self.masked):
-                self.masked_sum -= ring.unpack(self.masked.pop(c), self.dim + 1, self.bits)
+    @closes(SecAggStage.ADVERTISE_KEYS, SecAggStage.SHARE_KEYS, SecAggStage.UNMASK)
+    def _check_threshold(self, stage: str) -> None:
         if len(self.alive) < self.threshold:
             raise SecAggAbort(
-                f"round {self.round}: {len(self.alive)} clients left after {stage!r}, "
+                f"round {self.round}: {len(self.alive)} clients left after '{stage}', "
                 f"the threshold is {self.threshold}"
             )
 
+    # --- reveal ------------------------------------------------------------------------------
     def _reveal(self) -> Revealed:
         survivors = sorted(self.masked)
-        dropped = sorted(set(self.u2) - set(survivors))
         total = self.masked_sum
-        scratch = mask_scratch(self.dim + 1, self.bits)
         try:
-            for c in survivors:
-                seed = _verified_secret(
-                    self.shares_b.get(c, []),
-                    lambda b, c=c: commit(b, round=self.round, client=c) == self.commitments[c],
-                )
-                add_mask(total, seed, subtract=True, scratch=scratch)
-            for j in dropped:
-                # Survivors that complained about j left their mask with j out of their input.
-                paired = [
-                    i
-                    for i in self.graph[j]
-                    if i in self.masked and j not in self.complaints.get(i, ())
-                ]
-                if not paired:
-                    continue
-                secret = _verified_secret(
-                    self.shares_s.get(j, []),
-                    lambda b, j=j: KeyPair.from_private_bytes(b).public_bytes == self.s_pk[j],
-                )
-                keys = KeyPair.from_private_bytes(secret)
-                for i in paired:  # i added sgn(i, j)·mask(i, j); take it away
-                    add_pairwise_mask(
-                        total,
-                        keys,
-                        self.s_pk[i],
-                        round=self.round,
-                        me=i,
-                        peer=j,
-                        scratch=scratch,
-                        undo=True,
-                    )
+            self._remove_masks(total, survivors)
         except (ProtocolAbort, InvalidShare, WrongShape) as exc:
             raise SecAggAbort(f"round {self.round}: cannot unmask ({exc})") from exc
         total &= total.dtype.type((1 << self.bits) - 1)
@@ -251,3 +261,39 @@ class SecAggServer(ServerSession):
             total_weight=float(weight),
             dropped=tuple(c for c in self.clients if c not in self.masked),
         )
+
+    def _remove_masks(self, total: np.ndarray, survivors: list[int]) -> None:
+        """Take the survivors' self masks and their pairwise masks with dropped clients out of
+        ``total``, from the secrets the revealed shares reconstruct."""
+        scratch = mask_scratch(self.dim + 1, self.bits)
+        for c in survivors:
+            seed = _verified_secret(
+                self.self_mask_seed_shares.get(c, []),
+                lambda b, c=c: commit(b, round=self.round, client=c) == self.commitments[c],
+            )
+            add_mask(total, seed, subtract=True, scratch=scratch)
+        for j in sorted(set(self.shared_keys_survivors) - set(survivors)):
+            # Survivors that complained about j left their mask with j out of their input.
+            paired = [
+                i for i in self.graph[j] if i in self.masked and j not in self.complaints.get(i, ())
+            ]
+            if not paired:
+                continue
+            secret = _verified_secret(
+                self.mask_key_shares.get(j, []),
+                lambda b, j=j: (
+                    KeyPair.from_private_bytes(b).public_bytes == self.mask_public_keys[j]
+                ),
+            )
+            dropped_mask_keys = KeyPair.from_private_bytes(secret)
+            for i in paired:  # i added sgn(i, j)·mask(i, j); take it away
+                add_pairwise_mask(
+                    total,
+                    dropped_mask_keys,
+                    self.mask_public_keys[i],
+                    round=self.round,
+                    me=i,
+                    peer=j,
+                    scratch=scratch,
+                    undo=True,
+                )
