@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedshield.crypto._validate import check_int
 from fedshield.errors import (
     MalformedMessage,
     StageError,
@@ -69,6 +70,12 @@ class Header:
     stage: int
     round: int
     sender: int
+
+    def __post_init__(self) -> None:
+        check_int("protocol", self.protocol, low=0, high=0xFF)
+        check_int("stage", self.stage, low=0, high=0xFF)
+        check_int("round", self.round, low=0, high=0xFFFFFFFF)
+        check_int("sender", self.sender, low=0, high=0xFFFFFFFF)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from fedshield.crypto._validate import check_bytes
 from fedshield.errors import InvalidShare, WrongShape
 
 __all__ = [
@@ -54,7 +55,13 @@ class KeyPair:
 
     @classmethod
     def from_private_bytes(cls, data: bytes) -> KeyPair:
-        """Rebuild a pair from its 32 raw private bytes (as recovered from Shamir shares)."""
+        """Rebuild a pair from its 32 raw private bytes (as recovered from Shamir shares).
+
+        Raises:
+            TypeError: ``data`` is not bytes.
+            InvalidShare: ``data`` is not 32 bytes long (a bad reconstruction).
+        """
+        check_bytes("data", data)
         if len(data) != 32:
             raise InvalidShare("an X25519 private key is 32 bytes")
         return cls(X25519PrivateKey.from_private_bytes(data))
@@ -67,6 +74,9 @@ class KeyPair:
 
     def agree(self, peer_public: bytes, *, info: bytes) -> bytes:
         """A 32-byte key shared with the owner of ``peer_public``, bound to ``info``."""
+        check_bytes("info", info)
+        if not isinstance(peer_public, bytes | memoryview):
+            raise TypeError(f"peer_public must be bytes, got {type(peer_public).__name__}")
         if len(peer_public) != PUBLIC_KEY_BYTES:
             raise WrongShape(f"an X25519 public key is 32 bytes, got {len(peer_public)}")
         try:
@@ -98,6 +108,8 @@ def _aad(round: int, sender: int, receiver: int) -> bytes:
 
 def seal_share(key: bytes, plaintext: bytes, *, round: int, sender: int, receiver: int) -> bytes:
     """AES-GCM encrypt ``plaintext`` for ``receiver``; the output is nonce || ciphertext."""
+    check_bytes("key", key, length=32)
+    check_bytes("plaintext", plaintext)
     nonce = os.urandom(_NONCE_BYTES)
     return nonce + AESGCM(key).encrypt(nonce, plaintext, _aad(round, sender, receiver))
 
@@ -108,6 +120,7 @@ def open_share(key: bytes, sealed: bytes, *, round: int, sender: int, receiver: 
     Raises:
         InvalidShare: if the ciphertext was altered, or is replayed from another round or pair.
     """
+    check_bytes("key", key, length=32)
     if len(sealed) < _NONCE_BYTES + 16:
         raise InvalidShare("sealed share too short")
     try:

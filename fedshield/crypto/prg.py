@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["SEED_BYTES", "add_mask", "expand_mask", "mask_scratch", "ring_dtype"]
+from fedshield.crypto._validate import check_bytes, check_instance, check_int
+
+__all__ = ["SEED_BYTES", "add_mask", "mask_scratch", "ring_dtype"]
 
 SEED_BYTES = 32
 _NONCE = bytes(16)
@@ -21,6 +23,7 @@ _NONCE = bytes(16)
 def ring_dtype(bits: int) -> np.dtype:
     """The narrowest unsigned dtype holding ring elements of ``bits`` bits (uint16, 32 or 64).
     Arithmetic in it wraps modulo 2^16, 2^32 or 2^64, a multiple of the ring size 2^bits."""
+    check_int("bits", bits, low=1, high=64)
     if bits <= 16:
         return np.dtype(np.uint16)
     return np.dtype(np.uint32) if bits <= 32 else np.dtype(np.uint64)
@@ -28,6 +31,7 @@ def ring_dtype(bits: int) -> np.dtype:
 
 def mask_scratch(length: int, bits: int) -> np.ndarray:
     """A reusable keystream buffer for :func:`add_mask` on ``length`` ring elements."""
+    check_int("length", length, low=0)
     return np.empty(ring_dtype(bits).itemsize * length + 15, dtype=np.uint8)
 
 
@@ -40,8 +44,8 @@ def add_mask(
     gives the same result since the ring size divides the dtype's modulus.
     ``scratch`` (from :func:`mask_scratch`) avoids an allocation per mask.
     """
-    if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
-        raise ValueError(f"seed must be {SEED_BYTES} bytes")
+    check_bytes("seed", seed, length=SEED_BYTES)
+    check_instance("acc", acc, np.ndarray, "of ring elements")
     if acc.dtype.kind != "u" or not acc.flags.c_contiguous:
         raise ValueError("acc must be a contiguous unsigned array")
     nbytes = acc.nbytes
@@ -55,26 +59,6 @@ def add_mask(
         acc -= mask
     else:
         acc += mask
-
-
-def expand_mask(seed: bytes, length: int, bits: int) -> np.ndarray:
-    """``length`` uniform values in ``[0, 2^bits)`` (:func:`ring_dtype`) from a 32-byte seed.
-
-    Args:
-        seed: 32 bytes from a CSPRNG or a KDF.
-        length: number of values.
-        bits: ring size in bits, 1..64.
-    """
-    if not 1 <= bits <= 64:
-        raise ValueError(f"bits must be in 1..64, got {bits}")
-    if length < 0:
-        raise ValueError("length must be non-negative")
-    dtype = ring_dtype(bits)
-    out = np.zeros(length, dtype=dtype)
-    add_mask(out, seed)
-    if bits < 8 * dtype.itemsize:
-        out &= dtype.type((1 << bits) - 1)
-    return out
 
 
 _ZEROS = memoryview(bytes(0))

@@ -15,6 +15,7 @@ import tempfile
 
 import tenseal.sealapi as sa
 
+from fedshield.crypto._validate import check_choice, check_instance, check_int
 from fedshield.errors import ConfigError, InvalidCiphertext
 
 __all__ = ["SealIO", "seal_context"]
@@ -29,8 +30,9 @@ def seal_context(
 ) -> sa.SEALContext:
     """A SEAL context at 128-bit security (public parameters only): ``scheme`` ``"bfv"``
     (batching plain modulus of ``plain_bits`` bits) or ``"ckks"``."""
-    if scheme not in ("bfv", "ckks"):
-        raise ValueError(f"scheme must be 'bfv' or 'ckks', got {scheme!r}")
+    check_choice("scheme", scheme, ("bfv", "ckks"))
+    check_int("poly_degree", poly_degree, low=1024, high=32768)
+    check_int("plain_bits", plain_bits, low=0, high=60)
     kind = sa.SCHEME_TYPE.BFV if scheme == "bfv" else sa.SCHEME_TYPE.CKKS
     params = sa.EncryptionParameters(kind)
     params.set_poly_modulus_degree(poly_degree)
@@ -53,6 +55,7 @@ class SealIO:
     """
 
     def __init__(self, context: sa.SEALContext) -> None:
+        check_instance("context", context, sa.SEALContext, "from seal_context")
         self.context = context
         folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self._fd, self.path = tempfile.mkstemp(prefix="fedshield-he-", dir=folder)

@@ -14,6 +14,7 @@ import secrets
 import struct
 from dataclasses import dataclass
 
+from fedshield.crypto._validate import check_bytes, check_instance, check_int
 from fedshield.errors import InvalidShare, NotEnoughShares
 
 __all__ = ["PRIME", "Share", "reconstruct", "split"]
@@ -34,6 +35,8 @@ class Share:
     secret_len: int
 
     def __post_init__(self) -> None:
+        for name in ("x", "y", "threshold", "secret_len"):
+            check_int(name, getattr(self, name))
         if not 1 <= self.x < 2**16 or not 0 <= self.y < PRIME:
             raise InvalidShare("share point outside the field")
         if not 1 <= self.threshold < 2**16 or not 0 < self.secret_len <= MAX_SECRET_BYTES:
@@ -64,6 +67,11 @@ def split(secret: bytes, *, threshold: int, xs: list[int]) -> list[Share]:
     Raises:
         ValueError: on an empty or too long secret, a bad threshold, or repeated points.
     """
+    check_bytes("secret", secret)
+    check_int("threshold", threshold)
+    if isinstance(xs, str | bytes):
+        raise TypeError("xs must be a list of ints (the evaluation points)")
+    xs = [check_int("each of xs", x) for x in xs]
     if not 0 < len(secret) <= MAX_SECRET_BYTES:
         raise ValueError(f"secret must be 1..{MAX_SECRET_BYTES} bytes")
     if len(set(xs)) != len(xs) or any(not 1 <= x < 2**16 for x in xs):
@@ -90,6 +98,8 @@ def reconstruct(shares: list[Share]) -> bytes:
     """
     if not shares:
         raise NotEnoughShares("no shares given")
+    for share in shares:
+        check_instance("each of shares", share, Share)
     t, length = shares[0].threshold, shares[0].secret_len
     if any(s.threshold != t or s.secret_len != length for s in shares):
         raise InvalidShare("shares disagree on threshold or secret length")
