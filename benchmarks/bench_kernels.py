@@ -59,8 +59,6 @@ def _torch_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
 def run_cases(dim: int, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     x = rng.normal(0, 0.05, dim).astype(np.float32)
-    tx = torch.from_numpy(x)
-    k = sparsify.k_for(dim, 0.01)
     cases: dict[str, dict] = {}
 
     def case(name: str, **times: float) -> None:
@@ -68,6 +66,22 @@ def run_cases(dim: int, repeats: int) -> dict:
         cases[name] = {"ours_s": ours, **times}
         cases[name].update({f"{key[:-2]}_over_ours": t / ours for key, t in times.items()})
 
+    _quantize_cases(case, x, repeats)
+    _sparsify_cases(case, cases, x, rng, repeats)
+    _packing_cases(case, cases, dim, rng, repeats)
+    indices = sparsify.randk(dim, sparsify.k_for(dim, 0.01), seed=2)
+    sent = x[indices]
+    residual = feedback.ErrorFeedback(dim)
+    case(
+        "error_feedback_residual",
+        ours_s=best_of(repeats, lambda: residual.record(x, sent, indices)),
+        numpy_s=best_of(repeats, lambda: feedback.residual_reference(x, indices, sent)),
+    )
+    return cases
+
+
+def _quantize_cases(case, x: np.ndarray, repeats: int) -> None:
+    tx = torch.from_numpy(x)
     case(
         "quantize_fixed_8bit",
         ours_s=best_of(repeats, lambda: quantize.quantize_fixed(x, clip=CLIP, bits=8, seed=1)),
@@ -80,7 +94,12 @@ def run_cases(dim: int, repeats: int) -> dict:
         ours_s=best_of(repeats, lambda: quantize.quantize_chunked(x, bits=8, seed=1)),
         numpy_s=best_of(1, lambda: quantize.quantize_chunked_reference(x, bits=8, seed=1)),
     )
-    magnitude = torch.abs(tx)
+
+
+def _sparsify_cases(case, cases: dict, x: np.ndarray, rng, repeats: int) -> None:
+    dim = x.size
+    k = sparsify.k_for(dim, 0.01)
+    magnitude = torch.abs(torch.from_numpy(x))
     case(
         "topk_exact_1pct",
         ours_s=best_of(repeats, lambda: sparsify.topk_exact(x, k)),
@@ -98,6 +117,9 @@ def run_cases(dim: int, repeats: int) -> dict:
         numpy_s=best_of(repeats, lambda: rng.choice(dim, k, replace=False)),
         torch_s=best_of(repeats, lambda: torch.randperm(dim)[:k]),
     )
+
+
+def _packing_cases(case, cases: dict, dim: int, rng, repeats: int) -> None:
     levels = rng.integers(0, 2**12, dim).astype(np.uint16)
     buffer = bitpack.pack_buffer(dim, 12)
     packed = bitpack.pack(levels, 12)
@@ -113,15 +135,6 @@ def run_cases(dim: int, repeats: int) -> dict:
     )
     for name in ("pack_12bit", "unpack_12bit"):
         cases[name]["gb_per_s"] = len(packed) / cases[name]["ours_s"] / 1e9
-    indices = sparsify.randk(dim, k, seed=2)
-    sent = x[indices]
-    residual = feedback.ErrorFeedback(dim)
-    case(
-        "error_feedback_residual",
-        ours_s=best_of(repeats, lambda: residual.record(x, sent, indices)),
-        numpy_s=best_of(repeats, lambda: feedback.residual_reference(x, indices, sent)),
-    )
-    return cases
 
 
 _FIRST_CALLS = """

@@ -104,6 +104,35 @@ def _content_bytes(message: Message) -> int:
     return total
 
 
+def _server_context(grid: _LocalGrid, node_ids: list[int], dim: int) -> LegacyContext:
+    """The ServerApp's context for one FedAvg round over ``node_ids`` with a zero model."""
+    manager = SimpleClientManager()
+    for nid in node_ids:
+        manager.register(GridClientProxy(nid, grid, run_id=1))
+    strategy = FedAvg(
+        fraction_fit=1.0,
+        fraction_evaluate=0.0,
+        min_fit_clients=len(node_ids),
+        min_available_clients=len(node_ids),
+    )
+    server_context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    context = LegacyContext(
+        context=server_context,
+        config=ServerConfig(num_rounds=1),
+        strategy=strategy,
+        client_manager=manager,
+    )
+    params = ndarrays_to_parameters([np.zeros(dim, np.float32)])
+    context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+        params, keep_input=True
+    )
+    cfg = ConfigRecord()
+    cfg[WorkflowKey.CURRENT_ROUND] = 1
+    cfg[WorkflowKey.START_TIME] = time.perf_counter()
+    context.state.config_records[MAIN_CONFIGS_RECORD] = cfg
+    return context
+
+
 def run_flower_secaggplus(
     updates: dict[int, np.ndarray],
     *,
@@ -133,31 +162,8 @@ def run_flower_secaggplus(
     apps = {nid: ClientApp(client_fn=client_fn, mods=[secaggplus_mod]) for nid in node_ids}
     gone = {c + 1 for c in drop_before_masked_input}
     grid = _LocalGrid(apps, contexts, drop={"collect_masked_vectors": gone})
-    manager = SimpleClientManager()
-    for nid in node_ids:
-        manager.register(GridClientProxy(nid, grid, run_id=1))
     dim = next(iter(updates.values())).size
-    strategy = FedAvg(
-        fraction_fit=1.0,
-        fraction_evaluate=0.0,
-        min_fit_clients=len(updates),
-        min_available_clients=len(updates),
-    )
-    server_context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
-    context = LegacyContext(
-        context=server_context,
-        config=ServerConfig(num_rounds=1),
-        strategy=strategy,
-        client_manager=manager,
-    )
-    params = ndarrays_to_parameters([np.zeros(dim, np.float32)])
-    context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-        params, keep_input=True
-    )
-    cfg = ConfigRecord()
-    cfg[WorkflowKey.CURRENT_ROUND] = 1
-    cfg[WorkflowKey.START_TIME] = time.perf_counter()
-    context.state.config_records[MAIN_CONFIGS_RECORD] = cfg
+    context = _server_context(grid, node_ids, dim)
     workflow = SecAggPlusWorkflow(
         num_shares=num_shares,
         reconstruction_threshold=threshold,

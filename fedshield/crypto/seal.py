@@ -55,6 +55,7 @@ class SealIO:
     """
 
     def __init__(self, context: sa.SEALContext) -> None:
+        self._fd = -1  # nothing to close if the check below raises
         check_instance("context", context, sa.SEALContext, "from seal_context")
         self.context = context
         folder = "/dev/shm" if os.path.isdir("/dev/shm") else None

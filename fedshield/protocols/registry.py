@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
+from fedshield.crypto._validate import check_client_ids, check_instance, check_int
 from fedshield.errors import ConfigError
 from fedshield.protocols.base import ClientSession, ServerSession
 from fedshield.protocols.he import (
@@ -86,7 +87,7 @@ class ProtocolSpec:
         raise ConfigError(
             f"top-k sparsification cannot run under {self.name}: every client keeps different "
             "indices, so the protected vectors would not line up (the sum needs every index) "
-            "and the indices themselves would leak which parameters moved most. Use rand-k "
+            "and the indices themselves would leak which parameters moved most. Use randk "
             "(the round's shared seed picks the same indices at every client) or plain."
         )
 
@@ -184,6 +185,15 @@ class KeySetup:
     plan: HEPlan
     clients: list[int]
     holder: int = KEY_HOLDER
+
+    def __post_init__(self) -> None:
+        check_instance("spec", self.spec, HESpec, "the he protocol's spec")
+        check_instance("plan", self.plan, HEPlan, "from plan_for")
+        check_client_ids("clients", self.clients)
+        clients = [int(c) for c in self.clients]
+        object.__setattr__(self, "clients", clients)
+        if check_int("holder", self.holder, low=0) not in clients:
+            raise ValueError(f"holder must be one of clients {clients}, got {self.holder}")
 
     def server(self) -> HEKeySetupServer:
         return HEKeySetupServer(round=0, clients=self.clients, dim=1, plan=self.plan,
