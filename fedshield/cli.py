@@ -178,7 +178,12 @@ def _default_out(kind: str) -> Path:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from fedshield.engine.experiment import RunConfig, build_federation, parse_dropout
+    from fedshield.engine.experiment import (
+        RunConfig,
+        build_federation,
+        parse_dropout,
+        with_data_facts,
+    )
     from fedshield.report import CONSOLE_COLUMNS, format_cell, run_result, write_run
 
     probability, schedule = parse_dropout(args.dropout)
@@ -222,13 +227,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"[bold]fedshield run[/]: {config.dataset}, {config.sites} sites, {config.algorithm}, "
         f"protection [cyan]{config.protect}[/], {config.rounds} rounds → {out}"
     )
-    fed = build_federation(config)
-    console.print(f"model {config.model}: {fed.spec.dim:,} exchanged values per update")
+    if config.sites == 1 and config.protect != "plain":
+        console.print(
+            f"[yellow]warning:[/] with one site, the {config.protect} sum the server learns is "
+            "that site's own update: nothing is hidden (use at least 2 sites to protect it)",
+            soft_wrap=True,
+        )
+    start = time.perf_counter()
+    if config.transport == "flower":
+        config = with_data_facts(config)  # what every process must agree on
+        rounds = _run_flower(config, out)
+    else:
+        fed = build_federation(config)
+        console.print(f"model {config.model}: {fed.spec.dim:,} exchanged values per update")
+        rounds = _run_local(fed, config)
     table = Table(title="Rounds", header_style="bold")
     for _, title, _ in CONSOLE_COLUMNS:
         table.add_column(title, justify="right")
-    start = time.perf_counter()
-    rounds = _run_flower(config, out) if config.transport == "flower" else _run_local(fed, config)
     for row in rounds:
         table.add_row(*(cell(row) for _, _, cell in CONSOLE_COLUMNS))
     console.print(table)

@@ -33,3 +33,44 @@ def test_lower_layers_never_import_upwards():
                     assert not name.startswith(
                         ("torch", "monai", "fedshield.engine", "fedshield.data", "fedshield.cli")
                     ), (path, name)
+
+
+def _imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return names
+
+
+def test_crypto_primitives_import_no_protocol():
+    for path in (PACKAGE / "crypto").rglob("*.py"):
+        bad = [n for n in _imports(path) if n.startswith("fedshield.protocols")]
+        assert not bad, (path, bad)
+
+
+def test_the_site_runtime_reaches_no_server_code():
+    """``engine/site.py`` and everything it imports, transitively inside fedshield."""
+    server = (
+        "fedshield.engine.server_round",
+        "fedshield.engine.federation",
+        "fedshield.engine.runner",
+        "fedshield.engine.flower",
+        "fedshield.aggregation",
+    )
+    seen, todo = set(), ["fedshield.engine.site"]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+        if not path.exists():
+            path = path.with_suffix("") / "__init__.py"
+        for name in _imports(path):
+            if name.startswith("fedshield."):
+                assert not name.startswith(server), f"{module} imports {name}"
+                todo.append(name)
+    assert "fedshield.engine.compression" in seen  # the walk did reach the site's modules

@@ -31,16 +31,22 @@ def load_sites(
     alpha: float = 0.5,
     shift: bool | None = None,
     seed: int = 0,
+    only: int | None = None,
 ) -> list[SiteData]:
     """Sites for ``dataset``: ``synthetic``, ``breastmnist`` or ``medmnist:PATH``.
 
     Args:
+        only: build only this site (a deployment's site process never holds another's data);
+            the list then has one element.
         partition: ``iid`` or ``dirichlet`` (label skew with ``alpha``), for MedMNIST data.
         shift: give each site its own acquisition shift; by default on for ``synthetic`` (whose
             point it is) and off for MedMNIST (already real, single-source images).
     """
+    if only is not None and not (isinstance(only, int) and 0 <= only < n_sites):
+        raise ConfigError(f"only must be a site index in 0..{n_sites - 1}, got {only!r}")
     if dataset == "synthetic":
-        return make_synthetic_sites(n_sites, shift=True if shift is None else shift, seed=seed)
+        shift = True if shift is None else shift
+        return make_synthetic_sites(n_sites, shift=shift, seed=seed, only=only)
     if dataset == "breastmnist":
         path = breastmnist_path()
     elif dataset.startswith("medmnist:"):
@@ -51,6 +57,12 @@ def load_sites(
         )
     splits = load_medmnist(path)
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
+    most = min(len(train_y), len(test_y))
+    if n_sites > most:
+        raise ConfigError(
+            f"{dataset}: {len(train_y)} training and {len(test_y)} test images cannot be split "
+            f"over {n_sites} sites; use at most {most} sites"
+        )
     if partition == "iid":
         train_parts = iid_partition(train_y, n_sites, seed=seed)
     elif partition == "dirichlet":
@@ -60,6 +72,8 @@ def load_sites(
     test_parts = iid_partition(test_y, n_sites, seed=seed + 1)
     sites = []
     for s, (tr, te) in enumerate(zip(train_parts, test_parts, strict=True)):
+        if only is not None and s != only:
+            continue
         xs, xt = train_x[tr], test_x[te]
         if shift:
             scanner = site_shift(s, seed)

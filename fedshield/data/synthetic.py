@@ -50,12 +50,14 @@ def make_synthetic_sites(
     size: int = 28,
     shift: bool = True,
     seed: int = 0,
+    only: int | None = None,
 ) -> list[SiteData]:
-    """``n_sites`` sites of synthetic images, each with its own acquisition shift."""
+    """``n_sites`` sites of synthetic images, each with its own acquisition shift (``only``:
+    just that site; each site's images depend only on the seed and its index)."""
     if n_sites < 1:
         raise ValueError("need at least one site")
     sites = []
-    for s in range(n_sites):
+    for s in range(n_sites) if only is None else [only]:
         n = train_per_site + test_per_site
         x, y = synthetic_images(n, size=size, seed=seed * 1000 + s)
         if shift:

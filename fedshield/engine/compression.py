@@ -1,4 +1,4 @@
-"""The client-side encoder chain that runs before protection.
+"""The client-side compression chain that runs before protection.
 
 error feedback (add the site's residual) → sparsify (rand-k with the round's shared seed, or
 top-k) → the protocol quantizes and bit-packs (shared range for ``secagg`` and ``he``, per-chunk
@@ -23,14 +23,14 @@ import numpy as np
 from fedshield.compress import ErrorFeedback, derive_seed, k_for, randk, topk_exact
 from fedshield.errors import ConfigError
 
-__all__ = ["EncodedUpdate", "Encoding", "UpdateEncoder"]
+__all__ = ["CompressedUpdate", "Compression", "UpdateCompressor"]
 
 SPARSIFIERS = ("randk", "topk")
 
 
 @dataclass(frozen=True)
-class Encoding:
-    """The encoder chain's options: ``sparsify`` is ``None``, ``"randk"`` or ``"topk"``."""
+class Compression:
+    """The compression chain's options: ``sparsify`` is ``None``, ``"randk"`` or ``"topk"``."""
 
     sparsify: str | None = None
     fraction: float = 1.0
@@ -43,7 +43,7 @@ class Encoding:
             raise ConfigError(f"the kept fraction must be in (0, 1], got {self.fraction}")
 
     @classmethod
-    def parse(cls, sparsify: str | None, *, error_feedback: bool = False) -> Encoding:
+    def parse(cls, sparsify: str | None, *, error_feedback: bool = False) -> Compression:
         """From ``--sparsify randk:0.1`` / ``topk:0.01`` (or ``None``) and ``--error-feedback``."""
         if not sparsify:
             return cls(error_feedback=error_feedback)
@@ -67,7 +67,7 @@ class Encoding:
 
 
 @dataclass(frozen=True)
-class EncodedUpdate:
+class CompressedUpdate:
     """One client's update after the chain, before the protocol.
 
     ``values`` go to the protocol; ``indices`` are the coordinates they cover (``None``: all);
@@ -79,34 +79,40 @@ class EncodedUpdate:
     corrected: np.ndarray
 
 
-class UpdateEncoder:
-    """Runs the chain for every site of a federation and keeps their residuals."""
+class UpdateCompressor:
+    """Runs the chain on one site's updates and keeps that site's residual.
+
+    The server keeps one too, without a residual of its own use, for the round's shared rand-k
+    coordinates (:meth:`shared_indices`) and to scatter an aggregate back (:meth:`expand`).
+    """
 
     def __init__(
         self,
-        encoding: Encoding,
+        compression: Compression,
         *,
         dim: int,
-        n_sites: int,
         seed: int,
         n_trainable: int | None = None,
     ) -> None:
-        self.encoding = encoding
+        if not isinstance(compression, Compression):
+            raise TypeError(f"compression must be a Compression, got {type(compression).__name__}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        self.compression = compression
         self.dim = dim
         self.seed = seed
         self.n_trainable = dim if n_trainable is None else n_trainable
         self._buffers = np.arange(self.n_trainable, dim, dtype=np.int64)
-        self.k_trainable = k_for(self.n_trainable, encoding.fraction) if encoding.sparsify else None
+        fraction = compression.fraction
+        self.k_trainable = k_for(self.n_trainable, fraction) if compression.sparsify else None
         # Values each client sends: the kept trainable values and every buffer.
         self.k = None if self.k_trainable is None else self.k_trainable + self._buffers.size
-        self.feedback = (
-            [ErrorFeedback(dim) for _ in range(n_sites)] if encoding.error_feedback else None
-        )
+        self.feedback = ErrorFeedback(dim) if compression.error_feedback else None
 
     @property
     def protocol_dim(self) -> int:
         """Length of the vectors the protocol aggregates (``k`` under rand-k)."""
-        return self.k if self.encoding.sparsify == "randk" else self.dim
+        return self.k if self.compression.sparsify == "randk" else self.dim
 
     def shared_indices(self, round: int) -> np.ndarray | None:
         """Rand-k's coordinates for ``round``: public, the same at every client and the server.
@@ -116,7 +122,7 @@ class UpdateEncoder:
         per ``n_trainable // k`` rounds. Drawn independently each round, 12% of the coordinates
         would wait more than 20 rounds at 10% (0.9^20), and the global model would lag there.
         """
-        if self.encoding.sparsify != "randk":
+        if self.compression.sparsify != "randk":
             return None
         blocks = max(1, self.n_trainable // self.k_trainable)
         cycle, block = divmod(round - 1, blocks)
@@ -124,27 +130,27 @@ class UpdateEncoder:
         kept = randk(self.n_trainable, self.k_trainable, seed=seed, block=block)
         return np.concatenate([kept, self._buffers])
 
-    def encode(self, site: int, round: int, delta: np.ndarray) -> EncodedUpdate:
-        """Error feedback (add the site's residual), then sparsification, of one update."""
-        corrected = self.feedback[site].compensate(delta) if self.feedback else delta
-        if self.encoding.sparsify == "topk":
+    def compress(self, round: int, delta: np.ndarray) -> CompressedUpdate:
+        """Error feedback (add the residual), then sparsification, of one update."""
+        corrected = self.feedback.compensate(delta) if self.feedback else delta
+        if self.compression.sparsify == "topk":
             kept = topk_exact(corrected[: self.n_trainable], self.k_trainable)
             indices = np.concatenate([kept, self._buffers])
         else:
             indices = self.shared_indices(round)
         values = corrected if indices is None else np.ascontiguousarray(corrected[indices])
-        return EncodedUpdate(values, indices, corrected)
+        return CompressedUpdate(values, indices, corrected)
 
-    def record(self, site: int, encoded: EncodedUpdate, sent: np.ndarray | None) -> None:
-        """Keep, as the site's residual, what its message did not carry (all of it if unsent)."""
+    def keep_residual(self, update: CompressedUpdate, sent: np.ndarray | None) -> None:
+        """Keep, as the residual, what the protocol's message did not carry (all of it if
+        the site's message never went out)."""
         if not self.feedback:
             return
-        feedback = self.feedback[site]
         if sent is None:
-            feedback.record(encoded.corrected, np.zeros(0, np.float32), np.zeros(0))
+            self.feedback.record(update.corrected, np.zeros(0, np.float32), np.zeros(0))
         else:
-            feedback.record(encoded.corrected, sent, encoded.indices)
-        feedback.residual[self.n_trainable :] = 0.0  # buffers: state, never a residual
+            self.feedback.record(update.corrected, sent, update.indices)
+        self.feedback.residual[self.n_trainable :] = 0.0  # buffers: state, never a residual
 
     def expand(self, indices: np.ndarray | None, weighted_sum: np.ndarray) -> np.ndarray:
         """A rand-k aggregate scattered back to the full vector (zeros elsewhere)."""

@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from fedshield.aggregation import build as build_server_opt
-from fedshield.data import load_sites
+from fedshield.data import SiteData, load_sites
+from fedshield.engine.compression import Compression, UpdateCompressor
 from fedshield.engine.dropout import DropoutPolicy
-from fedshield.engine.encoding import Encoding
-from fedshield.engine.federation import Federation, make_site
+from fedshield.engine.federation import Federation
+from fedshield.engine.global_model import GlobalModel
 from fedshield.engine.models import build_model
+from fedshield.engine.paramspec import ParamSpec
+from fedshield.engine.server_round import ServerRound
+from fedshield.engine.site import Site, SiteRuntime, make_site
 from fedshield.engine.trainer import Algorithm, LocalTrainer
 from fedshield.errors import ConfigError
-from fedshield.protocols.registry import DEFAULT_QUANT_BITS, get_protocol
+from fedshield.protocols.registry import DEFAULT_QUANT_BITS, ProtocolSpec, get_protocol
 
-__all__ = ["RunConfig", "build_federation", "parse_dropout"]
+__all__ = [
+    "RunConfig",
+    "build_federation",
+    "build_global_model",
+    "build_server_round",
+    "build_site_runtime",
+    "parse_dropout",
+    "with_data_facts",
+]
 
 
 @dataclass
@@ -52,6 +64,9 @@ class RunConfig:
     lr: float = 1e-3
     batch_size: int = 32
     seed: int = 0
+    max_weight: float | None = None  # public bound of a site's FedAvg weight (None: the
+    # largest site's sample count, read from the data)
+    in_channels: int | None = None  # image channels (None: read from the data)
     threads: int | None = None  # torch threads of a training process (None: torch's default
     # in process, 1 per Flower site process); float results depend on it
 
@@ -65,7 +80,7 @@ class RunConfig:
             self.model = "cnn-gn" if synthetic else "cnn"
         if self.quant_bits is None:
             self.quant_bits = DEFAULT_QUANT_BITS.get(self.protect)
-        self.encoding()  # validates --sparsify early
+        self.compression()  # validates --sparsify early
         if self.sites < 1 or self.rounds < 1 or self.local_epochs < 1:
             raise ConfigError("--sites, --rounds and --local-epochs must be at least 1")
         if self.lr <= 0 or self.batch_size < 1:
@@ -77,9 +92,9 @@ class RunConfig:
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
 
-    def encoding(self) -> Encoding:
-        """The encoder chain these options describe."""
-        return Encoding.parse(self.sparsify, error_feedback=self.error_feedback)
+    def compression(self) -> Compression:
+        """The compression chain these options describe."""
+        return Compression.parse(self.sparsify, error_feedback=self.error_feedback)
 
     def as_dict(self) -> dict:
         """Every effective option as plain data."""
@@ -104,48 +119,130 @@ def parse_dropout(text: str) -> tuple[float, dict[str, list[int]]]:
         ) from None
 
 
-def build_federation(config: RunConfig, *, prepare_protocol: bool = True) -> Federation:
-    """Load the data, build the sites and the federation that ``config`` describes.
-
-    ``prepare_protocol=False`` leaves the protocol's one-time setup (``he`` keys) to the
-    caller: the Flower transport runs it through the grid.
-    """
-    data = load_sites(
-        config.dataset,
-        config.sites,
-        partition=config.partition,
-        alpha=config.alpha,
-        shift=config.shift,
-        seed=config.seed,
+def with_data_facts(config: RunConfig) -> RunConfig:
+    """``config`` with ``max_weight`` and ``in_channels`` read from the data where unset:
+    what every process of a deployment must agree on without seeing the others' data (the
+    launcher of a loopback deployment reads them; a real one writes them in the config)."""
+    if config.max_weight is not None and config.in_channels is not None:
+        return config
+    data = _load(config)
+    return replace(
+        config,
+        max_weight=config.max_weight or max(float(d.n_train) for d in data),
+        in_channels=config.in_channels or int(data[0].train_x.shape[1]),
     )
-    sites = [
-        make_site(d, batch_size=config.batch_size, seed=config.seed * 100 + i)
-        for i, d in enumerate(data)
-    ]
-    in_channels = data[0].train_x.shape[1]
-    lr = config.lr
-    trainer = LocalTrainer(optimizer_factory=lambda params: torch.optim.Adam(params, lr=lr))
+
+
+def build_federation(config: RunConfig) -> Federation:
+    """Load the data, build the sites and the in-process federation ``config`` describes."""
+    data = _load(config)
+    sites = [_site(config, i, d) for i, d in enumerate(data)]
+    in_channels = config.in_channels or data[0].train_x.shape[1]
     return Federation(
         model_factory=lambda: build_model(config.model, in_channels=in_channels),
         sites=sites,
-        algorithm=Algorithm(config.algorithm, mu=config.mu, sgd_lr=config.fedsgd_lr),
-        trainer=trainer,
-        protect=get_protocol(
-            config.protect,
-            max_weight=max(site.weight for site in sites),
-            clip=config.clip,
-            quant_bits=config.quant_bits,
-            threshold=config.threshold,
-            neighbours=config.neighbours,
-            he_scheme=config.he_scheme,
-            he_weighting=config.he_weighting,
-        ),
+        algorithm=_algorithm(config),
+        trainer=_trainer(config),
+        protect=_protocol(config, max_weight=config.max_weight or max(s.weight for s in sites)),
         server_opt=build_server_opt(config.server_opt, lr=config.server_lr),
         dropout=DropoutPolicy(
             probability=config.dropout, schedule=config.dropout_schedule, seed=config.seed
         ),
         local_epochs=config.local_epochs,
-        encoding=config.encoding(),
+        compression=config.compression(),
         seed=config.seed,
-        prepare_protocol=prepare_protocol,
     )
+
+
+def build_site_runtime(config: RunConfig, site_id: int) -> SiteRuntime:
+    """Site ``site_id``'s runtime, from its own data alone (a deployment's site process).
+
+    ``config.max_weight`` must be set (:func:`with_data_facts`): the site cannot read it from
+    the other sites' data. The protocol is not set up (``he``: its key comes through the grid).
+    """
+    _require_facts(config, "max_weight")
+    (data,) = _load(config, only=site_id)
+    torch.manual_seed(config.seed)  # the same initial model as the server's
+    model = build_model(config.model, in_channels=data.train_x.shape[1])
+    spec = ParamSpec.from_module(model, exclude_batchnorm=_algorithm(config).exclude_batchnorm)
+    compressor = _compressor(config, spec)
+    protocol = _protocol(config, max_weight=config.max_weight)
+    if config.compression().sparsify == "topk":
+        protocol = protocol.with_topk(compressor.k)
+    return SiteRuntime(
+        site_id=site_id, site=_site(config, site_id, data), model=model, spec=spec,
+        protocol=protocol, algorithm=_algorithm(config), trainer=_trainer(config),
+        local_epochs=config.local_epochs, compressor=compressor,
+    )  # fmt: skip
+
+
+def build_server_round(config: RunConfig) -> ServerRound:
+    """The server's round for ``config``, with no site's data (a deployment's server).
+
+    ``config.max_weight`` and ``config.in_channels`` must be set (:func:`with_data_facts`).
+    The protocol is not set up (``he``: the key setup runs through the grid).
+    """
+    _require_facts(config, "max_weight", "in_channels")
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, in_channels=config.in_channels)
+    return ServerRound(
+        protocol=_protocol(config, max_weight=config.max_weight),
+        model=build_global_model(config, model),
+        n_sites=config.sites,
+        holds_model=config.protect != "he",
+    )
+
+
+def build_global_model(config: RunConfig, model: torch.nn.Module) -> GlobalModel:
+    """The global model starting from ``model``'s weights, with ``config``'s server
+    optimizer (a site holds one under ``he``)."""
+    spec = ParamSpec.from_module(model, exclude_batchnorm=_algorithm(config).exclude_batchnorm)
+    return GlobalModel(
+        spec=spec,
+        vector=spec.flatten(model),
+        server_opt=build_server_opt(config.server_opt, lr=config.server_lr),
+        compressor=_compressor(config, spec),
+    )
+
+
+def _load(config: RunConfig, only: int | None = None) -> list[SiteData]:
+    return load_sites(
+        config.dataset, config.sites, partition=config.partition, alpha=config.alpha,
+        shift=config.shift, seed=config.seed, only=only,
+    )  # fmt: skip
+
+
+def _site(config: RunConfig, site_id: int, data: SiteData) -> Site:
+    return make_site(data, batch_size=config.batch_size, seed=config.seed * 100 + site_id)
+
+
+def _algorithm(config: RunConfig) -> Algorithm:
+    return Algorithm(config.algorithm, mu=config.mu, sgd_lr=config.fedsgd_lr)
+
+
+def _trainer(config: RunConfig) -> LocalTrainer:
+    lr = config.lr
+    return LocalTrainer(optimizer_factory=lambda params: torch.optim.Adam(params, lr=lr))
+
+
+def _compressor(config: RunConfig, spec: ParamSpec) -> UpdateCompressor:
+    return UpdateCompressor(
+        config.compression(), dim=spec.dim, seed=config.seed, n_trainable=spec.n_trainable
+    )
+
+
+def _protocol(config: RunConfig, *, max_weight: float) -> ProtocolSpec:
+    return get_protocol(
+        config.protect, max_weight=max_weight, clip=config.clip, quant_bits=config.quant_bits,
+        threshold=config.threshold, neighbours=config.neighbours, he_scheme=config.he_scheme,
+        he_weighting=config.he_weighting,
+    )  # fmt: skip
+
+
+def _require_facts(config: RunConfig, *names: str) -> None:
+    missing = [n for n in names if getattr(config, n) is None]
+    if missing:
+        raise ConfigError(
+            f"a deployment's processes need {', '.join(missing)} in the run config (the same "
+            "for every process): fill them with with_data_facts(config) in the launcher"
+        )

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["binary_metrics", "predict", "roc_auc"]
+__all__ = ["binary_metrics", "pooled_metrics", "predict", "roc_auc"]
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -62,3 +62,16 @@ def predict(model: nn.Module, loader, loss_fn: nn.Module | None = None):
     if not count:
         return np.zeros(0, np.int64), np.zeros(0, np.float32), float("nan")
     return np.concatenate(labels), np.concatenate(probs), total / count
+
+
+def pooled_metrics(
+    results: list[tuple[str, np.ndarray, np.ndarray, float]],
+) -> tuple[dict, dict[str, dict]]:
+    """Pooled and per-site metrics from each site's ``(name, labels, probabilities, loss)``."""
+    if not results:
+        return binary_metrics(np.zeros(0), np.zeros(0)), {}
+    per_site = {name: binary_metrics(y, p, loss) for name, y, p, loss in results}
+    labels = np.concatenate([y for _, y, _, _ in results])
+    probs = np.concatenate([p for _, _, p, _ in results])
+    loss = sum(loss * len(y) for _, y, _, loss in results) / max(1, len(labels))
+    return binary_metrics(labels, probs, loss), per_site

@@ -27,9 +27,10 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from fedshield.data import load_sites
-from fedshield.engine.federation import Federation, make_site
+from fedshield.engine.federation import Federation
 from fedshield.engine.metrics import binary_metrics, predict
 from fedshield.engine.models import build_model
+from fedshield.engine.site import make_site
 from fedshield.engine.trainer import Algorithm, LocalTrainer
 
 __all__ = ["METRICS", "STRATEGIES", "SurveyConfig", "run_survey", "summarise"]

@@ -1,17 +1,17 @@
-"""The encoder chain in the engine: rand-k, top-k and error feedback under each protection."""
+"""The compression chain in the engine: rand-k, top-k and error feedback under each protection."""
 
 import numpy as np
 import pytest
 import torch
 
 from fedshield.engine import Federation, LocalTrainer, make_site
-from fedshield.engine.encoding import Encoding, UpdateEncoder
+from fedshield.engine.compression import Compression, UpdateCompressor
 from fedshield.engine.models import SmallCNN
 from fedshield.errors import ConfigError
 from fedshield.protocols.registry import get_protocol
 
 
-def _federation(tiny_sites, protect, encoding):
+def _federation(tiny_sites, protect, compression):
     sites = [make_site(s, batch_size=8, seed=i) for i, s in enumerate(tiny_sites)]
     trainer = LocalTrainer(optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.05))
     return Federation(
@@ -19,16 +19,16 @@ def _federation(tiny_sites, protect, encoding):
         sites=sites,
         trainer=trainer,
         protect=get_protocol(protect, max_weight=max(s.weight for s in sites), clip=0.5),
-        encoding=encoding,
+        compression=compression,
         seed=3,
     )
 
 
 def test_randk_moves_only_the_rounds_shared_coordinates_and_shrinks_the_upload(tiny_sites):
-    dense = _federation(tiny_sites, "secagg", Encoding())
-    sparse = _federation(tiny_sites, "secagg", Encoding("randk", 0.1))
+    dense = _federation(tiny_sites, "secagg", Compression())
+    sparse = _federation(tiny_sites, "secagg", Compression("randk", 0.1))
     start = sparse.global_vector.copy()
-    indices = sparse.encoder.shared_indices(1)
+    indices = sparse.server.model.compressor.shared_indices(1)
     record = sparse.run_round()
     moved = np.flatnonzero(sparse.global_vector != start)
     assert set(moved) <= set(indices.tolist()) and len(moved) > 0.5 * len(indices)
@@ -39,39 +39,40 @@ def test_randk_moves_only_the_rounds_shared_coordinates_and_shrinks_the_upload(t
 
     assert masked_input_bytes(record) < 0.2 * masked_input_bytes(dense.run_round())
     assert record.protocol["sparsify"] == "randk"
-    assert not np.array_equal(indices, sparse.encoder.shared_indices(2))
+    assert not np.array_equal(indices, sparse.server.model.compressor.shared_indices(2))
 
 
 def test_topk_is_refused_under_secure_aggregation_with_the_reason(tiny_sites):
     with pytest.raises(ConfigError, match="would not line up"):
-        _federation(tiny_sites, "secagg", Encoding("topk", 0.1))
+        _federation(tiny_sites, "secagg", Compression("topk", 0.1))
 
 
 def test_topk_under_plain_sends_indices_and_values(tiny_sites):
-    fed = _federation(tiny_sites, "plain", Encoding("topk", 0.05))
+    fed = _federation(tiny_sites, "plain", Compression("topk", 0.05))
     start = fed.global_vector.copy()
     record = fed.run_round()
-    k = fed.encoder.k
+    k = fed.server.model.compressor.k
     moved = np.flatnonzero(fed.global_vector != start)
     assert 0 < len(moved) <= k * len(tiny_sites)
     assert record.bytes_up_per_client < 0.15 * 4 * fed.spec.dim  # 5% of fp32, plus indices
 
 
 def test_error_feedback_keeps_exactly_what_was_not_sent(tiny_sites):
-    fed = _federation(tiny_sites, "secagg", Encoding("randk", 0.2, error_feedback=True))
+    fed = _federation(tiny_sites, "secagg", Compression("randk", 0.2, error_feedback=True))
     corrected = {}
-    original = fed.encoder.encode
+    for runtime in fed.runtimes:
+        original = runtime.compressor.compress
 
-    def spy(site, round, delta):
-        corrected[site] = (encoded := original(site, round, delta))
-        return encoded
+        def spy(round, delta, site=runtime.site_id, original=original):
+            corrected[site] = (encoded := original(round, delta))
+            return encoded
 
-    fed.encoder.encode = spy
+        runtime.compressor.compress = spy
     fed.run_round()
     trainable = fed.spec.n_trainable
     assert trainable < fed.spec.dim  # the small CNN has BatchNorm buffers
     for site, encoded in corrected.items():
-        residual = fed.encoder.feedback[site].residual
+        residual = fed.runtimes[site].compressor.feedback.residual
         # Buffers are state: always sent, never carried in a residual.
         assert set(range(trainable, fed.spec.dim)) <= set(encoded.indices.tolist())
         np.testing.assert_array_equal(residual[trainable:], 0.0)
@@ -84,16 +85,16 @@ def test_error_feedback_keeps_exactly_what_was_not_sent(tiny_sites):
 
 
 def test_a_client_that_never_sent_keeps_its_whole_update():
-    encoder = UpdateEncoder(Encoding(error_feedback=True), dim=5, n_sites=1, seed=0)
-    encoded = encoder.encode(0, 1, np.ones(5, np.float32))
-    encoder.record(0, encoded, None)
-    np.testing.assert_array_equal(encoder.feedback[0].residual, 1.0)
-    again = encoder.encode(0, 2, np.ones(5, np.float32))
+    compressor = UpdateCompressor(Compression(error_feedback=True), dim=5, seed=0)
+    compressed = compressor.compress(1, np.ones(5, np.float32))
+    compressor.keep_residual(compressed, None)
+    np.testing.assert_array_equal(compressor.feedback.residual, 1.0)
+    again = compressor.compress(2, np.ones(5, np.float32))
     np.testing.assert_array_equal(again.values, 2.0)  # next round sends it on top
 
 
 @pytest.mark.parametrize("text", ["randk", "randk:zero", "topk:0", "fancy:0.1", "randk:1.5"])
 def test_bad_sparsify_options_say_what_to_write(text):
     with pytest.raises(ConfigError):
-        Encoding.parse(text)
-    assert Encoding.parse("topk:0.01") == Encoding("topk", 0.01)
+        Compression.parse(text)
+    assert Compression.parse("topk:0.01") == Compression("topk", 0.01)

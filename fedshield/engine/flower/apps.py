@@ -43,8 +43,9 @@ def relay(message: Message, context: Context) -> Message:
 def main(grid: Grid, context: Context) -> None:
     """All rounds: model out, training, the protocol's stages, evaluation; then the records."""
     # Server-side imports here: the ClientApp relay, in the same module, stays light.
-    from fedshield.engine.experiment import RunConfig, build_federation
+    from fedshield.engine.experiment import RunConfig, build_server_round
     from fedshield.engine.flower.transport import FlowerTransport
+    from fedshield.engine.server_round import RoundTiming
 
     cfg = context.run_config
     config = RunConfig(**json.loads(Path(str(cfg["config"])).read_text()))
@@ -56,20 +57,20 @@ def main(grid: Grid, context: Context) -> None:
             f.write(json.dumps(event) + "\n")
 
     he = config.protect == "he"
-    fed = build_federation(config, prepare_protocol=False)
-    nodes = _discover_sites(grid, config.sites, timeout=train_timeout)
+    server = build_server_round(config)  # no site's data: only the config's public facts
+    nodes, names = _discover_sites(grid, config.sites, timeout=train_timeout)
     emit(event="sites", nodes={str(c): n for c, n in nodes.items()})
     if he:
-        _distribute_he_keys(fed, grid, nodes, timeout=stage_timeout)
+        _distribute_he_keys(server, grid, nodes, timeout=stage_timeout)
         emit(event="keys")
     records = []
     for _ in range(config.rounds):
-        r = fed.round
+        r = server.round
         start = time.perf_counter()
         transport = FlowerTransport(
             grid, nodes, timeout=stage_timeout, on_stage=lambda s, r=r: emit(round=r, stage=s)
         )
-        broadcast = _round_start(fed, he)
+        broadcast = _round_start(server, he)
         trained = FlowerTransport(grid, nodes, timeout=train_timeout).request(
             "train", dict.fromkeys(nodes, broadcast)
         )
@@ -77,19 +78,15 @@ def main(grid: Grid, context: Context) -> None:
         if not ready:
             raise RuntimeError(f"round {r}: no site trained: {trained}")
         train_s = max((reply.seconds for reply in trained.values()), default=0.0)
-        outcome, server = fed.aggregate_round(transport, ready)
-        aggregate_s = fed.finish_round(outcome)
-        metrics, per_site = _evaluate(fed, grid, nodes, stage_timeout, he)
-        record = fed.record(
+        outcome, session = server.drive(transport, ready)
+        aggregate_s = server.apply(outcome)
+        record = server.record(
             outcome,
-            server,
-            metrics,
-            per_site,
-            broadcast,
-            aggregate_s,
-            train_s,
-            start,
-            model_held=not he,  # under he only the sites hold the model
+            session,
+            evaluation=_evaluate(server, grid, nodes, names, stage_timeout, he),
+            broadcast_bytes=len(broadcast),
+            timing=RoundTiming(start=start, train_s=train_s, aggregate_s=aggregate_s),
+            compression=config.compression().describe(),
         )
         records.append(record.as_dict())
         emit(round=r, event="done", dropped=record.dropped, auc=record.metrics["auc"])
@@ -100,70 +97,71 @@ def main(grid: Grid, context: Context) -> None:
     emit(event="finished")
 
 
-def _discover_sites(grid: Grid, n_sites: int, *, timeout: float) -> dict[int, int]:
-    """Map site ids to Flower node ids: wait for the SuperNodes, ask each its site."""
+def _discover_sites(
+    grid: Grid, n_sites: int, *, timeout: float
+) -> tuple[dict[int, int], dict[int, str]]:
+    """Which Flower node serves which site id, and each site's name."""
     from fedshield.engine.flower.transport import FlowerTransport
 
-    deadline = time.monotonic() + timeout
-    while len(list(grid.get_node_ids())) < n_sites and time.monotonic() < deadline:
-        time.sleep(0.2)
     node_ids = list(grid.get_node_ids())
     hello = FlowerTransport(grid, {n: n for n in node_ids}, timeout=timeout)
-    nodes = {}
+    nodes, names = {}, {}
     for node, reply in hello.request("hello", dict.fromkeys(node_ids, b"")).items():
         if reply.data is not None:
-            nodes[int(reply.data.decode())] = node
+            site = json.loads(reply.data.decode())
+            nodes[int(site["id"])] = node
+            names[int(site["id"])] = str(site["name"])
     if len(nodes) < n_sites:
         raise RuntimeError(f"only {len(nodes)} of {n_sites} sites answered")
-    return nodes
+    return nodes, names
 
 
-def _round_start(fed, he: bool) -> bytes:
+def _round_start(server, he: bool) -> bytes:
     """The model broadcast; under ``he`` only the round number (the sites hold the model)."""
     from fedshield import wire
     from fedshield.protocols.registry import MODEL_BROADCAST
 
     if not he:
-        return fed.model_broadcast()
-    return wire.serialize(wire.Header(MODEL_BROADCAST, 0, fed.round, wire.SERVER_ID), [])
+        return server.broadcast()
+    return wire.serialize(wire.Header(MODEL_BROADCAST, 0, server.round, wire.SERVER_ID), [])
 
 
-def _distribute_he_keys(fed, grid: Grid, nodes: dict[int, int], *, timeout: float) -> None:
+def _distribute_he_keys(server, grid: Grid, nodes: dict[int, int], *, timeout: float) -> None:
     """The key-holder site makes the HE key and seals it to every other site; the server
     relays. The server's protocol is then bound to the parameters (and holds no key)."""
     from fedshield.engine.flower.transport import FlowerTransport
     from fedshield.engine.runner import run_protocol
 
-    sites = list(range(len(fed.sites)))
-    setup = fed.protocol.key_setup(clients=sites, dim=fed.encoder.protocol_dim)
+    sites = list(range(server.n_sites))
+    setup = server.protocol.key_setup(clients=sites, dim=server.model.compressor.protocol_dim)
     FlowerTransport(grid, nodes, timeout=timeout).request("keysetup", dict.fromkeys(nodes, b""))
     transport = FlowerTransport(grid, nodes, timeout=timeout, prefix="keystage")
     outcome = run_protocol(setup.server(), transport)
     if outcome.revealed is None or len(outcome.revealed.contributors) != len(sites):
         raise RuntimeError(f"he key distribution failed: {outcome.aborted or outcome.stages}")
-    fed.protocol = setup.bind({})
+    server.use_protocol(setup.bind({}))
 
 
-def _evaluate(fed, grid: Grid, nodes: dict[int, int], timeout: float, he: bool):
+def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], timeout, he):
     """Pooled and per-site metrics from every reachable site's test predictions."""
     from fedshield import wire
-    from fedshield.engine.federation import pooled_metrics
     from fedshield.engine.flower.transport import FlowerTransport
+    from fedshield.engine.metrics import pooled_metrics
     from fedshield.protocols.registry import MODEL_BROADCAST
 
     replies = FlowerTransport(grid, nodes, timeout=timeout).request(
-        "evaluate", dict.fromkeys(nodes, _round_start(fed, he))
+        "evaluate", dict.fromkeys(nodes, _round_start(server, he))
     )
     results = []
     for cid in sorted(replies):
-        if replies[cid].data is None or fed.sites[cid].test is None:
+        if not replies[cid].data:  # dropped, or a site without a test set
             continue
         message = wire.parse(replies[cid].data)
-        message.expect(protocol=MODEL_BROADCAST, stage=1, round=fed.round, sender=cid)
+        message.expect(protocol=MODEL_BROADCAST, stage=1, round=server.round, sender=cid)
         labels = message.array(0, dtype="<f8")
         probs = message.array(1, dtype="<f8", shape=labels.shape)
         (loss,) = message.array(2, dtype="<f8", shape=(1,))
-        results.append((fed.sites[cid].name, labels, probs, float(loss)))
+        results.append((names[cid], labels, probs, float(loss)))
     return pooled_metrics(results)
 
 

@@ -228,6 +228,9 @@ def run_on_flower(
     ``on_event(event, deployment)`` sees each progress event of the ServerApp as it happens
     (``{"round": r, "stage": s}`` when a stage opens, ``{"round": r, "event": "done", ...}``).
     """
+    from fedshield.engine.experiment import with_data_facts
+
+    config = with_data_facts(config)  # public facts every process needs, read here once
     workdir = Path(tempfile.mkdtemp(prefix="fedshield-flower-"))
     config_path = workdir / "run.json"
     config_path.write_text(json.dumps(config.as_dict()))

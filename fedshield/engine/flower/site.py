@@ -1,9 +1,10 @@
 """One site's long-lived process in a Flower deployment.
 
-It builds the same federation the in-process engine would (same options, same seeds) and
-serves its own site's part of every round: train on the received model and open the protocol
-session, answer each stage, report test predictions. Started by :mod:`.deploy` next to the
-site's SuperNode; in a real deployment each hospital runs it next to its own SuperNode.
+It builds only its own :class:`~fedshield.engine.site.SiteRuntime` (its own data, the same
+options and seeds as every other process) and serves its part of every round: train on the
+received model and open the protocol session, answer each stage, report test predictions.
+Started by :mod:`.deploy` next to the site's SuperNode; in a real deployment each hospital runs
+it next to its own SuperNode.
 
     python -m fedshield.engine.flower.site --config run.json --site 0 --port 7000 --key-file K
 """
@@ -19,10 +20,12 @@ import numpy as np
 import torch
 
 from fedshield import wire
-from fedshield.engine.experiment import RunConfig, build_federation
+from fedshield.engine.experiment import RunConfig, build_global_model, build_site_runtime
 from fedshield.engine.flower.relay import serve
+from fedshield.engine.global_model import GlobalModel
+from fedshield.protocols.base import ClientSession
 from fedshield.protocols.he.keys import HEKeySetupClient
-from fedshield.protocols.registry import MODEL_BROADCAST
+from fedshield.protocols.registry import MODEL_BROADCAST, KeySetup
 
 __all__ = ["SiteProcess", "main"]
 
@@ -32,73 +35,88 @@ class SiteProcess:
 
     def __init__(self, config: RunConfig, site: int) -> None:
         self.site = site
+        self.runtime = build_site_runtime(config, site)
         # Under he the sites hold the model: each applies the decrypted aggregate itself, and
         # the key comes through the grid (the key-holder site makes it), not from a local setup.
-        self.he = config.protect == "he"
-        self.federation = build_federation(config, prepare_protocol=not self.he)
-        self.session = None
+        self.held: GlobalModel | None = None
+        if config.protect == "he":
+            self.held = build_global_model(config, self.runtime.model)
+        self.sites = list(range(config.sites))
+        self.session: ClientSession | None = None
+        self.round = 0
+        self.key_setup: KeySetup | None = None
         self.key_session: HEKeySetupClient | None = None
 
     def handle(self, kind: str, payload: bytes) -> bytes | None:
         """One request from the server (through Flower and the relay)."""
-        fed = self.federation
         if kind == "hello":
-            return str(self.site).encode()
-        if kind == "keysetup":
-            self.key_setup = fed.protocol.key_setup(
-                clients=list(range(len(fed.sites))), dim=fed.encoder.protocol_dim
-            )
-            self.key_session = self.key_setup.client(self.site)
-            return b""
-        if kind.startswith("keystage:"):
-            if self.key_session is None:
-                raise RuntimeError("no key setup in progress")
-            stage = kind.removeprefix("keystage:")
-            reply = self.key_session.handle(stage, payload)
-            if stage == "install":
-                fed.protocol = self.key_setup.bind({self.site: self.key_session.keyring})
-                self.key_session = None
-            return reply
+            return json.dumps({"id": self.site, "name": self.runtime.site.name}).encode()
+        if kind == "keysetup" or kind.startswith("keystage:"):
+            return self._key_setup(kind, payload)
         if kind == "train":
-            self._close_previous()
-            header = wire.parse(payload).header
-            fed.round = header.round
-            if self.he:  # train from this site's own copy of the model
-                payload = fed.model_broadcast()
-            start = time.perf_counter()
-            self.session = fed.site_session(self.site, payload)
-            return np.array([time.perf_counter() - start]).tobytes()
+            return self._train(payload)
         if kind.startswith("stage:"):
             if self.session is None:
                 raise RuntimeError("no open session: the server skipped the train message")
             return self.session.handle(kind.removeprefix("stage:"), payload)
         if kind == "evaluate":
-            message = wire.parse(payload)
-            message.expect(protocol=MODEL_BROADCAST, stage=0, round=message.header.round,
-                           sender=wire.SERVER_ID)  # fmt: skip
-            self._close_previous()
-            if self.he:
-                vector = fed.global_vector
-            else:
-                vector = message.array(0, dtype="<f4", shape=(fed.spec.dim,))
-                fed.global_vector = vector
-            labels, probs, loss = fed.site_predictions(self.site, vector)
-            header = wire.Header(MODEL_BROADCAST, 1, message.header.round, self.site)
-            return wire.serialize(
-                header,
-                [labels.astype(np.float64), probs.astype(np.float64), np.array([loss])],
-            )
+            return self._evaluate(payload)
         if kind == "shutdown":
             return None
         raise ValueError(f"unknown request {kind!r}")
 
+    def _key_setup(self, kind: str, payload: bytes) -> bytes:
+        if kind == "keysetup":
+            dim = self.runtime.compressor.protocol_dim
+            self.key_setup = self.runtime.protocol.key_setup(clients=self.sites, dim=dim)
+            self.key_session = self.key_setup.client(self.site)
+            return b""
+        if self.key_session is None:
+            raise RuntimeError("no key setup in progress")
+        stage = kind.removeprefix("keystage:")
+        reply = self.key_session.handle(stage, payload)
+        if stage == "install":
+            self.runtime.use_protocol(self.key_setup.bind({self.site: self.key_session.keyring}))
+            self.key_session = None
+        return reply
+
+    def _train(self, payload: bytes) -> bytes:
+        self._close_previous()
+        self.round = wire.parse(payload).header.round
+        start = time.perf_counter()
+        if self.held is not None:  # train from this site's own copy of the model
+            self.session = self.runtime.train_from(self.held.vector, self.round)
+        else:
+            self.session = self.runtime.train(payload, self.round)
+        return np.array([time.perf_counter() - start]).tobytes()
+
+    def _evaluate(self, payload: bytes) -> bytes:
+        message = wire.parse(payload)
+        message.expect(protocol=MODEL_BROADCAST, stage=0, round=message.header.round,
+                       sender=wire.SERVER_ID)  # fmt: skip
+        self._close_previous()
+        if self.held is not None:
+            vector = self.held.vector
+        else:
+            vector = message.array(0, dtype="<f4", shape=(self.runtime.spec.dim,))
+        predictions = self.runtime.predict(vector)
+        if predictions is None:
+            return b""  # no test set at this site
+        labels, probs, loss = predictions
+        header = wire.Header(MODEL_BROADCAST, 1, message.header.round, self.site)
+        return wire.serialize(
+            header, [labels.astype(np.float64), probs.astype(np.float64), np.array([loss])]
+        )
+
     def _close_previous(self) -> None:
-        """Error feedback for the last session, once its protocol is over."""
-        if self.session is not None:
-            self.federation.site_sent(self.site, self.session.sent)
-            if self.he and self.session.aggregate is not None:
-                self.federation.apply_aggregate(*self.session.aggregate)
-            self.session = None
+        """Error feedback for the last session, once its protocol is over; under ``he``, the
+        decrypted aggregate applied to this site's own model."""
+        if self.session is None:
+            return
+        self.runtime.conclude(self.session)
+        if self.held is not None and self.session.aggregate is not None:
+            self.held.apply_aggregate(*self.session.aggregate, round=self.round)
+        self.session = None
 
 
 def main(argv: list[str] | None = None) -> None:

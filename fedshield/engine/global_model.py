@@ -1,0 +1,71 @@
+"""The global model as one float32 vector, the broadcast that carries it, and the rule that
+moves it each round.
+
+The server holds one. Under ``he`` the server never sees the aggregate, so every site holds
+one instead and applies the aggregate it decrypted: the same rule on the same bits gives the
+same model everywhere (FedAdam included).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedshield import wire
+from fedshield.aggregation import ServerOptimizer, weighted_mean
+from fedshield.engine.compression import UpdateCompressor
+from fedshield.engine.paramspec import ParamSpec
+from fedshield.protocols.registry import MODEL_BROADCAST
+
+__all__ = ["GlobalModel"]
+
+
+class GlobalModel:
+    """The exchanged state of the global model and its update rule.
+
+    Args:
+        spec: maps the model's exchanged tensors to the vector.
+        vector: the initial global model (``spec.flatten(model)``).
+        server_opt: the server optimizer on the trainable part (plain FedAvg by default).
+        compressor: the round's shared rand-k coordinates, to scatter an aggregate back.
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: ParamSpec,
+        vector: np.ndarray,
+        server_opt: ServerOptimizer | None = None,
+        compressor: UpdateCompressor,
+    ) -> None:
+        if not isinstance(spec, ParamSpec):
+            raise TypeError(f"spec must be a ParamSpec, got {type(spec).__name__}")
+        if server_opt is not None and not isinstance(server_opt, ServerOptimizer):
+            raise TypeError(
+                "server_opt must be a ServerOptimizer (fedshield.aggregation.build(name)), got "
+                f"{type(server_opt).__name__}"
+            )
+        self.spec = spec
+        self.vector = np.array(vector, dtype=np.float32)  # our own copy
+        spec.sha256(self.vector)  # checks the length
+        self.server_opt = server_opt or ServerOptimizer()
+        self.compressor = compressor
+
+    def broadcast(self, round: int) -> bytes:
+        """The "here is the global model" message of ``round``."""
+        header = wire.Header(MODEL_BROADCAST, 0, round, wire.SERVER_ID)
+        return wire.serialize(header, [self.vector])
+
+    def apply_aggregate(self, weighted_sum: np.ndarray, total_weight: float, round: int) -> None:
+        """Move the model by a round's aggregate (what the server learned, or under ``he``
+        what a site decrypted): the weighted mean, through the server optimizer."""
+        mean = weighted_mean(weighted_sum, total_weight)
+        delta = self.compressor.expand(self.compressor.shared_indices(round), mean)
+        k = self.spec.n_trainable
+        new = self.vector.copy()
+        new[:k] = self.server_opt.step(self.vector[:k], delta[:k])
+        new[k:] = self.vector[k:] + delta[k:]  # buffers (BN statistics): plain mean
+        self.vector = self.spec.clamp_variances(new)
+
+    def sha256(self) -> str:
+        """SHA-256 of the global model's exchanged state dict (equal digests: equal bits)."""
+        return self.spec.sha256(self.vector)

@@ -1,0 +1,231 @@
+"""The server's side of each round: broadcast the model, drive the protocol over a transport,
+apply what it revealed, record the round.
+
+It holds no site's data and no site's model: the in-process
+:class:`~fedshield.engine.federation.Federation` and the Flower ``ServerApp`` drive it alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedshield.engine.dropout import DropoutPolicy
+from fedshield.engine.global_model import GlobalModel
+from fedshield.engine.runner import ProtocolOutcome, StageStats, run_protocol
+from fedshield.engine.transport import Transport
+from fedshield.errors import ConfigError
+from fedshield.protocols.base import ClientSession, ServerSession
+from fedshield.protocols.registry import ProtocolSpec
+
+__all__ = ["RoundRecord", "ServerRound", "revealed_aggregate"]
+
+
+@dataclass
+class RoundRecord:
+    """What happened in one round: metrics, who took part, bytes and seconds."""
+
+    round: int
+    metrics: dict
+    per_site: dict[str, dict]
+    clients: list[int]
+    dropped: list[int]
+    bytes_up_per_client: float
+    bytes_down_per_client: float
+    client_encode_s: float
+    server_aggregate_s: float
+    train_s: float
+    wall_s: float
+    stages: list[StageStats] = field(default_factory=list)
+    aborted: str | None = None
+    protocol: dict = field(default_factory=dict)
+    model_sha256: str | None = None  # the global model after the round (None: not held here)
+
+    def as_dict(self) -> dict:
+        """The record in ``result.json``'s round format."""
+        return {
+            "round": self.round,
+            **{
+                k: self.metrics[k]
+                for k in ("accuracy", "auc", "loss", "sensitivity", "specificity")
+            },
+            "clients": self.clients,
+            "dropped": self.dropped,
+            "bytes_up_per_client": self.bytes_up_per_client,
+            "bytes_down_per_client": self.bytes_down_per_client,
+            "client_encode_s": self.client_encode_s,
+            "server_aggregate_s": self.server_aggregate_s,
+            "train_s": self.train_s,
+            "wall_s": self.wall_s,
+            "aborted": self.aborted,
+            "model_sha256": self.model_sha256,
+            "ring_bits": self.protocol.get("ring_bits"),
+            "protocol": self.protocol,
+            "per_site": self.per_site,
+            "stages": [s.as_dict() for s in self.stages],
+        }
+
+
+@dataclass(frozen=True)
+class RoundTiming:
+    """Seconds of a round's parts, and when it started (``time.perf_counter()``)."""
+
+    start: float
+    train_s: float
+    aggregate_s: float
+
+
+class ServerRound:
+    """Runs the server's part of every round for ``n_sites`` sites.
+
+    Args:
+        protocol: the protection (``he``: after its key setup; the server holds no key).
+        model: the global model and its update rule.
+        n_sites: how many sites take part (ids ``0 .. n_sites - 1``).
+        dropout: simulated dropouts per stage (in-process runs).
+        holds_model: ``False`` where the server never learns the aggregate (``he``): the
+            sites apply it, and records carry no model digest.
+    """
+
+    def __init__(
+        self,
+        *,
+        protocol: ProtocolSpec,
+        model: GlobalModel,
+        n_sites: int,
+        dropout: DropoutPolicy | None = None,
+        holds_model: bool = True,
+    ) -> None:
+        if not isinstance(protocol, ProtocolSpec):
+            raise TypeError(
+                f"protocol must be a ProtocolSpec (get_protocol(name, ...)), got "
+                f"{type(protocol).__name__}"
+            )
+        unknown = set(dropout.schedule) - set(protocol.stages) if dropout else set()
+        if unknown:
+            raise ConfigError(
+                f"dropout schedule names stage(s) {sorted(unknown)}, but {protocol.name} has "
+                f"the stages {list(protocol.stages)}"
+            )
+        self.protocol = protocol
+        self.model = model
+        self.n_sites = n_sites
+        self.dropout = dropout
+        self.holds_model = holds_model
+        self.round = 1  # rounds count from 1, on the wire and in records
+
+    def broadcast(self) -> bytes:
+        """The current round's model broadcast."""
+        return self.model.broadcast(self.round)
+
+    def use_protocol(self, protocol: ProtocolSpec) -> None:
+        """Switch to ``protocol`` (``he``: the same protocol, bound to the key setup's plan)."""
+        self.protocol = protocol
+
+    def drive(
+        self, transport: Transport, clients: list[int]
+    ) -> tuple[ProtocolOutcome, ServerSession]:
+        """The protocol's stages over ``transport`` with ``clients``: ``(outcome, session)``."""
+        server = self.protocol.server(
+            round=self.round, clients=clients, dim=self.model.compressor.protocol_dim
+        )
+        return run_protocol(server, transport, dropout=self.dropout), server
+
+    def apply(
+        self, outcome: ProtocolOutcome, sessions: Mapping[int, ClientSession] | None = None
+    ) -> float:
+        """Apply the round's aggregate to the global model; returns the seconds it took plus
+        the protocol's server seconds. ``sessions``: in-process sites, whose decrypted
+        aggregate counts under ``he``."""
+        t0 = time.perf_counter()
+        aggregate = revealed_aggregate(outcome, sessions or {})
+        if aggregate is not None:
+            self.model.apply_aggregate(*aggregate, round=self.round)
+        return time.perf_counter() - t0 + sum(s.server_s for s in outcome.stages)
+
+    def record(
+        self,
+        outcome: ProtocolOutcome,
+        server: ServerSession,
+        *,
+        evaluation: tuple[dict, dict[str, dict]],
+        broadcast_bytes: int,
+        timing: RoundTiming,
+        compression: dict,
+    ) -> RoundRecord:
+        """The round's record; the next round begins."""
+        metrics, per_site = evaluation
+        revealed = outcome.revealed
+        clients = list(revealed.contributors) if revealed is not None else []
+        record = RoundRecord(
+            round=self.round,
+            metrics=metrics,
+            per_site=per_site,
+            clients=clients,
+            dropped=[c for c in range(self.n_sites) if c not in clients],
+            bytes_up_per_client=_mean_per_client(outcome.stages, "bytes_up"),
+            bytes_down_per_client=broadcast_bytes + _mean_per_client(outcome.stages, "bytes_down"),
+            client_encode_s=_mean_per_client(outcome.stages, "client_s"),
+            server_aggregate_s=timing.aggregate_s,
+            train_s=timing.train_s,
+            wall_s=time.perf_counter() - timing.start,
+            stages=outcome.stages,
+            aborted=outcome.aborted,
+            protocol={
+                "name": self.protocol.name,
+                **server.describe(),
+                **compression,
+                **(_he_costs(outcome.stages) if self.protocol.name == "he" else {}),
+            },
+            model_sha256=self.model.sha256() if self.holds_model else None,
+        )
+        self.round += 1
+        return record
+
+
+def revealed_aggregate(
+    outcome: ProtocolOutcome, sessions: Mapping[int, ClientSession]
+) -> tuple[np.ndarray, float] | None:
+    """``(weighted_sum, total_weight)``: what the server learned, or, under ``he``, what the
+    sites decrypted (every site holds the same aggregate; they must agree)."""
+    revealed = outcome.revealed
+    if revealed is None:
+        return None
+    if revealed.weighted_sum is not None:
+        return revealed.weighted_sum, revealed.total_weight
+    held = [s.aggregate for s in sessions.values() if s.aggregate is not None]
+    if not held:
+        return None
+    weighted_sum, total = held[0]
+    if any(t != total or not np.array_equal(w, weighted_sum) for w, t in held[1:]):
+        raise RuntimeError("sites decrypted different aggregates")  # cannot happen: same key
+    return weighted_sum, total
+
+
+def _he_costs(stages: list[StageStats]) -> dict:
+    """Ciphertext bytes and the encrypt / sum / decrypt seconds of an ``he`` round."""
+    by_name = {s.stage: s for s in stages}
+    upload, download = by_name.get("input"), by_name.get("aggregate")
+
+    def mean(values: dict) -> float | None:
+        return float(np.mean(list(values.values()))) if values else None
+
+    return {
+        "ciphertext_bytes_up": mean(upload.bytes_up) if upload else None,
+        "ciphertext_bytes_down": mean(download.bytes_down) if download else None,
+        "encrypt_s": mean(upload.client_s) if upload else None,
+        "sum_s": upload.server_s if upload else None,
+        "decrypt_s": mean(download.client_s) if download else None,
+    }
+
+
+def _mean_per_client(stages: list[StageStats], attr: str) -> float:
+    """Mean over clients of the per-client total of ``attr`` across stages."""
+    totals: dict[int, float] = {}
+    for stats in stages:
+        for cid, value in getattr(stats, attr).items():
+            totals[cid] = totals.get(cid, 0.0) + value
+    return float(np.mean(list(totals.values()))) if totals else 0.0

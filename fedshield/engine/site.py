@@ -1,0 +1,177 @@
+"""One site's side of federated training: its data, model, trainer, compressor and sessions.
+
+A :class:`SiteRuntime` has the lifecycle of MONAI's ``ClientAlgo``: :meth:`train` (from the
+round's model broadcast to an open protocol session), :meth:`conclude` (once the protocol is
+over: error feedback), :meth:`predict` (evaluation), :meth:`finalize`. It imports nothing of
+the server: the in-process :class:`~fedshield.engine.federation.Federation` holds one per site,
+and a Flower site process holds exactly one, built from that site's data alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedshield import wire
+from fedshield.data.sites import SiteData
+from fedshield.engine.compression import CompressedUpdate, UpdateCompressor
+from fedshield.engine.metrics import predict
+from fedshield.engine.paramspec import ParamSpec
+from fedshield.engine.trainer import Algorithm, LocalTrainer
+from fedshield.protocols.base import ClientSession
+from fedshield.protocols.registry import MODEL_BROADCAST, ProtocolSpec
+
+__all__ = ["Site", "SiteRuntime", "make_site", "parse_broadcast"]
+
+
+@dataclass(frozen=True)
+class Site:
+    """A site as the engine sees it: loaders and its FedAvg weight (sample count)."""
+
+    name: str
+    train: DataLoader
+    test: DataLoader | None
+    weight: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"Site name must be a non-empty str, got {self.name!r}")
+        if not isinstance(self.train, DataLoader):
+            raise TypeError(
+                f"site {self.name!r}: train must be a torch DataLoader, got "
+                f"{type(self.train).__name__} (make_site(SiteData) builds one)"
+            )
+        if self.test is not None and not isinstance(self.test, DataLoader):
+            raise TypeError(f"site {self.name!r}: test must be a DataLoader or None")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, int | float):
+            raise TypeError(f"site {self.name!r}: weight must be a number, got {self.weight!r}")
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(
+                f"site {self.name!r}: weight must be positive and finite (its number of "
+                f"training samples), got {self.weight}"
+            )
+
+
+def make_site(data: SiteData, *, batch_size: int = 32, seed: int = 0) -> Site:
+    """Wrap a :class:`SiteData` in seeded, shuffled DataLoaders."""
+    if not isinstance(data, SiteData):
+        raise TypeError(f"make_site needs a SiteData, got {type(data).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if data.n_train == 0:
+        raise ValueError(f"site {data.name!r} has no training samples")
+    train = TensorDataset(torch.from_numpy(data.train_x), torch.from_numpy(data.train_y))
+    test = TensorDataset(torch.from_numpy(data.test_x), torch.from_numpy(data.test_y))
+    generator = torch.Generator().manual_seed(seed)
+    return Site(
+        name=data.name,
+        train=DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator),
+        test=DataLoader(test, batch_size=256) if len(test) else None,
+        weight=float(data.n_train),
+    )
+
+
+class SiteRuntime:
+    """Site ``site_id``'s part of every round.
+
+    Args:
+        site_id: the site's id in the protocols (0 .. n - 1).
+        site: its loaders and weight.
+        model: a model of the federation's architecture. Runtimes of one process may share it:
+            each loads the global vector and its own local state before every use.
+        spec: which tensors travel.
+        protocol: the protection (bound to its keys, for ``he``).
+        algorithm, trainer, local_epochs: the local work.
+        compressor: this site's compression chain and its residual.
+    """
+
+    def __init__(
+        self,
+        *,
+        site_id: int,
+        site: Site,
+        model: nn.Module,
+        spec: ParamSpec,
+        protocol: ProtocolSpec,
+        algorithm: Algorithm,
+        trainer: LocalTrainer,
+        local_epochs: int,
+        compressor: UpdateCompressor,
+    ) -> None:
+        if not isinstance(site, Site):
+            raise TypeError(f"site must be a Site (make_site), got {type(site).__name__}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
+        self.site_id = site_id
+        self.site = site
+        self.model = model
+        self.spec = spec
+        self.protocol = protocol
+        self.algorithm = algorithm
+        self.trainer = trainer
+        self.local_epochs = local_epochs
+        self.compressor = compressor
+        self.local_state = spec.local_state(model)  # what never travels (FedBN's BatchNorm)
+        self._pending: CompressedUpdate | None = None
+
+    def use_protocol(self, protocol: ProtocolSpec) -> None:
+        """Switch to ``protocol`` (``he``: the same protocol, now bound to this site's key)."""
+        self.protocol = protocol
+
+    def train(self, broadcast: bytes, round: int) -> ClientSession:
+        """Train from the round's model, compress the update and open the protocol session."""
+        start = parse_broadcast(broadcast, round=round, dim=self.spec.dim)
+        return self.train_from(start, round)
+
+    def train_from(self, start: np.ndarray, round: int) -> ClientSession:
+        """:meth:`train` from a model vector this site already holds (``he`` over Flower)."""
+        self.load(start)
+        self.trainer.local_update(self.algorithm, self.model, self.site.train, self.local_epochs)
+        self.local_state = self.spec.local_state(self.model)
+        delta = self.spec.flatten(self.model) - start
+        self._pending = update = self.compressor.compress(round, delta)
+        topk = self.compressor.compression.sparsify == "topk"
+        indices = {"indices": update.indices} if topk else {}
+        return self.protocol.client(
+            client_id=self.site_id,
+            round=round,
+            update=update.values,
+            weight=self.site.weight,
+            quant_seed=self.compressor.quant_seed(self.site_id, round),
+            **indices,
+        )
+
+    def conclude(self, session: ClientSession) -> None:
+        """After the protocol: keep as the residual what the session's messages did not carry."""
+        if self._pending is not None:
+            self.compressor.keep_residual(self._pending, session.sent)
+            self._pending = None
+
+    def load(self, vector: np.ndarray) -> nn.Module:
+        """The model holding ``vector`` and this site's local state."""
+        self.spec.load_into(self.model, vector)
+        self.model.load_state_dict(self.local_state, strict=False)
+        return self.model
+
+    def predict(self, vector: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """Labels, predicted probabilities and mean loss on this site's test set (``None``
+        without one), of the model this site would deploy: ``vector`` and its local state."""
+        if self.site.test is None:
+            return None
+        return predict(self.load(vector), self.site.test, self.trainer.loss_fn)
+
+    def finalize(self) -> None:
+        """Drop what a finished federation no longer needs."""
+        self._pending = None
+
+
+def parse_broadcast(data: bytes, *, round: int, dim: int) -> np.ndarray:
+    """The model vector of a broadcast, checked for protocol, stage, round, sender and length."""
+    received = wire.parse(data)
+    received.expect(protocol=MODEL_BROADCAST, stage=0, round=round, sender=wire.SERVER_ID)
+    return received.array(0, dtype="<f4", shape=(dim,))

@@ -1,0 +1,66 @@
+"""The site runtime and the server round apart: a deployment's site process builds its own
+site's data and nothing else; the server builds no site's data at all."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedshield.data.sites import SiteData
+from fedshield.engine.experiment import (
+    RunConfig,
+    build_federation,
+    build_server_round,
+    build_site_runtime,
+    with_data_facts,
+)
+from fedshield.engine.flower.site import SiteProcess
+from fedshield.errors import ConfigError
+
+
+def _only_site(monkeypatch, allowed: set[str]) -> list[str]:
+    """Make every other site's data unavailable: building it fails the test."""
+    built: list[str] = []
+    check = SiteData.__post_init__
+
+    def guarded(self) -> None:
+        if self.name not in allowed:
+            raise AssertionError(f"built {self.name}'s data, which this process must not hold")
+        built.append(self.name)
+        check(self)
+
+    monkeypatch.setattr(SiteData, "__post_init__", guarded)
+    return built
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "breastmnist"])
+def test_a_site_process_builds_only_its_own_data_and_trains_a_round(monkeypatch, dataset):
+    try:
+        config = with_data_facts(RunConfig(dataset=dataset, protect="secagg", sites=3, rounds=1))
+    except ConfigError:  # pragma: no cover - the data file is not here
+        pytest.skip(f"{dataset} not available")
+    built = _only_site(monkeypatch, {"site1"})
+    process = SiteProcess(config, 1)
+    assert built == ["site1"]
+    server = build_server_round(config)  # builds no data at all: site1 is the only one allowed
+    assert built == ["site1"]
+    seconds = process.handle("train", server.broadcast())
+    assert np.frombuffer(seconds)[0] > 0 and process.session is not None
+    assert built == ["site1"]
+
+
+def test_site_runtimes_train_the_same_update_as_the_in_process_federation(tiny_sites):
+    config = with_data_facts(RunConfig(protect="plain", sites=2, rounds=1, local_epochs=1))
+    fed = build_federation(config)
+    alone = build_site_runtime(config, 1)
+    broadcast = fed.server.broadcast()
+    inside = fed.runtimes[1].train(broadcast, 1)
+    outside = alone.train(broadcast, 1)
+    np.testing.assert_array_equal(inside.update, outside.update)
+
+
+def test_a_site_process_needs_the_public_facts_in_its_config():
+    with pytest.raises(ConfigError, match="max_weight"):
+        build_site_runtime(RunConfig(protect="secagg", sites=2), 0)
+    with pytest.raises(ConfigError, match="in_channels"):
+        build_server_round(RunConfig(protect="secagg", sites=2, max_weight=10.0))
