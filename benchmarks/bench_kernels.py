@@ -74,7 +74,7 @@ def run_cases(dim: int, repeats: int) -> dict:
     residual = feedback.ErrorFeedback(dim)
     case(
         "error_feedback_residual",
-        ours_s=best_of(repeats, lambda: residual.record(x, sent, indices)),
+        ours_s=best_of(repeats, lambda: residual.keep_unsent(x, sent, indices)),
         numpy_s=best_of(repeats, lambda: feedback.residual_reference(x, indices, sent)),
     )
     return cases
@@ -151,7 +151,7 @@ for name, fn in [
     ("randk", lambda: sparsify.randk(1000, 10, seed=1)),
     ("pack", lambda: bitpack.pack(np.arange(1000, dtype=np.uint16), 12)),
     ("unpack", lambda: bitpack.unpack(bytes(1500), 1000, 12)),
-    ("error_feedback", lambda: feedback.ErrorFeedback(1000).record(x, x)),
+    ("error_feedback", lambda: feedback.ErrorFeedback(1000).keep_unsent(x, x)),
 ]:
     t = time.perf_counter(); fn(); out[name] = time.perf_counter() - t
 print(json.dumps(out))

@@ -178,46 +178,10 @@ def _default_out(kind: str) -> Path:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from fedshield.engine.experiment import (
-        RunConfig,
-        build_federation,
-        parse_dropout,
-        with_data_facts,
-    )
-    from fedshield.report import CONSOLE_COLUMNS, format_cell, run_result, write_run
+    from fedshield.engine.experiment import build_federation, with_data_facts
+    from fedshield.report import run_result, write_run
 
-    probability, schedule = parse_dropout(args.dropout)
-    config = RunConfig(
-        dataset=args.dataset,
-        sites=args.sites,
-        rounds=args.rounds,
-        local_epochs=args.local_epochs,
-        algorithm=args.algorithm,
-        mu=args.mu,
-        fedsgd_lr=args.fedsgd_lr,
-        server_opt=args.server_opt,
-        server_lr=args.server_lr,
-        model=args.model,
-        protect=args.protect,
-        quant_bits=args.quant_bits,
-        clip=args.clip,
-        threshold=args.threshold,
-        neighbours=args.neighbours,
-        he_scheme=args.he_scheme,
-        he_weighting=args.he_weighting,
-        sparsify=args.sparsify,
-        error_feedback=args.error_feedback,
-        dropout=probability,
-        dropout_schedule=schedule,
-        transport=args.transport,
-        partition=args.partition,
-        alpha=args.alpha,
-        shift=args.shift,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        threads=args.threads,
-    )
+    config = _run_config(args)
     if config.threads and config.transport == "inprocess":
         import torch
 
@@ -241,13 +205,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
         fed = build_federation(config)
         console.print(f"model {config.model}: {fed.spec.dim:,} exchanged values per update")
         rounds = _run_local(fed, config)
+    result = run_result(config.as_dict(), rounds, rounds[-1]["per_site"], _environment(config))
+    _print_tables(result)
+    paths = write_run(out, result)
+    console.print(
+        f"done in {time.perf_counter() - start:.1f} s; wrote " + ", ".join(str(p) for p in paths)
+    )
+    return 0
+
+
+def _run_config(args: argparse.Namespace):
+    """The RunConfig the command line describes (every option has a field of that name)."""
+    from dataclasses import fields
+
+    from fedshield.engine.experiment import RunConfig, parse_dropout
+
+    probability, schedule = parse_dropout(args.dropout)
+    options = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
+    return RunConfig(**{**options, "dropout": probability, "dropout_schedule": schedule})
+
+
+def _print_tables(result: dict) -> None:
+    from fedshield.report import CONSOLE_COLUMNS, format_cell
+
     table = Table(title="Rounds", header_style="bold")
     for _, title, _ in CONSOLE_COLUMNS:
         table.add_column(title, justify="right")
-    for row in rounds:
+    for row in result["rounds"]:
         table.add_row(*(cell(row) for _, _, cell in CONSOLE_COLUMNS))
     console.print(table)
-    result = run_result(config.as_dict(), rounds, rounds[-1]["per_site"], _environment(config))
     final = result["final"]
     summary = Table(title="Final test metrics", header_style="bold")
     for col in ("site", "accuracy", "AUC", "sensitivity", "specificity"):
@@ -258,11 +244,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
             *(format_cell("auc", m[k]) for k in ("accuracy", "auc", "sensitivity", "specificity")),
         )
     console.print(summary)
-    paths = write_run(out, result)
-    console.print(
-        f"done in {time.perf_counter() - start:.1f} s; wrote " + ", ".join(str(p) for p in paths)
-    )
-    return 0
 
 
 def _environment(config) -> dict:

@@ -74,3 +74,16 @@ def test_the_site_runtime_reaches_no_server_code():
                 assert not name.startswith(server), f"{module} imports {name}"
                 todo.append(name)
     assert "fedshield.engine.compression" in seen  # the walk did reach the site's modules
+
+
+def test_modules_and_functions_stay_small():
+    """Modules under 400 lines, functions under 60 (argument parsers excepted)."""
+    top = PACKAGE.parent
+    for folder in ("fedshield", "benchmarks", "examples", "tests"):
+        for path in (top / folder).rglob("*.py"):
+            source = path.read_text()
+            assert source.count("\n") <= 400, f"{path} has {source.count(chr(10))} lines"
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    length = node.end_lineno - node.lineno + 1
+                    assert length <= 60 or node.name == "_parser", (path, node.name, length)

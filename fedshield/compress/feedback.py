@@ -48,7 +48,7 @@ class ErrorFeedback:
         >>> import numpy as np
         >>> feedback = ErrorFeedback(3)
         >>> corrected = feedback.compensate(np.array([0.3, -0.2, 0.05], np.float32))
-        >>> feedback.record(corrected, np.array([0.25, -0.25, 0.0], np.float32))
+        >>> feedback.keep_unsent(corrected, np.array([0.25, -0.25, 0.0], np.float32))
         >>> np.round(feedback.residual, 2).tolist()
         [0.05, 0.05, 0.05]
     """
@@ -62,14 +62,14 @@ class ErrorFeedback:
             raise ValueError(f"expected {self.residual.size} values, got {update.size}")
         return (update + self.residual).astype(np.float32, copy=False)
 
-    def record(
+    def keep_unsent(
         self, corrected: np.ndarray, sent: np.ndarray, indices: np.ndarray | None = None
     ) -> None:
         """Keep what was not sent: ``corrected`` minus ``sent`` (placed at ``indices``).
 
         ``sent`` is what the receiver decodes from this client's message (dequantized values);
         ``indices`` are the coordinates it covers, ``None`` for all of them. A client whose
-        message never left records ``sent`` empty with ``indices`` empty: everything carries.
+        message never left passes ``sent`` empty with ``indices`` empty: everything carries.
         """
         corrected = np.ascontiguousarray(corrected, dtype=np.float32)
         sent = np.ascontiguousarray(sent, dtype=np.float32)

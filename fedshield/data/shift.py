@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
-from monai.transforms import GaussianSmooth, NormalizeIntensity, RandBiasField
+from monai.transforms import GaussianSmooth, RandBiasField
 
-__all__ = ["AcquisitionShift", "apply_shift", "bias_field", "normalize_per_image", "site_shift"]
+__all__ = ["AcquisitionShift", "apply_shift", "bias_field", "site_shift"]
 
 
 @dataclass(frozen=True)
@@ -88,13 +88,3 @@ def bias_field(shape: tuple[int, int], *, strength: float, seed: int) -> torch.T
     log_field = torch.log(torch.as_tensor(maker(torch.ones(1, *shape)))[0])
     log_field = log_field - log_field.mean()
     return torch.exp(strength * log_field / log_field.abs().max().clamp_min(1e-12))
-
-
-def normalize_per_image(images: np.ndarray) -> np.ndarray:
-    """Z-score each image on its own (MONAI ``NormalizeIntensity``), the usual first defence
-    against a scanner's gain and offset. Blur, bias field and noise survive it."""
-    if images.size == 0:
-        return images.astype(np.float32)
-    x = torch.as_tensor(images[:, 0], dtype=torch.float32)
-    out = NormalizeIntensity(channel_wise=True)(x)
-    return torch.as_tensor(out).numpy().astype(np.float32)[:, None]

@@ -147,9 +147,9 @@ class UpdateCompressor:
         if not self.feedback:
             return
         if sent is None:
-            self.feedback.record(update.corrected, np.zeros(0, np.float32), np.zeros(0))
+            self.feedback.keep_unsent(update.corrected, np.zeros(0, np.float32), np.zeros(0))
         else:
-            self.feedback.record(update.corrected, sent, update.indices)
+            self.feedback.keep_unsent(update.corrected, sent, update.indices)
         self.feedback.residual[self.n_trainable :] = 0.0  # buffers: state, never a residual
 
     def expand(self, indices: np.ndarray | None, weighted_sum: np.ndarray) -> np.ndarray:

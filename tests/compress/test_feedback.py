@@ -11,9 +11,9 @@ def test_residual_kernel_equals_the_reference():
     indices = np.sort(rng.choice(1000, 100, replace=False))
     sent = rng.normal(size=100).astype(np.float32)
     feedback = ErrorFeedback(1000)
-    feedback.record(corrected, sent, indices)
+    feedback.keep_unsent(corrected, sent, indices)
     np.testing.assert_array_equal(feedback.residual, residual_reference(corrected, indices, sent))
-    feedback.record(corrected, corrected)
+    feedback.keep_unsent(corrected, corrected)
     np.testing.assert_array_equal(feedback.residual, 0)
 
 
@@ -34,7 +34,7 @@ def test_transmitted_sum_tracks_the_true_sum():
         sent = dequantize_fixed(
             quantize_fixed(corrected[idx], clip=1.0, bits=2, seed=r), clip=1.0, bits=2
         )
-        feedback.record(corrected, sent, idx)
+        feedback.keep_unsent(corrected, sent, idx)
         naive_idx = randk(dim, 100, seed=10_000 + r)
         naive_sum[naive_idx] += dequantize_fixed(
             quantize_fixed(update[naive_idx], clip=1.0, bits=2, seed=r), clip=1.0, bits=2

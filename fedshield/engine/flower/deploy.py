@@ -232,14 +232,7 @@ def run_on_flower(
 
     config = with_data_facts(config)  # public facts every process needs, read here once
     workdir = Path(tempfile.mkdtemp(prefix="fedshield-flower-"))
-    config_path = workdir / "run.json"
-    config_path.write_text(json.dumps(config.as_dict()))
-    app = workdir / "app"
-    app.mkdir()
-    (app / "pyproject.toml").write_text(_APP_TOML)
-    (app / "fedshield_flower_app.py").write_text('"""Components live in fedshield."""\n')
-    events = workdir / "events.jsonl"
-    events.touch()
+    config_path, app, events = _write_app(workdir, config)
     out = Path(out).resolve()
     with LocalDeployment(config.sites, workdir) as deployment:
         deployment.start(config_path)
@@ -275,3 +268,16 @@ def run_on_flower(
             raise FlowerRunError(f"the Flower run took longer than {timeout:.0f} s")
     shutil.rmtree(workdir, ignore_errors=True)
     return json.loads((out / "rounds.json").read_text())
+
+
+def _write_app(workdir: Path, config) -> tuple[Path, Path, Path]:
+    """The run config, the Flower app folder and the (empty) events file of a run."""
+    config_path = workdir / "run.json"
+    config_path.write_text(json.dumps(config.as_dict()))
+    app = workdir / "app"
+    app.mkdir()
+    (app / "pyproject.toml").write_text(_APP_TOML)
+    (app / "fedshield_flower_app.py").write_text('"""Components live in fedshield."""\n')
+    events = workdir / "events.jsonl"
+    events.touch()
+    return config_path, app, events
