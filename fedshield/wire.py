@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedshield.crypto._validate import check_int
+from fedshield._validate import check_int
 from fedshield.errors import (
     MalformedMessage,
     StageError,

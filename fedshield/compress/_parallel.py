@@ -11,7 +11,9 @@ reproducibility issue). The ``workqueue`` layer has its own pool and leaves Open
 ``workqueue`` refuses concurrent launches (it aborts the process), so every launch holds one
 process-wide lock; the kernels are memory-bound, and the GIL serialises their callers anyway.
 Set ``NUMBA_THREADING_LAYER`` yourself to choose another layer (``omp`` brings the dependence
-back). Kernel results never depend on the layer or the thread count (counter-based randomness,
+back). **Embedding:** importing :mod:`fedshield.compress` selects the layer for the whole
+process; your own numba ``parallel=True`` code launched from several threads at once would then
+abort (it does not take our lock): choose ``tbb`` or ``omp`` for such a process. Kernel results never depend on the layer or the thread count (counter-based randomness,
 serial reductions).
 """
 

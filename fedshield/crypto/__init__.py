@@ -1,6 +1,9 @@
-"""Cryptographic building blocks and protected protocols (numpy, numba, cryptography, tenseal).
+"""Cryptographic primitives only (numpy, numba, cryptography, tenseal), like pyca's
+``hazmat/primitives``: Shamir sharing, the mask PRG, key agreement and share sealing, ring
+quantization, SEAL contexts and byte I/O.
 
-Never imports torch. The SecAgg+ and HE protocols land here (see the project's issues).
+Building blocks: use the protocols in :mod:`fedshield.protocols` unless you know why not.
+Never imports torch, nor any protocol.
 """
 
 __all__: list[str] = []

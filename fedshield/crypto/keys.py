@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fedshield.crypto._validate import check_bytes
+from fedshield._validate import check_bytes
 from fedshield.errors import InvalidShare, WrongShape
 
 __all__ = [

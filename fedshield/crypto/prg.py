@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from fedshield.crypto._validate import check_bytes, check_instance, check_int
+from fedshield._validate import check_bytes, check_instance, check_int
 
 __all__ = ["SEED_BYTES", "add_mask", "mask_scratch", "ring_dtype"]
 

@@ -1,13 +1,13 @@
-"""Fixed-point encoding of float updates into the ring Z_{2^b}, and bit-packing.
+"""Fixed-point quantization of float updates into the ring Z_{2^b}, and bit-packing.
 
 Building block: use the SecAgg+ protocol unless you know why not.
 
-Encoding: clip to ``[-c, c]``, map to ``[0, 2^q - 1]`` and round stochastically (unbiased:
+Quantization: clip to ``[-c, c]``, map to ``[0, 2^q - 1]`` and round stochastically (unbiased:
 ``E[q(x)] = x`` inside the clip range). With integer weights ``w_i < 2^wb`` and ``n`` clients,
 ``sum_i w_i q_i < 2^(q + wb + ceil(log2 n))``: that is the ring size :func:`ring_bits` returns,
 so the modular sum never wraps and decodes exactly.
 
-Quantization and packing are the numba kernels of :mod:`fedshield.compress` (one encoding path
+Quantization and packing are the numba kernels of :mod:`fedshield.compress` (one quantization path
 for every protocol); this module adds the ring sizing and the decoding of sums.
 """
 

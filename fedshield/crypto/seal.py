@@ -15,7 +15,7 @@ import tempfile
 
 import tenseal.sealapi as sa
 
-from fedshield.crypto._validate import check_choice, check_instance, check_int
+from fedshield._validate import check_choice, check_instance, check_int
 from fedshield.errors import ConfigError, InvalidCiphertext
 
 __all__ = ["SealIO", "seal_context"]

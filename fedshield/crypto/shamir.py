@@ -14,7 +14,7 @@ import secrets
 import struct
 from dataclasses import dataclass
 
-from fedshield.crypto._validate import check_bytes, check_instance, check_int
+from fedshield._validate import check_bytes, check_instance, check_int
 from fedshield.errors import InvalidShare, NotEnoughShares
 
 __all__ = ["PRIME", "Share", "reconstruct", "split"]

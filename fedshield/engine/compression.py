@@ -82,7 +82,7 @@ class CompressedUpdate:
 class UpdateCompressor:
     """Runs the chain on one site's updates and keeps that site's residual.
 
-    The server keeps one too, without a residual of its own use, for the round's shared rand-k
+    The server keeps one too (it never allocates a residual), for the round's shared rand-k
     coordinates (:meth:`shared_indices`) and to scatter an aggregate back (:meth:`expand`).
     """
 
@@ -107,7 +107,7 @@ class UpdateCompressor:
         self.k_trainable = k_for(self.n_trainable, fraction) if compression.sparsify else None
         # Values each client sends: the kept trainable values and every buffer.
         self.k = None if self.k_trainable is None else self.k_trainable + self._buffers.size
-        self.feedback = ErrorFeedback(dim) if compression.error_feedback else None
+        self.feedback: ErrorFeedback | None = None  # the residual, made on first use
 
     @property
     def protocol_dim(self) -> int:
@@ -132,6 +132,8 @@ class UpdateCompressor:
 
     def compress(self, round: int, delta: np.ndarray) -> CompressedUpdate:
         """Error feedback (add the residual), then sparsification, of one update."""
+        if self.compression.error_feedback and self.feedback is None:
+            self.feedback = ErrorFeedback(self.dim)
         corrected = self.feedback.compensate(delta) if self.feedback else delta
         if self.compression.sparsify == "topk":
             kept = topk_exact(corrected[: self.n_trainable], self.k_trainable)

@@ -80,7 +80,8 @@ class RunConfig:
             self.model = "cnn-gn" if synthetic else "cnn"
         if self.quant_bits is None:
             self.quant_bits = DEFAULT_QUANT_BITS.get(self.protect)
-        self.compression()  # validates --sparsify early
+        if self.compression().sparsify == "topk" and self.protect != "plain":
+            get_protocol(self.protect, max_weight=1.0).with_topk(1)  # refuses, with the reason
         if self.sites < 1 or self.rounds < 1 or self.local_epochs < 1:
             raise ConfigError("--sites, --rounds and --local-epochs must be at least 1")
         if self.lr <= 0 or self.batch_size < 1:
@@ -143,7 +144,7 @@ def build_federation(config: RunConfig) -> Federation:
         sites=sites,
         algorithm=_algorithm(config),
         trainer=_trainer(config),
-        protect=_protocol(config, max_weight=config.max_weight or max(s.weight for s in sites)),
+        protect=_protocol(config, config.max_weight or max(s.weight for s in sites)),
         server_opt=build_server_opt(config.server_opt, lr=config.server_lr),
         dropout=DropoutPolicy(
             probability=config.dropout, schedule=config.dropout_schedule, seed=config.seed
@@ -166,13 +167,10 @@ def build_site_runtime(config: RunConfig, site_id: int) -> SiteRuntime:
     model = build_model(config.model, in_channels=data.train_x.shape[1])
     spec = ParamSpec.from_module(model, exclude_batchnorm=_algorithm(config).exclude_batchnorm)
     compressor = _compressor(config, spec)
-    protocol = _protocol(config, max_weight=config.max_weight)
-    if config.compression().sparsify == "topk":
-        protocol = protocol.with_topk(compressor.k)
     return SiteRuntime(
         site_id=site_id, site=_site(config, site_id, data), model=model, spec=spec,
-        protocol=protocol, algorithm=_algorithm(config), trainer=_trainer(config),
-        local_epochs=config.local_epochs, compressor=compressor,
+        protocol=_protocol(config, config.max_weight, compressor), algorithm=_algorithm(config),
+        trainer=_trainer(config), local_epochs=config.local_epochs, compressor=compressor,
     )  # fmt: skip
 
 
@@ -184,10 +182,10 @@ def build_server_round(config: RunConfig) -> ServerRound:
     """
     _require_facts(config, "max_weight", "in_channels")
     torch.manual_seed(config.seed)
-    model = build_model(config.model, in_channels=config.in_channels)
+    model = build_global_model(config, build_model(config.model, in_channels=config.in_channels))
     return ServerRound(
-        protocol=_protocol(config, max_weight=config.max_weight),
-        model=build_global_model(config, model),
+        protocol=_protocol(config, config.max_weight, model.compressor),
+        model=model,
         n_sites=config.sites,
         holds_model=config.protect != "he",
     )
@@ -231,12 +229,19 @@ def _compressor(config: RunConfig, spec: ParamSpec) -> UpdateCompressor:
     )
 
 
-def _protocol(config: RunConfig, *, max_weight: float) -> ProtocolSpec:
-    return get_protocol(
+def _protocol(
+    config: RunConfig, max_weight: float, compressor: UpdateCompressor | None = None
+) -> ProtocolSpec:
+    """``config``'s protection; with ``compressor``, bound to its top-k size (every builder
+    must agree: the server and the sites parse the same payload format)."""
+    protocol = get_protocol(
         config.protect, max_weight=max_weight, clip=config.clip, quant_bits=config.quant_bits,
         threshold=config.threshold, neighbours=config.neighbours, he_scheme=config.he_scheme,
         he_weighting=config.he_weighting,
     )  # fmt: skip
+    if compressor is not None and compressor.compression.sparsify == "topk":
+        protocol = protocol.with_topk(compressor.k)
+    return protocol
 
 
 def _require_facts(config: RunConfig, *names: str) -> None:

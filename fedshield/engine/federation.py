@@ -67,6 +67,7 @@ class Federation:
         seed: int = 0,
     ) -> None:
         _check_arguments(model_factory, sites, algorithm, trainer, dropout, local_epochs, seed)
+        _check_protect(protect)
         self.sites = list(sites)
         self.algorithm = algorithm or Algorithm()
         self.trainer = trainer or LocalTrainer()
@@ -151,7 +152,6 @@ class Federation:
             evaluation=self.evaluate(),
             broadcast_bytes=len(broadcast),
             timing=RoundTiming(start=start, train_s=train_s, aggregate_s=aggregate_s),
-            compression=self.runtimes[0].compressor.compression.describe(),
         )
 
     def evaluate(self) -> tuple[dict, dict[str, dict]]:
@@ -199,3 +199,11 @@ def _check_arguments(model_factory, sites, algorithm, trainer, dropout, local_ep
             raise TypeError(f"{name} must be an int, got {value!r}")
         if value < low:
             raise ValueError(f"{name} must be at least {low}, got {value}")
+
+
+def _check_protect(protect) -> None:
+    if not isinstance(protect, str | ProtocolSpec):
+        raise TypeError(
+            "protect must be a protocol name ('plain', 'secagg', 'he') or a ProtocolSpec "
+            f"from get_protocol(name, ...), got {type(protect).__name__}"
+        )

@@ -154,9 +154,10 @@ class ServerRound:
         evaluation: tuple[dict, dict[str, dict]],
         broadcast_bytes: int,
         timing: RoundTiming,
-        compression: dict,
+        model_sha256: str | None = None,
     ) -> RoundRecord:
-        """The round's record; the next round begins."""
+        """The round's record; the next round begins. ``model_sha256``: the digest the sites
+        report where the server does not hold the model (``he`` over Flower)."""
         metrics, per_site = evaluation
         revealed = outcome.revealed
         clients = list(revealed.contributors) if revealed is not None else []
@@ -177,10 +178,10 @@ class ServerRound:
             protocol={
                 "name": self.protocol.name,
                 **server.describe(),
-                **compression,
+                **self.model.compressor.compression.describe(),
                 **(_he_costs(outcome.stages) if self.protocol.name == "he" else {}),
             },
-            model_sha256=self.model.sha256() if self.holds_model else None,
+            model_sha256=self.model.sha256() if self.holds_model else model_sha256,
         )
         self.round += 1
         return record

@@ -10,6 +10,7 @@ and a Flower site process holds exactly one, built from that site's data alone.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +49,7 @@ class Site:
             )
         if self.test is not None and not isinstance(self.test, DataLoader):
             raise TypeError(f"site {self.name!r}: test must be a DataLoader or None")
-        if isinstance(self.weight, bool) or not isinstance(self.weight, int | float):
+        if isinstance(self.weight, bool) or not isinstance(self.weight, numbers.Real):
             raise TypeError(f"site {self.name!r}: weight must be a number, got {self.weight!r}")
         if not (math.isfinite(self.weight) and self.weight > 0):
             raise ValueError(

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from fedshield import wire
-from fedshield.crypto._validate import check_client_ids, check_int, check_real
+from fedshield._validate import check_client_ids, check_int, check_real
 from fedshield.errors import (
     IllegalTransition,
     ProtocolAbort,

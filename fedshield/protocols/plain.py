@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedshield import wire
+from fedshield._validate import check_instance, check_int
 from fedshield.compress.bitpack import pack, packed_size, unpack
 from fedshield.compress.quantize import (
     DEFAULT_CHUNK,
@@ -25,7 +26,6 @@ from fedshield.compress.quantize import (
     dequantize_chunked,
     quantize_chunked,
 )
-from fedshield.crypto._validate import check_instance, check_int
 from fedshield.errors import ConfigError, NonFiniteValues, ProtocolAbort, WrongShape
 from fedshield.protocols.base import (
     ClientSession,

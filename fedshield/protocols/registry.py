@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
-from fedshield.crypto._validate import check_client_ids, check_instance, check_int
+from fedshield._validate import check_client_ids, check_instance, check_int
 from fedshield.errors import ConfigError
 from fedshield.protocols.base import ClientSession, ServerSession
 from fedshield.protocols.he import (
@@ -44,7 +44,6 @@ __all__ = [
     "ProtocolSpec",
     "SecAggSpec",
     "get_protocol",
-    "protocol_names",
     "register",
 ]
 
@@ -293,8 +292,3 @@ def get_protocol(
         max_weight=max_weight, clip=clip, quant_bits=quant_bits, threshold=threshold,
         neighbours=neighbours, he_scheme=he_scheme, he_weighting=he_weighting,
     )  # fmt: skip
-
-
-def protocol_names() -> tuple[str, ...]:
-    """Every registered protocol's name."""
-    return tuple(PROTOCOLS)

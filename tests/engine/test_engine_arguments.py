@@ -73,6 +73,7 @@ def test_a_site_with_arrays_instead_of_loaders_is_named():
         ({"trainer": "adam"}, TypeError, "trainer"),
         ({"dropout": 0.1}, TypeError, "dropout"),
         ({"sites": []}, ValueError, "sites"),
+        ({"protect": 3}, TypeError, "protect"),
     ],
 )
 def test_federation_arguments_are_checked(tiny_sites, kwargs, error, name):

@@ -15,6 +15,7 @@ from fedshield.engine.experiment import (
     with_data_facts,
 )
 from fedshield.engine.flower.site import SiteProcess
+from fedshield.engine.transport import InProcessTransport
 from fedshield.errors import ConfigError
 
 
@@ -64,3 +65,17 @@ def test_a_site_process_needs_the_public_facts_in_its_config():
         build_site_runtime(RunConfig(protect="secagg", sites=2), 0)
     with pytest.raises(ConfigError, match="in_channels"):
         build_server_round(RunConfig(protect="secagg", sites=2, max_weight=10.0))
+
+
+@pytest.mark.parametrize("protect", ["plain", "secagg"])
+def test_a_server_round_and_site_processes_agree_on_the_payload_format(protect):
+    sparsify = "topk:0.05" if protect == "plain" else "randk:0.1"
+    config = with_data_facts(RunConfig(protect=protect, quant_bits=8, sparsify=sparsify,
+                                       sites=2, rounds=1, local_epochs=1))  # fmt: skip
+    server = build_server_round(config)
+    processes = {i: SiteProcess(config, i) for i in range(2)}
+    broadcast = server.broadcast()
+    sessions = {i: p.runtime.train(broadcast, 1) for i, p in processes.items()}
+    outcome, _ = server.drive(InProcessTransport(sessions), [0, 1])
+    assert outcome.aborted is None
+    assert list(outcome.revealed.contributors) == [0, 1]

@@ -80,13 +80,14 @@ def main(grid: Grid, context: Context) -> None:
         train_s = max((reply.seconds for reply in trained.values()), default=0.0)
         outcome, session = server.drive(transport, ready)
         aggregate_s = server.apply(outcome)
+        *evaluation, digest = _evaluate(server, grid, nodes, names, stage_timeout, he)
         record = server.record(
             outcome,
             session,
-            evaluation=_evaluate(server, grid, nodes, names, stage_timeout, he),
+            evaluation=tuple(evaluation),
             broadcast_bytes=len(broadcast),
             timing=RoundTiming(start=start, train_s=train_s, aggregate_s=aggregate_s),
-            compression=config.compression().describe(),
+            model_sha256=digest,  # under he: the model the sites hold
         )
         records.append(record.as_dict())
         emit(round=r, event="done", dropped=record.dropped, auc=record.metrics["auc"])
@@ -152,17 +153,21 @@ def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], 
     replies = FlowerTransport(grid, nodes, timeout=timeout).request(
         "evaluate", dict.fromkeys(nodes, _round_start(server, he))
     )
-    results = []
+    results, digests = [], set()
     for cid in sorted(replies):
         if not replies[cid].data:  # dropped, or a site without a test set
             continue
         message = wire.parse(replies[cid].data)
         message.expect(protocol=MODEL_BROADCAST, stage=1, round=server.round, sender=cid)
+        message.require_fields(4)
         labels = message.array(0, dtype="<f8")
         probs = message.array(1, dtype="<f8", shape=labels.shape)
         (loss,) = message.array(2, dtype="<f8", shape=(1,))
         results.append((names[cid], labels, probs, float(loss)))
-    return pooled_metrics(results)
+        digests.add(message.raw(3, max_len=32).hex() or None)
+    # Under he every site holds the model; they agree unless one missed an aggregate.
+    digest = digests.pop() if len(digests) == 1 else None
+    return (*pooled_metrics(results), digest)
 
 
 def _plain(value):

@@ -23,6 +23,7 @@ from fedshield import wire
 from fedshield.engine.experiment import RunConfig, build_global_model, build_site_runtime
 from fedshield.engine.flower.relay import serve
 from fedshield.engine.global_model import GlobalModel
+from fedshield.errors import WrongRound
 from fedshield.protocols.base import ClientSession
 from fedshield.protocols.he.keys import HEKeySetupClient
 from fedshield.protocols.registry import MODEL_BROADCAST, KeySetup
@@ -82,7 +83,10 @@ class SiteProcess:
 
     def _train(self, payload: bytes) -> bytes:
         self._close_previous()
-        self.round = wire.parse(payload).header.round
+        header = wire.parse(payload).header
+        if header.protocol != MODEL_BROADCAST or header.stage != 0 or header.round <= self.round:
+            raise WrongRound(f"a train request for round {header.round} after {self.round}")
+        self.round = header.round
         start = time.perf_counter()
         if self.held is not None:  # train from this site's own copy of the model
             self.session = self.runtime.train_from(self.held.vector, self.round)
@@ -92,8 +96,10 @@ class SiteProcess:
 
     def _evaluate(self, payload: bytes) -> bytes:
         message = wire.parse(payload)
-        message.expect(protocol=MODEL_BROADCAST, stage=0, round=message.header.round,
-                       sender=wire.SERVER_ID)  # fmt: skip
+        round = message.header.round
+        if round < self.round:  # a site that missed this round's training still evaluates
+            raise WrongRound(f"an evaluation of round {round} after round {self.round}")
+        message.expect(protocol=MODEL_BROADCAST, stage=0, round=round, sender=wire.SERVER_ID)
         self._close_previous()
         if self.held is not None:
             vector = self.held.vector
@@ -103,10 +109,10 @@ class SiteProcess:
         if predictions is None:
             return b""  # no test set at this site
         labels, probs, loss = predictions
-        header = wire.Header(MODEL_BROADCAST, 1, message.header.round, self.site)
-        return wire.serialize(
-            header, [labels.astype(np.float64), probs.astype(np.float64), np.array([loss])]
-        )
+        header = wire.Header(MODEL_BROADCAST, 1, round, self.site)
+        digest = bytes.fromhex(self.held.sha256()) if self.held is not None else b""
+        fields = [labels.astype(np.float64), probs.astype(np.float64), np.array([loss]), digest]
+        return wire.serialize(header, fields)
 
     def _close_previous(self) -> None:
         """Error feedback for the last session, once its protocol is over; under ``he``, the

@@ -9,8 +9,8 @@ import numpy as np
 import tenseal.sealapi as sa
 
 from fedshield import wire
+from fedshield._validate import check_instance, check_int
 from fedshield.crypto import ring
-from fedshield.crypto._validate import check_instance, check_int
 from fedshield.crypto.seal import SealIO
 from fedshield.errors import ProtocolAbort, WrongShape
 from fedshield.protocols.base import ClientSession, handles

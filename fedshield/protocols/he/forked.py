@@ -3,9 +3,9 @@ not help; forked processes do, and they inherit the parent's SEAL objects (conte
 inputs without serialising them. Small results and errors travel back pickled over a pipe;
 bulk results go into a :func:`shared_array` made before the fork.
 
-Linux/macOS only (``fork``); a worker must not touch torch or numba (their thread pools do not
-survive a fork). A forked worker that writes SEAL objects to bytes uses its own
-:class:`~fedshield.protocols.he.params.SealIO`.
+Linux/macOS only (``fork``); a worker must not touch torch (its OpenMP pool does not survive
+a fork) and does only SEAL work (numba's kernels run in the parent). A forked worker that
+writes SEAL objects to bytes uses its own :class:`~fedshield.crypto.seal.SealIO`.
 """
 
 from __future__ import annotations

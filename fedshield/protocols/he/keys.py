@@ -19,7 +19,7 @@ import numpy as np
 import tenseal.sealapi as sa
 
 from fedshield import wire
-from fedshield.crypto._validate import check_instance, check_int
+from fedshield._validate import check_instance, check_int
 from fedshield.crypto.keys import (
     PUBLIC_KEY_BYTES,
     KeyPair,

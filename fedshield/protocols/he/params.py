@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 
 import tenseal.sealapi as sa
 
-from fedshield.crypto._validate import check_choice, check_instance, check_int, check_real
+from fedshield._validate import check_choice, check_instance, check_int, check_real
 from fedshield.crypto.seal import seal_context
 from fedshield.errors import ConfigError
 

@@ -9,7 +9,7 @@ import numpy as np
 import tenseal.sealapi as sa
 
 from fedshield import wire
-from fedshield.crypto._validate import check_instance, check_int
+from fedshield._validate import check_instance, check_int
 from fedshield.crypto.seal import SealIO
 from fedshield.errors import ProtocolAbort, WrongShape
 from fedshield.protocols.base import Revealed, ServerSession, broadcasts, closes, receives

@@ -10,8 +10,8 @@ import secrets
 import numpy as np
 
 from fedshield import wire
+from fedshield._validate import check_instance
 from fedshield.crypto import ring, shamir
-from fedshield.crypto._validate import check_instance
 from fedshield.crypto.keys import PUBLIC_KEY_BYTES, KeyPair, open_share, seal_share
 from fedshield.crypto.prg import SEED_BYTES, add_mask, mask_scratch, ring_dtype
 from fedshield.errors import InvalidShare, SecAggAbort, UnknownSender, WrongShape

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fedshield.crypto._validate import check_int, check_real
+from fedshield._validate import check_int, check_real
 from fedshield.crypto.ring import integer_weight, ring_bits
 from fedshield.errors import ConfigError
 

@@ -2,7 +2,8 @@
 ``ValueError`` (or the ``error`` passed, e.g. :class:`~fedshield.errors.ConfigError`) for a
 wrong value. Each message names the argument and says what to pass.
 
-Private: the crypto primitives and the protocol sessions share these.
+Private: the wire format, the crypto primitives and the protocol sessions share these (it
+imports nothing of fedshield, so every layer may use it).
 """
 
 from __future__ import annotations
