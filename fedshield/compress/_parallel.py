@@ -13,8 +13,8 @@ process-wide lock; the kernels are memory-bound, and the GIL serialises their ca
 Set ``NUMBA_THREADING_LAYER`` yourself to choose another layer (``omp`` brings the dependence
 back). **Embedding:** importing :mod:`fedshield.compress` selects the layer for the whole
 process; your own numba ``parallel=True`` code launched from several threads at once would then
-abort (it does not take our lock): choose ``tbb`` or ``omp`` for such a process. Kernel results never depend on the layer or the thread count (counter-based randomness,
-serial reductions).
+abort (it does not take our lock): choose ``tbb`` or ``omp`` for such a process. Kernel results
+never depend on the layer or the thread count (counter-based randomness, serial reductions).
 """
 
 from __future__ import annotations
