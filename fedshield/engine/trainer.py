@@ -12,6 +12,8 @@ Algorithms (what a site does with the global model each round):
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,8 +46,14 @@ class Algorithm:
     def __post_init__(self) -> None:
         if self.name not in ALGORITHMS:
             raise ConfigError(f"unknown algorithm {self.name!r}; choose one of {ALGORITHMS}")
-        if self.mu < 0 or self.sgd_lr <= 0:
-            raise ConfigError("mu must be >= 0 and the FedSGD learning rate > 0")
+        for field_name in ("mu", "sgd_lr"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"Algorithm {field_name} must be a number, got {value!r}")
+        if not (math.isfinite(self.mu) and self.mu >= 0):
+            raise ConfigError(f"Algorithm mu must be finite and >= 0, got {self.mu}")
+        if not (math.isfinite(self.sgd_lr) and self.sgd_lr > 0):
+            raise ConfigError(f"Algorithm sgd_lr must be finite and > 0, got {self.sgd_lr}")
 
     @property
     def exclude_batchnorm(self) -> bool:
@@ -70,6 +78,11 @@ class LocalTrainer:
         optimizer_factory: Callable[..., torch.optim.Optimizer] | None = None,
         train_fn: TrainFn | None = None,
     ) -> None:
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable (an nn.Module loss), got {loss_fn!r}")
+        for name, value in (("optimizer_factory", optimizer_factory), ("train_fn", train_fn)):
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable, got {type(value).__name__}")
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
         self.optimizer_factory = optimizer_factory or (lambda p: torch.optim.Adam(p, lr=1e-3))
         self.train_fn = train_fn

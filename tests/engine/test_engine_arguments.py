@@ -108,3 +108,19 @@ def test_one_site_under_secure_aggregation_says_it_hides_nothing(tmp_path, capsy
                  "--out", str(tmp_path)])  # fmt: skip
     assert code == 0
     assert "that site's own update: nothing is hidden" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [({"mu": "0.1"}, TypeError, "mu"), ({"mu": -1.0}, ValueError, "mu"),
+     ({"sgd_lr": 0.0}, ValueError, "sgd_lr"), ({"sgd_lr": float("nan")}, ValueError, "sgd_lr")],
+)  # fmt: skip
+def test_algorithm_knobs_are_checked(kwargs, error, name):
+    with pytest.raises(error, match=name):
+        Algorithm("fedprox", **kwargs)
+
+
+@pytest.mark.parametrize("name", ["loss_fn", "optimizer_factory", "train_fn"])
+def test_local_trainer_callables_are_checked(name):
+    with pytest.raises(TypeError, match=name):
+        LocalTrainer(**{name: "adam"})
