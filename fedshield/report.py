@@ -28,6 +28,7 @@ ROUND_COLUMNS = (
     ("client_encode_s", "encode s", "{:.4f}"),
     ("server_aggregate_s", "aggregate s", "{:.4f}"),
     ("wall_s", "wall s", "{:.2f}"),
+    ("critical_path_s", "critical path s", "{:.2f}"),
 )
 
 
@@ -47,6 +48,7 @@ CONSOLE_COLUMNS = (
     ("client_encode_s", "enc ms", lambda r: f"{r['client_encode_s'] * 1e3:.2f}"),
     ("server_aggregate_s", "agg ms", lambda r: f"{r['server_aggregate_s'] * 1e3:.2f}"),
     ("wall_s", "wall s", lambda r: f"{r['wall_s']:.2f}"),
+    ("critical_path_s", "crit s", lambda r: f"{r['critical_path_s']:.2f}"),
 )
 
 

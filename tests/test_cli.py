@@ -19,6 +19,7 @@ ROUND_KEYS = {
     "client_encode_s",
     "server_aggregate_s",
     "wall_s",
+    "critical_path_s",
 }
 
 

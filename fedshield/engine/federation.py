@@ -134,12 +134,11 @@ class Federation:
         """Train every site, protect and aggregate their updates, update the global model."""
         start = time.perf_counter()
         broadcast = self.server.broadcast()
-        sessions = {}
-        train_s = 0.0
+        sessions, train_s = {}, {}
         for runtime in self.runtimes:
             t0 = time.perf_counter()
             sessions[runtime.site_id] = runtime.train(broadcast, self.round)
-            train_s += time.perf_counter() - t0
+            train_s[runtime.site_id] = time.perf_counter() - t0
             if on_site_done:
                 on_site_done(runtime.site_id)
         outcome, server = self.server.drive(InProcessTransport(sessions), list(sessions))
@@ -151,7 +150,7 @@ class Federation:
             server,
             evaluation=self.evaluate(),
             broadcast_bytes=len(broadcast),
-            timing=RoundTiming(start=start, train_s=train_s, aggregate_s=aggregate_s),
+            timing=RoundTiming(start=start, site_train_s=train_s, aggregate_s=aggregate_s),
         )
 
     def evaluate(self) -> tuple[dict, dict[str, dict]]:

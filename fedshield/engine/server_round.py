@@ -21,7 +21,7 @@ from fedshield.errors import ConfigError
 from fedshield.protocols.base import ClientSession, ServerSession
 from fedshield.protocols.registry import ProtocolSpec
 
-__all__ = ["RoundRecord", "ServerRound", "revealed_aggregate"]
+__all__ = ["RoundRecord", "RoundTiming", "ServerRound", "revealed_aggregate"]
 
 
 @dataclass
@@ -39,6 +39,8 @@ class RoundRecord:
     server_aggregate_s: float
     train_s: float
     wall_s: float
+    critical_path_s: float = 0.0  # the round's time with the sites in parallel (see RoundTiming)
+    site_train_s: dict[int, float] = field(default_factory=dict)
     stages: list[StageStats] = field(default_factory=list)
     aborted: str | None = None
     protocol: dict = field(default_factory=dict)
@@ -60,6 +62,8 @@ class RoundRecord:
             "server_aggregate_s": self.server_aggregate_s,
             "train_s": self.train_s,
             "wall_s": self.wall_s,
+            "critical_path_s": self.critical_path_s,
+            "site_train_s": {str(k): v for k, v in self.site_train_s.items()},
             "aborted": self.aborted,
             "model_sha256": self.model_sha256,
             "ring_bits": self.protocol.get("ring_bits"),
@@ -71,11 +75,23 @@ class RoundRecord:
 
 @dataclass(frozen=True)
 class RoundTiming:
-    """Seconds of a round's parts, and when it started (``time.perf_counter()``)."""
+    """Seconds of a round's parts, and when it started (``time.perf_counter()``).
+
+    ``site_train_s``: each site's training (and compression) seconds; ``aggregate_s``: the
+    server's seconds in every stage plus applying the aggregate.
+    """
 
     start: float
-    train_s: float
+    site_train_s: Mapping[int, float]
     aggregate_s: float
+
+    def critical_path_s(self, stages: list[StageStats]) -> float:
+        """The round's time if the sites run in parallel, as in a deployment: the slowest
+        site's training, then per stage the slowest site's client time, plus the server's
+        time (its stage work and applying the aggregate). Transfers are not counted."""
+        slowest_train = max(self.site_train_s.values(), default=0.0)
+        slowest_clients = sum(max(s.client_s.values(), default=0.0) for s in stages)
+        return slowest_train + slowest_clients + self.aggregate_s
 
 
 class ServerRound:
@@ -171,8 +187,10 @@ class ServerRound:
             bytes_down_per_client=broadcast_bytes + _mean_per_client(outcome.stages, "bytes_down"),
             client_encode_s=_mean_per_client(outcome.stages, "client_s"),
             server_aggregate_s=timing.aggregate_s,
-            train_s=timing.train_s,
+            train_s=sum(timing.site_train_s.values()),
             wall_s=time.perf_counter() - timing.start,
+            critical_path_s=timing.critical_path_s(outcome.stages),
+            site_train_s=dict(timing.site_train_s),
             stages=outcome.stages,
             aborted=outcome.aborted,
             protocol={

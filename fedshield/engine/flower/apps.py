@@ -77,7 +77,7 @@ def main(grid: Grid, context: Context) -> None:
         ready = sorted(c for c, reply in trained.items() if reply.data is not None)
         if not ready:
             raise RuntimeError(f"round {r}: no site trained: {trained}")
-        train_s = max((reply.seconds for reply in trained.values()), default=0.0)
+        train_s = {c: trained[c].seconds for c in ready}
         outcome, session = server.drive(transport, ready)
         aggregate_s = server.apply(outcome)
         *evaluation, digest = _evaluate(server, grid, nodes, names, stage_timeout, he)
@@ -86,7 +86,7 @@ def main(grid: Grid, context: Context) -> None:
             session,
             evaluation=tuple(evaluation),
             broadcast_bytes=len(broadcast),
-            timing=RoundTiming(start=start, train_s=train_s, aggregate_s=aggregate_s),
+            timing=RoundTiming(start=start, site_train_s=train_s, aggregate_s=aggregate_s),
             model_sha256=digest,  # under he: the model the sites hold
         )
         records.append(record.as_dict())
