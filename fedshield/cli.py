@@ -91,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
         " default, half the ciphertexts) or integer (levels times the weight, as secagg)",
     )
     run.add_argument(
+        "--secagg-weighting",
+        choices=("fraction", "integer"),
+        default=d.secagg_weighting,
+        help="secagg: fraction (sites scale their update by their weight before quantizing; "
+        "default, no weight bits in the ring) or integer (levels times the weight)",
+    )
+    run.add_argument(
         "--quant-bits",
         type=int,
         default=None,

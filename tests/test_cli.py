@@ -68,7 +68,7 @@ def test_default_run_is_secagg_with_dropout_recovery(tmp_path):
     assert result["config"]["protect"] == "secagg" and result["config"]["quant_bits"] == 8
     (r,) = result["rounds"]
     assert r["clients"] == [0, 1] and r["dropped"] == [2]
-    assert r["ring_bits"] == 8 + 8 + 2
+    assert r["ring_bits"] == 8 + 2  # fraction weighting: no weight bits in the ring
     assert [s["stage"] for s in r["stages"]] == [
         "advertise_keys",
         "share_keys",
@@ -78,7 +78,7 @@ def test_default_run_is_secagg_with_dropout_recovery(tmp_path):
     assert result["config"]["model"] == "cnn-gn"  # synthetic sites default to GroupNorm
     dim = sum(p.numel() for p in build_model("cnn-gn").parameters())
     masked = r["stages"][2]["bytes_up"]["0"]
-    assert (dim + 1) * 18 / 8 < masked < (dim + 1) * 18 / 8 + 100
+    assert (dim + 2) * 10 / 8 < masked < (dim + 2) * 10 / 8 + 100  # the weight and a count
 
 
 def test_dropout_schedule_with_an_unknown_stage_is_refused(tmp_path, capsys):

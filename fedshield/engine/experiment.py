@@ -53,6 +53,7 @@ class RunConfig:
     neighbours: int | None = None
     he_scheme: str = "bfv"
     he_weighting: str = "fraction"
+    secagg_weighting: str = "fraction"
     sparsify: str | None = None
     error_feedback: bool = False
     dropout: float = 0.0
@@ -237,7 +238,7 @@ def _protocol(
     protocol = get_protocol(
         config.protect, max_weight=max_weight, clip=config.clip, quant_bits=config.quant_bits,
         threshold=config.threshold, neighbours=config.neighbours, he_scheme=config.he_scheme,
-        he_weighting=config.he_weighting,
+        he_weighting=config.he_weighting, secagg_weighting=config.secagg_weighting,
     )  # fmt: skip
     if compressor is not None and compressor.compression.sparsify == "topk":
         protocol = protocol.with_topk(compressor.k)

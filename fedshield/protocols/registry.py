@@ -144,7 +144,7 @@ class SecAggSpec(ProtocolSpec):
     @classmethod
     def from_options(
         cls, *, max_weight: float, clip: float, quant_bits: int | None, threshold=None,
-        neighbours=None, **_ignored,
+        neighbours=None, secagg_weighting: str = "fraction", **_ignored,
     ) -> SecAggSpec:  # fmt: skip
         try:
             config = SecAggConfig(
@@ -153,6 +153,7 @@ class SecAggSpec(ProtocolSpec):
                 max_weight=max_weight,
                 threshold=threshold,
                 neighbours=neighbours,
+                weighting=secagg_weighting,
             )
         except ValueError as exc:
             raise ConfigError(f"secagg: {exc}") from None
@@ -172,6 +173,7 @@ class SecAggSpec(ProtocolSpec):
             "threshold": c.threshold,
             "neighbours": c.neighbours,
             "max_weight": c.max_weight,
+            "weighting": c.weighting,
         }
 
 
@@ -264,6 +266,7 @@ def get_protocol(
     neighbours: int | None = None,
     he_scheme: str = "bfv",
     he_weighting: str = "fraction",
+    secagg_weighting: str = "fraction",
 ) -> ProtocolSpec:
     """The protocol called ``name`` with its options.
 
@@ -276,6 +279,8 @@ def get_protocol(
             float32 for ``plain`` (per-chunk quantization when given), 8 otherwise.
         threshold, neighbours: ``secagg``'s Shamir threshold and neighbour count.
         he_scheme, he_weighting: ``he``'s scheme (``bfv``, ``ckks``) and weighting.
+        secagg_weighting: ``secagg``'s weighting, ``fraction`` (no weight bits in the ring)
+            or ``integer`` (:class:`~fedshield.protocols.secagg.SecAggConfig`).
 
     Raises:
         ConfigError: an unknown name or an invalid option.
@@ -291,4 +296,5 @@ def get_protocol(
     return PROTOCOLS[name].from_options(
         max_weight=max_weight, clip=clip, quant_bits=quant_bits, threshold=threshold,
         neighbours=neighbours, he_scheme=he_scheme, he_weighting=he_weighting,
+        secagg_weighting=secagg_weighting,
     )  # fmt: skip

@@ -79,9 +79,13 @@ def test_error_feedback_keeps_exactly_what_was_not_sent(tiny_sites):
         outside = np.setdiff1d(np.arange(fed.spec.dim), encoded.indices)
         np.testing.assert_array_equal(residual[outside], encoded.corrected[outside])
         # Inside: what 8-bit quantization with clip 0.5 lost, at most one step (or the clip).
+        # Fraction weighting (the default) quantizes the update times the site's weight
+        # fraction f on that grid: in update units a step is then 1 / 255 / f.
+        config = fed.protocol.config
+        f = config.integer_weight(fed.sites[site].weight) / 255
         inside = residual[encoded.indices]
-        clipped = np.abs(encoded.values) > 0.5
-        assert np.all(np.abs(inside[~clipped]) <= 1.0 / 255 + 1e-6)
+        clipped = np.abs(encoded.values * f) > 0.5
+        assert np.all(np.abs(inside[~clipped]) <= 1.0 / 255 / f + 1e-6)
 
 
 def test_a_client_that_never_sent_keeps_its_whole_update():

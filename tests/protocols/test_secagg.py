@@ -19,7 +19,7 @@ from fedshield.errors import (
 from fedshield.protocols.secagg import STAGES, SecAggClient, SecAggServer
 from fedshield.protocols.secagg.config import SecAggConfig, default_neighbours, neighbour_graph
 
-CONFIG = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0)
+CONFIG = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, weighting="integer")
 
 
 def _levels(n, d, seed=0):
@@ -83,7 +83,12 @@ def test_unmasked_sum_equals_the_plain_integer_sum(n):
         n,
         d,
         config=SecAggConfig(
-            clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, threshold=1 if n < 3 else None
+            clip=1.0,
+            quant_bits=8,
+            weight_bits=4,
+            max_weight=15.0,
+            threshold=1 if n < 3 else None,
+            weighting="integer",
         ),
     )
     revealed = outcome.revealed
@@ -103,7 +108,9 @@ def test_every_dropout_pattern_gives_the_exact_aggregate_or_a_typed_abort(data):
         drop = data.draw(st.sets(st.sampled_from(range(n)), max_size=n), label=stage)
         schedule[stage] = sorted(drop - gone)
         gone |= drop
-    config = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, threshold=t)
+    config = SecAggConfig(
+        clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, threshold=t, weighting="integer"
+    )
     d = 31
     server, outcome, levels, weights = _run(n, d, config=config, schedule=schedule)
     alive = set(range(n))
@@ -242,7 +249,9 @@ def test_message_from_an_unknown_sender_is_rejected_and_the_round_completes():
 
 
 def test_too_few_survivors_abort_and_reveal_nothing():
-    config = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, threshold=3)
+    config = SecAggConfig(
+        clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, threshold=3, weighting="integer"
+    )
     server, outcome, _, _ = _run(4, 8, config=config, schedule={"masked_input": [0, 1]})
     assert outcome.revealed is None and "threshold is 3" in outcome.aborted
     with pytest.raises(IllegalTransition):
@@ -281,7 +290,7 @@ def test_stochastic_rounding_is_unbiased_and_within_one_step():
 
 
 def test_unweighted_mode_saves_the_weight_bits_and_counts_survivors():
-    config = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=0)
+    config = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=0, weighting="integer")
     server, outcome, levels, _ = _run(4, 16, config=config, schedule={"masked_input": [3]})
     assert server.bits == 8 + 2
     assert outcome.revealed.total_weight == 3
@@ -340,7 +349,9 @@ def test_one_forged_share_is_outvoted_when_spare_shares_exist():
                 )
             return replies
 
-    config = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, threshold=3)
+    config = SecAggConfig(
+        clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, threshold=3, weighting="integer"
+    )
     server, outcome, levels, weights = _run(5, 16, config=config, transport_cls=ForgeOne)
     np.testing.assert_array_equal(
         _decode_levels(server, outcome.revealed, 16),

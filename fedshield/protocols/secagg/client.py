@@ -186,24 +186,33 @@ class SecAggClient(ClientSession):
         key_share = shamir.Share.from_bytes(plaintext[o + shamir.SHARE_BYTES :])
         return seed_share, key_share
 
+    def _weighted_levels(self, out: np.ndarray) -> None:
+        """Write the weighted, quantized update and the weight's tail values into ``out``;
+        keep in :attr:`sent` what the server's mean will count of this update."""
+        config, dim = self.config, self.update.size
+        quant = {"clip": config.clip, "quant_bits": config.quant_bits}
+        weight = config.integer_weight(self.weight)
+        if config.weighting == "integer":
+            levels = ring.quantize(self.update, seed=self.quant_seed, out=out[:dim], **quant)
+            self.sent = ring.dequantize(levels, **quant)
+            if weight != 1:
+                levels *= out.dtype.type(weight)
+            out[dim] = weight
+            return
+        share = np.float32(weight / ring.weight_top(config.weight_bits))
+        levels = ring.quantize(self.update * share, seed=self.quant_seed, out=out[:dim], **quant)
+        self.sent = ring.dequantize(levels, **quant) / share
+        for k in range(config.weight_digits):  # base 2^quant_bits digits: their sum never wraps
+            out[dim + k] = (weight >> (k * config.quant_bits)) & ((1 << config.quant_bits) - 1)
+        out[dim + config.weight_digits] = 1  # counts the clients in the sum
+
     def _masked_vector(self, peers: list[int]) -> np.ndarray:
         """``y_u``: the weighted, quantized update and the weight, plus ``PRG(b_u)`` and the
         pairwise masks with ``peers``, in the ring."""
-        length = self.update.size + 1
         config = self.config
+        length = self.update.size + config.tail_values
         masked = np.empty(length, dtype=ring_dtype(self.bits))
-        levels = ring.quantize(
-            self.update,
-            clip=config.clip,
-            quant_bits=config.quant_bits,
-            seed=self.quant_seed,
-            out=masked[:-1],
-        )
-        self.sent = ring.dequantize(levels, clip=config.clip, quant_bits=config.quant_bits)
-        weight = config.integer_weight(self.weight)
-        if weight != 1:
-            levels *= masked.dtype.type(weight)
-        masked[-1] = weight
+        self._weighted_levels(masked)
         scratch = mask_scratch(length, self.bits)
         add_mask(masked, self.self_mask_seed, scratch=scratch)
         for j in peers:

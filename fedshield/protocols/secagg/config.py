@@ -16,9 +16,16 @@ from fedshield._validate import check_int, check_real
 from fedshield.crypto.ring import integer_weight, ring_bits
 from fedshield.errors import ConfigError
 
-__all__ = ["COMPLETE_GRAPH_MAX_N", "SecAggConfig", "default_neighbours", "neighbour_graph"]
+__all__ = [
+    "COMPLETE_GRAPH_MAX_N",
+    "WEIGHTINGS",
+    "SecAggConfig",
+    "default_neighbours",
+    "neighbour_graph",
+]
 
 COMPLETE_GRAPH_MAX_N = 32
+WEIGHTINGS = ("integer", "fraction")
 
 
 def default_neighbours(n: int) -> int:
@@ -71,6 +78,15 @@ class SecAggConfig:
             scaled to integers in ``[1, 2^weight_bits - 1]`` relative to it.
         threshold: Shamir threshold ``t``; ``None`` picks a majority of each share group.
         neighbours: neighbours per client; ``None`` uses :func:`default_neighbours`.
+        weighting: ``"integer"`` (each client multiplies its levels by its integer weight
+            ``W``: the ring needs ``weight_bits`` more bits, the mean's error is at most one
+            step) or ``"fraction"`` (each client quantizes its update times
+            ``W / (2^weight_bits - 1)`` on the shared grid and sends ``W`` as base
+            ``2^quant_bits`` digits and a 1 that counts the sites: the ring needs only
+            ``quant_bits + ceil(log2 n)`` bits; every client adds at most one step of rounding
+            error whatever its weight, so the mean's error is at most
+            ``n · step · (2^weight_bits - 1) / sum W``; equal weights: the unweighted mean's;
+            a client clips its update after scaling it, so a small site is clipped less).
 
     Raises:
         TypeError: an argument of the wrong type (``quant_bits=8.5``, ``clip="1"``).
@@ -83,8 +99,11 @@ class SecAggConfig:
     max_weight: float = 1.0
     threshold: int | None = None
     neighbours: int | None = None
+    weighting: str = "fraction"
 
     def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         # Values arrive from code, not only the CLI: check types too (pyca's habit).
         object.__setattr__(self, "clip", check_real("clip", self.clip, error=ConfigError))
         check_int("quant_bits", self.quant_bits, low=1, high=16, error=ConfigError)
@@ -115,7 +134,22 @@ class SecAggConfig:
 
     def bits(self, n: int) -> int:
         """Ring size for ``n`` clients."""
-        return ring_bits(quant_bits=self.quant_bits, n_clients=n, weight_bits=self.weight_bits)
+        weight_bits = self.weight_bits if self.weighting == "integer" else 0
+        return ring_bits(quant_bits=self.quant_bits, n_clients=n, weight_bits=weight_bits)
+
+    @property
+    def weight_digits(self) -> int:
+        """How many ring values carry a client's integer weight (base ``2^quant_bits``
+        digits under fraction weighting, so that their sum never wraps)."""
+        if self.weighting == "integer":
+            return 1
+        return max(1, -(-self.weight_bits // self.quant_bits))
+
+    @property
+    def tail_values(self) -> int:
+        """Values after the update: the weight (its digits) and, with fraction weighting, a 1
+        per client, so the server learns how many updates the sum holds."""
+        return self.weight_digits + (self.weighting == "fraction")
 
     def integer_weight(self, weight: float) -> int:
         """The client's weight as an integer in ``[1, 2^weight_bits - 1]`` (1 if unweighted)."""

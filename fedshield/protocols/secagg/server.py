@@ -78,7 +78,7 @@ class SecAggServer(ServerSession):
         self.mask_public_keys: dict[int, bytes] = {}  # s_u^PK
         self.mailbox: dict[int, dict[int, bytes]] = {}  # receiver -> sender -> sealed share
         self.masked: dict[int, bytes] = {}  # packed masked inputs, already in masked_sum
-        self.masked_sum = np.zeros(dim + 1, dtype=ring_dtype(self.bits))
+        self.masked_sum = np.zeros(dim + config.tail_values, dtype=ring_dtype(self.bits))
         self.complaints: dict[int, set[int]] = {}  # complainer -> senders of bad shares
         self.shared_keys_survivors: tuple[int, ...] = ()  # U_2
         self.masked_input_survivors: tuple[int, ...] = ()  # U_3
@@ -88,8 +88,8 @@ class SecAggServer(ServerSession):
         self.unmasked: np.ndarray | None = None  # the revealed integer sum
 
     def describe(self) -> dict:
-        """Ring bits, Shamir threshold and neighbours per client of this round, and after the
-        reveal the SHA-256 of the unmasked integer sum (to compare runs bit for bit)."""
+        """Ring bits, Shamir threshold, neighbours per client and weighting of this round, and
+        after the reveal the SHA-256 of the unmasked integer sum (to compare runs bit for bit)."""
         digest = None
         if self.unmasked is not None:
             digest = hashlib.sha256(self.unmasked.astype("<u8").tobytes()).hexdigest()
@@ -97,11 +97,12 @@ class SecAggServer(ServerSession):
             "ring_bits": self.bits,
             "threshold": self.threshold,
             "neighbours": self.degree,
+            "weighting": self.config.weighting,
             "aggregate_sha256": digest,
         }
 
     def _packed_len(self) -> int:
-        return ((self.dim + 1) * self.bits + 7) // 8
+        return ((self.dim + self.config.tail_values) * self.bits + 7) // 8
 
     def _max_message_bytes(self, stage: str) -> int:
         n = len(self.clients)
@@ -186,7 +187,7 @@ class SecAggServer(ServerSession):
         if not complaints <= {*self.graph[sender], sender}:
             raise UnknownSender(f"client {sender} complained about a non-neighbour")
         packed = message.raw(1, length=self._packed_len())
-        self.masked_sum += ring.unpack(packed, self.dim + 1, self.bits)
+        self.masked_sum += ring.unpack(packed, self.dim + self.config.tail_values, self.bits)
         self.masked[sender] = packed
         self.complaints[sender] = complaints
 
@@ -196,7 +197,9 @@ class SecAggServer(ServerSession):
         accused = set().union(*self.complaints.values())
         self.alive -= accused
         for c in accused & set(self.masked):
-            self.masked_sum -= ring.unpack(self.masked.pop(c), self.dim + 1, self.bits)
+            self.masked_sum -= ring.unpack(
+                self.masked.pop(c), self.dim + self.config.tail_values, self.bits
+            )
         self._check_threshold(stage)
 
     # --- unmask ------------------------------------------------------------------------------
@@ -248,24 +251,37 @@ class SecAggServer(ServerSession):
         except (ProtocolAbort, InvalidShare, WrongShape) as exc:
             raise SecAggAbort(f"round {self.round}: cannot unmask ({exc})") from exc
         total &= total.dtype.type((1 << self.bits) - 1)
-        self.unmasked = total  # sum_i w_i q_i and sum_i w_i: all the server learns
-        weight = int(total[-1])
-        if weight == 0:
-            raise SecAggAbort(f"round {self.round}: the unmasked total weight is zero")
-        mean = ring.dequantize_mean(
-            total[:-1], weight, clip=self.config.clip, quant_bits=self.config.quant_bits
-        )
+        self.unmasked = total  # the summed levels and tail values: all the server learns
+        weighted_sum, weight = self._weighted_sum(total, len(survivors))
         return Revealed(
             contributors=tuple(survivors),
-            weighted_sum=mean.astype(np.float64) * weight,
+            weighted_sum=weighted_sum,
             total_weight=float(weight),
             dropped=tuple(c for c in self.clients if c not in self.masked),
         )
 
+    def _weighted_sum(self, total: np.ndarray, count: int) -> tuple[np.ndarray, int]:
+        """``(sum_i W_i x_i, sum_i W_i)`` from the unmasked ring sum of ``count`` clients."""
+        config, dim = self.config, self.dim
+        quant = {"clip": config.clip, "quant_bits": config.quant_bits}
+        digits = total[dim : dim + config.weight_digits]
+        weight = sum(int(d) << (k * config.quant_bits) for k, d in enumerate(digits))
+        if weight == 0:
+            raise SecAggAbort(f"round {self.round}: the unmasked total weight is zero")
+        if config.weighting == "integer":
+            mean = ring.dequantize_mean(total[:dim], weight, **quant)
+            return mean.astype(np.float64) * weight, weight
+        if int(total[-1]) != count:
+            raise SecAggAbort(
+                f"round {self.round}: the sum holds {int(total[-1])} updates, {count} survived"
+            )
+        shares = ring.dequantize_sum(total[:dim], count, **quant)  # sum_i (W_i / top) x_i
+        return shares * ring.weight_top(config.weight_bits), weight
+
     def _remove_masks(self, total: np.ndarray, survivors: list[int]) -> None:
         """Take the survivors' self masks and their pairwise masks with dropped clients out of
         ``total``, from the secrets the revealed shares reconstruct."""
-        scratch = mask_scratch(self.dim + 1, self.bits)
+        scratch = mask_scratch(self.dim + self.config.tail_values, self.bits)
         for c in survivors:
             seed = _verified_secret(
                 self.self_mask_seed_shares.get(c, []),
