@@ -25,11 +25,14 @@ __all__ = [
     "dequantize",
     "dequantize_mean",
     "dequantize_sum",
+    "from_digits",
     "integer_weight",
     "pack",
     "quantize",
     "ring_bits",
+    "to_digits",
     "unpack",
+    "weight_fraction",
     "weight_top",
 ]
 
@@ -62,6 +65,24 @@ def integer_weight(weight: float, max_weight: float, weight_bits: int) -> int:
         return 1
     top = weight_top(weight_bits)
     return int(min(top, max(1, round(weight / max_weight * top))))
+
+
+def weight_fraction(weight: int, weight_bits: int) -> np.float32:
+    """Fraction weighting: the share ``W / (2^weight_bits - 1)`` a site scales its update by
+    before quantizing, so that the summed levels already hold ``sum_i share_i x_i``."""
+    return np.float32(weight / weight_top(weight_bits))
+
+
+def to_digits(value: int, *, quant_bits: int, count: int) -> list[int]:
+    """``value`` as ``count`` base-``2^quant_bits`` digits, least significant first: each fits
+    a quantized value's field, so ``n`` sites' digits sum without carrying over."""
+    mask = (1 << quant_bits) - 1
+    return [(value >> (k * quant_bits)) & mask for k in range(count)]
+
+
+def from_digits(digits, *, quant_bits: int) -> int:
+    """The integer whose base-``2^quant_bits`` digits (or digit sums) are ``digits``."""
+    return sum(int(d) << (k * quant_bits) for k, d in enumerate(digits))
 
 
 def quantize(

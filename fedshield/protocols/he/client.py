@@ -120,12 +120,12 @@ class HEClient(ClientSession):
             rows = pack_slots(levels, plan, scale=weight)
             place_value(rows, dim, weight, plan)
             return rows
-        share = np.float32(weight / ring.weight_top(config.weight_bits))
+        share = ring.weight_fraction(weight, config.weight_bits)
         levels = ring.quantize(self.update * share, seed=self.quant_seed, **quant)
         self.sent = ring.dequantize(levels, **quant) / share
         rows = pack_slots(levels, plan)
-        for k in range(config.weight_digits):  # base 2^quant_bits digits
-            digit = (weight >> (k * config.quant_bits)) & ((1 << config.quant_bits) - 1)
+        digits = ring.to_digits(weight, quant_bits=config.quant_bits, count=config.weight_digits)
+        for k, digit in enumerate(digits):
             place_value(rows, dim + k, digit, plan)
         place_value(rows, dim + config.weight_digits, 1, plan)  # counts the sites in the sum
         return rows
@@ -144,9 +144,8 @@ class HEClient(ClientSession):
             return values[:dim].copy(), float(values[dim])
         values = unpack_slots(flat, plan, dim + config.tail_values)
         self.level_sum = values  # summed levels, weight digits (and count), for auditors
-        total = sum(
-            int(values[dim + k]) << (k * config.quant_bits) for k in range(config.weight_digits)
-        )
+        digits = values[dim : dim + config.weight_digits]
+        total = ring.from_digits(digits, quant_bits=config.quant_bits)
         if total == 0:
             raise ProtocolAbort("the decrypted total weight is zero")
         if config.weighting == "integer":

@@ -199,12 +199,12 @@ class SecAggClient(ClientSession):
                 levels *= out.dtype.type(weight)
             out[dim] = weight
             return
-        share = np.float32(weight / ring.weight_top(config.weight_bits))
+        share = ring.weight_fraction(weight, config.weight_bits)
         levels = ring.quantize(self.update * share, seed=self.quant_seed, out=out[:dim], **quant)
         self.sent = ring.dequantize(levels, **quant) / share
-        for k in range(config.weight_digits):  # base 2^quant_bits digits: their sum never wraps
-            out[dim + k] = (weight >> (k * config.quant_bits)) & ((1 << config.quant_bits) - 1)
-        out[dim + config.weight_digits] = 1  # counts the clients in the sum
+        digits = ring.to_digits(weight, quant_bits=config.quant_bits, count=config.weight_digits)
+        out[dim : dim + len(digits)] = digits
+        out[dim + len(digits)] = 1  # counts the clients in the sum
 
     def _masked_vector(self, peers: list[int]) -> np.ndarray:
         """``y_u``: the weighted, quantized update and the weight, plus ``PRG(b_u)`` and the

@@ -265,7 +265,7 @@ class SecAggServer(ServerSession):
         config, dim = self.config, self.dim
         quant = {"clip": config.clip, "quant_bits": config.quant_bits}
         digits = total[dim : dim + config.weight_digits]
-        weight = sum(int(d) << (k * config.quant_bits) for k, d in enumerate(digits))
+        weight = ring.from_digits(digits, quant_bits=config.quant_bits)
         if weight == 0:
             raise SecAggAbort(f"round {self.round}: the unmasked total weight is zero")
         if config.weighting == "integer":
