@@ -4,7 +4,7 @@ Names load on first use (PEP 562), so a light submodule such as the Flower relay
 (:mod:`fedshield.engine.flower.apps`' ClientApp) does not pay for torch.
 """
 
-from importlib import import_module
+from fedshield._lazy import lazy_names
 
 _WHERE = {
     "DropoutPolicy": "dropout",
@@ -36,16 +36,4 @@ _WHERE = {
     "Transport": "transport",
 }
 
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_names(__name__, _WHERE)

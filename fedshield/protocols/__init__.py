@@ -6,7 +6,7 @@ their options; :mod:`.ids` holds the wire protocol ids. Names load on first use 
 ``import fedshield.protocols.plain`` does not pay for TenSEAL.
 """
 
-from importlib import import_module
+from fedshield._lazy import lazy_names
 
 _WHERE = {
     "ClientSession": "base",
@@ -19,16 +19,4 @@ _WHERE = {
     "get_protocol": "registry",
 }
 
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_names(__name__, _WHERE)
