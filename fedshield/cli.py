@@ -119,7 +119,9 @@ def _parser() -> argparse.ArgumentParser:
         "--clip",
         type=float,
         default=d.clip,
-        help="secagg: updates are clipped to [-clip, clip] before quantization",
+        help="secagg, he (bfv): a fixed range: updates are clipped to [-clip, clip] before "
+        "quantization (default: per-tensor ranges that adapt each round, from a secure count "
+        "of how far each site's update reached; docs/ranges.md)",
     )
     run.add_argument(
         "--threshold",

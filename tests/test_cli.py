@@ -6,6 +6,7 @@ import pytest
 
 from fedshield.cli import main
 from fedshield.engine.models import build_model
+from fedshield.protocols.ranges import BUCKETS
 
 ROUND_KEYS = {
     "round",
@@ -78,7 +79,9 @@ def test_default_run_is_secagg_with_dropout_recovery(tmp_path):
     assert result["config"]["model"] == "cnn-gn"  # synthetic sites default to GroupNorm
     dim = sum(p.numel() for p in build_model("cnn-gn").parameters())
     masked = r["stages"][2]["bytes_up"]["0"]
-    assert (dim + 2) * 10 / 8 < masked < (dim + 2) * 10 / 8 + 100  # the weight and a count
+    stat = len(list(build_model("cnn-gn").parameters())) * BUCKETS  # the range statistic
+    values = dim + 2 + stat  # the update, the weight and a count, the statistic
+    assert values * 10 / 8 < masked < values * 10 / 8 + 100
 
 
 def test_dropout_schedule_with_an_unknown_stage_is_refused(tmp_path, capsys):

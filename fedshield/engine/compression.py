@@ -16,12 +16,14 @@ the model to AUC 0.5). Buffers are few; they always travel dense and without a r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedshield.compress import ErrorFeedback, derive_seed, k_for, randk, topk_exact
 from fedshield.errors import ConfigError
+from fedshield.protocols.ranges import TensorRanges
 
 __all__ = ["CompressedUpdate", "Compression", "UpdateCompressor"]
 
@@ -161,6 +163,18 @@ class UpdateCompressor:
         full = np.zeros(self.dim, dtype=weighted_sum.dtype)
         full[indices] = weighted_sum
         return full
+
+    def ranges(
+        self, round: int, tensor_sizes: Sequence[int], exponents: Sequence[int]
+    ) -> TensorRanges:
+        """The round's per-tensor ranges over the protocol vector: each tensor's segment
+        holds all its values, or under rand-k those the round keeps (its coordinates are
+        sorted, so every tensor's kept values stay together)."""
+        indices = self.shared_indices(round)
+        if indices is None:
+            return TensorRanges(tuple(tensor_sizes), tuple(exponents))
+        bounds = np.searchsorted(indices, np.cumsum([0, *tensor_sizes]))
+        return TensorRanges(tuple(np.diff(bounds).tolist()), tuple(exponents))
 
     def quant_seed(self, site: int, round: int) -> int:
         """The stochastic-rounding stream of one site in one round (reproducible runs)."""

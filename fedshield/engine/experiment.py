@@ -48,7 +48,7 @@ class RunConfig:
     model: str | None = None
     protect: str = "secagg"
     quant_bits: int | None = None  # None: the protocol's default (8 for secagg, fp32 plain)
-    clip: float = 0.1
+    clip: float | None = None  # None: adaptive per-tensor ranges; a number fixes the range
     threshold: int | None = None
     neighbours: int | None = None
     he_scheme: str = "bfv"
@@ -183,7 +183,10 @@ def build_server_round(config: RunConfig) -> ServerRound:
     """
     _require_facts(config, "max_weight", "in_channels")
     torch.manual_seed(config.seed)
-    model = build_global_model(config, build_model(config.model, in_channels=config.in_channels))
+    model = build_global_model(
+        config, build_model(config.model, in_channels=config.in_channels),
+        adaptive_ranges=_protocol(config, config.max_weight).adaptive,
+    )  # fmt: skip
     return ServerRound(
         protocol=_protocol(config, config.max_weight, model.compressor),
         model=model,
@@ -192,15 +195,19 @@ def build_server_round(config: RunConfig) -> ServerRound:
     )
 
 
-def build_global_model(config: RunConfig, model: torch.nn.Module) -> GlobalModel:
+def build_global_model(
+    config: RunConfig, model: torch.nn.Module, *, adaptive_ranges: bool = False
+) -> GlobalModel:
     """The global model starting from ``model``'s weights, with ``config``'s server
-    optimizer (a site holds one under ``he``)."""
+    optimizer (a site holds one under ``he``); ``adaptive_ranges``: the protocol's
+    :attr:`~fedshield.protocols.registry.ProtocolSpec.adaptive`."""
     spec = ParamSpec.from_module(model, exclude_batchnorm=_algorithm(config).exclude_batchnorm)
     return GlobalModel(
         spec=spec,
         vector=spec.flatten(model),
         server_opt=build_server_opt(config.server_opt, lr=config.server_lr),
         compressor=_compressor(config, spec),
+        adaptive_ranges=adaptive_ranges,
     )
 
 

@@ -89,10 +89,12 @@ class Federation:
         if compression.sparsify == "topk":
             protect = protect.with_topk(shared.k)
         ids = list(range(len(self.sites)))
-        protect = setup_protocol(protect, clients=ids, dim=shared.protocol_dim)
+        protect = setup_protocol(
+            protect, clients=ids, dim=shared.protocol_dim, tensors=len(self.spec.sizes)
+        )
         model = GlobalModel(
             spec=self.spec, vector=self.spec.flatten(self.model), server_opt=server_opt,
-            compressor=shared,
+            compressor=shared, adaptive_ranges=protect.adaptive,
         )  # fmt: skip
         self.server = ServerRound(protocol=protect, model=model, n_sites=len(ids), dropout=dropout)
         self.runtimes = [

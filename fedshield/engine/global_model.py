@@ -14,6 +14,7 @@ from fedshield import wire
 from fedshield.aggregation import ServerOptimizer, weighted_mean
 from fedshield.engine.compression import UpdateCompressor
 from fedshield.engine.paramspec import ParamSpec
+from fedshield.protocols.ranges import INITIAL_EXPONENT, TensorRanges
 from fedshield.protocols.registry import MODEL_BROADCAST
 
 __all__ = ["GlobalModel"]
@@ -27,6 +28,9 @@ class GlobalModel:
         vector: the initial global model (``spec.flatten(model)``).
         server_opt: the server optimizer on the trainable part (plain FedAvg by default).
         compressor: the round's shared rand-k coordinates, to scatter an aggregate back.
+        adaptive_ranges: the protocol quantizes on per-tensor ranges that follow the updates
+            (:mod:`fedshield.protocols.ranges`): this model keeps their exponents, moves them
+            with each round's statistic and broadcasts them with the weights.
     """
 
     def __init__(
@@ -36,6 +40,7 @@ class GlobalModel:
         vector: np.ndarray,
         server_opt: ServerOptimizer | None = None,
         compressor: UpdateCompressor,
+        adaptive_ranges: bool = False,
     ) -> None:
         if not isinstance(spec, ParamSpec):
             raise TypeError(f"spec must be a ParamSpec, got {type(spec).__name__}")
@@ -49,15 +54,34 @@ class GlobalModel:
         spec.sha256(self.vector)  # checks the length
         self.server_opt = server_opt or ServerOptimizer()
         self.compressor = compressor
+        self.range_exponents: tuple[int, ...] | None = (
+            (INITIAL_EXPONENT,) * len(spec.sizes) if adaptive_ranges else None
+        )
 
     def broadcast(self, round: int) -> bytes:
-        """The "here is the global model" message of ``round``."""
+        """The "here is the global model" message of ``round`` (and the range exponents)."""
         header = wire.Header(MODEL_BROADCAST, 0, round, wire.SERVER_ID)
-        return wire.serialize(header, [self.vector])
+        fields = [self.vector]
+        if self.range_exponents is not None:
+            fields.append(np.array(self.range_exponents, dtype="<i4"))
+        return wire.serialize(header, fields)
 
-    def apply_aggregate(self, weighted_sum: np.ndarray, total_weight: float, round: int) -> None:
+    def round_ranges(self, round: int) -> TensorRanges | None:
+        """The per-tensor ranges of ``round`` (``None`` without adaptive ranges)."""
+        if self.range_exponents is None:
+            return None
+        return self.compressor.ranges(round, self.spec.sizes, self.range_exponents)
+
+    def apply_aggregate(
+        self, weighted_sum: np.ndarray, total_weight: float, round: int,
+        range_counts: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
         """Move the model by a round's aggregate (what the server learned, or under ``he``
-        what a site decrypted): the weighted mean, through the server optimizer."""
+        what a site decrypted): the weighted mean, through the server optimizer; and the
+        ranges by the round's summed statistic (``range_counts``)."""
+        ranges = self.round_ranges(round)
+        if ranges is not None and range_counts is not None:
+            self.range_exponents = ranges.next(range_counts)
         mean = weighted_mean(weighted_sum, total_weight)
         delta = self.compressor.expand(self.compressor.shared_indices(round), mean)
         k = self.spec.n_trainable

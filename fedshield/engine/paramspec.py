@@ -43,6 +43,7 @@ class ParamSpec:
         self.dim = sum(e.size for e in entries)
         self.n_trainable = sum(e.size for e in entries if e.trainable)
         self.names = frozenset(e.name for e in entries)
+        self.sizes = tuple(e.size for e in entries)  # values per tensor, in vector order
 
     @classmethod
     def from_module(cls, model: nn.Module, *, exclude_batchnorm: bool = False) -> ParamSpec:

@@ -102,11 +102,14 @@ def run_protocol(
         return ProtocolOutcome(None, stages, aborted=str(exc))
 
 
-def setup_protocol(spec: ProtocolSpec, *, clients: list[int], dim: int) -> ProtocolSpec:
+def setup_protocol(
+    spec: ProtocolSpec, *, clients: list[int], dim: int, tensors: int = 0
+) -> ProtocolSpec:
     """Run ``spec``'s one-time setup in this process (``he``: the key-holder site makes the
     key and seals it to the others; the server only relays). Returns the protocol ready for
-    its first round; a protocol without setup comes back as it is."""
-    setup = spec.key_setup(clients=clients, dim=dim)
+    its first round; a protocol without setup comes back as it is. ``tensors``: how many
+    tensors the exchanged vector holds (adaptive ranges)."""
+    setup = spec.key_setup(clients=clients, dim=dim, tensors=tensors)
     if setup is None:
         return spec
     sites = {c: setup.client(c) for c in clients}

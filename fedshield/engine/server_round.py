@@ -145,8 +145,9 @@ class ServerRound:
         self, transport: Transport, clients: list[int]
     ) -> tuple[ProtocolOutcome, ServerSession]:
         """The protocol's stages over ``transport`` with ``clients``: ``(outcome, session)``."""
+        ranges = {"ranges": self.model.round_ranges(self.round)} if self.protocol.adaptive else {}
         server = self.protocol.server(
-            round=self.round, clients=clients, dim=self.model.compressor.protocol_dim
+            round=self.round, clients=clients, dim=self.model.compressor.protocol_dim, **ranges
         )
         return run_protocol(server, transport, dropout=self.dropout), server
 
@@ -159,7 +160,8 @@ class ServerRound:
         t0 = time.perf_counter()
         aggregate = revealed_aggregate(outcome, sessions or {})
         if aggregate is not None:
-            self.model.apply_aggregate(*aggregate, round=self.round)
+            weighted_sum, total, counts = aggregate
+            self.model.apply_aggregate(weighted_sum, total, self.round, range_counts=counts)
         return time.perf_counter() - t0 + sum(s.server_s for s in outcome.stages)
 
     def record(
@@ -207,21 +209,26 @@ class ServerRound:
 
 def revealed_aggregate(
     outcome: ProtocolOutcome, sessions: Mapping[int, ClientSession]
-) -> tuple[np.ndarray, float] | None:
-    """``(weighted_sum, total_weight)``: what the server learned, or, under ``he``, what the
-    sites decrypted (every site holds the same aggregate; they must agree)."""
+) -> tuple[np.ndarray, float, np.ndarray | None] | None:
+    """``(weighted_sum, total_weight, range_counts)``: what the server learned, or, under
+    ``he``, what the sites decrypted (every site holds the same aggregate; they must agree)."""
     revealed = outcome.revealed
     if revealed is None:
         return None
     if revealed.weighted_sum is not None:
-        return revealed.weighted_sum, revealed.total_weight
-    held = [s.aggregate for s in sessions.values() if s.aggregate is not None]
+        return revealed.weighted_sum, revealed.total_weight, revealed.range_counts
+    held = [s for s in sessions.values() if s.aggregate is not None]
     if not held:
         return None
-    weighted_sum, total = held[0]
-    if any(t != total or not np.array_equal(w, weighted_sum) for w, t in held[1:]):
-        raise RuntimeError("sites decrypted different aggregates")  # cannot happen: same key
-    return weighted_sum, total
+    (weighted_sum, total), counts = held[0].aggregate, held[0].range_counts
+    for s in held[1:]:
+        w, t = s.aggregate
+        same_counts = (s.range_counts is None) == (counts is None) and (
+            counts is None or np.array_equal(s.range_counts, counts)
+        )
+        if t != total or not np.array_equal(w, weighted_sum) or not same_counts:
+            raise RuntimeError("sites decrypted different aggregates")  # cannot: same key
+    return weighted_sum, total, counts
 
 
 def _he_costs(stages: list[StageStats]) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,9 @@ from fedshield.engine.compression import CompressedUpdate, UpdateCompressor
 from fedshield.engine.metrics import predict
 from fedshield.engine.paramspec import ParamSpec
 from fedshield.engine.trainer import Algorithm, LocalTrainer
+from fedshield.errors import WrongShape
 from fedshield.protocols.base import ClientSession
+from fedshield.protocols.ranges import MAX_EXPONENT, MIN_EXPONENT
 from fedshield.protocols.registry import MODEL_BROADCAST, ProtocolSpec
 
 __all__ = ["Site", "SiteRuntime", "make_site", "parse_broadcast"]
@@ -126,11 +129,17 @@ class SiteRuntime:
 
     def train(self, broadcast: bytes, round: int) -> ClientSession:
         """Train from the round's model, compress the update and open the protocol session."""
-        start = parse_broadcast(broadcast, round=round, dim=self.spec.dim)
-        return self.train_from(start, round)
+        start, exponents = parse_broadcast(
+            broadcast, round=round, dim=self.spec.dim, tensors=len(self.spec.sizes)
+        )
+        return self.train_from(start, round, exponents)
 
-    def train_from(self, start: np.ndarray, round: int) -> ClientSession:
-        """:meth:`train` from a model vector this site already holds (``he`` over Flower)."""
+    def train_from(
+        self, start: np.ndarray, round: int, range_exponents: Sequence[int] | None = None
+    ) -> ClientSession:
+        """:meth:`train` from a model vector (and range exponents) this site already holds
+        (``he`` over Flower)."""
+        ranges = self._round_ranges(round, range_exponents)
         self.load(start)
         self.trainer.local_update(self.algorithm, self.model, self.site.train, self.local_epochs)
         self.local_state = self.spec.local_state(self.model)
@@ -145,7 +154,19 @@ class SiteRuntime:
             weight=self.site.weight,
             quant_seed=self.compressor.quant_seed(self.site_id, round),
             **indices,
+            **ranges,
         )
+
+    def _round_ranges(self, round: int, exponents: Sequence[int] | None) -> dict:
+        """``{"ranges": ...}`` for a protocol with adaptive ranges, else ``{}``."""
+        if not self.protocol.adaptive:
+            return {}
+        if exponents is None:
+            raise WrongShape(
+                f"round {round}: {self.protocol.name} quantizes on adaptive ranges, but the "
+                "model broadcast carries none (a server with a fixed --clip, or an old one)"
+            )
+        return {"ranges": self.compressor.ranges(round, self.spec.sizes, exponents)}
 
     def conclude(self, session: ClientSession) -> None:
         """After the protocol: keep as the residual what the session's messages did not carry."""
@@ -171,8 +192,19 @@ class SiteRuntime:
         self._pending = None
 
 
-def parse_broadcast(data: bytes, *, round: int, dim: int) -> np.ndarray:
-    """The model vector of a broadcast, checked for protocol, stage, round, sender and length."""
+def parse_broadcast(
+    data: bytes, *, round: int, dim: int, tensors: int
+) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """The model vector of a broadcast and its range exponents (``None`` when it carries
+    none), checked for protocol, stage, round, sender and lengths."""
     received = wire.parse(data)
     received.expect(protocol=MODEL_BROADCAST, stage=0, round=round, sender=wire.SERVER_ID)
-    return received.array(0, dtype="<f4", shape=(dim,))
+    if len(received.fields) not in (1, 2):
+        raise WrongShape(f"a model broadcast has 1 or 2 fields, got {len(received.fields)}")
+    vector = received.array(0, dtype="<f4", shape=(dim,))
+    if len(received.fields) == 1:
+        return vector, None
+    exponents = received.array(1, dtype="<i4", shape=(tensors,))
+    if not ((exponents >= MIN_EXPONENT) & (exponents <= MAX_EXPONENT)).all():
+        raise WrongShape(f"range exponents outside [{MIN_EXPONENT}, {MAX_EXPONENT}]")
+    return vector, tuple(exponents.tolist())

@@ -126,12 +126,16 @@ class Revealed:
             :attr:`ClientSession.aggregate`).
         total_weight: ``sum_i w_i`` over contributors (``None`` likewise).
         dropped: clients that were asked to take part but are not in the aggregate.
+        range_counts: under adaptive ranges, the summed range statistic: per tensor and
+            octave, how many contributors' largest value fell there
+            (:mod:`fedshield.protocols.ranges`); ``None`` otherwise, or under ``he``.
     """
 
     contributors: tuple[int, ...]
     weighted_sum: np.ndarray | None
     total_weight: float | None
     dropped: tuple[int, ...] = ()
+    range_counts: np.ndarray | None = None
 
 
 class ServerSession(_StageMachine):
@@ -313,6 +317,8 @@ class ClientSession(_StageMachine):
         # (weighted_sum, total_weight) for protocols where clients, not the server, learn the
         # aggregate (he).
         self.aggregate: tuple[np.ndarray, float] | None = None
+        # Under adaptive ranges, the summed range statistic where clients learn it (he).
+        self.range_counts: np.ndarray | None = None
         self._stage_index = -1
 
     def handle(self, stage: str, data: bytes) -> bytes:

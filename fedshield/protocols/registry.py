@@ -31,6 +31,7 @@ from fedshield.protocols.he import (
 )
 from fedshield.protocols.ids import ProtocolId
 from fedshield.protocols.plain import PlainClient, PlainFormat, PlainServer
+from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.secagg import SecAggClient, SecAggConfig, SecAggServer
 
 __all__ = [
@@ -55,7 +56,8 @@ class ProtocolSpec:
     """A protocol with its options bound: makes the server and client sessions of a round.
 
     ``server(round=, clients=, dim=)``; ``client(client_id=, round=, update=, weight=,
-    quant_seed=, indices=None)``.
+    quant_seed=, indices=None)``; both take ``ranges=`` (the round's
+    :class:`~fedshield.protocols.ranges.TensorRanges`) when :attr:`adaptive`.
     """
 
     name: ClassVar[str]
@@ -72,8 +74,14 @@ class ProtocolSpec:
         """The bound options, as plain data."""
         raise NotImplementedError
 
-    def key_setup(self, *, clients: list[int], dim: int) -> KeySetup | None:
-        """What must run once before the first round (``None``: nothing)."""
+    @property
+    def adaptive(self) -> bool:
+        """Whether each round's sessions take per-tensor ranges (no fixed clip)."""
+        return False
+
+    def key_setup(self, *, clients: list[int], dim: int, tensors: int = 0) -> KeySetup | None:
+        """What must run once before the first round (``None``: nothing); ``tensors``: how
+        many tensors the exchanged vector holds (adaptive ranges)."""
         return None
 
     def with_topk(self, k: int) -> ProtocolSpec:
@@ -143,7 +151,7 @@ class SecAggSpec(ProtocolSpec):
 
     @classmethod
     def from_options(
-        cls, *, max_weight: float, clip: float, quant_bits: int | None, threshold=None,
+        cls, *, max_weight: float, clip: float | None, quant_bits: int | None, threshold=None,
         neighbours=None, secagg_weighting: str = "fraction", **_ignored,
     ) -> SecAggSpec:  # fmt: skip
         try:
@@ -159,8 +167,15 @@ class SecAggSpec(ProtocolSpec):
             raise ConfigError(f"secagg: {exc}") from None
         return cls(config)
 
-    def server(self, *, round: int, clients: list[int], dim: int) -> ServerSession:
-        return SecAggServer(round=round, clients=clients, dim=dim, config=self.config)
+    @property
+    def adaptive(self) -> bool:
+        return self.config.clip is None
+
+    def server(
+        self, *, round: int, clients: list[int], dim: int, ranges: TensorRanges | None = None
+    ) -> ServerSession:
+        return SecAggServer(round=round, clients=clients, dim=dim, config=self.config,
+                            ranges=ranges)  # fmt: skip
 
     def client(self, **kwargs) -> ClientSession:
         return SecAggClient(config=self.config, **kwargs)
@@ -168,7 +183,7 @@ class SecAggSpec(ProtocolSpec):
     def describe(self) -> dict:
         c = self.config
         return {
-            "clip": c.clip,
+            "clip": "adaptive" if c.clip is None else c.clip,
             "quant_bits": c.quant_bits,
             "threshold": c.threshold,
             "neighbours": c.neighbours,
@@ -222,18 +237,26 @@ class HESpec(ProtocolSpec):
 
     @classmethod
     def from_options(
-        cls, *, max_weight: float, clip: float, quant_bits: int | None, he_scheme: str = "bfv",
+        cls, *, max_weight: float, clip: float | None, quant_bits: int | None,
+        he_scheme: str = "bfv",
         he_weighting: str = "fraction", **_ignored,
     ) -> HESpec:  # fmt: skip
         bits = cls.default_quant_bits if quant_bits is None else quant_bits
         return cls(HEConfig(scheme=he_scheme, clip=clip, quant_bits=bits,
                             max_weight=max_weight, weighting=he_weighting))  # fmt: skip
 
-    def key_setup(self, *, clients: list[int], dim: int) -> KeySetup:
-        plan = plan_for(self.config, n_clients=len(clients), dim=dim)
+    @property
+    def adaptive(self) -> bool:
+        return self.config.adaptive
+
+    def key_setup(self, *, clients: list[int], dim: int, tensors: int = 0) -> KeySetup:
+        plan = plan_for(self.config, n_clients=len(clients), dim=dim, tensors=tensors)
         return KeySetup(self, plan, list(clients))
 
-    def server(self, *, round: int, clients: list[int], dim: int) -> ServerSession:
+    def server(
+        self, *, round: int, clients: list[int], dim: int, ranges: TensorRanges | None = None
+    ) -> ServerSession:
+        # The server only adds ciphertexts: the ranges shape what the sites encrypt.
         return HEServer(round=round, clients=clients, dim=dim, plan=self._plan())
 
     def client(self, *, client_id: int, **kwargs) -> ClientSession:
@@ -243,7 +266,8 @@ class HESpec(ProtocolSpec):
 
     def describe(self) -> dict:
         c = self.config
-        options = {"scheme": c.scheme, "weighting": c.weighting, "clip": c.clip,
+        clip = "adaptive" if c.adaptive else c.clip
+        options = {"scheme": c.scheme, "weighting": c.weighting, "clip": clip,
                    "quant_bits": c.quant_bits, "max_weight": c.max_weight}  # fmt: skip
         return {**options, "plan": self.plan} if self.plan else options
 
@@ -260,7 +284,7 @@ def get_protocol(
     name: str,
     *,
     max_weight: float | None = None,
-    clip: float = 0.1,
+    clip: float | None = None,
     quant_bits: int | None = None,
     threshold: int | None = None,
     neighbours: int | None = None,
@@ -274,7 +298,9 @@ def get_protocol(
         name: ``plain``, ``secagg`` or ``he`` (or any registered name).
         max_weight: the largest FedAvg weight of any site (its sample count). Required by
             ``secagg`` and ``he``, which turn weights into small public integers against it.
-        clip: the shared range ``[-clip, clip]`` of quantized ``secagg`` / ``he`` updates.
+        clip: a fixed shared range ``[-clip, clip]`` for quantized ``secagg`` / ``he`` BFV
+            updates; ``None`` (default): per-tensor ranges that adapt each round
+            (:mod:`fedshield.protocols.ranges`).
         quant_bits: ``None`` takes the protocol's default (:data:`DEFAULT_QUANT_BITS`):
             float32 for ``plain`` (per-chunk quantization when given), 8 otherwise.
         threshold, neighbours: ``secagg``'s Shamir threshold and neighbour count.

@@ -134,7 +134,10 @@ def _distribute_he_keys(server, grid: Grid, nodes: dict[int, int], *, timeout: f
     from fedshield.engine.runner import run_protocol
 
     sites = list(range(server.n_sites))
-    setup = server.protocol.key_setup(clients=sites, dim=server.model.compressor.protocol_dim)
+    setup = server.protocol.key_setup(
+        clients=sites, dim=server.model.compressor.protocol_dim,
+        tensors=len(server.model.spec.sizes),
+    )  # fmt: skip
     FlowerTransport(grid, nodes, timeout=timeout).request("keysetup", dict.fromkeys(nodes, b""))
     transport = FlowerTransport(grid, nodes, timeout=timeout, prefix="keystage")
     outcome = run_protocol(setup.server(), transport)

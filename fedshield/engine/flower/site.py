@@ -41,7 +41,9 @@ class SiteProcess:
         # the key comes through the grid (the key-holder site makes it), not from a local setup.
         self.held: GlobalModel | None = None
         if config.protect == "he":
-            self.held = build_global_model(config, self.runtime.model)
+            self.held = build_global_model(
+                config, self.runtime.model, adaptive_ranges=self.runtime.protocol.adaptive
+            )
         self.sites = list(range(config.sites))
         self.session: ClientSession | None = None
         self.round = 0
@@ -69,7 +71,9 @@ class SiteProcess:
     def _key_setup(self, kind: str, payload: bytes) -> bytes:
         if kind == "keysetup":
             dim = self.runtime.compressor.protocol_dim
-            self.key_setup = self.runtime.protocol.key_setup(clients=self.sites, dim=dim)
+            self.key_setup = self.runtime.protocol.key_setup(
+                clients=self.sites, dim=dim, tensors=len(self.runtime.spec.sizes)
+            )
             self.key_session = self.key_setup.client(self.site)
             return b""
         if self.key_session is None:
@@ -89,7 +93,9 @@ class SiteProcess:
         self.round = header.round
         start = time.perf_counter()
         if self.held is not None:  # train from this site's own copy of the model
-            self.session = self.runtime.train_from(self.held.vector, self.round)
+            self.session = self.runtime.train_from(
+                self.held.vector, self.round, self.held.range_exponents
+            )
         else:
             self.session = self.runtime.train(payload, self.round)
         return np.array([time.perf_counter() - start]).tobytes()
@@ -121,7 +127,9 @@ class SiteProcess:
             return
         self.runtime.conclude(self.session)
         if self.held is not None and self.session.aggregate is not None:
-            self.held.apply_aggregate(*self.session.aggregate, round=self.round)
+            self.held.apply_aggregate(
+                *self.session.aggregate, self.round, range_counts=self.session.range_counts
+            )
         self.session = None
 
 

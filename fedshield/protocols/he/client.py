@@ -29,7 +29,8 @@ from fedshield.protocols.he.forked import (
     worker_count,
 )
 from fedshield.protocols.he.keys import HEKeyring
-from fedshield.protocols.he.packing import pack_slots, place_value, unpack_slots
+from fedshield.protocols.ranges import TensorRanges
+from fedshield.protocols.he.packing import pack_slots, place_values, unpack_slots
 
 __all__ = ["HEClient"]
 
@@ -40,6 +41,8 @@ class HEClient(ClientSession):
 
     ``workers``: processes that encrypt and decrypt; by default one per core when each gets
     enough ciphertexts to pay for a fork (:data:`ENCRYPTS_PER_FORK`), else this process.
+    ``ranges``: the round's per-tensor ranges when the config has no fixed clip (BFV); the
+    decrypted statistic is then :attr:`range_counts`.
     """
 
     protocol_id = PROTOCOL_ID
@@ -56,6 +59,7 @@ class HEClient(ClientSession):
         keyring: HEKeyring,
         quant_seed: int | None = None,
         workers: int | None = None,
+        ranges: TensorRanges | None = None,
     ) -> None:
         super().__init__(
             client_id=client_id, round=round, update=update, weight=weight, quant_seed=quant_seed
@@ -67,6 +71,11 @@ class HEClient(ClientSession):
             )
         self.keyring = keyring
         self.plan = keyring.plan
+        if ranges is not None:
+            check_instance("ranges", ranges, TensorRanges, "the round's per-tensor ranges")
+            if ranges.dim != update.size or ranges.stat_values != self.plan.stat_values:
+                raise ValueError("ranges: they do not cover this update's tensors")
+        self.grid = self.plan.config.grid(ranges) if self.plan.scheme == "bfv" else None
         self.workers = check_int("workers", workers, low=1, optional=True)
         self.level_sum: np.ndarray | None = None
 
@@ -109,25 +118,20 @@ class HEClient(ClientSession):
         return [row[:size].data for row, size in zip(out, sizes, strict=True)]
 
     def _encode_bfv(self) -> np.ndarray:
-        """Packed slots: the weighted, quantized update, then the integer weight."""
+        """Packed slots: the weighted, quantized update, the integer weight (its digits and a
+        count, under fraction weighting), then the range statistic."""
         plan, config = self.plan, self.plan.config
-        quant = {"clip": config.clip, "quant_bits": config.quant_bits}
         weight = ring.integer_weight(self.weight, config.max_weight, config.weight_bits)
-        dim = self.update.size
-        if config.weighting == "integer":
-            levels = ring.quantize(self.update, seed=self.quant_seed, **quant)
-            self.sent = ring.dequantize(levels, **quant)
-            rows = pack_slots(levels, plan, scale=weight)
-            place_value(rows, dim, weight, plan)
-            return rows
-        share = ring.weight_fraction(weight, config.weight_bits)
-        levels = ring.quantize(self.update * share, seed=self.quant_seed, **quant)
-        self.sent = ring.dequantize(levels, **quant) / share
-        rows = pack_slots(levels, plan)
-        digits = ring.to_digits(weight, quant_bits=config.quant_bits, count=config.weight_digits)
-        for k, digit in enumerate(digits):
-            place_value(rows, dim + k, digit, plan)
-        place_value(rows, dim + config.weight_digits, 1, plan)  # counts the sites in the sum
+        integer = config.weighting == "integer"
+        share = 1.0 if integer else ring.weight_fraction(weight, config.weight_bits)
+        levels, self.sent, stat = self.grid.encode(self.update, share, seed=self.quant_seed)
+        rows = pack_slots(levels, plan, scale=weight if integer else 1)
+        if integer:
+            tail = [weight]
+        else:  # the weight's digits, then a 1 that counts the sites in the sum
+            tail = [*ring.to_digits(weight, quant_bits=config.quant_bits,
+                                    count=config.weight_digits), 1]  # fmt: skip
+        place_values(rows, self.update.size, np.array([*tail, *stat], np.uint64), plan)
         return rows
 
     def _decrypt(
@@ -142,25 +146,22 @@ class HEClient(ClientSession):
         if plan.scheme == "ckks":
             values = flat.reshape(-1)
             return values[:dim].copy(), float(values[dim])
-        values = unpack_slots(flat, plan, dim + config.tail_values)
+        values = unpack_slots(flat, plan, dim + config.tail_values + plan.stat_values)
         self.level_sum = values  # summed levels, weight digits (and count), for auditors
+        if plan.stat_values:
+            self.range_counts = values[dim + config.tail_values :].astype(np.int64)
         digits = values[dim : dim + config.weight_digits]
         total = ring.from_digits(digits, quant_bits=config.quant_bits)
         if total == 0:
             raise ProtocolAbort("the decrypted total weight is zero")
         if config.weighting == "integer":
-            mean = ring.dequantize_mean(
-                values[:dim], total, clip=config.clip, quant_bits=config.quant_bits
-            )
+            mean = self.grid.decode_mean(values[:dim], total)
             return mean.astype(np.float64) * total, float(total)
-        if int(values[-1]) != contributors:
-            raise ProtocolAbort(
-                f"the sum holds {int(values[-1])} sites, the server names {contributors}"
-            )
+        counted = int(values[dim + config.weight_digits])
+        if counted != contributors:
+            raise ProtocolAbort(f"the sum holds {counted} sites, the server names {contributors}")
         # sum_i share_i x_i, from the summed levels of every contributor's scaled update
-        shares = ring.dequantize_sum(
-            values[:dim], contributors, clip=config.clip, quant_bits=config.quant_bits
-        )
+        shares = self.grid.decode_sum(values[:dim], contributors)
         return shares * ring.weight_top(config.weight_bits), float(total)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 from fedshield.compress import fields
 from fedshield.protocols.he.params import HEPlan
 
-__all__ = ["pack_slots", "place_value", "unpack_slots"]
+__all__ = ["pack_slots", "place_values", "unpack_slots"]
 
 
 # --- packing ----------------------------------------------------------------------------------
@@ -30,8 +30,11 @@ def unpack_slots(slots: np.ndarray, plan: HEPlan, length: int) -> np.ndarray:
     return fields.unpack_fields(slots, length=length, per_slot=plan.per_slot, bits=plan.value_bits)
 
 
-def place_value(rows: np.ndarray, index: int, value: int, plan: HEPlan) -> None:
-    """Put one more value at position ``index`` of packed ``rows`` (its field is empty)."""
-    row, k = divmod(index, plan.slots * plan.per_slot)
-    field, slot = divmod(k, plan.slots)
-    rows[row, slot] |= np.uint64(value) << np.uint64(field * plan.value_bits)
+def place_values(rows: np.ndarray, start: int, values: np.ndarray, plan: HEPlan) -> None:
+    """Put more values at positions ``start, start + 1, ...`` of packed ``rows`` (their
+    fields are empty)."""
+    index = start + np.arange(len(values))
+    row, k = np.divmod(index, plan.slots * plan.per_slot)
+    field, slot = np.divmod(k, plan.slots)
+    shifted = values.astype(np.uint64) << (field * plan.value_bits).astype(np.uint64)
+    np.bitwise_or.at(rows, (row, slot), shifted)

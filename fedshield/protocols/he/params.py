@@ -45,6 +45,7 @@ import tenseal.sealapi as sa
 from fedshield._validate import check_choice, check_instance, check_int, check_real
 from fedshield.crypto.seal import seal_context
 from fedshield.errors import ConfigError
+from fedshield.protocols.ranges import BUCKETS, Grid, TensorRanges
 
 __all__ = [
     "MAX_CLIENTS",
@@ -67,7 +68,9 @@ class HEConfig:
 
     Args:
         scheme: ``"bfv"`` (quantized, packed; default) or ``"ckks"`` (floats).
-        clip: BFV clips updates to ``[-clip, clip]`` before quantization.
+        clip: BFV clips updates to ``[-clip, clip]`` before quantization; ``None``: each
+            round brings per-tensor ranges (:mod:`fedshield.protocols.ranges`), whose
+            statistic travels encrypted with the update.
         quant_bits: BFV bits per quantized value (1..16).
         weight_bits: bits of the integer FedAvg weight (0: unweighted mean).
         max_weight: public upper bound of a site's weight (its sample count).
@@ -80,7 +83,7 @@ class HEConfig:
     """
 
     scheme: str = "bfv"
-    clip: float = 0.1
+    clip: float | None = 0.1
     quant_bits: int = 8
     weight_bits: int = 8
     max_weight: float = 1.0
@@ -90,7 +93,8 @@ class HEConfig:
         # Messages name the argument (the CLI maps its flags onto these names).
         check_choice("weighting", self.weighting, ("fraction", "integer"), error=ConfigError)
         check_choice("scheme", self.scheme, ("bfv", "ckks"), error=ConfigError)
-        object.__setattr__(self, "clip", check_real("clip", self.clip, error=ConfigError))
+        if self.clip is not None:
+            object.__setattr__(self, "clip", check_real("clip", self.clip, error=ConfigError))
         check_int("quant_bits", self.quant_bits, low=1, high=16, error=ConfigError)
         check_int("weight_bits", self.weight_bits, low=0, high=16, error=ConfigError)
         object.__setattr__(
@@ -109,6 +113,21 @@ class HEConfig:
         """Values packed after the update: the weight's digits and, with fraction weighting,
         a 1 per site (the decrypted count of contributors)."""
         return self.weight_digits + (self.scheme == "bfv" and self.weighting == "fraction")
+
+    @property
+    def adaptive(self) -> bool:
+        """Per-tensor ranges each round (BFV without a fixed clip)."""
+        return self.scheme == "bfv" and self.clip is None
+
+    def grid(self, ranges: TensorRanges | None) -> Grid:
+        """The round's BFV quantization grid (see :class:`~fedshield.protocols.ranges.Grid`)."""
+        try:
+            return Grid(self.clip, ranges, self.quant_bits)
+        except ValueError:
+            raise ConfigError(
+                "he: a round needs per-tensor ranges exactly when the config has no fixed clip "
+                f"(clip={self.clip}, ranges {'given' if ranges else 'missing'})"
+            ) from None
 
     @property
     def field_bits(self) -> int:
@@ -134,6 +153,7 @@ class HEPlan:
     slots: int
     n_ciphertexts: int
     config: HEConfig
+    stat_values: int = 0  # adaptive ranges: the statistic's values, packed after the tail
 
     @property
     def params_id(self) -> bytes:
@@ -154,8 +174,9 @@ class HEPlan:
         return 1024 + raw + raw // 64
 
 
-def plan_for(config: HEConfig, *, n_clients: int, dim: int) -> HEPlan:
-    """The parameters for a round of ``n_clients`` updates of ``dim`` values.
+def plan_for(config: HEConfig, *, n_clients: int, dim: int, tensors: int = 0) -> HEPlan:
+    """The parameters for a round of ``n_clients`` updates of ``dim`` values in ``tensors``
+    segments (adaptive ranges add a statistic per tensor; see :class:`HEConfig`).
 
     Raises:
         ConfigError: when no parameters decrypt the sum correctly (too many clients, or
@@ -164,13 +185,18 @@ def plan_for(config: HEConfig, *, n_clients: int, dim: int) -> HEPlan:
     check_instance("config", config, HEConfig)
     check_int("n_clients", n_clients, low=1, high=MAX_CLIENTS, error=ConfigError)
     check_int("dim", dim, low=1, error=ConfigError)
-    length = dim + config.tail_values  # the weight (and a count) travel as more values
+    check_int("tensors", tensors, low=0, error=ConfigError)
+    if config.adaptive and not tensors:
+        raise ConfigError("he: adaptive ranges (no fixed clip) need the number of tensors")
+    stat_values = tensors * BUCKETS if config.adaptive else 0
+    # the weight (and a count) and the range statistic travel as more values
+    length = dim + config.tail_values + stat_values
     log_n = math.ceil(math.log2(n_clients)) if n_clients > 1 else 0
     if config.scheme == "ckks":
         slots = POLY_DEGREE // 2
         return HEPlan(
             "ckks", n_clients, dim, POLY_DEGREE, CKKS_COEFF_BITS, 0, CKKS_SCALE_BITS, 0, 1,
-            slots, -(-length // slots), config,
+            slots, -(-length // slots), config, stat_values,
         )  # fmt: skip
     slots = POLY_DEGREE
     plain_bits = FRESH_BUDGET_AT_ZERO - 2 - log_n
@@ -185,5 +211,5 @@ def plan_for(config: HEConfig, *, n_clients: int, dim: int) -> HEPlan:
         )
     return HEPlan(
         "bfv", n_clients, dim, POLY_DEGREE, BFV_COEFF_BITS, plain_bits, 0, width, per_slot,
-        slots, -(-length // (slots * per_slot)), config,
+        slots, -(-length // (slots * per_slot)), config, stat_values,
     )  # fmt: skip

@@ -16,6 +16,7 @@ from fedshield.crypto.keys import PUBLIC_KEY_BYTES, KeyPair, open_share, seal_sh
 from fedshield.crypto.prg import SEED_BYTES, add_mask, mask_scratch, ring_dtype
 from fedshield.errors import InvalidShare, SecAggAbort, UnknownSender, WrongShape
 from fedshield.protocols.base import ClientSession, handles
+from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.secagg.common import (
     PAIR,
     PROTOCOL_ID,
@@ -44,6 +45,8 @@ class SecAggClient(ClientSession):
         client_id, round, update, weight, quant_seed: as for every
             :class:`~fedshield.protocols.base.ClientSession`.
         config: the round's :class:`SecAggConfig` (the server checks it is the same).
+        ranges: the round's per-tensor ranges, when ``config.clip`` is ``None``
+            (:mod:`fedshield.protocols.ranges`); checked against the server's as well.
     """
 
     protocol_id = PROTOCOL_ID
@@ -58,12 +61,19 @@ class SecAggClient(ClientSession):
         weight: float,
         config: SecAggConfig,
         quant_seed: int | None = None,
+        ranges: TensorRanges | None = None,
     ) -> None:
         super().__init__(
             client_id=client_id, round=round, update=update, weight=weight, quant_seed=quant_seed
         )
         check_instance("config", config, SecAggConfig)
+        if ranges is not None:
+            check_instance("ranges", ranges, TensorRanges, "the round's per-tensor ranges")
+            if ranges.dim != update.size:
+                raise ValueError(f"ranges cover {ranges.dim} values, the update {update.size}")
         self.config = config
+        self.ranges = ranges
+        self.grid = config.grid(ranges)
         self.channel_keys = KeyPair.generate()  # c_u: agrees the keys that seal shares
         self.mask_keys = KeyPair.generate()  # s_u: agrees the pairwise mask seeds
         self.self_mask_seed = secrets.token_bytes(SEED_BYTES)  # b_u
@@ -73,7 +83,7 @@ class SecAggClient(ClientSession):
     @handles(SecAggStage.ADVERTISE_KEYS)
     def _advertise_keys(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(2)
-        if message.raw(0, length=32) != self.config.digest():
+        if message.raw(0, length=32) != self.config.digest(self.ranges):
             raise WrongShape("the server's SecAgg+ parameters differ from this client's")
         self.clients = message.array(1, dtype="<u4").tolist()
         if self.client_id not in self.clients:
@@ -187,21 +197,23 @@ class SecAggClient(ClientSession):
         return seed_share, key_share
 
     def _weighted_levels(self, out: np.ndarray) -> None:
-        """Write the weighted, quantized update and the weight's tail values into ``out``;
-        keep in :attr:`sent` what the server's mean will count of this update."""
+        """Write the weighted, quantized update, the weight's tail values and the range
+        statistic into ``out``; keep in :attr:`sent` what the server's mean will count of
+        this update."""
         config, dim = self.config, self.update.size
-        quant = {"clip": config.clip, "quant_bits": config.quant_bits}
         weight = config.integer_weight(self.weight)
-        if config.weighting == "integer":
-            levels = ring.quantize(self.update, seed=self.quant_seed, out=out[:dim], **quant)
-            self.sent = ring.dequantize(levels, **quant)
+        integer = config.weighting == "integer"
+        share = 1.0 if integer else ring.weight_fraction(weight, config.weight_bits)
+        levels, self.sent, stat = self.grid.encode(
+            self.update, share, seed=self.quant_seed, out=out[:dim]
+        )
+        tail = dim + config.tail_values
+        out[tail:] = stat
+        if integer:
             if weight != 1:
                 levels *= out.dtype.type(weight)
             out[dim] = weight
             return
-        share = ring.weight_fraction(weight, config.weight_bits)
-        levels = ring.quantize(self.update * share, seed=self.quant_seed, out=out[:dim], **quant)
-        self.sent = ring.dequantize(levels, **quant) / share
         digits = ring.to_digits(weight, quant_bits=config.quant_bits, count=config.weight_digits)
         out[dim : dim + len(digits)] = digits
         out[dim + len(digits)] = 1  # counts the clients in the sum
@@ -210,7 +222,7 @@ class SecAggClient(ClientSession):
         """``y_u``: the weighted, quantized update and the weight, plus ``PRG(b_u)`` and the
         pairwise masks with ``peers``, in the ring."""
         config = self.config
-        length = self.update.size + config.tail_values
+        length = self.update.size + config.tail_values + self.grid.stat_values
         masked = np.empty(length, dtype=ring_dtype(self.bits))
         self._weighted_levels(masked)
         scratch = mask_scratch(length, self.bits)

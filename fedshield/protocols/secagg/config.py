@@ -15,6 +15,7 @@ import numpy as np
 from fedshield._validate import check_int, check_real
 from fedshield.crypto.ring import integer_weight, ring_bits
 from fedshield.errors import ConfigError
+from fedshield.protocols.ranges import Grid, TensorRanges
 
 __all__ = [
     "COMPLETE_GRAPH_MAX_N",
@@ -70,7 +71,8 @@ class SecAggConfig:
         20
 
     Args:
-        clip: updates are clipped to ``[-clip, clip]`` before quantization.
+        clip: updates are clipped to ``[-clip, clip]`` before quantization; ``None``: each
+            round brings its own per-tensor ranges (:mod:`fedshield.protocols.ranges`).
         quant_bits: bits per quantized value (1..16).
         weight_bits: bits of the integer FedAvg weight each client multiplies in; 0 means an
             unweighted mean (every weight is 1) and saves those bits on the wire.
@@ -93,7 +95,7 @@ class SecAggConfig:
         ConfigError: a value out of range (a ``ValueError``).
     """
 
-    clip: float = 0.1
+    clip: float | None = 0.1
     quant_bits: int = 8
     weight_bits: int = 8
     max_weight: float = 1.0
@@ -105,7 +107,8 @@ class SecAggConfig:
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         # Values arrive from code, not only the CLI: check types too (pyca's habit).
-        object.__setattr__(self, "clip", check_real("clip", self.clip, error=ConfigError))
+        if self.clip is not None:
+            object.__setattr__(self, "clip", check_real("clip", self.clip, error=ConfigError))
         check_int("quant_bits", self.quant_bits, low=1, high=16, error=ConfigError)
         check_int("weight_bits", self.weight_bits, low=0, high=24, error=ConfigError)
         object.__setattr__(
@@ -114,9 +117,24 @@ class SecAggConfig:
         check_int("threshold", self.threshold, low=1, optional=True, error=ConfigError)
         check_int("neighbours", self.neighbours, low=1, optional=True, error=ConfigError)
 
-    def digest(self) -> bytes:
-        """SHA-256 of the parameters, so parties detect a mismatch in the first stage."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).digest()
+    def digest(self, ranges: TensorRanges | None = None) -> bytes:
+        """SHA-256 of the parameters (and the round's ranges), so parties detect a mismatch
+        in the first stage."""
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+        if ranges is not None:
+            digest.update(ranges.digest())
+        return digest.digest()
+
+    def grid(self, ranges: TensorRanges | None) -> Grid:
+        """The round's quantization grid: the fixed clip, or ``ranges`` when ``clip`` is
+        ``None`` (each must come with the other's absence)."""
+        try:
+            return Grid(self.clip, ranges, self.quant_bits)
+        except ValueError:
+            raise ConfigError(
+                "secagg: a round needs per-tensor ranges exactly when the config has no fixed "
+                f"clip (clip={self.clip}, ranges {'given' if ranges else 'missing'})"
+            ) from None
 
     def degree(self, n: int) -> int:
         """Neighbours per client in a round of ``n`` clients (even when the graph is sparse)."""

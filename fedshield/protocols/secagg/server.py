@@ -26,6 +26,7 @@ from fedshield.protocols.secagg.common import (
     commit,
     ids,
 )
+from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
 
 __all__ = ["SecAggServer"]
@@ -59,16 +60,29 @@ class SecAggServer(ServerSession):
     Args:
         round, clients, dim: as for every :class:`~fedshield.protocols.base.ServerSession`.
         config: the round's :class:`SecAggConfig` (each client checks it is the same).
+        ranges: the round's per-tensor ranges when ``config.clip`` is ``None``; their summed
+            statistic is revealed as :attr:`Revealed.range_counts`.
     """
 
     protocol_id = PROTOCOL_ID
     stages = STAGES
 
-    def __init__(self, *, round: int, clients, dim: int, config: SecAggConfig) -> None:
+    def __init__(
+        self, *, round: int, clients, dim: int, config: SecAggConfig,
+        ranges: TensorRanges | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(round=round, clients=clients, dim=dim)
         check_instance("config", config, SecAggConfig)
+        if ranges is not None:
+            check_instance("ranges", ranges, TensorRanges, "the round's per-tensor ranges")
+            if ranges.dim != dim:
+                raise ValueError(f"ranges cover {ranges.dim} values, the round has {dim}")
         n = len(self.clients)
         self.config = config
+        self.ranges = ranges
+        self.grid = config.grid(ranges)
+        # the update, the weight's digits (and a count), the range statistic
+        self.length = dim + config.tail_values + self.grid.stat_values
         self.bits = config.bits(n)
         self.threshold = config.threshold_for(n)
         self.degree = config.degree(n)  # neighbours per client
@@ -78,7 +92,7 @@ class SecAggServer(ServerSession):
         self.mask_public_keys: dict[int, bytes] = {}  # s_u^PK
         self.mailbox: dict[int, dict[int, bytes]] = {}  # receiver -> sender -> sealed share
         self.masked: dict[int, bytes] = {}  # packed masked inputs, already in masked_sum
-        self.masked_sum = np.zeros(dim + config.tail_values, dtype=ring_dtype(self.bits))
+        self.masked_sum = np.zeros(self.length, dtype=ring_dtype(self.bits))
         self.complaints: dict[int, set[int]] = {}  # complainer -> senders of bad shares
         self.shared_keys_survivors: tuple[int, ...] = ()  # U_2
         self.masked_input_survivors: tuple[int, ...] = ()  # U_3
@@ -102,7 +116,7 @@ class SecAggServer(ServerSession):
         }
 
     def _packed_len(self) -> int:
-        return ((self.dim + self.config.tail_values) * self.bits + 7) // 8
+        return ((self.length) * self.bits + 7) // 8
 
     def _max_message_bytes(self, stage: str) -> int:
         n = len(self.clients)
@@ -117,7 +131,7 @@ class SecAggServer(ServerSession):
     # --- advertise_keys ----------------------------------------------------------------------
     @broadcasts(SecAggStage.ADVERTISE_KEYS)
     def _ask_for_keys(self, stage: str) -> dict[int, bytes]:
-        return self._to_all_alive(stage, [self.config.digest(), ids(self.clients)])
+        return self._to_all_alive(stage, [self.config.digest(self.ranges), ids(self.clients)])
 
     @receives(SecAggStage.ADVERTISE_KEYS)
     def _take_keys(self, stage: str, sender: int, message: wire.Message) -> None:
@@ -187,7 +201,7 @@ class SecAggServer(ServerSession):
         if not complaints <= {*self.graph[sender], sender}:
             raise UnknownSender(f"client {sender} complained about a non-neighbour")
         packed = message.raw(1, length=self._packed_len())
-        self.masked_sum += ring.unpack(packed, self.dim + self.config.tail_values, self.bits)
+        self.masked_sum += ring.unpack(packed, self.length, self.bits)
         self.masked[sender] = packed
         self.complaints[sender] = complaints
 
@@ -198,7 +212,7 @@ class SecAggServer(ServerSession):
         self.alive -= accused
         for c in accused & set(self.masked):
             self.masked_sum -= ring.unpack(
-                self.masked.pop(c), self.dim + self.config.tail_values, self.bits
+                self.masked.pop(c), self.length, self.bits
             )
         self._check_threshold(stage)
 
@@ -253,35 +267,37 @@ class SecAggServer(ServerSession):
         total &= total.dtype.type((1 << self.bits) - 1)
         self.unmasked = total  # the summed levels and tail values: all the server learns
         weighted_sum, weight = self._weighted_sum(total, len(survivors))
+        stat_start = self.dim + self.config.tail_values
         return Revealed(
             contributors=tuple(survivors),
             weighted_sum=weighted_sum,
             total_weight=float(weight),
             dropped=tuple(c for c in self.clients if c not in self.masked),
+            range_counts=total[stat_start:].astype(np.int64) if self.ranges else None,
         )
 
     def _weighted_sum(self, total: np.ndarray, count: int) -> tuple[np.ndarray, int]:
         """``(sum_i W_i x_i, sum_i W_i)`` from the unmasked ring sum of ``count`` clients."""
         config, dim = self.config, self.dim
-        quant = {"clip": config.clip, "quant_bits": config.quant_bits}
         digits = total[dim : dim + config.weight_digits]
         weight = ring.from_digits(digits, quant_bits=config.quant_bits)
         if weight == 0:
             raise SecAggAbort(f"round {self.round}: the unmasked total weight is zero")
         if config.weighting == "integer":
-            mean = ring.dequantize_mean(total[:dim], weight, **quant)
+            mean = self.grid.decode_mean(total[:dim], weight)
             return mean.astype(np.float64) * weight, weight
-        if int(total[-1]) != count:
+        counted = int(total[dim + config.weight_digits])
+        if counted != count:
             raise SecAggAbort(
-                f"round {self.round}: the sum holds {int(total[-1])} updates, {count} survived"
+                f"round {self.round}: the sum holds {counted} updates, {count} survived"
             )
-        shares = ring.dequantize_sum(total[:dim], count, **quant)  # sum_i (W_i / top) x_i
+        shares = self.grid.decode_sum(total[:dim], count)  # sum_i (W_i / top) x_i
         return shares * ring.weight_top(config.weight_bits), weight
 
     def _remove_masks(self, total: np.ndarray, survivors: list[int]) -> None:
         """Take the survivors' self masks and their pairwise masks with dropped clients out of
         ``total``, from the secrets the revealed shares reconstruct."""
-        scratch = mask_scratch(self.dim + self.config.tail_values, self.bits)
+        scratch = mask_scratch(self.length, self.bits)
         for c in survivors:
             seed = _verified_secret(
                 self.self_mask_seed_shares.get(c, []),

@@ -1,0 +1,221 @@
+"""Adaptive public ranges for the shared-range protocols (``secagg``, ``he`` BFV).
+
+Every site must quantize on the same grid, since the sum of levels is decoded with one range.
+One fixed range ``[-c, c]`` for a whole model is both too small (it clips large moves: BatchNorm
+statistics move by tenths early on) and too large (weights move by hundredths, so most levels
+go unused). Here each exchanged tensor ``j`` gets its own range ``2^e_j``, and the ranges follow
+the updates from round to round.
+
+**The statistic.** With its update, inside the same secure sum (SecAgg+ masks it, HE encrypts
+it), each site adds, per tensor, a one-hot vector of :data:`BUCKETS` integers: bucket ``k``
+(``k = LOW .. HIGH``) is 1 when the largest ``|value|`` of its scaled tensor lies in
+``(2^(k-1), 2^k]`` in units of the current range (bucket ``LOW`` also takes everything at or
+below ``2^LOW``, bucket ``HIGH`` everything above ``2^(HIGH-1)``); an empty tensor (rand-k kept
+none of it) sends zeros. The decoded sum is, per tensor and octave, **how many sites'
+largest value fell in that octave** (relative to the public range): nothing about which site,
+and nothing finer than a power of two. That is all the ranges reveal beyond the aggregate.
+
+**The rule** (:meth:`TensorRanges.next`): the next range of tensor ``j`` is the top of the
+highest occupied octave, i.e. the smallest power of two that would have held every reporting
+site's largest value. It grows by up to ``2^HIGH`` and shrinks by up to ``2^-LOW`` per round,
+and stays put when no site reported. A range is at most one octave (one bit) above what the
+largest site needed. This is a secure histogram rather than the single bit of Andrew et al.,
+"Differentially Private Learning with Adaptive Clipping" (NeurIPS 2021), so that a range off
+by 100x is right after one round instead of a dozen.
+
+**Round one** starts from :data:`INITIAL_EXPONENT` (``2^-3``) everywhere; what clips there is
+seen in the statistic and fixed in round two.
+
+**With differential privacy** (L2 clipping to ``C`` before protection, noise inside the sum),
+the ranges compose without redesign: the site clips first, then scales by these ranges, so
+the ranges only need to cover a clipped update; the clip norm ``C`` itself can adapt by
+Andrew et al.'s rule from one more one-hot entry per site ("norm <= C") summed the same way,
+and noise for the statistic is added as for the update (the counts are a sum like any other).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedshield.crypto import ring
+
+__all__ = [
+    "BUCKETS",
+    "Grid",
+    "HIGH",
+    "INITIAL_EXPONENT",
+    "LOW",
+    "MAX_EXPONENT",
+    "MIN_EXPONENT",
+    "TensorRanges",
+]
+
+LOW, HIGH = -8, 3  # octaves the statistic tells apart, relative to the current range
+BUCKETS = HIGH - LOW + 1
+INITIAL_EXPONENT = -3  # round one's range: 2^-3 = 0.125
+MIN_EXPONENT, MAX_EXPONENT = -40, 20  # ranges stay in [2^-40, 2^20]
+
+
+@dataclass(frozen=True, eq=False)
+class TensorRanges:
+    """One round's public ranges: segment ``j`` of the protocol vector (``sizes[j]`` values,
+    one exchanged tensor, possibly shortened by rand-k) has the range ``2^exponents[j]``.
+
+    Example:
+        >>> r = TensorRanges.initial([3, 2])
+        >>> r.scaled(np.array([0.1, -0.2, 0.0, 1.0, 0.5], np.float32), 1.0).tolist()
+        [0.800000011920929, -1.600000023841858, 0.0, 8.0, 4.0]
+    """
+
+    sizes: tuple[int, ...]
+    exponents: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        sizes = tuple(int(s) for s in self.sizes)
+        exponents = tuple(int(e) for e in self.exponents)
+        if len(sizes) != len(exponents) or not sizes:
+            raise ValueError(
+                f"need one exponent per segment, got {len(exponents)} for {len(sizes)} segments"
+            )
+        if min(sizes) < 0:
+            raise ValueError("segment sizes must be non-negative")
+        if not all(MIN_EXPONENT <= e <= MAX_EXPONENT for e in exponents):
+            raise ValueError(f"exponents must lie in [{MIN_EXPONENT}, {MAX_EXPONENT}]")
+        object.__setattr__(self, "sizes", sizes)
+        object.__setattr__(self, "exponents", exponents)
+
+    @classmethod
+    def initial(cls, sizes) -> TensorRanges:
+        """Round one's ranges: :data:`INITIAL_EXPONENT` for every segment."""
+        return cls(tuple(sizes), (INITIAL_EXPONENT,) * len(sizes))
+
+    @property
+    def dim(self) -> int:
+        """Values the segments cover (the protocol vector's length)."""
+        return sum(self.sizes)
+
+    @property
+    def stat_values(self) -> int:
+        """Integers each site adds to the sum for the statistic."""
+        return len(self.sizes) * BUCKETS
+
+    def _per_segment(self, values: np.ndarray, factors: np.ndarray) -> np.ndarray:
+        if values.shape != (self.dim,):
+            raise ValueError(f"expected {self.dim} values, got shape {values.shape}")
+        starts = np.cumsum((0, *self.sizes[:-1]))
+        for start, size, factor in zip(starts, self.sizes, factors, strict=True):
+            values[start : start + size] *= factor
+        return values
+
+    def scaled(self, update: np.ndarray, share: float) -> np.ndarray:
+        """``update * share`` in units of each segment's range (float32, a new array): what a
+        site quantizes on the grid ``[-1, 1]``."""
+        factors = np.ldexp(np.float64(share), [-e for e in self.exponents])
+        return self._per_segment(np.array(update, dtype=np.float32), factors)
+
+    def unscale(self, values: np.ndarray) -> np.ndarray:
+        """Values in range units back to the update's units, in place (and returned)."""
+        return self._per_segment(values, np.ldexp(1.0, list(self.exponents)))
+
+    def octaves(self, scaled: np.ndarray) -> np.ndarray:
+        """This site's statistic: per segment, the one-hot octave of its largest ``|value|``
+        in range units (zeros for an empty segment), as ``len(sizes) * BUCKETS`` integers."""
+        if scaled.shape != (self.dim,):
+            raise ValueError(f"expected {self.dim} values, got shape {scaled.shape}")
+        stat = np.zeros((len(self.sizes), BUCKETS), dtype=np.uint8)
+        starts = np.cumsum((0, *self.sizes[:-1]))
+        for j, (start, size) in enumerate(zip(starts, self.sizes, strict=True)):
+            if size:
+                top = float(np.max(np.abs(scaled[start : start + size])))
+                stat[j, _octave(top) - LOW] = 1
+        return stat.reshape(-1)
+
+    def next(self, counts: np.ndarray) -> tuple[int, ...]:
+        """The next round's exponents from the summed statistic (``counts``, as
+        :meth:`octaves` lays it out): each segment's range moves to the top of its highest
+        occupied octave; a segment no site reported on keeps its range."""
+        counts = np.asarray(counts).reshape(len(self.sizes), BUCKETS)
+        moved = []
+        for exponent, row in zip(self.exponents, counts, strict=True):
+            occupied = np.flatnonzero(row)
+            shift = int(occupied[-1]) + LOW if occupied.size else 0
+            moved.append(min(MAX_EXPONENT, max(MIN_EXPONENT, exponent + shift)))
+        return tuple(moved)
+
+    def digest(self) -> bytes:
+        """SHA-256 of the segments and exponents (parties check they agree)."""
+        data = np.array([*self.sizes, *self.exponents], dtype="<i8").tobytes()
+        return hashlib.sha256(b"fedshield ranges v1" + data).digest()
+
+
+def _octave(top: float) -> int:
+    """The bucket of a largest ``|value|`` ``top``: the ``k`` with ``2^(k-1) < top <= 2^k``,
+    clamped to ``[LOW, HIGH]`` (NaN counts as the top bucket)."""
+    if not np.isfinite(top):
+        return HIGH
+    if top <= 2.0**LOW:
+        return LOW
+    mantissa, exponent = np.frexp(top)  # top = mantissa * 2^exponent, mantissa in [0.5, 1)
+    k = int(exponent) - (mantissa == 0.5)
+    return min(HIGH, k)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a site's update meets the quantizer: one fixed range ``[-clip, clip]`` (``ranges``
+    ``None``), or the round's :class:`TensorRanges` (``clip`` ``None``; the grid is then
+    ``[-1, 1]`` in range units). Both protocols encode and decode through it.
+    """
+
+    clip: float | None
+    ranges: TensorRanges | None
+    quant_bits: int
+
+    def __post_init__(self) -> None:
+        if (self.clip is None) == (self.ranges is None):
+            raise ValueError(
+                "give either a fixed clip or the round's ranges (adaptive), not both or neither"
+            )
+
+    @property
+    def _quant(self) -> dict:
+        return {"clip": 1.0 if self.clip is None else self.clip, "quant_bits": self.quant_bits}
+
+    @property
+    def stat_values(self) -> int:
+        """Integers a site adds for the range statistic (0 with a fixed clip)."""
+        return 0 if self.ranges is None else self.ranges.stat_values
+
+    def encode(
+        self, update: np.ndarray, share: float, *, seed: int, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(levels, sent, statistic)``: the stochastically rounded levels of
+        ``update * share`` (written into ``out`` when given), the float32 update the sum
+        will count of this site (``dequantized / share``, for error feedback), and this
+        site's range statistic (empty with a fixed clip)."""
+        if self.ranges is None:
+            scaled = update * np.float32(share) if share != 1 else update
+            stat = np.zeros(0, dtype=np.uint8)
+        else:
+            scaled = self.ranges.scaled(update, share)
+            stat = self.ranges.octaves(scaled)
+        levels = ring.quantize(scaled, seed=seed, out=out, **self._quant)
+        sent = self.restore(ring.dequantize(levels, **self._quant))
+        if share != 1:
+            sent /= np.float32(share)
+        return levels, sent, stat
+
+    def decode_sum(self, level_sum: np.ndarray, count: int) -> np.ndarray:
+        """The float64 sum, in the update's units, of ``count`` sites' scaled updates."""
+        return self.restore(ring.dequantize_sum(level_sum, count, **self._quant))
+
+    def decode_mean(self, level_sum: np.ndarray, total_weight: int) -> np.ndarray:
+        """The weighted mean, in the update's units, from ``sum_i w_i q_i`` and ``sum_i w_i``."""
+        return self.restore(ring.dequantize_mean(level_sum, total_weight, **self._quant))
+
+    def restore(self, values: np.ndarray) -> np.ndarray:
+        """Values on the grid back to the update's units (in place with ranges)."""
+        return values if self.ranges is None else self.ranges.unscale(values)
