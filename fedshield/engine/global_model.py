@@ -14,7 +14,7 @@ from fedshield import wire
 from fedshield.aggregation import ServerOptimizer, weighted_mean
 from fedshield.engine.compression import UpdateCompressor
 from fedshield.engine.paramspec import ParamSpec
-from fedshield.protocols.ranges import INITIAL_EXPONENT, TensorRanges
+from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.registry import MODEL_BROADCAST
 
 __all__ = ["GlobalModel"]
@@ -54,9 +54,10 @@ class GlobalModel:
         spec.sha256(self.vector)  # checks the length
         self.server_opt = server_opt or ServerOptimizer()
         self.compressor = compressor
-        self.range_exponents: tuple[int, ...] | None = (
-            (INITIAL_EXPONENT,) * len(spec.sizes) if adaptive_ranges else None
-        )
+        self.range_exponents: tuple[int, ...] | None = None
+        if adaptive_ranges:
+            trainable = [e.trainable for e in spec.entries]
+            self.range_exponents = TensorRanges.initial_exponents(trainable)
 
     def broadcast(self, round: int) -> bytes:
         """The "here is the global model" message of ``round`` (and the range exponents)."""

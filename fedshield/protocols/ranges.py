@@ -23,8 +23,13 @@ largest site needed. This is a secure histogram rather than the single bit of An
 "Differentially Private Learning with Adaptive Clipping" (NeurIPS 2021), so that a range off
 by 100x is right after one round instead of a dozen.
 
-**Round one** starts from :data:`INITIAL_EXPONENT` (``2^-3``) everywhere; what clips there is
-seen in the statistic and fixed in round two.
+**Round one** starts from ``2^-3`` for trainable tensors (:data:`INITIAL_EXPONENT`) and from
+``1`` for buffers (:data:`INITIAL_STATE_EXPONENT`). BatchNorm running statistics are state,
+not steps: a round moves a running variance by up to its own size, O(1) for normalised
+activations (measured on BreastMNIST: 0.65 in round one, then 0.2, while weights move by
+0.01). Clipping them at 0.125 in round one cost 0.04 AUC at round five (mean of 5 seeds),
+although the ranges were right from round two. What clips in round one is seen in the
+statistic and fixed in round two.
 
 **With differential privacy** (L2 clipping to ``C`` before protection, noise inside the sum),
 the ranges compose without redesign: the site clips first, then scales by these ranges, so
@@ -36,6 +41,7 @@ and noise for the statistic is added as for the update (the counts are a sum lik
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,18 +50,20 @@ from fedshield.crypto import ring
 
 __all__ = [
     "BUCKETS",
-    "Grid",
     "HIGH",
     "INITIAL_EXPONENT",
+    "INITIAL_STATE_EXPONENT",
     "LOW",
     "MAX_EXPONENT",
     "MIN_EXPONENT",
+    "Grid",
     "TensorRanges",
 ]
 
 LOW, HIGH = -8, 3  # octaves the statistic tells apart, relative to the current range
 BUCKETS = HIGH - LOW + 1
-INITIAL_EXPONENT = -3  # round one's range: 2^-3 = 0.125
+INITIAL_EXPONENT = -3  # round one's range of a trainable tensor: 2^-3 = 0.125
+INITIAL_STATE_EXPONENT = 0  # ... of a buffer (BatchNorm running statistics): 1
 MIN_EXPONENT, MAX_EXPONENT = -40, 20  # ranges stay in [2^-40, 2^20]
 
 
@@ -87,10 +95,15 @@ class TensorRanges:
         object.__setattr__(self, "sizes", sizes)
         object.__setattr__(self, "exponents", exponents)
 
+    @staticmethod
+    def initial_exponents(trainable: Sequence[bool]) -> tuple[int, ...]:
+        """Round one's exponents for tensors that are trainable (``True``) or buffers."""
+        return tuple(INITIAL_EXPONENT if t else INITIAL_STATE_EXPONENT for t in trainable)
+
     @classmethod
-    def initial(cls, sizes) -> TensorRanges:
-        """Round one's ranges: :data:`INITIAL_EXPONENT` for every segment."""
-        return cls(tuple(sizes), (INITIAL_EXPONENT,) * len(sizes))
+    def initial(cls, sizes: Sequence[int]) -> TensorRanges:
+        """Round one's ranges for trainable tensors of ``sizes``."""
+        return cls(tuple(sizes), cls.initial_exponents([True] * len(sizes)))
 
     @property
     def dim(self) -> int:

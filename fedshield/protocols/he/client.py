@@ -29,8 +29,8 @@ from fedshield.protocols.he.forked import (
     worker_count,
 )
 from fedshield.protocols.he.keys import HEKeyring
-from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.he.packing import pack_slots, place_values, unpack_slots
+from fedshield.protocols.ranges import TensorRanges
 
 __all__ = ["HEClient"]
 

@@ -17,6 +17,7 @@ from fedshield.crypto.keys import PUBLIC_KEY_BYTES, KeyPair, validate_public_key
 from fedshield.crypto.prg import SEED_BYTES, add_mask, mask_scratch, ring_dtype
 from fedshield.errors import InvalidShare, ProtocolAbort, SecAggAbort, UnknownSender, WrongShape
 from fedshield.protocols.base import Revealed, ServerSession, broadcasts, closes, receives
+from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.secagg.common import (
     PROTOCOL_ID,
     SEALED_SHARE_BYTES,
@@ -26,7 +27,6 @@ from fedshield.protocols.secagg.common import (
     commit,
     ids,
 )
-from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
 
 __all__ = ["SecAggServer"]
@@ -211,9 +211,7 @@ class SecAggServer(ServerSession):
         accused = set().union(*self.complaints.values())
         self.alive -= accused
         for c in accused & set(self.masked):
-            self.masked_sum -= ring.unpack(
-                self.masked.pop(c), self.length, self.bits
-            )
+            self.masked_sum -= ring.unpack(self.masked.pop(c), self.length, self.bits)
         self._check_threshold(stage)
 
     # --- unmask ------------------------------------------------------------------------------
