@@ -4,23 +4,25 @@ Every training is a ``fedshield run`` of its own in a fresh process, run once an
 disk (``tests/run_cache.py``): test order, xdist workers and earlier tests cannot move a number.
 A run is then bit-for-bit reproducible on one machine; on another CPU (other oneDNN kernels)
 its numbers move like a change of seed, so every tolerance below is sized from the seed-to-seed
-spread measured on BreastMNIST, 4 IID sites, 20 rounds, 1 thread, seeds 0-9:
+spread. BreastMNIST, 4 IID sites, 10 rounds, 1 thread, seeds 0-4 (pooled test AUC):
 
-| run                       | final AUC, mean ± sd | paired difference to fp32, mean ± sd |
-|---------------------------|----------------------|--------------------------------------|
-| plain fp32                | 0.8826 ± 0.0188      |                                      |
-| plain 8-bit + EF          | 0.8802 ± 0.0175      | -0.0023 ± 0.0069                     |
-| secagg 8-bit, integer w.  | 0.8824 ± 0.0165      | -0.0002 ± 0.0049                     |
-| secagg 8-bit (default)    | 0.8799 ± 0.0174      | -0.0026 ± 0.0075                     |
-| he (BFV 8-bit, fraction)  | 0.8799 ± 0.0174      | -0.0026 ± 0.0075                     |
-| rand-k 10% + 8-bit + EF   | 0.8616 ± 0.0131      | -0.0210 ± 0.0199                     |
+| run                            | final | gap to fp32: mean ± sd, worst | gap at round 5 |
+|--------------------------------|-------|-------------------------------|----------------|
+| plain fp32                     | 0.8730|                               | (AUC 0.8226)   |
+| secagg 8-bit (default)         | 0.8726| -0.0004 ± 0.0026, -0.0036     | +0.0019        |
+| he (BFV 8-bit, default)        | 0.8726| -0.0004 ± 0.0026, -0.0036     | +0.0019        |
+| secagg 8-bit, integer weights  | 0.8717| -0.0013 ± 0.0030, -0.0048     | +0.0017        |
+| plain 8-bit + EF (per chunk)   | 0.8722| -0.0008 ± 0.0019, -0.0036     | +0.0018        |
+| secagg 8-bit, --clip 0.1       | 0.7581| -0.1149 ± 0.0263, -0.1485     | -0.1628        |
+| rand-k 10% + 8-bit + EF        | 0.8157| -0.0573 ± 0.0250, -0.0806     | -0.0411        |
 
-(secagg's default fraction weighting quantizes exactly as ``he``'s does: the same numbers.)
-Single seeds are noise (seed 1: fp32 0.903, 8-bit + EF 0.885), so the checks compare means of
-paired differences over ``SEEDS`` (five): their standard error is sd / sqrt(5), 0.0022-0.0034
-for the quantized protections. With a tolerance of 0.012, a run that matches plain (measured
-mean within 0.003) fails with probability below 0.3% on a new machine (2.7 standard errors),
-and a real regression of 0.02 AUC fails with probability above 99.9% (3 standard errors past).
+(secagg's default fraction weighting quantizes exactly as ``he``'s does: the same numbers.
+The fixed range was the default before adaptive ranges; issue 13 measured it.) The issue's
+bounds (mean at least fp32's minus 0.01, no seed more than 0.03 below its twin, round-5 mean
+within 0.03) leave the protected runs 4 paired standard deviations of room. Rand-k over 10
+rounds does not meet its bound (the same -0.057 under ``plain``: sparsification, not
+protection); its check runs over 20 rounds, where it costs -0.021 ± 0.020 (seeds 0-9), and
+catches a collapse only.
 """
 
 import numpy as np
@@ -31,8 +33,10 @@ from fedshield.data import breastmnist_path
 from fedshield.errors import DataError
 
 SEEDS = range(5)
-MATCH_TOLERANCE = 0.012  # see the module docstring
-BREASTMNIST = dict(dataset="breastmnist", sites=4, rounds=20)
+MATCH_TOLERANCE = 0.01  # the issue's bound on the mean gap (see the module docstring)
+SEED_TOLERANCE = 0.03  # ... on any one seed, and on the mean at round 5
+BREASTMNIST = dict(dataset="breastmnist", sites=4, rounds=10)
+LONG = dict(dataset="breastmnist", sites=4, rounds=20)  # rand-k's check
 FP32 = dict(protect="plain")
 Q8_EF = dict(protect="plain", quant_bits=8, error_feedback=True)
 RANDK = dict(protect="plain", quant_bits=8, sparsify="randk:0.1", error_feedback=True)
@@ -53,14 +57,28 @@ needs_breastmnist = pytest.mark.skipif(
 )
 
 
-def _aucs(options: dict) -> np.ndarray:
-    return np.array([final_auc(**BREASTMNIST, **options, seed=s) for s in SEEDS])
+def _aucs(options: dict, setting: dict = BREASTMNIST, round: int | None = None) -> np.ndarray:
+    if round is None:
+        return np.array([final_auc(**setting, **options, seed=s) for s in SEEDS])
+    runs = [cached_run(**setting, **options, seed=s) for s in SEEDS]
+    return np.array([r["rounds"][round - 1]["auc"] for r in runs])
 
 
-def _mean_gap_to_fp32(options: dict) -> float:
-    gaps = _aucs(options) - _aucs(FP32)
+def _mean_gap_to_fp32(options: dict, setting: dict = BREASTMNIST) -> float:
+    gaps = _aucs(options, setting) - _aucs(FP32, setting)
     print(f"{options}: AUC gap to fp32 per seed {np.round(gaps, 4).tolist()}")
     return float(gaps.mean())
+
+
+def _check_trains_as_well_as_fp32(options: dict) -> None:
+    """The issue's acceptance: final mean within 0.01 of fp32's, no seed more than 0.03 below
+    its fp32 twin, and the mean at round 5 within 0.03."""
+    gaps = _aucs(options) - _aucs(FP32)
+    at_five = _aucs(options, round=5).mean() - _aucs(FP32, round=5).mean()
+    print(f"{options}: final gap per seed {np.round(gaps, 4).tolist()}, round 5 {at_five:+.4f}")
+    assert gaps.mean() >= -MATCH_TOLERANCE
+    assert gaps.min() >= -SEED_TOLERANCE
+    assert abs(at_five) <= SEED_TOLERANCE
 
 
 @pytest.mark.slow
@@ -68,19 +86,19 @@ def _mean_gap_to_fp32(options: dict) -> float:
 def test_breastmnist_fedavg_four_sites_reaches_auc_085_over_seeds():
     aucs = _aucs(SECAGG)
     print("BreastMNIST pooled test AUC per seed (secagg):", aucs)
-    assert aucs.mean() >= 0.85  # measured 0.8799 ± 0.0174: 3.8 standard errors of 5 seeds
+    assert aucs.mean() >= 0.85  # measured 0.8726 (seeds: 0.859-0.886)
 
 
 @pytest.mark.slow
 @needs_breastmnist
-def test_secagg_8bit_matches_plain_auc_on_breastmnist():
-    assert abs(_mean_gap_to_fp32(SECAGG)) <= MATCH_TOLERANCE
+def test_secagg_8bit_trains_as_well_as_plain_round_for_round():
+    _check_trains_as_well_as_fp32(SECAGG)
 
 
 @pytest.mark.slow
 @needs_breastmnist
 def test_default_secagg_sends_at_most_035x_the_fp32_bytes():
-    """Fraction weighting: a 10-bit ring at n = 4 (measured 0.326x, was 0.58x)."""
+    """Fraction weighting: a 10-bit ring at n = 4; with the range statistic 0.328x (was 0.58x)."""
     secagg, fp32 = (
         mean_upload(**BREASTMNIST, **SECAGG, seed=0),
         mean_upload(**BREASTMNIST, **FP32, seed=0),
@@ -91,8 +109,8 @@ def test_default_secagg_sends_at_most_035x_the_fp32_bytes():
 
 @pytest.mark.slow
 @needs_breastmnist
-def test_he_matches_plain_auc_on_breastmnist():
-    assert abs(_mean_gap_to_fp32(HE)) <= MATCH_TOLERANCE
+def test_he_trains_as_well_as_plain_round_for_round():
+    _check_trains_as_well_as_fp32(HE)
 
 
 @pytest.mark.slow
@@ -107,13 +125,11 @@ def test_8bit_error_feedback_tracks_fp32_at_under_a_third_of_the_bytes():
 @pytest.mark.slow
 @needs_breastmnist
 def test_randk_costs_about_two_points_of_auc_at_four_percent_of_the_bytes():
-    """rand-k's cost varies a lot from seed to seed (sd 0.020), so five seeds bound it only
-    coarsely: measured -0.021, the check allows -0.045 (2.7 standard errors of 5 seeds). It
-    catches a collapse, not a 0.02 drift: that would need about 25 seeds."""
-    assert _mean_gap_to_fp32(RANDK) >= -0.045
-    assert mean_upload(**BREASTMNIST, **RANDK, seed=0) < 0.04 * mean_upload(
-        **BREASTMNIST, **FP32, seed=0
-    )
+    """rand-k's cost varies a lot from seed to seed (sd 0.020 over 20 rounds), so five seeds
+    bound it only coarsely: measured -0.021, the check allows -0.045 (2.7 standard errors of
+    5 seeds). It catches a collapse, not a 0.02 drift: that would need about 25 seeds."""
+    assert _mean_gap_to_fp32(RANDK, LONG) >= -0.045
+    assert mean_upload(**LONG, **RANDK, seed=0) < 0.04 * mean_upload(**LONG, **FP32, seed=0)
 
 
 @pytest.mark.slow
