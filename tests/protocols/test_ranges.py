@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedshield import wire
 from fedshield.crypto import ring
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.runner import run_protocol
@@ -242,3 +243,48 @@ def test_round_one_starts_buffers_wider_than_trainable_tensors():
         INITIAL_STATE_EXPONENT,
     )
     assert INITIAL_STATE_EXPONENT > INITIAL_EXPONENT
+
+
+class _SplitViewRelay(InProcessTransport):
+    """A malicious server's relay: each client is told the parameter digest of the ranges it
+    was given, so no client sees that the others got different ones."""
+
+    def __init__(self, sessions, digests):
+        super().__init__(sessions)
+        self.digests = digests
+
+    def exchange(self, stage, messages):
+        if stage == "advertise_keys":
+            messages = {c: self._retold(m, self.digests[c]) for c, m in messages.items()}
+        return super().exchange(stage, messages)
+
+    @staticmethod
+    def _retold(message, digest):
+        parsed = wire.parse(message)
+        return wire.serialize(parsed.header, [digest, *parsed.fields[1:]])
+
+
+def test_a_server_giving_one_client_other_ranges_learns_nothing_of_its_update():
+    """The attack: the victim quantizes on a normal range, everyone else on a huge one, so
+    their levels sit at the grid's middle and the sum decoded on the victim's range would be
+    the victim's update alone. The ranges are bound into every pairwise mask, so clients
+    with different ranges do not cancel each other's masks: the sum is noise or the round
+    aborts, and the victim's update stays hidden."""
+    n, victim = 5, 0
+    rng = np.random.default_rng(9)
+    updates = {c: rng.uniform(-0.1, 0.1, sum(SIZES)).astype(np.float32) for c in range(n)}
+    honest, huge = TensorRanges(SIZES, (-3, -3)), TensorRanges(SIZES, (15, 15))
+    given_ranges = {c: honest if c == victim else huge for c in range(n)}
+    server = SecAggServer(round=1, clients=list(range(n)), dim=honest.dim, config=ADAPTIVE,
+                          ranges=honest)  # fmt: skip
+    clients = {
+        c: SecAggClient(client_id=c, round=1, update=updates[c], weight=100.0, config=ADAPTIVE,
+                        quant_seed=c, ranges=given_ranges[c])
+        for c in range(n)
+    }  # fmt: skip
+    digests = {c: ADAPTIVE.digest(given_ranges[c]) for c in range(n)}
+    outcome = run_protocol(server, _SplitViewRelay(clients, digests))
+    if outcome.revealed is None:
+        return  # the round aborted: nothing revealed
+    learned = outcome.revealed.weighted_sum / ring.weight_top(ADAPTIVE.weight_bits)
+    assert abs(np.corrcoef(learned, updates[victim])[0, 1]) < 0.3

@@ -11,8 +11,12 @@ the survivors. There is no consistency-check round, so a *malicious* server that
 dropped out is not covered. Dropouts: any client may vanish at any stage; the round completes
 while every stage keeps at least ``t`` clients and every needed secret keeps ``t`` surviving
 holders; below that it raises :class:`~fedshield.errors.SecAggAbort` and nothing is revealed.
-What leaks: the weighted sum of the survivors' quantized updates, their total weight, and the
-set of survivors. Clients that drop after sending their masked input are still counted.
+What leaks: the weighted sum of the survivors' quantized updates, their total weight, the
+set of survivors and, under adaptive ranges (the default), per tensor how many survivors' largest
+value fell in each power-of-two octave of its range (:mod:`fedshield.protocols.ranges`).
+Clients that drop after sending their masked input are still counted. The round's public
+parameters (the config and the ranges the server relays) are bound into every pairwise mask,
+so clients told different parameters do not cancel each other's masks.
 
 Stages (:class:`SecAggStage`): ``advertise_keys`` (two fresh X25519 public keys per client) →
 ``share_keys`` (Shamir shares of the self-mask seed and of the mask-agreement secret key, AES-GCM

@@ -74,6 +74,7 @@ class SecAggClient(ClientSession):
         self.config = config
         self.ranges = ranges
         self.grid = config.grid(ranges)
+        self.params = config.digest(ranges)  # bound into every pairwise mask
         self.channel_keys = KeyPair.generate()  # c_u: agrees the keys that seal shares
         self.mask_keys = KeyPair.generate()  # s_u: agrees the pairwise mask seeds
         self.self_mask_seed = secrets.token_bytes(SEED_BYTES)  # b_u
@@ -83,7 +84,7 @@ class SecAggClient(ClientSession):
     @handles(SecAggStage.ADVERTISE_KEYS)
     def _advertise_keys(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(2)
-        if message.raw(0, length=32) != self.config.digest(self.ranges):
+        if message.raw(0, length=32) != self.params:
             raise WrongShape("the server's SecAgg+ parameters differ from this client's")
         self.clients = message.array(1, dtype="<u4").tolist()
         if self.client_id not in self.clients:
@@ -235,6 +236,7 @@ class SecAggClient(ClientSession):
                 round=self.round,
                 me=self.client_id,
                 peer=j,
+                params=self.params,
                 scratch=scratch,
             )
         masked &= masked.dtype.type((1 << self.bits) - 1)

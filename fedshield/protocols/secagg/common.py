@@ -51,10 +51,12 @@ def ids(values) -> np.ndarray:
     return np.array(sorted(values), dtype=np.uint32)
 
 
-def mask_info(round: int, a: int, b: int) -> bytes:
-    """HKDF label of the pairwise mask seed ``s_{a,b}`` (symmetric in ``a`` and ``b``)."""
+def mask_info(round: int, a: int, b: int, params: bytes) -> bytes:
+    """HKDF label of the pairwise mask seed ``s_{a,b}`` (symmetric in ``a`` and ``b``),
+    bound to the round's parameter digest ``params``: two clients told different parameters
+    (ranges, say) derive different masks, which then never cancel in the sum."""
     lo, hi = min(a, b), max(a, b)
-    return b"fedshield/secagg/pairwise-mask" + struct.pack("<III", round, lo, hi)
+    return b"fedshield/secagg/pairwise-mask" + struct.pack("<III", round, lo, hi) + params
 
 
 def enc_info(round: int, a: int, b: int) -> bytes:
@@ -71,12 +73,14 @@ def add_pairwise_mask(
     round: int,
     me: int,
     peer: int,
+    params: bytes,
     scratch: np.ndarray,
     undo: bool = False,
 ) -> None:
     """Add ``me``'s pairwise mask with ``peer`` (``undo``: take it away): +mask for the
-    smaller id, -mask for the larger, so each pair cancels in the sum."""
-    seed = mask_keys.agree(peer_mask_public_key, info=mask_info(round, me, peer))
+    smaller id, -mask for the larger, so each pair cancels in the sum. ``params``: the
+    round's parameter digest (:func:`mask_info`)."""
+    seed = mask_keys.agree(peer_mask_public_key, info=mask_info(round, me, peer, params))
     add_mask(acc, seed, subtract=(me > peer) != undo, scratch=scratch)
 
 

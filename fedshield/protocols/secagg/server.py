@@ -81,6 +81,7 @@ class SecAggServer(ServerSession):
         self.config = config
         self.ranges = ranges
         self.grid = config.grid(ranges)
+        self.params = config.digest(ranges)  # bound into every pairwise mask
         # the update, the weight's digits (and a count), the range statistic
         self.length = dim + config.tail_values + self.grid.stat_values
         self.bits = config.bits(n)
@@ -131,7 +132,7 @@ class SecAggServer(ServerSession):
     # --- advertise_keys ----------------------------------------------------------------------
     @broadcasts(SecAggStage.ADVERTISE_KEYS)
     def _ask_for_keys(self, stage: str) -> dict[int, bytes]:
-        return self._to_all_alive(stage, [self.config.digest(self.ranges), ids(self.clients)])
+        return self._to_all_alive(stage, [self.params, ids(self.clients)])
 
     @receives(SecAggStage.ADVERTISE_KEYS)
     def _take_keys(self, stage: str, sender: int, message: wire.Message) -> None:
@@ -324,6 +325,7 @@ class SecAggServer(ServerSession):
                     round=self.round,
                     me=i,
                     peer=j,
+                    params=self.params,
                     scratch=scratch,
                     undo=True,
                 )
