@@ -8,18 +8,24 @@ the updates from round to round.
 
 **The statistic.** With its update, inside the same secure sum (SecAgg+ masks it, HE encrypts
 it), each site adds, per tensor, a one-hot vector of :data:`BUCKETS` integers: bucket ``k``
-(``k = LOW .. HIGH``) is 1 when the largest ``|value|`` of its scaled tensor lies in
-``(2^(k-1), 2^k]`` in units of the current range (bucket ``LOW`` also takes everything at or
-below ``2^LOW``, bucket ``HIGH`` everything above ``2^(HIGH-1)``); an empty tensor (rand-k kept
-none of it) sends zeros. The decoded sum is, per tensor and octave, **how many sites'
-largest value fell in that octave** (relative to the public range): nothing about which site,
-and nothing finer than a power of two. That is all the ranges reveal beyond the aggregate.
+(``k = LOW .. HIGH``) is 1 when the largest ``|value|`` of its tensor, **before** weighting,
+lies in ``(2^(k-1), 2^k]`` in units of the current range (bucket ``LOW`` also takes everything
+at or below ``2^LOW``, bucket ``HIGH`` everything above ``2^(HIGH-1)``, NaN and infinity). A
+tensor that is empty (rand-k kept none of it) or all zero sends zeros. The decoded sum is, per
+tensor and octave, **how many sites' largest value fell in that octave** relative to the
+public range: nothing about which site, nothing finer than a power of two, and nothing about
+the sites' weights (the octave is taken before a site scales its update by its weight
+fraction; a weighted octave would tell a 300-sample site from a 9-sample one). That, and
+which tensors were all zero at how many sites, is all the ranges reveal beyond the aggregate.
+The decoders check the counts (:meth:`TensorRanges.check_counts`): no row may count more sites
+than the sum holds.
 
 **The rule** (:meth:`TensorRanges.next`): the next range of tensor ``j`` is the top of the
-highest occupied octave, i.e. the smallest power of two that would have held every reporting
-site's largest value. It grows by up to ``2^HIGH`` and shrinks by up to ``2^-LOW`` per round,
-and stays put when no site reported. A range is at most one octave (one bit) above what the
-largest site needed. This is a secure histogram rather than the single bit of Andrew et al.,
+highest occupied octave: the smallest power of two that would have held every reporting site's
+largest value, except at the ends (a value beyond ``2^(HIGH-1)`` moves the range by ``2^HIGH``
+only, so a range can take a few rounds to catch a jump of more than 8x; everything below
+``2^LOW`` moves it by ``2^LOW``), and within ``[2^MIN_EXPONENT, 2^MAX_EXPONENT]``. It stays put
+when no site reported. This is a secure histogram rather than the single bit of Andrew et al.,
 "Differentially Private Learning with Adaptive Clipping" (NeurIPS 2021), so that a range off
 by 100x is right after one round instead of a dozen.
 
@@ -31,22 +37,21 @@ activations (measured on BreastMNIST: 0.65 in round one, then 0.2, while weights
 although the ranges were right from round two. What clips in round one is seen in the
 statistic and fixed in round two.
 
-**With differential privacy** (L2 clipping to ``C`` before protection, noise inside the sum),
-the ranges compose without redesign: the site clips first, then scales by these ranges, so
-the ranges only need to cover a clipped update; the clip norm ``C`` itself can adapt by
-Andrew et al.'s rule from one more one-hot entry per site ("norm <= C") summed the same way,
-and noise for the statistic is added as for the update (the counts are a sum like any other).
+How this composes with differential privacy's L2 clipping, and what a deviating server can
+and cannot do with the ranges: ``docs/ranges.md``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedshield.crypto import ring
+from fedshield.errors import ConfigError
 
 __all__ = [
     "BUCKETS",
@@ -82,8 +87,11 @@ class TensorRanges:
     exponents: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        sizes = tuple(int(s) for s in self.sizes)
-        exponents = tuple(int(e) for e in self.exponents)
+        try:  # integers only: 2.7 or True are refused, not rounded
+            sizes = tuple(_integer(s) for s in self.sizes)
+            exponents = tuple(_integer(e) for e in self.exponents)
+        except TypeError as exc:
+            raise TypeError(f"segment sizes and exponents must be integers ({exc})") from None
         if len(sizes) != len(exponents) or not sizes:
             raise ValueError(
                 f"need one exponent per segment, got {len(exponents)} for {len(sizes)} segments"
@@ -115,11 +123,18 @@ class TensorRanges:
         """Integers each site adds to the sum for the statistic."""
         return len(self.sizes) * BUCKETS
 
+    def check_covers(self, dim: int) -> None:
+        """Raise ``ValueError`` unless these ranges cover a vector of ``dim`` values."""
+        if self.dim != dim:
+            raise ValueError(f"the ranges cover {self.dim} values, the round's vector {dim}")
+
+    def _segments(self) -> zip:
+        """``(start, size)`` of each segment."""
+        return zip(np.cumsum((0, *self.sizes[:-1])).tolist(), self.sizes, strict=True)
+
     def _per_segment(self, values: np.ndarray, factors: np.ndarray) -> np.ndarray:
-        if values.shape != (self.dim,):
-            raise ValueError(f"expected {self.dim} values, got shape {values.shape}")
-        starts = np.cumsum((0, *self.sizes[:-1]))
-        for start, size, factor in zip(starts, self.sizes, factors, strict=True):
+        self.check_covers(values.size)
+        for (start, size), factor in zip(self._segments(), factors, strict=True):
             values[start : start + size] *= factor
         return values
 
@@ -136,15 +151,27 @@ class TensorRanges:
     def octaves(self, scaled: np.ndarray) -> np.ndarray:
         """This site's statistic: per segment, the one-hot octave of its largest ``|value|``
         in range units (zeros for an empty segment), as ``len(sizes) * BUCKETS`` integers."""
-        if scaled.shape != (self.dim,):
-            raise ValueError(f"expected {self.dim} values, got shape {scaled.shape}")
+        self.check_covers(scaled.size)
         stat = np.zeros((len(self.sizes), BUCKETS), dtype=np.uint8)
-        starts = np.cumsum((0, *self.sizes[:-1]))
-        for j, (start, size) in enumerate(zip(starts, self.sizes, strict=True)):
-            if size:
-                top = float(np.max(np.abs(scaled[start : start + size])))
+        for j, (start, size) in enumerate(self._segments()):
+            top = float(np.max(np.abs(scaled[start : start + size]))) if size else 0.0
+            if top != 0.0:  # an empty or all-zero tensor reports nothing
                 stat[j, _octave(top) - LOW] = 1
         return stat.reshape(-1)
+
+    def check_counts(self, counts: np.ndarray, contributors: int) -> None:
+        """Raise ``ValueError`` unless the summed statistic is one that ``contributors``
+        honest sites could have sent: per tensor at most one report per site (an empty
+        segment: none). A site that sent more than a one-hot row (or a negative one, which
+        wraps in the ring) would otherwise push the ranges."""
+        rows = np.asarray(counts, dtype=np.int64).reshape(len(self.sizes), BUCKETS)
+        reports = rows.sum(axis=1)
+        empty = np.array(self.sizes) == 0
+        if (rows < 0).any() or (reports > contributors).any() or reports[empty].any():
+            raise ValueError(
+                f"the range statistic counts more reports than the {contributors} sites in "
+                "the sum could have sent (a site sent more than one octave per tensor)"
+            )
 
     def next(self, counts: np.ndarray) -> tuple[int, ...]:
         """The next round's exponents from the summed statistic (``counts``, as
@@ -162,6 +189,12 @@ class TensorRanges:
         """SHA-256 of the segments and exponents (parties check they agree)."""
         data = np.array([*self.sizes, *self.exponents], dtype="<i8").tobytes()
         return hashlib.sha256(b"fedshield ranges v1" + data).digest()
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"got a bool, {value}")
+    return operator.index(value)
 
 
 def _octave(top: float) -> int:
@@ -193,6 +226,22 @@ class Grid:
                 "give either a fixed clip or the round's ranges (adaptive), not both or neither"
             )
 
+    @classmethod
+    def for_round(
+        cls, protocol: str, clip: float | None, ranges: TensorRanges | None, quant_bits: int
+    ) -> Grid:
+        """The round's grid for ``protocol``: a ``ConfigError`` naming what is missing when
+        the ranges are given without ``clip=None`` or missing with it."""
+        if ranges is not None and not isinstance(ranges, TensorRanges):
+            raise TypeError(f"ranges must be a TensorRanges, got {type(ranges).__name__}")
+        try:
+            return cls(clip, ranges, quant_bits)
+        except ValueError:
+            raise ConfigError(
+                f"{protocol}: a round needs per-tensor ranges exactly when the config has no "
+                f"fixed clip (clip={clip}, ranges {'given' if ranges else 'missing'})"
+            ) from None
+
     @property
     def _quant(self) -> dict:
         return {"clip": 1.0 if self.clip is None else self.clip, "quant_bits": self.quant_bits}
@@ -213,8 +262,10 @@ class Grid:
             scaled = update * np.float32(share) if share != 1 else update
             stat = np.zeros(0, dtype=np.uint8)
         else:
-            scaled = self.ranges.scaled(update, share)
-            stat = self.ranges.octaves(scaled)
+            scaled = self.ranges.scaled(update, 1.0)
+            stat = self.ranges.octaves(scaled)  # before weighting: weights stay hidden
+            if share != 1:
+                scaled *= np.float32(share)
         levels = ring.quantize(scaled, seed=seed, out=out, **self._quant)
         sent = self.restore(ring.dequantize(levels, **self._quant))
         if share != 1:

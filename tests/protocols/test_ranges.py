@@ -59,19 +59,19 @@ def _secagg_round(ranges, updates, weights, *, schedule=None, config=ADAPTIVE):
     return server, clients, outcome
 
 
-def _expected_counts(ranges, updates, weights, config, contributors):
-    """The statistic, recomputed from the raw updates as the docs define it."""
+def _expected_counts(ranges, updates, contributors):
+    """The statistic, recomputed from the raw updates as the docs define it (unweighted)."""
     counts = np.zeros((len(ranges.sizes), BUCKETS), dtype=np.int64)
-    top = (1 << config.weight_bits) - 1
     starts = np.cumsum((0, *ranges.sizes[:-1]))
     for c in contributors:
-        share = ring.integer_weight(weights[c], config.max_weight, config.weight_bits) / top
         segments = zip(starts, ranges.sizes, ranges.exponents, strict=True)
         for j, (start, size, e) in enumerate(segments):
             if size == 0:
                 continue
-            largest = np.max(np.abs(updates[c][start : start + size].astype(np.float64))) * share
-            k = int(np.ceil(np.log2(largest / 2.0**e))) if largest > 0 else LOW
+            largest = np.max(np.abs(updates[c][start : start + size].astype(np.float64)))
+            if largest == 0:
+                continue  # an all-zero tensor reports nothing
+            k = int(np.ceil(np.log2(largest / 2.0**e)))
             counts[j, min(HIGH, max(LOW, k)) - LOW] += 1
     return counts.reshape(-1)
 
@@ -81,10 +81,41 @@ def test_the_server_learns_exactly_the_per_tensor_octave_counts():
     updates, weights = _updates(4), {0: 100.0, 1: 60.0, 2: 100.0, 3: 30.0}
     server, _, outcome = _secagg_round(ranges, updates, weights)
     revealed = outcome.revealed
-    expected = _expected_counts(ranges, updates, weights, ADAPTIVE, revealed.contributors)
+    expected = _expected_counts(ranges, updates, revealed.contributors)
     np.testing.assert_array_equal(revealed.range_counts, expected)
     # ... and nothing else: the unmasked vector is the levels, the weight, a count, the counts
     assert server.unmasked.size == ranges.dim + ADAPTIVE.tail_values + len(SIZES) * BUCKETS
+
+
+def test_weights_do_not_show_in_the_statistic():
+    """The octave is taken before a site scales its update by its weight fraction: a
+    300-sample site and a 9-sample one with the same update report the same octave."""
+    ranges = TensorRanges(SIZES, (-3, -3))
+    update = _updates(1)[0]
+    counts = [
+        _secagg_round(ranges, {0: update, 1: update}, {0: w, 1: 100.0})[2].revealed.range_counts
+        for w in (100.0, 3.0)
+    ]
+    np.testing.assert_array_equal(counts[0], counts[1])
+
+
+def test_counts_no_honest_sites_could_send_abort_the_round():
+    ranges = TensorRanges((3, 0, 2), (0, 0, 0))
+    honest = np.zeros((3, BUCKETS), dtype=np.int64)
+    honest[0, 0], honest[2, 5] = 2, 1
+    ranges.check_counts(honest.reshape(-1), 2)  # one site's last tensor was all zero
+    for row, col, value in ((0, 3, 1), (1, 0, 1), (2, 1, -1)):  # 3 reports, empty, negative
+        forged = honest.copy()
+        forged[row, col] += value
+        with pytest.raises(ValueError, match="more reports"):
+            ranges.check_counts(forged.reshape(-1), 2)
+
+
+def test_an_all_zero_tensor_reports_nothing_and_keeps_its_range():
+    ranges = TensorRanges((2, 2), (-5, -5))
+    stat = ranges.octaves(np.array([0.0, 0.0, 0.5, 0.1], np.float32))
+    assert stat[:BUCKETS].sum() == 0 and stat[BUCKETS:].sum() == 1
+    assert ranges.next(stat)[0] == -5
 
 
 @pytest.mark.parametrize("stage", ["share_keys", "masked_input", "unmask"])
@@ -96,7 +127,7 @@ def test_a_dropped_site_is_not_counted_in_the_statistic(stage):
     assert revealed.range_counts.reshape(len(SIZES), BUCKETS).sum(axis=1).tolist() == [
         len(revealed.contributors)
     ] * len(SIZES)
-    expected = _expected_counts(ranges, updates, weights, ADAPTIVE, revealed.contributors)
+    expected = _expected_counts(ranges, updates, revealed.contributors)
     np.testing.assert_array_equal(revealed.range_counts, expected)
 
 
@@ -149,7 +180,7 @@ def test_he_reports_the_same_statistic_and_decodes_the_same_ranges():
         for c, u in updates.items()
     }  # fmt: skip
     run_protocol(server, InProcessTransport(clients))
-    expected = _expected_counts(ranges, updates, weights, config, list(updates))
+    expected = _expected_counts(ranges, updates, list(updates))
     for client in clients.values():
         np.testing.assert_array_equal(client.range_counts, expected)
     weighted_sum, _ = clients[0].aggregate
@@ -209,6 +240,10 @@ def test_invalid_ranges_and_grids_are_refused_with_the_reason():
         TensorRanges((3, 4), (0,))
     with pytest.raises(ValueError, match="exponents must lie"):
         TensorRanges((3,), (MAX_EXPONENT + 1,))
+    with pytest.raises(TypeError, match="must be integers"):
+        TensorRanges((2.7,), (0,))
+    with pytest.raises(TypeError, match="must be integers"):
+        TensorRanges((3,), (True,))
     with pytest.raises(ValueError, match="either a fixed clip"):
         Grid(0.1, TensorRanges((3,), (0,)), 8)
     with pytest.raises(ConfigError, match="exactly when the config has no fixed clip"):

@@ -71,11 +71,12 @@ class HEClient(ClientSession):
             )
         self.keyring = keyring
         self.plan = keyring.plan
-        if ranges is not None:
-            check_instance("ranges", ranges, TensorRanges, "the round's per-tensor ranges")
-            if ranges.dim != update.size or ranges.stat_values != self.plan.stat_values:
-                raise ValueError("ranges: they do not cover this update's tensors")
         self.grid = self.plan.config.grid(ranges) if self.plan.scheme == "bfv" else None
+        if ranges is not None:
+            ranges.check_covers(update.size)
+            if ranges.stat_values != self.plan.stat_values:
+                raise ValueError("ranges: the key setup planned for another number of tensors")
+        self.ranges = ranges
         self.workers = check_int("workers", workers, low=1, optional=True)
         self.level_sum: np.ndarray | None = None
 
@@ -149,7 +150,12 @@ class HEClient(ClientSession):
         values = unpack_slots(flat, plan, dim + config.tail_values + plan.stat_values)
         self.level_sum = values  # summed levels, weight digits (and count), for auditors
         if plan.stat_values:
-            self.range_counts = values[dim + config.tail_values :].astype(np.int64)
+            counts = values[dim + config.tail_values :].astype(np.int64)
+            try:
+                self.ranges.check_counts(counts, contributors)
+            except ValueError as exc:
+                raise ProtocolAbort(str(exc)) from None
+            self.range_counts = counts
         digits = values[dim : dim + config.weight_digits]
         total = ring.from_digits(digits, quant_bits=config.quant_bits)
         if total == 0:

@@ -121,13 +121,7 @@ class HEConfig:
 
     def grid(self, ranges: TensorRanges | None) -> Grid:
         """The round's BFV quantization grid (see :class:`~fedshield.protocols.ranges.Grid`)."""
-        try:
-            return Grid(self.clip, ranges, self.quant_bits)
-        except ValueError:
-            raise ConfigError(
-                "he: a round needs per-tensor ranges exactly when the config has no fixed clip "
-                f"(clip={self.clip}, ranges {'given' if ranges else 'missing'})"
-            ) from None
+        return Grid.for_round("he", self.clip, ranges, self.quant_bits)
 
     @property
     def field_bits(self) -> int:

@@ -67,13 +67,11 @@ class SecAggClient(ClientSession):
             client_id=client_id, round=round, update=update, weight=weight, quant_seed=quant_seed
         )
         check_instance("config", config, SecAggConfig)
-        if ranges is not None:
-            check_instance("ranges", ranges, TensorRanges, "the round's per-tensor ranges")
-            if ranges.dim != update.size:
-                raise ValueError(f"ranges cover {ranges.dim} values, the update {update.size}")
         self.config = config
         self.ranges = ranges
         self.grid = config.grid(ranges)
+        if ranges is not None:
+            ranges.check_covers(update.size)
         self.params = config.digest(ranges)  # bound into every pairwise mask
         self.channel_keys = KeyPair.generate()  # c_u: agrees the keys that seal shares
         self.mask_keys = KeyPair.generate()  # s_u: agrees the pairwise mask seeds

@@ -128,13 +128,7 @@ class SecAggConfig:
     def grid(self, ranges: TensorRanges | None) -> Grid:
         """The round's quantization grid: the fixed clip, or ``ranges`` when ``clip`` is
         ``None`` (each must come with the other's absence)."""
-        try:
-            return Grid(self.clip, ranges, self.quant_bits)
-        except ValueError:
-            raise ConfigError(
-                "secagg: a round needs per-tensor ranges exactly when the config has no fixed "
-                f"clip (clip={self.clip}, ranges {'given' if ranges else 'missing'})"
-            ) from None
+        return Grid.for_round("secagg", self.clip, ranges, self.quant_bits)
 
     def degree(self, n: int) -> int:
         """Neighbours per client in a round of ``n`` clients (even when the graph is sparse)."""

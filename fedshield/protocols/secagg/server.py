@@ -73,14 +73,12 @@ class SecAggServer(ServerSession):
     ) -> None:  # fmt: skip
         super().__init__(round=round, clients=clients, dim=dim)
         check_instance("config", config, SecAggConfig)
-        if ranges is not None:
-            check_instance("ranges", ranges, TensorRanges, "the round's per-tensor ranges")
-            if ranges.dim != dim:
-                raise ValueError(f"ranges cover {ranges.dim} values, the round has {dim}")
         n = len(self.clients)
         self.config = config
         self.ranges = ranges
         self.grid = config.grid(ranges)
+        if ranges is not None:
+            ranges.check_covers(dim)
         self.params = config.digest(ranges)  # bound into every pairwise mask
         # the update, the weight's digits (and a count), the range statistic
         self.length = dim + config.tail_values + self.grid.stat_values
@@ -266,14 +264,24 @@ class SecAggServer(ServerSession):
         total &= total.dtype.type((1 << self.bits) - 1)
         self.unmasked = total  # the summed levels and tail values: all the server learns
         weighted_sum, weight = self._weighted_sum(total, len(survivors))
-        stat_start = self.dim + self.config.tail_values
         return Revealed(
             contributors=tuple(survivors),
             weighted_sum=weighted_sum,
             total_weight=float(weight),
             dropped=tuple(c for c in self.clients if c not in self.masked),
-            range_counts=total[stat_start:].astype(np.int64) if self.ranges else None,
+            range_counts=self._range_counts(total, len(survivors)),
         )
+
+    def _range_counts(self, total: np.ndarray, count: int) -> np.ndarray | None:
+        """The summed range statistic, checked (``None`` with a fixed clip)."""
+        if self.ranges is None:
+            return None
+        counts = total[self.dim + self.config.tail_values :].astype(np.int64)
+        try:
+            self.ranges.check_counts(counts, count)
+        except ValueError as exc:
+            raise SecAggAbort(f"round {self.round}: {exc}") from None
+        return counts
 
     def _weighted_sum(self, total: np.ndarray, count: int) -> tuple[np.ndarray, int]:
         """``(sum_i W_i x_i, sum_i W_i)`` from the unmasked ring sum of ``count`` clients."""
