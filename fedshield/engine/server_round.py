@@ -132,6 +132,7 @@ class ServerRound:
         self.dropout = dropout
         self.holds_model = holds_model
         self.round = 1  # rounds count from 1, on the wire and in records
+        self.last_aggregate_round = 0  # the last round whose aggregate was revealed
 
     def broadcast(self) -> bytes:
         """The current round's model broadcast."""
@@ -158,6 +159,8 @@ class ServerRound:
         the protocol's server seconds. ``sessions``: in-process sites, whose decrypted
         aggregate counts under ``he``."""
         t0 = time.perf_counter()
+        if outcome.revealed is not None:
+            self.last_aggregate_round = self.round
         aggregate = revealed_aggregate(outcome, sessions or {})
         if aggregate is not None:
             weighted_sum, total, counts = aggregate

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedshield import wire
 from fedshield.data.sites import SiteData
 from fedshield.engine.experiment import (
     RunConfig,
@@ -16,7 +17,8 @@ from fedshield.engine.experiment import (
 )
 from fedshield.engine.flower.site import SiteProcess
 from fedshield.engine.transport import InProcessTransport
-from fedshield.errors import ConfigError
+from fedshield.errors import ConfigError, WrongRound
+from fedshield.protocols.registry import MODEL_BROADCAST
 
 
 def _only_site(monkeypatch, allowed: set[str]) -> list[str]:
@@ -79,3 +81,14 @@ def test_a_server_round_and_site_processes_agree_on_the_payload_format(protect):
     outcome, _ = server.drive(InProcessTransport(sessions), [0, 1])
     assert outcome.aborted is None
     assert list(outcome.revealed.contributors) == [0, 1]
+
+
+def test_an_he_site_that_missed_an_aggregate_sits_out_instead_of_training_on_stale_ranges():
+    """Under ``he`` each site holds the model and its ranges; one that missed an aggregate
+    would encode its update on old ranges and corrupt the others' sum, so it refuses."""
+    config = with_data_facts(RunConfig(protect="he", sites=2, rounds=2, local_epochs=1))
+    process = SiteProcess(config, 1)
+    header = wire.Header(MODEL_BROADCAST, 0, 2, wire.SERVER_ID)
+    stale = wire.serialize(header, [np.array([1], dtype="<u4")])  # round 1 was aggregated
+    with pytest.raises(WrongRound, match="missed an aggregate"):
+        process.handle("train", stale)

@@ -118,13 +118,17 @@ def _discover_sites(
 
 
 def _round_start(server, he: bool) -> bytes:
-    """The model broadcast; under ``he`` only the round number (the sites hold the model)."""
+    """The model broadcast; under ``he`` the round number and the last round that produced an
+    aggregate (the sites hold the model; one that missed an aggregate must not train)."""
+    import numpy as np
+
     from fedshield import wire
     from fedshield.protocols.registry import MODEL_BROADCAST
 
     if not he:
         return server.broadcast()
-    return wire.serialize(wire.Header(MODEL_BROADCAST, 0, server.round, wire.SERVER_ID), [])
+    header = wire.Header(MODEL_BROADCAST, 0, server.round, wire.SERVER_ID)
+    return wire.serialize(header, [np.array([server.last_aggregate_round], dtype="<u4")])
 
 
 def _distribute_he_keys(server, grid: Grid, nodes: dict[int, int], *, timeout: float) -> None:

@@ -47,6 +47,7 @@ class SiteProcess:
         self.sites = list(range(config.sites))
         self.session: ClientSession | None = None
         self.round = 0
+        self.applied = 0  # under he: the last round whose aggregate this site applied
         self.key_setup: KeySetup | None = None
         self.key_session: HEKeySetupClient | None = None
 
@@ -91,6 +92,8 @@ class SiteProcess:
         if header.protocol != MODEL_BROADCAST or header.stage != 0 or header.round <= self.round:
             raise WrongRound(f"a train request for round {header.round} after {self.round}")
         self.round = header.round
+        if self.held is not None:
+            self._check_not_stale(wire.parse(payload))
         start = time.perf_counter()
         if self.held is not None:  # train from this site's own copy of the model
             self.session = self.runtime.train_from(
@@ -99,6 +102,18 @@ class SiteProcess:
         else:
             self.session = self.runtime.train(payload, self.round)
         return np.array([time.perf_counter() - start]).tobytes()
+
+    def _check_not_stale(self, broadcast: wire.Message) -> None:
+        """Under ``he``: refuse to train when this site missed an aggregate the others
+        applied. Its model (and its quantization ranges) would be stale, and its update,
+        encoded on other ranges, would corrupt the sum."""
+        (last,) = broadcast.array(0, dtype="<u4", shape=(1,)).tolist()
+        if last != self.applied:
+            raise WrongRound(
+                f"site {self.site} holds the model after round {self.applied}'s aggregate, the "
+                f"federation's is after round {last}: it missed an aggregate, so it sits out "
+                "(rejoining needs the current model: restart the run)"
+            )
 
     def _evaluate(self, payload: bytes) -> bytes:
         message = wire.parse(payload)
@@ -130,6 +145,7 @@ class SiteProcess:
             self.held.apply_aggregate(
                 *self.session.aggregate, self.round, range_counts=self.session.range_counts
             )
+            self.applied = self.round
         self.session = None
 
 
