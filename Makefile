@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo: 4 synthetic scanners under SecAgg+, FedBN (BatchNorm stays at each scanner's site),
+# then the same run in plain fp32 (trained once, cached) for the comparison line.
+DEMO ?= --algorithm fedbn --rounds 8 --compare-plain
 run: $(STAMP)
-	$(BIN)/fedshield run $(ARGS)
+	$(BIN)/fedshield run $(if $(ARGS),$(ARGS),$(DEMO))
 
 test: $(STAMP)
 	$(BIN)/ruff check fedshield tests benchmarks examples

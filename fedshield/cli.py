@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedshield.errors import FedshieldError
+from fedshield.errors import ConfigError, FedshieldError
 
 __all__ = ["main"]
 
@@ -167,6 +167,16 @@ def _parser() -> argparse.ArgumentParser:
         "results are bit-identical for the same seed and thread count",
     )
     run.add_argument("--out", type=Path, default=None, help="output folder (runs/<timestamp>)")
+    run.add_argument(
+        "--compare-plain",
+        nargs="?",
+        const="cached",
+        default=None,
+        metavar="RESULT_JSON",
+        help="end with this run against its plain fp32 twin (same data, seed and rounds): AUC, "
+        "uplink and critical-path ratio; the twin is trained once and cached under "
+        "runs/plain-twins/, or read from RESULT_JSON",
+    )
     run.set_defaults(handler=_cmd_run)
 
     exp = sub.add_parser("experiment", help="reproduce a published experiment")
@@ -216,11 +226,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
         rounds = _run_local(fed, config)
     result = run_result(config.as_dict(), rounds, rounds[-1]["per_site"], _environment(config))
     _print_tables(result)
+    if args.compare_plain:
+        _compare_with_plain(result, config, args.compare_plain)
     paths = write_run(out, result)
     console.print(
         f"done in {time.perf_counter() - start:.1f} s; wrote " + ", ".join(str(p) for p in paths)
     )
+    if "comparison" in result:
+        from fedshield.comparison import comparison_line
+
+        console.print(f"[bold]{comparison_line(result['comparison'])}[/]", soft_wrap=True)
     return 0
+
+
+def _compare_with_plain(result: dict, config, source: str) -> None:
+    """Add ``comparison`` (against the plain fp32 twin) to ``result``."""
+    import json
+
+    from fedshield.comparison import check_twin, compare, twin_config, twin_path
+    from fedshield.engine.experiment import build_federation
+    from fedshield.report import run_result, write_run
+
+    twin = twin_config(config)
+    if twin == config:
+        console.print("this run is plain fp32: it is its own baseline")
+        return
+    path = Path(source) if source != "cached" else twin_path(config)
+    if path.exists():
+        document = json.loads(path.read_text())
+        check_twin(config, document)
+    elif source != "cached":
+        raise ConfigError(f"--compare-plain: {path} does not exist")
+    else:
+        console.print(f"training the plain fp32 twin once for the comparison ({path.parent})")
+        rounds = _run_local(build_federation(twin), twin, quiet=True)
+        document = run_result(twin.as_dict(), rounds, rounds[-1]["per_site"], _environment(twin))
+        write_run(path.parent, document)
+    result["comparison"] = {**compare(result, document), "plain_result": str(path)}
 
 
 def _run_config(args: argparse.Namespace):
@@ -274,7 +316,7 @@ def _round_line(row: dict) -> str:
     )
 
 
-def _run_local(fed, config) -> list[dict]:
+def _run_local(fed, config, *, quiet: bool = False) -> list[dict]:
     rounds = []
     with _progress() as progress:
         task = progress.add_task("training", total=config.rounds * config.sites)
@@ -282,7 +324,8 @@ def _run_local(fed, config) -> list[dict]:
             progress.update(task, description=f"round {r + 1}/{config.rounds}")
             row = fed.run_round(on_site_done=lambda _cid: progress.advance(task)).as_dict()
             rounds.append(row)
-            progress.console.print(_round_line(row))
+            if not quiet:
+                progress.console.print(_round_line(row))
     return rounds
 
 

@@ -119,6 +119,14 @@ def _run_markdown(result: dict) -> str:
             format_cell("auc", m[k]) for k in ("accuracy", "auc", "sensitivity", "specificity")
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "comparison" in result:
+        c = result["comparison"]
+        lines += ["", "## Against plain fp32", "", "| | this run | plain fp32 twin | ratio |",
+                  "|---|---|---|---|",
+                  f"| final AUC | {c['auc']:.4f} | {c['plain_auc']:.4f} | {c['auc_gap']:+.4f} |",
+                  f"| uplink per client | | | {c['uplink_ratio']:.3f}x |",
+                  f"| critical path (median round) | | | {_ratio(c['critical_path_ratio'])} |",
+                  "", f"The twin: `{c['plain_result']}`."]  # fmt: skip
     lines += ["", "Configuration:", "", "```json", json.dumps(cfg, indent=2), "```", ""]
     env = result.get("reproducibility", {})
     if env:
@@ -129,6 +137,10 @@ def _run_markdown(result: dict) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
 
 
 def _plot_curves(rounds: list[dict], path: Path) -> None:

@@ -1,7 +1,9 @@
 """``fedshield run`` and ``fedshield experiment survey`` end to end, small."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedshield.cli import main
@@ -164,3 +166,30 @@ def test_he_run_records_ciphertext_costs_and_survives_a_dropout(tmp_path, scheme
         assert p["ciphertext_bytes_up"] > 0 and p["ciphertext_bytes_down"] > 0
         assert p["encrypt_s"] > 0 and p["sum_s"] > 0 and p["decrypt_s"] > 0
     assert result["rounds"][-1]["auc"] > 0.5
+
+
+def test_compare_plain_trains_the_twin_once_and_reports_the_ratios(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the twin cache lives under ./runs/plain-twins
+    args = ["run", "--sites", "2", "--rounds", "2", "--local-epochs", "1", "--compare-plain"]
+    assert main([*args, "--out", "a"]) == 0
+    first = json.loads((tmp_path / "a" / "result.json").read_text())
+    comparison = first["comparison"]
+    twin = json.loads(Path(comparison["plain_result"]).read_text())
+    assert twin["config"]["protect"] == "plain" and twin["config"]["quant_bits"] is None
+    assert comparison["plain_auc"] == twin["final"]["auc"]
+    assert comparison["auc_gap"] == first["final"]["auc"] - twin["final"]["auc"]
+    fp32 = np.median([r["bytes_up_per_client"] for r in twin["rounds"][1:]])
+    assert comparison["uplink_ratio"] == first["rounds"][1]["bytes_up_per_client"] / fp32 < 0.35
+    assert "Against plain fp32" in (tmp_path / "a" / "report.md").read_text()
+    assert "training the plain fp32 twin" in capsys.readouterr().out
+    assert main([*args, "--out", "b"]) == 0  # the second time it is read from the cache
+    out = capsys.readouterr().out
+    assert "training the plain fp32 twin" not in out and "vs plain fp32" in out
+
+
+def test_compare_plain_refuses_a_run_that_is_not_the_twin(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    base = ["run", "--sites", "2", "--rounds", "1", "--local-epochs", "1"]
+    assert main([*base, "--protect", "plain", "--seed", "3", "--out", "p"]) == 0
+    code = main([*base, "--compare-plain", "p/result.json", "--out", "s"])
+    assert code == 2 and "differs in seed" in capsys.readouterr().out

@@ -1,0 +1,107 @@
+"""A protected run beside its plain fp32 twin: the same configuration without protection or
+compression, trained once and cached, and the line that says what protection cost.
+
+The twin keeps the data, model, algorithm, rounds, seeds and threads, and drops what belongs
+to protection and compression (``--protect``, ``--quant-bits``, ``--clip``, ``--sparsify``,
+``--error-feedback``) and the simulated dropouts (their schedules name protocol stages). It
+runs in process. Cached under ``runs/plain-twins/<key>/result.json``; the key covers the
+twin's options, the fedshield sources and the library versions, so a change of any of them
+trains a new twin.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+from fedshield.engine.experiment import RunConfig
+from fedshield.errors import ConfigError
+
+__all__ = ["TWIN_CACHE", "compare", "comparison_line", "twin_config", "twin_path"]
+
+TWIN_CACHE = Path("runs") / "plain-twins"
+_COMPARED = ("protect", "quant_bits", "clip", "sparsify", "error_feedback", "transport",
+             "dropout", "dropout_schedule", "threshold", "neighbours")  # fmt: skip
+
+
+def twin_config(config: RunConfig) -> RunConfig:
+    """``config`` as plain fp32, uncompressed, in process, without dropouts."""
+    return replace(
+        config, protect="plain", quant_bits=None, clip=None, sparsify=None,
+        error_feedback=False, transport="inprocess", dropout=0.0, dropout_schedule={},
+        threshold=None, neighbours=None,
+    )  # fmt: skip
+
+
+def twin_path(config: RunConfig, cache: Path = TWIN_CACHE) -> Path:
+    """Where the twin of ``config`` is (or will be) cached."""
+    options = json.dumps(twin_config(config).as_dict(), sort_keys=True, default=str)
+    key = hashlib.sha256((options + _fingerprint()).encode()).hexdigest()[:24]
+    return cache / key / "result.json"
+
+
+def check_twin(config: RunConfig, twin: dict) -> None:
+    """Raise ``ConfigError`` unless ``twin`` (a result document) is a plain fp32 run of the
+    same configuration as ``config``."""
+    expected = twin_config(config).as_dict()
+    given = twin.get("config", {})
+    differ = sorted(k for k, v in expected.items() if k not in _COMPARED and given.get(k) != v)
+    if given.get("protect") != "plain" or given.get("quant_bits") or given.get("sparsify"):
+        differ.insert(0, "protect (it must be plain fp32, uncompressed)")
+    if differ:
+        raise ConfigError(
+            "--compare-plain: the given run is not this run's plain twin; it differs in "
+            + ", ".join(differ)
+        )
+
+
+def compare(result: dict, twin: dict) -> dict:
+    """What protection cost against the plain twin: final AUC and its gap, uplink ratio, and
+    the critical path's ratio (median round after the first: round one pays one-time
+    costs such as numba's compilation)."""
+    rounds, plain = result["rounds"], twin["rounds"]
+
+    def typical(rows: list[dict], key: str) -> float:
+        values = [r[key] for r in rows[1:]] or [rows[0][key]]
+        return statistics.median(values)
+
+    def ratio(key: str) -> float | None:
+        base = typical(plain, key)
+        return typical(rounds, key) / base if base else None
+
+    return {
+        "auc": result["final"]["auc"],
+        "plain_auc": twin["final"]["auc"],
+        "auc_gap": result["final"]["auc"] - twin["final"]["auc"],
+        "uplink_ratio": ratio("bytes_up_per_client"),
+        "critical_path_ratio": ratio("critical_path_s"),
+    }
+
+
+def comparison_line(comparison: dict) -> str:
+    """One line: AUC against plain, uplink and critical-path ratios."""
+    c = comparison
+    path = c["critical_path_ratio"]
+    path_text = f"critical path {path:.2f}x" if path else "critical path n/a"
+    return (
+        f"vs plain fp32 (same data, seed and rounds): AUC {c['auc']:.3f} vs "
+        f"{c['plain_auc']:.3f} ({c['auc_gap']:+.3f}), uplink {c['uplink_ratio']:.2f}x, " + path_text
+    )
+
+
+@functools.cache
+def _fingerprint() -> str:
+    """The fedshield sources and the versions the twin's numbers depend on."""
+    import numpy
+    import torch
+
+    from fedshield import __version__
+
+    digest = hashlib.sha256(f"{__version__} {torch.__version__} {numpy.__version__}".encode())
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
