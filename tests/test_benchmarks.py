@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -57,3 +59,22 @@ def test_bench_he_quick_compares_with_the_flare_way(tmp_path):
                 "sum_s_flare_over_ours",
                 "decrypt_s_flare_over_ours",
             }
+
+
+def test_bench_e2e_quick_compares_every_protection_on_breastmnist(tmp_path):
+    from fedshield.data import breastmnist_path
+    from fedshield.errors import DataError
+
+    try:
+        breastmnist_path()
+    except DataError:
+        pytest.skip("breastmnist.npz is not available")
+    _load("bench_e2e").main(["--quick", "--out", str(tmp_path)])
+    doc = json.loads((tmp_path / "e2e.json").read_text())
+    cnn = doc["results"]["cnn"]
+    assert set(cnn) == {"plain", "secagg", "he", "he-ckks", "randk"}
+    assert cnn["plain"]["bytes_up_per_client_over_plain"] == 1.0
+    assert cnn["secagg"]["bytes_up_per_client_over_plain"] < 0.4
+    for mode in cnn.values():
+        assert all(0.5 < auc <= 1 for auc in [*mode["auc_at"].values(), mode["final_auc"]])
+    assert (tmp_path / "e2e.png").exists()
