@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedshield.errors import ConfigError, FedshieldError
+from fedshield.errors import FedshieldError
 
 __all__ = ["main"]
 
@@ -241,28 +241,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _compare_with_plain(result: dict, config, source: str) -> None:
     """Add ``comparison`` (against the plain fp32 twin) to ``result``."""
-    import json
-
-    from fedshield.comparison import check_twin, compare, twin_config, twin_path
+    from fedshield.comparison import compare, plain_twin
     from fedshield.engine.experiment import build_federation
-    from fedshield.report import run_result, write_run
+    from fedshield.report import run_result
 
-    twin = twin_config(config)
-    if twin == config:
-        console.print("this run is plain fp32: it is its own baseline")
-        return
-    path = Path(source) if source != "cached" else twin_path(config)
-    if path.exists():
-        document = json.loads(path.read_text())
-        check_twin(config, document)
-    elif source != "cached":
-        raise ConfigError(f"--compare-plain: {path} does not exist")
-    else:
-        console.print(f"training the plain fp32 twin once for the comparison ({path.parent})")
+    def train(twin) -> dict:
         rounds = _run_local(build_federation(twin), twin, quiet=True)
-        document = run_result(twin.as_dict(), rounds, rounds[-1]["per_site"], _environment(twin))
-        write_run(path.parent, document)
-    result["comparison"] = {**compare(result, document), "plain_result": str(path)}
+        return run_result(twin.as_dict(), rounds, rounds[-1]["per_site"], _environment(twin))
+
+    found = plain_twin(config, source, train=train, announce=console.print)
+    if found is not None:
+        document, path = found
+        result["comparison"] = {**compare(result, document), "plain_result": str(path)}
 
 
 def _run_config(args: argparse.Namespace):

@@ -15,13 +15,22 @@ import functools
 import hashlib
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from fedshield.engine.experiment import RunConfig
 from fedshield.errors import ConfigError
 
-__all__ = ["TWIN_CACHE", "compare", "comparison_line", "twin_config", "twin_path"]
+__all__ = [
+    "TWIN_CACHE",
+    "check_twin",
+    "compare",
+    "comparison_line",
+    "plain_twin",
+    "twin_config",
+    "twin_path",
+]
 
 TWIN_CACHE = Path("runs") / "plain-twins"
 _COMPARED = ("protect", "quant_bits", "clip", "sparsify", "error_feedback", "transport",
@@ -57,6 +66,35 @@ def check_twin(config: RunConfig, twin: dict) -> None:
             "--compare-plain: the given run is not this run's plain twin; it differs in "
             + ", ".join(differ)
         )
+
+
+def plain_twin(
+    config: RunConfig,
+    source: str,
+    *,
+    train: Callable[[RunConfig], dict],
+    announce: Callable[[str], None],
+) -> tuple[dict, Path] | None:
+    """The twin's result document and where it lies: read from ``source`` (a result.json
+    path, checked to be the twin), or, with ``source="cached"``, from the cache, trained with
+    ``train`` (and written there) the first time. ``None`` when ``config`` is plain fp32."""
+    from fedshield.report import write_run
+
+    twin = twin_config(config)
+    if twin == config:
+        announce("this run is plain fp32: it is its own baseline")
+        return None
+    path = Path(source) if source != "cached" else twin_path(config)
+    if path.exists():
+        document = json.loads(path.read_text())
+        check_twin(config, document)
+    elif source != "cached":
+        raise ConfigError(f"--compare-plain: {path} does not exist")
+    else:
+        announce(f"training the plain fp32 twin once for the comparison ({path.parent})")
+        document = train(twin)
+        write_run(path.parent, document)
+    return document, path
 
 
 def compare(result: dict, twin: dict) -> dict:

@@ -19,6 +19,7 @@ import numpy as np
 
 from fedshield import wire
 from fedshield._validate import check_instance, check_int
+from fedshield.compress.accumulate import add_scaled, all_finite
 from fedshield.compress.bitpack import pack, packed_size, unpack
 from fedshield.compress.quantize import (
     DEFAULT_CHUNK,
@@ -161,7 +162,7 @@ class PlainServer(ServerSession):
             values = dequantize_chunked(levels.astype(np.uint16), low, step, chunk=f.chunk)
         else:
             values = message.array(1, dtype="<f4", shape=(n,))
-        if not np.isfinite(values).all():
+        if not all_finite(values):
             raise NonFiniteValues(f"client {sender} sent an update with NaN or infinity")
         indices = None
         if f.k is not None:
@@ -174,7 +175,7 @@ class PlainServer(ServerSession):
                 )
         # Only valid input reaches the sum, so a rejected client never corrupts it.
         if indices is None:
-            self._sum += weight * values.astype(np.float64)
+            add_scaled(self._sum, weight, values)  # one pass, no temporaries
         else:
             self._sum[indices] += weight * values.astype(np.float64)
         self._total_weight += weight
