@@ -226,12 +226,13 @@ def revealed_aggregate(
     (weighted_sum, total), counts = held[0].aggregate, held[0].range_counts
     for s in held[1:]:
         w, t = s.aggregate
-        same_counts = (s.range_counts is None) == (counts is None) and (
-            counts is None or np.array_equal(s.range_counts, counts)
-        )
-        if t != total or not np.array_equal(w, weighted_sum) or not same_counts:
+        if t != total or not np.array_equal(w, weighted_sum) or not _same(s.range_counts, counts):
             raise RuntimeError("sites decrypted different aggregates")  # cannot: same key
     return weighted_sum, total, counts
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return a is b or (a is not None and b is not None and np.array_equal(a, b))
 
 
 def _he_costs(stages: list[StageStats]) -> dict:
