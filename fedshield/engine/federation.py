@@ -26,6 +26,7 @@ from fedshield.engine.server_round import RoundRecord, RoundTiming, ServerRound
 from fedshield.engine.site import Site, SiteRuntime
 from fedshield.engine.trainer import Algorithm, LocalTrainer
 from fedshield.engine.transport import InProcessTransport
+from fedshield.errors import NonFiniteValues
 from fedshield.protocols.registry import ProtocolSpec, get_protocol
 
 __all__ = ["Federation"]
@@ -139,13 +140,22 @@ class Federation:
         sessions, train_s = {}, {}
         for runtime in self.runtimes:
             t0 = time.perf_counter()
-            sessions[runtime.site_id] = runtime.train(broadcast, self.round)
-            train_s[runtime.site_id] = time.perf_counter() - t0
+            try:
+                sessions[runtime.site_id] = runtime.train(broadcast, self.round)
+                train_s[runtime.site_id] = time.perf_counter() - t0
+            except NonFiniteValues:
+                pass  # its training diverged: it counts as dropped this round
             if on_site_done:
                 on_site_done(runtime.site_id)
+        if not sessions:
+            raise NonFiniteValues(
+                f"round {self.round}: every site's local training diverged (NaN or infinite "
+                "weights); lower --lr"
+            )
         outcome, server = self.server.drive(InProcessTransport(sessions), list(sessions))
         for runtime in self.runtimes:
-            runtime.conclude(sessions[runtime.site_id])
+            if runtime.site_id in sessions:
+                runtime.conclude(sessions[runtime.site_id])
         aggregate_s = self.server.apply(outcome, sessions)
         return self.server.record(
             outcome,

@@ -25,7 +25,7 @@ from fedshield.engine.compression import CompressedUpdate, UpdateCompressor
 from fedshield.engine.metrics import predict
 from fedshield.engine.paramspec import ParamSpec
 from fedshield.engine.trainer import Algorithm, LocalTrainer
-from fedshield.errors import WrongShape
+from fedshield.errors import NonFiniteValues, WrongShape
 from fedshield.protocols.base import ClientSession
 from fedshield.protocols.ranges import MAX_EXPONENT, MIN_EXPONENT
 from fedshield.protocols.registry import MODEL_BROADCAST, ProtocolSpec
@@ -142,8 +142,13 @@ class SiteRuntime:
         ranges = self._round_ranges(round, range_exponents)
         self.load(start)
         self.trainer.local_update(self.algorithm, self.model, self.site.train, self.local_epochs)
-        self.local_state = self.spec.local_state(self.model)
         delta = self.spec.flatten(self.model) - start
+        if not np.isfinite(delta).all():  # before it can touch the local state or residual
+            raise NonFiniteValues(
+                f"site {self.site_id}: local training in round {round} gave NaN or infinite "
+                "weights (it diverged: a lower --lr may help); the site sits this round out"
+            )
+        self.local_state = self.spec.local_state(self.model)
         self._pending = update = self.compressor.compress(round, delta)
         topk = self.compressor.compression.sparsify == "topk"
         indices = {"indices": update.indices} if topk else {}

@@ -33,8 +33,10 @@ import numpy as np
 
 from fedshield import wire
 from fedshield._validate import check_client_ids, check_int, check_real
+from fedshield.compress.accumulate import all_finite
 from fedshield.errors import (
     IllegalTransition,
+    NonFiniteValues,
     ProtocolAbort,
     ReplayedMessage,
     StageNotClosed,
@@ -365,4 +367,6 @@ def _check_update(update: object) -> np.ndarray:
         )
     if update.ndim != 1 or update.size == 0:
         raise ValueError(f"update must be a non-empty 1-D vector, got shape {update.shape}")
+    if not all_finite(update):  # quantized, NaN would land on a level and skew the sum
+        raise NonFiniteValues("the update holds NaN or infinity: it is not sent")
     return update

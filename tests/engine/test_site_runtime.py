@@ -92,3 +92,19 @@ def test_an_he_site_that_missed_an_aggregate_sits_out_instead_of_training_on_sta
     stale = wire.serialize(header, [np.array([1], dtype="<u4")])  # round 1 was aggregated
     with pytest.raises(WrongRound, match="missed an aggregate"):
         process.handle("train", stale)
+
+
+def test_a_site_whose_training_diverges_sits_the_round_out_and_the_others_complete_it():
+    """A NaN would land on a quantization level and skew the secure sum without a trace; the
+    site refuses to send it, its local state and residual stay as they were, and the round
+    completes with the other sites."""
+    fed = build_federation(
+        RunConfig(sites=3, rounds=1, local_epochs=1, sparsify="randk:0.5", error_feedback=True)
+    )
+    sick = fed.runtimes[1]
+    images, _ = sick.site.train.dataset.tensors
+    images[0, 0, 0, 0] = float("nan")  # one pixel poisons the forward pass
+    record = fed.run_round()
+    assert record.dropped == [1] and record.clients == [0, 2]
+    assert np.isfinite(fed.global_vector).all()
+    assert sick.compressor.feedback is None or np.isfinite(sick.compressor.feedback.residual).all()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedshield.errors import ConfigError
+from fedshield.errors import ConfigError, NonFiniteValues
 from fedshield.protocols.he import HEClient, HEServer
 from fedshield.protocols.he.keys import HEKeyring, HEKeySetupClient, HEKeySetupServer
 from fedshield.protocols.he.params import HEConfig, plan_for
@@ -205,3 +205,10 @@ def test_get_protocol_keeps_raising_config_error_for_wrong_values():
         get_protocol("plain", quant_bits=0)
     with pytest.raises(ConfigError, match="clip"):
         get_protocol("he", max_weight=1.0, clip=-1.0)
+
+
+def test_a_client_session_refuses_a_non_finite_update():
+    config = SecAggConfig(clip=0.1, max_weight=1.0)
+    update = np.array([np.nan, 0.1, 0.1], dtype=np.float32)
+    with pytest.raises(NonFiniteValues, match="NaN or infinity"):
+        SecAggClient(client_id=0, round=1, update=update, weight=1.0, config=config)
