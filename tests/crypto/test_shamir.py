@@ -1,11 +1,13 @@
 import contextlib
 import itertools
 import secrets
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedshield.crypto import shamir
 from fedshield.crypto.shamir import PRIME, SHARE_BYTES, Share, reconstruct, split
 from fedshield.errors import InvalidShare, NotEnoughShares
 
@@ -79,3 +81,32 @@ def test_validation_branches():
         Share(1, PRIME, 2, 2)
     with pytest.raises(NotEnoughShares):
         reconstruct([])
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_decode_corrects_and_names_up_to_half_the_spare_shares_forged(data):
+    t = data.draw(st.integers(1, 8), label="threshold")
+    m = data.draw(st.integers(t, 20), label="shares")
+    secret = data.draw(st.binary(min_size=1, max_size=64), label="secret")
+    xs = data.draw(st.lists(st.integers(1, 500), min_size=m, max_size=m, unique=True))
+    shares = shamir.split(secret, threshold=t, xs=xs)
+    bad = data.draw(st.sets(st.integers(0, m - 1), max_size=(m - t) // 2), label="forged")
+    forged = [
+        replace(s, y=(s.y + data.draw(st.integers(1, shamir.PRIME - 1))) % shamir.PRIME)
+        if i in bad
+        else s
+        for i, s in enumerate(shares)
+    ]
+    got, named = shamir.decode(forged)
+    assert got == secret
+    assert sorted(named) == sorted(shares[i].x for i in bad)
+
+
+def test_decode_refuses_what_it_cannot_correct():
+    shares = shamir.split(b"secret", threshold=3, xs=[1, 2, 3, 4])  # corrects 0 forgeries
+    forged = [replace(shares[0], y=(shares[0].y + 1) % shamir.PRIME), *shares[1:]]
+    with pytest.raises(InvalidShare, match="can correct"):
+        shamir.decode(forged)
+    with pytest.raises(NotEnoughShares):
+        shamir.decode(shares[:2])

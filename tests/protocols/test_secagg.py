@@ -332,7 +332,7 @@ def test_forged_unmask_shares_abort_the_round_instead_of_crashing_the_server():
             return replies
 
     _, outcome, _, _ = _run(3, 16, transport_cls=Forge)
-    assert outcome.revealed is None and "commitment" in outcome.aborted
+    assert outcome.revealed is None and "cannot unmask" in outcome.aborted
 
 
 def test_one_forged_share_is_outvoted_when_spare_shares_exist():
@@ -388,3 +388,33 @@ def test_sealed_share_replayed_from_an_earlier_round_fails_authentication():
         _decode_levels(server, outcome.revealed, 8),
         _expected_level_sum(levels, weights, [0, 2, 3]),
     )
+
+
+class _ForgeEveryShareOfClient0(InProcessTransport):
+    """Client 0 flips one bit in every share it reveals at ``unmask``."""
+
+    def exchange(self, stage, messages):
+        replies = super().exchange(stage, messages)
+        if stage == "unmask":
+            msg = wire.parse(replies[0].data)
+            ids_b, blob_b, ids_s, blob_s = msg.fields
+            blob_b = bytearray(blob_b)
+            for i in range(len(ids_b)):
+                blob_b[i * 71 + 5] ^= 1
+            replies[0] = Reply(wire.serialize(msg.header, [ids_b, bytes(blob_b), ids_s, blob_s]))
+        return replies
+
+
+def test_one_forger_among_12_with_threshold_7_is_corrected_and_named():
+    """The issue's attack: at n = 12, t = 7 one flipped bit in client 0's shares aborted the
+    round (a subset search that always picked share 0). Reed-Solomon decoding corrects it,
+    the round completes with the exact aggregate, and the forger is named."""
+    config = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, threshold=7,
+                          weighting="integer")  # fmt: skip
+    server, outcome, levels, weights = _run(12, 16, config=config,
+                                            transport_cls=_ForgeEveryShareOfClient0)  # fmt: skip
+    np.testing.assert_array_equal(
+        _decode_levels(server, outcome.revealed, 16),
+        _expected_level_sum(levels, weights, range(12), config),
+    )
+    assert server.describe()["forged_shares_from"] == [0]

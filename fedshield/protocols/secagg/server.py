@@ -5,7 +5,6 @@ notation to these names: :mod:`fedshield.protocols.secagg`.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import secrets
 
 import numpy as np
@@ -15,7 +14,14 @@ from fedshield._validate import check_instance
 from fedshield.crypto import ring, shamir
 from fedshield.crypto.keys import PUBLIC_KEY_BYTES, KeyPair, validate_public_key
 from fedshield.crypto.prg import SEED_BYTES, add_mask, mask_scratch, ring_dtype
-from fedshield.errors import InvalidShare, ProtocolAbort, SecAggAbort, UnknownSender, WrongShape
+from fedshield.errors import (
+    InvalidShare,
+    NotEnoughShares,
+    ProtocolAbort,
+    SecAggAbort,
+    UnknownSender,
+    WrongShape,
+)
 from fedshield.protocols.base import Revealed, ServerSession, broadcasts, closes, receives
 from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.secagg.common import (
@@ -32,26 +38,35 @@ from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
 __all__ = ["SecAggServer"]
 
 
-def _verified_secret(shares: list[shamir.Share], check, max_tries: int = 64) -> bytes:
-    """Reconstruct from ``t`` shares and check it against the owner's commitment; if a share
-    was forged, try other ``t``-subsets (when more than ``t`` shares are at hand).
+def _verified_secret(
+    shares: list[shamir.Share], check, *, threshold: int
+) -> tuple[bytes, list[int]]:
+    """The secret that ``check`` accepts (the owner's commitment or public key) and the
+    holders (``x - 1``) whose shares were forged. Honest shares: one interpolation through
+    ``t`` of them. Otherwise Reed-Solomon decoding of all of them
+    (:func:`~fedshield.crypto.shamir.decode`) corrects up to ``(m - t) // 2`` forgeries in one
+    pass; a share whose header claims another threshold is a forgery too.
 
     Raises:
-        SecAggAbort: when no subset tried yields a secret that passes ``check``.
+        SecAggAbort: too few shares, or more forgeries than they can correct.
     """
-    if not shares:
-        raise SecAggAbort("no shares to reconstruct from")
-    t = shares[0].threshold
-    for subset in itertools.islice(itertools.combinations(shares, t), max_tries):
-        try:
-            secret = shamir.reconstruct(list(subset))
-            if check(secret):
-                return secret
-        except (InvalidShare, WrongShape):
-            continue
-    if len(shares) < t:
-        raise SecAggAbort(f"{len(shares)} shares, the threshold is {t}")
-    raise SecAggAbort("no subset of the revealed shares matches the owner's commitment")
+    forged = [s.x - 1 for s in shares if s.threshold != threshold]
+    shares = [s for s in shares if s.threshold == threshold]
+    if len(shares) < threshold:
+        raise SecAggAbort(f"{len(shares)} shares, the threshold is {threshold}")
+    try:
+        secret = shamir.reconstruct(shares[:threshold])
+        if check(secret):
+            return secret, forged
+    except (InvalidShare, WrongShape):
+        pass
+    try:
+        secret, wrong = shamir.decode(shares)
+    except (InvalidShare, NotEnoughShares) as exc:
+        raise SecAggAbort(f"the revealed shares cannot be decoded ({exc})") from None
+    if not check(secret):
+        raise SecAggAbort("the revealed shares decode to no secret matching the owner's commitment")
+    return secret, sorted(forged + [x - 1 for x in wrong])
 
 
 class SecAggServer(ServerSession):
@@ -99,6 +114,7 @@ class SecAggServer(ServerSession):
         self.mask_key_shares: dict[int, list[shamir.Share]] = {}  # owner -> shares of s^SK
         self.commitments: dict[int, bytes] = {}  # client -> hash of its self-mask seed
         self.unmasked: np.ndarray | None = None  # the revealed integer sum
+        self.forgers: set[int] = set()  # clients that revealed a forged share
 
     def describe(self) -> dict:
         """Ring bits, Shamir threshold, neighbours per client and weighting of this round, and
@@ -112,6 +128,7 @@ class SecAggServer(ServerSession):
             "neighbours": self.degree,
             "weighting": self.config.weighting,
             "aggregate_sha256": digest,
+            "forged_shares_from": sorted(self.forgers),
         }
 
     def _packed_len(self) -> int:
@@ -301,12 +318,18 @@ class SecAggServer(ServerSession):
         shares = self.grid.decode_sum(total[:dim], count)  # sum_i (W_i / top) x_i
         return shares * ring.weight_top(config.weight_bits), weight
 
+    def _verified_secret(self, shares: list[shamir.Share], check) -> bytes:
+        """:func:`_verified_secret` at this round's threshold, remembering the forgers."""
+        secret, forgers = _verified_secret(shares, check, threshold=self.threshold)
+        self.forgers.update(forgers)
+        return secret
+
     def _remove_masks(self, total: np.ndarray, survivors: list[int]) -> None:
         """Take the survivors' self masks and their pairwise masks with dropped clients out of
         ``total``, from the secrets the revealed shares reconstruct."""
         scratch = mask_scratch(self.length, self.bits)
         for c in survivors:
-            seed = _verified_secret(
+            seed = self._verified_secret(
                 self.self_mask_seed_shares.get(c, []),
                 lambda b, c=c: commit(b, round=self.round, client=c) == self.commitments[c],
             )
@@ -318,7 +341,7 @@ class SecAggServer(ServerSession):
             ]
             if not paired:
                 continue
-            secret = _verified_secret(
+            secret = self._verified_secret(
                 self.mask_key_shares.get(j, []),
                 lambda b, j=j: (
                     KeyPair.from_private_bytes(b).public_bytes == self.mask_public_keys[j]
