@@ -418,3 +418,36 @@ def test_one_forger_among_12_with_threshold_7_is_corrected_and_named():
         _expected_level_sum(levels, weights, range(12), config),
     )
     assert server.describe()["forged_shares_from"] == [0]
+
+
+class _OffGrid(SecAggClient):
+    """A malicious client: after encoding honestly, it puts a ring value no honest client
+    could send at ``position`` (a level, or the weight's digit, far above the grid's top)."""
+
+    position, value = 0, 900
+
+    def _weighted_levels(self, out):
+        super()._weighted_levels(out)
+        out[self.position] = self.value
+
+
+@pytest.mark.parametrize(("position", "value"), [(0, 900), (16, 300)])  # a level; the weight
+def test_a_client_sending_values_off_the_grid_aborts_the_round_instead_of_moving_the_mean(
+    position, value
+):
+    """The honest clients send the grid's bottom (level 0, full weight), so the malicious
+    value shows in the sum without wrapping the 10-bit ring: 900 + 0 + 0 and 300 + 255 + 255
+    exceed 3 x 255. (A value that keeps the sum in
+    range cannot be told from an honest one: secure aggregation hides who sent what.)"""
+    config = SecAggConfig(clip=0.1, quant_bits=8, max_weight=10.0)
+    low = np.full(16, -0.1, dtype=np.float32)
+    server = SecAggServer(round=1, clients=range(3), dim=16, config=config)
+    forger = type("Forger", (_OffGrid,), {"position": position, "value": value})
+    clients = {
+        c: (forger if c == 0 else SecAggClient)(
+            client_id=c, round=1, update=low, weight=10.0, config=config, quant_seed=c
+        )
+        for c in range(3)
+    }
+    outcome = run_protocol(server, InProcessTransport(clients))
+    assert outcome.revealed is None and "off the grid" in outcome.aborted

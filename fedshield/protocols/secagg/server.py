@@ -305,8 +305,7 @@ class SecAggServer(ServerSession):
         config, dim = self.config, self.dim
         digits = total[dim : dim + config.weight_digits]
         weight = ring.from_digits(digits, quant_bits=config.quant_bits)
-        if weight == 0:
-            raise SecAggAbort(f"round {self.round}: the unmasked total weight is zero")
+        self._check_in_range(total, count, weight)
         if config.weighting == "integer":
             mean = self.grid.decode_mean(total[:dim], weight)
             return mean.astype(np.float64) * weight, weight
@@ -317,6 +316,26 @@ class SecAggServer(ServerSession):
             )
         shares = self.grid.decode_sum(total[:dim], count)  # sum_i (W_i / top) x_i
         return shares * ring.weight_top(config.weight_bits), weight
+
+    def _check_in_range(self, total: np.ndarray, count: int, weight: int) -> None:
+        """Abort unless the unmasked sum is one ``count`` clients on the grid could send:
+        every weight in ``[1, top]``, every level at most ``2^quant_bits - 1`` (times its
+        weight under integer weighting), every weight digit a digit. A client that put
+        other ring values in its input (a negative weight, a level of 1000) would otherwise
+        move the mean far outside the public range."""
+        config, dim = self.config, self.dim
+        top, level = ring.weight_top(config.weight_bits), (1 << config.quant_bits) - 1
+        digits = total[dim : dim + config.weight_digits]
+        most = weight * level if config.weighting == "integer" else count * level
+        if (
+            not count <= weight <= count * top
+            or int(digits.max(initial=0)) > count * level
+            or (dim and int(total[:dim].max()) > most)
+        ):
+            raise SecAggAbort(
+                f"round {self.round}: the unmasked sum is outside what {count} clients on the "
+                "grid can send (a client sent levels or a weight off the grid)"
+            )
 
     def _verified_secret(self, shares: list[shamir.Share], check) -> bytes:
         """:func:`_verified_secret` at this round's threshold, remembering the forgers."""
