@@ -18,11 +18,10 @@ Clients that drop after sending their masked input are still counted. The round'
 parameters (the config and the ranges the server relays) are bound into every pairwise mask,
 so clients told different parameters do not cancel each other's masks. A client's own update
 must be finite (``NonFiniteValues``); the server aborts a round whose unmasked sum lies outside
-what the survivors could send on the grid (weights, levels, digits), so a malicious client
-can move the aggregate only within the public range: by at most its own share of the grid
-unless it wraps the sum into range, which cannot be told from honest input (secure
-aggregation hides who sent what; robust statistics over single updates are impossible by
-design). Forged Shamir shares are corrected by Reed-Solomon decoding and their senders named.
+what the survivors could send on the grid (weights, levels, digits), so the decoded mean
+stays within the public range. Within it a malicious client can still shift the sum (ring
+values that keep it in range cannot be told from honest input: secure aggregation hides who
+sent what, so robust statistics over single updates are impossible by design). Forged Shamir shares are corrected by Reed-Solomon decoding and their senders named.
 
 Stages (:class:`SecAggStage`): ``advertise_keys`` (two fresh X25519 public keys per client) →
 ``share_keys`` (Shamir shares of the self-mask seed and of the mask-agreement secret key, AES-GCM
