@@ -246,6 +246,7 @@ def _protocol(
         config.protect, max_weight=max_weight, clip=config.clip, quant_bits=config.quant_bits,
         threshold=config.threshold, neighbours=config.neighbours, he_scheme=config.he_scheme,
         he_weighting=config.he_weighting, secagg_weighting=config.secagg_weighting,
+        sites=config.sites,
     )  # fmt: skip
     if compressor is not None and compressor.compression.sparsify == "topk":
         protocol = protocol.with_topk(compressor.k)

@@ -73,7 +73,9 @@ class Federation:
         self.algorithm = algorithm or Algorithm()
         self.trainer = trainer or LocalTrainer()
         if isinstance(protect, str):
-            protect = get_protocol(protect, max_weight=max(s.weight for s in self.sites))
+            protect = get_protocol(
+                protect, max_weight=max(s.weight for s in self.sites), sites=len(self.sites)
+            )
         torch.manual_seed(seed)
         self.model = _build_model(model_factory)  # one workspace, shared by the runtimes
         self.spec = ParamSpec.from_module(

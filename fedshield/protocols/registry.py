@@ -152,7 +152,8 @@ class SecAggSpec(ProtocolSpec):
     @classmethod
     def from_options(
         cls, *, max_weight: float, clip: float | None, quant_bits: int | None, threshold=None,
-        neighbours=None, secagg_weighting: str = "fraction", **_ignored,
+        neighbours=None, secagg_weighting: str = "fraction", sites: int | None = None,
+        **_ignored,
     ) -> SecAggSpec:  # fmt: skip
         try:
             config = SecAggConfig(
@@ -163,6 +164,8 @@ class SecAggSpec(ProtocolSpec):
                 neighbours=neighbours,
                 weighting=secagg_weighting,
             )
+            if sites is not None:  # pin the round size to the federation's threshold
+                config = replace(config, min_clients=config.threshold_for(sites))
         except ValueError as exc:
             raise ConfigError(f"secagg: {exc}") from None
         return cls(config)
@@ -189,6 +192,7 @@ class SecAggSpec(ProtocolSpec):
             "neighbours": c.neighbours,
             "max_weight": c.max_weight,
             "weighting": c.weighting,
+            "min_clients": c.min_clients,
         }
 
 
@@ -291,6 +295,7 @@ def get_protocol(
     he_scheme: str = "bfv",
     he_weighting: str = "fraction",
     secagg_weighting: str = "fraction",
+    sites: int | None = None,
 ) -> ProtocolSpec:
     """The protocol called ``name`` with its options.
 
@@ -307,6 +312,9 @@ def get_protocol(
         he_scheme, he_weighting: ``he``'s scheme (``bfv``, ``ckks``) and weighting.
         secagg_weighting: ``secagg``'s weighting, ``fraction`` (no weight bits in the ring)
             or ``integer`` (:class:`~fedshield.protocols.secagg.SecAggConfig`).
+        sites: the federation's size; ``secagg`` then pins its smallest round (and fewest
+            survivors) to the Shamir threshold at that size, so a server cannot shrink a
+            round around one client (``SecAggConfig.min_clients``).
 
     Raises:
         ConfigError: an unknown name or an invalid option.
@@ -322,5 +330,5 @@ def get_protocol(
     return PROTOCOLS[name].from_options(
         max_weight=max_weight, clip=clip, quant_bits=quant_bits, threshold=threshold,
         neighbours=neighbours, he_scheme=he_scheme, he_weighting=he_weighting,
-        secagg_weighting=secagg_weighting,
+        secagg_weighting=secagg_weighting, sites=sites,
     )  # fmt: skip

@@ -16,6 +16,7 @@ from fedshield.errors import (
     UnknownSender,
     WrongRound,
 )
+from fedshield.protocols.registry import get_protocol
 from fedshield.protocols.secagg import STAGES, SecAggClient, SecAggServer
 from fedshield.protocols.secagg.config import SecAggConfig, default_neighbours, neighbour_graph
 
@@ -451,3 +452,27 @@ def test_a_client_sending_values_off_the_grid_aborts_the_round_instead_of_moving
     }
     outcome = run_protocol(server, InProcessTransport(clients))
     assert outcome.revealed is None and "off the grid" in outcome.aborted
+
+
+def test_a_server_cannot_shrink_the_round_to_a_lone_victim():
+    """The issue's "n = 1 lie": told it is alone, a client took n = 1 and t = 1 and its own
+    self-mask share then unmasked it. With the round size pinned (the engine pins the
+    federation's threshold), the client refuses and nothing is revealed."""
+    victim_update = np.linspace(-0.1, 0.1, 16, dtype=np.float32)
+    for pinned, revealed in ((1, True), (3, False)):  # unpinned: the attack works
+        config = SecAggConfig(clip=0.1, quant_bits=8, max_weight=10.0, min_clients=pinned)
+        server = SecAggServer(round=1, clients=[2], dim=16, config=config)  # "you are alone"
+        victim = SecAggClient(client_id=2, round=1, update=victim_update, weight=10.0,
+                              config=config)  # fmt: skip
+        outcome = run_protocol(server, InProcessTransport({2: victim}))
+        assert (outcome.revealed is not None) == revealed
+        if revealed:
+            np.testing.assert_allclose(outcome.revealed.weighted_sum / 255, victim_update,
+                                       atol=0.001)  # fmt: skip
+        else:
+            assert "pinned minimum" in outcome.stages[0].rejected[2]
+
+
+def test_the_engine_pins_the_round_size_to_the_federations_threshold():
+    spec = get_protocol("secagg", max_weight=10.0, sites=5)
+    assert spec.config.min_clients == spec.config.threshold_for(5) == 3

@@ -21,7 +21,10 @@ must be finite (``NonFiniteValues``); the server aborts a round whose unmasked s
 what the survivors could send on the grid (weights, levels, digits), so the decoded mean
 stays within the public range. Within it a malicious client can still shift the sum (ring
 values that keep it in range cannot be told from honest input: secure aggregation hides who
-sent what, so robust statistics over single updates are impossible by design). Forged Shamir shares are corrected by Reed-Solomon decoding and their senders named.
+sent what, so robust statistics over single updates are impossible by design). Forged
+Shamir shares are corrected by Reed-Solomon decoding and their senders named.
+``min_clients`` (pinned by the engine to the Shamir threshold of the whole federation) keeps
+a server from shrinking a round around one client.
 
 Stages (:class:`SecAggStage`): ``advertise_keys`` (two fresh X25519 public keys per client) →
 ``share_keys`` (Shamir shares of the self-mask seed and of the mask-agreement secret key, AES-GCM

@@ -88,8 +88,18 @@ class SecAggClient(ClientSession):
         if self.client_id not in self.clients:
             raise UnknownSender(f"client {self.client_id} is not in this round")
         self.n = len(self.clients)
+        if self.n < self.config.min_clients:
+            raise SecAggAbort(
+                f"client {self.client_id}: the server lists {self.n} clients, fewer than the "
+                f"pinned minimum of {self.config.min_clients}"
+            )
         self.bits = self.config.bits(self.n)
-        self.threshold = self.config.threshold_for(self.n)
+        try:
+            self.threshold = self.config.threshold_for(self.n)
+        except ValueError as exc:
+            raise SecAggAbort(f"client {self.client_id}: {exc}") from None
+        # Survivors every stage needs: the threshold, and never fewer than the pinned minimum.
+        self.minimum = max(self.threshold, self.config.min_clients)
         return self._client_message(
             stage, [self.channel_keys.public_bytes, self.mask_keys.public_bytes]
         )
@@ -105,7 +115,7 @@ class SecAggClient(ClientSession):
         if (
             len(set(advertised)) != len(advertised)
             or not set(advertised) <= set(self.clients)
-            or len(advertised) < self.threshold
+            or len(advertised) < self.minimum
         ):
             raise SecAggAbort(f"client {me}: bad or too small key list ({len(advertised)})")
         self.channel_public_keys = _split_keys(channel_blob, advertised)
@@ -163,7 +173,7 @@ class SecAggClient(ClientSession):
         if (
             not shared_keys_survivors <= set(self.channel_public_keys)
             or me not in shared_keys_survivors
-            or len(shared_keys_survivors) < self.threshold
+            or len(shared_keys_survivors) < self.minimum
         ):
             raise SecAggAbort(f"client {me}: the survivor list is inconsistent or too small")
         complaints = []
@@ -249,7 +259,7 @@ class SecAggClient(ClientSession):
         if (
             masked_input_survivors & dropped
             or me not in masked_input_survivors
-            or len(masked_input_survivors) < self.threshold
+            or len(masked_input_survivors) < self.minimum
         ):
             raise SecAggAbort(f"client {me}: survivors and dropped overlap, or too few survivors")
         if not (masked_input_survivors | dropped) <= set(self.channel_public_keys):

@@ -80,6 +80,10 @@ class SecAggConfig:
             scaled to integers in ``[1, 2^weight_bits - 1]`` relative to it.
         threshold: Shamir threshold ``t``; ``None`` picks a majority of each share group.
         neighbours: neighbours per client; ``None`` uses :func:`default_neighbours`.
+        min_clients: the fewest clients a round may list, and the fewest survivors any stage
+            may continue with, pinned by every client: a server cannot shrink a round (down
+            to a lone victim whose own shares then unmask it). The engine pins the Shamir
+            threshold of the whole federation.
         weighting: ``"integer"`` (each client multiplies its levels by its integer weight
             ``W``: the ring needs ``weight_bits`` more bits, the mean's error is at most one
             step) or ``"fraction"`` (each client quantizes its update times
@@ -102,6 +106,7 @@ class SecAggConfig:
     threshold: int | None = None
     neighbours: int | None = None
     weighting: str = "fraction"
+    min_clients: int = 1
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
@@ -116,6 +121,7 @@ class SecAggConfig:
         )
         check_int("threshold", self.threshold, low=1, optional=True, error=ConfigError)
         check_int("neighbours", self.neighbours, low=1, optional=True, error=ConfigError)
+        check_int("min_clients", self.min_clients, low=1, error=ConfigError)
 
     def digest(self, ranges: TensorRanges | None = None) -> bytes:
         """SHA-256 of the parameters (and the round's ranges), so parties detect a mismatch

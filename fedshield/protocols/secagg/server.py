@@ -264,10 +264,12 @@ class SecAggServer(ServerSession):
 
     @closes(SecAggStage.ADVERTISE_KEYS, SecAggStage.SHARE_KEYS, SecAggStage.UNMASK)
     def _check_threshold(self, stage: str) -> None:
-        if len(self.alive) < self.threshold:
+        minimum = max(self.threshold, self.config.min_clients)
+        if len(self.alive) < minimum:
             raise SecAggAbort(
                 f"round {self.round}: {len(self.alive)} clients left after '{stage}', "
-                f"the threshold is {self.threshold}"
+                f"the threshold is {self.threshold} and the pinned minimum "
+                f"{self.config.min_clients}"
             )
 
     # --- reveal ------------------------------------------------------------------------------
