@@ -22,6 +22,7 @@ from fedshield.compress.quantize import MAX_BITS, dequantize_fixed, quantize_fix
 from fedshield.crypto.prg import ring_dtype
 
 __all__ = [
+    "check_on_grid",
     "dequantize",
     "dequantize_mean",
     "dequantize_sum",
@@ -83,6 +84,28 @@ def to_digits(value: int, *, quant_bits: int, count: int) -> list[int]:
 def from_digits(digits, *, quant_bits: int) -> int:
     """The integer whose base-``2^quant_bits`` digits (or digit sums) are ``digits``."""
     return sum(int(d) << (k * quant_bits) for k, d in enumerate(digits))
+
+
+def check_on_grid(
+    levels: np.ndarray, digits: np.ndarray, *, count: int, weight: int, quant_bits: int,
+    weight_bits: int, integer: bool,
+) -> None:  # fmt: skip
+    """Raise ``ValueError`` unless a decoded sum is one that ``count`` sites on the grid could
+    have sent: each weight in ``[1, 2^weight_bits - 1]``, each level at most
+    ``2^quant_bits - 1`` (times its weight under integer weighting), each weight digit a
+    digit. A site that put other values in (a level of 1000, a weight of 10^6) would
+    otherwise move the mean outside the public range."""
+    top, level = weight_top(weight_bits), (1 << quant_bits) - 1
+    most = weight * level if integer else count * level
+    if (
+        not count <= weight <= count * top
+        or int(digits.max(initial=0)) > (weight if integer else count * level)
+        or (levels.size and int(levels.max()) > most)
+    ):
+        raise ValueError(
+            f"the decoded sum is outside what {count} sites on the grid can send (a site sent "
+            "levels or a weight off the grid)"
+        )
 
 
 def quantize(

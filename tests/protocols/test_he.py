@@ -309,3 +309,40 @@ def test_malformed_ciphertexts_are_rejected_and_the_honest_round_completes(case,
     np.testing.assert_array_equal(
         clients[0].level_sum, _expected_levels(plan, updates, weights, [0, 2])
     )
+
+
+class _OffGridSite(HEClient):
+    """A malicious site: after encoding honestly, it sets a bit above the top field of a
+    slot (``slot_top``) or a level far above the grid (``level``)."""
+
+    mode = "slot_top"
+
+    def _encode_bfv(self):
+        rows = super()._encode_bfv()
+        plan = self.plan
+        if self.mode == "slot_top":
+            rows[0, 0] |= np.uint64(1) << np.uint64(plan.per_slot * plan.value_bits)
+        else:
+            rows[0, 0] = (rows[0, 0] & ~np.uint64((1 << plan.value_bits) - 1)) | np.uint64(900)
+        return rows
+
+
+@pytest.mark.parametrize("mode", ["slot_top", "level"])
+def test_a_site_sending_values_off_the_grid_is_caught_by_the_decrypting_sites(mode):
+    """Honest sites send the grid's bottom at full weight, so the forged value shows in the
+    sum: bits above the top field, or a level of 900 > 3 x 255. Every decrypting site
+    refuses the aggregate instead of applying a mean outside the public range."""
+    config = HEConfig(clip=0.1, quant_bits=8, weight_bits=8, max_weight=10.0)
+    plan = plan_for(config, n_clients=3, dim=40)
+    keyring = HEKeyring.generate(plan)
+    low = np.full(40, -0.1, dtype=np.float32)
+    server = HEServer(round=1, clients=[0, 1, 2], dim=40, plan=plan)
+    forger = type("Forger", (_OffGridSite,), {"mode": mode})
+    clients = {
+        c: (forger if c == 0 else HEClient)(
+            client_id=c, round=1, update=low, weight=10.0, keyring=keyring, quant_seed=c
+        )
+        for c in range(3)
+    }
+    run_protocol(server, InProcessTransport(clients))
+    assert all(client.aggregate is None for client in clients.values())

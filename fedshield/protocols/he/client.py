@@ -147,6 +147,8 @@ class HEClient(ClientSession):
         if plan.scheme == "ckks":
             values = flat.reshape(-1)
             return values[:dim].copy(), float(values[dim])
+        if (flat >> np.uint64(plan.per_slot * plan.value_bits)).any():
+            raise ProtocolAbort("a decrypted slot has bits above its top field: a site sent more")
         values = unpack_slots(flat, plan, dim + config.tail_values + plan.stat_values)
         self.level_sum = values  # summed levels, weight digits (and count), for auditors
         if plan.stat_values:
@@ -158,8 +160,14 @@ class HEClient(ClientSession):
             self.range_counts = counts
         digits = values[dim : dim + config.weight_digits]
         total = ring.from_digits(digits, quant_bits=config.quant_bits)
-        if total == 0:
-            raise ProtocolAbort("the decrypted total weight is zero")
+        try:
+            ring.check_on_grid(
+                values[:dim], digits, count=contributors, weight=total,
+                quant_bits=config.quant_bits, weight_bits=config.weight_bits,
+                integer=config.weighting == "integer",
+            )  # fmt: skip
+        except ValueError as exc:
+            raise ProtocolAbort(str(exc)) from None
         if config.weighting == "integer":
             mean = self.grid.decode_mean(values[:dim], total)
             return mean.astype(np.float64) * total, float(total)

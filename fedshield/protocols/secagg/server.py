@@ -320,24 +320,17 @@ class SecAggServer(ServerSession):
         return shares * ring.weight_top(config.weight_bits), weight
 
     def _check_in_range(self, total: np.ndarray, count: int, weight: int) -> None:
-        """Abort unless the unmasked sum is one ``count`` clients on the grid could send:
-        every weight in ``[1, top]``, every level at most ``2^quant_bits - 1`` (times its
-        weight under integer weighting), every weight digit a digit. A client that put
-        other ring values in its input (a negative weight, a level of 1000) would otherwise
-        move the mean far outside the public range."""
+        """Abort unless the unmasked sum is one ``count`` clients on the grid could send
+        (:func:`~fedshield.crypto.ring.check_on_grid`)."""
         config, dim = self.config, self.dim
-        top, level = ring.weight_top(config.weight_bits), (1 << config.quant_bits) - 1
-        digits = total[dim : dim + config.weight_digits]
-        most = weight * level if config.weighting == "integer" else count * level
-        if (
-            not count <= weight <= count * top
-            or int(digits.max(initial=0)) > count * level
-            or (dim and int(total[:dim].max()) > most)
-        ):
-            raise SecAggAbort(
-                f"round {self.round}: the unmasked sum is outside what {count} clients on the "
-                "grid can send (a client sent levels or a weight off the grid)"
-            )
+        try:
+            ring.check_on_grid(
+                total[:dim], total[dim : dim + config.weight_digits], count=count,
+                weight=weight, quant_bits=config.quant_bits, weight_bits=config.weight_bits,
+                integer=config.weighting == "integer",
+            )  # fmt: skip
+        except ValueError as exc:
+            raise SecAggAbort(f"round {self.round}: {exc}") from None
 
     def _verified_secret(self, shares: list[shamir.Share], check) -> bytes:
         """:func:`_verified_secret` at this round's threshold, remembering the forgers."""
