@@ -2,8 +2,11 @@
 
 Building block: use the ``he`` protocol (:mod:`fedshield.protocols.he`) unless you know why not.
 
-SEAL's ``save``/``load`` take file paths only; a tmpfs file (``/dev/shm``) carries the bytes,
-written in place (SEAL reads only the size its header declares).
+SEAL's ``save``/``load`` take file paths only; an anonymous in-memory file (``memfd_create``,
+reached as ``/proc/self/fd/N``) carries the bytes, written in place (SEAL reads only the size
+its header declares). Nothing, secret keys included, ever has a name another process could
+open; where ``memfd_create`` is missing (not Linux) a private temporary file stands in,
+removed on close.
 """
 
 from __future__ import annotations
@@ -58,16 +61,22 @@ class SealIO:
         self._fd = -1  # nothing to close if the check below raises
         check_instance("context", context, sa.SEALContext, "from seal_context")
         self.context = context
-        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        self._fd, self.path = tempfile.mkstemp(prefix="fedshield-he-", dir=folder)
         self._owner = os.getpid()
+        self._named = False
+        try:
+            self._fd = os.memfd_create("fedshield-he", os.MFD_CLOEXEC)
+            self.path = f"/proc/self/fd/{self._fd}"
+        except (AttributeError, OSError):  # no memfd here: a private (0600) temporary file
+            self._fd, self.path = tempfile.mkstemp(prefix="fedshield-he-")
+            self._named = True
 
     def close(self) -> None:
-        """Remove the file (only in the process that made it)."""
+        """Close the file (and remove a named one), only in the process that made it."""
         if self._fd >= 0 and os.getpid() == self._owner:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
-                os.unlink(self.path)
+                if self._named:
+                    os.unlink(self.path)
         self._fd = -1
 
     def __enter__(self) -> SealIO:

@@ -78,9 +78,8 @@ class Federation:
             )
         torch.manual_seed(seed)
         self.model = _build_model(model_factory)  # one workspace, shared by the runtimes
-        self.spec = ParamSpec.from_module(
-            self.model, exclude_batchnorm=self.algorithm.exclude_batchnorm
-        )
+        bn_local = self.algorithm.exclude_batchnorm
+        self.spec = ParamSpec.from_module(self.model, exclude_batchnorm=bn_local)
         compression = compression or Compression()
 
         def compressor() -> UpdateCompressor:

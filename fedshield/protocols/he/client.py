@@ -160,20 +160,20 @@ class HEClient(ClientSession):
             self.range_counts = counts
         digits = values[dim : dim + config.weight_digits]
         total = ring.from_digits(digits, quant_bits=config.quant_bits)
+        integer = config.weighting == "integer"
+        counted = contributors if integer else int(values[dim + config.weight_digits])
+        if counted != contributors:
+            raise ProtocolAbort(f"the sum holds {counted} sites, the server names {contributors}")
         try:
             ring.check_on_grid(
                 values[:dim], digits, count=contributors, weight=total,
-                quant_bits=config.quant_bits, weight_bits=config.weight_bits,
-                integer=config.weighting == "integer",
+                quant_bits=config.quant_bits, weight_bits=config.weight_bits, integer=integer,
             )  # fmt: skip
         except ValueError as exc:
             raise ProtocolAbort(str(exc)) from None
-        if config.weighting == "integer":
+        if integer:
             mean = self.grid.decode_mean(values[:dim], total)
             return mean.astype(np.float64) * total, float(total)
-        counted = int(values[dim + config.weight_digits])
-        if counted != contributors:
-            raise ProtocolAbort(f"the sum holds {counted} sites, the server names {contributors}")
         # sum_i share_i x_i, from the summed levels of every contributor's scaled update
         shares = self.grid.decode_sum(values[:dim], contributors)
         return shares * ring.weight_top(config.weight_bits), float(total)

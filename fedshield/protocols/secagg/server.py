@@ -307,15 +307,16 @@ class SecAggServer(ServerSession):
         config, dim = self.config, self.dim
         digits = total[dim : dim + config.weight_digits]
         weight = ring.from_digits(digits, quant_bits=config.quant_bits)
-        self._check_in_range(total, count, weight)
-        if config.weighting == "integer":
-            mean = self.grid.decode_mean(total[:dim], weight)
-            return mean.astype(np.float64) * weight, weight
-        counted = int(total[dim + config.weight_digits])
+        integer = config.weighting == "integer"
+        counted = count if integer else int(total[dim + config.weight_digits])
         if counted != count:
             raise SecAggAbort(
                 f"round {self.round}: the sum holds {counted} updates, {count} survived"
             )
+        self._check_in_range(total, count, weight)
+        if integer:
+            mean = self.grid.decode_mean(total[:dim], weight)
+            return mean.astype(np.float64) * weight, weight
         shares = self.grid.decode_sum(total[:dim], count)  # sum_i (W_i / top) x_i
         return shares * ring.weight_top(config.weight_bits), weight
 
