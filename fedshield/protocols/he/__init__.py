@@ -7,8 +7,13 @@ them, and it adds them; it never holds the secret key (key distribution:
 site holds the same secret key, so **a server colluding with any one site can decrypt every
 site's update**, exactly as in NVIDIA FLARE's HE; use ``secagg`` where that matters. Ciphertexts
 carry no integrity: a site (or the network, without TLS) can send a well-formed but wrong
-ciphertext and poison the sum; the server checks only that each is well-formed and under the
-round's parameters. Dropouts: any number; the sum is over the sites whose ciphertexts arrived
+ciphertext; the server checks only that each is well-formed and under the round's parameters.
+The decrypting sites refuse a sum that honest sites on the grid could not have produced (bits
+above a slot's top field, a level, weight digit, weight or count out of range), so a wrong
+ciphertext moves the mean at most within the public range (BFV; CKKS sums carry no such
+check). Under adaptive ranges (the default) each site adds the range statistic
+(:mod:`fedshield.protocols.ranges`) to its ciphertexts; the sites decrypt it and move the
+ranges themselves, so the server chooses nothing. Dropouts: any number; the sum is over the sites whose ciphertexts arrived
 (``contributors``, which the server learns), and a site that misses the ``aggregate`` stage just
 does not get this round's result.
 
