@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedshield.engine.flower.relay import write_key
 from fedshield.errors import ConfigError, FedshieldError
 
 __all__ = ["FlowerRunError", "LocalDeployment", "live_members", "run_on_flower"]
@@ -147,8 +147,7 @@ class LocalDeployment:
         sites = []
         for site in range(self.n_sites):
             key_file = self.workdir / f"site{site}.key"
-            key_file.write_bytes(secrets.token_bytes(32))
-            key_file.chmod(0o600)
+            write_key(key_file)
             site_port = _free_port()
             process = self._start(
                 f"site{site}",

@@ -13,9 +13,10 @@ above a slot's top field, a level, weight digit, weight or count out of range), 
 ciphertext moves the mean at most within the public range (BFV; CKKS sums carry no such
 check). Under adaptive ranges (the default) each site adds the range statistic
 (:mod:`fedshield.protocols.ranges`) to its ciphertexts; the sites decrypt it and move the
-ranges themselves, so the server chooses nothing. Dropouts: any number; the sum is over the sites whose ciphertexts arrived
-(``contributors``, which the server learns), and a site that misses the ``aggregate`` stage just
-does not get this round's result.
+ranges themselves, so the server chooses nothing. Dropouts: any number; the sum is over the
+sites whose ciphertexts arrived (``contributors``, which the server learns), and a site that
+misses the ``aggregate`` stage does not get this round's result (over Flower it then sits out:
+its model would be stale).
 
 Encoding. BFV (default): updates are weighted (``weighting``: scaled by the site's weight
 fraction before quantization, or levels times its integer weight), clipped and stochastically
