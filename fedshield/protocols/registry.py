@@ -220,7 +220,8 @@ class KeySetup:
                                 holder=self.holder)  # fmt: skip
 
     def client(self, client_id: int) -> HEKeySetupClient:
-        return HEKeySetupClient(client_id=client_id, plan=self.plan, holder=self.holder)
+        return HEKeySetupClient(client_id=client_id, plan=self.plan, holder=self.holder,
+                                members=self.clients)  # fmt: skip
 
     def bind(self, keyrings: dict[int, HEKeyring]) -> HESpec:
         """The protocol bound to the plan and the keyrings this process holds (none on the

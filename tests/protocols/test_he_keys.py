@@ -14,7 +14,12 @@ from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
 from fedshield.errors import InvalidShare
 from fedshield.protocols.he import HEClient, HEServer, pack_slots
-from fedshield.protocols.he.keys import HEKeyring, HEKeySetupClient, HEKeySetupServer
+from fedshield.protocols.he.keys import (
+    HEKeyring,
+    HEKeySetupClient,
+    HEKeySetupServer,
+    _transport_info,
+)
 from fedshield.protocols.he.params import HEConfig, plan_for
 
 CONFIG = HEConfig(clip=0.5, quant_bits=8, weight_bits=8, max_weight=100.0)
@@ -104,3 +109,50 @@ def test_key_transport_messages_are_aead_ciphertexts_only_the_addressed_site_ope
         )
         with pytest.raises(InvalidShare):
             open_share(key, sealed_for_1, round=0, sender=0, receiver=wrong_site)
+
+
+class _RogueRecipient(InProcessTransport):
+    """The issue's attack: the server asks the key holder to seal the key to a "site 77"
+    whose public key is the server's own, and keeps what comes back."""
+
+    server_keys = KeyPair.generate()
+    sealed_for_77: ClassVar[list] = []
+
+    def exchange(self, stage, messages):
+        if stage == "seal":
+            message = wire.parse(messages[0])
+            sites, publics = message.fields
+            sites = np.append(sites, np.uint32(77)).astype(np.uint32)
+            publics = publics + self.server_keys.public_bytes
+            messages = {0: wire.serialize(message.header, [sites, publics])}
+        replies = super().exchange(stage, messages)
+        if stage == "seal" and replies[0].data is not None:
+            sites, sizes, blob = wire.parse(replies[0].data).fields
+            offsets = [0, *np.cumsum(sizes).tolist()]
+            k = sites.tolist().index(77)
+            type(self).sealed_for_77.append(bytes(blob[offsets[k] : offsets[k + 1]]))
+        return replies
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_a_rogue_recipient_added_by_the_server_gets_no_key(pinned):
+    """Unpinned (the key holder seals to whoever the server lists) the server opens the key;
+    pinned to the federation's members (as the engine does), the holder refuses."""
+    plan = plan_for(CONFIG, n_clients=3, dim=10)
+    server = HEKeySetupServer(round=0, clients=[0, 1, 2], dim=1, plan=plan, holder=0)
+    members = [0, 1, 2] if pinned else None
+    clients = {c: HEKeySetupClient(client_id=c, plan=plan, holder=0, members=members)
+               for c in range(3)}  # fmt: skip
+    _RogueRecipient.sealed_for_77.clear()
+    run_protocol(server, _RogueRecipient(clients))
+    if not pinned:  # the attack works: the server decrypts the secret key
+        (sealed,) = _RogueRecipient.sealed_for_77
+        key = _RogueRecipient.server_keys.agree(
+            clients[0].transport_keys.public_bytes,
+            info=_transport_info(plan.params_id, 0, 77),
+        )
+        secret = open_share(key, sealed, round=0, sender=0, receiver=77)
+        assert secret == clients[0].keyring.secret_bytes()
+    else:
+        assert _RogueRecipient.sealed_for_77 == []
+        assert all(c.keyring is None for c in (clients[1], clients[2]))

@@ -19,7 +19,7 @@ import numpy as np
 import tenseal.sealapi as sa
 
 from fedshield import wire
-from fedshield._validate import check_instance, check_int
+from fedshield._validate import check_client_ids, check_instance, check_int
 from fedshield.crypto.keys import (
     PUBLIC_KEY_BYTES,
     KeyPair,
@@ -186,12 +186,18 @@ class HEKeySetupClient(ClientSession):
     stages = KEY_STAGES
     skippable = frozenset({HEKeyStage.SEAL})  # only the key holder seals
 
-    def __init__(self, *, client_id: int, plan: HEPlan, holder: int, round: int = 0) -> None:
+    def __init__(
+        self, *, client_id: int, plan: HEPlan, holder: int, round: int = 0,
+        members: list[int] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(
             client_id=client_id, round=round, update=np.zeros(1, np.float32), weight=1.0
         )
         check_instance("plan", plan, HEPlan, "from plan_for")
         self.plan = plan
+        # The federation's sites as this site knows them (not from the server): the key
+        # holder seals the key to no one else. ``None``: whoever the server lists.
+        self.members = None if members is None else set(check_client_ids("members", members))
         self.holder = check_int("holder", holder, low=0)
         self.transport_keys = KeyPair.generate()
         self.keyring: HEKeyring | None = HEKeyring.generate(plan) if client_id == holder else None
@@ -226,6 +232,12 @@ class HEKeySetupClient(ClientSession):
         message.require_fields(2)
         sites = message.array(0, dtype="<u4").tolist()
         publics = message.raw(1, length=len(sites) * PUBLIC_KEY_BYTES)
+        strangers = sorted(set(sites) - self.members) if self.members is not None else []
+        if strangers or len(set(sites)) != len(sites):
+            raise UnknownSender(
+                f"the server asks to seal the key to sites outside the federation {strangers} "
+                "(or to one site twice): refused"
+            )
         secret = self.keyring.secret_bytes()
         sealed = []
         for i, site in enumerate(sites):
