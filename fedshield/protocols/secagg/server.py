@@ -38,7 +38,7 @@ from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
 __all__ = ["SecAggServer"]
 
 
-def _verified_secret(
+def _decode_secret(
     shares: list[shamir.Share], check, *, threshold: int
 ) -> tuple[bytes, list[int]]:
     """The secret that ``check`` accepts (the owner's commitment or public key) and the
@@ -334,8 +334,8 @@ class SecAggServer(ServerSession):
             raise SecAggAbort(f"round {self.round}: {exc}") from None
 
     def _verified_secret(self, shares: list[shamir.Share], check) -> bytes:
-        """:func:`_verified_secret` at this round's threshold, remembering the forgers."""
-        secret, forgers = _verified_secret(shares, check, threshold=self.threshold)
+        """:func:`_decode_secret` at this round's threshold, remembering the forgers."""
+        secret, forgers = _decode_secret(shares, check, threshold=self.threshold)
         self.forgers.update(forgers)
         return secret
 
