@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedshield.data import breastmnist_path
@@ -89,14 +88,10 @@ def add_ratios(by_mode: dict[str, dict]) -> None:
             summary[f"{key}_over_plain"] = _ratio(summary[key], plain.get(key))
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
+def _progress():
+    from fedshield.report import progress_bar
+
+    return progress_bar(console)
 
 
 def run_all(models: list[str], modes: list[str], rounds: int, seed: int) -> dict:

@@ -10,7 +10,6 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedshield.errors import FedshieldError
@@ -378,14 +377,10 @@ def _cmd_survey(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
+def _progress():
+    from fedshield.report import progress_bar
+
+    return progress_bar(console)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedshield import __version__
 
-__all__ = ["CONSOLE_COLUMNS", "format_cell", "run_result", "write_run", "write_survey"]
+__all__ = [
+    "CONSOLE_COLUMNS",
+    "format_cell",
+    "progress_bar",
+    "run_result",
+    "write_run",
+    "write_survey",
+]
 
 ROUND_COLUMNS = (
     ("round", "round", "{}"),
@@ -50,6 +58,17 @@ CONSOLE_COLUMNS = (
     ("wall_s", "wall s", lambda r: f"{r['wall_s']:.2f}"),
     ("critical_path_s", "crit s", lambda r: f"{r['critical_path_s']:.2f}"),
 )
+
+
+def progress_bar(console) -> Progress:
+    """The progress bar of long work (a rich ``Progress`` on ``console``)."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 def format_cell(key: str, value) -> str:

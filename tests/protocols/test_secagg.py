@@ -335,19 +335,28 @@ def test_forged_unmask_shares_abort_the_round_instead_of_crashing_the_server():
     assert outcome.revealed is None and "cannot unmask" in outcome.aborted
 
 
-def test_one_forged_share_is_outvoted_when_spare_shares_exist():
-    class ForgeOne(InProcessTransport):
+def forging_client_0(every: bool) -> type[InProcessTransport]:
+    """A transport where client 0 flips one bit in the first (or every) self-mask-seed share
+    it reveals at ``unmask``."""
+
+    class Forge(InProcessTransport):
         def exchange(self, stage, messages):
             replies = super().exchange(stage, messages)
             if stage == "unmask":
                 msg = wire.parse(replies[0].data)
                 ids_b, blob_b, ids_s, blob_s = msg.fields
                 blob_b = bytearray(blob_b)
-                blob_b[5] ^= 1  # client 0 lies about one share of one survivor's seed
-                replies[0] = Reply(
-                    wire.serialize(msg.header, [ids_b, bytes(blob_b), ids_s, blob_s])
-                )
+                for i in range(len(ids_b)) if every else [0]:
+                    blob_b[i * 71 + 5] ^= 1
+                fields = [ids_b, bytes(blob_b), ids_s, blob_s]
+                replies[0] = Reply(wire.serialize(msg.header, fields))
             return replies
+
+    return Forge
+
+
+def test_one_forged_share_is_outvoted_when_spare_shares_exist():
+    ForgeOne = forging_client_0(every=False)
 
     config = SecAggConfig(
         clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, threshold=3, weighting="integer"

@@ -5,29 +5,13 @@ off (or was measured to before it), and to fail now."""
 
 import numpy as np
 import pytest
-from test_secagg import _decode_levels, _expected_level_sum, _run
+from test_secagg import _decode_levels, _expected_level_sum, _run, forging_client_0
 
-from fedshield import wire
 from fedshield.engine.runner import run_protocol
-from fedshield.engine.transport import InProcessTransport, Reply
+from fedshield.engine.transport import InProcessTransport
 from fedshield.protocols.registry import get_protocol
 from fedshield.protocols.secagg import SecAggClient, SecAggServer
 from fedshield.protocols.secagg.config import SecAggConfig
-
-
-class _ForgeEveryShareOfClient0(InProcessTransport):
-    """Client 0 flips one bit in every share it reveals at ``unmask``."""
-
-    def exchange(self, stage, messages):
-        replies = super().exchange(stage, messages)
-        if stage == "unmask":
-            msg = wire.parse(replies[0].data)
-            ids_b, blob_b, ids_s, blob_s = msg.fields
-            blob_b = bytearray(blob_b)
-            for i in range(len(ids_b)):
-                blob_b[i * 71 + 5] ^= 1
-            replies[0] = Reply(wire.serialize(msg.header, [ids_b, bytes(blob_b), ids_s, blob_s]))
-        return replies
 
 
 def test_one_forger_among_12_with_threshold_7_is_corrected_and_named():
@@ -37,7 +21,7 @@ def test_one_forger_among_12_with_threshold_7_is_corrected_and_named():
     config = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, threshold=7,
                           weighting="integer")  # fmt: skip
     server, outcome, levels, weights = _run(12, 16, config=config,
-                                            transport_cls=_ForgeEveryShareOfClient0)  # fmt: skip
+                                            transport_cls=forging_client_0(every=True))  # fmt: skip
     np.testing.assert_array_equal(
         _decode_levels(server, outcome.revealed, 16),
         _expected_level_sum(levels, weights, range(12), config),

@@ -38,9 +38,7 @@ from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
 __all__ = ["SecAggServer"]
 
 
-def _decode_secret(
-    shares: list[shamir.Share], check, *, threshold: int
-) -> tuple[bytes, list[int]]:
+def _decode_secret(shares: list[shamir.Share], check, *, threshold: int) -> tuple[bytes, list[int]]:
     """The secret that ``check`` accepts (the owner's commitment or public key) and the
     holders (``x - 1``) whose shares were forged. Honest shares: one interpolation through
     ``t`` of them. Otherwise Reed-Solomon decoding of all of them
