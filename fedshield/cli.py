@@ -16,7 +16,8 @@ from fedshield.errors import FedshieldError
 
 __all__ = ["main"]
 
-console = Console()
+# A log or a pipe gets wide tables (rich would cut them at 80 columns); a terminal its width.
+console = Console(width=None if sys.stdout.isatty() else 132)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +201,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fedshield.report import run_result, write_run
 
     config = _run_config(args)
+    if args.compare_plain not in (None, "cached"):  # a wrong path must cost no training
+        from fedshield.comparison import load_twin
+
+        load_twin(config, Path(args.compare_plain))
     if config.threads and config.transport == "inprocess":
         import torch
 

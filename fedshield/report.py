@@ -143,9 +143,13 @@ def _run_markdown(result: dict) -> str:
         lines += ["", "## Against plain fp32", "", "| | this run | plain fp32 twin | ratio |",
                   "|---|---|---|---|",
                   f"| final AUC | {c['auc']:.4f} | {c['plain_auc']:.4f} | {c['auc_gap']:+.4f} |",
-                  f"| uplink per client | | | {c['uplink_ratio']:.3f}x |",
-                  f"| critical path (median round) | | | {_ratio(c['critical_path_ratio'])} |",
-                  "", f"The twin: `{c['plain_result']}`."]  # fmt: skip
+                  f"| uplink per client | {c['bytes_up_per_client']:,.0f} B | "
+                  f"{c['plain_bytes_up_per_client']:,.0f} B | {c['uplink_ratio']:.3f}x |",
+                  f"| critical path (median round) | {c['critical_path_s']:.3f} s | "
+                  f"{c['plain_critical_path_s']:.3f} s | {_ratio(c['critical_path_ratio'])} |",
+                  "", f"The twin: `{c['plain_result']}`; its critical path is this run's "
+                  "training time plus the twin's protocol time (both train the same model).",
+                  ]  # fmt: skip
     lines += ["", "Configuration:", "", "```json", json.dumps(cfg, indent=2), "```", ""]
     env = result.get("reproducibility", {})
     if env:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fedshield.cli import main
+from fedshield.comparison import compare
 from fedshield.engine.models import build_model
 from fedshield.protocols.ranges import BUCKETS
 
@@ -193,3 +194,26 @@ def test_compare_plain_refuses_a_run_that_is_not_the_twin(tmp_path, monkeypatch,
     assert main([*base, "--protect", "plain", "--seed", "3", "--out", "p"]) == 0
     code = main([*base, "--compare-plain", "p/result.json", "--out", "s"])
     assert code == 2 and "differs in seed" in capsys.readouterr().out
+
+
+def test_a_wrong_compare_plain_path_fails_before_any_training(tmp_path, capsys):
+    args = ["run", "--sites", "2", "--rounds", "3", "--out", str(tmp_path / "r")]
+    assert main([*args, "--compare-plain", str(tmp_path / "missing.json")]) == 2
+    out = capsys.readouterr().out
+    assert "cannot read" in out and "round 1" not in out
+
+
+def test_the_critical_path_ratio_does_not_depend_on_the_twins_load():
+    """A twin trained on a busy machine (100x slower training) gives the same ratio: the
+    twin's path is rebuilt from this run's training plus the twin's protocol time."""
+
+    def row(train, protocol, up):
+        return {"site_train_s": {"0": train, "1": train / 2}, "critical_path_s": train + protocol,
+                "bytes_up_per_client": up, "auc": 0.9}  # fmt: skip
+
+    run = {"rounds": [row(9.0, 9.0, 30), row(1.0, 0.2, 30)], "final": {"auc": 0.9}}
+    for slow in (1.0, 100.0):
+        twin = {"rounds": [row(slow, 0.01, 90), row(slow, 0.05, 90)], "final": {"auc": 0.91}}
+        c = compare(run, twin)
+        assert c["critical_path_ratio"] == pytest.approx(1.2 / 1.05)
+        assert c["uplink_ratio"] == pytest.approx(1 / 3) and c["auc_gap"] == pytest.approx(-0.01)
