@@ -344,5 +344,8 @@ def test_a_site_sending_values_off_the_grid_is_caught_by_the_decrypting_sites(mo
         )
         for c in range(3)
     }
-    run_protocol(server, InProcessTransport(clients))
+    outcome = run_protocol(server, InProcessTransport(clients))
     assert all(client.aggregate is None for client in clients.values())
+    # ... and the round produced nothing (over Flower the sites would otherwise be told an
+    # aggregate they all refused was applied, and sit out every later round as stale)
+    assert outcome.revealed is None and "no site accepted" in outcome.aborted

@@ -165,6 +165,13 @@ class HEServer(ServerSession):
     def _take_receipt(self, stage: str, sender: int, message: wire.Message) -> None:
         message.require_fields(0)
 
+    @closes(HEStage.AGGREGATE)
+    def _check_receipts(self, stage: str) -> None:
+        """A site acknowledges only an aggregate it decrypted and accepted; when none did
+        (every site refused a sum off the grid, say), the round produced nothing."""
+        if not self.alive:
+            raise ProtocolAbort(f"round {self.round}: no site accepted the aggregate")
+
     @receives(HEStage.INPUT)
     def _take_input(self, stage: str, sender: int, message: wire.Message) -> None:
         message.require_fields(3)
