@@ -93,19 +93,29 @@ def check_on_grid(
     """Raise ``ValueError`` unless a decoded sum is one that ``count`` sites on the grid could
     have sent: each weight in ``[1, 2^weight_bits - 1]``, each level at most
     ``2^quant_bits - 1`` (times its weight under integer weighting), each weight digit a
-    digit. A site that put other values in (a level of 1000, a weight of 10^6) would
-    otherwise move the mean outside the public range."""
+    digit, and under fraction weighting (sites clip, then scale by ``W_i / top``) every level
+    sum within ``L/2 · sum W_i / top + count`` of ``count · L/2`` (``L = 2^quant_bits - 1``;
+    the ``count``: one step of rounding per site). A site that put other values in (a level
+    of 1000, a weight of 0 with top levels) would otherwise move the mean outside the public
+    range; within these bounds the decoded mean stays inside it."""
     top, level = weight_top(weight_bits), (1 << quant_bits) - 1
     most = weight * level if integer else count * level
     if (
         not count <= weight <= count * top
         or int(digits.max(initial=0)) > (weight if integer else count * level)
         or (levels.size and int(levels.max()) > most)
-    ):
+        or (levels.size and not integer and _deviation(levels, count * level / 2)
+            > level / 2 * weight / top + count)
+    ):  # fmt: skip
         raise ValueError(
             f"the decoded sum is outside what {count} sites on the grid can send (a site sent "
             "levels or a weight off the grid)"
         )
+
+
+def _deviation(levels: np.ndarray, middle: float) -> float:
+    """The largest distance of a level sum from ``middle`` (no temporary array)."""
+    return max(float(levels.max()) - middle, middle - float(levels.min()))
 
 
 def quantize(

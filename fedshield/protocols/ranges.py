@@ -258,13 +258,18 @@ class Grid:
         ``update * share`` (written into ``out`` when given), the float32 update the sum
         will count of this site (``dequantized / share``, for error feedback), and this
         site's range statistic (empty with a fixed clip)."""
+        # Clip, then weight: a site's levels then stay within ``share`` of the grid's middle,
+        # which the decoders check (a weight-0 site with top levels would otherwise pass).
         if self.ranges is None:
-            scaled = update * np.float32(share) if share != 1 else update
+            scaled = update
+            if share != 1:
+                scaled = np.clip(update, -self.clip, self.clip) * np.float32(share)
             stat = np.zeros(0, dtype=np.uint8)
         else:
             scaled = self.ranges.scaled(update, 1.0)
             stat = self.ranges.octaves(scaled)  # before weighting: weights stay hidden
             if share != 1:
+                np.clip(scaled, -1.0, 1.0, out=scaled)
                 scaled *= np.float32(share)
         levels = ring.quantize(scaled, seed=seed, out=out, **self._quant)
         sent = self.restore(ring.dequantize(levels, **self._quant))

@@ -65,7 +65,8 @@ def _expected_levels(plan, updates, weights, ids):
             tail = [w]
         else:
             share = np.float32(w / (2**config.weight_bits - 1))
-            levels = ring.quantize(updates[c] * share, **quant).astype(np.uint64)
+            clipped = np.clip(updates[c], -config.clip, config.clip)  # clip, then weight
+            levels = ring.quantize(clipped * share, **quant).astype(np.uint64)
             tail = [w, 1]  # 8-bit weights: one digit, then the count
         total[: plan.dim] += levels
         total[plan.dim :] += np.array(tail, dtype=np.uint64)
@@ -139,12 +140,10 @@ def test_random_updates_with_dropouts_give_the_survivors_exact_integer_sum(worke
     assert total == expected[plan.dim] and weighted_sum.shape == (plan.dim,)
     top, step, ids = 255, 2 * config.clip / 255, (0, 1, 2, 4)
     w = {c: ring.integer_weight(weights[c], config.max_weight, 8) for c in ids}
-    if weighting == "integer":  # clip, then weight
-        exact = sum(w[c] * np.clip(updates[c], -0.5, 0.5).astype(np.float64) for c in ids)
-        bound = step
-    else:  # weight, then clip: every site adds at most one step of the shared grid
-        exact = sum(top * np.clip(updates[c] * (w[c] / top), -0.5, 0.5) for c in ids)
-        bound = len(ids) * step * top / total
+    # Both weightings clip, then weight.
+    exact = sum(w[c] * np.clip(updates[c], -0.5, 0.5).astype(np.float64) for c in ids)
+    # integer: one step; fraction: every site adds at most one step of the shared grid
+    bound = step if weighting == "integer" else len(ids) * step * top / total
     assert np.abs(weighted_sum / total - exact / total).max() <= bound * (1 + 1e-6)
 
 

@@ -84,3 +84,49 @@ def test_a_server_cannot_shrink_the_round_to_a_lone_victim():
 def test_the_engine_pins_the_round_size_to_the_federations_threshold():
     spec = get_protocol("secagg", max_weight=10.0, sites=5)
     assert spec.config.min_clients == spec.config.threshold_for(5) == 3
+
+
+class _Amplifier(SecAggClient):
+    """Claims weight 0 (but counts as a site) and sends the grid's top level everywhere: under
+    fraction weighting its levels are divided by the others' weight only."""
+
+    def _weighted_levels(self, out):
+        super()._weighted_levels(out)
+        dim, top_level = self.update.size, (1 << self.config.quant_bits) - 1
+        out[:dim] = top_level
+        out[dim : dim + self.config.weight_digits] = 0
+        out[dim + self.config.weight_digits] = 1
+
+
+@pytest.mark.parametrize("honest_weight", [10.0, 1.0])
+def test_a_weight_zero_amplifier_cannot_push_the_mean_outside_the_range(honest_weight):
+    """The attacker helper's finding: the level sum stayed under count x top, so the check
+    passed and the mean reached 0.15-0.59 on a range of 0.1. Sites now clip before they
+    weight, so each site's levels lie within its fraction of the grid's middle, and the
+    server checks the sum against that: the round aborts."""
+    config = SecAggConfig(clip=0.1, quant_bits=8, max_weight=10.0)
+    honest = np.full(16, 0.1, np.float32)
+    server = SecAggServer(round=1, clients=range(3), dim=16, config=config)
+    clients = {
+        c: (_Amplifier if c == 0 else SecAggClient)(
+            client_id=c, round=1, update=honest, weight=honest_weight, config=config,
+            quant_seed=c,
+        )
+        for c in range(3)
+    }  # fmt: skip
+    outcome = run_protocol(server, InProcessTransport(clients))
+    assert outcome.revealed is None and "off the grid" in outcome.aborted
+
+
+def test_honest_sites_far_outside_the_range_decode_inside_it():
+    config = SecAggConfig(clip=0.1, quant_bits=8, max_weight=10.0)
+    server = SecAggServer(round=1, clients=range(3), dim=16, config=config)
+    clients = {
+        c: SecAggClient(client_id=c, round=1, update=np.full(16, 1.0, np.float32),
+                        weight=1.0 + c, config=config, quant_seed=c)
+        for c in range(3)
+    }  # fmt: skip
+    revealed = run_protocol(server, InProcessTransport(clients)).revealed
+    mean = revealed.weighted_sum / revealed.total_weight
+    rounding = 3 * (0.2 / 255) * 255 / revealed.total_weight  # n steps of the shared grid
+    assert np.all(np.abs(mean) <= 0.1 + rounding)  # was 0.98: small sites were clipped less

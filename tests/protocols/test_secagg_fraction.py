@@ -51,11 +51,11 @@ def test_the_unmasked_sum_is_the_plain_sum_of_what_the_clients_put_in(n):
     np.testing.assert_array_equal(server.unmasked.astype(np.int64), expected)
     total = sum(CONFIG.integer_weight(w) for w in weights.values())
     assert outcome.revealed.total_weight == total
-    # The weighted mean, within n steps scaled by top / sum W. Each client clips its update
-    # after scaling it by its fraction (a small site is clipped less): sum_i top·clip(f_i x_i).
+    # The weighted mean, within n steps scaled by top / sum W. Each client clips its update,
+    # then scales it by its fraction: sum_i top·f_i·clip(x_i).
     top = ring.weight_top(CONFIG.weight_bits)
     fractions = {c: CONFIG.integer_weight(w) / top for c, w in weights.items()}
-    clipped = {c: np.clip(fractions[c] * u, -CONFIG.clip, CONFIG.clip) for c, u in updates.items()}
+    clipped = {c: fractions[c] * np.clip(u, -CONFIG.clip, CONFIG.clip) for c, u in updates.items()}
     exact = top * sum(clipped.values()) / total
     mean = outcome.revealed.weighted_sum / outcome.revealed.total_weight
     step = 2 * CONFIG.clip / 255

@@ -92,7 +92,8 @@ class SecAggConfig:
             ``quant_bits + ceil(log2 n)`` bits; every client adds at most one step of rounding
             error whatever its weight, so the mean's error is at most
             ``n · step · (2^weight_bits - 1) / sum W``; equal weights: the unweighted mean's;
-            a client clips its update after scaling it, so a small site is clipped less).
+            a client clips its update, then scales it, so every level lies within its
+            fraction of the grid's middle: the server checks that of the sum).
 
     Raises:
         TypeError: an argument of the wrong type (``quant_bits=8.5``, ``clip="1"``).
