@@ -131,7 +131,7 @@ def decode(shares: list[Share]) -> tuple[bytes, list[int]]:
     g0 = [1]
     for x in xs:  # prod (X - x_i)
         g0 = _poly_mul(g0, [-x % PRIME, 1])
-    r0, r1 = g0, _interpolate(xs, ys)
+    r0, r1 = g0, _interpolate(xs, ys, g0)
     v0, v1 = [0], [1]
     while len(r1) - 1 >= (m + t) / 2:  # Euclid on (g0, g1), tracking g1's cofactor
         q, r = _poly_divmod(r0, r1)
@@ -207,15 +207,17 @@ def _poly_eval(a: list[int], x: int) -> int:
     return y
 
 
-def _interpolate(xs: list[int], ys: list[int]) -> list[int]:
-    """The polynomial of degree < len(xs) through every point (Lagrange)."""
-    out: list[int] = []
-    for i, (xi, yi) in enumerate(zip(xs, ys, strict=True)):
-        basis, den = [1], 1
-        for j, xj in enumerate(xs):
-            if j != i:
-                basis = _poly_mul(basis, [-xj % PRIME, 1])
-                den = den * (xi - xj) % PRIME
-        scale = yi * pow(den, -1, PRIME) % PRIME
-        out = _poly_sub(out, [(-c * scale) % PRIME for c in basis])
-    return out
+def _interpolate(xs: list[int], ys: list[int], g0: list[int]) -> list[int]:
+    """The polynomial of degree < len(xs) through every point (Lagrange), in O(m^2): each
+    basis polynomial is ``g0 / (X - x_i)`` (``g0 = prod (X - x_j)``) by synthetic division."""
+    out = [0] * (len(g0) - 1)
+    for xi, yi in zip(xs, ys, strict=True):
+        basis = [0] * (len(g0) - 1)  # g0 / (X - xi), highest coefficient first down
+        carry = 0
+        for k in range(len(g0) - 1, 0, -1):
+            carry = (g0[k] + carry * xi) % PRIME
+            basis[k - 1] = carry
+        scale = yi * pow(_poly_eval(basis, xi), -1, PRIME) % PRIME
+        for k, c in enumerate(basis):
+            out[k] = (out[k] + c * scale) % PRIME
+    return _trim(out)

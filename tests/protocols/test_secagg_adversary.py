@@ -26,7 +26,8 @@ def test_one_forger_among_12_with_threshold_7_is_corrected_and_named():
         _decode_levels(server, outcome.revealed, 16),
         _expected_level_sum(levels, weights, range(12), config),
     )
-    assert server.describe()["forged_shares_from"] == [0]
+    pairs = server.describe()["inconsistent_shares"]
+    assert pairs and {holder for _, holder in pairs} == {0}  # every share client 0 revealed
 
 
 class _OffGrid(SecAggClient):

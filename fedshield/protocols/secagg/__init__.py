@@ -22,7 +22,8 @@ what the survivors could send on the grid (weights, levels, digits), so the deco
 stays within the public range. Within it a malicious client can still shift the sum (ring
 values that keep it in range cannot be told from honest input: secure aggregation hides who
 sent what, so robust statistics over single updates are impossible by design). Forged
-Shamir shares are corrected by Reed-Solomon decoding and their senders named.
+Shamir shares are corrected by Reed-Solomon decoding (the inconsistent owner-holder pairs
+are recorded).
 ``min_clients`` (pinned by the engine to the Shamir threshold of the whole federation) keeps
 a server from shrinking a round around one client.
 

@@ -112,7 +112,10 @@ class SecAggServer(ServerSession):
         self.mask_key_shares: dict[int, list[shamir.Share]] = {}  # owner -> shares of s^SK
         self.commitments: dict[int, bytes] = {}  # client -> hash of its self-mask seed
         self.unmasked: np.ndarray | None = None  # the revealed integer sum
-        self.forgers: set[int] = set()  # clients that revealed a forged share
+        # (owner, holder) of every share that disagreed with the decoded secret: the holder
+        # forged it, or the owner dealt it wrong (without verifiable secret sharing the
+        # server cannot tell which), so neither is named alone
+        self.inconsistent: set[tuple[int, int]] = set()
 
     def describe(self) -> dict:
         """Ring bits, Shamir threshold, neighbours per client and weighting of this round, and
@@ -126,7 +129,7 @@ class SecAggServer(ServerSession):
             "neighbours": self.degree,
             "weighting": self.config.weighting,
             "aggregate_sha256": digest,
-            "forged_shares_from": sorted(self.forgers),
+            "inconsistent_shares": [list(pair) for pair in sorted(self.inconsistent)],
         }
 
     def _packed_len(self) -> int:
@@ -331,10 +334,11 @@ class SecAggServer(ServerSession):
         except ValueError as exc:
             raise SecAggAbort(f"round {self.round}: {exc}") from None
 
-    def _verified_secret(self, shares: list[shamir.Share], check) -> bytes:
-        """:func:`_decode_secret` at this round's threshold, remembering the forgers."""
-        secret, forgers = _decode_secret(shares, check, threshold=self.threshold)
-        self.forgers.update(forgers)
+    def _verified_secret(self, owner: int, shares: list[shamir.Share], check) -> bytes:
+        """:func:`_decode_secret` at this round's threshold, remembering the inconsistent
+        (owner, holder) pairs."""
+        secret, holders = _decode_secret(shares, check, threshold=self.threshold)
+        self.inconsistent.update((owner, h) for h in holders)
         return secret
 
     def _remove_masks(self, total: np.ndarray, survivors: list[int]) -> None:
@@ -343,6 +347,7 @@ class SecAggServer(ServerSession):
         scratch = mask_scratch(self.length, self.bits)
         for c in survivors:
             seed = self._verified_secret(
+                c,
                 self.self_mask_seed_shares.get(c, []),
                 lambda b, c=c: commit(b, round=self.round, client=c) == self.commitments[c],
             )
@@ -355,6 +360,7 @@ class SecAggServer(ServerSession):
             if not paired:
                 continue
             secret = self._verified_secret(
+                j,
                 self.mask_key_shares.get(j, []),
                 lambda b, j=j: (
                     KeyPair.from_private_bytes(b).public_bytes == self.mask_public_keys[j]
