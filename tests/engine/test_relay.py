@@ -5,11 +5,14 @@ more than the timeout."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
 import socket
 import stat
+import struct
 import threading
 import time
-from multiprocessing.connection import Connection
 
 import pytest
 
@@ -44,7 +47,7 @@ def relay():
             time.sleep(0.02)
     yield address
     ask(address, KEY, "stop", b"")
-    thread.join(5)
+    thread.join(5)  # serving ends once a request says so
     assert not thread.is_alive()
 
 
@@ -54,12 +57,22 @@ def test_a_request_and_an_error_travel_authenticated(relay):
         ask(relay, KEY, "fail", b"")
 
 
-def test_a_silent_connection_delays_a_real_request_by_at_most_the_timeout(relay):
-    silent = socket.create_connection(relay)  # connects, then says nothing
+def test_silent_and_trickling_callers_never_delay_a_real_request(relay):
+    """Twenty silent connections and one that trickles a byte every 0.1 s (each read within
+    the per-read deadline of old): a real request is answered at once, and the trickler is
+    cut off by the whole-request deadline (0.3 s here)."""
+    silent = [socket.create_connection(relay) for _ in range(20)]
+    trickler = socket.create_connection(relay)
+    trickler.recv(32)
     start = time.perf_counter()
     assert ask(relay, KEY, "hello", b"") == b"hello:"
-    assert time.perf_counter() - start < 2.0  # the timeout is 0.3 s
-    silent.close()
+    assert time.perf_counter() - start < 1.0
+    with pytest.raises(OSError):
+        for _ in range(40):  # 4 s of trickling: the site closes the connection long before
+            trickler.sendall(b"x")
+            time.sleep(0.1)
+    for sock in [*silent, trickler]:
+        sock.close()
 
 
 def test_a_caller_without_the_key_gets_nothing_and_the_site_keeps_serving(relay):
@@ -68,36 +81,49 @@ def test_a_caller_without_the_key_gets_nothing_and_the_site_keeps_serving(relay)
     assert ask(relay, KEY, "train", b"ok") == b"train:ok"
 
 
+def _request(nonce: bytes, body: bytes, key: bytes = KEY) -> bytes:
+    length = struct.pack("<Q", len(body))
+    mac = hmac.new(key, b"length" + nonce + length, hashlib.sha256).digest()
+    return length + mac + body + hmac.new(key, b"request" + nonce + body, hashlib.sha256).digest()
+
+
+def _send_raw(relay, make) -> bytes:
+    """Send ``make(nonce)`` on a fresh connection; what comes back before it closes."""
+    with socket.create_connection(relay) as sock:
+        nonce = sock.recv(32)
+        sock.sendall(make(nonce))
+        sock.settimeout(2)
+        chunks = []
+        with contextlib.suppress(ConnectionResetError):  # closed with our bytes unread
+            while chunk := sock.recv(1 << 16):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
 def test_an_altered_or_replayed_request_is_dropped(relay):
     captured = {}
 
-    def send(alter) -> bytes | None:
-        with Connection(socket.create_connection(relay).detach()) as conn:
-            nonce = conn.recv_bytes()
-            if "request" not in captured:  # honest first: keep its bytes
-                import hashlib
-                import hmac
+    def honest(nonce):
+        captured["request"] = _request(nonce, b"train\0abc")
+        return captured["request"]
 
-                body = b"train\0abc"
-                mac = hmac.new(KEY, b"request" + nonce + body, hashlib.sha256).digest()
-                captured["request"] = mac + body
-            conn.send_bytes(alter(captured["request"]))
-            try:
-                return conn.recv_bytes()
-            except (EOFError, OSError):
-                return None
-
-    assert send(lambda r: r) is not None  # the honest request is answered
-    assert send(lambda r: r) is None  # the same bytes replayed on a new connection: no
-    assert send(lambda r: r[:-1] + b"x") is None  # altered: no
+    assert _send_raw(relay, honest)  # the honest request is answered
+    assert _send_raw(relay, lambda nonce: captured["request"]) == b""  # replayed: no
+    assert _send_raw(relay, lambda nonce: _request(nonce, b"train\0abc")[:-1] + b"x") == b""
+    assert _send_raw(relay, lambda nonce: _request(nonce, b"x", key=b"y" * 32)) == b""
     assert ask(relay, KEY, "train", b"still") == b"train:still"
 
 
 def test_a_connection_dropped_mid_request_leaves_the_site_serving(relay):
-    with Connection(socket.create_connection(relay).detach()) as conn:
-        conn.recv_bytes()
-        conn._send(b"\x00\x00\x10\x00partial")  # announces 4096 bytes, sends 7, hangs up
+    with socket.create_connection(relay) as sock:
+        nonce = sock.recv(32)
+        sock.sendall(_request(nonce, b"train\0" + b"p" * 4096)[:200])  # then hangs up
     assert ask(relay, KEY, "train", b"after") == b"train:after"
+
+
+def test_a_large_payload_goes_through(relay):
+    payload = bytes(range(256)) * (50 * 4096)  # 50 MiB
+    assert ask(relay, KEY, "big", payload) == b"big:" + payload
 
 
 def test_key_files_are_new_and_owner_only(tmp_path):

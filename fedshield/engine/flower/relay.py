@@ -1,17 +1,19 @@
 """The local link between a SuperNode's ClientApp and its site process.
 
-Bytes only (length-prefixed frames of :mod:`multiprocessing.connection`, never pickle), over
-loopback TCP, one request per connection. Every message is authenticated with the site's key:
-the site process opens each connection with a fresh 32-byte nonce; the request is
-``HMAC-SHA256(key, "request" | nonce | body)`` then the body (``kind``, a NUL byte, the
-payload), and the reply ``HMAC-SHA256(key, "reply" | nonce | body)`` then the body (``+`` and
-the payload, or ``-`` and an error message). A request without the key, altered, or replayed
-on another connection is dropped unanswered.
+Bytes only (never pickle), over loopback TCP, one request per connection, every message
+authenticated with the site's key. The site process opens each connection with a fresh
+32-byte nonce. The caller sends a header, the body's length (8 bytes) and
+``HMAC-SHA256(key, "length" | nonce | length)``, then the body (``kind``, a NUL byte, the
+payload) and ``HMAC-SHA256(key, "request" | nonce | body)``. The reply is its length, the
+body (``+`` and the payload, or ``-`` and an error message) and
+``HMAC-SHA256(key, "reply" | nonce | body)``. A request without the key, altered, or replayed
+on another connection is dropped unanswered, and the site reads (or allocates) no body
+before the header's MAC holds.
 
-The site process serves one connection at a time, and a caller that goes silent, or whose
-connection fails, costs it at most ``timeout`` seconds (every read and write on an accepted
-connection has that deadline): it never blocks the next request for longer, and no error of
-one connection ends the process.
+Each connection is read in its own thread, within one deadline for the whole request
+(``timeout``), and only authenticated requests reach the site's handler, one at a time: a
+silent, slow or broken caller costs nothing but its own thread for at most ``timeout``, never
+delays another request, and no error of one connection ends the process.
 """
 
 from __future__ import annotations
@@ -23,16 +25,18 @@ import os
 import secrets
 import socket
 import struct
+import threading
+import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 __all__ = ["REQUEST_TIMEOUT", "RelayError", "ask", "serve", "write_key"]
 
-REQUEST_TIMEOUT = 10.0  # seconds a caller has to send its request (and to read the reply)
+REQUEST_TIMEOUT = 10.0  # seconds a caller has to deliver its whole request
 CONNECT_TIMEOUT = 10.0
-MAX_REQUEST = 1 << 30  # bytes: a frame claiming more ends its connection unread
+MAX_REQUEST = 1 << 30  # bytes: a header announcing more ends its connection
 _MAC_BYTES = 32
+_LENGTH = struct.Struct("<Q")
 
 
 class RelayError(RuntimeError):
@@ -54,21 +58,23 @@ def ask(
     *, timeout: float | None = None,
 ) -> bytes:  # fmt: skip
     """Send one request to the site process and return its reply payload (``timeout``: for
-    the reply, which may take a whole local training; ``None`` waits)."""
-    sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT)
-    sock.settimeout(None)
-    _deadline(sock, timeout)
-    with Connection(sock.detach()) as conn:
+    the whole exchange, which may include a local training; ``None`` waits)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with socket.create_connection(address, timeout=CONNECT_TIMEOUT) as sock:
         try:
-            nonce = conn.recv_bytes(maxlength=64)
+            nonce = _recv_exactly(sock, 32, deadline)
             body = kind.encode() + b"\0" + payload
-            conn.send_bytes(_mac(authkey, b"request", nonce, body) + body)
-            reply = conn.recv_bytes()
-        except EOFError:
+            length = _LENGTH.pack(len(body))
+            sock.settimeout(None)
+            sock.sendall(length + _mac(authkey, b"length", nonce, length))
+            sock.sendall(body + _mac(authkey, b"request", nonce, body))
+            (size,) = _LENGTH.unpack(_recv_exactly(sock, _LENGTH.size, deadline))
+            reply = _recv_exactly(sock, size + _MAC_BYTES, deadline)
+        except (EOFError, ConnectionError):
             raise RelayError(
                 "the site process closed the connection unanswered (is this its key file?)"
             ) from None
-    mac, body = reply[:_MAC_BYTES], reply[_MAC_BYTES:]
+    body, mac = reply[:-_MAC_BYTES], reply[-_MAC_BYTES:]
     if not hmac.compare_digest(mac, _mac(authkey, b"reply", nonce, body)):
         raise RelayError("the site's reply is not authenticated by its key")
     if body[:1] == b"+":
@@ -81,47 +87,74 @@ def serve(
     *, timeout: float = REQUEST_TIMEOUT,
 ) -> None:  # fmt: skip
     """Answer requests with ``handle(kind, payload) -> bytes`` until it returns ``None``."""
+    stop, one_at_a_time = threading.Event(), threading.Lock()
+
+    def connection(sock: socket.socket) -> None:
+        # a silent, slow, broken or unauthenticated caller: its thread just ends
+        with sock, contextlib.suppress(EOFError, OSError):
+            _answer(sock, authkey, handle, one_at_a_time, stop, timeout)
+
     with socket.create_server(address) as server:
-        while True:
-            sock, _ = server.accept()
-            _deadline(sock, timeout)
-            with Connection(sock.detach()) as conn:
-                try:
-                    if _answer(conn, authkey, handle):
-                        return
-                except (EOFError, OSError):
-                    continue  # a silent, broken or unauthenticated caller: the next one
+        server.settimeout(0.2)  # to notice the stop between callers
+        while not stop.is_set():
+            try:
+                sock, _ = server.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=connection, args=(sock,), daemon=True).start()
 
 
-def _answer(conn: Connection, authkey: bytes, handle) -> bool:
-    """One request on ``conn``; ``True`` when ``handle`` says to stop serving."""
+def _answer(sock, authkey, handle, lock: threading.Lock, stop: threading.Event, timeout):
+    """Read, authenticate and answer one request on ``sock`` (the handler under ``lock``)."""
+    deadline = time.monotonic() + timeout
     nonce = secrets.token_bytes(32)
-    conn.send_bytes(nonce)
-    request = conn.recv_bytes(maxlength=MAX_REQUEST)
-    mac, body = request[:_MAC_BYTES], request[_MAC_BYTES:]
+    sock.settimeout(timeout)
+    sock.sendall(nonce)
+    header = _recv_exactly(sock, _LENGTH.size + _MAC_BYTES, deadline)
+    length, mac = header[: _LENGTH.size], header[_LENGTH.size :]
+    if not hmac.compare_digest(mac, _mac(authkey, b"length", nonce, length)):
+        return  # not from a holder of the key: no body is read
+    (size,) = _LENGTH.unpack(length)
+    if size > MAX_REQUEST:
+        return
+    request = _recv_exactly(sock, size + _MAC_BYTES, deadline)
+    body, mac = request[:-_MAC_BYTES], request[-_MAC_BYTES:]
     if not hmac.compare_digest(mac, _mac(authkey, b"request", nonce, body)):
-        return False  # not from a holder of the key (or replayed): no answer
+        return  # altered, or replayed from another connection
     kind, _, payload = body.partition(b"\0")
-    try:
-        reply = handle(kind.decode(), payload)
-        answer = b"+" + (reply or b"")
-    except Exception as exc:  # the site's error travels back as text
-        reply, answer = b"", b"-" + f"{type(exc).__name__}: {exc}".encode()
-    conn.send_bytes(_mac(authkey, b"reply", nonce, answer) + answer)
-    return reply is None
+    with lock:
+        if stop.is_set():
+            return
+        try:
+            reply = handle(kind.decode(), payload)
+            answer = b"+" + (reply or b"")
+        except Exception as exc:  # the site's error travels back as text
+            reply, answer = b"", b"-" + f"{type(exc).__name__}: {exc}".encode()
+        if reply is None:
+            stop.set()
+    sock.settimeout(timeout)
+    sock.sendall(_LENGTH.pack(len(answer)) + answer + _mac(authkey, b"reply", nonce, answer))
+
+
+def _recv_exactly(sock: socket.socket, size: int, deadline: float | None) -> bytes:
+    """``size`` bytes from ``sock`` before ``deadline`` (``time.monotonic``; ``None``: no
+    deadline); ``EOFError`` when the peer closes first, ``TimeoutError`` past the deadline."""
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the peer did not deliver in time")
+            sock.settimeout(left)
+        else:
+            sock.settimeout(None)
+        n = sock.recv_into(view[got:], min(size - got, 1 << 20))
+        if n == 0:
+            raise EOFError("the peer closed the connection")
+        got += n
+    return bytes(buffer)
 
 
 def _mac(key: bytes, label: bytes, nonce: bytes, body: bytes) -> bytes:
     return hmac.new(key, label + nonce + body, hashlib.sha256).digest()
-
-
-def _deadline(sock: socket.socket, seconds: float | None) -> None:
-    """Bound every blocking read and write on ``sock`` (``SO_RCVTIMEO``/``SO_SNDTIMEO``: the
-    socket stays blocking, so the framing code above needs no change)."""
-    if seconds is None:
-        return
-    whole = int(seconds)
-    value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
