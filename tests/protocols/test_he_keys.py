@@ -52,12 +52,18 @@ class _Recorder(InProcessTransport):
         return replies
 
 
-def test_the_server_never_holds_anything_that_decrypts():
-    plan = plan_for(CONFIG, n_clients=3, dim=5000)
+def _distributed(plan):
+    """Key distribution among three sites (site 0 holds the key), every message recorded."""
     setup_server = HEKeySetupServer(round=0, clients=[0, 1, 2], dim=1, plan=plan, holder=0)
     sites = {c: HEKeySetupClient(client_id=c, plan=plan, holder=0) for c in range(3)}
     _Recorder.relayed = []
     run_protocol(setup_server, _Recorder(sites))
+    return setup_server, sites
+
+
+def test_the_server_never_holds_anything_that_decrypts():
+    plan = plan_for(CONFIG, n_clients=3, dim=5000)
+    setup_server, sites = _distributed(plan)
     assert not _holds_a_secret(setup_server)
     rng = np.random.default_rng(3)
     updates = {c: rng.uniform(-0.5, 0.5, plan.dim).astype(np.float32) for c in range(3)}
@@ -88,10 +94,7 @@ def test_the_server_never_holds_anything_that_decrypts():
 
 def test_key_transport_messages_are_aead_ciphertexts_only_the_addressed_site_opens():
     plan = plan_for(CONFIG, n_clients=3, dim=100)
-    setup_server = HEKeySetupServer(round=0, clients=[0, 1, 2], dim=1, plan=plan, holder=0)
-    sites = {c: HEKeySetupClient(client_id=c, plan=plan, holder=0) for c in range(3)}
-    _Recorder.relayed = []
-    run_protocol(setup_server, _Recorder(sites))
+    _, sites = _distributed(plan)
     secret = sites[0].keyring.secret_bytes()
     assert sites[1].keyring.secret_bytes() == secret == sites[2].keyring.secret_bytes()
     everything = b"".join(
