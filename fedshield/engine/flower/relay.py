@@ -11,7 +11,9 @@ on another connection is dropped unanswered, and the site reads (or allocates) n
 before the header's MAC holds.
 
 Each connection is read in its own thread, within one deadline for the whole request
-(``timeout``), and only authenticated requests reach the site's handler, one at a time: a
+(``timeout``, extended by the body's size at ``MIN_RATE`` once its header authenticates, so a
+large model is not cut off on a loaded host while a caller without the key gets no more than
+``timeout``), and only authenticated requests reach the site's handler, one at a time: a
 silent, slow or broken caller costs nothing but its own thread for at most ``timeout``, never
 delays another request, and no error of one connection ends the process.
 """
@@ -30,9 +32,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["REQUEST_TIMEOUT", "RelayError", "ask", "serve", "write_key"]
+__all__ = ["MIN_RATE", "REQUEST_TIMEOUT", "RelayError", "ask", "serve", "write_key"]
 
-REQUEST_TIMEOUT = 10.0  # seconds a caller has to deliver its whole request
+REQUEST_TIMEOUT = 10.0  # seconds a caller has to deliver its header (and a small body)
+MIN_RATE = 8 << 20  # bytes/s: an authenticated body's deadline grows by its size at this rate
 CONNECT_TIMEOUT = 10.0
 MAX_REQUEST = 1 << 30  # bytes: a header announcing more ends its connection
 _MAC_BYTES = 32
@@ -117,7 +120,7 @@ def _answer(sock, authkey, handle, lock: threading.Lock, stop: threading.Event, 
     (size,) = _LENGTH.unpack(length)
     if size > MAX_REQUEST:
         return
-    request = _recv_exactly(sock, size + _MAC_BYTES, deadline)
+    request = _recv_exactly(sock, size + _MAC_BYTES, deadline + size / MIN_RATE)
     body, mac = request[:-_MAC_BYTES], request[-_MAC_BYTES:]
     if not hmac.compare_digest(mac, _mac(authkey, b"request", nonce, body)):
         return  # altered, or replayed from another connection
