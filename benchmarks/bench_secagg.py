@@ -15,6 +15,7 @@ stage: server time against n.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -29,6 +30,7 @@ from flower_secaggplus import run_flower_secaggplus
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
+from fedshield.protocols.roster import Roster
 from fedshield.protocols.secagg import SecAggClient, SecAggServer
 from fedshield.protocols.secagg.config import SecAggConfig
 
@@ -40,13 +42,21 @@ def _updates(n: int, d: int) -> dict[int, np.ndarray]:
     return {c: rng.uniform(-CLIP, CLIP, d).astype(np.float32) for c in range(n)}
 
 
+@functools.cache
+def _enrolled(sites: tuple[int, ...]):
+    """The federation's roster and identities (made once at enrolment, not per round)."""
+    return Roster.enrol(sites, min_sites=1)
+
+
 def run_ours(updates, *, config: SecAggConfig, drop: set[int]) -> dict:
     _n, d = len(updates), next(iter(updates.values())).size
-    server = SecAggServer(round=0, clients=list(updates), dim=d, config=config)
+    roster, identities = _enrolled(tuple(updates))
+    server = SecAggServer(round=0, clients=list(updates), dim=d, config=config, roster=roster)
     clients = {
-        c: SecAggClient(client_id=c, round=0, update=u, weight=1.0, config=config)
+        c: SecAggClient(client_id=c, round=0, update=u, weight=1.0, config=config,
+                        roster=roster, identity=identities[c])
         for c, u in updates.items()
-    }
+    }  # fmt: skip
     policy = DropoutPolicy(schedule={"masked_input": sorted(drop)})
     start = time.perf_counter()
     outcome = run_protocol(server, InProcessTransport(clients), dropout=policy)

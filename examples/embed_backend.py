@@ -9,6 +9,7 @@ from collections import deque
 
 import numpy as np
 
+from fedshield.protocols.roster import Roster
 from fedshield.protocols.secagg import SecAggClient, SecAggServer
 from fedshield.protocols.secagg.config import SecAggConfig
 
@@ -23,13 +24,15 @@ def main(n_clients: int = 3, dim: int = 5, round_number: int = 0) -> np.ndarray:
     to_server: deque = deque()
 
     config = SecAggConfig(clip=4.0, quant_bits=12, max_weight=max(weights.values()))
-    server = SecAggServer(round=round_number, clients=list(updates), dim=dim, config=config)
+    # Enrolment, once per federation: each site's identity key signs its round keys.
+    roster, identities = Roster.enrol(updates, min_sites=2)
+    server = SecAggServer(round=round_number, clients=list(updates), dim=dim, config=config,
+                          roster=roster)  # fmt: skip
     clients = {
-        c: SecAggClient(
-            client_id=c, round=round_number, update=updates[c], weight=weights[c], config=config
-        )
+        c: SecAggClient(client_id=c, round=round_number, update=updates[c], weight=weights[c],
+                        config=config, roster=roster, identity=identities[c])
         for c in updates
-    }
+    }  # fmt: skip
     for stage in server.stages:
         for cid, message in server.broadcast(stage).items():
             to_client[cid].append(message)  # bytes travel through the framework

@@ -136,6 +136,14 @@ def _parser() -> argparse.ArgumentParser:
         help="secagg: neighbours per client (default: complete graph up to 32)",
     )
     run.add_argument(
+        "--colluders",
+        type=int,
+        default=None,
+        help="secagg: the most sites a malicious server may collude with; sizes the quorum "
+        "that must sign the survivor set (default: threshold - 1; lower tolerates more "
+        "dropouts after share_keys)",
+    )
+    run.add_argument(
         "--dropout",
         default="0",
         help="per-stage dropout probability, or a JSON schedule "

@@ -7,6 +7,7 @@ the round; the honest parties' round goes on. :class:`ProtocolAbort` ends a roun
 from __future__ import annotations
 
 __all__ = [
+    "BadSignature",
     "ConfigError",
     "DataError",
     "FedshieldError",
@@ -70,6 +71,11 @@ class WrongShape(InvalidMessage):
 
 class NonFiniteValues(InvalidMessage):
     """A float payload contains NaN or infinity."""
+
+
+class BadSignature(InvalidMessage):
+    """A signature does not verify under the claimed signer's identity key (a forged or swapped
+    key, or a message altered on the way)."""
 
 
 class ProtocolAbort(FedshieldError):

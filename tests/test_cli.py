@@ -65,7 +65,7 @@ def test_run_writes_the_three_files_with_the_promised_keys(tmp_path, capsys):
 
 def test_default_run_is_secagg_with_dropout_recovery(tmp_path):
     out = tmp_path / "secagg"
-    args = ["run", "--sites", "3", "--rounds", "1", "--local-epochs", "1"]
+    args = ["run", "--sites", "3", "--rounds", "1", "--local-epochs", "1", "--colluders", "0"]
     code = main([*args, "--dropout", '{"masked_input": [2]}', "--out", str(out)])
     assert code == 0
     result = json.loads((out / "result.json").read_text())
@@ -77,6 +77,7 @@ def test_default_run_is_secagg_with_dropout_recovery(tmp_path):
         "advertise_keys",
         "share_keys",
         "masked_input",
+        "consistency",
         "unmask",
     ]
     assert result["config"]["model"] == "cnn-gn"  # synthetic sites default to GroupNorm

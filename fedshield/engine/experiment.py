@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -15,6 +16,7 @@ from fedshield.engine.federation import Federation
 from fedshield.engine.global_model import GlobalModel
 from fedshield.engine.models import build_model
 from fedshield.engine.paramspec import ParamSpec
+from fedshield.engine.runner import enrol
 from fedshield.engine.server_round import ServerRound
 from fedshield.engine.site import Site, SiteRuntime, make_site
 from fedshield.engine.trainer import Algorithm, LocalTrainer
@@ -27,6 +29,7 @@ __all__ = [
     "build_global_model",
     "build_server_round",
     "build_site_runtime",
+    "enrol_sites",
     "parse_dropout",
     "with_data_facts",
 ]
@@ -51,6 +54,7 @@ class RunConfig:
     clip: float | None = None  # None: adaptive per-tensor ranges; a number fixes the range
     threshold: int | None = None
     neighbours: int | None = None
+    colluders: int | None = None  # secagg: sizes the consistency quorum (None: threshold - 1)
     he_scheme: str = "bfv"
     he_weighting: str = "fraction"
     secagg_weighting: str = "fraction"
@@ -175,6 +179,19 @@ def build_site_runtime(config: RunConfig, site_id: int) -> SiteRuntime:
     )  # fmt: skip
 
 
+def enrol_sites(config: RunConfig, directory: Path) -> Path:
+    """Enrol ``config``'s sites for a deployment: ``roster.json`` (public, for everyone) and
+    ``site<i>.identity`` (site ``i``'s private key, mode 0600) in ``directory``; the roster's
+    path."""
+    _require_facts(config, "max_weight")
+    roster, identities = enrol(_protocol(config, config.max_weight), list(range(config.sites)))
+    for site, identity in identities.items():
+        identity.save(Path(directory) / f"site{site}.identity")
+    path = Path(directory) / "roster.json"
+    roster.save(path)
+    return path
+
+
 def build_server_round(config: RunConfig) -> ServerRound:
     """The server's round for ``config``, with no site's data (a deployment's server).
 
@@ -244,7 +261,8 @@ def _protocol(
     must agree: the server and the sites parse the same payload format)."""
     protocol = get_protocol(
         config.protect, max_weight=max_weight, clip=config.clip, quant_bits=config.quant_bits,
-        threshold=config.threshold, neighbours=config.neighbours, he_scheme=config.he_scheme,
+        threshold=config.threshold, neighbours=config.neighbours, colluders=config.colluders,
+        he_scheme=config.he_scheme,
         he_weighting=config.he_weighting, secagg_weighting=config.secagg_weighting,
         sites=config.sites,
     )  # fmt: skip

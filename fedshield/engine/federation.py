@@ -21,7 +21,7 @@ from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.global_model import GlobalModel
 from fedshield.engine.metrics import pooled_metrics
 from fedshield.engine.paramspec import ParamSpec
-from fedshield.engine.runner import setup_protocol
+from fedshield.engine.runner import enrol, setup_protocol
 from fedshield.engine.server_round import RoundRecord, RoundTiming, ServerRound
 from fedshield.engine.site import Site, SiteRuntime
 from fedshield.engine.trainer import Algorithm, LocalTrainer
@@ -91,6 +91,9 @@ class Federation:
         if compression.sparsify == "topk":
             protect = protect.with_topk(shared.k)
         ids = list(range(len(self.sites)))
+        # enrolment: a fresh identity per site and the roster every site holds
+        self.roster, identities = enrol(protect, ids)
+        protect = protect.with_roster(self.roster)
         protect = setup_protocol(
             protect, clients=ids, dim=shared.protocol_dim, tensors=len(self.spec.sizes)
         )
@@ -100,19 +103,11 @@ class Federation:
         )  # fmt: skip
         self.server = ServerRound(protocol=protect, model=model, n_sites=len(ids), dropout=dropout)
         self.runtimes = [
-            SiteRuntime(
-                site_id=i,
-                site=site,
-                model=self.model,
-                spec=self.spec,
-                protocol=protect,
-                algorithm=self.algorithm,
-                trainer=self.trainer,
-                local_epochs=local_epochs,
-                compressor=compressor(),
-            )
+            SiteRuntime(site_id=i, site=site, model=self.model, spec=self.spec, protocol=protect,
+                        algorithm=self.algorithm, trainer=self.trainer, local_epochs=local_epochs,
+                        compressor=compressor(), identity=identities[i])
             for i, site in enumerate(self.sites)
-        ]
+        ]  # fmt: skip
 
     @property
     def round(self) -> int:

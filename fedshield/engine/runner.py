@@ -9,13 +9,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from fedshield.crypto.identity import Identity
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.transport import InProcessTransport, Transport
 from fedshield.errors import ConfigError, InvalidMessage, ProtocolAbort
 from fedshield.protocols.base import Revealed, ServerSession
 from fedshield.protocols.registry import ProtocolSpec
+from fedshield.protocols.roster import Roster
 
-__all__ = ["ProtocolOutcome", "StageStats", "run_protocol", "setup_protocol"]
+__all__ = ["ProtocolOutcome", "StageStats", "enrol", "run_protocol", "setup_protocol"]
 
 
 @dataclass
@@ -100,6 +102,16 @@ def run_protocol(
         return ProtocolOutcome(revealed, stages)
     except ProtocolAbort as exc:
         return ProtocolOutcome(None, stages, aborted=str(exc))
+
+
+def enrol(spec: ProtocolSpec, sites: list[int]) -> tuple[Roster, dict[int, Identity]]:
+    """A fresh identity per site and the roster for ``spec``: its smallest round
+    (:meth:`~fedshield.protocols.registry.ProtocolSpec.min_sites`) and its public options
+    pinned (what a deployment does once; the in-process engine at every start)."""
+    return Roster.enrol(
+        sites, min_sites=spec.min_sites(len(sites)),
+        parameters={"protection": spec.name, **spec.describe()},
+    )  # fmt: skip
 
 
 def setup_protocol(

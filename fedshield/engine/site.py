@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedshield import wire
+from fedshield.crypto.identity import Identity
 from fedshield.data.sites import SiteData
 from fedshield.engine.compression import CompressedUpdate, UpdateCompressor
 from fedshield.engine.metrics import predict
@@ -92,6 +93,8 @@ class SiteRuntime:
         protocol: the protection (bound to its keys, for ``he``).
         algorithm, trainer, local_epochs: the local work.
         compressor: this site's compression chain and its residual.
+        identity: this site's identity key, which signs its round keys (``secagg``) and its
+            key-setup messages (``he``); its public half is on the federation's roster.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class SiteRuntime:
         trainer: LocalTrainer,
         local_epochs: int,
         compressor: UpdateCompressor,
+        identity: Identity | None = None,
     ) -> None:
         if not isinstance(site, Site):
             raise TypeError(f"site must be a Site (make_site), got {type(site).__name__}")
@@ -116,6 +120,7 @@ class SiteRuntime:
         self.model = model
         self.spec = spec
         self.protocol = protocol
+        self.identity = identity
         self.algorithm = algorithm
         self.trainer = trainer
         self.local_epochs = local_epochs
@@ -158,6 +163,7 @@ class SiteRuntime:
             update=update.values,
             weight=self.site.weight,
             quant_seed=self.compressor.quant_seed(self.site_id, round),
+            identity=self.identity,
             **indices,
             **ranges,
         )

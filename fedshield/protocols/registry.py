@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from fedshield._validate import check_client_ids, check_instance, check_int
+from fedshield.crypto.identity import Identity
 from fedshield.errors import ConfigError
 from fedshield.protocols.base import ClientSession, ServerSession
 from fedshield.protocols.he import (
@@ -32,6 +33,7 @@ from fedshield.protocols.he import (
 from fedshield.protocols.ids import ProtocolId
 from fedshield.protocols.plain import PlainClient, PlainFormat, PlainServer
 from fedshield.protocols.ranges import TensorRanges
+from fedshield.protocols.roster import Roster
 from fedshield.protocols.secagg import SecAggClient, SecAggConfig, SecAggServer
 
 __all__ = [
@@ -84,6 +86,19 @@ class ProtocolSpec:
         many tensors the exchanged vector holds (adaptive ranges)."""
         return None
 
+    def min_sites(self, n: int) -> int:
+        """The fewest sites a round of this protocol may list in a federation of ``n`` (the
+        roster pins it): 1 unless the protocol's privacy needs more."""
+        return 1
+
+    def with_roster(self, roster: Roster) -> ProtocolSpec:
+        """The same protocol checking every site against ``roster`` (the federation's ids and
+        identity keys). ``plain`` has nothing to sign and ignores it."""
+        check_instance("roster", roster, Roster, "Roster.enrol or Roster.load")
+        if not hasattr(self, "roster"):
+            return self
+        return replace(self, roster=roster)  # type: ignore[type-var]
+
     def with_topk(self, k: int) -> ProtocolSpec:
         """The same protocol carrying ``k`` (index, value) pairs per client.
 
@@ -130,7 +145,7 @@ class PlainSpec(ProtocolSpec):
     def server(self, *, round: int, clients: list[int], dim: int) -> ServerSession:
         return PlainServer(round=round, clients=clients, dim=dim, payload_format=self.format)
 
-    def client(self, **kwargs) -> ClientSession:
+    def client(self, *, identity: Identity | None = None, **kwargs) -> ClientSession:
         return PlainClient(payload_format=self.format, **kwargs)
 
     def describe(self) -> dict:
@@ -148,12 +163,13 @@ class SecAggSpec(ProtocolSpec):
     name: ClassVar[str] = "secagg"
     stages: ClassVar[tuple[str, ...]] = SecAggServer.stages
     config: SecAggConfig
+    roster: Roster | None = None  # set by with_roster before the first round
 
     @classmethod
     def from_options(
         cls, *, max_weight: float, clip: float | None, quant_bits: int | None, threshold=None,
         neighbours=None, secagg_weighting: str = "fraction", sites: int | None = None,
-        **_ignored,
+        colluders: int | None = None, **_ignored,
     ) -> SecAggSpec:  # fmt: skip
         try:
             config = SecAggConfig(
@@ -163,6 +179,7 @@ class SecAggSpec(ProtocolSpec):
                 threshold=threshold,
                 neighbours=neighbours,
                 weighting=secagg_weighting,
+                colluders=colluders,
             )
             if sites is not None:  # pin the round size to the federation's threshold
                 config = replace(config, min_clients=config.threshold_for(sites))
@@ -174,14 +191,28 @@ class SecAggSpec(ProtocolSpec):
     def adaptive(self) -> bool:
         return self.config.clip is None
 
+    def min_sites(self, n: int) -> int:
+        return max(self.config.min_clients, self.config.threshold_for(n))
+
     def server(
         self, *, round: int, clients: list[int], dim: int, ranges: TensorRanges | None = None
     ) -> ServerSession:
         return SecAggServer(round=round, clients=clients, dim=dim, config=self.config,
-                            ranges=ranges)  # fmt: skip
+                            roster=self._roster(), ranges=ranges)  # fmt: skip
 
-    def client(self, **kwargs) -> ClientSession:
-        return SecAggClient(config=self.config, **kwargs)
+    def client(self, *, identity: Identity | None = None, **kwargs) -> ClientSession:
+        if identity is None:
+            raise ConfigError("secagg: a site needs its identity key (Identity) to take part")
+        return SecAggClient(config=self.config, roster=self._roster(), identity=identity,
+                            **kwargs)  # fmt: skip
+
+    def _roster(self) -> Roster:
+        if self.roster is None:
+            raise ConfigError(
+                "secagg: enrol the sites first (Roster.enrol or Roster.load, then "
+                "spec.with_roster(roster)): every round key is signed by a roster member"
+            )
+        return self.roster
 
     def describe(self) -> dict:
         c = self.config
@@ -190,6 +221,7 @@ class SecAggSpec(ProtocolSpec):
             "quant_bits": c.quant_bits,
             "threshold": c.threshold,
             "neighbours": c.neighbours,
+            "colluders": c.colluders,
             "max_weight": c.max_weight,
             "weighting": c.weighting,
             "min_clients": c.min_clients,
@@ -238,6 +270,7 @@ class HESpec(ProtocolSpec):
     stages: ClassVar[tuple[str, ...]] = HEServer.stages
     config: HEConfig
     plan: HEPlan | None = None  # set by the key setup
+    roster: Roster | None = None  # set by with_roster before the key setup
     keyrings: dict[int, HEKeyring] = field(default_factory=dict)
 
     @classmethod
@@ -264,7 +297,9 @@ class HESpec(ProtocolSpec):
         # The server only adds ciphertexts: the ranges shape what the sites encrypt.
         return HEServer(round=round, clients=clients, dim=dim, plan=self._plan())
 
-    def client(self, *, client_id: int, **kwargs) -> ClientSession:
+    def client(
+        self, *, client_id: int, identity: Identity | None = None, **kwargs
+    ) -> ClientSession:
         if client_id not in self.keyrings:
             raise ConfigError(f"he: site {client_id} holds no key in this process")
         return HEClient(client_id=client_id, keyring=self.keyrings[client_id], **kwargs)
@@ -293,6 +328,7 @@ def get_protocol(
     quant_bits: int | None = None,
     threshold: int | None = None,
     neighbours: int | None = None,
+    colluders: int | None = None,
     he_scheme: str = "bfv",
     he_weighting: str = "fraction",
     secagg_weighting: str = "fraction",
@@ -310,6 +346,8 @@ def get_protocol(
         quant_bits: ``None`` takes the protocol's default (:data:`DEFAULT_QUANT_BITS`):
             float32 for ``plain`` (per-chunk quantization when given), 8 otherwise.
         threshold, neighbours: ``secagg``'s Shamir threshold and neighbour count.
+        colluders: ``secagg``: the most sites a malicious server may collude with (sizes
+            the consistency quorum; ``None``: threshold - 1).
         he_scheme, he_weighting: ``he``'s scheme (``bfv``, ``ckks``) and weighting.
         secagg_weighting: ``secagg``'s weighting, ``fraction`` (no weight bits in the ring)
             or ``integer`` (:class:`~fedshield.protocols.secagg.SecAggConfig`).
@@ -330,6 +368,7 @@ def get_protocol(
         )
     return PROTOCOLS[name].from_options(
         max_weight=max_weight, clip=clip, quant_bits=quant_bits, threshold=threshold,
-        neighbours=neighbours, he_scheme=he_scheme, he_weighting=he_weighting,
+        neighbours=neighbours, colluders=colluders, he_scheme=he_scheme,
+        he_weighting=he_weighting,
         secagg_weighting=secagg_weighting, sites=sites,
     )  # fmt: skip

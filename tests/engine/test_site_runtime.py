@@ -7,18 +7,30 @@ import numpy as np
 import pytest
 
 from fedshield import wire
+from fedshield.crypto.identity import Identity
 from fedshield.data.sites import SiteData
 from fedshield.engine.experiment import (
     RunConfig,
     build_federation,
     build_server_round,
     build_site_runtime,
+    enrol_sites,
     with_data_facts,
 )
 from fedshield.engine.flower.site import SiteProcess
 from fedshield.engine.transport import InProcessTransport
 from fedshield.errors import ConfigError, WrongRound
 from fedshield.protocols.registry import MODEL_BROADCAST
+from fedshield.protocols.roster import Roster
+
+
+def _site_processes(config, sites, directory):
+    """The roster and site processes as a deployment enrols and starts them."""
+    roster = Roster.load(enrol_sites(config, directory))
+    return roster, {
+        i: SiteProcess(config, i, roster, Identity.load(directory / f"site{i}.identity"))
+        for i in sites
+    }
 
 
 def _only_site(monkeypatch, allowed: set[str]) -> list[str]:
@@ -37,13 +49,14 @@ def _only_site(monkeypatch, allowed: set[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("dataset", ["synthetic", "breastmnist"])
-def test_a_site_process_builds_only_its_own_data_and_trains_a_round(monkeypatch, dataset):
+def test_a_site_process_builds_only_its_own_data_and_trains_a_round(monkeypatch, dataset, tmp_path):
     try:
         config = with_data_facts(RunConfig(dataset=dataset, protect="secagg", sites=3, rounds=1))
     except ConfigError:  # pragma: no cover - the data file is not here
         pytest.skip(f"{dataset} not available")
     built = _only_site(monkeypatch, {"site1"})
-    process = SiteProcess(config, 1)
+    _, processes = _site_processes(config, [1], tmp_path)
+    process = processes[1]
     assert built == ["site1"]
     server = build_server_round(config)  # builds no data at all: site1 is the only one allowed
     assert built == ["site1"]
@@ -70,12 +83,13 @@ def test_a_site_process_needs_the_public_facts_in_its_config():
 
 
 @pytest.mark.parametrize("protect", ["plain", "secagg"])
-def test_a_server_round_and_site_processes_agree_on_the_payload_format(protect):
+def test_a_server_round_and_site_processes_agree_on_the_payload_format(protect, tmp_path):
     sparsify = "topk:0.05" if protect == "plain" else "randk:0.1"
     config = with_data_facts(RunConfig(protect=protect, quant_bits=8, sparsify=sparsify,
                                        sites=2, rounds=1, local_epochs=1))  # fmt: skip
     server = build_server_round(config)
-    processes = {i: SiteProcess(config, i) for i in range(2)}
+    roster, processes = _site_processes(config, [0, 1], tmp_path)
+    server.use_protocol(server.protocol.with_roster(roster))
     broadcast = server.broadcast()
     sessions = {i: p.runtime.train(broadcast, 1) for i, p in processes.items()}
     outcome, _ = server.drive(InProcessTransport(sessions), [0, 1])
@@ -83,11 +97,13 @@ def test_a_server_round_and_site_processes_agree_on_the_payload_format(protect):
     assert list(outcome.revealed.contributors) == [0, 1]
 
 
-def test_an_he_site_that_missed_an_aggregate_sits_out_instead_of_training_on_stale_ranges():
+def test_an_he_site_that_missed_an_aggregate_sits_out_instead_of_training_on_stale_ranges(
+    tmp_path,
+):
     """Under ``he`` each site holds the model and its ranges; one that missed an aggregate
     would encode its update on old ranges and corrupt the others' sum, so it refuses."""
     config = with_data_facts(RunConfig(protect="he", sites=2, rounds=2, local_epochs=1))
-    process = SiteProcess(config, 1)
+    process = _site_processes(config, [1], tmp_path)[1][1]
     header = wire.Header(MODEL_BROADCAST, 0, 2, wire.SERVER_ID)
     stale = wire.serialize(header, [np.array([1], dtype="<u4")])  # round 1 was aggregated
     with pytest.raises(WrongRound, match="missed an aggregate"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from enrolment import ROSTER, signing_as
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -48,9 +49,12 @@ def _updates(n, seed=0, scales=(0.001, 0.1)):
 
 def _secagg_round(ranges, updates, weights, *, schedule=None, config=ADAPTIVE):
     dim = ranges.dim
-    server = SecAggServer(round=1, clients=list(updates), dim=dim, config=config, ranges=ranges)
+    server = SecAggServer(
+        roster=ROSTER, round=1, clients=list(updates), dim=dim, config=config, ranges=ranges
+    )
     clients = {
-        c: SecAggClient(client_id=c, round=1, update=u, weight=weights[c], config=config,
+        c: SecAggClient(client_id=c, **signing_as(c), round=1, update=u, weight=weights[c],
+                        config=config,
                         quant_seed=c, ranges=ranges)
         for c, u in updates.items()
     }  # fmt: skip
@@ -157,9 +161,12 @@ def test_a_tensor_moving_100x_more_is_neither_clipped_away_nor_quantized_to_zero
     # sized for the small tensor clips the large one away.
     wide, narrow = (SecAggConfig(clip=c, quant_bits=8, max_weight=100.0) for c in (0.1, 0.001))
     for config, part in ((wide, small), (narrow, large)):
-        server = SecAggServer(round=1, clients=list(updates), dim=first.dim, config=config)
+        server = SecAggServer(
+            roster=ROSTER, round=1, clients=list(updates), dim=first.dim, config=config
+        )
         clients = {
-            c: SecAggClient(client_id=c, round=1, update=u, weight=100.0, config=config,
+            c: SecAggClient(client_id=c, **signing_as(c), round=1, update=u, weight=100.0,
+                            config=config,
                             quant_seed=c)
             for c, u in updates.items()
         }  # fmt: skip
@@ -247,28 +254,31 @@ def test_invalid_ranges_and_grids_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="either a fixed clip"):
         Grid(0.1, TensorRanges((3,), (0,)), 8)
     with pytest.raises(ConfigError, match="exactly when the config has no fixed clip"):
-        SecAggClient(client_id=0, round=1, update=np.zeros(3, np.float32), weight=1.0,
+        SecAggClient(client_id=0, **signing_as(0), round=1, update=np.zeros(3, np.float32),
+                     weight=1.0,
                      config=ADAPTIVE)  # fmt: skip
     with pytest.raises(ValueError, match="ranges cover"):
-        SecAggClient(client_id=0, round=1, update=np.zeros(3, np.float32), weight=1.0,
+        SecAggClient(client_id=0, **signing_as(0), round=1, update=np.zeros(3, np.float32),
+                     weight=1.0,
                      config=ADAPTIVE, ranges=TensorRanges((4,), (0,)))  # fmt: skip
     with pytest.raises(ConfigError, match="number of tensors"):
         plan_for(HEConfig(clip=None), n_clients=3, dim=10)
 
 
 def test_a_client_whose_ranges_differ_from_the_servers_refuses_the_round():
-    updates, weights = _updates(3), dict.fromkeys(range(3), 100.0)
+    """Five clients (one refusal leaves the consistency quorum of four)."""
+    updates, weights = _updates(5), dict.fromkeys(range(5), 100.0)
     ranges = TensorRanges(SIZES, (-5, -2))
-    server = SecAggServer(round=1, clients=[0, 1, 2], dim=ranges.dim, config=ADAPTIVE,
-                          ranges=ranges)  # fmt: skip
+    server = SecAggServer(roster=ROSTER, round=1, clients=list(range(5)), dim=ranges.dim,
+                          config=ADAPTIVE, ranges=ranges)  # fmt: skip
     other = TensorRanges(SIZES, (-5, -1))
     clients = {
-        c: SecAggClient(client_id=c, round=1, update=u, weight=weights[c], config=ADAPTIVE,
-                        ranges=other if c == 2 else ranges)
+        c: SecAggClient(client_id=c, **signing_as(c), round=1, update=u, weight=weights[c],
+                        config=ADAPTIVE, ranges=other if c == 2 else ranges)
         for c, u in updates.items()
     }  # fmt: skip
     outcome = run_protocol(server, InProcessTransport(clients))
-    assert outcome.revealed.contributors == (0, 1)  # client 2 refused: parameters differ
+    assert outcome.revealed.contributors == (0, 1, 3, 4)  # client 2 refused: parameters differ
     assert "parameters differ" in outcome.stages[0].rejected[2]
 
 
@@ -310,10 +320,12 @@ def test_a_server_giving_one_client_other_ranges_learns_nothing_of_its_update():
     updates = {c: rng.uniform(-0.1, 0.1, sum(SIZES)).astype(np.float32) for c in range(n)}
     honest, huge = TensorRanges(SIZES, (-3, -3)), TensorRanges(SIZES, (15, 15))
     given_ranges = {c: honest if c == victim else huge for c in range(n)}
-    server = SecAggServer(round=1, clients=list(range(n)), dim=honest.dim, config=ADAPTIVE,
+    server = SecAggServer(roster=ROSTER, round=1, clients=list(range(n)), dim=honest.dim,
+                          config=ADAPTIVE,
                           ranges=honest)  # fmt: skip
     clients = {
-        c: SecAggClient(client_id=c, round=1, update=updates[c], weight=100.0, config=ADAPTIVE,
+        c: SecAggClient(client_id=c, **signing_as(c), round=1, update=updates[c], weight=100.0,
+                        config=ADAPTIVE,
                         quant_seed=c, ranges=given_ranges[c])
         for c in range(n)
     }  # fmt: skip

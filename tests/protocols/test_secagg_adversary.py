@@ -5,6 +5,7 @@ off (or was measured to before it), and to fail now."""
 
 import numpy as np
 import pytest
+from enrolment import ROSTER, signing_as
 from test_secagg import _decode_levels, _expected_level_sum, _run, forging_client_0
 
 from fedshield.engine.runner import run_protocol
@@ -51,11 +52,17 @@ def test_a_client_sending_values_off_the_grid_aborts_the_round_instead_of_moving
     range cannot be told from an honest one: secure aggregation hides who sent what.)"""
     config = SecAggConfig(clip=0.1, quant_bits=8, max_weight=10.0)
     low = np.full(16, -0.1, dtype=np.float32)
-    server = SecAggServer(round=1, clients=range(3), dim=16, config=config)
+    server = SecAggServer(roster=ROSTER, round=1, clients=range(3), dim=16, config=config)
     forger = type("Forger", (_OffGrid,), {"position": position, "value": value})
     clients = {
         c: (forger if c == 0 else SecAggClient)(
-            client_id=c, round=1, update=low, weight=10.0, config=config, quant_seed=c
+            client_id=c,
+            **signing_as(c),
+            round=1,
+            update=low,
+            weight=10.0,
+            config=config,
+            quant_seed=c,
         )
         for c in range(3)
     }
@@ -70,8 +77,11 @@ def test_a_server_cannot_shrink_the_round_to_a_lone_victim():
     victim_update = np.linspace(-0.1, 0.1, 16, dtype=np.float32)
     for pinned, revealed in ((1, True), (3, False)):  # unpinned: the attack works
         config = SecAggConfig(clip=0.1, quant_bits=8, max_weight=10.0, min_clients=pinned)
-        server = SecAggServer(round=1, clients=[2], dim=16, config=config)  # "you are alone"
-        victim = SecAggClient(client_id=2, round=1, update=victim_update, weight=10.0,
+        server = SecAggServer(
+            roster=ROSTER, round=1, clients=[2], dim=16, config=config
+        )  # "you are alone"
+        victim = SecAggClient(client_id=2, **signing_as(2), round=1, update=victim_update,
+                              weight=10.0,
                               config=config)  # fmt: skip
         outcome = run_protocol(server, InProcessTransport({2: victim}))
         assert (outcome.revealed is not None) == revealed
@@ -107,10 +117,11 @@ def test_a_weight_zero_amplifier_cannot_push_the_mean_outside_the_range(honest_w
     server checks the sum against that: the round aborts."""
     config = SecAggConfig(clip=0.1, quant_bits=8, max_weight=10.0)
     honest = np.full(16, 0.1, np.float32)
-    server = SecAggServer(round=1, clients=range(3), dim=16, config=config)
+    server = SecAggServer(roster=ROSTER, round=1, clients=range(3), dim=16, config=config)
     clients = {
         c: (_Amplifier if c == 0 else SecAggClient)(
-            client_id=c, round=1, update=honest, weight=honest_weight, config=config,
+            client_id=c, **signing_as(c), round=1, update=honest, weight=honest_weight,
+                config=config,
             quant_seed=c,
         )
         for c in range(3)
@@ -121,9 +132,9 @@ def test_a_weight_zero_amplifier_cannot_push_the_mean_outside_the_range(honest_w
 
 def test_honest_sites_far_outside_the_range_decode_inside_it():
     config = SecAggConfig(clip=0.1, quant_bits=8, max_weight=10.0)
-    server = SecAggServer(round=1, clients=range(3), dim=16, config=config)
+    server = SecAggServer(roster=ROSTER, round=1, clients=range(3), dim=16, config=config)
     clients = {
-        c: SecAggClient(client_id=c, round=1, update=np.full(16, 1.0, np.float32),
+        c: SecAggClient(client_id=c, **signing_as(c), round=1, update=np.full(16, 1.0, np.float32),
                         weight=1.0 + c, config=config, quant_seed=c)
         for c in range(3)
     }  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from enrolment import ROSTER, signing_as
 
 from fedshield.crypto import ring
 from fedshield.engine.dropout import DropoutPolicy
@@ -22,9 +23,10 @@ def _round(n, d=301, *, config=CONFIG, schedule=None, seed=0):
     rng = np.random.default_rng(seed)
     updates = {c: rng.uniform(-0.6, 0.6, size=d).astype(np.float32) for c in range(n)}
     weights = {c: float(rng.integers(10, 300)) for c in range(n)}
-    server = SecAggServer(round=1, clients=range(n), dim=d, config=config)
+    server = SecAggServer(roster=ROSTER, round=1, clients=range(n), dim=d, config=config)
     clients = {
-        c: SecAggClient(client_id=c, round=1, update=updates[c], weight=weights[c], config=config,
+        c: SecAggClient(client_id=c, **signing_as(c), round=1, update=updates[c],
+                        weight=weights[c], config=config,
                         quant_seed=seed * 100 + c)
         for c in range(n)
     }  # fmt: skip

@@ -7,6 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
+from enrolment import ROSTER, signing_as
 
 from fedshield.errors import IllegalTransition, InvalidShare, SecAggAbort, StageNotClosed
 from fedshield.protocols.base import ClientSession, ServerSession, broadcasts, handles, receives
@@ -37,9 +38,11 @@ def _plain():
 def _secagg():
     config = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0)
     updates = _updates()
-    server = SecAggServer(round=0, clients=CLIENTS, dim=DIM, config=config)
+    server = SecAggServer(roster=ROSTER, round=0, clients=CLIENTS, dim=DIM, config=config)
     clients = {
-        c: SecAggClient(client_id=c, round=0, update=updates[c], weight=3.0, config=config)
+        c: SecAggClient(
+            client_id=c, **signing_as(c), round=0, update=updates[c], weight=3.0, config=config
+        )
         for c in CLIENTS
     }
     return server, clients
@@ -102,7 +105,9 @@ def _sessions_after(name, done):
 
 
 def test_the_stage_enums_are_the_wire_strings_in_order():
-    assert list(SecAggStage) == ["advertise_keys", "share_keys", "masked_input", "unmask"]
+    assert list(SecAggStage) == [
+        "advertise_keys", "share_keys", "masked_input", "consistency", "unmask",
+    ]  # fmt: skip
     assert list(HEStage) == ["input", "aggregate"]
     assert list(HEKeyStage) == ["advertise", "seal", "install"]
     assert list(PlainStage) == ["input"]

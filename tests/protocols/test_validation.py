@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from enrolment import ROSTER, signing_as
 
 from fedshield.errors import ConfigError, NonFiniteValues
 from fedshield.protocols.he import HEClient, HEServer
@@ -108,7 +109,7 @@ SERVER_CASES = [
     "make",
     [
         lambda **kw: PlainServer(**kw),
-        lambda **kw: SecAggServer(config=SECAGG, **kw),
+        lambda **kw: SecAggServer(roster=ROSTER, config=SECAGG, **kw),
         lambda **kw: HEServer(plan=PLAN, **kw),
     ],
     ids=["plain", "secagg", "he"],
@@ -141,7 +142,7 @@ CLIENT_CASES = [
     "make",
     [
         lambda **kw: PlainClient(**kw),
-        lambda **kw: SecAggClient(config=SECAGG, **kw),
+        lambda **kw: SecAggClient(config=SECAGG, **signing_as(0), **kw),
     ],
     ids=["plain", "secagg"],
 )
@@ -152,9 +153,9 @@ def test_client_sessions(make, kwargs, error, name):
 
 def test_protocol_specific_session_arguments():
     with pytest.raises(TypeError, match="config"):
-        SecAggServer(round=0, clients=[0], dim=4, config={"clip": 0.1})
+        SecAggServer(roster=ROSTER, round=0, clients=[0], dim=4, config={"clip": 0.1})
     with pytest.raises(TypeError, match="config"):
-        SecAggClient(client_id=0, round=0, update=UPDATE, weight=1.0, config=None)
+        SecAggClient(client_id=0, **signing_as(0), round=0, update=UPDATE, weight=1.0, config=None)
     with pytest.raises(TypeError, match="payload_format"):
         PlainServer(round=0, clients=[0], dim=4, payload_format="float32")
     with pytest.raises(ValueError, match="indices"):
@@ -211,4 +212,6 @@ def test_a_client_session_refuses_a_non_finite_update():
     config = SecAggConfig(clip=0.1, max_weight=1.0)
     update = np.array([np.nan, 0.1, 0.1], dtype=np.float32)
     with pytest.raises(NonFiniteValues, match="NaN or infinity"):
-        SecAggClient(client_id=0, round=1, update=update, weight=1.0, config=config)
+        SecAggClient(
+            client_id=0, **signing_as(0), round=1, update=update, weight=1.0, config=config
+        )

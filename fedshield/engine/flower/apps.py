@@ -2,6 +2,7 @@
 each message to its site's process (:mod:`.site`) and sends the answer back.
 
 Run configuration (``flwr run --run-config``): ``config`` (path of the RunConfig JSON),
+``roster`` (path of the federation's roster),
 ``out`` (folder for ``rounds.json``), ``events`` (a file the server appends progress events
 to), ``stage-timeout`` and ``train-timeout`` (seconds). SuperNode configuration
 (``--node-config``): ``site-port`` and ``site-key-file`` of the site's process.
@@ -46,6 +47,7 @@ def main(grid: Grid, context: Context) -> None:
     from fedshield.engine.experiment import RunConfig, build_server_round
     from fedshield.engine.flower.transport import FlowerTransport
     from fedshield.engine.server_round import RoundTiming
+    from fedshield.protocols.roster import Roster
 
     cfg = context.run_config
     config = RunConfig(**json.loads(Path(str(cfg["config"])).read_text()))
@@ -58,6 +60,8 @@ def main(grid: Grid, context: Context) -> None:
 
     he = config.protect == "he"
     server = build_server_round(config)  # no site's data: only the config's public facts
+    roster = Roster.load(str(cfg["roster"]))
+    server.use_protocol(server.protocol.with_roster(roster))
     nodes, names = _discover_sites(grid, config.sites, timeout=train_timeout)
     emit(event="sites", nodes={str(c): n for c, n in nodes.items()})
     if he:

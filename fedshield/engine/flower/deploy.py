@@ -53,6 +53,7 @@ clientapp = "fedshield.engine.flower.apps:client_app"
 config = ""
 out = ""
 events = ""
+roster = ""
 stage-timeout = 60.0
 train-timeout = 300.0
 """
@@ -149,11 +150,13 @@ class LocalDeployment:
             key_file = self.workdir / f"site{site}.key"
             write_key(key_file)
             site_port = _free_port()
+            identity = self.workdir / f"site{site}.identity"
             process = self._start(
                 f"site{site}",
                 [sys.executable, "-m", "fedshield.engine.flower.site", "--config",
                  str(config_path), "--site", str(site), "--port", str(site_port),
-                 "--key-file", str(key_file)],
+                 "--key-file", str(key_file), "--roster", str(self.workdir / "roster.json"),
+                 "--identity", str(identity)],
             )  # fmt: skip
             sites.append((site, site_port, key_file, process))
         for site, site_port, key_file, process in sites:  # they load data and torch at once
@@ -227,16 +230,17 @@ def run_on_flower(
     ``on_event(event, deployment)`` sees each progress event of the ServerApp as it happens
     (``{"round": r, "stage": s}`` when a stage opens, ``{"round": r, "event": "done", ...}``).
     """
-    from fedshield.engine.experiment import with_data_facts
+    from fedshield.engine.experiment import enrol_sites, with_data_facts
 
     config = with_data_facts(config)  # public facts every process needs, read here once
     workdir = Path(tempfile.mkdtemp(prefix="fedshield-flower-"))
     config_path, app, events = _write_app(workdir, config)
+    roster = enrol_sites(config, workdir)  # roster.json and one identity key per site
     out = Path(out).resolve()
     with LocalDeployment(config.sites, workdir) as deployment:
         deployment.start(config_path)
         run_config = (
-            f'config="{config_path}" out="{out}" events="{events}" '
+            f'config="{config_path}" out="{out}" events="{events}" roster="{roster}" '
             f"stage-timeout={float(stage_timeout)} train-timeout={float(train_timeout)}"
         )
         runner = deployment._start(

@@ -6,7 +6,8 @@ received model and open the protocol session, answer each stage, report test pre
 Started by :mod:`.deploy` next to the site's SuperNode; in a real deployment each hospital runs
 it next to its own SuperNode.
 
-    python -m fedshield.engine.flower.site --config run.json --site 0 --port 7000 --key-file K
+    python -m fedshield.engine.flower.site --config run.json --site 0 --port 7000 --key-file K \
+        --roster roster.json --identity site0.identity
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ import numpy as np
 import torch
 
 from fedshield import wire
+from fedshield.crypto.identity import Identity
 from fedshield.engine.experiment import RunConfig, build_global_model, build_site_runtime
 from fedshield.engine.flower.relay import serve
 from fedshield.engine.global_model import GlobalModel
-from fedshield.errors import WrongRound
+from fedshield.errors import ConfigError, WrongRound
 from fedshield.protocols.base import ClientSession
 from fedshield.protocols.he.keys import HEKeySetupClient
 from fedshield.protocols.registry import MODEL_BROADCAST, KeySetup
+from fedshield.protocols.roster import Roster
 
 __all__ = ["SiteProcess", "main"]
 
@@ -34,9 +37,14 @@ __all__ = ["SiteProcess", "main"]
 class SiteProcess:
     """Site ``site``'s state across rounds and its answers to the server's requests."""
 
-    def __init__(self, config: RunConfig, site: int) -> None:
+    def __init__(self, config: RunConfig, site: int, roster: Roster, identity: Identity) -> None:
         self.site = site
         self.runtime = build_site_runtime(config, site)
+        protocol = self.runtime.protocol
+        roster.check_parameters({"protection": protocol.name, **protocol.describe()})
+        if roster.key(site) != identity.public_bytes:
+            raise ConfigError(f"the identity key given is not site {site}'s on the roster")
+        self.runtime.protocol, self.runtime.identity = protocol.with_roster(roster), identity
         # Under he the sites hold the model: each applies the decrypted aggregate itself, and
         # the key comes through the grid (the key-holder site makes it), not from a local setup.
         self.held: GlobalModel | None = None
@@ -155,10 +163,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--site", type=int, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--key-file", type=Path, required=True)
+    parser.add_argument("--roster", type=Path, required=True, help="the federation's roster")
+    parser.add_argument("--identity", type=Path, required=True, help="this site's identity key")
     args = parser.parse_args(argv)
     config = RunConfig(**json.loads(args.config.read_text()))
     torch.set_num_threads(config.threads or 1)  # float sums depend on it; one core per site
-    process = SiteProcess(config, args.site)
+    roster, identity = Roster.load(args.roster), Identity.load(args.identity)
+    process = SiteProcess(config, args.site, roster, identity)
     serve(("127.0.0.1", args.port), args.key_file.read_bytes(), process.handle)
 
 

@@ -12,29 +12,41 @@ import numpy as np
 from fedshield import wire
 from fedshield._validate import check_instance
 from fedshield.crypto import ring, shamir
+from fedshield.crypto.identity import SIGNATURE_BYTES, Identity
 from fedshield.crypto.keys import PUBLIC_KEY_BYTES, KeyPair, open_share, seal_share
 from fedshield.crypto.prg import SEED_BYTES, add_mask, mask_scratch, ring_dtype
-from fedshield.errors import InvalidShare, SecAggAbort, UnknownSender, WrongShape
+from fedshield.errors import (
+    InvalidMessage,
+    InvalidShare,
+    SecAggAbort,
+    UnknownSender,
+    WrongShape,
+)
 from fedshield.protocols.base import ClientSession, handles
 from fedshield.protocols.ranges import TensorRanges
+from fedshield.protocols.roster import Roster
 from fedshield.protocols.secagg.common import (
+    ADVERTISE_LABEL,
+    CONSISTENCY_LABEL,
     PAIR,
     PROTOCOL_ID,
     SEALED_SHARE_BYTES,
     STAGES,
     SecAggStage,
     add_pairwise_mask,
+    advertisement,
     commit,
     enc_info,
+    graph_seed,
+    survivor_statement,
 )
 from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
 
 __all__ = ["SecAggClient"]
 
 
-def _split_keys(blob: bytes, owners: list[int]) -> dict[int, bytes]:
-    """Concatenated 32-byte public keys, one per owner in order."""
-    size = PUBLIC_KEY_BYTES
+def _split(blob: bytes, owners: list[int], size: int = PUBLIC_KEY_BYTES) -> dict[int, bytes]:
+    """Concatenated fixed-size items (public keys, signatures), one per owner in order."""
     return {c: blob[i * size : (i + 1) * size] for i, c in enumerate(owners)}
 
 
@@ -45,6 +57,10 @@ class SecAggClient(ClientSession):
         client_id, round, update, weight, quant_seed: as for every
             :class:`~fedshield.protocols.base.ClientSession`.
         config: the round's :class:`SecAggConfig` (the server checks it is the same).
+        roster: the federation's :class:`~fedshield.protocols.roster.Roster`: every peer
+            key must be signed by a member, and a round must list at least its
+            ``min_sites`` members.
+        identity: this site's identity key (its public half is on the roster).
         ranges: the round's per-tensor ranges, when ``config.clip`` is ``None``
             (:mod:`fedshield.protocols.ranges`); checked against the server's as well.
     """
@@ -60,6 +76,8 @@ class SecAggClient(ClientSession):
         update: np.ndarray,
         weight: float,
         config: SecAggConfig,
+        roster: Roster,
+        identity: Identity,
         quant_seed: int | None = None,
         ranges: TensorRanges | None = None,
     ) -> None:
@@ -67,7 +85,11 @@ class SecAggClient(ClientSession):
             client_id=client_id, round=round, update=update, weight=weight, quant_seed=quant_seed
         )
         check_instance("config", config, SecAggConfig)
-        self.config = config
+        check_instance("roster", roster, Roster, "Roster.enrol or Roster.load")
+        check_instance("identity", identity, Identity)
+        if roster.key(client_id) != identity.public_bytes:
+            raise ValueError(f"identity is not site {client_id}'s key on the roster")
+        self.config, self.roster, self.identity = config, roster, identity
         self.ranges = ranges
         self.grid = config.grid(ranges)
         if ranges is not None:
@@ -87,11 +109,15 @@ class SecAggClient(ClientSession):
         self.clients = message.array(1, dtype="<u4").tolist()
         if self.client_id not in self.clients:
             raise UnknownSender(f"client {self.client_id} is not in this round")
+        strangers = sorted(set(self.clients) - set(self.roster.sites))
+        if strangers or len(set(self.clients)) != len(self.clients):
+            raise SecAggAbort(f"client {self.client_id}: the round lists non-members {strangers}")
         self.n = len(self.clients)
-        if self.n < self.config.min_clients:
+        pinned = max(self.config.min_clients, self.roster.min_sites)
+        if self.n < pinned:
             raise SecAggAbort(
                 f"client {self.client_id}: the server lists {self.n} clients, fewer than the "
-                f"pinned minimum of {self.config.min_clients}"
+                f"pinned minimum of {pinned}"
             )
         self.bits = self.config.bits(self.n)
         try:
@@ -99,18 +125,22 @@ class SecAggClient(ClientSession):
         except ValueError as exc:
             raise SecAggAbort(f"client {self.client_id}: {exc}") from None
         # Survivors every stage needs: the threshold, and never fewer than the pinned minimum.
-        self.minimum = max(self.threshold, self.config.min_clients)
-        return self._client_message(
-            stage, [self.channel_keys.public_bytes, self.mask_keys.public_bytes]
-        )
+        self.minimum = max(self.threshold, pinned)
+        self.quorum = self.config.quorum(self.n)
+        channel, mask = self.channel_keys.public_bytes, self.mask_keys.public_bytes
+        statement = advertisement(self.round, self.params, self.client_id, channel, mask)
+        signature = self.roster.sign(self.identity, ADVERTISE_LABEL, statement)
+        return self._client_message(stage, [channel, mask, signature])
 
     @handles(SecAggStage.SHARE_KEYS)
     def _share_keys(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(4)
-        graph_seed = message.raw(0, length=32)
-        advertised = message.array(1, dtype="<u4").tolist()  # U_1
-        channel_blob = message.raw(2, length=len(advertised) * PUBLIC_KEY_BYTES)
-        mask_blob = message.raw(3, length=len(advertised) * PUBLIC_KEY_BYTES)
+        advertised = message.array(0, dtype="<u4").tolist()  # U_1
+        channel_blob = message.raw(1, length=len(advertised) * PUBLIC_KEY_BYTES)
+        mask_blob = message.raw(2, length=len(advertised) * PUBLIC_KEY_BYTES)
+        signatures = _split(
+            message.raw(3, length=len(advertised) * SIGNATURE_BYTES), advertised, SIGNATURE_BYTES
+        )
         me = self.client_id
         if (
             len(set(advertised)) != len(advertised)
@@ -118,8 +148,8 @@ class SecAggClient(ClientSession):
             or len(advertised) < self.minimum
         ):
             raise SecAggAbort(f"client {me}: bad or too small key list ({len(advertised)})")
-        self.channel_public_keys = _split_keys(channel_blob, advertised)
-        self.mask_public_keys = _split_keys(mask_blob, advertised)
+        self.channel_public_keys = _split(channel_blob, advertised)
+        self.mask_public_keys = _split(mask_blob, advertised)
         if (
             self.channel_public_keys.get(me) != self.channel_keys.public_bytes
             or self.mask_public_keys.get(me) != self.mask_keys.public_bytes
@@ -128,8 +158,10 @@ class SecAggClient(ClientSession):
         distinct = set(self.channel_public_keys.values()) | set(self.mask_public_keys.values())
         if len(distinct) != 2 * len(advertised):
             raise WrongShape("the server relayed repeated public keys")
+        self._check_signed_keys(advertised, signatures)
         degree = self.config.degree(self.n)
-        self.neighbours = neighbour_graph(advertised, degree, graph_seed, only=me)[me]
+        seed = graph_seed(self.round, self.params, self.channel_public_keys, self.mask_public_keys)
+        self.neighbours = neighbour_graph(advertised, degree, seed, only=me)[me]
         holders = sorted((*self.neighbours, me))
         self.channel_secrets = {
             h: self.channel_keys.agree(
@@ -145,6 +177,15 @@ class SecAggClient(ClientSession):
                 commit(self.self_mask_seed, round=self.round, client=me),
             ],
         )
+
+    def _check_signed_keys(self, advertised: list[int], signatures: dict[int, bytes]) -> None:
+        """Every relayed key pair must be signed by its site's identity (no key of the
+        server's own, no swapped key)."""
+        for c in advertised:
+            statement = advertisement(
+                self.round, self.params, c, self.channel_public_keys[c], self.mask_public_keys[c]
+            )
+            self.roster.verify(c, signatures[c], ADVERTISE_LABEL, statement)
 
     def _sealed_shares(self, holders: list[int]) -> list[bytes]:
         """``e_{u,v}`` for each holder ``v``: its shares of ``b_u`` and of ``s_u^SK``, sealed."""
@@ -176,6 +217,7 @@ class SecAggClient(ClientSession):
             or len(shared_keys_survivors) < self.minimum
         ):
             raise SecAggAbort(f"client {me}: the survivor list is inconsistent or too small")
+        self.shared_keys_survivors = shared_keys_survivors  # U_2, remembered for the unmask
         complaints = []
         for i, sender in enumerate(senders):
             if sender not in (*self.neighbours, me) or sender not in shared_keys_survivors:
@@ -250,21 +292,52 @@ class SecAggClient(ClientSession):
         masked &= masked.dtype.type((1 << self.bits) - 1)
         return masked
 
-    @handles(SecAggStage.UNMASK)
-    def _unmask(self, stage: str, message: wire.Message) -> bytes:
-        message.require_fields(2)
-        masked_input_survivors = set(message.array(0, dtype="<u4").tolist())  # U_3
-        dropped = set(message.array(1, dtype="<u4").tolist())  # U_2 - U_3
+    @handles(SecAggStage.CONSISTENCY)
+    def _consistency(self, stage: str, message: wire.Message) -> bytes:
+        """Sign the masked-input survivors ``U_3`` the server announces, once: they must lie
+        within the ``U_2`` this client masked against, include it, and be enough to finish."""
+        message.require_fields(1)
+        survivors = set(message.array(0, dtype="<u4").tolist())  # U_3
         me = self.client_id
         if (
-            masked_input_survivors & dropped
-            or me not in masked_input_survivors
-            or len(masked_input_survivors) < self.minimum
+            not survivors <= self.shared_keys_survivors
+            or me not in survivors
+            or len(survivors) < max(self.minimum, self.quorum)
         ):
-            raise SecAggAbort(f"client {me}: survivors and dropped overlap, or too few survivors")
-        if not (masked_input_survivors | dropped) <= set(self.channel_public_keys):
-            raise SecAggAbort(f"client {me}: unknown clients in the unmask request")
-        seed_owners = sorted(j for j in masked_input_survivors if j in self.held_shares)
+            raise SecAggAbort(
+                f"client {me}: the announced survivors are not a subset of the set it masked "
+                f"against, omit it, or are fewer than the quorum of {self.quorum}"
+            )
+        self.masked_input_survivors = survivors
+        statement = survivor_statement(self.round, self.params, survivors)
+        return self._client_message(
+            stage, [self.roster.sign(self.identity, CONSISTENCY_LABEL, statement)]
+        )
+
+    @handles(SecAggStage.UNMASK)
+    def _unmask(self, stage: str, message: wire.Message) -> bytes:
+        """Reveal shares for the ``U_3`` this client signed, once at least a quorum of its
+        members signed the same set: seed shares of its members, key shares of the rest of
+        ``U_2``. The server's word on who dropped is not taken."""
+        message.require_fields(2)
+        signers = message.array(0, dtype="<u4").tolist()
+        blob = message.raw(1, length=len(signers) * SIGNATURE_BYTES)
+        me, survivors = self.client_id, self.masked_input_survivors
+        if len(set(signers)) != len(signers) or not set(signers) <= survivors:
+            raise SecAggAbort(f"client {me}: consistency signatures from outside the survivors")
+        if len(signers) < self.quorum:
+            raise SecAggAbort(
+                f"client {me}: {len(signers)} sites signed the survivor set, the quorum is "
+                f"{self.quorum}"
+            )
+        statement = survivor_statement(self.round, self.params, survivors)
+        for signer, signature in _split(blob, signers, SIGNATURE_BYTES).items():
+            try:
+                self.roster.verify(signer, signature, CONSISTENCY_LABEL, statement)
+            except InvalidMessage as exc:  # another survivor set, or a forgery: refuse
+                raise SecAggAbort(f"client {me}: {exc} (on the survivor set)") from None
+        dropped = self.shared_keys_survivors - survivors  # U_2 - U_3, in this client's view
+        seed_owners = sorted(j for j in survivors if j in self.held_shares)
         key_owners = sorted(j for j in dropped if j in self.held_shares)
         return self._client_message(
             stage,

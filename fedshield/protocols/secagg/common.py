@@ -16,25 +16,31 @@ from fedshield.crypto.prg import add_mask
 from fedshield.protocols.ids import ProtocolId, StrEnum
 
 __all__ = [
+    "ADVERTISE_LABEL",
+    "CONSISTENCY_LABEL",
     "PAIR",
     "PROTOCOL_ID",
     "SEALED_SHARE_BYTES",
     "STAGES",
     "SecAggStage",
     "add_pairwise_mask",
+    "advertisement",
     "commit",
     "enc_info",
+    "graph_seed",
     "ids",
     "mask_info",
+    "survivor_statement",
 ]
 
 
 class SecAggStage(StrEnum):
-    """The SecAgg+ stages, in order (Bonawitz et al. rounds 0, 1, 2 and 4)."""
+    """The SecAgg+ stages, in order (Bonawitz et al. rounds 0 to 4)."""
 
     ADVERTISE_KEYS = "advertise_keys"
     SHARE_KEYS = "share_keys"
     MASKED_INPUT = "masked_input"
+    CONSISTENCY = "consistency"
     UNMASK = "unmask"
 
 
@@ -44,6 +50,32 @@ PAIR = struct.Struct("<II")
 _SHARE_PLAIN = PAIR.size + 2 * shamir.SHARE_BYTES
 # AES-GCM: 12-byte nonce, then (sender, receiver) and two shares, then the 16-byte tag.
 SEALED_SHARE_BYTES = 12 + _SHARE_PLAIN + 16
+
+
+ADVERTISE_LABEL = b"secagg/advertise-keys"  # a site's signature on its round keys
+CONSISTENCY_LABEL = b"secagg/consistency"  # a site's signature on the set it unmasks for
+
+
+def advertisement(round: int, params: bytes, client: int, channel: bytes, mask: bytes) -> bytes:
+    """What a client signs at ``advertise_keys``: its two fresh public keys, bound to the
+    round, the parameters and itself (a server cannot swap them or replay them elsewhere)."""
+    return struct.pack("<II", round, client) + params + channel + mask
+
+
+def survivor_statement(round: int, params: bytes, survivors) -> bytes:
+    """What a client signs at ``consistency``: the round's masked-input survivors ``U_3``."""
+    return struct.pack("<I", round) + params + ids(survivors).astype("<u4").tobytes()
+
+
+def graph_seed(round: int, params: bytes, channel: dict[int, bytes], mask: dict[int, bytes]):
+    """The neighbour graph's seed, derived from the round and every advertised (signed) key:
+    the server does not choose it, so it cannot pick a graph that surrounds a client with
+    colluders (it can only choose which sites to call dropped, and every seed then costs it
+    real dropouts)."""
+    h = hashlib.sha256(b"fedshield/secagg/graph" + struct.pack("<I", round) + params)
+    for c in sorted(channel):
+        h.update(struct.pack("<I", c) + channel[c] + mask[c])
+    return h.digest()
 
 
 def ids(values) -> np.ndarray:

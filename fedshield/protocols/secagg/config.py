@@ -80,6 +80,9 @@ class SecAggConfig:
             scaled to integers in ``[1, 2^weight_bits - 1]`` relative to it.
         threshold: Shamir threshold ``t``; ``None`` picks a majority of each share group.
         neighbours: neighbours per client; ``None`` uses :func:`default_neighbours`.
+        colluders: the most clients a malicious server may collude with, which sizes the
+            consistency quorum (:meth:`quorum`); ``None``: ``t - 1``, the most Shamir
+            tolerates. A smaller value tolerates more dropouts after ``share_keys``.
         min_clients: the fewest clients a round may list, and the fewest survivors any stage
             may continue with, pinned by every client: a server cannot shrink a round (down
             to a lone victim whose own shares then unmask it). The engine pins the Shamir
@@ -110,6 +113,7 @@ class SecAggConfig:
     neighbours: int | None = None
     weighting: str = "fraction"
     min_clients: int = 1
+    colluders: int | None = None
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
@@ -125,6 +129,7 @@ class SecAggConfig:
         check_int("threshold", self.threshold, low=1, optional=True, error=ConfigError)
         check_int("neighbours", self.neighbours, low=1, optional=True, error=ConfigError)
         check_int("min_clients", self.min_clients, low=1, error=ConfigError)
+        check_int("colluders", self.colluders, low=0, optional=True, error=ConfigError)
 
     def digest(self, ranges: TensorRanges | None = None) -> bytes:
         """SHA-256 of the parameters (and the round's ranges), so parties detect a mismatch
@@ -152,6 +157,20 @@ class SecAggConfig:
         if t > holders:
             raise ValueError(f"threshold {t} exceeds the {holders} holders of each secret")
         return t
+
+    def quorum(self, n: int) -> int:
+        """Signatures a client needs on the survivor set before it reveals any share, in a
+        round of ``n`` clients: ``max(t, floor((n + c) / 2) + 1)`` for ``c`` colluders
+        (:attr:`colluders`, default ``t - 1``). Two sets that each gather that many
+        signatures share more than ``c`` signers, so one of them is honest, and an honest
+        client signs one set per round: a server colluding with ``c`` clients cannot get two
+        survivor sets accepted (Bonawitz et al. 2017, the ConsistencyCheck round, with the
+        quorum sized for colluders; their active-security threshold is ``2n/3`` likewise).
+        The price: at most ``n - quorum`` clients may drop after ``share_keys`` (none at
+        n = 3 or 4 with the default; one at n = 5, two at n = 10)."""
+        t = self.threshold_for(n)
+        c = t - 1 if self.colluders is None else self.colluders
+        return min(n, max(t, (n + c) // 2 + 1))
 
     def bits(self, n: int) -> int:
         """Ring size for ``n`` clients."""

@@ -5,18 +5,17 @@ notation to these names: :mod:`fedshield.protocols.secagg`.
 from __future__ import annotations
 
 import hashlib
-import secrets
 
 import numpy as np
 
 from fedshield import wire
 from fedshield._validate import check_instance
 from fedshield.crypto import ring, shamir
+from fedshield.crypto.identity import SIGNATURE_BYTES
 from fedshield.crypto.keys import PUBLIC_KEY_BYTES, KeyPair, validate_public_key
 from fedshield.crypto.prg import SEED_BYTES, add_mask, mask_scratch, ring_dtype
 from fedshield.errors import (
     InvalidShare,
-    NotEnoughShares,
     ProtocolAbort,
     SecAggAbort,
     UnknownSender,
@@ -24,47 +23,25 @@ from fedshield.errors import (
 )
 from fedshield.protocols.base import Revealed, ServerSession, broadcasts, closes, receives
 from fedshield.protocols.ranges import TensorRanges
+from fedshield.protocols.roster import Roster
 from fedshield.protocols.secagg.common import (
+    ADVERTISE_LABEL,
+    CONSISTENCY_LABEL,
     PROTOCOL_ID,
     SEALED_SHARE_BYTES,
     STAGES,
     SecAggStage,
     add_pairwise_mask,
+    advertisement,
     commit,
+    graph_seed,
     ids,
+    survivor_statement,
 )
 from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
+from fedshield.protocols.secagg.recovery import decode_secret
 
 __all__ = ["SecAggServer"]
-
-
-def _decode_secret(shares: list[shamir.Share], check, *, threshold: int) -> tuple[bytes, list[int]]:
-    """The secret that ``check`` accepts (the owner's commitment or public key) and the
-    holders (``x - 1``) whose shares were forged. Honest shares: one interpolation through
-    ``t`` of them. Otherwise Reed-Solomon decoding of all of them
-    (:func:`~fedshield.crypto.shamir.decode`) corrects up to ``(m - t) // 2`` forgeries in one
-    pass; a share whose header claims another threshold is a forgery too.
-
-    Raises:
-        SecAggAbort: too few shares, or more forgeries than they can correct.
-    """
-    forged = [s.x - 1 for s in shares if s.threshold != threshold]
-    shares = [s for s in shares if s.threshold == threshold]
-    if len(shares) < threshold:
-        raise SecAggAbort(f"{len(shares)} shares, the threshold is {threshold}")
-    try:
-        secret = shamir.reconstruct(shares[:threshold])
-        if check(secret):
-            return secret, forged
-    except (InvalidShare, WrongShape):
-        pass
-    try:
-        secret, wrong = shamir.decode(shares)
-    except (InvalidShare, NotEnoughShares) as exc:
-        raise SecAggAbort(f"the revealed shares cannot be decoded ({exc})") from None
-    if not check(secret):
-        raise SecAggAbort("the revealed shares decode to no secret matching the owner's commitment")
-    return secret, sorted(forged + [x - 1 for x in wrong])
 
 
 class SecAggServer(ServerSession):
@@ -73,6 +50,8 @@ class SecAggServer(ServerSession):
     Args:
         round, clients, dim: as for every :class:`~fedshield.protocols.base.ServerSession`.
         config: the round's :class:`SecAggConfig` (each client checks it is the same).
+        roster: the federation's roster: ``clients`` must be members; every key and
+            signature a client sends is checked against it before it is relayed.
         ranges: the round's per-tensor ranges when ``config.clip`` is ``None``; their summed
             statistic is revealed as :attr:`Revealed.range_counts`.
     """
@@ -81,13 +60,17 @@ class SecAggServer(ServerSession):
     stages = STAGES
 
     def __init__(
-        self, *, round: int, clients, dim: int, config: SecAggConfig,
+        self, *, round: int, clients, dim: int, config: SecAggConfig, roster: Roster,
         ranges: TensorRanges | None = None,
     ) -> None:  # fmt: skip
         super().__init__(round=round, clients=clients, dim=dim)
         check_instance("config", config, SecAggConfig)
+        check_instance("roster", roster, Roster, "Roster.enrol or Roster.load")
+        strangers = sorted(set(self.clients) - set(roster.sites))
+        if strangers:
+            raise ValueError(f"clients {strangers} are not on the federation's roster")
         n = len(self.clients)
-        self.config = config
+        self.config, self.roster = config, roster
         self.ranges = ranges
         self.grid = config.grid(ranges)
         if ranges is not None:
@@ -98,10 +81,12 @@ class SecAggServer(ServerSession):
         self.bits = config.bits(n)
         self.threshold = config.threshold_for(n)
         self.degree = config.degree(n)  # neighbours per client
-        self.graph_seed = secrets.token_bytes(32)  # public randomness, chosen by the server
+        self.quorum = config.quorum(n)  # consistency signatures every unmasking client needs
         self.graph: dict[int, tuple[int, ...]] = {}
         self.channel_public_keys: dict[int, bytes] = {}  # c_u^PK
         self.mask_public_keys: dict[int, bytes] = {}  # s_u^PK
+        self.key_signatures: dict[int, bytes] = {}  # each client's signature on its keys
+        self.consistency_signatures: dict[int, bytes] = {}  # U_4: signer -> signature on U_3
         self.mailbox: dict[int, dict[int, bytes]] = {}  # receiver -> sender -> sealed share
         self.masked: dict[int, bytes] = {}  # packed masked inputs, already in masked_sum
         self.masked_sum = np.zeros(self.length, dtype=ring_dtype(self.bits))
@@ -126,6 +111,7 @@ class SecAggServer(ServerSession):
         return {
             "ring_bits": self.bits,
             "threshold": self.threshold,
+            "quorum": self.quorum,
             "neighbours": self.degree,
             "weighting": self.config.weighting,
             "aggregate_sha256": digest,
@@ -152,11 +138,16 @@ class SecAggServer(ServerSession):
 
     @receives(SecAggStage.ADVERTISE_KEYS)
     def _take_keys(self, stage: str, sender: int, message: wire.Message) -> None:
-        message.require_fields(2)
+        message.require_fields(3)
         channel_public_key = message.raw(0, length=PUBLIC_KEY_BYTES)
         mask_public_key = message.raw(1, length=PUBLIC_KEY_BYTES)
+        signature = message.raw(2, length=SIGNATURE_BYTES)
         validate_public_key(channel_public_key)
         validate_public_key(mask_public_key)
+        statement = advertisement(
+            self.round, self.params, sender, channel_public_key, mask_public_key
+        )
+        self.roster.verify(sender, signature, ADVERTISE_LABEL, statement)
         if (
             channel_public_key == mask_public_key
             or channel_public_key in self.channel_public_keys.values()
@@ -165,19 +156,23 @@ class SecAggServer(ServerSession):
             raise WrongShape(f"client {sender} reused a public key")
         self.channel_public_keys[sender] = channel_public_key
         self.mask_public_keys[sender] = mask_public_key
+        self.key_signatures[sender] = signature
 
     # --- share_keys --------------------------------------------------------------------------
     @broadcasts(SecAggStage.SHARE_KEYS)
     def _relay_keys(self, stage: str) -> dict[int, bytes]:
         advertised = sorted(self.alive)  # U_1
-        self.graph = neighbour_graph(advertised, self.degree, self.graph_seed)
+        channel = {c: self.channel_public_keys[c] for c in advertised}
+        mask = {c: self.mask_public_keys[c] for c in advertised}
+        seed = graph_seed(self.round, self.params, channel, mask)
+        self.graph = neighbour_graph(advertised, self.degree, seed)
         return self._to_all_alive(
             stage,
             [
-                self.graph_seed,
                 ids(advertised),
-                b"".join(self.channel_public_keys[c] for c in advertised),
-                b"".join(self.mask_public_keys[c] for c in advertised),
+                b"".join(channel.values()),
+                b"".join(mask.values()),
+                b"".join(self.key_signatures[c] for c in advertised),
             ],
         )
 
@@ -231,12 +226,35 @@ class SecAggServer(ServerSession):
             self.masked_sum -= ring.unpack(self.masked.pop(c), self.length, self.bits)
         self._check_threshold(stage)
 
+    # --- consistency -------------------------------------------------------------------------
+    @broadcasts(SecAggStage.CONSISTENCY)
+    def _announce_survivors(self, stage: str) -> dict[int, bytes]:
+        self.masked_input_survivors = tuple(sorted(self.alive))  # U_3
+        return self._to_all_alive(stage, [ids(self.masked_input_survivors)])
+
+    @receives(SecAggStage.CONSISTENCY)
+    def _take_consistency_signature(self, stage: str, sender: int, message: wire.Message):
+        message.require_fields(1)
+        signature = message.raw(0, length=SIGNATURE_BYTES)
+        statement = survivor_statement(self.round, self.params, self.masked_input_survivors)
+        self.roster.verify(sender, signature, CONSISTENCY_LABEL, statement)
+        self.consistency_signatures[sender] = signature
+
+    @closes(SecAggStage.CONSISTENCY)
+    def _check_quorum(self, stage: str) -> None:
+        if len(self.consistency_signatures) < self.quorum:
+            raise SecAggAbort(
+                f"round {self.round}: {len(self.consistency_signatures)} sites signed the "
+                f"survivor set, the quorum is {self.quorum}"
+            )
+        self._check_threshold(stage)
+
     # --- unmask ------------------------------------------------------------------------------
     @broadcasts(SecAggStage.UNMASK)
     def _ask_for_shares(self, stage: str) -> dict[int, bytes]:
-        self.masked_input_survivors = tuple(sorted(self.alive))
-        dropped = set(self.shared_keys_survivors) - set(self.masked_input_survivors)
-        return self._to_all_alive(stage, [ids(self.masked_input_survivors), ids(dropped)])
+        signers = sorted(self.consistency_signatures)
+        signatures = b"".join(self.consistency_signatures[c] for c in signers)
+        return self._to_all_alive(stage, [ids(signers), signatures])
 
     @receives(SecAggStage.UNMASK)
     def _take_shares(self, stage: str, sender: int, message: wire.Message) -> None:
@@ -335,9 +353,9 @@ class SecAggServer(ServerSession):
             raise SecAggAbort(f"round {self.round}: {exc}") from None
 
     def _verified_secret(self, owner: int, shares: list[shamir.Share], check) -> bytes:
-        """:func:`_decode_secret` at this round's threshold, remembering the inconsistent
-        (owner, holder) pairs."""
-        secret, holders = _decode_secret(shares, check, threshold=self.threshold)
+        """:func:`~fedshield.protocols.secagg.recovery.decode_secret` at this round's
+        threshold, remembering the inconsistent (owner, holder) pairs."""
+        secret, holders = decode_secret(shares, check, threshold=self.threshold)
         self.inconsistent.update((owner, h) for h in holders)
         return secret
 
