@@ -4,34 +4,46 @@ Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Le
 CCS 2017 (the four rounds, double masking); Bell et al., "Secure Single-Server Aggregation with
 (Poly)Logarithmic Overhead", CCS 2020 (masks and shares only along a random k-regular graph).
 
-Threat model. The server is honest-but-curious: it follows the protocol but tries to learn from
-what it sees. It may collude with up to ``t - 1`` clients of any share group (a client and its
-``k`` neighbours) and still learns nothing about an honest client's update beyond the sum over
-the survivors. There is no consistency-check round, so a *malicious* server that lies about who
-dropped out is not covered. Dropouts: any client may vanish at any stage; the round completes
-while every stage keeps at least ``t`` clients and every needed secret keeps ``t`` surviving
-holders; below that it raises :class:`~fedshield.errors.SecAggAbort` and nothing is revealed.
+Threat model. Every site holds the federation's :class:`~fedshield.protocols.roster.Roster`
+(site ids, Ed25519 identity keys, the smallest round) and signs its round keys with its
+identity; clients accept only members, at least the roster's ``min_sites``, and keys whose
+signature verifies. The server may be *malicious*: it may lie about who dropped out, send
+different messages to different clients, withhold or reorder messages, and collude with up
+to ``c`` clients (``SecAggConfig.colluders``, default ``t - 1``). It still learns nothing
+about an honest client's update beyond the sum over the survivors: each client signs the one
+survivor set ``U_3`` it is told at ``consistency`` (a subset of the ``U_2`` it masked against,
+remembered), and reveals shares only for that set once a quorum ``max(t, floor((n + c) / 2)
++ 1)`` of its members signed it, so no two survivor sets can both be accepted and no
+victim's self-mask seed and mask key are ever both revealed by honest clients. The neighbour
+graph's seed is derived from the signed keys, not chosen by the server. What a malicious
+server can do: abort the round (withhold messages), and choose which sites to call dropped
+before ``masked_input``. Dropouts: the round completes while every stage keeps at least
+``t`` clients (and the roster's minimum), ``U_3`` has a quorum of signers and every needed
+secret keeps ``t`` surviving holders; below that it raises
+:class:`~fedshield.errors.SecAggAbort` and nothing is revealed. A quorum above ``t`` costs
+dropout tolerance after ``share_keys``: none at n = 3 or 4 with the default, one at n = 5.
 What leaks: the weighted sum of the survivors' quantized updates, their total weight, the
-set of survivors and, under adaptive ranges (the default), per tensor how many survivors' largest
-value fell in each power-of-two octave of its range (:mod:`fedshield.protocols.ranges`).
+set of survivors and, under adaptive ranges (the default), per tensor how many survivors'
+largest value fell in each power-of-two octave of its range (:mod:`fedshield.protocols.ranges`).
 Clients that drop after sending their masked input are still counted. The round's public
-parameters (the config and the ranges the server relays) are bound into every pairwise mask,
-so clients told different parameters do not cancel each other's masks. A client's own update
-must be finite (``NonFiniteValues``); the server aborts a round whose unmasked sum lies outside
-what the survivors could send on the grid (weights, levels, digits), so the decoded mean
-stays within the public range. Within it a malicious client can still shift the sum (ring
-values that keep it in range cannot be told from honest input: secure aggregation hides who
-sent what, so robust statistics over single updates are impossible by design). Forged
-Shamir shares are corrected by Reed-Solomon decoding (the inconsistent owner-holder pairs
-are recorded).
-``min_clients`` (pinned by the engine to the Shamir threshold of the whole federation) keeps
-a server from shrinking a round around one client.
+parameters (the config and the ranges the server relays) are bound into every pairwise mask
+and signature. Malicious clients: a client's own update must be finite (``NonFiniteValues``);
+the server aborts a round whose unmasked sum lies outside what the survivors could send on
+the grid (weights, levels, digits), so the decoded mean stays within the public range. Within
+it a malicious client can still shift the sum (ring values that keep it in range cannot be
+told from honest input: secure aggregation hides who sent what, so robust statistics over
+single updates are impossible by design). Forged Shamir shares are corrected by
+Reed-Solomon decoding (the inconsistent owner-holder pairs are recorded). A complaint about
+a neighbour's sealed shares drops that neighbour (complaints are not yet verifiable: a
+malicious client can exclude honest neighbours from a round, and one that deals garbage
+shares of its own seed aborts the round).
 
-Stages (:class:`SecAggStage`): ``advertise_keys`` (two fresh X25519 public keys per client) →
+Stages (:class:`SecAggStage`): ``advertise_keys`` (two fresh X25519 public keys per client,
+signed with its identity) →
 ``share_keys`` (Shamir shares of the self-mask seed and of the mask-agreement secret key, AES-GCM
 encrypted to each neighbour, relayed by the server) → ``masked_input`` (the bit-packed masked
-vector in Z_{2^b}) → ``unmask`` (shares of survivors' self-mask seeds and of dropped clients'
-secret keys). The paper's ConsistencyCheck round (its round 3) is not run.
+vector in Z_{2^b}) → ``consistency`` (each client's signature on the survivor set) →
+``unmask`` (shares of survivors' self-mask seeds and of dropped clients' secret keys).
 
 Legend: the paper's notation (Bonawitz et al., Figure 4) → our names.
 
@@ -51,7 +63,8 @@ Legend: the paper's notation (Bonawitz et al., Figure 4) → our names.
 - ``U_1`` (advertised keys) → ``advertised``; ``U_2`` (sent shares) →
   ``shared_keys_survivors``; ``U_3`` (sent a masked input) → ``masked_input_survivors``;
   ``U_2 - U_3`` → ``dropped`` in the unmask request; ``U_5`` (answered unmask) → the server's
-  ``alive`` at reveal. ``U_4`` (ConsistencyCheck) has no counterpart.
+  ``alive`` at reveal; ``U_4`` (signed the survivor set) → the server's
+  ``consistency_signatures``.
 - ``N_G(u)``, ``u``'s neighbours in the SecAgg+ graph → ``neighbours`` (``graph`` on the
   server); a client with its neighbours hold its shares → ``holders``.
 """
