@@ -10,6 +10,7 @@ __all__ = [
     "BadSignature",
     "ConfigError",
     "DataError",
+    "FalseComplaint",
     "FedshieldError",
     "IllegalTransition",
     "InvalidCiphertext",
@@ -76,6 +77,11 @@ class NonFiniteValues(InvalidMessage):
 class BadSignature(InvalidMessage):
     """A signature does not verify under the claimed signer's identity key (a forged or swapped
     key, or a message altered on the way)."""
+
+
+class FalseComplaint(InvalidMessage):
+    """A client accused a neighbour whose shares were sound (or could not prove its
+    accusation); the accuser, not the accused, is dropped."""
 
 
 class ProtocolAbort(FedshieldError):

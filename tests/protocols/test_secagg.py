@@ -153,7 +153,7 @@ def _masked_uploads(n, d, round, same_input_seed=0):
             replies = super().exchange(stage, messages)
             if stage == "masked_input":
                 for c, r in replies.items():
-                    captured[c] = wire.parse(r.data).raw(1)
+                    captured[c] = wire.parse(r.data).raw(2)
             return replies
 
     server, _, _, _ = _run(n, d, round=round, seed=same_input_seed, transport_cls=Capture)
@@ -190,15 +190,19 @@ class _FlipShareByte(InProcessTransport):
         replies = super().exchange(stage, messages)
         if stage == "share_keys" and 1 in replies:
             msg = wire.parse(replies[1].data)
-            receivers, blob, commitment = msg.fields
+            receivers, blob, commitment, signatures = msg.fields
             blob = bytearray(blob)
             blob[40] ^= 0xFF
-            replies[1] = Reply(wire.serialize(msg.header, [receivers, bytes(blob), commitment]))
+            fields = [receivers, bytes(blob), commitment, signatures]
+            replies[1] = Reply(wire.serialize(msg.header, fields))
         return replies
 
 
 def test_flipped_byte_in_a_sealed_share_drops_its_sender_and_the_round_completes():
+    """Altered on the way, the blob no longer matches its sender's signature: the server
+    drops the sender at once (before, a neighbour found it and complained)."""
     server, outcome, levels, weights = _run(5, 40, transport_cls=_FlipShareByte)
+    assert "BadSignature" in outcome.stages[1].rejected[1]
     assert outcome.revealed is not None
     assert 1 not in outcome.revealed.contributors
     np.testing.assert_array_equal(
@@ -297,8 +301,8 @@ def test_low_order_public_key_is_rejected_and_the_round_completes():
             replies = super().exchange(stage, messages)
             if stage == "advertise_keys":
                 header = wire.parse(replies[2].data).header
-                signature = wire.parse(replies[2].data).raw(2)
-                replies[2] = Reply(wire.serialize(header, [bytes(32), bytes(32), signature]))
+                _, _, *rest = wire.parse(replies[2].data).fields
+                replies[2] = Reply(wire.serialize(header, [bytes(32), bytes(32), *rest]))
             return replies
 
     server, outcome, levels, weights = _run(5, 16, transport_cls=ZeroKey)
@@ -380,8 +384,9 @@ def test_sealed_share_replayed_from_an_earlier_round_fails_authentication():
             replies = super().exchange(stage, messages)
             if stage == "share_keys":
                 msg = wire.parse(replies[1].data)
-                receivers, _, commitment = msg.fields
-                replies[1] = Reply(wire.serialize(msg.header, [receivers, old[1][1], commitment]))
+                receivers, _, commitment, _ = msg.fields  # old blobs, with their signatures
+                fields = [receivers, old[1][1], commitment, old[1][3]]
+                replies[1] = Reply(wire.serialize(msg.header, fields))
             return replies
 
     server, outcome, levels, weights = _run(5, 8, round=1, transport_cls=Replay)

@@ -126,11 +126,13 @@ def test_a_server_swapping_a_clients_key_for_its_own_is_refused():
     class SwapKey(InProcessTransport):
         def exchange(self, stage, messages):
             if stage == "share_keys":
-                message = wire.parse(next(iter(messages.values())))
-                ids, channel, mask, signatures = message.fields
-                mask = mask[:64] + KeyPair.generate().public_bytes + mask[96:]
-                forged = wire.serialize(message.header, [ids, channel, mask, signatures])
-                messages = dict.fromkeys(messages, forged)
+                forged = {}
+                for c, data in messages.items():
+                    message = wire.parse(data)
+                    ids, channel, mask, *rest = message.fields
+                    mask = mask[:64] + KeyPair.generate().public_bytes + mask[96:]
+                    forged[c] = wire.serialize(message.header, [ids, channel, mask, *rest])
+                messages = forged
             return super().exchange(stage, messages)
 
     server, clients = _sessions(4, SecAggConfig(clip=0.1, quant_bits=8, max_weight=10.0))

@@ -33,10 +33,13 @@ the grid (weights, levels, digits), so the decoded mean stays within the public 
 it a malicious client can still shift the sum (ring values that keep it in range cannot be
 told from honest input: secure aggregation hides who sent what, so robust statistics over
 single updates are impossible by design). Forged Shamir shares are corrected by
-Reed-Solomon decoding (the inconsistent owner-holder pairs are recorded). A complaint about
-a neighbour's sealed shares drops that neighbour (complaints are not yet verifiable: a
-malicious client can exclude honest neighbours from a round, and one that deals garbage
-shares of its own seed aborts the round).
+Reed-Solomon decoding (the inconsistent owner-holder pairs are recorded). Complaints are
+verifiable (:mod:`fedshield.protocols.secagg.channels`): every sealed blob is signed by its
+sender, and a complaint reveals the one receive key that opens it, so the server drops the
+sender of bad shares and a false accuser alike, and the round goes on. Still open: a client
+that deals well-formed shares of its own self-mask seed that lie on no polynomial (or on
+one that misses its commitment) aborts the round at ``unmask`` (verifiable secret sharing
+would catch it at ``share_keys``).
 
 Stages (:class:`SecAggStage`): ``advertise_keys`` (two fresh X25519 public keys per client,
 signed with its identity) →
@@ -50,7 +53,8 @@ Legend: the paper's notation (Bonawitz et al., Figure 4) → our names.
 - ``u``, ``v`` (users) → ``client_id``, or ``me`` and ``peer``; ``t`` → ``threshold``.
 - ``(c_u^PK, c_u^SK)``, the key pair that agrees the share-encryption keys → ``channel_keys``;
   every client's ``c^PK`` as relayed by the server → ``channel_public_keys``; the agreed keys
-  ``KA.agree(c_u^SK, c_v^PK)`` → ``channel_secrets``.
+  ``KA.agree(c_u^SK, r_{v,u}^PK)``, one direction each, where ``r_{v,u}`` is the receive key
+  ``v`` made for ``u`` (``receive_keys``) → :func:`~fedshield.protocols.secagg.channels.share_key`.
 - ``(s_u^PK, s_u^SK)``, the key pair that agrees the pairwise mask seeds ``s_{u,v}`` →
   ``mask_keys``; every client's ``s^PK`` as relayed → ``mask_public_keys``.
 - ``b_u``, the self-mask seed → ``self_mask_seed``; ``PRG(b_u)`` → ``add_mask(y,

@@ -13,7 +13,7 @@ from fedshield import wire
 from fedshield._validate import check_instance
 from fedshield.crypto import ring, shamir
 from fedshield.crypto.identity import SIGNATURE_BYTES, Identity
-from fedshield.crypto.keys import PUBLIC_KEY_BYTES, KeyPair, open_share, seal_share
+from fedshield.crypto.keys import PUBLIC_KEY_BYTES, KeyPair
 from fedshield.crypto.prg import SEED_BYTES, add_mask, mask_scratch, ring_dtype
 from fedshield.errors import (
     InvalidMessage,
@@ -25,18 +25,25 @@ from fedshield.errors import (
 from fedshield.protocols.base import ClientSession, handles
 from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.roster import Roster
+from fedshield.protocols.secagg.channels import (
+    RECEIVE_LABEL,
+    SEALED_LABEL,
+    SEALED_SHARE_BYTES,
+    open_shares,
+    receive_statement,
+    seal_shares,
+    sealed_statement,
+    share_key,
+)
 from fedshield.protocols.secagg.common import (
     ADVERTISE_LABEL,
     CONSISTENCY_LABEL,
-    PAIR,
     PROTOCOL_ID,
-    SEALED_SHARE_BYTES,
     STAGES,
     SecAggStage,
     add_pairwise_mask,
     advertisement,
     commit,
-    enc_info,
     graph_seed,
     survivor_statement,
 )
@@ -130,11 +137,22 @@ class SecAggClient(ClientSession):
         channel, mask = self.channel_keys.public_bytes, self.mask_keys.public_bytes
         statement = advertisement(self.round, self.params, self.client_id, channel, mask)
         signature = self.roster.sign(self.identity, ADVERTISE_LABEL, statement)
-        return self._client_message(stage, [channel, mask, signature])
+        # r_{me,p}: one key per listed client p, to receive p's shares under (and reveal if
+        # p's shares are bad: it opens nothing else)
+        self.receive_keys = {p: KeyPair.generate() for p in self.clients}
+        publics = [self.receive_keys[p].public_bytes for p in self.clients]
+        signed = [
+            self.roster.sign(self.identity, RECEIVE_LABEL, receive_statement(
+                self.round, self.params, self.client_id, p, key))
+            for p, key in zip(self.clients, publics, strict=True)
+        ]  # fmt: skip
+        return self._client_message(
+            stage, [channel, mask, signature, b"".join(publics), b"".join(signed)]
+        )
 
     @handles(SecAggStage.SHARE_KEYS)
     def _share_keys(self, stage: str, message: wire.Message) -> bytes:
-        message.require_fields(4)
+        message.require_fields(6)
         advertised = message.array(0, dtype="<u4").tolist()  # U_1
         channel_blob = message.raw(1, length=len(advertised) * PUBLIC_KEY_BYTES)
         mask_blob = message.raw(2, length=len(advertised) * PUBLIC_KEY_BYTES)
@@ -163,20 +181,37 @@ class SecAggClient(ClientSession):
         seed = graph_seed(self.round, self.params, self.channel_public_keys, self.mask_public_keys)
         self.neighbours = neighbour_graph(advertised, degree, seed, only=me)[me]
         holders = sorted((*self.neighbours, me))
-        self.channel_secrets = {
-            h: self.channel_keys.agree(
-                self.channel_public_keys[h], info=enc_info(self.round, me, h)
-            )
-            for h in holders
-        }
+        receive = self._holders_receive_keys(holders, message)
+        sealed = self._sealed_shares(holders, receive)
+        signed = [
+            self.roster.sign(self.identity, SEALED_LABEL,
+                             sealed_statement(self.round, self.params, me, h, blob))
+            for h, blob in zip(holders, sealed, strict=True)
+        ]  # fmt: skip
         return self._client_message(
             stage,
             [
                 np.array(holders, dtype=np.uint32),
-                b"".join(self._sealed_shares(holders)),
+                b"".join(sealed),
                 commit(self.self_mask_seed, round=self.round, client=me),
+                b"".join(signed),
             ],
         )
+
+    def _holders_receive_keys(self, holders: list[int], message: wire.Message) -> list[bytes]:
+        """The receive keys each holder made for this client (fields 4 and 5, in holder
+        order), each checked against its holder's identity."""
+        me, size = self.client_id, PUBLIC_KEY_BYTES
+        keys = _split(message.raw(4, length=len(holders) * size), holders)
+        signatures = _split(
+            message.raw(5, length=len(holders) * SIGNATURE_BYTES), holders, SIGNATURE_BYTES
+        )
+        if keys[me] != self.receive_keys[me].public_bytes:
+            raise WrongShape("the server relayed a receive key that is not this client's")
+        for h in holders:
+            statement = receive_statement(self.round, self.params, h, me, keys[h])
+            self.roster.verify(h, signatures[h], RECEIVE_LABEL, statement)
+        return [keys[h] for h in holders]
 
     def _check_signed_keys(self, advertised: list[int], signatures: dict[int, bytes]) -> None:
         """Every relayed key pair must be signed by its site's identity (no key of the
@@ -187,29 +222,30 @@ class SecAggClient(ClientSession):
             )
             self.roster.verify(c, signatures[c], ADVERTISE_LABEL, statement)
 
-    def _sealed_shares(self, holders: list[int]) -> list[bytes]:
-        """``e_{u,v}`` for each holder ``v``: its shares of ``b_u`` and of ``s_u^SK``, sealed."""
+    def _sealed_shares(self, holders: list[int], receive: list[bytes]) -> list[bytes]:
+        """``e_{u,v}`` for each holder ``v``: its shares of ``b_u`` and of ``s_u^SK``, sealed
+        to the receive key ``v`` made for this client."""
         xs = [h + 1 for h in holders]
         seed_shares = shamir.split(self.self_mask_seed, threshold=self.threshold, xs=xs)
         mask_key_shares = shamir.split(
             self.mask_keys.private_bytes(), threshold=self.threshold, xs=xs
         )
         me, sealed = self.client_id, []
-        for h, seed_share, key_share in zip(holders, seed_shares, mask_key_shares, strict=True):
-            plaintext = PAIR.pack(me, h) + seed_share.to_bytes() + key_share.to_bytes()
-            sealed.append(
-                seal_share(
-                    self.channel_secrets[h], plaintext, round=self.round, sender=me, receiver=h
-                )
-            )
+        for h, public, seed_share, key_share in zip(
+            holders, receive, seed_shares, mask_key_shares, strict=True
+        ):
+            key = share_key(self.channel_keys, public, round=self.round, sender=me, holder=h)
+            sealed.append(seal_shares(key, seed_share, key_share, round=self.round, sender=me,
+                                      holder=h))  # fmt: skip
         return sealed
 
     @handles(SecAggStage.MASKED_INPUT)
     def _masked_input(self, stage: str, message: wire.Message) -> bytes:
-        message.require_fields(3)
+        message.require_fields(4)
         shared_keys_survivors = set(message.array(0, dtype="<u4").tolist())  # U_2
         senders = message.array(1, dtype="<u4").tolist()
         blob = message.raw(2, length=len(senders) * SEALED_SHARE_BYTES)
+        signatures = message.raw(3, length=len(senders) * SIGNATURE_BYTES)
         me = self.client_id
         if (
             not shared_keys_survivors <= set(self.channel_public_keys)
@@ -223,29 +259,27 @@ class SecAggClient(ClientSession):
             if sender not in (*self.neighbours, me) or sender not in shared_keys_survivors:
                 raise UnknownSender(f"client {me} got a share from non-neighbour {sender}")
             sealed = blob[i * SEALED_SHARE_BYTES : (i + 1) * SEALED_SHARE_BYTES]
+            signature = signatures[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
+            statement = sealed_statement(self.round, self.params, sender, me, sealed)
+            self.roster.verify(sender, signature, SEALED_LABEL, statement)  # else: the server
             try:
                 self.held_shares[sender] = self._open_shares(sender, sealed)
             except InvalidShare:
-                complaints.append(sender)  # the sender is treated as dropped by the server
+                complaints.append(sender)  # the server judges it from the revealed key
         # no mask with a peer whose shares were bad: the server drops that peer
         peers = [j for j in self.neighbours if j in shared_keys_survivors and j not in complaints]
         masked = self._masked_vector(peers)
+        evidence = b"".join(self.receive_keys[s].private_bytes() for s in complaints)
         return self._client_message(
-            stage, [np.array(complaints, dtype=np.uint32), ring.pack(masked, self.bits)]
+            stage, [np.array(complaints, dtype=np.uint32), evidence, ring.pack(masked, self.bits)]
         )
 
     def _open_shares(self, sender: int, sealed: bytes) -> tuple[shamir.Share, shamir.Share]:
         """Open ``e_{sender,me}``: this client's shares of the sender's ``b`` and ``s^SK``."""
-        me = self.client_id
-        plaintext = open_share(
-            self.channel_secrets[sender], sealed, round=self.round, sender=sender, receiver=me
-        )
-        if PAIR.unpack_from(plaintext) != (sender, me):
-            raise InvalidShare("share addressed to another pair")
-        o = PAIR.size
-        seed_share = shamir.Share.from_bytes(plaintext[o : o + shamir.SHARE_BYTES])
-        key_share = shamir.Share.from_bytes(plaintext[o + shamir.SHARE_BYTES :])
-        return seed_share, key_share
+        key = share_key(self.receive_keys[sender], self.channel_public_keys[sender],
+                        round=self.round, sender=sender, holder=self.client_id)  # fmt: skip
+        return open_shares(key, sealed, round=self.round, sender=sender, holder=self.client_id,
+                           threshold=self.threshold)  # fmt: skip
 
     def _weighted_levels(self, out: np.ndarray) -> None:
         """Write the weighted, quantized update, the weight's tail values and the range

@@ -10,7 +10,6 @@ import struct
 
 import numpy as np
 
-from fedshield.crypto import shamir
 from fedshield.crypto.keys import KeyPair
 from fedshield.crypto.prg import add_mask
 from fedshield.protocols.ids import ProtocolId, StrEnum
@@ -20,13 +19,11 @@ __all__ = [
     "CONSISTENCY_LABEL",
     "PAIR",
     "PROTOCOL_ID",
-    "SEALED_SHARE_BYTES",
     "STAGES",
     "SecAggStage",
     "add_pairwise_mask",
     "advertisement",
     "commit",
-    "enc_info",
     "graph_seed",
     "ids",
     "mask_info",
@@ -47,9 +44,6 @@ class SecAggStage(StrEnum):
 PROTOCOL_ID = ProtocolId.SECAGG
 STAGES: tuple[SecAggStage, ...] = tuple(SecAggStage)
 PAIR = struct.Struct("<II")
-_SHARE_PLAIN = PAIR.size + 2 * shamir.SHARE_BYTES
-# AES-GCM: 12-byte nonce, then (sender, receiver) and two shares, then the 16-byte tag.
-SEALED_SHARE_BYTES = 12 + _SHARE_PLAIN + 16
 
 
 ADVERTISE_LABEL = b"secagg/advertise-keys"  # a site's signature on its round keys
@@ -89,12 +83,6 @@ def mask_info(round: int, a: int, b: int, params: bytes) -> bytes:
     (ranges, say) derive different masks, which then never cancel in the sum."""
     lo, hi = min(a, b), max(a, b)
     return b"fedshield/secagg/pairwise-mask" + struct.pack("<III", round, lo, hi) + params
-
-
-def enc_info(round: int, a: int, b: int) -> bytes:
-    """HKDF label of the key sealing shares between ``a`` and ``b`` (symmetric)."""
-    lo, hi = min(a, b), max(a, b)
-    return b"fedshield/secagg/share-key" + struct.pack("<III", round, lo, hi)
 
 
 def add_pairwise_mask(

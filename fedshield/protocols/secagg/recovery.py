@@ -1,14 +1,27 @@
-"""Rebuilding a secret from the shares clients reveal at ``unmask``, robust to forgeries.
-The protocol, its threat model and the legend from the paper's notation to these names:
-:mod:`fedshield.protocols.secagg`.
+"""What the server does at the reveal: rebuild a secret from the shares clients reveal at
+``unmask`` (robust to forgeries), and decode the unmasked sum (checked against what honest
+clients could send). The protocol, its threat model and the legend from the paper's notation
+to these names: :mod:`fedshield.protocols.secagg`.
 """
 
 from __future__ import annotations
 
-from fedshield.crypto import shamir
-from fedshield.errors import InvalidShare, NotEnoughShares, SecAggAbort, WrongShape
+from typing import TYPE_CHECKING
 
-__all__ = ["decode_secret"]
+import numpy as np
+
+from fedshield.crypto import ring, shamir
+from fedshield.crypto.keys import KeyPair
+from fedshield.crypto.prg import add_mask, mask_scratch
+from fedshield.errors import InvalidShare, NotEnoughShares, SecAggAbort, WrongShape
+from fedshield.protocols.ranges import Grid, TensorRanges
+from fedshield.protocols.secagg.common import add_pairwise_mask, commit
+from fedshield.protocols.secagg.config import SecAggConfig
+
+if TYPE_CHECKING:
+    from fedshield.protocols.secagg.server import SecAggServer
+
+__all__ = ["decode_secret", "decode_total", "remove_masks"]
 
 
 def decode_secret(shares: list[shamir.Share], check, *, threshold: int) -> tuple[bytes, list[int]]:
@@ -38,3 +51,73 @@ def decode_secret(shares: list[shamir.Share], check, *, threshold: int) -> tuple
     if not check(secret):
         raise SecAggAbort("the revealed shares decode to no secret matching the owner's commitment")
     return secret, sorted(forged + [x - 1 for x in wrong])
+
+
+def decode_total(
+    total: np.ndarray, count: int, *, config: SecAggConfig, grid: Grid,
+    ranges: TensorRanges | None, dim: int, round: int,
+) -> tuple[np.ndarray, int, np.ndarray | None]:  # fmt: skip
+    """``(sum_i W_i x_i, sum_i W_i, range statistic)`` from the unmasked ring sum of
+    ``count`` clients, after checking it is a sum ``count`` clients on the grid could send
+    (:func:`~fedshield.crypto.ring.check_on_grid`) and that the statistic counts them.
+
+    Raises:
+        SecAggAbort: the sum or the statistic is not one honest clients could send.
+    """
+    digits = total[dim : dim + config.weight_digits]
+    weight = ring.from_digits(digits, quant_bits=config.quant_bits)
+    integer = config.weighting == "integer"
+    counted = count if integer else int(total[dim + config.weight_digits])
+    if counted != count:
+        raise SecAggAbort(f"round {round}: the sum holds {counted} updates, {count} survived")
+    try:
+        ring.check_on_grid(
+            total[:dim], digits, count=count, weight=weight, quant_bits=config.quant_bits,
+            weight_bits=config.weight_bits, integer=integer,
+        )  # fmt: skip
+        counts = None
+        if ranges is not None:
+            counts = total[dim + config.tail_values :].astype(np.int64)
+            ranges.check_counts(counts, count)
+    except ValueError as exc:
+        raise SecAggAbort(f"round {round}: {exc}") from None
+    if integer:
+        mean = grid.decode_mean(total[:dim], weight)
+        return mean.astype(np.float64) * weight, weight, counts
+    shares = grid.decode_sum(total[:dim], count)  # sum_i (W_i / top) x_i
+    return shares * ring.weight_top(config.weight_bits), weight, counts
+
+
+def _verified_secret(server: SecAggServer, owner: int, shares: list[shamir.Share], check):
+    """:func:`decode_secret` at the round's threshold, remembering the inconsistent
+    (owner, holder) pairs on ``server``."""
+    secret, holders = decode_secret(shares, check, threshold=server.threshold)
+    server.inconsistent.update((owner, h) for h in holders)
+    return secret
+
+
+def remove_masks(server: SecAggServer, total: np.ndarray, survivors: list[int]) -> None:
+    """Take the survivors' self masks and their pairwise masks with dropped clients out of
+    ``total``, from the secrets the shares revealed to ``server`` reconstruct."""
+    s = server
+    scratch = mask_scratch(s.length, s.bits)
+    for c in survivors:
+        seed = _verified_secret(
+            s, c, s.self_mask_seed_shares.get(c, []),
+            lambda b, c=c: commit(b, round=s.round, client=c) == s.commitments[c],
+        )  # fmt: skip
+        add_mask(total, seed, subtract=True, scratch=scratch)
+    for j in sorted(set(s.shared_keys_survivors) - set(survivors)):
+        # Survivors that complained about j left their mask with j out of their input.
+        paired = [i for i in s.graph[j] if i in s.masked and j not in s.complaints.get(i, ())]
+        if not paired:
+            continue
+        secret = _verified_secret(
+            s, j, s.mask_key_shares.get(j, []),
+            lambda b, j=j: KeyPair.from_private_bytes(b).public_bytes == s.mask_public_keys[j],
+        )  # fmt: skip
+        dropped_mask_keys = KeyPair.from_private_bytes(secret)
+        for i in paired:  # i added sgn(i, j)·mask(i, j); take it away
+            add_pairwise_mask(total, dropped_mask_keys, s.mask_public_keys[i], round=s.round,
+                              me=i, peer=j, params=s.params, scratch=scratch,
+                              undo=True)  # fmt: skip

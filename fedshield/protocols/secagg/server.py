@@ -12,9 +12,11 @@ from fedshield import wire
 from fedshield._validate import check_instance
 from fedshield.crypto import ring, shamir
 from fedshield.crypto.identity import SIGNATURE_BYTES
-from fedshield.crypto.keys import PUBLIC_KEY_BYTES, KeyPair, validate_public_key
-from fedshield.crypto.prg import SEED_BYTES, add_mask, mask_scratch, ring_dtype
+from fedshield.crypto.keys import PUBLIC_KEY_BYTES, validate_public_key
+from fedshield.crypto.prg import SEED_BYTES, ring_dtype
 from fedshield.errors import (
+    FalseComplaint,
+    InvalidMessage,
     InvalidShare,
     ProtocolAbort,
     SecAggAbort,
@@ -24,22 +26,27 @@ from fedshield.errors import (
 from fedshield.protocols.base import Revealed, ServerSession, broadcasts, closes, receives
 from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.roster import Roster
+from fedshield.protocols.secagg.channels import (
+    RECEIVE_LABEL,
+    SEALED_LABEL,
+    SEALED_SHARE_BYTES,
+    complaint_holds,
+    receive_statement,
+    sealed_statement,
+)
 from fedshield.protocols.secagg.common import (
     ADVERTISE_LABEL,
     CONSISTENCY_LABEL,
     PROTOCOL_ID,
-    SEALED_SHARE_BYTES,
     STAGES,
     SecAggStage,
-    add_pairwise_mask,
     advertisement,
-    commit,
     graph_seed,
     ids,
     survivor_statement,
 )
 from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
-from fedshield.protocols.secagg.recovery import decode_secret
+from fedshield.protocols.secagg.recovery import decode_total, remove_masks
 
 __all__ = ["SecAggServer"]
 
@@ -87,7 +94,10 @@ class SecAggServer(ServerSession):
         self.mask_public_keys: dict[int, bytes] = {}  # s_u^PK
         self.key_signatures: dict[int, bytes] = {}  # each client's signature on its keys
         self.consistency_signatures: dict[int, bytes] = {}  # U_4: signer -> signature on U_3
-        self.mailbox: dict[int, dict[int, bytes]] = {}  # receiver -> sender -> sealed share
+        # receiver -> sender -> (sealed shares, the sender's signature on them)
+        self.mailbox: dict[int, dict[int, tuple[bytes, bytes]]] = {}
+        # holder -> sender -> (the receive key the holder made for the sender, its signature)
+        self.receive_keys: dict[int, dict[int, tuple[bytes, bytes]]] = {}
         self.masked: dict[int, bytes] = {}  # packed masked inputs, already in masked_sum
         self.masked_sum = np.zeros(self.length, dtype=ring_dtype(self.bits))
         self.complaints: dict[int, set[int]] = {}  # complainer -> senders of bad shares
@@ -124,7 +134,7 @@ class SecAggServer(ServerSession):
     def _max_message_bytes(self, stage: str) -> int:
         n = len(self.clients)
         if stage == SecAggStage.MASKED_INPUT:
-            return 256 + 4 * n + self._packed_len()
+            return 256 + (4 + PUBLIC_KEY_BYTES) * n + self._packed_len()
         return 256 + n * (8 + 2 * SEALED_SHARE_BYTES + 2 * shamir.SHARE_BYTES)
 
     def _to_all_alive(self, stage: str, fields: list) -> dict[int, bytes]:
@@ -138,7 +148,7 @@ class SecAggServer(ServerSession):
 
     @receives(SecAggStage.ADVERTISE_KEYS)
     def _take_keys(self, stage: str, sender: int, message: wire.Message) -> None:
-        message.require_fields(3)
+        message.require_fields(5)
         channel_public_key = message.raw(0, length=PUBLIC_KEY_BYTES)
         mask_public_key = message.raw(1, length=PUBLIC_KEY_BYTES)
         signature = message.raw(2, length=SIGNATURE_BYTES)
@@ -157,37 +167,79 @@ class SecAggServer(ServerSession):
         self.channel_public_keys[sender] = channel_public_key
         self.mask_public_keys[sender] = mask_public_key
         self.key_signatures[sender] = signature
+        n = len(self.clients)
+        publics = message.raw(3, length=n * PUBLIC_KEY_BYTES)
+        signed = message.raw(4, length=n * SIGNATURE_BYTES)
+        self.receive_keys[sender] = {
+            p: (publics[i * PUBLIC_KEY_BYTES : (i + 1) * PUBLIC_KEY_BYTES],
+                signed[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES])
+            for i, p in enumerate(self.clients)
+        }  # fmt: skip
 
     # --- share_keys --------------------------------------------------------------------------
     @broadcasts(SecAggStage.SHARE_KEYS)
     def _relay_keys(self, stage: str) -> dict[int, bytes]:
+        self._drop_unsigned_receive_keys(stage)
         advertised = sorted(self.alive)  # U_1
-        channel = {c: self.channel_public_keys[c] for c in advertised}
-        mask = {c: self.mask_public_keys[c] for c in advertised}
-        seed = graph_seed(self.round, self.params, channel, mask)
-        self.graph = neighbour_graph(advertised, self.degree, seed)
-        return self._to_all_alive(
-            stage,
-            [
-                ids(advertised),
-                b"".join(channel.values()),
-                b"".join(mask.values()),
-                b"".join(self.key_signatures[c] for c in advertised),
-            ],
-        )
+        keys = [
+            ids(advertised),
+            b"".join(self.channel_public_keys[c] for c in advertised),
+            b"".join(self.mask_public_keys[c] for c in advertised),
+            b"".join(self.key_signatures[c] for c in advertised),
+        ]
+        out = {}
+        for c in advertised:  # and the receive keys c's holders made for it
+            holders = sorted((*self.graph[c], c))
+            receive = [self.receive_keys[h][c] for h in holders]
+            out[c] = self._server_message(stage, [*keys, b"".join(k for k, _ in receive),
+                                                  b"".join(sig for _, sig in receive)])  # fmt: skip
+        return out
+
+    def _drop_unsigned_receive_keys(self, stage: str) -> None:
+        """Make the neighbour graph over the advertised clients; drop any client whose receive
+        key for one of its neighbours is not signed (a sender would refuse to seal to it, and
+        the round would stall), then make the graph again without it."""
+        checked: dict[tuple[int, int], bool] = {}
+        while True:
+            advertised = sorted(self.alive)
+            channel = {c: self.channel_public_keys[c] for c in advertised}
+            mask = {c: self.mask_public_keys[c] for c in advertised}
+            seed = graph_seed(self.round, self.params, channel, mask)
+            self.graph = neighbour_graph(advertised, self.degree, seed)
+            edges = {(h, c) for c in advertised for h in (*self.graph[c], c)}
+            for edge in edges - set(checked):
+                checked[edge] = self._receive_key_signed(*edge)
+            unsigned = {h for h, c in edges if not checked[(h, c)]}
+            if not unsigned:
+                return
+            self.alive -= unsigned
+            self._check_threshold(stage)
+
+    def _receive_key_signed(self, holder: int, sender: int) -> bool:
+        key, signature = self.receive_keys[holder][sender]
+        statement = receive_statement(self.round, self.params, holder, sender, key)
+        try:
+            self.roster.verify(holder, signature, RECEIVE_LABEL, statement)
+        except InvalidMessage:
+            return False
+        return True
 
     @receives(SecAggStage.SHARE_KEYS)
     def _take_sealed_shares(self, stage: str, sender: int, message: wire.Message) -> None:
-        message.require_fields(3)
+        message.require_fields(4)
         self.commitments[sender] = message.raw(2, length=32)
         holders = [j for j in (*self.graph[sender], sender) if j in self.channel_public_keys]
         receivers = message.array(0, dtype="<u4", shape=(len(holders),))
         if sorted(receivers.tolist()) != sorted(holders):
             raise UnknownSender(f"client {sender} addressed shares outside its neighbours")
         blob = message.raw(1, length=len(holders) * SEALED_SHARE_BYTES)
+        signed = message.raw(3, length=len(holders) * SIGNATURE_BYTES)
         for i, j in enumerate(receivers.tolist()):
             sealed = blob[i * SEALED_SHARE_BYTES : (i + 1) * SEALED_SHARE_BYTES]
-            self.mailbox.setdefault(j, {})[sender] = sealed
+            signature = signed[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
+            statement = sealed_statement(self.round, self.params, sender, j, sealed)
+            self.roster.verify(sender, signature, SEALED_LABEL, statement)
+            self.mailbox.setdefault(j, {})[sender] = (sealed, signature)
 
     # --- masked_input ------------------------------------------------------------------------
     @broadcasts(SecAggStage.MASKED_INPUT)
@@ -201,25 +253,49 @@ class SecAggServer(ServerSession):
                 [
                     ids(self.shared_keys_survivors),
                     ids(inbox),
-                    b"".join(inbox[s] for s in sorted(inbox)),
+                    b"".join(inbox[s][0] for s in sorted(inbox)),
+                    b"".join(inbox[s][1] for s in sorted(inbox)),
                 ],
             )
         return out
 
     @receives(SecAggStage.MASKED_INPUT)
     def _take_masked_input(self, stage: str, sender: int, message: wire.Message) -> None:
-        message.require_fields(2)
-        complaints = set(message.array(0, dtype="<u4").tolist())
-        if not complaints <= {*self.graph[sender], sender}:
-            raise UnknownSender(f"client {sender} complained about a non-neighbour")
-        packed = message.raw(1, length=self._packed_len())
+        message.require_fields(3)
+        accused = message.array(0, dtype="<u4").tolist()
+        evidence = message.raw(1, length=len(accused) * PUBLIC_KEY_BYTES)
+        complaints = set(accused)
+        relayed = {s for s in self.mailbox.get(sender, {}) if s in self.shared_keys_survivors}
+        if len(complaints) != len(accused) or not complaints <= relayed:
+            raise UnknownSender(f"client {sender} complained about shares it was not sent")
+        for i, accused_sender in enumerate(accused):
+            revealed = evidence[i * PUBLIC_KEY_BYTES : (i + 1) * PUBLIC_KEY_BYTES]
+            self._judge(sender, accused_sender, revealed)
+        packed = message.raw(2, length=self._packed_len())
         self.masked_sum += ring.unpack(packed, self.length, self.bits)
         self.masked[sender] = packed
         self.complaints[sender] = complaints
 
+    def _judge(self, holder: int, sender: int, revealed: bytes) -> None:
+        """Check ``holder``'s complaint about ``sender`` from the receive key it revealed
+        (:func:`~fedshield.protocols.secagg.channels.complaint_holds`); a false or unproven
+        complaint drops the accuser."""
+        try:
+            holds = complaint_holds(
+                revealed, self.receive_keys[holder][sender][0], self.channel_public_keys[sender],
+                self.mailbox[holder][sender][0], round=self.round, sender=sender, holder=holder,
+                threshold=self.threshold,
+            )  # fmt: skip
+        except InvalidShare as exc:
+            raise FalseComplaint(f"client {holder}'s complaint about {sender}: {exc}") from None
+        if not holds:
+            raise FalseComplaint(
+                f"client {holder} complained about client {sender}'s shares, which are sound"
+            )
+
     @closes(SecAggStage.MASKED_INPUT)
     def _drop_accused(self, stage: str) -> None:
-        """A client whose shares failed authentication at a neighbour counts as dropped."""
+        """A client whose shares were proven bad at a neighbour counts as dropped."""
         accused = set().union(*self.complaints.values())
         self.alive -= accused
         for c in accused & set(self.masked):
@@ -296,104 +372,19 @@ class SecAggServer(ServerSession):
         survivors = sorted(self.masked)
         total = self.masked_sum
         try:
-            self._remove_masks(total, survivors)
+            remove_masks(self, total, survivors)
         except (ProtocolAbort, InvalidShare, WrongShape) as exc:
             raise SecAggAbort(f"round {self.round}: cannot unmask ({exc})") from exc
         total &= total.dtype.type((1 << self.bits) - 1)
         self.unmasked = total  # the summed levels and tail values: all the server learns
-        weighted_sum, weight = self._weighted_sum(total, len(survivors))
+        weighted_sum, weight, counts = decode_total(
+            total, len(survivors), config=self.config, grid=self.grid, ranges=self.ranges,
+            dim=self.dim, round=self.round,
+        )  # fmt: skip
         return Revealed(
             contributors=tuple(survivors),
             weighted_sum=weighted_sum,
             total_weight=float(weight),
             dropped=tuple(c for c in self.clients if c not in self.masked),
-            range_counts=self._range_counts(total, len(survivors)),
+            range_counts=counts,
         )
-
-    def _range_counts(self, total: np.ndarray, count: int) -> np.ndarray | None:
-        """The summed range statistic, checked (``None`` with a fixed clip)."""
-        if self.ranges is None:
-            return None
-        counts = total[self.dim + self.config.tail_values :].astype(np.int64)
-        try:
-            self.ranges.check_counts(counts, count)
-        except ValueError as exc:
-            raise SecAggAbort(f"round {self.round}: {exc}") from None
-        return counts
-
-    def _weighted_sum(self, total: np.ndarray, count: int) -> tuple[np.ndarray, int]:
-        """``(sum_i W_i x_i, sum_i W_i)`` from the unmasked ring sum of ``count`` clients."""
-        config, dim = self.config, self.dim
-        digits = total[dim : dim + config.weight_digits]
-        weight = ring.from_digits(digits, quant_bits=config.quant_bits)
-        integer = config.weighting == "integer"
-        counted = count if integer else int(total[dim + config.weight_digits])
-        if counted != count:
-            raise SecAggAbort(
-                f"round {self.round}: the sum holds {counted} updates, {count} survived"
-            )
-        self._check_in_range(total, count, weight)
-        if integer:
-            mean = self.grid.decode_mean(total[:dim], weight)
-            return mean.astype(np.float64) * weight, weight
-        shares = self.grid.decode_sum(total[:dim], count)  # sum_i (W_i / top) x_i
-        return shares * ring.weight_top(config.weight_bits), weight
-
-    def _check_in_range(self, total: np.ndarray, count: int, weight: int) -> None:
-        """Abort unless the unmasked sum is one ``count`` clients on the grid could send
-        (:func:`~fedshield.crypto.ring.check_on_grid`)."""
-        config, dim = self.config, self.dim
-        try:
-            ring.check_on_grid(
-                total[:dim], total[dim : dim + config.weight_digits], count=count,
-                weight=weight, quant_bits=config.quant_bits, weight_bits=config.weight_bits,
-                integer=config.weighting == "integer",
-            )  # fmt: skip
-        except ValueError as exc:
-            raise SecAggAbort(f"round {self.round}: {exc}") from None
-
-    def _verified_secret(self, owner: int, shares: list[shamir.Share], check) -> bytes:
-        """:func:`~fedshield.protocols.secagg.recovery.decode_secret` at this round's
-        threshold, remembering the inconsistent (owner, holder) pairs."""
-        secret, holders = decode_secret(shares, check, threshold=self.threshold)
-        self.inconsistent.update((owner, h) for h in holders)
-        return secret
-
-    def _remove_masks(self, total: np.ndarray, survivors: list[int]) -> None:
-        """Take the survivors' self masks and their pairwise masks with dropped clients out of
-        ``total``, from the secrets the revealed shares reconstruct."""
-        scratch = mask_scratch(self.length, self.bits)
-        for c in survivors:
-            seed = self._verified_secret(
-                c,
-                self.self_mask_seed_shares.get(c, []),
-                lambda b, c=c: commit(b, round=self.round, client=c) == self.commitments[c],
-            )
-            add_mask(total, seed, subtract=True, scratch=scratch)
-        for j in sorted(set(self.shared_keys_survivors) - set(survivors)):
-            # Survivors that complained about j left their mask with j out of their input.
-            paired = [
-                i for i in self.graph[j] if i in self.masked and j not in self.complaints.get(i, ())
-            ]
-            if not paired:
-                continue
-            secret = self._verified_secret(
-                j,
-                self.mask_key_shares.get(j, []),
-                lambda b, j=j: (
-                    KeyPair.from_private_bytes(b).public_bytes == self.mask_public_keys[j]
-                ),
-            )
-            dropped_mask_keys = KeyPair.from_private_bytes(secret)
-            for i in paired:  # i added sgn(i, j)·mask(i, j); take it away
-                add_pairwise_mask(
-                    total,
-                    dropped_mask_keys,
-                    self.mask_public_keys[i],
-                    round=self.round,
-                    me=i,
-                    peer=j,
-                    params=self.params,
-                    scratch=scratch,
-                    undo=True,
-                )

@@ -1,0 +1,120 @@
+"""How SecAgg+ shares travel between two clients through the server, so that a complaint can
+be checked. The protocol, its threat model and the legend: :mod:`fedshield.protocols.secagg`.
+
+Each client advertises, besides its channel key ``c_u``, one fresh *receive* key ``r_{v,u}``
+per listed peer ``u`` (signed with its identity, like its other keys). A sender ``u`` seals
+its shares for holder ``v`` under ``HKDF(X25519(c_u, r_{v,u}))`` with a label naming the
+direction ``u -> v``, and signs the sealed blob; the server checks the signature before it
+relays the blob. If the blob does not open, ``v`` complains by revealing ``r_{v,u}``'s private
+key. That key opens nothing but this one blob (it serves no other pair and no other
+direction), so the server can open it too and judge: if the shares are sound the complaint
+was false and the accuser is dropped; if not, the sender dealt bad shares (its signature
+proves it sent that blob) and the sender is dropped. Either way the round goes on.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from fedshield.crypto import shamir
+from fedshield.crypto.keys import KeyPair, open_share, seal_share
+from fedshield.errors import InvalidShare, WrongShape
+from fedshield.protocols.secagg.common import PAIR
+
+__all__ = [
+    "RECEIVE_LABEL",
+    "SEALED_LABEL",
+    "SEALED_SHARE_BYTES",
+    "complaint_holds",
+    "open_shares",
+    "receive_statement",
+    "seal_shares",
+    "sealed_statement",
+    "share_key",
+]
+
+RECEIVE_LABEL = b"secagg/receive-key"  # a holder's signature on its receive key for a sender
+SEALED_LABEL = b"secagg/sealed-shares"  # a sender's signature on the blob it sealed to a holder
+_SHARE_PLAIN = PAIR.size + 2 * shamir.SHARE_BYTES
+# AES-GCM: 12-byte nonce, then (sender, receiver) and two shares, then the 16-byte tag.
+SEALED_SHARE_BYTES = 12 + _SHARE_PLAIN + 16
+
+
+def receive_statement(round: int, params: bytes, holder: int, sender: int, key: bytes) -> bytes:
+    """What ``holder`` signs for the key it receives ``sender``'s shares under."""
+    return struct.pack("<III", round, holder, sender) + params + key
+
+
+def sealed_statement(round: int, params: bytes, sender: int, holder: int, sealed: bytes) -> bytes:
+    """What ``sender`` signs for the shares it sealed to ``holder``."""
+    return struct.pack("<III", round, sender, holder) + params + sealed
+
+
+def share_key(own: KeyPair, peer_public: bytes, *, round: int, sender: int, holder: int) -> bytes:
+    """The AES key of the shares ``sender`` seals to ``holder`` (one direction only): the
+    sender calls it with its channel key and the holder's receive key, the holder (or a judge
+    holding the revealed receive key) with the receive key and the sender's channel key."""
+    info = b"fedshield/secagg/share-key" + struct.pack("<III", round, sender, holder)
+    return own.agree(peer_public, info=info)
+
+
+def seal_shares(
+    key: bytes, seed_share: shamir.Share, key_share: shamir.Share, *, round: int, sender: int,
+    holder: int,
+) -> bytes:  # fmt: skip
+    """``e_{u,v}``: the holder's shares of the sender's self-mask seed and mask key, sealed."""
+    plaintext = PAIR.pack(sender, holder) + seed_share.to_bytes() + key_share.to_bytes()
+    return seal_share(key, plaintext, round=round, sender=sender, receiver=holder)
+
+
+def open_shares(
+    key: bytes, sealed: bytes, *, round: int, sender: int, holder: int, threshold: int
+) -> tuple[shamir.Share, shamir.Share]:
+    """Open :func:`seal_shares`'s blob and check its shares are what an honest sender deals:
+    addressed to this pair, at the holder's point, at the round's threshold, of a 32-byte
+    secret.
+
+    Raises:
+        InvalidShare: the blob does not open, or its shares are malformed.
+    """
+    plaintext = open_share(key, sealed, round=round, sender=sender, receiver=holder)
+    if len(plaintext) != _SHARE_PLAIN or PAIR.unpack_from(plaintext) != (sender, holder):
+        raise InvalidShare("shares addressed to another pair")
+    o = PAIR.size
+    try:
+        shares = (
+            shamir.Share.from_bytes(plaintext[o : o + shamir.SHARE_BYTES]),
+            shamir.Share.from_bytes(plaintext[o + shamir.SHARE_BYTES :]),
+        )
+    except (ValueError, WrongShape) as exc:
+        raise InvalidShare(f"malformed share ({exc})") from None
+    for share in shares:
+        if (share.x, share.threshold, share.secret_len) != (holder + 1, threshold, 32):
+            raise InvalidShare("a share at another point, threshold or length")
+    return shares
+
+
+def complaint_holds(
+    revealed: bytes, receive_public: bytes, sender_channel_public: bytes, sealed: bytes, *,
+    round: int, sender: int, holder: int, threshold: int,
+) -> bool:  # fmt: skip
+    """Judge ``holder``'s complaint about ``sender``'s sealed blob from the receive key it
+    revealed: ``True`` if the blob is bad (the sender is at fault), ``False`` if it opens to
+    sound shares (the complaint is false).
+
+    Raises:
+        InvalidShare: ``revealed`` is not the private half of the receive key the holder
+            signed (the complaint proves nothing: the accuser is at fault).
+    """
+    try:
+        receive = KeyPair.from_private_bytes(revealed)
+    except (InvalidShare, ValueError):
+        raise InvalidShare("the revealed receive key is not an X25519 private key") from None
+    if receive.public_bytes != receive_public:
+        raise InvalidShare("the revealed receive key is not the one the accuser signed")
+    key = share_key(receive, sender_channel_public, round=round, sender=sender, holder=holder)
+    try:
+        open_shares(key, sealed, round=round, sender=sender, holder=holder, threshold=threshold)
+    except InvalidShare:
+        return True
+    return False

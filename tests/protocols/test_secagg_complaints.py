@@ -1,0 +1,113 @@
+"""SecAgg+ complaints as malicious clients would abuse them, driving the real sessions: a
+complaint reveals the one receive key that opens the accused's sealed shares, the server
+judges it, and the guilty party (not the accused, if the accusation is false) is dropped;
+the honest clients' round completes with their exact sum. Before (measured in the issue):
+one false complaint excluded an honest client and rebuilt its secret key, and accusing
+everyone aborted the round."""
+
+import numpy as np
+import pytest
+from enrolment import signing_as
+
+from fedshield.crypto.keys import KeyPair
+from fedshield.engine.runner import run_protocol
+from fedshield.engine.transport import InProcessTransport
+from fedshield.errors import InvalidShare
+from fedshield.protocols.secagg import SecAggClient, SecAggServer
+from fedshield.protocols.secagg.channels import complaint_holds
+from fedshield.protocols.secagg.config import SecAggConfig
+
+N, D = 6, 32
+CONFIG = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, weighting="integer")
+
+
+class _GarbageDealer(SecAggClient):
+    """Seals (and signs) an unreadable blob to client 3."""
+
+    def _sealed_shares(self, holders, receive):
+        sealed = super()._sealed_shares(holders, receive)
+        i = holders.index(3)
+        sealed[i] = sealed[i][:20] + bytes([sealed[i][20] ^ 1]) + sealed[i][21:]
+        return sealed
+
+
+class _FalseAccuser(SecAggClient):
+    """Claims the shares of ``accused`` (client ids) did not open, and reveals its key."""
+
+    accused: tuple[int, ...] = (1,)
+
+    def _open_shares(self, sender, sealed):
+        shares = super()._open_shares(sender, sealed)
+        if sender in self.accused:
+            raise InvalidShare("pretended")
+        return shares
+
+
+class _WrongKeyAccuser(SecAggClient):
+    """Accuses client 1 and reveals a key it never signed."""
+
+    def _open_shares(self, sender, sealed):
+        if sender == 1:
+            self.receive_keys[1] = KeyPair.generate()
+            raise InvalidShare("pretended")
+        return super()._open_shares(sender, sealed)
+
+
+def _round(bad_client: int, bad_class: type[SecAggClient]):
+    rng = np.random.default_rng(5)
+    updates = {c: rng.uniform(-1, 1, D).astype(np.float32) for c in range(N)}
+    server = SecAggServer(roster=signing_as(0)["roster"], round=1, clients=range(N), dim=D,
+                          config=CONFIG)  # fmt: skip
+    clients = {
+        c: (bad_class if c == bad_client else SecAggClient)(
+            client_id=c, **signing_as(c), round=1, update=updates[c], weight=15.0,
+            config=CONFIG, quant_seed=c)
+        for c in range(N)
+    }  # fmt: skip
+    outcome = run_protocol(server, InProcessTransport(clients))
+    return server, clients, outcome
+
+
+def _assert_exact_sum_of(server, clients, outcome, survivors):
+    assert outcome.revealed is not None, outcome.aborted
+    assert outcome.revealed.contributors == tuple(survivors)
+    expected = np.zeros(server.length, dtype=np.int64)
+    for c in survivors:
+        own = np.empty(server.length, dtype=server.masked_sum.dtype)
+        clients[c]._weighted_levels(own)  # the same quantization seed: the same levels
+        expected += own.astype(np.int64)
+    np.testing.assert_array_equal(server.unmasked[:D].astype(np.int64), expected[:D])
+
+
+def test_a_sender_dealing_a_bad_blob_is_dropped_by_the_proven_complaint():
+    server, clients, outcome = _round(2, _GarbageDealer)
+    assert 2 in outcome.revealed.dropped
+    _assert_exact_sum_of(server, clients, outcome, [0, 1, 3, 4, 5])
+
+
+@pytest.mark.parametrize("accused", [(1,), (0, 1, 2, 3, 5)], ids=["one", "everyone"])
+def test_a_false_accuser_is_dropped_and_the_accused_stay(accused):
+    bad = type("Accuser", (_FalseAccuser,), {"accused": accused})
+    server, clients, outcome = _round(4, bad)
+    assert "FalseComplaint" in outcome.stages[2].rejected[4]
+    assert "which are sound" in outcome.stages[2].rejected[4]
+    _assert_exact_sum_of(server, clients, outcome, [0, 1, 2, 3, 5])
+
+
+def test_an_accuser_revealing_a_key_it_never_signed_is_dropped():
+    server, clients, outcome = _round(4, _WrongKeyAccuser)
+    assert "not the one the accuser signed" in outcome.stages[2].rejected[4]
+    _assert_exact_sum_of(server, clients, outcome, [0, 1, 2, 3, 5])
+
+
+def test_a_revealed_receive_key_opens_only_the_accused_blob():
+    """What a complaint costs the accuser's other neighbours: nothing. The key it reveals
+    was made for one sender; under it no other sender's blob to the accuser opens."""
+    server, clients, _ = _round(4, _FalseAccuser)
+    revealed = clients[4].receive_keys[1].private_bytes()
+    for other in (0, 2, 3, 5):
+        assert complaint_holds(  # "bad": the key does not open the other sender's blob
+            revealed, clients[4].receive_keys[1].public_bytes, server.channel_public_keys[other],
+            server.mailbox[4][other][0], round=1, sender=other, holder=4,
+            threshold=server.threshold,
+        )  # fmt: skip
