@@ -5,6 +5,10 @@ included) and threshold; both at 8-bit quantization of updates clipped to [-clip
 Each side first runs one tiny warm-up round (kernel loading, imports); headline cases report
 the median of 3 rounds. Reports round wall time, server time, mean client time, bytes uploaded
 per client and the max abs error against the exact mean, and the ratios (Flower / ours).
+Ours includes what security against a malicious server costs (Flower's has neither): the
+signed keys, receive keys and sealed blobs, and the consistency stage; each case reports the
+consistency stage's critical-path seconds and the Ed25519 work per client and at the server
+(``signatures``: operations counted, each timed here).
 Then a sweep over n at d = 100k with 10% of the clients dropping before the masked-input
 stage: server time against n.
 
@@ -19,6 +23,7 @@ import functools
 import json
 import sys
 import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flower_secaggplus import run_flower_secaggplus
 
+from fedshield.crypto.identity import Identity, verify
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
@@ -66,17 +72,26 @@ def run_ours(updates, *, config: SecAggConfig, drop: set[int]) -> dict:
     exact = np.mean([updates[c] for c in survivors], axis=0)
     client_totals: dict[int, float] = {}
     bytes_up: dict[int, int] = {}
+    stages = {}
     for stage in outcome.stages:
         for c, s in stage.client_s.items():
             client_totals[c] = client_totals.get(c, 0.0) + s
         for c, b in stage.bytes_up.items():
             bytes_up[c] = bytes_up.get(c, 0) + b
+        # the stage on a deployment's critical path: the slowest client, then the server
+        slowest = max(stage.client_s.values(), default=0.0)
+        stages[stage.stage] = {"critical_s": slowest + stage.server_s,
+                               "server_s": stage.server_s}  # fmt: skip
     return {
         "round_s": wall,
         "server_s": sum(s.server_s for s in outcome.stages),
         "client_s": float(np.mean(list(client_totals.values()))),
         "bytes_up_per_client": float(np.mean(list(bytes_up.values()))),
         "max_abs_error": float(np.abs(revealed.weighted_sum / revealed.total_weight - exact).max()),
+        "stages": stages,
+        # what malicious-server security adds: the consistency stage (each client signs the
+        # survivor set), on top of signing and checking keys and sealed shares elsewhere
+        "consistency_s": stages["consistency"]["critical_s"],
         "ring_bits": server.bits,
         "neighbours": server.degree,
         "threshold": server.threshold,
@@ -96,6 +111,28 @@ def run_flower(updates, *, holders: int, threshold: int, drop: set[int]) -> dict
     exact = np.mean([updates[c] for c in survivors], axis=0)
     aggregate = out.pop("aggregate")
     return {**out, "max_abs_error": float(np.abs(aggregate - exact).max())}
+
+
+def signature_cost(n: int, degree: int, quorum: int) -> dict:
+    """Ed25519 operations a round of ``n`` clients adds, timed here: per client, its key
+    signature and one receive key per peer, a signature per sealed blob and on the survivor
+    set; it checks every advertised key, its holders' receive keys and sealed blobs, and
+    the quorum's signatures. The server checks the same once each."""
+    identity, message = Identity.generate(), b"x" * 200
+    sign_s = timeit.timeit(lambda: identity.sign(b"bench", message), number=300) / 300
+    signature = identity.sign(b"bench", message)
+    verify_s = (
+        timeit.timeit(
+            lambda: verify(identity.public_bytes, signature, b"bench", message, who="bench"),
+            number=300,
+        )
+        / 300
+    )
+    holders = degree + 1
+    client = (1 + n + holders + 1) * sign_s + (n + 2 * holders + quorum) * verify_s
+    server = (n + 2 * n * holders + n) * verify_s
+    return {"sign_us": sign_s * 1e6, "verify_us": verify_s * 1e6, "client_s": client,
+            "server_s": server}  # fmt: skip
 
 
 _warm = False
@@ -127,6 +164,7 @@ def case(n: int, d: int, dropout: float = 0.0, with_flower: bool = True, repeats
     drop = set(range(0, n, round(1 / dropout))) if dropout else set()
     _warm_up()
     ours = _median(repeats, lambda: run_ours(updates, config=config, drop=drop))
+    ours["signatures"] = signature_cost(n, ours["neighbours"], config.quorum(n))
     if not with_flower:
         return {"n": n, "d": d, "dropped": sorted(drop), "ours": ours, "flower": None}
     flower = _median(
