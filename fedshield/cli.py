@@ -1,4 +1,4 @@
-"""Command line: ``fedshield run`` and ``fedshield experiment survey``."""
+"""Command line: ``fedshield run``, ``fedshield experiment survey`` and ``fedshield roster``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from fedshield.cli_options import add_data_options, add_protocol_options
 from fedshield.errors import FedshieldError
 
 __all__ = ["main"]
@@ -36,21 +37,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     from fedshield.aggregation import SERVER_OPTIMIZERS
+    from fedshield.cli_roster import add_roster_command
     from fedshield.engine.experiment import RunConfig
     from fedshield.engine.models import MODELS
     from fedshield.engine.trainer import ALGORITHMS
-    from fedshield.protocols.registry import PROTOCOLS
 
     d = RunConfig()
     parser = argparse.ArgumentParser(prog="fedshield", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="federated training with protected updates")
-    run.add_argument(
-        "--dataset",
-        default=d.dataset,
-        help="synthetic | breastmnist | medmnist:PATH (default %(default)s)",
-    )
+    add_data_options(run, d)
     run.add_argument("--sites", type=int, default=d.sites)
     run.add_argument("--rounds", type=int, default=d.rounds)
     run.add_argument("--local-epochs", type=int, default=d.local_epochs)
@@ -70,39 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="default: cnn-gn (GroupNorm) for synthetic, cnn (BatchNorm) otherwise and for fedbn",
     )
-    run.add_argument(
-        "--protect",
-        choices=PROTOCOLS,
-        default=d.protect,
-        help="plain: server sees each update; secagg: only the sum (default); "
-        "he: only ciphertexts (the sites decrypt the sum)",
-    )
-    run.add_argument(
-        "--he-scheme",
-        choices=("bfv", "ckks"),
-        default=d.he_scheme,
-        help="he: bfv (quantized, packed; default) or ckks (float updates)",
-    )
-    run.add_argument(
-        "--he-weighting",
-        choices=("fraction", "integer"),
-        default=d.he_weighting,
-        help="he (bfv): fraction (sites scale their update by their weight before quantizing;"
-        " default, half the ciphertexts) or integer (levels times the weight, as secagg)",
-    )
-    run.add_argument(
-        "--secagg-weighting",
-        choices=("fraction", "integer"),
-        default=d.secagg_weighting,
-        help="secagg: fraction (sites scale their update by their weight before quantizing; "
-        "default, no weight bits in the ring) or integer (levels times the weight)",
-    )
-    run.add_argument(
-        "--quant-bits",
-        type=int,
-        default=None,
-        help="bits per quantized value, 1..16 (default: 8 for secagg, float32 for plain)",
-    )
+    add_protocol_options(run, d)
     run.add_argument(
         "--sparsify",
         default=None,
@@ -114,34 +79,6 @@ def _parser() -> argparse.ArgumentParser:
         "--error-feedback",
         action="store_true",
         help="carry what compression dropped into the next round (per-site residual)",
-    )
-    run.add_argument(
-        "--clip",
-        type=float,
-        default=d.clip,
-        help="secagg, he (bfv): a fixed range: updates are clipped to [-clip, clip] before "
-        "quantization (default: per-tensor ranges that adapt each round, from a secure count "
-        "of how far each site's update reached; docs/ranges.md)",
-    )
-    run.add_argument(
-        "--threshold",
-        type=int,
-        default=None,
-        help="secagg: Shamir threshold (default: a majority of each share group)",
-    )
-    run.add_argument(
-        "--neighbours",
-        type=int,
-        default=None,
-        help="secagg: neighbours per client (default: complete graph up to 32)",
-    )
-    run.add_argument(
-        "--colluders",
-        type=int,
-        default=None,
-        help="secagg: the most sites a malicious server may collude with; sizes the quorum "
-        "that must sign the survivor set (default: threshold - 1; lower tolerates more "
-        "dropouts after share_keys)",
     )
     run.add_argument(
         "--dropout",
@@ -156,17 +93,8 @@ def _parser() -> argparse.ArgumentParser:
         help="inprocess (default) or flower: a local Flower deployment (SuperLink and one "
         "SuperNode per site on loopback), torn down afterwards",
     )
-    run.add_argument("--partition", choices=("iid", "dirichlet"), default=d.partition)
-    run.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet label-skew alpha")
-    run.add_argument(
-        "--shift",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="per-site acquisition shift (default: on for synthetic only)",
-    )
     run.add_argument("--lr", type=float, default=d.lr, help="local Adam learning rate")
     run.add_argument("--batch-size", type=int, default=d.batch_size)
-    run.add_argument("--seed", type=int, default=d.seed)
     run.add_argument(
         "--threads",
         type=int,
@@ -197,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     survey.add_argument("--model", choices=sorted(MODELS), default="cnn-gn")
     survey.add_argument("--out", type=Path, default=None)
     survey.set_defaults(handler=_cmd_survey)
+    add_roster_command(sub, console)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -182,13 +183,38 @@ def build_site_runtime(config: RunConfig, site_id: int) -> SiteRuntime:
 def enrol_sites(config: RunConfig, directory: Path) -> Path:
     """Enrol ``config``'s sites for a deployment: ``roster.json`` (public, for everyone) and
     ``site<i>.identity`` (site ``i``'s private key, mode 0600) in ``directory``; the roster's
-    path."""
+    path.
+
+    Raises:
+        ConfigError: ``directory`` already holds a roster or an identity key (an enrolment
+            never overwrites one, nor leaves a new roster beside another enrolment's keys).
+    """
     _require_facts(config, "max_weight")
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        names = sorted(
+            p.name
+            for p in directory.iterdir()
+            if p.name == "roster.json" or p.match("site*.identity")
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot enrol into {directory}: {exc.strerror}") from None
+    if names:
+        raise ConfigError(
+            f"{directory} already holds {', '.join(names)}: enrol into an empty directory (an "
+            "enrolment never overwrites a roster or an identity key, nor mixes with another's)"
+        )
     roster, identities = enrol(_protocol(config, config.max_weight), list(range(config.sites)))
-    for site, identity in identities.items():
-        identity.save(Path(directory) / f"site{site}.identity")
-    path = Path(directory) / "roster.json"
-    roster.save(path)
+    path = directory / "roster.json"
+    try:
+        for site, identity in identities.items():
+            identity.save(directory / f"site{site}.identity")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:  # one created since the check above, or no permission
+        raise ConfigError(f"cannot write {exc.filename}: {exc.strerror}; enrol again") from None
+    with os.fdopen(fd, "w") as file:
+        file.write(roster.to_json() + "\n")
     return path
 
 

@@ -87,10 +87,13 @@ def ask(
 
 def serve(
     address: tuple[str, int], authkey: bytes, handle: Callable[[str, bytes], bytes | None],
-    *, timeout: float = REQUEST_TIMEOUT,
+    *, timeout: float = REQUEST_TIMEOUT, stop: threading.Event | None = None,
 ) -> None:  # fmt: skip
-    """Answer requests with ``handle(kind, payload) -> bytes`` until it returns ``None``."""
-    stop, one_at_a_time = threading.Event(), threading.Lock()
+    """Answer requests with ``handle(kind, payload) -> bytes`` until it returns ``None``, or
+    until ``stop`` is set (from a signal handler, say): the listening socket is then closed
+    within 0.2 s and no further request reaches ``handle``."""
+    stop = stop if stop is not None else threading.Event()
+    one_at_a_time = threading.Lock()
 
     def connection(sock: socket.socket) -> None:
         # a silent, slow, broken or unauthenticated caller: its thread just ends

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -143,6 +145,12 @@ class SiteProcess:
         fields = [labels.astype(np.float64), probs.astype(np.float64), np.array([loss]), digest]
         return wire.serialize(header, fields)
 
+    def close(self) -> None:
+        """Drop this process's secret material: the identity key, the protocol's keys (its
+        ``he`` secret key), the open session and any key setup. Nothing answers after it."""
+        self.session = self.key_session = self.key_setup = self.held = None
+        del self.runtime  # holds the identity key and the protocol's keys
+
     def _close_previous(self) -> None:
         """Error feedback for the last session, once its protocol is over; under ``he``, the
         decrypted aggregate applied to this site's own model."""
@@ -158,6 +166,8 @@ class SiteProcess:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Serve one site until the server's ``shutdown`` or a SIGTERM; either ends it with
+    exit status 0, its listening socket closed and its keys dropped."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="RunConfig as JSON")
     parser.add_argument("--site", type=int, required=True)
@@ -168,9 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = RunConfig(**json.loads(args.config.read_text()))
     torch.set_num_threads(config.threads or 1)  # float sums depend on it; one core per site
-    roster, identity = Roster.load(args.roster), Identity.load(args.identity)
-    process = SiteProcess(config, args.site, roster, identity)
-    serve(("127.0.0.1", args.port), args.key_file.read_bytes(), process.handle)
+    # the identity key is referenced only by the process, which close() drops
+    process = SiteProcess(config, args.site, Roster.load(args.roster), Identity.load(args.identity))
+    stop = threading.Event()  # SIGTERM (a supervisor, `LocalDeployment.stop`): stop serving
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    serve(("127.0.0.1", args.port), args.key_file.read_bytes(), process.handle, stop=stop)
+    process.close()
 
 
 if __name__ == "__main__":

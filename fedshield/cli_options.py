@@ -1,0 +1,119 @@
+"""Command-line options shared by ``fedshield run`` and ``fedshield roster enrol``: the
+protection and its options, and the data options a site's FedAvg weight depends on.
+
+Each option's destination is the :class:`~fedshield.engine.experiment.RunConfig` field of the
+same name. ``defaults=None`` leaves an option out of the parsed namespace unless it is given
+(``argparse.SUPPRESS``), so a command can tell what was asked for from what was not.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_data_options", "add_protocol_options"]
+
+
+def _default(defaults: Any, name: str) -> Any:
+    """``defaults.<name>``, or ``argparse.SUPPRESS`` without defaults."""
+    return argparse.SUPPRESS if defaults is None else getattr(defaults, name)
+
+
+def add_data_options(parser: argparse.ArgumentParser, defaults: Any) -> None:
+    """``--dataset``, ``--partition``, ``--alpha``, ``--shift`` and ``--seed``: what each
+    site's data (and so its weight) is built from. ``defaults``: a RunConfig, or None."""
+    parser.add_argument(
+        "--dataset",
+        default=_default(defaults, "dataset"),
+        help="synthetic | breastmnist | medmnist:PATH (default synthetic)",
+    )
+    parser.add_argument(
+        "--partition", choices=("iid", "dirichlet"), default=_default(defaults, "partition")
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=_default(defaults, "alpha"),
+        help="Dirichlet label-skew alpha",
+    )
+    parser.add_argument(
+        "--shift",
+        action=argparse.BooleanOptionalAction,
+        default=None if defaults is not None else argparse.SUPPRESS,
+        help="per-site acquisition shift (default: on for synthetic only)",
+    )
+    parser.add_argument("--seed", type=int, default=_default(defaults, "seed"))
+
+
+def add_protocol_options(parser: argparse.ArgumentParser, defaults: Any) -> None:
+    """``--protect`` and the options of each protection (what a roster pins).
+    ``defaults``: a RunConfig, or None."""
+    from fedshield.protocols.registry import PROTOCOLS
+
+    none = None if defaults is not None else argparse.SUPPRESS
+    parser.add_argument(
+        "--protect",
+        choices=PROTOCOLS,
+        default=_default(defaults, "protect"),
+        help="plain: server sees each update; secagg: only the sum (default); "
+        "he: only ciphertexts (the sites decrypt the sum)",
+    )
+    parser.add_argument(
+        "--he-scheme",
+        choices=("bfv", "ckks"),
+        default=_default(defaults, "he_scheme"),
+        help="he: bfv (quantized, packed; default) or ckks (float updates)",
+    )
+    parser.add_argument(
+        "--he-weighting",
+        choices=("fraction", "integer"),
+        default=_default(defaults, "he_weighting"),
+        help="he (bfv): fraction (sites scale their update by their weight before quantizing;"
+        " default, half the ciphertexts) or integer (levels times the weight, as secagg)",
+    )
+    parser.add_argument(
+        "--secagg-weighting",
+        choices=("fraction", "integer"),
+        default=_default(defaults, "secagg_weighting"),
+        help="secagg: fraction (sites scale their update by their weight before quantizing; "
+        "default, no weight bits in the ring) or integer (levels times the weight)",
+    )
+    parser.add_argument(
+        "--quant-bits",
+        type=int,
+        default=none,
+        help="bits per quantized value, 1..16 (default: 8 for secagg, float32 for plain)",
+    )
+    parser.add_argument(
+        "--clip",
+        type=float,
+        default=none,
+        help="secagg, he (bfv): a fixed range: updates are clipped to [-clip, clip] before "
+        "quantization (default: per-tensor ranges that adapt each round, from a secure count "
+        "of how far each site's update reached; docs/ranges.md)",
+    )
+    _add_secagg_options(parser, none)
+
+
+def _add_secagg_options(parser: argparse.ArgumentParser, none: Any) -> None:
+    """``secagg``'s share-group options (``none``: their default)."""
+    parser.add_argument(
+        "--threshold",
+        type=int,
+        default=none,
+        help="secagg: Shamir threshold (default: a majority of each share group)",
+    )
+    parser.add_argument(
+        "--neighbours",
+        type=int,
+        default=none,
+        help="secagg: neighbours per client (default: complete graph up to 32)",
+    )
+    parser.add_argument(
+        "--colluders",
+        type=int,
+        default=none,
+        help="secagg: the most sites a malicious server may collude with; sizes the quorum "
+        "that must sign the survivor set (default: threshold - 1; lower tolerates more "
+        "dropouts after share_keys)",
+    )
