@@ -86,9 +86,9 @@ class SecAggConfig:
         min_clients: the fewest clients a round may list, and the fewest survivors any stage
             may continue with, pinned by every client: a server cannot shrink a round (down
             to a lone victim whose own shares then unmask it). The engine pins the Shamir
-            threshold of the whole federation. It counts ids: until sites have signed
-            identities, a server that plays members itself (their ids, its own keys) still
-            fills a round around one honest client.
+            threshold of the whole federation; the roster's ``min_sites`` pins it as well,
+            and since every member's keys are signed, a server cannot fill a round with
+            members it plays itself.
         weighting: ``"integer"`` (each client multiplies its levels by its integer weight
             ``W``: the ring needs ``weight_bits`` more bits, the mean's error is at most one
             step) or ``"fraction"`` (each client quantizes its update times
