@@ -163,35 +163,14 @@ def _check_identity(roster, site: int, public: bytes, path: Path) -> None:
 
 
 def _load_strict(path: Path):
-    """The roster in ``path``, refusing what the plain parser would let through silently: a
-    JSON object with a repeated key (the last would win) or non-canonical site ids."""
+    """The roster in ``path`` (:meth:`Roster.load` refuses repeated JSON keys, non-canonical
+    site ids and non-UTF-8 files), with the fix in the message."""
     from fedshield.protocols.roster import Roster
 
     try:
-        text = path.read_bytes().decode()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the roster {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not a valid fedshield roster: not UTF-8; {_FIX}") from None
-    try:
-        data = json.loads(text, object_pairs_hook=_unique_keys)
-        roster = Roster.from_json(text, source=str(path))
+        return Roster.load(path)
     except ConfigError as exc:
         raise ConfigError(f"{exc}; {_FIX}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not a valid fedshield roster: {exc}; {_FIX}") from None
-    ids = list(data.get("members", {}))
-    if sorted(ids) != sorted(str(site) for site in roster.sites):
-        raise ConfigError(f"{path}: site ids must be plain decimal numbers, got {ids}; {_FIX}")
-    return roster
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    keys = [key for key, _ in pairs]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
-    if repeated:
-        raise ValueError(f"repeated key {', '.join(map(repr, repeated))} in one JSON object")
-    return dict(pairs)
 
 
 def _print_roster(console: Console, roster, path: Path) -> None:

@@ -142,7 +142,7 @@ def _replace(old: str, new: str):
 
 TAMPERED = {  # what is done to the file, and what the message must say
     "bad-json": (lambda p: p.write_text("{not json"), "not a valid fedshield roster"),
-    "not-text": (lambda p: p.write_bytes(b"\xff\xfe"), "not a valid fedshield roster"),
+    "not-text": (lambda p: p.write_bytes(b"\xff\xfe"), "not UTF-8"),
     "format": (
         lambda p: _tamper(p, lambda d: d.update(format="fedshield-roster/0")),
         "format is 'fedshield-roster/0'",
@@ -156,9 +156,9 @@ TAMPERED = {  # what is done to the file, and what the message must say
     "no-members": (lambda p: _tamper(p, lambda d: d.pop("members")), "members"),
     "dup-json-key": (
         _replace('"members":{', '"members":{"2":"' + "00" * 32 + '",'),
-        "repeated key '2'",
+        "repeated keys ['2']",
     ),
-    "id-spelling": (_replace('"0":', '"00":'), "plain decimal numbers"),
+    "id-spelling": (_replace('"0":', '"00":'), "plain number"),
 }
 
 

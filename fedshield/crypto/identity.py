@@ -85,15 +85,24 @@ class Identity:
 
     def sign(self, label: bytes, message: bytes) -> bytes:
         """A 64-byte signature of ``message`` for the purpose ``label``."""
-        check_bytes("label", label)
+        _check_label(label)
         return self._private.sign(_PREFIX + label + b"\0" + bytes(message))
 
     def __repr__(self) -> str:  # never the private key
         return f"Identity(public={self.public_bytes.hex()[:16]}...)"
 
 
+def _check_label(label: bytes) -> None:
+    """A label ends at the first NUL byte of what is signed, so it may hold none (two
+    label-message pairs could otherwise sign the same bytes)."""
+    check_bytes("label", label)
+    if b"\0" in label:
+        raise ValueError("a signature label may not contain a NUL byte")
+
+
 def check_identity_key(public: bytes) -> bytes:
-    """``public`` if it is a usable 32-byte Ed25519 public key.
+    """``public`` if it is 32 bytes, the size of an Ed25519 public key (``cryptography``
+    takes any 32 bytes; one that is not a curve point fails every verification).
 
     Raises:
         ConfigError: it is not.
@@ -113,6 +122,7 @@ def verify(public: bytes, signature: bytes, label: bytes, message: bytes, *, who
     Raises:
         BadSignature: it does not verify (``who`` names the claimed signer in the message).
     """
+    _check_label(label)
     if len(signature) != SIGNATURE_BYTES:
         raise BadSignature(f"{who}: a signature is 64 bytes, got {len(signature)}")
     try:

@@ -148,10 +148,10 @@ class Roster:
             ConfigError: not a fedshield roster, or an invalid one (``source`` names it).
         """
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_no_repeated_keys)
             if data.get("format") != _FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}, expected {_FORMAT!r}")
-            members = {int(s): bytes.fromhex(k) for s, k in data["members"].items()}
+            members = {_site_id(s): bytes.fromhex(k) for s, k in data["members"].items()}
             return cls(members, data["min_sites"], data.get("parameters", {}))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ConfigError(f"{source} is not a valid fedshield roster: {exc}") from None
@@ -168,7 +168,25 @@ class Roster:
             ConfigError: missing, unreadable or invalid (the message names the file).
         """
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read the roster {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} is not a fedshield roster (not UTF-8 text)") from None
         return cls.from_json(text, source=str(path))
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key written twice (a reader would see only the last)."""
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"repeated keys {repeated}")
+    return dict(pairs)
+
+
+def _site_id(text: str) -> int:
+    """A site id written canonically (``"7"``, not ``"07"`` or ``" 7"``)."""
+    if not text.isdigit() or str(int(text)) != text:
+        raise ValueError(f"site id {text!r} is not written as a plain number")
+    return int(text)

@@ -102,7 +102,7 @@ def test_any_change_changes_the_digest(changes):
         ('{"format": "fedshield-roster/2", "members": {}, "min_sites": 1}', "format is"),
         ('{"format": "fedshield-roster/1", "min_sites": 1}', "members"),
         ('{"format": "fedshield-roster/1", "members": {"0": "zz"}, "min_sites": 1}', "hex"),
-        ('{"format": "fedshield-roster/1", "members": {"x": "00"}, "min_sites": 1}', "int"),
+        ('{"format": "fedshield-roster/1", "members": {"x": "00"}, "min_sites": 1}', "plain number"),
         ('{"format": "fedshield-roster/1", "members": [], "min_sites": 1}', "items"),
     ],
 )
@@ -183,3 +183,25 @@ def test_enrol_makes_fresh_distinct_identities_matching_the_roster():
     assert again.parameters == {}
     with pytest.raises(ConfigError):
         Roster.enrol([0, 1], min_sites=3)
+
+
+def test_a_label_with_a_nul_byte_is_refused():
+    """The label ends at the first NUL of what is signed: ("a\0b", m) and ("a", "b\0" + m)
+    would otherwise be one signature."""
+    roster, identities = Roster.enrol([0], min_sites=1)
+    with pytest.raises(ValueError, match="NUL"):
+        identities[0].sign(b"a\0b", b"m")
+    with pytest.raises(ValueError, match="NUL"):
+        roster.verify(0, bytes(64), b"a\0b", b"m")
+
+
+def test_the_parser_refuses_repeated_keys_and_respelled_ids():
+    roster, _ = Roster.enrol([0, 1], min_sites=1)
+    text = roster.to_json()
+    key = roster.members[1].hex()
+    for tampered, why in (
+        (text.replace('"members":{', f'"members":{{"1":"{key}",'), "repeated keys"),
+        (text.replace('"1":', '"01":'), "plain number"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            Roster.from_json(tampered)
