@@ -102,7 +102,7 @@ def test_any_change_changes_the_digest(changes):
         ('{"format": "fedshield-roster/2", "members": {}, "min_sites": 1}', "format is"),
         ('{"format": "fedshield-roster/1", "min_sites": 1}', "members"),
         ('{"format": "fedshield-roster/1", "members": {"0": "zz"}, "min_sites": 1}', "hex"),
-        ('{"format": "fedshield-roster/1", "members": {"x": "00"}, "min_sites": 1}', "plain number"),
+        ('{"format": "fedshield-roster/1", "members": {"x": "00"}, "min_sites": 1}', "plain"),
         ('{"format": "fedshield-roster/1", "members": [], "min_sites": 1}', "items"),
     ],
 )
