@@ -102,7 +102,8 @@ class Message:
     def array(
         self, index: int, *, dtype: np.dtype | str, shape: tuple[int, ...] | None = None
     ) -> np.ndarray:
-        """Field ``index`` as an array of exactly this dtype (and shape, when given)."""
+        """Field ``index`` as an array of exactly this dtype and shape (when not given: any
+        one-dimensional length, so an id list never arrives as a scalar or a matrix)."""
         value = self._field(index)
         if not isinstance(value, np.ndarray):
             raise WrongShape(f"field {index} should be an array, got bytes")
@@ -110,6 +111,8 @@ class Message:
             raise WrongShape(f"field {index} has dtype {value.dtype}, expected {np.dtype(dtype)}")
         if shape is not None and value.shape != tuple(shape):
             raise WrongShape(f"field {index} has shape {value.shape}, expected {tuple(shape)}")
+        if shape is None and value.ndim != 1:
+            raise WrongShape(f"field {index} has shape {value.shape}, expected one dimension")
         return value
 
     def raw(self, index: int, *, max_len: int | None = None, length: int | None = None) -> bytes:

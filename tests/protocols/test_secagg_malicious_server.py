@@ -17,9 +17,12 @@ from fedshield.engine.transport import InProcessTransport
 from fedshield.errors import BadSignature, IllegalTransition, SecAggAbort
 from fedshield.protocols.roster import Roster
 from fedshield.protocols.secagg import SecAggClient, SecAggServer
+from fedshield.protocols.secagg.channels import RECEIVE_LABEL, receive_statement
 from fedshield.protocols.secagg.common import (
+    ADVERTISE_LABEL,
     CONSISTENCY_LABEL,
     add_pairwise_mask,
+    advertisement,
     survivor_statement,
 )
 from fedshield.protocols.secagg.config import SecAggConfig
@@ -62,7 +65,7 @@ def _split_view_attack(config):
         ask = server._server_message("consistency", [np.array(sorted(view), np.uint32)])
         signatures[frozenset(view)][c] = wire.parse(clients[c].handle("consistency", ask)).raw(0)
     for view, signed in signatures.items():  # the colluder signs anything
-        statement = survivor_statement(ROUND, server.params, view)
+        statement = survivor_statement(ROUND, server.session + server.graph_seed, view)
         signed[COLLUDER] = ROSTER.sign(IDENTITIES[COLLUDER], CONSISTENCY_LABEL, statement)
     colluder_seed, colluder_key = clients[COLLUDER].held_shares[VICTIM]
     seed_shares, key_shares = [colluder_seed], [colluder_key]
@@ -185,7 +188,7 @@ def test_unmask_needs_a_quorum_of_valid_signatures_on_the_clients_own_set(case):
     if case == "too few":
         signed = {c: signed[c] for c in (0, 1, 2)}
     elif case == "another set":
-        other = survivor_statement(ROUND, server.params, {0, 1, 2, 3})
+        other = survivor_statement(ROUND, server.session + server.graph_seed, {0, 1, 2, 3})
         signed[3] = ROSTER.sign(IDENTITIES[3], CONSISTENCY_LABEL, other)
     else:
         signed[9] = ROSTER.sign(IDENTITIES[9], CONSISTENCY_LABEL, b"")
@@ -203,3 +206,60 @@ def test_an_honest_unmask_request_reveals_seed_shares_only():
     )
     assert reply.array(0, dtype="<u4").tolist() == [0, 1, 2, 3, 4]  # every survivor's seed
     assert reply.array(2, dtype="<u4").tolist() == []  # no mask key: nobody dropped
+
+
+def test_clients_shown_different_lists_accept_none_of_each_others_keys():
+    """Reviewer's attack: two 5-client views of a 6-site roster gave each group its own n,
+    threshold and quorum, and two colluders completed both quorums. The listed clients are
+    bound into every signature, so a key signed over another list does not verify."""
+    config = SecAggConfig(clip=0.1, quant_bits=8, max_weight=10.0)
+    _, clients = _sessions(6, config)
+    header = wire.Header(2, 1, ROUND, wire.SERVER_ID)
+    params = clients[0].params
+    views = {0: [0, 1, 2, 4, 5], 2: [0, 2, 3, 4, 5]}
+    answers = {
+        c: wire.parse(clients[c].handle("advertise_keys", wire.serialize(
+            header, [params, np.array(view, np.uint32)])))
+        for c, view in views.items()
+    }  # fmt: skip
+    statement = advertisement(ROUND, clients[0].session, 2, answers[2].raw(0), answers[2].raw(1))
+    with pytest.raises(BadSignature):  # client 2's keys, as client 0 would check them
+        ROSTER.verify(2, answers[2].raw(2), ADVERTISE_LABEL, statement)
+    assert clients[0].session != clients[2].session
+
+
+def test_a_consistency_signature_from_another_run_of_the_round_does_not_verify():
+    """Reviewer's attack: the same round number run twice let the server replay the first
+    run's signatures on a survivor set. The graph seed, derived from each run's fresh keys,
+    is in the statement."""
+    config = SecAggConfig(clip=0.1, quant_bits=8, max_weight=10.0)
+    first, _ = _at_unmask(config)
+    second, clients = _at_unmask(config)
+    replayed = dict(second.consistency_signatures)
+    replayed[1] = first.consistency_signatures[1]
+    with pytest.raises(SecAggAbort, match="does not verify"):
+        clients[4].handle("unmask", _unmask_request(second, replayed))
+
+
+class _LowOrderReceiveKey(SecAggClient):
+    """Signs an all-zero (low-order) receive key for client 1: sealing to it fails."""
+
+    def _advertise_keys(self, stage, message):
+        answer = wire.parse(super()._advertise_keys(stage, message))
+        channel, mask, signature, publics, signed = answer.fields
+        i = self.clients.index(1)
+        publics = publics[: 32 * i] + bytes(32) + publics[32 * (i + 1) :]
+        statement = receive_statement(self.round, self.session, self.client_id, 1, bytes(32))
+        mine = ROSTER.sign(IDENTITIES[self.client_id], RECEIVE_LABEL, statement)
+        signed = signed[: 64 * i] + mine + signed[64 * (i + 1) :]
+        return wire.serialize(answer.header, [channel, mask, signature, publics, signed])
+
+
+def test_a_client_signing_a_low_order_receive_key_is_dropped_not_its_victim():
+    """Reviewer's attack: the honest sender failed to seal to that key and was dropped. The
+    server now checks every receive key it relays and drops the client that made it."""
+    config = SecAggConfig(clip=0.1, quant_bits=8, max_weight=10.0)
+    server, clients = _sessions(6, config)
+    clients[5].__class__ = _LowOrderReceiveKey
+    outcome = run_protocol(server, InProcessTransport(clients))
+    assert outcome.revealed is not None and outcome.revealed.contributors == (0, 1, 2, 3, 4)

@@ -16,6 +16,7 @@ from fedshield.crypto.identity import SIGNATURE_BYTES, Identity
 from fedshield.crypto.keys import PUBLIC_KEY_BYTES, KeyPair
 from fedshield.crypto.prg import SEED_BYTES, add_mask, mask_scratch, ring_dtype
 from fedshield.errors import (
+    ConfigError,
     InvalidMessage,
     InvalidShare,
     SecAggAbort,
@@ -38,6 +39,7 @@ from fedshield.protocols.secagg.channels import (
 from fedshield.protocols.secagg.common import (
     ADVERTISE_LABEL,
     CONSISTENCY_LABEL,
+    MAX_CLIENT_ID,
     PROTOCOL_ID,
     STAGES,
     SecAggStage,
@@ -45,6 +47,7 @@ from fedshield.protocols.secagg.common import (
     advertisement,
     commit,
     graph_seed,
+    session_binding,
     survivor_statement,
 )
 from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
@@ -96,6 +99,8 @@ class SecAggClient(ClientSession):
         check_instance("identity", identity, Identity)
         if roster.key(client_id) != identity.public_bytes:
             raise ValueError(f"identity is not site {client_id}'s key on the roster")
+        if client_id > MAX_CLIENT_ID:
+            raise ConfigError(f"secagg takes client ids up to {MAX_CLIENT_ID} (Shamir points)")
         self.config, self.roster, self.identity = config, roster, identity
         self.ranges = ranges
         self.grid = config.grid(ranges)
@@ -119,7 +124,10 @@ class SecAggClient(ClientSession):
         strangers = sorted(set(self.clients) - set(self.roster.sites))
         if strangers or len(set(self.clients)) != len(self.clients):
             raise SecAggAbort(f"client {self.client_id}: the round lists non-members {strangers}")
+        if max(self.clients) > MAX_CLIENT_ID:
+            raise SecAggAbort(f"client {self.client_id}: ids above {MAX_CLIENT_ID} listed")
         self.n = len(self.clients)
+        self.session = session_binding(self.params, self.clients)  # in every signature
         pinned = max(self.config.min_clients, self.roster.min_sites)
         if self.n < pinned:
             raise SecAggAbort(
@@ -135,7 +143,7 @@ class SecAggClient(ClientSession):
         self.minimum = max(self.threshold, pinned)
         self.quorum = self.config.quorum(self.n)
         channel, mask = self.channel_keys.public_bytes, self.mask_keys.public_bytes
-        statement = advertisement(self.round, self.params, self.client_id, channel, mask)
+        statement = advertisement(self.round, self.session, self.client_id, channel, mask)
         signature = self.roster.sign(self.identity, ADVERTISE_LABEL, statement)
         # r_{me,p}: one key per listed client p, to receive p's shares under (and reveal if
         # p's shares are bad: it opens nothing else)
@@ -143,7 +151,7 @@ class SecAggClient(ClientSession):
         publics = [self.receive_keys[p].public_bytes for p in self.clients]
         signed = [
             self.roster.sign(self.identity, RECEIVE_LABEL, receive_statement(
-                self.round, self.params, self.client_id, p, key))
+                self.round, self.session, self.client_id, p, key))
             for p, key in zip(self.clients, publics, strict=True)
         ]  # fmt: skip
         return self._client_message(
@@ -178,14 +186,16 @@ class SecAggClient(ClientSession):
             raise WrongShape("the server relayed repeated public keys")
         self._check_signed_keys(advertised, signatures)
         degree = self.config.degree(self.n)
-        seed = graph_seed(self.round, self.params, self.channel_public_keys, self.mask_public_keys)
-        self.neighbours = neighbour_graph(advertised, degree, seed, only=me)[me]
+        self.graph_seed = graph_seed(
+            self.round, self.session, self.channel_public_keys, self.mask_public_keys
+        )
+        self.neighbours = neighbour_graph(advertised, degree, self.graph_seed, only=me)[me]
         holders = sorted((*self.neighbours, me))
         receive = self._holders_receive_keys(holders, message)
         sealed = self._sealed_shares(holders, receive)
         signed = [
             self.roster.sign(self.identity, SEALED_LABEL,
-                             sealed_statement(self.round, self.params, me, h, blob))
+                             sealed_statement(self.round, self.session, me, h, blob))
             for h, blob in zip(holders, sealed, strict=True)
         ]  # fmt: skip
         return self._client_message(
@@ -209,7 +219,7 @@ class SecAggClient(ClientSession):
         if keys[me] != self.receive_keys[me].public_bytes:
             raise WrongShape("the server relayed a receive key that is not this client's")
         for h in holders:
-            statement = receive_statement(self.round, self.params, h, me, keys[h])
+            statement = receive_statement(self.round, self.session, h, me, keys[h])
             self.roster.verify(h, signatures[h], RECEIVE_LABEL, statement)
         return [keys[h] for h in holders]
 
@@ -218,7 +228,7 @@ class SecAggClient(ClientSession):
         server's own, no swapped key)."""
         for c in advertised:
             statement = advertisement(
-                self.round, self.params, c, self.channel_public_keys[c], self.mask_public_keys[c]
+                self.round, self.session, c, self.channel_public_keys[c], self.mask_public_keys[c]
             )
             self.roster.verify(c, signatures[c], ADVERTISE_LABEL, statement)
 
@@ -260,7 +270,7 @@ class SecAggClient(ClientSession):
                 raise UnknownSender(f"client {me} got a share from non-neighbour {sender}")
             sealed = blob[i * SEALED_SHARE_BYTES : (i + 1) * SEALED_SHARE_BYTES]
             signature = signatures[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
-            statement = sealed_statement(self.round, self.params, sender, me, sealed)
+            statement = sealed_statement(self.round, self.session, sender, me, sealed)
             self.roster.verify(sender, signature, SEALED_LABEL, statement)  # else: the server
             try:
                 self.held_shares[sender] = self._open_shares(sender, sealed)
@@ -343,7 +353,7 @@ class SecAggClient(ClientSession):
                 f"against, omit it, or are fewer than the quorum of {self.quorum}"
             )
         self.masked_input_survivors = survivors
-        statement = survivor_statement(self.round, self.params, survivors)
+        statement = survivor_statement(self.round, self.session + self.graph_seed, survivors)
         return self._client_message(
             stage, [self.roster.sign(self.identity, CONSISTENCY_LABEL, statement)]
         )
@@ -364,7 +374,7 @@ class SecAggClient(ClientSession):
                 f"client {me}: {len(signers)} sites signed the survivor set, the quorum is "
                 f"{self.quorum}"
             )
-        statement = survivor_statement(self.round, self.params, survivors)
+        statement = survivor_statement(self.round, self.session + self.graph_seed, survivors)
         for signer, signature in _split(blob, signers, SIGNATURE_BYTES).items():
             try:
                 self.roster.verify(signer, signature, CONSISTENCY_LABEL, statement)

@@ -17,6 +17,7 @@ from fedshield.protocols.ids import ProtocolId, StrEnum
 __all__ = [
     "ADVERTISE_LABEL",
     "CONSISTENCY_LABEL",
+    "MAX_CLIENT_ID",
     "PAIR",
     "PROTOCOL_ID",
     "STAGES",
@@ -27,6 +28,7 @@ __all__ = [
     "graph_seed",
     "ids",
     "mask_info",
+    "session_binding",
     "survivor_statement",
 ]
 
@@ -46,6 +48,7 @@ STAGES: tuple[SecAggStage, ...] = tuple(SecAggStage)
 PAIR = struct.Struct("<II")
 
 
+MAX_CLIENT_ID = 65534  # a client's Shamir point is its id + 1, at most 65535
 ADVERTISE_LABEL = b"secagg/advertise-keys"  # a site's signature on its round keys
 CONSISTENCY_LABEL = b"secagg/consistency"  # a site's signature on the set it unmasks for
 
@@ -56,9 +59,19 @@ def advertisement(round: int, params: bytes, client: int, channel: bytes, mask: 
     return struct.pack("<II", round, client) + params + channel + mask
 
 
-def survivor_statement(round: int, params: bytes, survivors) -> bytes:
-    """What a client signs at ``consistency``: the round's masked-input survivors ``U_3``."""
-    return struct.pack("<I", round) + params + ids(survivors).astype("<u4").tobytes()
+def survivor_statement(round: int, session: bytes, survivors) -> bytes:
+    """What a client signs at ``consistency``: the round's masked-input survivors ``U_3``;
+    ``session``: the session binding and the graph seed (derived from this session's fresh
+    keys, so a signature never carries over to another run of the same round)."""
+    return struct.pack("<I", round) + session + ids(survivors).astype("<u4").tobytes()
+
+
+def session_binding(params: bytes, clients) -> bytes:
+    """What every signature of a round is bound to besides the round number: the parameters
+    and the clients the server listed. Two clients shown different lists (so different
+    ``n``, thresholds and quorums) accept none of each other's keys."""
+    listed = ids(clients).astype("<u4").tobytes()
+    return hashlib.sha256(b"fedshield/secagg/session" + params + listed).digest()
 
 
 def graph_seed(round: int, params: bytes, channel: dict[int, bytes], mask: dict[int, bytes]):

@@ -15,6 +15,7 @@ from fedshield.crypto.identity import SIGNATURE_BYTES
 from fedshield.crypto.keys import PUBLIC_KEY_BYTES, validate_public_key
 from fedshield.crypto.prg import SEED_BYTES, ring_dtype
 from fedshield.errors import (
+    ConfigError,
     FalseComplaint,
     InvalidMessage,
     InvalidShare,
@@ -37,12 +38,14 @@ from fedshield.protocols.secagg.channels import (
 from fedshield.protocols.secagg.common import (
     ADVERTISE_LABEL,
     CONSISTENCY_LABEL,
+    MAX_CLIENT_ID,
     PROTOCOL_ID,
     STAGES,
     SecAggStage,
     advertisement,
     graph_seed,
     ids,
+    session_binding,
     survivor_statement,
 )
 from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
@@ -74,15 +77,17 @@ class SecAggServer(ServerSession):
         check_instance("config", config, SecAggConfig)
         check_instance("roster", roster, Roster, "Roster.enrol or Roster.load")
         strangers = sorted(set(self.clients) - set(roster.sites))
-        if strangers:
-            raise ValueError(f"clients {strangers} are not on the federation's roster")
+        if strangers or max(self.clients) > MAX_CLIENT_ID:
+            raise ConfigError(f"clients must be on the federation's roster (not: {strangers}), "
+                             f"with ids up to {MAX_CLIENT_ID} (Shamir points)")  # fmt: skip
         n = len(self.clients)
-        self.config, self.roster = config, roster
-        self.ranges = ranges
+        self.config, self.roster, self.ranges = config, roster, ranges
         self.grid = config.grid(ranges)
         if ranges is not None:
             ranges.check_covers(dim)
         self.params = config.digest(ranges)  # bound into every pairwise mask
+        self.session = session_binding(self.params, self.clients)  # in every signature
+        self.graph_seed = b""  # derived from the advertised keys at share_keys
         # the update, the weight's digits (and a count), the range statistic
         self.length = dim + config.tail_values + self.grid.stat_values
         self.bits = config.bits(n)
@@ -108,8 +113,7 @@ class SecAggServer(ServerSession):
         self.commitments: dict[int, bytes] = {}  # client -> hash of its self-mask seed
         self.unmasked: np.ndarray | None = None  # the revealed integer sum
         # (owner, holder) of every share that disagreed with the decoded secret: the holder
-        # forged it, or the owner dealt it wrong (without verifiable secret sharing the
-        # server cannot tell which), so neither is named alone
+        # forged it, or the owner dealt it wrong (only verifiable secret sharing could tell)
         self.inconsistent: set[tuple[int, int]] = set()
 
     def describe(self) -> dict:
@@ -155,7 +159,7 @@ class SecAggServer(ServerSession):
         validate_public_key(channel_public_key)
         validate_public_key(mask_public_key)
         statement = advertisement(
-            self.round, self.params, sender, channel_public_key, mask_public_key
+            self.round, self.session, sender, channel_public_key, mask_public_key
         )
         self.roster.verify(sender, signature, ADVERTISE_LABEL, statement)
         if (
@@ -204,8 +208,8 @@ class SecAggServer(ServerSession):
             advertised = sorted(self.alive)
             channel = {c: self.channel_public_keys[c] for c in advertised}
             mask = {c: self.mask_public_keys[c] for c in advertised}
-            seed = graph_seed(self.round, self.params, channel, mask)
-            self.graph = neighbour_graph(advertised, self.degree, seed)
+            self.graph_seed = graph_seed(self.round, self.session, channel, mask)
+            self.graph = neighbour_graph(advertised, self.degree, self.graph_seed)
             edges = {(h, c) for c in advertised for h in (*self.graph[c], c)}
             for edge in edges - set(checked):
                 checked[edge] = self._receive_key_signed(*edge)
@@ -216,9 +220,12 @@ class SecAggServer(ServerSession):
             self._check_threshold(stage)
 
     def _receive_key_signed(self, holder: int, sender: int) -> bool:
+        """Whether ``holder``'s receive key for ``sender`` is signed and usable (a low-order
+        point would make the honest sender fail to seal, and drop it)."""
         key, signature = self.receive_keys[holder][sender]
-        statement = receive_statement(self.round, self.params, holder, sender, key)
+        statement = receive_statement(self.round, self.session, holder, sender, key)
         try:
+            validate_public_key(key)
             self.roster.verify(holder, signature, RECEIVE_LABEL, statement)
         except InvalidMessage:
             return False
@@ -237,7 +244,7 @@ class SecAggServer(ServerSession):
         for i, j in enumerate(receivers.tolist()):
             sealed = blob[i * SEALED_SHARE_BYTES : (i + 1) * SEALED_SHARE_BYTES]
             signature = signed[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
-            statement = sealed_statement(self.round, self.params, sender, j, sealed)
+            statement = sealed_statement(self.round, self.session, sender, j, sealed)
             self.roster.verify(sender, signature, SEALED_LABEL, statement)
             self.mailbox.setdefault(j, {})[sender] = (sealed, signature)
 
@@ -312,7 +319,9 @@ class SecAggServer(ServerSession):
     def _take_consistency_signature(self, stage: str, sender: int, message: wire.Message):
         message.require_fields(1)
         signature = message.raw(0, length=SIGNATURE_BYTES)
-        statement = survivor_statement(self.round, self.params, self.masked_input_survivors)
+        statement = survivor_statement(
+            self.round, self.session + self.graph_seed, self.masked_input_survivors
+        )
         self.roster.verify(sender, signature, CONSISTENCY_LABEL, statement)
         self.consistency_signatures[sender] = signature
 
