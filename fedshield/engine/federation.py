@@ -95,8 +95,9 @@ class Federation:
         self.roster, identities = enrol(protect, ids)
         protect = protect.with_roster(self.roster)
         protect = setup_protocol(
-            protect, clients=ids, dim=shared.protocol_dim, tensors=len(self.spec.sizes)
-        )
+            protect, clients=ids, dim=shared.protocol_dim, tensors=len(self.spec.sizes),
+            identities=identities,
+        )  # fmt: skip
         model = GlobalModel(
             spec=self.spec, vector=self.spec.flatten(self.model), server_opt=server_opt,
             compressor=shared, adaptive_ranges=protect.adaptive,

@@ -7,6 +7,7 @@ server rejects, is a dropout; the server session decides whether the round can s
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fedshield.crypto.identity import Identity
@@ -115,16 +116,25 @@ def enrol(spec: ProtocolSpec, sites: list[int]) -> tuple[Roster, dict[int, Ident
 
 
 def setup_protocol(
-    spec: ProtocolSpec, *, clients: list[int], dim: int, tensors: int = 0
+    spec: ProtocolSpec,
+    *,
+    clients: list[int],
+    dim: int,
+    identities: Mapping[int, Identity],
+    tensors: int = 0,
 ) -> ProtocolSpec:
     """Run ``spec``'s one-time setup in this process (``he``: the key-holder site makes the
-    key and seals it to the others; the server only relays). Returns the protocol ready for
-    its first round; a protocol without setup comes back as it is. ``tensors``: how many
-    tensors the exchanged vector holds (adaptive ranges)."""
+    key and seals it to the others, each signing with its identity in ``identities``; the
+    server only relays). Returns the protocol ready for its first round; a protocol without
+    setup comes back as it is. ``tensors``: how many tensors the exchanged vector holds
+    (adaptive ranges)."""
     setup = spec.key_setup(clients=clients, dim=dim, tensors=tensors)
     if setup is None:
         return spec
-    sites = {c: setup.client(c) for c in clients}
+    missing = sorted(set(clients) - set(identities))
+    if missing:
+        raise ConfigError(f"{spec.name}: no identity key for sites {missing}")
+    sites = {c: setup.client(c, identities[c]) for c in clients}
     outcome = run_protocol(setup.server(), InProcessTransport(sites))
     if outcome.revealed is None or len(outcome.revealed.contributors) != len(clients):
         raise ConfigError(f"{spec.name}: key distribution failed ({outcome.aborted})")

@@ -231,7 +231,8 @@ class SecAggSpec(ProtocolSpec):
 @dataclass(frozen=True)
 class KeySetup:
     """``he``'s one-time key distribution for ``clients``: run :meth:`server` against one
-    :meth:`client` per site over any transport, then :meth:`bind` each process's keyrings."""
+    :meth:`client` per site (with its identity) over any transport, then :meth:`bind` each
+    process's keyrings. The spec needs its roster (:meth:`ProtocolSpec.with_roster`)."""
 
     spec: HESpec
     plan: HEPlan
@@ -248,12 +249,22 @@ class KeySetup:
             raise ValueError(f"holder must be one of clients {clients}, got {self.holder}")
 
     def server(self) -> HEKeySetupServer:
+        """The server's session (it verifies every site's signed transport key)."""
         return HEKeySetupServer(round=0, clients=self.clients, dim=1, plan=self.plan,
-                                holder=self.holder)  # fmt: skip
+                                holder=self.holder, roster=self._roster())  # fmt: skip
 
-    def client(self, client_id: int) -> HEKeySetupClient:
+    def client(self, client_id: int, identity: Identity) -> HEKeySetupClient:
+        """Site ``client_id``'s session, signing with its ``identity``."""
         return HEKeySetupClient(client_id=client_id, plan=self.plan, holder=self.holder,
-                                members=self.clients)  # fmt: skip
+                                roster=self._roster(), identity=identity)  # fmt: skip
+
+    def _roster(self) -> Roster:
+        if self.spec.roster is None:
+            raise ConfigError(
+                "he: enrol the sites first (Roster.enrol or Roster.load, then "
+                "spec.with_roster(roster)): the key is sealed only to roster members"
+            )
+        return self.spec.roster
 
     def bind(self, keyrings: dict[int, HEKeyring]) -> HESpec:
         """The protocol bound to the plan and the keyrings this process holds (none on the

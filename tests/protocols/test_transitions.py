@@ -63,8 +63,12 @@ def _he():
 
 
 def _he_keys():
-    server = HEKeySetupServer(round=0, clients=CLIENTS, dim=1, plan=_HE_PLAN, holder=0)
-    clients = {c: HEKeySetupClient(client_id=c, plan=_HE_PLAN, holder=0) for c in CLIENTS}
+    server = HEKeySetupServer(
+        round=0, clients=CLIENTS, dim=1, plan=_HE_PLAN, holder=0, roster=ROSTER
+    )
+    clients = {
+        c: HEKeySetupClient(client_id=c, plan=_HE_PLAN, holder=0, **signing_as(c)) for c in CLIENTS
+    }
     return server, clients
 
 

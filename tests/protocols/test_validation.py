@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from enrolment import ROSTER, signing_as
+from enrolment import IDENTITIES, ROSTER, signing_as
 
 from fedshield.errors import ConfigError, NonFiniteValues
 from fedshield.protocols.he import HEClient, HEServer
@@ -177,18 +177,42 @@ def test_protocol_specific_session_arguments():
 
 
 def test_he_key_setup_arguments():
+    server = {"round": 0, "dim": 1, "plan": PLAN, "roster": ROSTER}
     with pytest.raises(ValueError, match="holder"):
-        HEKeySetupServer(round=0, clients=[0, 1], dim=1, plan=PLAN, holder=2)
+        HEKeySetupServer(clients=[0, 1], holder=2, **server)
     with pytest.raises(TypeError, match="holder"):
-        HEKeySetupServer(round=0, clients=[0, 1], dim=1, plan=PLAN, holder="0")
+        HEKeySetupServer(clients=[0, 1], holder="0", **server)
+    with pytest.raises(ValueError, match="roster"):
+        HEKeySetupServer(clients=[0, 16], holder=0, **server)
+    with pytest.raises(TypeError, match="roster"):
+        HEKeySetupServer(clients=[0, 1], holder=0, **{**server, "roster": [0, 1]})
+    with pytest.raises(TypeError, match="roster"):
+        HEKeySetupServer(round=0, clients=[0, 1], dim=1, plan=PLAN, holder=0)
     with pytest.raises(TypeError, match="plan"):
-        HEKeySetupClient(client_id=0, plan=HEConfig(), holder=0)
+        HEKeySetupClient(client_id=0, plan=HEConfig(), holder=0, **signing_as(0))
     with pytest.raises(TypeError, match="holder"):
-        HEKeySetupClient(client_id=0, plan=PLAN, holder=None)
+        HEKeySetupClient(client_id=0, plan=PLAN, holder=None, **signing_as(0))
+    with pytest.raises(ValueError, match="holder"):
+        HEKeySetupClient(client_id=0, plan=PLAN, holder=16, **signing_as(0))
+    with pytest.raises(TypeError, match="identity"):
+        HEKeySetupClient(client_id=0, plan=PLAN, holder=0, roster=ROSTER)
+    with pytest.raises(TypeError, match="identity"):
+        HEKeySetupClient(client_id=0, plan=PLAN, holder=0, roster=ROSTER, identity=b"k" * 32)
+    with pytest.raises(ValueError, match="identity"):
+        HEKeySetupClient(client_id=1, plan=PLAN, holder=0, **signing_as(0))
+    with pytest.raises(TypeError, match="roster"):
+        HEKeySetupClient(client_id=0, plan=PLAN, holder=0, roster=None, identity=IDENTITIES[0])
     with pytest.raises(TypeError, match="plan"):
         HEKeyring(HEConfig(), None, None)
     spec = get_protocol("he", max_weight=10.0)
     assert KeySetup(spec, PLAN, [0, 1]).clients == [0, 1]
+    with pytest.raises(ConfigError, match="enrol"):  # no roster bound: no key setup
+        KeySetup(spec, PLAN, [0, 1]).server()
+    with pytest.raises(ConfigError, match="enrol"):
+        KeySetup(spec, PLAN, [0, 1]).client(0, IDENTITIES[0])
+    bound = KeySetup(spec.with_roster(ROSTER), PLAN, [0, 1])
+    assert bound.client(1, IDENTITIES[1]).roster is ROSTER
+    assert bound.server().roster is ROSTER
     with pytest.raises(TypeError, match="spec"):
         KeySetup(get_protocol("plain"), PLAN, [0, 1])
     with pytest.raises(TypeError, match="plan"):

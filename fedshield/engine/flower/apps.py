@@ -136,8 +136,9 @@ def _round_start(server, he: bool) -> bytes:
 
 
 def _distribute_he_keys(server, grid: Grid, nodes: dict[int, int], *, timeout: float) -> None:
-    """The key-holder site makes the HE key and seals it to every other site; the server
-    relays. The server's protocol is then bound to the parameters (and holds no key)."""
+    """The key-holder site makes the HE key and seals it to every other site whose signed
+    transport key verifies against the roster; the server relays (and checks the signatures:
+    the roster must be bound first). Its protocol is then bound to the parameters (no key)."""
     from fedshield.engine.flower.transport import FlowerTransport
     from fedshield.engine.runner import run_protocol
 

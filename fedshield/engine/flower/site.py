@@ -85,7 +85,7 @@ class SiteProcess:
             self.key_setup = self.runtime.protocol.key_setup(
                 clients=self.sites, dim=dim, tensors=len(self.runtime.spec.sizes)
             )
-            self.key_session = self.key_setup.client(self.site)
+            self.key_session = self.key_setup.client(self.site, self.runtime.identity)
             return b""
         if self.key_session is None:
             raise RuntimeError("no key setup in progress")

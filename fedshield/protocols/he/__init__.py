@@ -2,9 +2,12 @@
 ciphertexts it cannot read and sends the encrypted sum back; the sites decrypt it.
 
 Threat model. The server is honest-but-curious: it sees ciphertexts, their sizes and who sent
-them, and it adds them; it never holds the secret key (key distribution:
-:mod:`fedshield.protocols.he.keys`), so it learns nothing of any update nor of the aggregate. Every
-site holds the same secret key, so **a server colluding with any one site can decrypt every
+them, and it adds them; it never holds the secret key, so it learns nothing of any update nor
+of the aggregate. The key distribution (:mod:`fedshield.protocols.he.keys`) holds against a
+malicious server too: the key holder seals the key only to roster members whose identity signed
+their transport key, and a site installs only a key sealed under the key holder's signed
+transport key, so the server can neither obtain the key nor make a site use one of its own.
+Every site holds the same secret key, so **a server colluding with any one site can decrypt every
 site's update**, exactly as in NVIDIA FLARE's HE; use ``secagg`` where that matters. Ciphertexts
 carry no integrity: a site (or the network, without TLS) can send a well-formed but wrong
 ciphertext; the server checks only that each is well-formed and under the round's parameters.
