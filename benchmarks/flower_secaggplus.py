@@ -51,6 +51,8 @@ class _LocalGrid(Grid):
         self.apps, self.contexts = apps, contexts
         self.drop = drop or {}
         self.client_seconds: dict[int, float] = dict.fromkeys(apps, 0.0)
+        self.slowest_per_exchange: list[float] = []  # the critical path's client part
+        self.copy_seconds = 0.0  # the simulated transport's copies: neither side's work
         self.bytes_up: dict[int, int] = dict.fromkeys(apps, 0)
         self._run = None
 
@@ -74,18 +76,23 @@ class _LocalGrid(Grid):
         raise NotImplementedError("this grid only supports send_and_receive")
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout=None):
-        replies = []
+        replies, slowest = [], 0.0
         for message in messages:
             node = message.metadata.dst_node_id
             stage = message.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE)
             if node in self.drop.get(str(stage), ()):
                 continue  # the node is gone: no reply, as with a timeout
+            start = time.perf_counter()
             delivered = copy.deepcopy(message)  # a real transport gives each node its own copy
+            self.copy_seconds += time.perf_counter() - start
             start = time.perf_counter()
             reply = self.apps[node](delivered, self.contexts[node])
-            self.client_seconds[node] += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            self.client_seconds[node] += seconds
+            slowest = max(slowest, seconds)
             self.bytes_up[node] += _content_bytes(reply)
             replies.append(reply)
+        self.slowest_per_exchange.append(slowest)
         return replies
 
 
@@ -180,10 +187,13 @@ def run_flower_secaggplus(
     )
     (aggregate,) = parameters_to_ndarrays(result)
     client_s = float(np.mean(list(grid.client_seconds.values())))
+    server_s = wall - sum(grid.client_seconds.values()) - grid.copy_seconds
     return {
         "aggregate": aggregate,
         "round_s": wall,
-        "server_s": wall - sum(grid.client_seconds.values()),
+        "server_s": server_s,
+        # as deployed: each exchange waits for its slowest node, plus the server's own work
+        "critical_s": server_s + sum(grid.slowest_per_exchange),
         "client_s": client_s,
         "bytes_up_per_client": float(np.mean(list(grid.bytes_up.values()))),
     }
