@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from enrolment import signing_as
 
+from fedshield import wire
 from fedshield.crypto.keys import KeyPair
 from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
@@ -111,3 +112,32 @@ def test_a_revealed_receive_key_opens_only_the_accused_blob():
             server.mailbox[4][other][0], round=1, sender=other, holder=4,
             threshold=server.threshold,
         )  # fmt: skip
+
+
+class _UnsignedLiar(SecAggClient):
+    """Claims client 1's (signed, sound) blob carried no valid signature."""
+
+    def _masked_input(self, stage, message):
+        answer = wire.parse(super()._masked_input(stage, message))
+        accused, evidence, _, packed = answer.fields
+        lie = np.array([1], dtype=np.uint32)
+        return wire.serialize(answer.header, [accused, evidence, lie, packed])
+
+
+class _KeyRefuser(SecAggClient):
+    """Claims client 1's receive key for it is unusable, and seals nothing to client 1."""
+
+    def _holders_receive_keys(self, holders, message):
+        good, keys, unusable = super()._holders_receive_keys(holders, message)
+        i = good.index(1)
+        return good[:i] + good[i + 1 :], keys[:i] + keys[i + 1 :], [*unusable, 1]
+
+
+@pytest.mark.parametrize("liar", [_UnsignedLiar, _KeyRefuser], ids=["unsigned", "key"])
+def test_a_client_lying_that_a_peer_did_not_sign_is_dropped_not_the_peer(liar):
+    """The server checks these claims only when made (signatures are not checked on the
+    honest path): the liar, not client 1, leaves the round."""
+    server, clients, outcome = _round(4, liar)
+    stage = 2 if liar is _UnsignedLiar else 1
+    assert "FalseComplaint" in outcome.stages[stage].rejected[4]
+    _assert_exact_sum_of(server, clients, outcome, [0, 1, 2, 3, 5])

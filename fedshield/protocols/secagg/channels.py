@@ -2,14 +2,19 @@
 be checked. The protocol, its threat model and the legend: :mod:`fedshield.protocols.secagg`.
 
 Each client advertises, besides its channel key ``c_u``, one fresh *receive* key ``r_{v,u}``
-per listed peer ``u`` (signed with its identity, like its other keys). A sender ``u`` seals
-its shares for holder ``v`` under ``HKDF(X25519(c_u, r_{v,u}))`` with a label naming the
-direction ``u -> v``, and signs the sealed blob; the server checks the signature before it
-relays the blob. If the blob does not open, ``v`` complains by revealing ``r_{v,u}``'s private
-key. That key opens nothing but this one blob (it serves no other pair and no other
-direction), so the server can open it too and judge: if the shares are sound the complaint
-was false and the accuser is dropped; if not, the sender dealt bad shares (its signature
-proves it sent that blob) and the sender is dropped. Either way the round goes on.
+per listed peer ``u`` (signed with its identity, like its other keys). A sender ``u`` checks
+each holder's receive key (signed, a usable point) and seals its shares for holder ``v``
+under ``HKDF(X25519(c_u, r_{v,u}))`` with a label naming the direction ``u -> v``, and signs
+the sealed blob. A blob that opens came from its sender (no one else holds the key), so on
+the honest path nobody checks these signatures: the work is done only when something is
+wrong. A holder whose blob does not open checks the sender's signature: if it holds, the
+holder reveals ``r_{v,u}``'s private key, which opens nothing but this one blob (it serves no
+other pair and no other direction), so the server opens it too and judges: sound shares drop
+the accuser, bad ones the sender (its signature proves it sent that blob). If the signature
+does not hold, the holder reveals nothing (a server could otherwise forge blobs to collect
+keys) and the server checks the signature itself. A sender that finds a holder's receive
+key unusable seals nothing to it and says so; the server checks that claim. Whoever is at
+fault is dropped, and the round goes on.
 """
 
 from __future__ import annotations
@@ -17,16 +22,19 @@ from __future__ import annotations
 import struct
 
 from fedshield.crypto import shamir
-from fedshield.crypto.keys import KeyPair, open_share, seal_share
-from fedshield.errors import InvalidShare, WrongShape
+from fedshield.crypto.keys import KeyPair, open_share, seal_share, validate_public_key
+from fedshield.errors import InvalidMessage, InvalidShare, WrongShape
+from fedshield.protocols.roster import Roster
 from fedshield.protocols.secagg.common import PAIR
 
 __all__ = [
     "RECEIVE_LABEL",
     "SEALED_LABEL",
     "SEALED_SHARE_BYTES",
+    "blob_signed",
     "complaint_holds",
     "open_shares",
+    "receive_key_usable",
     "receive_statement",
     "seal_shares",
     "sealed_statement",
@@ -48,6 +56,35 @@ def receive_statement(round: int, params: bytes, holder: int, sender: int, key: 
 def sealed_statement(round: int, params: bytes, sender: int, holder: int, sealed: bytes) -> bytes:
     """What ``sender`` signs for the shares it sealed to ``holder``."""
     return struct.pack("<III", round, sender, holder) + params + sealed
+
+
+def receive_key_usable(
+    roster: Roster, key: bytes, signature: bytes, *, round: int, session: bytes, holder: int,
+    sender: int,
+) -> bool:  # fmt: skip
+    """Whether ``holder`` signed ``key`` as its receive key for ``sender`` and it is a usable
+    point (a sender checks each before sealing; the server, only when a sender says no)."""
+    try:
+        validate_public_key(key)
+        roster.verify(holder, signature, RECEIVE_LABEL,
+                      receive_statement(round, session, holder, sender, key))  # fmt: skip
+    except InvalidMessage:
+        return False
+    return True
+
+
+def blob_signed(
+    roster: Roster, sealed: bytes, signature: bytes, *, round: int, session: bytes, sender: int,
+    holder: int,
+) -> bool:  # fmt: skip
+    """Whether ``sender`` signed the blob it sealed to ``holder`` (a holder checks it only
+    for a blob that does not open, before revealing its key; the server, only when told)."""
+    try:
+        roster.verify(sender, signature, SEALED_LABEL,
+                      sealed_statement(round, session, sender, holder, sealed))  # fmt: skip
+    except InvalidMessage:
+        return False
+    return True
 
 
 def share_key(own: KeyPair, peer_public: bytes, *, round: int, sender: int, holder: int) -> bytes:

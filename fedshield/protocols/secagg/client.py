@@ -30,7 +30,9 @@ from fedshield.protocols.secagg.channels import (
     RECEIVE_LABEL,
     SEALED_LABEL,
     SEALED_SHARE_BYTES,
+    blob_signed,
     open_shares,
+    receive_key_usable,
     receive_statement,
     seal_shares,
     sealed_statement,
@@ -190,8 +192,9 @@ class SecAggClient(ClientSession):
             self.round, self.session, self.channel_public_keys, self.mask_public_keys
         )
         self.neighbours = neighbour_graph(advertised, degree, self.graph_seed, only=me)[me]
-        holders = sorted((*self.neighbours, me))
-        receive = self._holders_receive_keys(holders, message)
+        holders, receive, unusable = self._holders_receive_keys(
+            sorted((*self.neighbours, me)), message
+        )
         sealed = self._sealed_shares(holders, receive)
         signed = [
             self.roster.sign(self.identity, SEALED_LABEL,
@@ -205,12 +208,15 @@ class SecAggClient(ClientSession):
                 b"".join(sealed),
                 commit(self.self_mask_seed, round=self.round, client=me),
                 b"".join(signed),
+                np.array(unusable, dtype=np.uint32),
             ],
         )
 
-    def _holders_receive_keys(self, holders: list[int], message: wire.Message) -> list[bytes]:
-        """The receive keys each holder made for this client (fields 4 and 5, in holder
-        order), each checked against its holder's identity."""
+    def _holders_receive_keys(self, holders: list[int], message: wire.Message):
+        """``(holders, their receive keys, unusable)``: the receive keys each holder made for
+        this client (fields 4 and 5, in holder order). A key that is not signed by its holder
+        or not a usable point makes that holder unusable: no shares are sealed to it, and the
+        server, told, checks the claim and drops whichever of the two is at fault."""
         me, size = self.client_id, PUBLIC_KEY_BYTES
         keys = _split(message.raw(4, length=len(holders) * size), holders)
         signatures = _split(
@@ -218,10 +224,13 @@ class SecAggClient(ClientSession):
         )
         if keys[me] != self.receive_keys[me].public_bytes:
             raise WrongShape("the server relayed a receive key that is not this client's")
-        for h in holders:
-            statement = receive_statement(self.round, self.session, h, me, keys[h])
-            self.roster.verify(h, signatures[h], RECEIVE_LABEL, statement)
-        return [keys[h] for h in holders]
+        usable = {
+            h: receive_key_usable(self.roster, keys[h], signatures[h], round=self.round,
+                                  session=self.session, holder=h, sender=me)
+            for h in holders
+        }  # fmt: skip
+        good = [h for h in holders if usable[h]]
+        return good, [keys[h] for h in good], [h for h in holders if not usable[h]]
 
     def _check_signed_keys(self, advertised: list[int], signatures: dict[int, bytes]) -> None:
         """Every relayed key pair must be signed by its site's identity (no key of the
@@ -264,25 +273,29 @@ class SecAggClient(ClientSession):
         ):
             raise SecAggAbort(f"client {me}: the survivor list is inconsistent or too small")
         self.shared_keys_survivors = shared_keys_survivors  # U_2, remembered for the unmask
-        complaints = []
+        complaints, unsigned = [], []
         for i, sender in enumerate(senders):
             if sender not in (*self.neighbours, me) or sender not in shared_keys_survivors:
                 raise UnknownSender(f"client {me} got a share from non-neighbour {sender}")
             sealed = blob[i * SEALED_SHARE_BYTES : (i + 1) * SEALED_SHARE_BYTES]
-            signature = signatures[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
-            statement = sealed_statement(self.round, self.session, sender, me, sealed)
-            self.roster.verify(sender, signature, SEALED_LABEL, statement)  # else: the server
-            try:
+            try:  # a blob that opens came from its sender: only its key could seal it
                 self.held_shares[sender] = self._open_shares(sender, sealed)
             except InvalidShare:
-                complaints.append(sender)  # the server judges it from the revealed key
+                # only a signed blob is worth this client's key as proof (else the server
+                # could forge blobs to collect keys); an unsigned one it reports without one
+                signature = signatures[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
+                signed = blob_signed(self.roster, sealed, signature, round=self.round,
+                                     session=self.session, sender=sender, holder=me)  # fmt: skip
+                (complaints if signed else unsigned).append(sender)
         # no mask with a peer whose shares were bad: the server drops that peer
-        peers = [j for j in self.neighbours if j in shared_keys_survivors and j not in complaints]
+        accused = complaints + unsigned
+        peers = [j for j in self.neighbours if j in shared_keys_survivors and j not in accused]
         masked = self._masked_vector(peers)
         evidence = b"".join(self.receive_keys[s].private_bytes() for s in complaints)
-        return self._client_message(
-            stage, [np.array(complaints, dtype=np.uint32), evidence, ring.pack(masked, self.bits)]
-        )
+        return self._client_message(stage, [
+            np.array(complaints, dtype=np.uint32), evidence, np.array(unsigned, dtype=np.uint32),
+            ring.pack(masked, self.bits),
+        ])  # fmt: skip
 
     def _open_shares(self, sender: int, sealed: bytes) -> tuple[shamir.Share, shamir.Share]:
         """Open ``e_{sender,me}``: this client's shares of the sender's ``b`` and ``s^SK``."""
@@ -323,16 +336,9 @@ class SecAggClient(ClientSession):
         scratch = mask_scratch(length, self.bits)
         add_mask(masked, self.self_mask_seed, scratch=scratch)
         for j in peers:
-            add_pairwise_mask(
-                masked,
-                self.mask_keys,
-                self.mask_public_keys[j],
-                round=self.round,
-                me=self.client_id,
-                peer=j,
-                params=self.params,
-                scratch=scratch,
-            )
+            add_pairwise_mask(masked, self.mask_keys, self.mask_public_keys[j], round=self.round,
+                              me=self.client_id, peer=j, params=self.params,
+                              scratch=scratch)  # fmt: skip
         masked &= masked.dtype.type((1 << self.bits) - 1)
         return masked
 

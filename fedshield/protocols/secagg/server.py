@@ -17,7 +17,6 @@ from fedshield.crypto.prg import SEED_BYTES, ring_dtype
 from fedshield.errors import (
     ConfigError,
     FalseComplaint,
-    InvalidMessage,
     InvalidShare,
     ProtocolAbort,
     SecAggAbort,
@@ -28,12 +27,10 @@ from fedshield.protocols.base import Revealed, ServerSession, broadcasts, closes
 from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.roster import Roster
 from fedshield.protocols.secagg.channels import (
-    RECEIVE_LABEL,
-    SEALED_LABEL,
     SEALED_SHARE_BYTES,
+    blob_signed,
     complaint_holds,
-    receive_statement,
-    sealed_statement,
+    receive_key_usable,
 )
 from fedshield.protocols.secagg.common import (
     ADVERTISE_LABEL,
@@ -103,6 +100,7 @@ class SecAggServer(ServerSession):
         self.mailbox: dict[int, dict[int, tuple[bytes, bytes]]] = {}
         # holder -> sender -> (the receive key the holder made for the sender, its signature)
         self.receive_keys: dict[int, dict[int, tuple[bytes, bytes]]] = {}
+        self.unusable: set[int] = set()  # clients whose receive key a sender proved unusable
         self.masked: dict[int, bytes] = {}  # packed masked inputs, already in masked_sum
         self.masked_sum = np.zeros(self.length, dtype=ring_dtype(self.bits))
         self.complaints: dict[int, set[int]] = {}  # complainer -> senders of bad shares
@@ -138,7 +136,7 @@ class SecAggServer(ServerSession):
     def _max_message_bytes(self, stage: str) -> int:
         n = len(self.clients)
         if stage == SecAggStage.MASKED_INPUT:
-            return 256 + (4 + PUBLIC_KEY_BYTES) * n + self._packed_len()
+            return 256 + (8 + PUBLIC_KEY_BYTES) * n + self._packed_len()
         return 256 + n * (8 + 2 * SEALED_SHARE_BYTES + 2 * shamir.SHARE_BYTES)
 
     def _to_all_alive(self, stage: str, fields: list) -> dict[int, bytes]:
@@ -183,59 +181,38 @@ class SecAggServer(ServerSession):
     # --- share_keys --------------------------------------------------------------------------
     @broadcasts(SecAggStage.SHARE_KEYS)
     def _relay_keys(self, stage: str) -> dict[int, bytes]:
-        self._drop_unsigned_receive_keys(stage)
         advertised = sorted(self.alive)  # U_1
-        keys = [
-            ids(advertised),
-            b"".join(self.channel_public_keys[c] for c in advertised),
-            b"".join(self.mask_public_keys[c] for c in advertised),
-            b"".join(self.key_signatures[c] for c in advertised),
-        ]
+        channel = {c: self.channel_public_keys[c] for c in advertised}
+        mask = {c: self.mask_public_keys[c] for c in advertised}
+        self.graph_seed = graph_seed(self.round, self.session, channel, mask)
+        self.graph = neighbour_graph(advertised, self.degree, self.graph_seed)
+        keys = [ids(advertised), b"".join(channel.values()), b"".join(mask.values()),
+                b"".join(self.key_signatures[c] for c in advertised)]  # fmt: skip
         out = {}
-        for c in advertised:  # and the receive keys c's holders made for it
+        for c in advertised:  # and the receive keys c's holders made for it (unchecked here)
             holders = sorted((*self.graph[c], c))
             receive = [self.receive_keys[h][c] for h in holders]
             out[c] = self._server_message(stage, [*keys, b"".join(k for k, _ in receive),
                                                   b"".join(sig for _, sig in receive)])  # fmt: skip
         return out
 
-    def _drop_unsigned_receive_keys(self, stage: str) -> None:
-        """Make the neighbour graph over the advertised clients; drop any client whose receive
-        key for one of its neighbours is not signed (a sender would refuse to seal to it, and
-        the round would stall), then make the graph again without it."""
-        checked: dict[tuple[int, int], bool] = {}
-        while True:
-            advertised = sorted(self.alive)
-            channel = {c: self.channel_public_keys[c] for c in advertised}
-            mask = {c: self.mask_public_keys[c] for c in advertised}
-            self.graph_seed = graph_seed(self.round, self.session, channel, mask)
-            self.graph = neighbour_graph(advertised, self.degree, self.graph_seed)
-            edges = {(h, c) for c in advertised for h in (*self.graph[c], c)}
-            for edge in edges - set(checked):
-                checked[edge] = self._receive_key_signed(*edge)
-            unsigned = {h for h, c in edges if not checked[(h, c)]}
-            if not unsigned:
-                return
-            self.alive -= unsigned
-            self._check_threshold(stage)
-
-    def _receive_key_signed(self, holder: int, sender: int) -> bool:
-        """Whether ``holder``'s receive key for ``sender`` is signed and usable (a low-order
-        point would make the honest sender fail to seal, and drop it)."""
-        key, signature = self.receive_keys[holder][sender]
-        statement = receive_statement(self.round, self.session, holder, sender, key)
-        try:
-            validate_public_key(key)
-            self.roster.verify(holder, signature, RECEIVE_LABEL, statement)
-        except InvalidMessage:
-            return False
-        return True
-
     @receives(SecAggStage.SHARE_KEYS)
     def _take_sealed_shares(self, stage: str, sender: int, message: wire.Message) -> None:
-        message.require_fields(4)
+        """The sender's sealed shares (their signatures are checked only if a holder reports
+        a blob that does not open), and the holders whose receive keys it found unusable: a
+        true claim drops the holder at the stage's close, a false one the sender now."""
+        message.require_fields(5)
         self.commitments[sender] = message.raw(2, length=32)
+        unusable = message.array(4, dtype="<u4").tolist()
         holders = [j for j in (*self.graph[sender], sender) if j in self.channel_public_keys]
+        if len(set(unusable)) != len(unusable) or not set(unusable) <= set(holders) - {sender}:
+            raise UnknownSender(f"client {sender} reported keys of clients it does not seal to")
+        for h in unusable:
+            key, signature = self.receive_keys[h][sender]
+            if receive_key_usable(self.roster, key, signature, round=self.round,
+                                  session=self.session, holder=h, sender=sender):  # fmt: skip
+                raise FalseComplaint(f"client {sender} refused client {h}'s sound receive key")
+        holders = [j for j in holders if j not in unusable]
         receivers = message.array(0, dtype="<u4", shape=(len(holders),))
         if sorted(receivers.tolist()) != sorted(holders):
             raise UnknownSender(f"client {sender} addressed shares outside its neighbours")
@@ -244,9 +221,15 @@ class SecAggServer(ServerSession):
         for i, j in enumerate(receivers.tolist()):
             sealed = blob[i * SEALED_SHARE_BYTES : (i + 1) * SEALED_SHARE_BYTES]
             signature = signed[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
-            statement = sealed_statement(self.round, self.session, sender, j, sealed)
-            self.roster.verify(sender, signature, SEALED_LABEL, statement)
             self.mailbox.setdefault(j, {})[sender] = (sealed, signature)
+        self.unusable.update(unusable)
+
+    @closes(SecAggStage.SHARE_KEYS)
+    def _drop_unusable(self, stage: str) -> None:
+        """A client that signed an unusable receive key counts as dropped: nobody sealed
+        shares to it with that key, so it cannot hold them."""
+        self.alive -= self.unusable
+        self._check_threshold(stage)
 
     # --- masked_input ------------------------------------------------------------------------
     @broadcasts(SecAggStage.MASKED_INPUT)
@@ -268,17 +251,25 @@ class SecAggServer(ServerSession):
 
     @receives(SecAggStage.MASKED_INPUT)
     def _take_masked_input(self, stage: str, sender: int, message: wire.Message) -> None:
-        message.require_fields(3)
+        message.require_fields(4)
         accused = message.array(0, dtype="<u4").tolist()
         evidence = message.raw(1, length=len(accused) * PUBLIC_KEY_BYTES)
-        complaints = set(accused)
+        unsigned = message.array(2, dtype="<u4").tolist()
+        complaints = set(accused) | set(unsigned)
         relayed = {s for s in self.mailbox.get(sender, {}) if s in self.shared_keys_survivors}
-        if len(complaints) != len(accused) or not complaints <= relayed:
+        if len(complaints) != len(accused) + len(unsigned) or not complaints <= relayed:
             raise UnknownSender(f"client {sender} complained about shares it was not sent")
         for i, accused_sender in enumerate(accused):
             revealed = evidence[i * PUBLIC_KEY_BYTES : (i + 1) * PUBLIC_KEY_BYTES]
             self._judge(sender, accused_sender, revealed)
-        packed = message.raw(2, length=self._packed_len())
+        for accused_sender in unsigned:
+            sealed, signature = self.mailbox[sender][accused_sender]
+            if blob_signed(self.roster, sealed, signature, round=self.round, session=self.session,
+                           sender=accused_sender, holder=sender):  # fmt: skip
+                raise FalseComplaint(
+                    f"client {sender} called client {accused_sender}'s signed blob unsigned"
+                )
+        packed = message.raw(3, length=self._packed_len())
         self.masked_sum += ring.unpack(packed, self.length, self.bits)
         self.masked[sender] = packed
         self.complaints[sender] = complaints
@@ -366,7 +357,7 @@ class SecAggServer(ServerSession):
                     raise InvalidShare(f"client {sender} sent a share that is not its own")
                 store.setdefault(owner, []).append(share)
 
-    @closes(SecAggStage.ADVERTISE_KEYS, SecAggStage.SHARE_KEYS, SecAggStage.UNMASK)
+    @closes(SecAggStage.ADVERTISE_KEYS, SecAggStage.UNMASK)
     def _check_threshold(self, stage: str) -> None:
         minimum = max(self.threshold, self.config.min_clients)
         if len(self.alive) < minimum:
