@@ -15,7 +15,7 @@ from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
 from fedshield.errors import InvalidShare
 from fedshield.protocols.secagg import SecAggClient, SecAggServer
-from fedshield.protocols.secagg.channels import complaint_holds
+from fedshield.protocols.secagg.channels import SEALED_LABEL, complaint_holds, sealed_statement
 from fedshield.protocols.secagg.config import SecAggConfig
 
 N, D = 6, 32
@@ -26,10 +26,13 @@ class _GarbageDealer(SecAggClient):
     """Seals (and signs) an unreadable blob to client 3."""
 
     def _sealed_shares(self, holders, receive):
-        sealed = super()._sealed_shares(holders, receive)
+        sealed, signed = super()._sealed_shares(holders, receive)
         i = holders.index(3)
         sealed[i] = sealed[i][:20] + bytes([sealed[i][20] ^ 1]) + sealed[i][21:]
-        return sealed
+        statement = sealed_statement(self.round, self.session + self.graph_seed,
+                                     self.client_id, 3, sealed[i])  # fmt: skip
+        signed[i] = self.roster.sign(self.identity, SEALED_LABEL, statement)
+        return sealed, signed
 
 
 class _FalseAccuser(SecAggClient):
@@ -83,6 +86,7 @@ def _assert_exact_sum_of(server, clients, outcome, survivors):
 def test_a_sender_dealing_a_bad_blob_is_dropped_by_the_proven_complaint():
     server, clients, outcome = _round(2, _GarbageDealer)
     assert 2 in outcome.revealed.dropped
+    assert server.complaints[3] == {2}  # client 3's keyed complaint, proven
     _assert_exact_sum_of(server, clients, outcome, [0, 1, 3, 4, 5])
 
 

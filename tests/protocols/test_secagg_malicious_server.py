@@ -249,7 +249,8 @@ class _LowOrderReceiveKey(SecAggClient):
         channel, mask, signature, publics, signed = answer.fields
         i = self.clients.index(1)
         publics = publics[: 32 * i] + bytes(32) + publics[32 * (i + 1) :]
-        statement = receive_statement(self.round, self.session, self.client_id, 1, bytes(32))
+        bound = self.session + channel
+        statement = receive_statement(self.round, bound, self.client_id, 1, bytes(32))
         mine = ROSTER.sign(IDENTITIES[self.client_id], RECEIVE_LABEL, statement)
         signed = signed[: 64 * i] + mine + signed[64 * (i + 1) :]
         return wire.serialize(answer.header, [channel, mask, signature, publics, signed])
@@ -263,3 +264,22 @@ def test_a_client_signing_a_low_order_receive_key_is_dropped_not_its_victim():
     clients[5].__class__ = _LowOrderReceiveKey
     outcome = run_protocol(server, InProcessTransport(clients))
     assert outcome.revealed is not None and outcome.revealed.contributors == (0, 1, 2, 3, 4)
+
+
+def test_a_blob_signed_in_another_run_of_the_round_earns_no_receive_key():
+    """Reviewer's attack: the victim's signed blob from a first run of the round, relayed in
+    a second run, did not open but its signature verified, so every holder revealed its
+    receive key, which opened the victim's real blob: the server unmasked the victim. The
+    blob statement now carries the graph seed of the run: the old blob counts as unsigned
+    and the holder reveals nothing."""
+    config = SecAggConfig(clip=0.1, quant_bits=8, max_weight=10.0)
+    first, _ = _sessions(5, config)
+    old_clients = _sessions(5, config)[1]
+    _drive(first, old_clients, ["advertise_keys", "share_keys"])
+    second, clients = _sessions(5, config)
+    _drive(second, clients, ["advertise_keys", "share_keys"])
+    second.mailbox[1][VICTIM] = first.mailbox[1][VICTIM]  # the first run's blob and signature
+    request = second.broadcast("masked_input")[1]
+    reply = wire.parse(clients[1].handle("masked_input", request))
+    assert reply.array(0, dtype="<u4").tolist() == []  # no key revealed
+    assert reply.array(2, dtype="<u4").tolist() == [VICTIM]  # reported as unsigned

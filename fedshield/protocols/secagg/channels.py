@@ -48,14 +48,19 @@ _SHARE_PLAIN = PAIR.size + 2 * shamir.SHARE_BYTES
 SEALED_SHARE_BYTES = 12 + _SHARE_PLAIN + 16
 
 
-def receive_statement(round: int, params: bytes, holder: int, sender: int, key: bytes) -> bytes:
-    """What ``holder`` signs for the key it receives ``sender``'s shares under."""
-    return struct.pack("<III", round, holder, sender) + params + key
+def receive_statement(round: int, session: bytes, holder: int, sender: int, key: bytes) -> bytes:
+    """What ``holder`` signs for the key it receives ``sender``'s shares under; ``session``:
+    the session binding and the holder's fresh channel key (so it holds for this run only)."""
+    return struct.pack("<III", round, holder, sender) + session + key
 
 
-def sealed_statement(round: int, params: bytes, sender: int, holder: int, sealed: bytes) -> bytes:
-    """What ``sender`` signs for the shares it sealed to ``holder``."""
-    return struct.pack("<III", round, sender, holder) + params + sealed
+def sealed_statement(round: int, session: bytes, sender: int, holder: int, sealed: bytes) -> bytes:
+    """What ``sender`` signs for the shares it sealed to ``holder``; ``session``: the session
+    binding and the graph seed, derived from this run's fresh keys. A blob signed in another
+    run of the same round therefore counts as unsigned, and no holder reveals a key for it
+    (a reviewer replayed one: every holder revealed its key, and the server unmasked the
+    victim)."""
+    return struct.pack("<III", round, sender, holder) + session + sealed
 
 
 def receive_key_usable(

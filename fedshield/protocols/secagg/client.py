@@ -153,7 +153,7 @@ class SecAggClient(ClientSession):
         publics = [self.receive_keys[p].public_bytes for p in self.clients]
         signed = [
             self.roster.sign(self.identity, RECEIVE_LABEL, receive_statement(
-                self.round, self.session, self.client_id, p, key))
+                self.round, self.session + channel, self.client_id, p, key))
             for p, key in zip(self.clients, publics, strict=True)
         ]  # fmt: skip
         return self._client_message(
@@ -188,29 +188,18 @@ class SecAggClient(ClientSession):
             raise WrongShape("the server relayed repeated public keys")
         self._check_signed_keys(advertised, signatures)
         degree = self.config.degree(self.n)
-        self.graph_seed = graph_seed(
-            self.round, self.session, self.channel_public_keys, self.mask_public_keys
-        )
+        channel, mask = self.channel_public_keys, self.mask_public_keys
+        self.graph_seed = graph_seed(self.round, self.session, channel, mask)
         self.neighbours = neighbour_graph(advertised, degree, self.graph_seed, only=me)[me]
         holders, receive, unusable = self._holders_receive_keys(
             sorted((*self.neighbours, me)), message
         )
-        sealed = self._sealed_shares(holders, receive)
-        signed = [
-            self.roster.sign(self.identity, SEALED_LABEL,
-                             sealed_statement(self.round, self.session, me, h, blob))
-            for h, blob in zip(holders, sealed, strict=True)
-        ]  # fmt: skip
-        return self._client_message(
-            stage,
-            [
-                np.array(holders, dtype=np.uint32),
-                b"".join(sealed),
-                commit(self.self_mask_seed, round=self.round, client=me),
-                b"".join(signed),
-                np.array(unusable, dtype=np.uint32),
-            ],
-        )
+        sealed, signed = self._sealed_shares(holders, receive)
+        return self._client_message(stage, [
+            np.array(holders, dtype=np.uint32), b"".join(sealed),
+            commit(self.self_mask_seed, round=self.round, client=me), b"".join(signed),
+            np.array(unusable, dtype=np.uint32),
+        ])  # fmt: skip
 
     def _holders_receive_keys(self, holders: list[int], message: wire.Message):
         """``(holders, their receive keys, unusable)``: the receive keys each holder made for
@@ -226,10 +215,14 @@ class SecAggClient(ClientSession):
             raise WrongShape("the server relayed a receive key that is not this client's")
         usable = {
             h: receive_key_usable(self.roster, keys[h], signatures[h], round=self.round,
-                                  session=self.session, holder=h, sender=me)
+                                  session=self.session + self.channel_public_keys[h], holder=h,
+                                  sender=me)
             for h in holders
         }  # fmt: skip
         good = [h for h in holders if usable[h]]
+        if len(good) < self.threshold:
+            raise SecAggAbort(f"client {me}: {len(good)} holders gave usable receive keys, "
+                              f"the threshold is {self.threshold}")  # fmt: skip
         return good, [keys[h] for h in good], [h for h in holders if not usable[h]]
 
     def _check_signed_keys(self, advertised: list[int], signatures: dict[int, bytes]) -> None:
@@ -241,9 +234,9 @@ class SecAggClient(ClientSession):
             )
             self.roster.verify(c, signatures[c], ADVERTISE_LABEL, statement)
 
-    def _sealed_shares(self, holders: list[int], receive: list[bytes]) -> list[bytes]:
-        """``e_{u,v}`` for each holder ``v``: its shares of ``b_u`` and of ``s_u^SK``, sealed
-        to the receive key ``v`` made for this client."""
+    def _sealed_shares(self, holders: list[int], receive: list[bytes]):
+        """``(e_{u,v}, signatures)``: for each holder ``v``, its shares of ``b_u`` and of
+        ``s_u^SK``, sealed to the receive key ``v`` made for this client, and signed."""
         xs = [h + 1 for h in holders]
         seed_shares = shamir.split(self.self_mask_seed, threshold=self.threshold, xs=xs)
         mask_key_shares = shamir.split(
@@ -256,7 +249,13 @@ class SecAggClient(ClientSession):
             key = share_key(self.channel_keys, public, round=self.round, sender=me, holder=h)
             sealed.append(seal_shares(key, seed_share, key_share, round=self.round, sender=me,
                                       holder=h))  # fmt: skip
-        return sealed
+        bound = self.session + self.graph_seed
+        signed = [
+            self.roster.sign(self.identity, SEALED_LABEL,
+                             sealed_statement(self.round, bound, me, h, blob))
+            for h, blob in zip(holders, sealed, strict=True)
+        ]  # fmt: skip
+        return sealed, signed
 
     @handles(SecAggStage.MASKED_INPUT)
     def _masked_input(self, stage: str, message: wire.Message) -> bytes:
@@ -285,7 +284,8 @@ class SecAggClient(ClientSession):
                 # could forge blobs to collect keys); an unsigned one it reports without one
                 signature = signatures[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
                 signed = blob_signed(self.roster, sealed, signature, round=self.round,
-                                     session=self.session, sender=sender, holder=me)  # fmt: skip
+                                     session=self.session + self.graph_seed, sender=sender,
+                                     holder=me)  # fmt: skip
                 (complaints if signed else unsigned).append(sender)
         # no mask with a peer whose shares were bad: the server drops that peer
         accused = complaints + unsigned

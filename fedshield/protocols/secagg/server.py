@@ -209,8 +209,9 @@ class SecAggServer(ServerSession):
             raise UnknownSender(f"client {sender} reported keys of clients it does not seal to")
         for h in unusable:
             key, signature = self.receive_keys[h][sender]
-            if receive_key_usable(self.roster, key, signature, round=self.round,
-                                  session=self.session, holder=h, sender=sender):  # fmt: skip
+            bound = self.session + self.channel_public_keys[h]
+            if receive_key_usable(self.roster, key, signature, round=self.round, session=bound,
+                                  holder=h, sender=sender):  # fmt: skip
                 raise FalseComplaint(f"client {sender} refused client {h}'s sound receive key")
         holders = [j for j in holders if j not in unusable]
         receivers = message.array(0, dtype="<u4", shape=(len(holders),))
@@ -264,7 +265,8 @@ class SecAggServer(ServerSession):
             self._judge(sender, accused_sender, revealed)
         for accused_sender in unsigned:
             sealed, signature = self.mailbox[sender][accused_sender]
-            if blob_signed(self.roster, sealed, signature, round=self.round, session=self.session,
+            bound = self.session + self.graph_seed
+            if blob_signed(self.roster, sealed, signature, round=self.round, session=bound,
                            sender=accused_sender, holder=sender):  # fmt: skip
                 raise FalseComplaint(
                     f"client {sender} called client {accused_sender}'s signed blob unsigned"
