@@ -15,7 +15,13 @@ from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
 from fedshield.errors import InvalidShare
 from fedshield.protocols.secagg import SecAggClient, SecAggServer
-from fedshield.protocols.secagg.channels import SEALED_LABEL, complaint_holds, sealed_statement
+from fedshield.protocols.secagg.channels import (
+    RECEIVE_LABEL,
+    SEALED_LABEL,
+    complaint_holds,
+    receive_statement,
+    sealed_statement,
+)
 from fedshield.protocols.secagg.config import SecAggConfig
 
 N, D = 6, 32
@@ -145,3 +151,37 @@ def test_a_client_lying_that_a_peer_did_not_sign_is_dropped_not_the_peer(liar):
     stage = 2 if liar is _UnsignedLiar else 1
     assert "FalseComplaint" in outcome.stages[stage].rejected[4]
     _assert_exact_sum_of(server, clients, outcome, [0, 1, 2, 3, 5])
+
+
+class _ColludingKeyBreaker(SecAggClient):
+    """Signs a low-order receive key for client 0 (so does every client of this class)."""
+
+    def _advertise_keys(self, stage, message):
+        answer = wire.parse(super()._advertise_keys(stage, message))
+        channel, mask, signature, publics, signed = answer.fields
+        i = self.clients.index(0)
+        publics = publics[: 32 * i] + bytes(32) + publics[32 * (i + 1) :]
+        statement = receive_statement(self.round, self.session + channel, self.client_id, 0,
+                                      bytes(32))  # fmt: skip
+        mine = self.roster.sign(self.identity, RECEIVE_LABEL, statement)
+        signed = signed[: 64 * i] + mine + signed[64 * (i + 1) :]
+        return wire.serialize(answer.header, [channel, mask, signature, publics, signed])
+
+
+def test_t_minus_one_colluders_cannot_push_a_client_out_and_stay_in():
+    """Three colluders (t - 1 at n = 6) leave client 0 three usable holders of the four it
+    needs: it sits the round out but reports them, and the server drops them too (before,
+    client 0 left alone and the colluders stayed in the round)."""
+    rng = np.random.default_rng(5)
+    server = SecAggServer(roster=signing_as(0)["roster"], round=1, clients=range(N), dim=D,
+                          config=CONFIG)  # fmt: skip
+    clients = {
+        c: (_ColludingKeyBreaker if c >= 3 else SecAggClient)(
+            client_id=c, **signing_as(c), round=1, update=rng.uniform(-1, 1, D).astype(
+                np.float32), weight=15.0, config=CONFIG, quant_seed=c)
+        for c in range(N)
+    }  # fmt: skip
+    outcome = run_protocol(server, InProcessTransport(clients))
+    assert server.unusable == {3, 4, 5}
+    assert "sealed no shares" in outcome.stages[1].rejected[0]
+    assert outcome.revealed is None  # too few left: nobody's input is revealed

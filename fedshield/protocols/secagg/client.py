@@ -194,7 +194,9 @@ class SecAggClient(ClientSession):
         holders, receive, unusable = self._holders_receive_keys(
             sorted((*self.neighbours, me)), message
         )
-        sealed, signed = self._sealed_shares(holders, receive)
+        if len(holders) < self.threshold:  # report them, and sit this round out
+            holders = []
+        sealed, signed = self._sealed_shares(holders, receive) if holders else ([], [])
         return self._client_message(stage, [
             np.array(holders, dtype=np.uint32), b"".join(sealed),
             commit(self.self_mask_seed, round=self.round, client=me), b"".join(signed),
@@ -205,7 +207,8 @@ class SecAggClient(ClientSession):
         """``(holders, their receive keys, unusable)``: the receive keys each holder made for
         this client (fields 4 and 5, in holder order). A key that is not signed by its holder
         or not a usable point makes that holder unusable: no shares are sealed to it, and the
-        server, told, checks the claim and drops whichever of the two is at fault."""
+        server checks the claim and drops whichever of the two is at fault. With fewer than
+        ``t`` usable holders it seals nothing and sits out, but still reports them."""
         me, size = self.client_id, PUBLIC_KEY_BYTES
         keys = _split(message.raw(4, length=len(holders) * size), holders)
         signatures = _split(
@@ -220,9 +223,6 @@ class SecAggClient(ClientSession):
             for h in holders
         }  # fmt: skip
         good = [h for h in holders if usable[h]]
-        if len(good) < self.threshold:
-            raise SecAggAbort(f"client {me}: {len(good)} holders gave usable receive keys, "
-                              f"the threshold is {self.threshold}")  # fmt: skip
         return good, [keys[h] for h in good], [h for h in holders if not usable[h]]
 
     def _check_signed_keys(self, advertised: list[int], signatures: dict[int, bytes]) -> None:

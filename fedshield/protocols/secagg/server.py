@@ -213,7 +213,10 @@ class SecAggServer(ServerSession):
             if receive_key_usable(self.roster, key, signature, round=self.round, session=bound,
                                   holder=h, sender=sender):  # fmt: skip
                 raise FalseComplaint(f"client {sender} refused client {h}'s sound receive key")
+        self.unusable.update(unusable)  # proven: dropped at the stage's close
         holders = [j for j in holders if j not in unusable]
+        if not message.array(0, dtype="<u4").size:
+            raise UnknownSender(f"client {sender} sealed no shares: too few usable holders")
         receivers = message.array(0, dtype="<u4", shape=(len(holders),))
         if sorted(receivers.tolist()) != sorted(holders):
             raise UnknownSender(f"client {sender} addressed shares outside its neighbours")
@@ -223,7 +226,6 @@ class SecAggServer(ServerSession):
             sealed = blob[i * SEALED_SHARE_BYTES : (i + 1) * SEALED_SHARE_BYTES]
             signature = signed[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
             self.mailbox.setdefault(j, {})[sender] = (sealed, signature)
-        self.unusable.update(unusable)
 
     @closes(SecAggStage.SHARE_KEYS)
     def _drop_unusable(self, stage: str) -> None:
