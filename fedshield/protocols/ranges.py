@@ -288,3 +288,39 @@ class Grid:
     def restore(self, values: np.ndarray) -> np.ndarray:
         """Values on the grid back to the update's units (in place with ranges)."""
         return values if self.ranges is None else self.ranges.unscale(values)
+
+    def decode_checked(
+        self, values: np.ndarray, count: int, *, config, dim: int,
+        ranges: TensorRanges | None,
+    ) -> tuple[np.ndarray, int, np.ndarray | None]:  # fmt: skip
+        """``(sum_i W_i x_i, sum_i W_i, range statistic)`` from the summed ring values of
+        ``count`` clients (``[levels][weight digits][count][statistic]``; ``config``: a
+        ``SecAggConfig`` or ``HEConfig``), after checking the sum is one ``count`` clients on
+        this grid could send (:func:`~fedshield.crypto.ring.check_on_grid`) and that the
+        statistic counts them.
+
+        Raises:
+            ValueError: the sum, its count or its statistic is not one honest clients could
+                send (each protocol turns it into its abort).
+        """
+        digits = values[dim : dim + config.weight_digits]
+        weight = ring.from_digits(digits, quant_bits=config.quant_bits)
+        integer = config.weighting == "integer"
+        counted = count if integer else int(values[dim + config.weight_digits])
+        if counted != count:
+            raise ValueError(f"the sum holds {counted} updates, {count} were named")
+        ring.check_on_grid(values[:dim], digits, count=count, weight=weight,
+                           quant_bits=config.quant_bits, weight_bits=config.weight_bits,
+                           integer=integer)  # fmt: skip
+        counts = None
+        if ranges is not None:
+            counts = values[dim + config.tail_values :].astype(np.int64)
+            ranges.check_counts(counts, count)
+        if integer:
+            return (
+                self.decode_mean(values[:dim], weight).astype(np.float64) * weight,
+                weight,
+                counts,
+            )
+        shares = self.decode_sum(values[:dim], count)  # sum_i (W_i / top) x_i
+        return shares * ring.weight_top(config.weight_bits), weight, counts

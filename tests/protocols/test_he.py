@@ -197,7 +197,7 @@ def test_a_server_that_misreports_the_contributors_is_caught_by_the_sites():
     honest = wire.parse(server.broadcast("aggregate")[0])
     params, contributors, sizes, blob = honest.fields
     lie = wire.serialize(honest.header, [params, contributors[:2].copy(), sizes, blob])
-    with pytest.raises(ProtocolAbort, match="holds 3 sites, the server names 2"):
+    with pytest.raises(ProtocolAbort, match="holds 3 updates, 2 were named"):
         clients[0].handle("aggregate", lie)
     clients[1].handle("aggregate", wire.serialize(honest.header, list(honest.fields)))
     assert clients[1].aggregate[1] == 3 * 128  # three weights of 50/100 in 8 bits

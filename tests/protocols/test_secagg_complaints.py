@@ -153,19 +153,23 @@ def test_a_client_lying_that_a_peer_did_not_sign_is_dropped_not_the_peer(liar):
     _assert_exact_sum_of(server, clients, outcome, [0, 1, 2, 3, 5])
 
 
-class _ColludingKeyBreaker(SecAggClient):
-    """Signs a low-order receive key for client 0 (so does every client of this class)."""
+def low_order_receive_key_for(target: int) -> type[SecAggClient]:
+    """A client class that signs a low-order receive key for ``target``: no sender can seal
+    to it (the server must drop the signer, not the target)."""
 
-    def _advertise_keys(self, stage, message):
-        answer = wire.parse(super()._advertise_keys(stage, message))
-        channel, mask, signature, publics, signed = answer.fields
-        i = self.clients.index(0)
-        publics = publics[: 32 * i] + bytes(32) + publics[32 * (i + 1) :]
-        statement = receive_statement(self.round, self.session + channel, self.client_id, 0,
-                                      bytes(32))  # fmt: skip
-        mine = self.roster.sign(self.identity, RECEIVE_LABEL, statement)
-        signed = signed[: 64 * i] + mine + signed[64 * (i + 1) :]
-        return wire.serialize(answer.header, [channel, mask, signature, publics, signed])
+    class LowOrderReceiveKey(SecAggClient):
+        def _advertise_keys(self, stage, message):
+            answer = wire.parse(super()._advertise_keys(stage, message))
+            channel, mask, signature, publics, signed = answer.fields
+            i = self.clients.index(target)
+            publics = publics[: 32 * i] + bytes(32) + publics[32 * (i + 1) :]
+            statement = receive_statement(self.round, self.session + channel, self.client_id,
+                                          target, bytes(32))  # fmt: skip
+            mine = self.roster.sign(self.identity, RECEIVE_LABEL, statement)
+            signed = signed[: 64 * i] + mine + signed[64 * (i + 1) :]
+            return wire.serialize(answer.header, [channel, mask, signature, publics, signed])
+
+    return LowOrderReceiveKey
 
 
 def test_t_minus_one_colluders_cannot_push_a_client_out_and_stay_in():
@@ -176,7 +180,7 @@ def test_t_minus_one_colluders_cannot_push_a_client_out_and_stay_in():
     server = SecAggServer(roster=signing_as(0)["roster"], round=1, clients=range(N), dim=D,
                           config=CONFIG)  # fmt: skip
     clients = {
-        c: (_ColludingKeyBreaker if c >= 3 else SecAggClient)(
+        c: (low_order_receive_key_for(0) if c >= 3 else SecAggClient)(
             client_id=c, **signing_as(c), round=1, update=rng.uniform(-1, 1, D).astype(
                 np.float32), weight=15.0, config=CONFIG, quant_seed=c)
         for c in range(N)

@@ -7,6 +7,7 @@ the defence is sized down (or absent), and to fail with the defaults."""
 import numpy as np
 import pytest
 from enrolment import IDENTITIES, ROSTER
+from test_secagg_complaints import low_order_receive_key_for
 
 from fedshield import wire
 from fedshield.crypto import ring, shamir
@@ -17,7 +18,6 @@ from fedshield.engine.transport import InProcessTransport
 from fedshield.errors import BadSignature, IllegalTransition, SecAggAbort
 from fedshield.protocols.roster import Roster
 from fedshield.protocols.secagg import SecAggClient, SecAggServer
-from fedshield.protocols.secagg.channels import RECEIVE_LABEL, receive_statement
 from fedshield.protocols.secagg.common import (
     ADVERTISE_LABEL,
     CONSISTENCY_LABEL,
@@ -241,27 +241,12 @@ def test_a_consistency_signature_from_another_run_of_the_round_does_not_verify()
         clients[4].handle("unmask", _unmask_request(second, replayed))
 
 
-class _LowOrderReceiveKey(SecAggClient):
-    """Signs an all-zero (low-order) receive key for client 1: sealing to it fails."""
-
-    def _advertise_keys(self, stage, message):
-        answer = wire.parse(super()._advertise_keys(stage, message))
-        channel, mask, signature, publics, signed = answer.fields
-        i = self.clients.index(1)
-        publics = publics[: 32 * i] + bytes(32) + publics[32 * (i + 1) :]
-        bound = self.session + channel
-        statement = receive_statement(self.round, bound, self.client_id, 1, bytes(32))
-        mine = ROSTER.sign(IDENTITIES[self.client_id], RECEIVE_LABEL, statement)
-        signed = signed[: 64 * i] + mine + signed[64 * (i + 1) :]
-        return wire.serialize(answer.header, [channel, mask, signature, publics, signed])
-
-
 def test_a_client_signing_a_low_order_receive_key_is_dropped_not_its_victim():
     """Reviewer's attack: the honest sender failed to seal to that key and was dropped. The
     server now checks every receive key it relays and drops the client that made it."""
     config = SecAggConfig(clip=0.1, quant_bits=8, max_weight=10.0)
     server, clients = _sessions(6, config)
-    clients[5].__class__ = _LowOrderReceiveKey
+    clients[5].__class__ = low_order_receive_key_for(1)
     outcome = run_protocol(server, InProcessTransport(clients))
     assert outcome.revealed is not None and outcome.revealed.contributors == (0, 1, 2, 3, 4)
 

@@ -151,32 +151,14 @@ class HEClient(ClientSession):
             raise ProtocolAbort("a decrypted slot has bits above its top field: a site sent more")
         values = unpack_slots(flat, plan, dim + config.tail_values + plan.stat_values)
         self.level_sum = values  # summed levels, weight digits (and count), for auditors
-        if plan.stat_values:
-            counts = values[dim + config.tail_values :].astype(np.int64)
-            try:
-                self.ranges.check_counts(counts, contributors)
-            except ValueError as exc:
-                raise ProtocolAbort(str(exc)) from None
-            self.range_counts = counts
-        digits = values[dim : dim + config.weight_digits]
-        total = ring.from_digits(digits, quant_bits=config.quant_bits)
-        integer = config.weighting == "integer"
-        counted = contributors if integer else int(values[dim + config.weight_digits])
-        if counted != contributors:
-            raise ProtocolAbort(f"the sum holds {counted} sites, the server names {contributors}")
+        ranges = self.ranges if plan.stat_values else None
         try:
-            ring.check_on_grid(
-                values[:dim], digits, count=contributors, weight=total,
-                quant_bits=config.quant_bits, weight_bits=config.weight_bits, integer=integer,
-            )  # fmt: skip
+            weighted_sum, total, self.range_counts = self.grid.decode_checked(
+                values, contributors, config=config, dim=dim, ranges=ranges
+            )
         except ValueError as exc:
             raise ProtocolAbort(str(exc)) from None
-        if integer:
-            mean = self.grid.decode_mean(values[:dim], total)
-            return mean.astype(np.float64) * total, float(total)
-        # sum_i share_i x_i, from the summed levels of every contributor's scaled update
-        shares = self.grid.decode_sum(values[:dim], contributors)
-        return shares * ring.weight_top(config.weight_bits), float(total)
+        return weighted_sum, float(total)
 
 
 def _encrypt_rows(

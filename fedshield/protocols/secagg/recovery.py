@@ -10,18 +10,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedshield.crypto import ring, shamir
+from fedshield.crypto import shamir
 from fedshield.crypto.keys import KeyPair
 from fedshield.crypto.prg import add_mask, mask_scratch
 from fedshield.errors import InvalidShare, NotEnoughShares, SecAggAbort, WrongShape
-from fedshield.protocols.ranges import Grid, TensorRanges
 from fedshield.protocols.secagg.common import add_pairwise_mask, commit
-from fedshield.protocols.secagg.config import SecAggConfig
 
 if TYPE_CHECKING:
     from fedshield.protocols.secagg.server import SecAggServer
 
-__all__ = ["decode_secret", "decode_total", "remove_masks"]
+__all__ = ["decode_secret", "remove_masks"]
 
 
 def decode_secret(shares: list[shamir.Share], check, *, threshold: int) -> tuple[bytes, list[int]]:
@@ -51,41 +49,6 @@ def decode_secret(shares: list[shamir.Share], check, *, threshold: int) -> tuple
     if not check(secret):
         raise SecAggAbort("the revealed shares decode to no secret matching the owner's commitment")
     return secret, sorted(forged + [x - 1 for x in wrong])
-
-
-def decode_total(
-    total: np.ndarray, count: int, *, config: SecAggConfig, grid: Grid,
-    ranges: TensorRanges | None, dim: int, round: int,
-) -> tuple[np.ndarray, int, np.ndarray | None]:  # fmt: skip
-    """``(sum_i W_i x_i, sum_i W_i, range statistic)`` from the unmasked ring sum of
-    ``count`` clients, after checking it is a sum ``count`` clients on the grid could send
-    (:func:`~fedshield.crypto.ring.check_on_grid`) and that the statistic counts them.
-
-    Raises:
-        SecAggAbort: the sum or the statistic is not one honest clients could send.
-    """
-    digits = total[dim : dim + config.weight_digits]
-    weight = ring.from_digits(digits, quant_bits=config.quant_bits)
-    integer = config.weighting == "integer"
-    counted = count if integer else int(total[dim + config.weight_digits])
-    if counted != count:
-        raise SecAggAbort(f"round {round}: the sum holds {counted} updates, {count} survived")
-    try:
-        ring.check_on_grid(
-            total[:dim], digits, count=count, weight=weight, quant_bits=config.quant_bits,
-            weight_bits=config.weight_bits, integer=integer,
-        )  # fmt: skip
-        counts = None
-        if ranges is not None:
-            counts = total[dim + config.tail_values :].astype(np.int64)
-            ranges.check_counts(counts, count)
-    except ValueError as exc:
-        raise SecAggAbort(f"round {round}: {exc}") from None
-    if integer:
-        mean = grid.decode_mean(total[:dim], weight)
-        return mean.astype(np.float64) * weight, weight, counts
-    shares = grid.decode_sum(total[:dim], count)  # sum_i (W_i / top) x_i
-    return shares * ring.weight_top(config.weight_bits), weight, counts
 
 
 def _verified_secret(server: SecAggServer, owner: int, shares: list[shamir.Share], check):

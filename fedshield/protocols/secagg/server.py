@@ -46,7 +46,7 @@ from fedshield.protocols.secagg.common import (
     survivor_statement,
 )
 from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
-from fedshield.protocols.secagg.recovery import decode_total, remove_masks
+from fedshield.protocols.secagg.recovery import remove_masks
 
 __all__ = ["SecAggServer"]
 
@@ -381,10 +381,12 @@ class SecAggServer(ServerSession):
             raise SecAggAbort(f"round {self.round}: cannot unmask ({exc})") from exc
         total &= total.dtype.type((1 << self.bits) - 1)
         self.unmasked = total  # the summed levels and tail values: all the server learns
-        weighted_sum, weight, counts = decode_total(
-            total, len(survivors), config=self.config, grid=self.grid, ranges=self.ranges,
-            dim=self.dim, round=self.round,
-        )  # fmt: skip
+        try:
+            weighted_sum, weight, counts = self.grid.decode_checked(
+                total, len(survivors), config=self.config, dim=self.dim, ranges=self.ranges
+            )
+        except ValueError as exc:
+            raise SecAggAbort(f"round {self.round}: {exc}") from None
         return Revealed(
             contributors=tuple(survivors),
             weighted_sum=weighted_sum,
