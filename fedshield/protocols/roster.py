@@ -19,6 +19,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -85,7 +86,7 @@ class Roster:
         """The members' ids, sorted."""
         return tuple(self.members)
 
-    @property
+    @cached_property
     def digest(self) -> bytes:
         """SHA-256 of the roster's canonical JSON: bound into every signature."""
         return hashlib.sha256(self.to_json().encode()).digest()

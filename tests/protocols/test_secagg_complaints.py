@@ -13,7 +13,7 @@ from fedshield import wire
 from fedshield.crypto.keys import KeyPair
 from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
-from fedshield.errors import InvalidShare
+from fedshield.errors import InvalidShare, SecAggAbort
 from fedshield.protocols.secagg import SecAggClient, SecAggServer
 from fedshield.protocols.secagg.channels import (
     RECEIVE_LABEL,
@@ -187,5 +187,26 @@ def test_t_minus_one_colluders_cannot_push_a_client_out_and_stay_in():
     }  # fmt: skip
     outcome = run_protocol(server, InProcessTransport(clients))
     assert server.unusable == {3, 4, 5}
-    assert "sealed no shares" in outcome.stages[1].rejected[0]
+    assert "fewer than t usable holders" in outcome.stages[1].rejected[0]
     assert outcome.revealed is None  # too few left: nobody's input is revealed
+
+
+def test_a_client_signs_no_survivor_set_that_holds_a_peer_it_accused():
+    """It left its mask with the accused out of its input, so such a set could never
+    unmask: it refuses to sign it (reviewer's finding)."""
+    rng = np.random.default_rng(5)
+    server = SecAggServer(roster=signing_as(0)["roster"], round=1, clients=range(N), dim=D,
+                          config=CONFIG)  # fmt: skip
+    clients = {
+        c: (_GarbageDealer if c == 2 else SecAggClient)(
+            client_id=c, **signing_as(c), round=1, update=rng.uniform(-1, 1, D).astype(
+                np.float32), weight=15.0, config=CONFIG, quant_seed=c)
+        for c in range(N)
+    }  # fmt: skip
+    for stage in ("advertise_keys", "share_keys", "masked_input"):
+        for c, message in server.broadcast(stage).items():
+            server.receive(stage, c, clients[c].handle(stage, message))
+        server.close_stage(stage)
+    everyone = server._server_message("consistency", [np.arange(N, dtype=np.uint32)])
+    with pytest.raises(SecAggAbort, match="not a subset"):
+        clients[3].handle("consistency", everyone)

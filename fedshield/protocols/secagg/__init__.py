@@ -15,7 +15,9 @@ survivor set ``U_3`` it is told at ``consistency`` (a subset of the ``U_2`` it m
 remembered), and reveals shares only for that set once a quorum ``max(t, floor((n + c) / 2)
 + 1)`` of its members signed it, so no two survivor sets can both be accepted and no
 victim's self-mask seed and mask key are ever both revealed by honest clients. The neighbour
-graph's seed is derived from the signed keys, not chosen by the server. What a malicious
+graph's seed is derived from the signed keys, so the server alone does not choose it (a
+colluder answering last could still try keys until the graph suits it; the bound of ``c``
+colluders in all holds whatever the graph). What a malicious
 server can do: abort the round (withhold messages), and choose which sites to call dropped
 before ``masked_input``. Dropouts: the round completes while every stage keeps at least
 ``t`` clients (and the roster's minimum), ``U_3`` has a quorum of signers and every needed
@@ -66,9 +68,9 @@ Legend: the paper's notation (Bonawitz et al., Figure 4) → our names.
 - ``y_u``, the masked input → ``masked`` (one client), ``masked_sum`` (the server's sum).
 - ``U_1`` (advertised keys) → ``advertised``; ``U_2`` (sent shares) →
   ``shared_keys_survivors``; ``U_3`` (sent a masked input) → ``masked_input_survivors``;
-  ``U_2 - U_3`` → ``dropped`` in the unmask request; ``U_5`` (answered unmask) → the server's
-  ``alive`` at reveal; ``U_4`` (signed the survivor set) → the server's
-  ``consistency_signatures``.
+  ``U_2 - U_3`` → each client's own ``shared_keys_survivors - masked_input_survivors``;
+  ``U_4`` (signed the survivor set) → the server's ``consistency_signatures``; ``U_5``
+  (answered unmask) → the server's ``alive`` at reveal.
 - ``N_G(u)``, ``u``'s neighbours in the SecAgg+ graph → ``neighbours`` (``graph`` on the
   server); a client with its neighbours hold its shares → ``holders``.
 """

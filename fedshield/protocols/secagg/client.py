@@ -216,10 +216,10 @@ class SecAggClient(ClientSession):
         )
         if keys[me] != self.receive_keys[me].public_bytes:
             raise WrongShape("the server relayed a receive key that is not this client's")
-        usable = {
-            h: receive_key_usable(self.roster, keys[h], signatures[h], round=self.round,
-                                  session=self.session + self.channel_public_keys[h], holder=h,
-                                  sender=me)
+        usable = {  # its own key it checked above
+            h: h == me or receive_key_usable(
+                self.roster, keys[h], signatures[h], round=self.round, holder=h, sender=me,
+                session=self.session + self.channel_public_keys[h])
             for h in holders
         }  # fmt: skip
         good = [h for h in holders if usable[h]]
@@ -288,7 +288,7 @@ class SecAggClient(ClientSession):
                                      holder=me)  # fmt: skip
                 (complaints if signed else unsigned).append(sender)
         # no mask with a peer whose shares were bad: the server drops that peer
-        accused = complaints + unsigned
+        accused = self.accused = set(complaints + unsigned)
         peers = [j for j in self.neighbours if j in shared_keys_survivors and j not in accused]
         masked = self._masked_vector(peers)
         evidence = b"".join(self.receive_keys[s].private_bytes() for s in complaints)
@@ -350,7 +350,7 @@ class SecAggClient(ClientSession):
         survivors = set(message.array(0, dtype="<u4").tolist())  # U_3
         me = self.client_id
         if (
-            not survivors <= self.shared_keys_survivors
+            not survivors <= self.shared_keys_survivors - self.accused  # no mask with those
             or me not in survivors
             or len(survivors) < max(self.minimum, self.quorum)
         ):

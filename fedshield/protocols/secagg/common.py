@@ -76,9 +76,9 @@ def session_binding(params: bytes, clients) -> bytes:
 
 def graph_seed(round: int, params: bytes, channel: dict[int, bytes], mask: dict[int, bytes]):
     """The neighbour graph's seed, derived from the round and every advertised (signed) key:
-    the server does not choose it, so it cannot pick a graph that surrounds a client with
-    colluders (it can only choose which sites to call dropped, and every seed then costs it
-    real dropouts)."""
+    the server alone does not choose it (it can choose which sites to call dropped, and a
+    colluder answering last can try keys; privacy rests on the colluder bound, not on the
+    graph)."""
     h = hashlib.sha256(b"fedshield/secagg/graph" + struct.pack("<I", round) + params)
     for c in sorted(channel):
         h.update(struct.pack("<I", c) + channel[c] + mask[c])

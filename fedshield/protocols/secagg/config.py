@@ -46,7 +46,9 @@ def neighbour_graph(
 ) -> dict[int, tuple[int, ...]]:
     """A random k-regular graph (Harary graph on a seeded permutation); complete if k >= n-1.
 
-    ``seed`` is public randomness chosen by the server; every party computes the same graph.
+    ``seed`` is public (SecAgg+ derives it from the round's signed keys,
+    :func:`~fedshield.protocols.secagg.common.graph_seed`); every party computes the same
+    graph.
     With ``only``, just that client's neighbours are computed (what a client needs).
     """
     clients = sorted(clients)
@@ -170,6 +172,8 @@ class SecAggConfig:
         n = 3 or 4 with the default; one at n = 5, two at n = 10)."""
         t = self.threshold_for(n)
         c = t - 1 if self.colluders is None else self.colluders
+        if c >= t:
+            raise ConfigError(f"colluders must be below the threshold {t} (Shamir's limit)")
         return min(n, max(t, (n + c) // 2 + 1))
 
     def bits(self, n: int) -> int:

@@ -1,7 +1,7 @@
 """What the server does at the reveal: rebuild a secret from the shares clients reveal at
-``unmask`` (robust to forgeries), and decode the unmasked sum (checked against what honest
-clients could send). The protocol, its threat model and the legend from the paper's notation
-to these names: :mod:`fedshield.protocols.secagg`.
+``unmask`` (robust to forgeries) and take the masks out of the sum (its decoding:
+:meth:`~fedshield.protocols.ranges.Grid.decode_checked`). The protocol, its threat model
+and the legend from the paper's notation to these names: :mod:`fedshield.protocols.secagg`.
 """
 
 from __future__ import annotations

@@ -57,8 +57,10 @@ class SecAggServer(ServerSession):
     Args:
         round, clients, dim: as for every :class:`~fedshield.protocols.base.ServerSession`.
         config: the round's :class:`SecAggConfig` (each client checks it is the same).
-        roster: the federation's roster: ``clients`` must be members; every key and
-            signature a client sends is checked against it before it is relayed.
+        roster: the federation's roster: ``clients`` must be members, and no stage goes on
+            with fewer than its ``min_sites``; round keys and consistency signatures are
+            checked on arrival, receive keys and sealed blobs only when a client reports one
+            (:mod:`~fedshield.protocols.secagg.channels`).
         ranges: the round's per-tensor ranges when ``config.clip`` is ``None``; their summed
             statistic is revealed as :attr:`Revealed.range_counts`.
     """
@@ -202,7 +204,6 @@ class SecAggServer(ServerSession):
         a blob that does not open), and the holders whose receive keys it found unusable: a
         true claim drops the holder at the stage's close, a false one the sender now."""
         message.require_fields(5)
-        self.commitments[sender] = message.raw(2, length=32)
         unusable = message.array(4, dtype="<u4").tolist()
         holders = [j for j in (*self.graph[sender], sender) if j in self.channel_public_keys]
         if len(set(unusable)) != len(unusable) or not set(unusable) <= set(holders) - {sender}:
@@ -215,8 +216,8 @@ class SecAggServer(ServerSession):
                 raise FalseComplaint(f"client {sender} refused client {h}'s sound receive key")
         self.unusable.update(unusable)  # proven: dropped at the stage's close
         holders = [j for j in holders if j not in unusable]
-        if not message.array(0, dtype="<u4").size:
-            raise UnknownSender(f"client {sender} sealed no shares: too few usable holders")
+        if len(holders) < self.threshold:  # its secrets could never be rebuilt
+            raise UnknownSender(f"client {sender} sealed to fewer than t usable holders")
         receivers = message.array(0, dtype="<u4", shape=(len(holders),))
         if sorted(receivers.tolist()) != sorted(holders):
             raise UnknownSender(f"client {sender} addressed shares outside its neighbours")
@@ -226,6 +227,7 @@ class SecAggServer(ServerSession):
             sealed = blob[i * SEALED_SHARE_BYTES : (i + 1) * SEALED_SHARE_BYTES]
             signature = signed[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
             self.mailbox.setdefault(j, {})[sender] = (sealed, signature)
+        self.commitments[sender] = message.raw(2, length=32)
 
     @closes(SecAggStage.SHARE_KEYS)
     def _drop_unusable(self, stage: str) -> None:
@@ -363,12 +365,11 @@ class SecAggServer(ServerSession):
 
     @closes(SecAggStage.ADVERTISE_KEYS, SecAggStage.UNMASK)
     def _check_threshold(self, stage: str) -> None:
-        minimum = max(self.threshold, self.config.min_clients)
-        if len(self.alive) < minimum:
+        pinned = max(self.config.min_clients, self.roster.min_sites)  # as every client pins
+        if len(self.alive) < max(self.threshold, pinned):
             raise SecAggAbort(
                 f"round {self.round}: {len(self.alive)} clients left after '{stage}', "
-                f"the threshold is {self.threshold} and the pinned minimum "
-                f"{self.config.min_clients}"
+                f"the threshold is {self.threshold} and the pinned minimum {pinned}"
             )
 
     # --- reveal ------------------------------------------------------------------------------
