@@ -166,8 +166,9 @@ class SiteProcess:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve one site until the server's ``shutdown`` or a SIGTERM; either ends it with
-    exit status 0, its listening socket closed and its keys dropped."""
+    """Serve one site until the server's ``shutdown`` or a SIGTERM (also one that arrives
+    while it loads its data); either ends it with exit status 0, its listening socket
+    closed and its references to the keys dropped (nothing is zeroed)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="RunConfig as JSON")
     parser.add_argument("--site", type=int, required=True)
@@ -178,10 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = RunConfig(**json.loads(args.config.read_text()))
     torch.set_num_threads(config.threads or 1)  # float sums depend on it; one core per site
-    # the identity key is referenced only by the process, which close() drops
-    process = SiteProcess(config, args.site, Roster.load(args.roster), Identity.load(args.identity))
     stop = threading.Event()  # SIGTERM (a supervisor, `LocalDeployment.stop`): stop serving
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    # the identity key is referenced only by the process, which close() drops
+    process = SiteProcess(config, args.site, Roster.load(args.roster), Identity.load(args.identity))
     serve(("127.0.0.1", args.port), args.key_file.read_bytes(), process.handle, stop=stop)
     process.close()
 
