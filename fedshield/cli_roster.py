@@ -8,7 +8,6 @@ smallest round, the pinned protocol parameters) and one private identity key per
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from dataclasses import fields
 from functools import partial
@@ -19,20 +18,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedshield.cli_options import add_data_options, add_protocol_options
+from fedshield.crypto.identity import fingerprint
 from fedshield.errors import ConfigError
 
-__all__ = ["add_roster_command", "fingerprint"]
+__all__ = ["add_roster_command"]
 
 _FIX = (
     "use the roster.json that `fedshield roster enrol` wrote, unchanged (every site and the "
     "server must hold the same file), or enrol again"
 )
-
-
-def fingerprint(public: bytes) -> str:
-    """The first 16 hex digits of SHA-256 of an identity public key: what two people compare
-    to confirm they hold the same key."""
-    return hashlib.sha256(public).hexdigest()[:16]
 
 
 def add_roster_command(sub, console: Console) -> None:
@@ -133,33 +127,13 @@ def _cmd_check(args: argparse.Namespace, *, console: Console) -> int:
     _print_roster(console, roster, args.roster)
     if args.identity is not None:
         identity = Identity.load(args.identity)
-        _check_identity(roster, args.site, identity.public_bytes, args.identity)
+        roster.check_identity(args.site, identity.public_bytes, source=str(args.identity))
         console.print(
             f"[green]ok:[/] {args.identity} is site {args.site}'s identity key "
             f"(fingerprint {fingerprint(identity.public_bytes)})",
             soft_wrap=True,
         )
     return 0
-
-
-def _check_identity(roster, site: int, public: bytes, path: Path) -> None:
-    """Raise :class:`ConfigError` unless ``public`` is ``site``'s key on ``roster``."""
-    if site not in roster.members:
-        members = ", ".join(map(str, roster.sites))
-        raise ConfigError(f"site {site} is not on {path.name}'s roster (members: {members})")
-    if roster.members[site] == public:
-        return
-    owner = [s for s, key in roster.members.items() if key == public]
-    mine = f"fingerprint {fingerprint(public)}, site {site}'s is {fingerprint(roster.key(site))}"
-    if owner:
-        raise ConfigError(
-            f"{path} is site {owner[0]}'s identity key, not site {site}'s ({mine}): "
-            f"give --site {owner[0]}, or site {site}'s own identity file"
-        )
-    raise ConfigError(
-        f"{path} is not the identity key of any site on this roster ({mine}): it belongs to "
-        "another enrolment; use the identity file enrolled with this roster"
-    )
 
 
 def _load_strict(path: Path):

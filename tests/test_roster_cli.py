@@ -10,8 +10,7 @@ import stat
 import pytest
 
 from fedshield.cli import main
-from fedshield.cli_roster import fingerprint
-from fedshield.crypto.identity import Identity
+from fedshield.crypto.identity import Identity, fingerprint
 from fedshield.engine.experiment import RunConfig
 from fedshield.protocols.roster import Roster
 

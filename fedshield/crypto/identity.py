@@ -11,6 +11,7 @@ signature made for one purpose never verifies for another.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -24,7 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from fedshield._validate import check_bytes
 from fedshield.errors import BadSignature, ConfigError
 
-__all__ = ["IDENTITY_KEY_BYTES", "SIGNATURE_BYTES", "Identity", "check_identity_key", "verify"]
+__all__ = [
+    "IDENTITY_KEY_BYTES",
+    "SIGNATURE_BYTES",
+    "Identity",
+    "check_identity_key",
+    "fingerprint",
+    "verify",
+]
 
 IDENTITY_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -89,7 +97,13 @@ class Identity:
         return self._private.sign(_PREFIX + label + b"\0" + bytes(message))
 
     def __repr__(self) -> str:  # never the private key
-        return f"Identity(public={self.public_bytes.hex()[:16]}...)"
+        return f"Identity(fingerprint={fingerprint(self.public_bytes)})"
+
+
+def fingerprint(public: bytes) -> str:
+    """The first 16 hex digits of SHA-256 of an identity public key: what two people compare
+    to confirm they hold the same key."""
+    return hashlib.sha256(public).hexdigest()[:16]
 
 
 def _check_label(label: bytes) -> None:

@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 from fedshield._validate import check_client_ids, check_int
-from fedshield.crypto.identity import Identity, check_identity_key, verify
+from fedshield.crypto.identity import Identity, check_identity_key, fingerprint, verify
 from fedshield.errors import ConfigError, UnknownSender
 
 __all__ = ["Roster"]
@@ -115,6 +115,22 @@ class Roster:
         """``identity``'s signature of ``message`` for ``label`` under this roster (what
         :meth:`verify` checks)."""
         return identity.sign(label, self.digest + message)
+
+    def check_identity(self, site: int, public: bytes, *, source: str = "the identity key") -> None:
+        """Raise :class:`ConfigError` unless ``public`` is ``site``'s identity key here,
+        saying whose it is instead (``source`` names the key's file)."""
+        if site not in self.members:
+            members = ", ".join(map(str, self.sites))
+            raise ConfigError(f"site {site} is not on the roster (members: {members})")
+        if self.members[site] == public:
+            return
+        owner = [s for s, key in self.members.items() if key == public]
+        mine = f"fingerprint {fingerprint(public)}, site {site}'s is {fingerprint(self.key(site))}"
+        if owner:
+            raise ConfigError(f"{source} is site {owner[0]}'s identity key, not site {site}'s "
+                              f"({mine}): use site {site}'s own identity file")  # fmt: skip
+        raise ConfigError(f"{source} is not the identity key of any site on this roster ({mine}): "
+                          "use the identity file enrolled with this roster")  # fmt: skip
 
     def check_parameters(self, parameters: Mapping[str, Any]) -> None:
         """Raise :class:`ConfigError` naming each pinned parameter that ``parameters`` (a

@@ -27,7 +27,7 @@ from fedshield.crypto.identity import Identity
 from fedshield.engine.experiment import RunConfig, build_global_model, build_site_runtime
 from fedshield.engine.flower.relay import serve
 from fedshield.engine.global_model import GlobalModel
-from fedshield.errors import ConfigError, WrongRound
+from fedshield.errors import WrongRound
 from fedshield.protocols.base import ClientSession
 from fedshield.protocols.he.keys import HEKeySetupClient
 from fedshield.protocols.registry import MODEL_BROADCAST, KeySetup
@@ -44,8 +44,7 @@ class SiteProcess:
         self.runtime = build_site_runtime(config, site)
         protocol = self.runtime.protocol
         roster.check_parameters({"protection": protocol.name, **protocol.describe()})
-        if roster.key(site) != identity.public_bytes:
-            raise ConfigError(f"the identity key given is not site {site}'s on the roster")
+        roster.check_identity(site, identity.public_bytes)
         self.runtime.protocol, self.runtime.identity = protocol.with_roster(roster), identity
         # Under he the sites hold the model: each applies the decrypted aggregate itself, and
         # the key comes through the grid (the key-holder site makes it), not from a local setup.

@@ -255,8 +255,7 @@ class HEKeySetupClient(ClientSession):
         check_instance("roster", roster, Roster, "Roster.enrol or Roster.load")
         check_instance("identity", identity, Identity)
         self.holder = check_int("holder", holder, low=0)
-        if roster.members.get(client_id) != identity.public_bytes:
-            raise ValueError(f"identity is not site {client_id}'s key on the roster")
+        roster.check_identity(client_id, identity.public_bytes)
         if holder not in roster.members:
             raise ValueError(f"the key holder {holder} is not on the federation's roster")
         self.plan, self.roster, self.identity = plan, roster, identity

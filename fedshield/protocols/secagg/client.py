@@ -99,8 +99,7 @@ class SecAggClient(ClientSession):
         check_instance("config", config, SecAggConfig)
         check_instance("roster", roster, Roster, "Roster.enrol or Roster.load")
         check_instance("identity", identity, Identity)
-        if roster.key(client_id) != identity.public_bytes:
-            raise ValueError(f"identity is not site {client_id}'s key on the roster")
+        roster.check_identity(client_id, identity.public_bytes)
         if client_id > MAX_CLIENT_ID:
             raise ConfigError(f"secagg takes client ids up to {MAX_CLIENT_ID} (Shamir points)")
         self.config, self.roster, self.identity = config, roster, identity
