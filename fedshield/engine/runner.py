@@ -111,7 +111,7 @@ def enrol(spec: ProtocolSpec, sites: list[int]) -> tuple[Roster, dict[int, Ident
     pinned (what a deployment does once; the in-process engine at every start)."""
     return Roster.enrol(
         sites, min_sites=spec.min_sites(len(sites)),
-        parameters={"protection": spec.name, **spec.describe()},
+        parameters=spec.pinned_parameters(),
     )  # fmt: skip
 
 

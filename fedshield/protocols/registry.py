@@ -86,6 +86,10 @@ class ProtocolSpec:
         many tensors the exchanged vector holds (adaptive ranges)."""
         return None
 
+    def pinned_parameters(self) -> dict:
+        """What a roster pins of this protocol: its name and its bound options."""
+        return {"protection": self.name, **self.describe()}
+
     def min_sites(self, n: int) -> int:
         """The fewest sites a round of this protocol may list in a federation of ``n`` (the
         roster pins it): 1 unless the protocol's privacy needs more."""

@@ -35,7 +35,7 @@ class _GarbageDealer(SecAggClient):
         sealed, signed = super()._sealed_shares(holders, receive)
         i = holders.index(3)
         sealed[i] = sealed[i][:20] + bytes([sealed[i][20] ^ 1]) + sealed[i][21:]
-        statement = sealed_statement(self.round, self.session + self.graph_seed,
+        statement = sealed_statement(self.round, self.run_binding,
                                      self.client_id, 3, sealed[i])  # fmt: skip
         signed[i] = self.roster.sign(self.identity, SEALED_LABEL, statement)
         return sealed, signed

@@ -65,7 +65,7 @@ def _split_view_attack(config):
         ask = server._server_message("consistency", [np.array(sorted(view), np.uint32)])
         signatures[frozenset(view)][c] = wire.parse(clients[c].handle("consistency", ask)).raw(0)
     for view, signed in signatures.items():  # the colluder signs anything
-        statement = survivor_statement(ROUND, server.session + server.graph_seed, view)
+        statement = survivor_statement(ROUND, server.run_binding, view)
         signed[COLLUDER] = ROSTER.sign(IDENTITIES[COLLUDER], CONSISTENCY_LABEL, statement)
     colluder_seed, colluder_key = clients[COLLUDER].held_shares[VICTIM]
     seed_shares, key_shares = [colluder_seed], [colluder_key]
@@ -188,7 +188,7 @@ def test_unmask_needs_a_quorum_of_valid_signatures_on_the_clients_own_set(case):
     if case == "too few":
         signed = {c: signed[c] for c in (0, 1, 2)}
     elif case == "another set":
-        other = survivor_statement(ROUND, server.session + server.graph_seed, {0, 1, 2, 3})
+        other = survivor_statement(ROUND, server.run_binding, {0, 1, 2, 3})
         signed[3] = ROSTER.sign(IDENTITIES[3], CONSISTENCY_LABEL, other)
     else:
         signed[9] = ROSTER.sign(IDENTITIES[9], CONSISTENCY_LABEL, b"")

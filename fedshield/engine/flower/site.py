@@ -43,7 +43,7 @@ class SiteProcess:
         self.site = site
         self.runtime = build_site_runtime(config, site)
         protocol = self.runtime.protocol
-        roster.check_parameters({"protection": protocol.name, **protocol.describe()})
+        roster.check_parameters(protocol.pinned_parameters())
         roster.check_identity(site, identity.public_bytes)
         self.runtime.protocol, self.runtime.identity = protocol.with_roster(roster), identity
         # Under he the sites hold the model: each applies the decrypted aggregate itself, and

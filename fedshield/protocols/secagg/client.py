@@ -189,6 +189,7 @@ class SecAggClient(ClientSession):
         degree = self.config.degree(self.n)
         channel, mask = self.channel_public_keys, self.mask_public_keys
         self.graph_seed = graph_seed(self.round, self.session, channel, mask)
+        self.run_binding = self.session + self.graph_seed  # this run only: fresh keys in it
         self.neighbours = neighbour_graph(advertised, degree, self.graph_seed, only=me)[me]
         holders, receive, unusable = self._holders_receive_keys(
             sorted((*self.neighbours, me)), message
@@ -248,7 +249,7 @@ class SecAggClient(ClientSession):
             key = share_key(self.channel_keys, public, round=self.round, sender=me, holder=h)
             sealed.append(seal_shares(key, seed_share, key_share, round=self.round, sender=me,
                                       holder=h))  # fmt: skip
-        bound = self.session + self.graph_seed
+        bound = self.run_binding
         signed = [
             self.roster.sign(self.identity, SEALED_LABEL,
                              sealed_statement(self.round, bound, me, h, blob))
@@ -283,7 +284,7 @@ class SecAggClient(ClientSession):
                 # could forge blobs to collect keys); an unsigned one it reports without one
                 signature = signatures[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
                 signed = blob_signed(self.roster, sealed, signature, round=self.round,
-                                     session=self.session + self.graph_seed, sender=sender,
+                                     session=self.run_binding, sender=sender,
                                      holder=me)  # fmt: skip
                 (complaints if signed else unsigned).append(sender)
         # no mask with a peer whose shares were bad: the server drops that peer
@@ -358,7 +359,7 @@ class SecAggClient(ClientSession):
                 f"against, omit it, or are fewer than the quorum of {self.quorum}"
             )
         self.masked_input_survivors = survivors
-        statement = survivor_statement(self.round, self.session + self.graph_seed, survivors)
+        statement = survivor_statement(self.round, self.run_binding, survivors)
         return self._client_message(
             stage, [self.roster.sign(self.identity, CONSISTENCY_LABEL, statement)]
         )
@@ -379,7 +380,7 @@ class SecAggClient(ClientSession):
                 f"client {me}: {len(signers)} sites signed the survivor set, the quorum is "
                 f"{self.quorum}"
             )
-        statement = survivor_statement(self.round, self.session + self.graph_seed, survivors)
+        statement = survivor_statement(self.round, self.run_binding, survivors)
         for signer, signature in _split(blob, signers, SIGNATURE_BYTES).items():
             try:
                 self.roster.verify(signer, signature, CONSISTENCY_LABEL, statement)

@@ -86,7 +86,7 @@ class SecAggServer(ServerSession):
             ranges.check_covers(dim)
         self.params = config.digest(ranges)  # bound into every pairwise mask
         self.session = session_binding(self.params, self.clients)  # in every signature
-        self.graph_seed = b""  # derived from the advertised keys at share_keys
+        self.graph_seed = self.run_binding = b""  # from the advertised keys, at share_keys
         # the update, the weight's digits (and a count), the range statistic
         self.length = dim + config.tail_values + self.grid.stat_values
         self.bits = config.bits(n)
@@ -187,6 +187,7 @@ class SecAggServer(ServerSession):
         channel = {c: self.channel_public_keys[c] for c in advertised}
         mask = {c: self.mask_public_keys[c] for c in advertised}
         self.graph_seed = graph_seed(self.round, self.session, channel, mask)
+        self.run_binding = self.session + self.graph_seed  # this run only: fresh keys in it
         self.graph = neighbour_graph(advertised, self.degree, self.graph_seed)
         keys = [ids(advertised), b"".join(channel.values()), b"".join(mask.values()),
                 b"".join(self.key_signatures[c] for c in advertised)]  # fmt: skip
@@ -269,7 +270,7 @@ class SecAggServer(ServerSession):
             self._judge(sender, accused_sender, revealed)
         for accused_sender in unsigned:
             sealed, signature = self.mailbox[sender][accused_sender]
-            bound = self.session + self.graph_seed
+            bound = self.run_binding
             if blob_signed(self.roster, sealed, signature, round=self.round, session=bound,
                            sender=accused_sender, holder=sender):  # fmt: skip
                 raise FalseComplaint(
@@ -316,9 +317,7 @@ class SecAggServer(ServerSession):
     def _take_consistency_signature(self, stage: str, sender: int, message: wire.Message):
         message.require_fields(1)
         signature = message.raw(0, length=SIGNATURE_BYTES)
-        statement = survivor_statement(
-            self.round, self.session + self.graph_seed, self.masked_input_survivors
-        )
+        statement = survivor_statement(self.round, self.run_binding, self.masked_input_survivors)
         self.roster.verify(sender, signature, CONSISTENCY_LABEL, statement)
         self.consistency_signatures[sender] = signature
 
