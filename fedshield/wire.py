@@ -119,6 +119,11 @@ class Message:
         """Field ``index`` as bytes, with an optional exact or maximum length."""
         return bytes(self.view(index, max_len=max_len, length=length))
 
+    def chunks(self, index: int, *, size: int, count: int) -> list[bytes]:
+        """Field ``index`` as exactly ``count`` items of ``size`` bytes (keys, signatures)."""
+        blob = self.raw(index, length=size * count)
+        return [blob[i * size : (i + 1) * size] for i in range(count)]
+
     def view(
         self, index: int, *, max_len: int | None = None, length: int | None = None
     ) -> memoryview:

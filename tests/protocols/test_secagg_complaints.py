@@ -17,10 +17,8 @@ from fedshield.errors import InvalidShare, SecAggAbort
 from fedshield.protocols.secagg import SecAggClient, SecAggServer
 from fedshield.protocols.secagg.channels import (
     RECEIVE_LABEL,
-    SEALED_LABEL,
     complaint_holds,
     receive_statement,
-    sealed_statement,
 )
 from fedshield.protocols.secagg.config import SecAggConfig
 
@@ -31,14 +29,11 @@ CONFIG = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, we
 class _GarbageDealer(SecAggClient):
     """Seals (and signs) an unreadable blob to client 3."""
 
-    def _sealed_shares(self, holders, receive):
-        sealed, signed = super()._sealed_shares(holders, receive)
+    def _deal(self, holders, receive):
+        sealed, commitments, _ = super()._deal(holders, receive)
         i = holders.index(3)
         sealed[i] = sealed[i][:20] + bytes([sealed[i][20] ^ 1]) + sealed[i][21:]
-        statement = sealed_statement(self.round, self.run_binding,
-                                     self.client_id, 3, sealed[i])  # fmt: skip
-        signed[i] = self.roster.sign(self.identity, SEALED_LABEL, statement)
-        return sealed, signed
+        return sealed, commitments, self._sign_deal(holders, sealed, commitments)
 
 
 class _FalseAccuser(SecAggClient):
@@ -46,8 +41,8 @@ class _FalseAccuser(SecAggClient):
 
     accused: tuple[int, ...] = (1,)
 
-    def _open_shares(self, sender, sealed):
-        shares = super()._open_shares(sender, sealed)
+    def _open_shares(self, sender, sealed, dealt):
+        shares = super()._open_shares(sender, sealed, dealt)
         if sender in self.accused:
             raise InvalidShare("pretended")
         return shares
@@ -56,11 +51,11 @@ class _FalseAccuser(SecAggClient):
 class _WrongKeyAccuser(SecAggClient):
     """Accuses client 1 and reveals a key it never signed."""
 
-    def _open_shares(self, sender, sealed):
+    def _open_shares(self, sender, sealed, dealt):
         if sender == 1:
             self.receive_keys[1] = KeyPair.generate()
             raise InvalidShare("pretended")
-        return super()._open_shares(sender, sealed)
+        return super()._open_shares(sender, sealed, dealt)
 
 
 def _round(bad_client: int, bad_class: type[SecAggClient]):
@@ -119,7 +114,8 @@ def test_a_revealed_receive_key_opens_only_the_accused_blob():
     for other in (0, 2, 3, 5):
         assert complaint_holds(  # "bad": the key does not open the other sender's blob
             revealed, clients[4].receive_keys[1].public_bytes, server.channel_public_keys[other],
-            server.mailbox[4][other][0], round=1, sender=other, holder=4,
+            *server.mailbox[4][other][:1], server.mailbox[4][other][1].commitments, round=1,
+            sender=other, holder=4,
             threshold=server.threshold,
         )  # fmt: skip
 

@@ -60,6 +60,8 @@ class FlowerTransport(Transport):
 
     def request(self, kind: str, messages: Mapping[int, bytes]) -> dict[int, Reply]:
         """Any request (``train``, ``evaluate``, a stage) to the addressed sites."""
+        if not messages:  # a stage addressed to nobody (secagg's expel, most rounds)
+            return {}
         site_of = {self.nodes[c]: c for c in messages if c in self.nodes}
         outgoing = [relay_message(node, kind, bytes(messages[c])) for node, c in site_of.items()]
         start = time.perf_counter()

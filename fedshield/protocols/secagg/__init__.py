@@ -34,21 +34,25 @@ the server aborts a round whose unmasked sum lies outside what the survivors cou
 the grid (weights, levels, digits), so the decoded mean stays within the public range. Within
 it a malicious client can still shift the sum (ring values that keep it in range cannot be
 told from honest input: secure aggregation hides who sent what, so robust statistics over
-single updates are impossible by design). Forged Shamir shares are corrected by
-Reed-Solomon decoding (the inconsistent owner-holder pairs are recorded). Complaints are
-verifiable (:mod:`fedshield.protocols.secagg.channels`): every sealed blob is signed by its
-sender, and a complaint reveals the one receive key that opens it, so the server drops the
-sender of bad shares and a false accuser alike, and the round goes on. Still open: a client
-that deals well-formed shares of its own self-mask seed that lie on no polynomial (or on
-one that misses its commitment) aborts the round at ``unmask`` (verifiable secret sharing
-would catch it at ``share_keys``).
+single updates are impossible by design). Each client signs what it deals (its seed
+commitment and one Merkle root over a commitment to every share,
+:mod:`fedshield.protocols.secagg.dealing`): a revealed share that misses its commitment is
+dropped and its holder recorded; inconsistent shares a dealer dealt are corrected by
+Reed-Solomon decoding. Complaints are verifiable (:mod:`fedshield.protocols.secagg.channels`):
+a complaint reveals the one receive key that opens the accused's blob, so the server drops
+the sender of bad shares and a false accuser alike, and the round goes on. A client whose
+own shares decode to nothing it committed to is proven a cheater and expelled
+(:mod:`fedshield.protocols.secagg.expulsion`): the survivors that masked with it check the
+proof and reveal their pairwise seeds with it, and the round completes without it (it
+aborts if one of them then drops).
 
 Stages (:class:`SecAggStage`): ``advertise_keys`` (two fresh X25519 public keys per client,
 signed with its identity) →
 ``share_keys`` (Shamir shares of the self-mask seed and of the mask-agreement secret key, AES-GCM
 encrypted to each neighbour, relayed by the server) → ``masked_input`` (the bit-packed masked
 vector in Z_{2^b}) → ``consistency`` (each client's signature on the survivor set) →
-``unmask`` (shares of survivors' self-mask seeds and of dropped clients' secret keys).
+``unmask`` (shares of survivors' self-mask seeds and of dropped clients' secret keys) →
+``expel`` (only in a round with a proven cheater: pairwise seeds with it).
 
 Legend: the paper's notation (Bonawitz et al., Figure 4) → our names.
 

@@ -5,14 +5,16 @@ Each client advertises, besides its channel key ``c_u``, one fresh *receive* key
 per listed peer ``u`` (signed with its identity, like its other keys). A sender ``u`` checks
 each holder's receive key (signed, a usable point) and seals its shares for holder ``v``
 under ``HKDF(X25519(c_u, r_{v,u}))`` with a label naming the direction ``u -> v``, and signs
-the sealed blob. A blob that opens came from its sender (no one else holds the key), so on
-the honest path nobody checks these signatures: the work is done only when something is
-wrong. A holder whose blob does not open checks the sender's signature: if it holds, the
-holder reveals ``r_{v,u}``'s private key, which opens nothing but this one blob (it serves no
-other pair and no other direction), so the server opens it too and judges: sound shares drop
-the accuser, bad ones the sender (its signature proves it sent that blob). If the signature
-does not hold, the holder reveals nothing (a server could otherwise forge blobs to collect
-keys) and the server checks the signature itself. A sender that finds a holder's receive
+what it dealt (:mod:`~fedshield.protocols.secagg.dealing`: one signature over every blob's
+hash and the commitments to the shares in it). A blob that opens came from its sender (no one
+else holds the key), so on the honest path no holder checks that signature: the work is done
+only when something is wrong. A holder whose blob does not open, or whose shares miss their
+commitments, checks the sender's signature: if it holds, the holder reveals ``r_{v,u}``'s
+private key, which opens nothing but this one blob (it serves no other pair and no other
+direction), so the server opens it too and judges: sound shares drop the accuser, bad ones
+the sender (its signature proves it dealt that blob). If the signature does not hold, the
+holder reveals nothing (a server could otherwise forge blobs to collect keys) and the server
+checks the signature itself. A sender that finds a holder's receive
 key unusable seals nothing to it and says so; the server checks that claim. Whoever is at
 fault is dropped, and the round goes on.
 """
@@ -26,23 +28,21 @@ from fedshield.crypto.keys import KeyPair, open_share, seal_share, validate_publ
 from fedshield.errors import InvalidMessage, InvalidShare, WrongShape
 from fedshield.protocols.roster import Roster
 from fedshield.protocols.secagg.common import PAIR
+from fedshield.protocols.secagg.dealing import share_commitments
 
 __all__ = [
     "RECEIVE_LABEL",
-    "SEALED_LABEL",
     "SEALED_SHARE_BYTES",
-    "blob_signed",
     "complaint_holds",
+    "deal",
     "open_shares",
     "receive_key_usable",
     "receive_statement",
     "seal_shares",
-    "sealed_statement",
     "share_key",
 ]
 
 RECEIVE_LABEL = b"secagg/receive-key"  # a holder's signature on its receive key for a sender
-SEALED_LABEL = b"secagg/sealed-shares"  # a sender's signature on the blob it sealed to a holder
 _SHARE_PLAIN = PAIR.size + 2 * shamir.SHARE_BYTES
 # AES-GCM: 12-byte nonce, then (sender, receiver) and two shares, then the 16-byte tag.
 SEALED_SHARE_BYTES = 12 + _SHARE_PLAIN + 16
@@ -52,15 +52,6 @@ def receive_statement(round: int, session: bytes, holder: int, sender: int, key:
     """What ``holder`` signs for the key it receives ``sender``'s shares under; ``session``:
     the session binding and the holder's fresh channel key (so it holds for this run only)."""
     return struct.pack("<III", round, holder, sender) + session + key
-
-
-def sealed_statement(round: int, session: bytes, sender: int, holder: int, sealed: bytes) -> bytes:
-    """What ``sender`` signs for the shares it sealed to ``holder``; ``session``: the session
-    binding and the graph seed, derived from this run's fresh keys. A blob signed in another
-    run of the same round therefore counts as unsigned, and no holder reveals a key for it
-    (a reviewer replayed one: every holder revealed its key, and the server unmasked the
-    victim)."""
-    return struct.pack("<III", round, sender, holder) + session + sealed
 
 
 def receive_key_usable(
@@ -73,20 +64,6 @@ def receive_key_usable(
         validate_public_key(key)
         roster.verify(holder, signature, RECEIVE_LABEL,
                       receive_statement(round, session, holder, sender, key))  # fmt: skip
-    except InvalidMessage:
-        return False
-    return True
-
-
-def blob_signed(
-    roster: Roster, sealed: bytes, signature: bytes, *, round: int, session: bytes, sender: int,
-    holder: int,
-) -> bool:  # fmt: skip
-    """Whether ``sender`` signed the blob it sealed to ``holder`` (a holder checks it only
-    for a blob that does not open, before revealing its key; the server, only when told)."""
-    try:
-        roster.verify(sender, signature, SEALED_LABEL,
-                      sealed_statement(round, session, sender, holder, sealed))  # fmt: skip
     except InvalidMessage:
         return False
     return True
@@ -109,15 +86,37 @@ def seal_shares(
     return seal_share(key, plaintext, round=round, sender=sender, receiver=holder)
 
 
+def deal(
+    channel_keys: KeyPair, holders: list[int], receive: list[bytes], *, seed: bytes,
+    mask_key: bytes, threshold: int, round: int, sender: int,
+) -> tuple[list[bytes], list[bytes]]:  # fmt: skip
+    """Shamir-share ``seed`` (``b_u``) and ``mask_key`` (``s_u^SK``) among ``holders`` and seal
+    each holder's pair to the receive key it made for the sender: ``(sealed blobs, the
+    commitments to each holder's two shares)`` (the sender signs them:
+    :func:`~fedshield.protocols.secagg.dealing.deal_leaves`)."""
+    xs = [h + 1 for h in holders]
+    seed_shares = shamir.split(seed, threshold=threshold, xs=xs)
+    key_shares = shamir.split(mask_key, threshold=threshold, xs=xs)
+    sealed, commitments = [], []
+    for h, public, pair in zip(holders, receive, zip(seed_shares, key_shares, strict=True),
+                               strict=True):  # fmt: skip
+        key = share_key(channel_keys, public, round=round, sender=sender, holder=h)
+        sealed.append(seal_shares(key, *pair, round=round, sender=sender, holder=h))
+        commitments.append(share_commitments(pair, round=round, owner=sender, holder=h))
+    return sealed, commitments
+
+
 def open_shares(
-    key: bytes, sealed: bytes, *, round: int, sender: int, holder: int, threshold: int
-) -> tuple[shamir.Share, shamir.Share]:
+    key: bytes, sealed: bytes, commitments: bytes, *, round: int, sender: int, holder: int,
+    threshold: int,
+) -> tuple[shamir.Share, shamir.Share]:  # fmt: skip
     """Open :func:`seal_shares`'s blob and check its shares are what an honest sender deals:
     addressed to this pair, at the holder's point, at the round's threshold, of a 32-byte
-    secret.
+    secret, and matching the ``commitments`` the sender signed for them.
 
     Raises:
-        InvalidShare: the blob does not open, or its shares are malformed.
+        InvalidShare: the blob does not open, or its shares are malformed or miss their
+            commitments.
     """
     plaintext = open_share(key, sealed, round=round, sender=sender, receiver=holder)
     if len(plaintext) != _SHARE_PLAIN or PAIR.unpack_from(plaintext) != (sender, holder):
@@ -133,16 +132,18 @@ def open_shares(
     for share in shares:
         if (share.x, share.threshold, share.secret_len) != (holder + 1, threshold, 32):
             raise InvalidShare("a share at another point, threshold or length")
+    if share_commitments(shares, round=round, owner=sender, holder=holder) != commitments:
+        raise InvalidShare("shares that miss the commitments their sender signed")
     return shares
 
 
 def complaint_holds(
-    revealed: bytes, receive_public: bytes, sender_channel_public: bytes, sealed: bytes, *,
-    round: int, sender: int, holder: int, threshold: int,
+    revealed: bytes, receive_public: bytes, sender_channel_public: bytes, sealed: bytes,
+    commitments: bytes, *, round: int, sender: int, holder: int, threshold: int,
 ) -> bool:  # fmt: skip
     """Judge ``holder``'s complaint about ``sender``'s sealed blob from the receive key it
     revealed: ``True`` if the blob is bad (the sender is at fault), ``False`` if it opens to
-    sound shares (the complaint is false).
+    sound shares that match their ``commitments`` (the complaint is false).
 
     Raises:
         InvalidShare: ``revealed`` is not the private half of the receive key the holder
@@ -156,7 +157,8 @@ def complaint_holds(
         raise InvalidShare("the revealed receive key is not the one the accuser signed")
     key = share_key(receive, sender_channel_public, round=round, sender=sender, holder=holder)
     try:
-        open_shares(key, sealed, round=round, sender=sender, holder=holder, threshold=threshold)
+        open_shares(key, sealed, commitments, round=round, sender=sender, holder=holder,
+                    threshold=threshold)  # fmt: skip
     except InvalidShare:
         return True
     return False

@@ -11,7 +11,7 @@ import numpy as np
 
 from fedshield import wire
 from fedshield._validate import check_instance
-from fedshield.crypto import ring, shamir
+from fedshield.crypto import merkle, ring, shamir
 from fedshield.crypto.identity import SIGNATURE_BYTES, Identity
 from fedshield.crypto.keys import PUBLIC_KEY_BYTES, KeyPair
 from fedshield.crypto.prg import SEED_BYTES, add_mask, mask_scratch, ring_dtype
@@ -26,16 +26,14 @@ from fedshield.errors import (
 from fedshield.protocols.base import ClientSession, handles
 from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.roster import Roster
+from fedshield.protocols.secagg import dealing
 from fedshield.protocols.secagg.channels import (
     RECEIVE_LABEL,
-    SEALED_LABEL,
     SEALED_SHARE_BYTES,
-    blob_signed,
+    deal,
     open_shares,
     receive_key_usable,
     receive_statement,
-    seal_shares,
-    sealed_statement,
     share_key,
 )
 from fedshield.protocols.secagg.common import (
@@ -53,13 +51,15 @@ from fedshield.protocols.secagg.common import (
     survivor_statement,
 )
 from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
+from fedshield.protocols.secagg.dealing import DEAL_LABEL, Dealt, parse_relayed
+from fedshield.protocols.secagg.expulsion import reveal_pair_seeds
 
 __all__ = ["SecAggClient"]
 
 
-def _split(blob: bytes, owners: list[int], size: int = PUBLIC_KEY_BYTES) -> dict[int, bytes]:
-    """Concatenated fixed-size items (public keys, signatures), one per owner in order."""
-    return {c: blob[i * size : (i + 1) * size] for i, c in enumerate(owners)}
+def _keyed(message: wire.Message, index: int, owners: list[int], size: int = PUBLIC_KEY_BYTES):
+    """Field ``index``: fixed-size items (public keys, signatures), one per owner in order."""
+    return dict(zip(owners, message.chunks(index, size=size, count=len(owners)), strict=True))
 
 
 class SecAggClient(ClientSession):
@@ -79,6 +79,7 @@ class SecAggClient(ClientSession):
 
     protocol_id = PROTOCOL_ID
     stages = STAGES
+    skippable = frozenset({SecAggStage.EXPEL})  # only for the neighbours of a proven cheater
 
     def __init__(
         self,
@@ -163,11 +164,7 @@ class SecAggClient(ClientSession):
     def _share_keys(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(6)
         advertised = message.array(0, dtype="<u4").tolist()  # U_1
-        channel_blob = message.raw(1, length=len(advertised) * PUBLIC_KEY_BYTES)
-        mask_blob = message.raw(2, length=len(advertised) * PUBLIC_KEY_BYTES)
-        signatures = _split(
-            message.raw(3, length=len(advertised) * SIGNATURE_BYTES), advertised, SIGNATURE_BYTES
-        )
+        signatures = _keyed(message, 3, advertised, SIGNATURE_BYTES)
         me = self.client_id
         if (
             len(set(advertised)) != len(advertised)
@@ -175,8 +172,8 @@ class SecAggClient(ClientSession):
             or len(advertised) < self.minimum
         ):
             raise SecAggAbort(f"client {me}: bad or too small key list ({len(advertised)})")
-        self.channel_public_keys = _split(channel_blob, advertised)
-        self.mask_public_keys = _split(mask_blob, advertised)
+        self.channel_public_keys = _keyed(message, 1, advertised)
+        self.mask_public_keys = _keyed(message, 2, advertised)
         if (
             self.channel_public_keys.get(me) != self.channel_keys.public_bytes
             or self.mask_public_keys.get(me) != self.mask_keys.public_bytes
@@ -196,12 +193,33 @@ class SecAggClient(ClientSession):
         )
         if len(holders) < self.threshold:  # report them, and sit this round out
             holders = []
-        sealed, signed = self._sealed_shares(holders, receive) if holders else ([], [])
+        sealed, commitments, signature = self._deal(holders, receive)
         return self._client_message(stage, [
             np.array(holders, dtype=np.uint32), b"".join(sealed),
-            commit(self.self_mask_seed, round=self.round, client=me), b"".join(signed),
-            np.array(unusable, dtype=np.uint32),
+            commit(self.self_mask_seed, round=self.round, client=me), signature,
+            np.array(unusable, dtype=np.uint32), b"".join(commitments),
         ])  # fmt: skip
+
+    def _deal(self, holders: list[int], receive: list[bytes]):
+        """``(e_{u,v} for each holder v, the commitments to its two shares, the signature on
+        what was dealt)`` (:func:`~fedshield.protocols.secagg.channels.deal`)."""
+        if not holders:
+            return [], [], bytes(SIGNATURE_BYTES)
+        sealed, commitments = deal(
+            self.channel_keys, holders, receive, seed=self.self_mask_seed,
+            mask_key=self.mask_keys.private_bytes(), threshold=self.threshold,
+            round=self.round, sender=self.client_id,
+        )  # fmt: skip
+        return sealed, commitments, self._sign_deal(holders, sealed, commitments)
+
+    def _sign_deal(self, holders: list[int], sealed: list[bytes], commitments: list[bytes]):
+        """This client's signature on its seed commitment and the root over what it dealt."""
+        root = merkle.root(dealing.deal_leaves(holders, sealed, commitments))
+        seed_commitment = commit(self.self_mask_seed, round=self.round, client=self.client_id)
+        statement = dealing.deal_statement(
+            self.round, self.run_binding, self.client_id, seed_commitment, root
+        )
+        return self.roster.sign(self.identity, DEAL_LABEL, statement)
 
     def _holders_receive_keys(self, holders: list[int], message: wire.Message):
         """``(holders, their receive keys, unusable)``: the receive keys each holder made for
@@ -209,11 +227,9 @@ class SecAggClient(ClientSession):
         or not a usable point makes that holder unusable: no shares are sealed to it, and the
         server checks the claim and drops whichever of the two is at fault. With fewer than
         ``t`` usable holders it seals nothing and sits out, but still reports them."""
-        me, size = self.client_id, PUBLIC_KEY_BYTES
-        keys = _split(message.raw(4, length=len(holders) * size), holders)
-        signatures = _split(
-            message.raw(5, length=len(holders) * SIGNATURE_BYTES), holders, SIGNATURE_BYTES
-        )
+        me = self.client_id
+        keys = _keyed(message, 4, holders)
+        signatures = _keyed(message, 5, holders, SIGNATURE_BYTES)
         if keys[me] != self.receive_keys[me].public_bytes:
             raise WrongShape("the server relayed a receive key that is not this client's")
         usable = {  # its own key it checked above
@@ -234,36 +250,12 @@ class SecAggClient(ClientSession):
             )
             self.roster.verify(c, signatures[c], ADVERTISE_LABEL, statement)
 
-    def _sealed_shares(self, holders: list[int], receive: list[bytes]):
-        """``(e_{u,v}, signatures)``: for each holder ``v``, its shares of ``b_u`` and of
-        ``s_u^SK``, sealed to the receive key ``v`` made for this client, and signed."""
-        xs = [h + 1 for h in holders]
-        seed_shares = shamir.split(self.self_mask_seed, threshold=self.threshold, xs=xs)
-        mask_key_shares = shamir.split(
-            self.mask_keys.private_bytes(), threshold=self.threshold, xs=xs
-        )
-        me, sealed = self.client_id, []
-        for h, public, seed_share, key_share in zip(
-            holders, receive, seed_shares, mask_key_shares, strict=True
-        ):
-            key = share_key(self.channel_keys, public, round=self.round, sender=me, holder=h)
-            sealed.append(seal_shares(key, seed_share, key_share, round=self.round, sender=me,
-                                      holder=h))  # fmt: skip
-        bound = self.run_binding
-        signed = [
-            self.roster.sign(self.identity, SEALED_LABEL,
-                             sealed_statement(self.round, bound, me, h, blob))
-            for h, blob in zip(holders, sealed, strict=True)
-        ]  # fmt: skip
-        return sealed, signed
-
     @handles(SecAggStage.MASKED_INPUT)
     def _masked_input(self, stage: str, message: wire.Message) -> bytes:
-        message.require_fields(4)
+        message.require_fields(8)
         shared_keys_survivors = set(message.array(0, dtype="<u4").tolist())  # U_2
         senders = message.array(1, dtype="<u4").tolist()
-        blob = message.raw(2, length=len(senders) * SEALED_SHARE_BYTES)
-        signatures = message.raw(3, length=len(senders) * SIGNATURE_BYTES)
+        deals = parse_relayed(message, 2, len(senders), SEALED_SHARE_BYTES)
         me = self.client_id
         if (
             not shared_keys_survivors <= set(self.channel_public_keys)
@@ -273,19 +265,16 @@ class SecAggClient(ClientSession):
             raise SecAggAbort(f"client {me}: the survivor list is inconsistent or too small")
         self.shared_keys_survivors = shared_keys_survivors  # U_2, remembered for the unmask
         complaints, unsigned = [], []
-        for i, sender in enumerate(senders):
+        for sender, (sealed, dealt) in zip(senders, deals, strict=True):
             if sender not in (*self.neighbours, me) or sender not in shared_keys_survivors:
                 raise UnknownSender(f"client {me} got a share from non-neighbour {sender}")
-            sealed = blob[i * SEALED_SHARE_BYTES : (i + 1) * SEALED_SHARE_BYTES]
             try:  # a blob that opens came from its sender: only its key could seal it
-                self.held_shares[sender] = self._open_shares(sender, sealed)
+                self.held_shares[sender] = self._open_shares(sender, sealed, dealt)
             except InvalidShare:
-                # only a signed blob is worth this client's key as proof (else the server
+                # only a signed deal is worth this client's key as proof (else the server
                 # could forge blobs to collect keys); an unsigned one it reports without one
-                signature = signatures[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
-                signed = blob_signed(self.roster, sealed, signature, round=self.round,
-                                     session=self.run_binding, sender=sender,
-                                     holder=me)  # fmt: skip
+                signed = dealt.signed(self.roster, round=self.round, session=self.run_binding,
+                                      sender=sender, holder=me)  # fmt: skip
                 (complaints if signed else unsigned).append(sender)
         # no mask with a peer whose shares were bad: the server drops that peer
         accused = self.accused = set(complaints + unsigned)
@@ -297,12 +286,13 @@ class SecAggClient(ClientSession):
             ring.pack(masked, self.bits),
         ])  # fmt: skip
 
-    def _open_shares(self, sender: int, sealed: bytes) -> tuple[shamir.Share, shamir.Share]:
-        """Open ``e_{sender,me}``: this client's shares of the sender's ``b`` and ``s^SK``."""
+    def _open_shares(self, sender: int, sealed: bytes, dealt: Dealt):
+        """Open ``e_{sender,me}``: this client's shares of the sender's ``b`` and ``s^SK``,
+        checked against the commitments the sender signed for them."""
         key = share_key(self.receive_keys[sender], self.channel_public_keys[sender],
                         round=self.round, sender=sender, holder=self.client_id)  # fmt: skip
-        return open_shares(key, sealed, round=self.round, sender=sender, holder=self.client_id,
-                           threshold=self.threshold)  # fmt: skip
+        return open_shares(key, sealed, dealt.commitments, round=self.round, sender=sender,
+                           holder=self.client_id, threshold=self.threshold)  # fmt: skip
 
     def _weighted_levels(self, out: np.ndarray) -> None:
         """Write the weighted, quantized update, the weight's tail values and the range
@@ -371,7 +361,7 @@ class SecAggClient(ClientSession):
         ``U_2``. The server's word on who dropped is not taken."""
         message.require_fields(2)
         signers = message.array(0, dtype="<u4").tolist()
-        blob = message.raw(1, length=len(signers) * SIGNATURE_BYTES)
+        signatures = _keyed(message, 1, signers, SIGNATURE_BYTES)
         me, survivors = self.client_id, self.masked_input_survivors
         if len(set(signers)) != len(signers) or not set(signers) <= survivors:
             raise SecAggAbort(f"client {me}: consistency signatures from outside the survivors")
@@ -381,7 +371,7 @@ class SecAggClient(ClientSession):
                 f"{self.quorum}"
             )
         statement = survivor_statement(self.round, self.run_binding, survivors)
-        for signer, signature in _split(blob, signers, SIGNATURE_BYTES).items():
+        for signer, signature in signatures.items():
             try:
                 self.roster.verify(signer, signature, CONSISTENCY_LABEL, statement)
             except InvalidMessage as exc:  # another survivor set, or a forgery: refuse
@@ -398,3 +388,11 @@ class SecAggClient(ClientSession):
                 b"".join(self.held_shares[j][1].to_bytes() for j in key_owners),
             ],
         )
+
+    @handles(SecAggStage.EXPEL)
+    def _expel(self, stage: str, message: wire.Message) -> bytes:
+        """Only when the server proves that a peer this client masked with dealt garbage
+        shares: check the proof, then reveal the pairwise mask seed with that peer
+        (:mod:`~fedshield.protocols.secagg.expulsion`)."""
+        cheaters, seeds = reveal_pair_seeds(self, message)
+        return self._client_message(stage, [np.array(cheaters, dtype=np.uint32), b"".join(seeds)])

@@ -22,25 +22,29 @@ __all__ = [
     "PROTOCOL_ID",
     "STAGES",
     "SecAggStage",
+    "add_pair_seed",
     "add_pairwise_mask",
     "advertisement",
     "commit",
     "graph_seed",
     "ids",
     "mask_info",
+    "pairwise_seed",
     "session_binding",
     "survivor_statement",
 ]
 
 
 class SecAggStage(StrEnum):
-    """The SecAgg+ stages, in order (Bonawitz et al. rounds 0 to 4)."""
+    """The SecAgg+ stages, in order (Bonawitz et al. rounds 0 to 4, then ``expel``: only in a
+    round where a client is proven to have dealt garbage shares)."""
 
     ADVERTISE_KEYS = "advertise_keys"
     SHARE_KEYS = "share_keys"
     MASKED_INPUT = "masked_input"
     CONSISTENCY = "consistency"
     UNMASK = "unmask"
+    EXPEL = "expel"
 
 
 PROTOCOL_ID = ProtocolId.SECAGG
@@ -98,6 +102,15 @@ def mask_info(round: int, a: int, b: int, params: bytes) -> bytes:
     return b"fedshield/secagg/pairwise-mask" + struct.pack("<III", round, lo, hi) + params
 
 
+def pairwise_seed(
+    mask_keys: KeyPair, peer_mask_public_key: bytes, *, round: int, me: int, peer: int,
+    params: bytes,
+) -> bytes:  # fmt: skip
+    """``s_{me,peer}``: the seed of the pairwise mask of ``me`` and ``peer`` (the same on both
+    sides), bound to the round's parameter digest ``params`` (:func:`mask_info`)."""
+    return mask_keys.agree(peer_mask_public_key, info=mask_info(round, me, peer, params))
+
+
 def add_pairwise_mask(
     acc: np.ndarray,
     mask_keys: KeyPair,
@@ -113,7 +126,16 @@ def add_pairwise_mask(
     """Add ``me``'s pairwise mask with ``peer`` (``undo``: take it away): +mask for the
     smaller id, -mask for the larger, so each pair cancels in the sum. ``params``: the
     round's parameter digest (:func:`mask_info`)."""
-    seed = mask_keys.agree(peer_mask_public_key, info=mask_info(round, me, peer, params))
+    seed = pairwise_seed(
+        mask_keys, peer_mask_public_key, round=round, me=me, peer=peer, params=params
+    )
+    add_pair_seed(acc, seed, me=me, peer=peer, scratch=scratch, undo=undo)
+
+
+def add_pair_seed(
+    acc: np.ndarray, seed: bytes, *, me: int, peer: int, scratch: np.ndarray, undo: bool = False
+) -> None:
+    """Add (``undo``: take away) ``me``'s pairwise mask with ``peer`` from its ``seed``."""
     add_mask(acc, seed, subtract=(me > peer) != undo, scratch=scratch)
 
 

@@ -16,7 +16,6 @@ from fedshield.crypto.keys import PUBLIC_KEY_BYTES, validate_public_key
 from fedshield.crypto.prg import SEED_BYTES, ring_dtype
 from fedshield.errors import (
     ConfigError,
-    FalseComplaint,
     InvalidShare,
     ProtocolAbort,
     SecAggAbort,
@@ -26,12 +25,7 @@ from fedshield.errors import (
 from fedshield.protocols.base import Revealed, ServerSession, broadcasts, closes, receives
 from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.roster import Roster
-from fedshield.protocols.secagg.channels import (
-    SEALED_SHARE_BYTES,
-    blob_signed,
-    complaint_holds,
-    receive_key_usable,
-)
+from fedshield.protocols.secagg.channels import SEALED_SHARE_BYTES
 from fedshield.protocols.secagg.common import (
     ADVERTISE_LABEL,
     CONSISTENCY_LABEL,
@@ -46,7 +40,17 @@ from fedshield.protocols.secagg.common import (
     survivor_statement,
 )
 from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
-from fedshield.protocols.secagg.recovery import remove_masks
+from fedshield.protocols.secagg.dealing import (
+    COMMITMENTS_BYTES,
+    SECRETS,
+    Dealt,
+    relayed_fields,
+    share_commitment,
+    verified_deals,
+)
+from fedshield.protocols.secagg.expulsion import proofs_for
+from fedshield.protocols.secagg.judge import check_complaints, check_unusable_claims
+from fedshield.protocols.secagg.recovery import masked_with, recover_secrets, remove_masks
 
 __all__ = ["SecAggServer"]
 
@@ -98,8 +102,8 @@ class SecAggServer(ServerSession):
         self.mask_public_keys: dict[int, bytes] = {}  # s_u^PK
         self.key_signatures: dict[int, bytes] = {}  # each client's signature on its keys
         self.consistency_signatures: dict[int, bytes] = {}  # U_4: signer -> signature on U_3
-        # receiver -> sender -> (sealed shares, the sender's signature on them)
-        self.mailbox: dict[int, dict[int, tuple[bytes, bytes]]] = {}
+        # holder -> sender -> (sealed shares, what proves the sender dealt them)
+        self.mailbox: dict[int, dict[int, tuple[bytes, Dealt]]] = {}
         # holder -> sender -> (the receive key the holder made for the sender, its signature)
         self.receive_keys: dict[int, dict[int, tuple[bytes, bytes]]] = {}
         self.unusable: set[int] = set()  # clients whose receive key a sender proved unusable
@@ -111,9 +115,14 @@ class SecAggServer(ServerSession):
         self.self_mask_seed_shares: dict[int, list[shamir.Share]] = {}  # owner -> shares of b
         self.mask_key_shares: dict[int, list[shamir.Share]] = {}  # owner -> shares of s^SK
         self.commitments: dict[int, bytes] = {}  # client -> hash of its self-mask seed
+        self.seeds: dict[int, bytes] = {}  # survivor -> its rebuilt self-mask seed
+        self.dropped_mask_keys: dict = {}  # dropped client -> its rebuilt mask key pair
+        self.cheaters: dict[int, str] = {}  # dealer -> the secret its shares do not decode to
+        self.pair_seeds: dict[tuple[int, int], bytes] = {}  # (survivor, cheater) -> seed
         self.unmasked: np.ndarray | None = None  # the revealed integer sum
-        # (owner, holder) of every share that disagreed with the decoded secret: the holder
-        # forged it, or the owner dealt it wrong (only verifiable secret sharing could tell)
+        # (owner, holder) of every revealed share that missed its commitment (the holder
+        # forged it, or the owner and the server framed it) or the decoded secret (the owner
+        # dealt it wrong)
         self.inconsistent: set[tuple[int, int]] = set()
 
     def describe(self) -> dict:
@@ -130,6 +139,7 @@ class SecAggServer(ServerSession):
             "weighting": self.config.weighting,
             "aggregate_sha256": digest,
             "inconsistent_shares": [list(pair) for pair in sorted(self.inconsistent)],
+            "cheaters": sorted(self.cheaters),
         }
 
     def _packed_len(self) -> int:
@@ -201,34 +211,29 @@ class SecAggServer(ServerSession):
 
     @receives(SecAggStage.SHARE_KEYS)
     def _take_sealed_shares(self, stage: str, sender: int, message: wire.Message) -> None:
-        """The sender's sealed shares (their signatures are checked only if a holder reports
-        a blob that does not open), and the holders whose receive keys it found unusable: a
-        true claim drops the holder at the stage's close, a false one the sender now."""
-        message.require_fields(5)
-        unusable = message.array(4, dtype="<u4").tolist()
+        """The sender's sealed shares and its signature on what it dealt (checked now: a
+        proof against a cheater rests on it); the holders whose receive keys it found
+        unusable: a true claim drops the holder at the stage's close, a false one the sender
+        now."""
+        message.require_fields(6)
         holders = [j for j in (*self.graph[sender], sender) if j in self.channel_public_keys]
-        if len(set(unusable)) != len(unusable) or not set(unusable) <= set(holders) - {sender}:
-            raise UnknownSender(f"client {sender} reported keys of clients it does not seal to")
-        for h in unusable:
-            key, signature = self.receive_keys[h][sender]
-            bound = self.session + self.channel_public_keys[h]
-            if receive_key_usable(self.roster, key, signature, round=self.round, session=bound,
-                                  holder=h, sender=sender):  # fmt: skip
-                raise FalseComplaint(f"client {sender} refused client {h}'s sound receive key")
-        self.unusable.update(unusable)  # proven: dropped at the stage's close
-        holders = [j for j in holders if j not in unusable]
+        unusable = message.array(4, dtype="<u4").tolist()
+        check_unusable_claims(self, sender, unusable, holders)  # true: dropped at the close
+        holders = sorted(j for j in holders if j not in unusable)
         if len(holders) < self.threshold:  # its secrets could never be rebuilt
             raise UnknownSender(f"client {sender} sealed to fewer than t usable holders")
-        receivers = message.array(0, dtype="<u4", shape=(len(holders),))
-        if sorted(receivers.tolist()) != sorted(holders):
+        if message.array(0, dtype="<u4").tolist() != holders:
             raise UnknownSender(f"client {sender} addressed shares outside its neighbours")
-        blob = message.raw(1, length=len(holders) * SEALED_SHARE_BYTES)
-        signed = message.raw(3, length=len(holders) * SIGNATURE_BYTES)
-        for i, j in enumerate(receivers.tolist()):
-            sealed = blob[i * SEALED_SHARE_BYTES : (i + 1) * SEALED_SHARE_BYTES]
-            signature = signed[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES]
-            self.mailbox.setdefault(j, {})[sender] = (sealed, signature)
-        self.commitments[sender] = message.raw(2, length=32)
+        sealed = message.chunks(1, size=SEALED_SHARE_BYTES, count=len(holders))
+        deals = verified_deals(
+            self.roster, round=self.round, session=self.run_binding, sender=sender,
+            holders=holders, sealed=sealed, seed_commitment=message.raw(2, length=32),
+            commitments=message.chunks(5, size=COMMITMENTS_BYTES, count=len(holders)),
+            signature=message.raw(3, length=SIGNATURE_BYTES),
+        )  # fmt: skip
+        for h, blob, dealt in zip(holders, sealed, deals, strict=True):
+            self.mailbox.setdefault(h, {})[sender] = (blob, dealt)
+        self.commitments[sender] = deals[0].seed_commitment
 
     @closes(SecAggStage.SHARE_KEYS)
     def _drop_unusable(self, stage: str) -> None:
@@ -244,59 +249,20 @@ class SecAggServer(ServerSession):
         out = {}
         for c in self.shared_keys_survivors:
             inbox = {s: m for s, m in self.mailbox.get(c, {}).items() if s in self.alive}
+            deals = [inbox[s] for s in sorted(inbox)]
             out[c] = self._server_message(
-                stage,
-                [
-                    ids(self.shared_keys_survivors),
-                    ids(inbox),
-                    b"".join(inbox[s][0] for s in sorted(inbox)),
-                    b"".join(inbox[s][1] for s in sorted(inbox)),
-                ],
+                stage, [ids(self.shared_keys_survivors), ids(inbox), *relayed_fields(deals)]
             )
         return out
 
     @receives(SecAggStage.MASKED_INPUT)
     def _take_masked_input(self, stage: str, sender: int, message: wire.Message) -> None:
         message.require_fields(4)
-        accused = message.array(0, dtype="<u4").tolist()
-        evidence = message.raw(1, length=len(accused) * PUBLIC_KEY_BYTES)
-        unsigned = message.array(2, dtype="<u4").tolist()
-        complaints = set(accused) | set(unsigned)
-        relayed = {s for s in self.mailbox.get(sender, {}) if s in self.shared_keys_survivors}
-        if len(complaints) != len(accused) + len(unsigned) or not complaints <= relayed:
-            raise UnknownSender(f"client {sender} complained about shares it was not sent")
-        for i, accused_sender in enumerate(accused):
-            revealed = evidence[i * PUBLIC_KEY_BYTES : (i + 1) * PUBLIC_KEY_BYTES]
-            self._judge(sender, accused_sender, revealed)
-        for accused_sender in unsigned:
-            sealed, signature = self.mailbox[sender][accused_sender]
-            bound = self.run_binding
-            if blob_signed(self.roster, sealed, signature, round=self.round, session=bound,
-                           sender=accused_sender, holder=sender):  # fmt: skip
-                raise FalseComplaint(
-                    f"client {sender} called client {accused_sender}'s signed blob unsigned"
-                )
+        complaints = check_complaints(self, sender, message)
         packed = message.raw(3, length=self._packed_len())
         self.masked_sum += ring.unpack(packed, self.length, self.bits)
         self.masked[sender] = packed
         self.complaints[sender] = complaints
-
-    def _judge(self, holder: int, sender: int, revealed: bytes) -> None:
-        """Check ``holder``'s complaint about ``sender`` from the receive key it revealed
-        (:func:`~fedshield.protocols.secagg.channels.complaint_holds`); a false or unproven
-        complaint drops the accuser."""
-        try:
-            holds = complaint_holds(
-                revealed, self.receive_keys[holder][sender][0], self.channel_public_keys[sender],
-                self.mailbox[holder][sender][0], round=self.round, sender=sender, holder=holder,
-                threshold=self.threshold,
-            )  # fmt: skip
-        except InvalidShare as exc:
-            raise FalseComplaint(f"client {holder}'s complaint about {sender}: {exc}") from None
-        if not holds:
-            raise FalseComplaint(
-                f"client {holder} complained about client {sender}'s shares, which are sound"
-            )
 
     @closes(SecAggStage.MASKED_INPUT)
     def _drop_accused(self, stage: str) -> None:
@@ -339,30 +305,59 @@ class SecAggServer(ServerSession):
 
     @receives(SecAggStage.UNMASK)
     def _take_shares(self, stage: str, sender: int, message: wire.Message) -> None:
+        """Shares of the survivors' seeds and the dropped clients' keys; one that misses the
+        commitment its dealer signed is forged: it is dropped and recorded."""
         message.require_fields(4)
         dropped = set(self.shared_keys_survivors) - set(self.masked_input_survivors)
         own_group = {*self.graph[sender], sender}
-        for ids_field, store, allowed in (
-            (0, self.self_mask_seed_shares, set(self.masked_input_survivors)),
-            (2, self.mask_key_shares, dropped),
+        for ids_field, store, allowed, secret in (
+            (0, self.self_mask_seed_shares, set(self.masked_input_survivors), SECRETS[0]),
+            (2, self.mask_key_shares, dropped, SECRETS[1]),
         ):
             owners = message.array(ids_field, dtype="<u4").tolist()
-            blob = message.raw(ids_field + 1, length=len(owners) * shamir.SHARE_BYTES)
+            blobs = message.chunks(ids_field + 1, size=shamir.SHARE_BYTES, count=len(owners))
             if len(set(owners)) != len(owners) or not set(owners) <= allowed & own_group:
                 raise InvalidShare(f"client {sender} revealed shares it must not reveal")
-            for i, owner in enumerate(owners):
-                share = shamir.Share.from_bytes(
-                    blob[i * shamir.SHARE_BYTES : (i + 1) * shamir.SHARE_BYTES]
-                )
+            for owner, blob in zip(owners, blobs, strict=True):
+                share = shamir.Share.from_bytes(blob)
                 if (share.x, share.threshold, share.secret_len) != (
-                    sender + 1,
-                    self.threshold,
-                    SEED_BYTES,
-                ):
+                    sender + 1, self.threshold, SEED_BYTES,
+                ):  # fmt: skip
                     raise InvalidShare(f"client {sender} sent a share that is not its own")
+                opened = share_commitment(share, round=self.round, owner=owner, holder=sender,
+                                          secret=secret)  # fmt: skip
+                if opened != self.mailbox[sender][owner][1].commitment(secret):
+                    self.inconsistent.add((owner, sender))
+                    continue
                 store.setdefault(owner, []).append(share)
 
-    @closes(SecAggStage.ADVERTISE_KEYS, SecAggStage.UNMASK)
+    @closes(SecAggStage.UNMASK)
+    def _rebuild_secrets(self, stage: str) -> None:
+        self._check_threshold(stage)
+        try:
+            recover_secrets(self)
+        except SecAggAbort as exc:
+            raise SecAggAbort(f"round {self.round}: cannot unmask ({exc})") from None
+
+    # --- expel -------------------------------------------------------------------------------
+    @broadcasts(SecAggStage.EXPEL)
+    def _ask_for_pair_seeds(self, stage: str) -> dict[int, bytes]:
+        """Nobody, unless a dealer was proven to cheat (:mod:`.expulsion`)."""
+        return {c: self._server_message(stage, f) for c, f in proofs_for(self).items()}
+
+    @receives(SecAggStage.EXPEL)
+    def _take_pair_seeds(self, stage: str, sender: int, message: wire.Message) -> None:
+        message.require_fields(2)
+        cheaters = message.array(0, dtype="<u4").tolist()
+        asked = [u for u in sorted(self.cheaters) if sender in masked_with(self, u)]
+        if cheaters != asked:
+            raise UnknownSender(f"client {sender} revealed seeds with {cheaters}, not {asked}")
+        for u, seed in zip(
+            cheaters, message.chunks(1, size=SEED_BYTES, count=len(asked)), strict=True
+        ):
+            self.pair_seeds[sender, u] = seed
+
+    @closes(SecAggStage.ADVERTISE_KEYS)
     def _check_threshold(self, stage: str) -> None:
         pinned = max(self.config.min_clients, self.roster.min_sites)  # as every client pins
         if len(self.alive) < max(self.threshold, pinned):
@@ -376,7 +371,7 @@ class SecAggServer(ServerSession):
         survivors = sorted(self.masked)
         total = self.masked_sum
         try:
-            remove_masks(self, total, survivors)
+            remove_masks(self, total)
         except (ProtocolAbort, InvalidShare, WrongShape) as exc:
             raise SecAggAbort(f"round {self.round}: cannot unmask ({exc})") from exc
         total &= total.dtype.type((1 << self.bits) - 1)
