@@ -1,7 +1,8 @@
 """Bit-packing of b-bit unsigned integers into bytes (little-endian bit order), numba kernels.
 
 ``pack(values, bits)`` writes value ``i`` into bits ``[i·b, (i+1)·b)`` of the output, least
-significant bit first; ``unpack`` inverts it. The numpy versions ``pack_reference`` and
+significant bit first; ``unpack`` inverts it and ``unpack_add`` adds the values into an
+accumulator in place (one pass, no temporary array). The numpy versions ``pack_reference`` and
 ``unpack_reference`` are the test oracles. The kernels run in parallel over groups of 64
 values, which fill exactly ``b`` 64-bit words, so every group writes whole words of its own
 (little-endian hosts, where word order is byte order); the last ``len % 64`` values stream in
@@ -24,6 +25,7 @@ __all__ = [
     "pack_reference",
     "packed_size",
     "unpack",
+    "unpack_add",
     "unpack_reference",
 ]
 
@@ -61,26 +63,40 @@ def _pack_words(values, bits, words):  # pragma: no cover - compiled
                 acc = v >> (width - filled) if filled > np.uint64(0) else np.uint64(0)
 
 
+@njit(cache=True)
+def _load_word(data, w):  # pragma: no cover - compiled
+    """64-bit word ``w`` of the byte array ``data`` (any alignment: one unaligned load)."""
+    i = w * np.uint64(8)
+    word = np.uint64(0)
+    for b in range(8):
+        word |= np.uint64(data[i + np.uint64(b)]) << np.uint64(8 * b)
+    return word
+
+
 @parallel_kernel
-def _unpack_words(words, length, bits, out):  # pragma: no cover - compiled
+def _unpack_words(data, length, bits, out, add):  # pragma: no cover - compiled
+    """Unpack the first ``64·(length // 64)`` values into ``out``, or add them to it
+    (``add``: wrapping in ``out``'s dtype), one group of b words per task."""
     width = np.uint64(bits)
     mask = (np.uint64(1) << width) - np.uint64(1)
     for g in prange(length // _GROUP):
         w = np.uint64(g) * width
-        acc = words[w]
+        acc = _load_word(data, w)
         filled = np.uint64(64)
-        base = np.uint64(g) * np.uint64(_GROUP)
-        for k in range(_GROUP):
+        i = np.uint64(g) * np.uint64(_GROUP)
+        for _ in range(_GROUP):
             if filled >= width:
-                out[base + np.uint64(k)] = acc & mask
+                value = acc & mask
                 acc >>= width
                 filled -= width
             else:  # the value straddles two words
                 w += np.uint64(1)
-                following = words[w]
-                out[base + np.uint64(k)] = (acc | (following << filled)) & mask
+                following = _load_word(data, w)
+                value = (acc | (following << filled)) & mask
                 acc = following >> (width - filled)
                 filled = np.uint64(64) - (width - filled)
+            out[i] = out[i] + value if add else value
+            i += np.uint64(1)
 
 
 @njit(cache=True)
@@ -103,7 +119,7 @@ def _pack_tail(values, start, bits, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def _unpack_tail(data, start, length, bits, out):  # pragma: no cover - compiled
+def _unpack_tail(data, start, length, bits, out, add):  # pragma: no cover - compiled
     acc = np.uint64(0)
     filled = 0
     j = start // 8 * bits
@@ -113,7 +129,8 @@ def _unpack_tail(data, start, length, bits, out):  # pragma: no cover - compiled
             acc |= np.uint64(data[j]) << np.uint64(filled)
             filled += 8
             j += 1
-        out[i] = acc & mask
+        value = acc & mask
+        out[i] = out[i] + value if add else value
         acc >>= np.uint64(bits)
         filled -= bits
 
@@ -157,24 +174,47 @@ def pack(values: np.ndarray, bits: int) -> bytes:
     return out[: pack_into(values, bits, out)].tobytes()
 
 
+def _check_unpack(data: bytes, length: int, bits: int, dtype: np.dtype) -> None:
+    _check_bits(bits)
+    if len(data) != packed_size(length, bits):
+        raise ValueError(f"{len(data)} bytes cannot hold exactly {length} values of {bits} bits")
+    if dtype.kind != "u" or 8 * dtype.itemsize < bits:
+        raise ValueError(f"{dtype} cannot hold {bits}-bit values")
+
+
+def _run_unpack(data: bytes, length: int, bits: int, out: np.ndarray, add: bool) -> None:
+    """The kernels on ``data`` as it lies: they read words byte-wise, so any alignment works
+    without a copy (the compiler merges the bytes into one unaligned load)."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    _unpack_words(raw, length, bits, out, add)
+    _unpack_tail(raw, length // _GROUP * _GROUP, length, bits, out, add)
+
+
 def unpack(data: bytes, length: int, bits: int, dtype: np.dtype | type = np.uint64) -> np.ndarray:
     """Inverse of :func:`pack`; ``data`` must hold exactly :func:`packed_size` bytes.
 
     ``dtype``: the unsigned output type; it must hold ``bits`` bits.
     """
-    _check_bits(bits)
-    if len(data) != packed_size(length, bits):
-        raise ValueError(f"{len(data)} bytes cannot hold exactly {length} values of {bits} bits")
     dtype = np.dtype(dtype)
-    if dtype.kind != "u" or 8 * dtype.itemsize < bits:
-        raise ValueError(f"{dtype} cannot hold {bits}-bit values")
+    _check_unpack(data, length, bits, dtype)
     out = np.empty(length, dtype=dtype)
-    body = length // _GROUP * _GROUP
-    words = np.frombuffer(data, dtype=np.uint64, count=body // _GROUP * bits)
-    if not words.flags.aligned:
-        words = words.copy()
-    _unpack_words(words, length, bits, out)
-    _unpack_tail(np.frombuffer(data, dtype=np.uint8), body, length, bits, out)
+    _run_unpack(data, length, bits, out, False)
+    return out
+
+
+def unpack_add(data: bytes, length: int, bits: int, out: np.ndarray) -> np.ndarray:
+    """Add the values that :func:`pack` wrote into ``data`` to ``out`` in place, wrapping
+    modulo ``2^(8 · out.itemsize)``, with no temporary array; returns ``out``.
+
+    ``data``: exactly :func:`packed_size` bytes (bytes or a memoryview, at any offset);
+    ``out``: a writable contiguous unsigned array of ``length`` values that holds ``bits`` bits.
+    """
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+    if out.shape != (length,) or not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"out must be a writable contiguous array of {length} values")
+    _check_unpack(data, length, bits, out.dtype)
+    _run_unpack(data, length, bits, out, True)
     return out
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "ring_bits",
     "to_digits",
     "unpack",
+    "unpack_add",
     "weight_fraction",
     "weight_top",
 ]
@@ -157,3 +158,15 @@ def pack(values: np.ndarray, bits: int) -> bytes:
 def unpack(data: bytes, length: int, bits: int) -> np.ndarray:
     """Inverse of :func:`pack`, as ring elements (:func:`~fedshield.crypto.prg.ring_dtype`)."""
     return bitpack.unpack(data, length, bits, ring_dtype(bits))
+
+
+def unpack_add(data: bytes, length: int, bits: int, acc: np.ndarray) -> np.ndarray:
+    """Add the ring elements that :func:`pack` wrote into ``data`` to ``acc`` in place, modulo
+    ``acc``'s dtype (a multiple of ``2^bits``), with no temporary array; returns ``acc``.
+
+    ``acc``: a contiguous array of ``length`` ring elements
+    (:func:`~fedshield.crypto.prg.ring_dtype`); ``data``: bytes or a memoryview at any offset.
+    """
+    if not isinstance(acc, np.ndarray) or acc.dtype != ring_dtype(bits):
+        raise ValueError(f"acc must be an array of {ring_dtype(bits)} for a {bits}-bit ring")
+    return bitpack.unpack_add(data, length, bits, acc)

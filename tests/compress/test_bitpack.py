@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedshield.compress.bitpack import (
     pack,
@@ -8,6 +10,7 @@ from fedshield.compress.bitpack import (
     pack_reference,
     packed_size,
     unpack,
+    unpack_add,
     unpack_reference,
 )
 
@@ -58,3 +61,48 @@ def test_pack_into_reuses_a_buffer():
         assert buffer[:size].tobytes() == pack_reference(values, 9)
     with pytest.raises(ValueError):
         pack_into(np.zeros(501, np.uint16), 9, buffer[:8])
+
+
+_ACCUMULATORS = (np.uint16, np.uint32, np.uint64)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    bits=st.integers(1, 56),
+    length=st.integers(0, 3000),
+    offset=st.integers(0, 7),
+    high=st.booleans(),
+    data=st.data(),
+)
+def test_unpack_add_adds_the_reference_in_place_modulo_the_dtype(bits, length, offset, high, data):
+    dtype = data.draw(
+        st.sampled_from([t for t in _ACCUMULATORS if 8 * np.dtype(t).itemsize >= bits])
+    )
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    values = rng.integers(0, 2**bits, size=length, dtype=np.uint64)
+    packed = pack_reference(values, bits)
+    top = np.iinfo(dtype).max
+    low = top - 2**bits if high and top > 2**bits else 0  # high: most sums wrap around
+    acc = rng.integers(low, top, size=length, dtype=dtype, endpoint=True)
+    expected = (acc.astype(np.uint64) + unpack_reference(packed, length, bits)).astype(dtype)
+    field = memoryview(bytes(offset) + packed)[offset:]  # a field at any alignment
+    assert unpack_add(field, length, bits, acc) is acc
+    np.testing.assert_array_equal(acc, expected)
+
+
+def test_unpack_add_wraps_and_validates():
+    acc = np.full(100, 2**16 - 3, np.uint16)
+    unpack_add(pack(np.full(100, 5, np.uint16), 12), 100, 12, acc)
+    assert (acc == 2).all()
+    packed = pack(np.zeros(100, np.uint16), 12)
+    with pytest.raises(TypeError):
+        unpack_add(packed, 100, 12, [0] * 100)
+    for bad in (np.zeros(99, np.uint16), np.zeros(200, np.uint16)[::2], np.zeros(100, np.uint8)):
+        with pytest.raises(ValueError):
+            unpack_add(packed, 100, 12, bad)
+    frozen = np.zeros(100, np.uint16)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError):
+        unpack_add(packed, 100, 12, frozen)
+    with pytest.raises(ValueError):
+        unpack_add(packed[:-1], 100, 12, np.zeros(100, np.uint16))
