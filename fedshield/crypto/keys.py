@@ -86,13 +86,20 @@ class KeyPair:
         return derive(shared, info=info)
 
 
+# X25519 multiplies by a clamped scalar: a multiple of the cofactor 8, never one of the large
+# prime order (of the curve or its twist). The shared secret is thus all zero exactly when the
+# peer's point has order dividing 8, whatever the scalar: one probe key serves every check
+# (its secret protects nothing) instead of a fresh key per call.
+_PROBE = X25519PrivateKey.generate()
+
+
 def validate_public_key(public: bytes) -> None:
     """Raise :class:`WrongShape` unless ``public`` is a usable X25519 public key (32 bytes, not a
     low-order point, which would make every agreement with it the all-zero secret)."""
     if len(public) != PUBLIC_KEY_BYTES:
         raise WrongShape(f"an X25519 public key is 32 bytes, got {len(public)}")
     try:
-        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public))
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError:
         raise WrongShape("public key is a low-order point") from None
 
