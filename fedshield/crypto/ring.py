@@ -101,11 +101,12 @@ def check_on_grid(
     range; within these bounds the decoded mean stays inside it."""
     top, level = weight_top(weight_bits), (1 << quant_bits) - 1
     most = weight * level if integer else count * level
+    high = int(levels.max()) if levels.size else 0  # one pass, used twice
     if (
         not count <= weight <= count * top
         or int(digits.max(initial=0)) > (weight if integer else count * level)
-        or (levels.size and int(levels.max()) > most)
-        or (levels.size and not integer and _deviation(levels, count * level / 2)
+        or (levels.size and high > most)
+        or (levels.size and not integer and _deviation(levels, count * level / 2, high)
             > level / 2 * weight / top + count)
     ):  # fmt: skip
         raise ValueError(
@@ -114,9 +115,9 @@ def check_on_grid(
         )
 
 
-def _deviation(levels: np.ndarray, middle: float) -> float:
-    """The largest distance of a level sum from ``middle`` (no temporary array)."""
-    return max(float(levels.max()) - middle, middle - float(levels.min()))
+def _deviation(levels: np.ndarray, middle: float, high: int) -> float:
+    """The largest distance of a level sum from ``middle`` (``high``: the largest sum)."""
+    return max(high - middle, middle - float(levels.min()))
 
 
 def quantize(
@@ -133,8 +134,11 @@ def dequantize_mean(
 ) -> np.ndarray:
     """The weighted mean in float units from ``sum_i w_i q_i`` and ``sum_i w_i``."""
     levels = (1 << quant_bits) - 1
-    mean_level = level_sum.astype(np.float64) / total_weight
-    return (mean_level * (2 * clip / levels) - clip).astype(np.float32)
+    mean = level_sum.astype(np.float64)  # a new array: the steps below work in place
+    mean /= total_weight
+    mean *= 2 * clip / levels
+    mean -= clip
+    return mean.astype(np.float32)
 
 
 def dequantize_sum(
@@ -142,7 +146,10 @@ def dequantize_sum(
 ) -> np.ndarray:
     """The float64 sum of ``count`` sites' dequantized values from the sum of their levels."""
     step = 2 * clip / ((1 << quant_bits) - 1)
-    return level_sum.astype(np.float64) * step - count * clip
+    total = level_sum.astype(np.float64)  # a new array: the steps below work in place
+    total *= step
+    total -= count * clip
+    return total
 
 
 def dequantize(levels: np.ndarray, *, clip: float, quant_bits: int) -> np.ndarray:

@@ -317,10 +317,11 @@ class Grid:
             counts = values[dim + config.tail_values :].astype(np.int64)
             ranges.check_counts(counts, count)
         if integer:
-            return (
-                self.decode_mean(values[:dim], weight).astype(np.float64) * weight,
-                weight,
-                counts,
-            )
-        shares = self.decode_sum(values[:dim], count)  # sum_i (W_i / top) x_i
-        return shares * ring.weight_top(config.weight_bits), weight, counts
+            total = self.decode_mean(values[:dim], weight).astype(np.float64)
+            total *= weight
+            return total, weight, counts
+        total = self.decode_sum(values[:dim], count)  # sum_i (W_i / top) x_i, a new array
+        top = ring.weight_top(config.weight_bits)
+        if top != 1:  # unweighted: times 1 changes nothing
+            total *= top
+        return total, weight, counts
