@@ -15,11 +15,7 @@ from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
 from fedshield.errors import InvalidShare, SecAggAbort
 from fedshield.protocols.secagg import SecAggClient, SecAggServer
-from fedshield.protocols.secagg.channels import (
-    RECEIVE_LABEL,
-    complaint_holds,
-    receive_statement,
-)
+from fedshield.protocols.secagg.channels import complaint_holds
 from fedshield.protocols.secagg.config import SecAggConfig
 
 N, D = 6, 32
@@ -154,16 +150,10 @@ def low_order_receive_key_for(target: int) -> type[SecAggClient]:
     to it (the server must drop the signer, not the target)."""
 
     class LowOrderReceiveKey(SecAggClient):
-        def _advertise_keys(self, stage, message):
-            answer = wire.parse(super()._advertise_keys(stage, message))
-            channel, mask, signature, publics, signed = answer.fields
-            i = self.clients.index(target)
-            publics = publics[: 32 * i] + bytes(32) + publics[32 * (i + 1) :]
-            statement = receive_statement(self.round, self.session + channel, self.client_id,
-                                          target, bytes(32))  # fmt: skip
-            mine = self.roster.sign(self.identity, RECEIVE_LABEL, statement)
-            signed = signed[: 64 * i] + mine + signed[64 * (i + 1) :]
-            return wire.serialize(answer.header, [channel, mask, signature, publics, signed])
+        def _receive_publics(self):
+            publics = super()._receive_publics()
+            publics[self.clients.index(target)] = bytes(32)
+            return publics
 
     return LowOrderReceiveKey
 

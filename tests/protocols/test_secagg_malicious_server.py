@@ -10,7 +10,7 @@ from enrolment import IDENTITIES, ROSTER
 from test_secagg_complaints import low_order_receive_key_for
 
 from fedshield import wire
-from fedshield.crypto import ring, shamir
+from fedshield.crypto import merkle, ring, shamir
 from fedshield.crypto.keys import KeyPair
 from fedshield.crypto.prg import add_mask, mask_scratch, ring_dtype
 from fedshield.engine.runner import run_protocol
@@ -18,6 +18,7 @@ from fedshield.engine.transport import InProcessTransport
 from fedshield.errors import BadSignature, IllegalTransition, SecAggAbort
 from fedshield.protocols.roster import Roster
 from fedshield.protocols.secagg import SecAggClient, SecAggServer
+from fedshield.protocols.secagg.channels import receive_leaves
 from fedshield.protocols.secagg.common import (
     ADVERTISE_LABEL,
     CONSISTENCY_LABEL,
@@ -222,7 +223,9 @@ def test_clients_shown_different_lists_accept_none_of_each_others_keys():
             header, [params, np.array(view, np.uint32)])))
         for c, view in views.items()
     }  # fmt: skip
-    statement = advertisement(ROUND, clients[0].session, 2, answers[2].raw(0), answers[2].raw(1))
+    root = merkle.root(receive_leaves(views[2], answers[2].chunks(3, size=32, count=5)))
+    statement = advertisement(ROUND, clients[0].session, 2, answers[2].raw(0), answers[2].raw(1),
+                              root)  # fmt: skip
     with pytest.raises(BadSignature):  # client 2's keys, as client 0 would check them
         ROSTER.verify(2, answers[2].raw(2), ADVERTISE_LABEL, statement)
     assert clients[0].session != clients[2].session

@@ -2,8 +2,9 @@
 be checked. The protocol, its threat model and the legend: :mod:`fedshield.protocols.secagg`.
 
 Each client advertises, besides its channel key ``c_u``, one fresh *receive* key ``r_{v,u}``
-per listed peer ``u`` (signed with its identity, like its other keys). A sender ``u`` checks
-each holder's receive key (signed, a usable point) and seals its shares for holder ``v``
+per listed peer ``u``, and signs the Merkle root over them with its other round keys. A
+sender ``u`` checks each holder's receive key (its path to the holder's signed root, a usable
+point) and seals its shares for holder ``v``
 under ``HKDF(X25519(c_u, r_{v,u}))`` with a label naming the direction ``u -> v``, and signs
 what it dealt (:mod:`~fedshield.protocols.secagg.dealing`: one signature over every blob's
 hash and the commitments to the shares in it). A blob that opens came from its sender (no one
@@ -23,50 +24,49 @@ from __future__ import annotations
 
 import struct
 
-from fedshield.crypto import shamir
+from fedshield.crypto import merkle, shamir
 from fedshield.crypto.keys import KeyPair, open_share, seal_share, validate_public_key
-from fedshield.errors import InvalidMessage, InvalidShare, WrongShape
-from fedshield.protocols.roster import Roster
+from fedshield.errors import InvalidShare, WrongShape
 from fedshield.protocols.secagg.common import PAIR
 from fedshield.protocols.secagg.dealing import share_commitments
 
 __all__ = [
-    "RECEIVE_LABEL",
     "SEALED_SHARE_BYTES",
     "complaint_holds",
     "deal",
     "open_shares",
     "receive_key_usable",
-    "receive_statement",
+    "receive_leaves",
     "seal_shares",
     "share_key",
 ]
 
-RECEIVE_LABEL = b"secagg/receive-key"  # a holder's signature on its receive key for a sender
 _SHARE_PLAIN = PAIR.size + 2 * shamir.SHARE_BYTES
 # AES-GCM: 12-byte nonce, then (sender, receiver) and two shares, then the 16-byte tag.
 SEALED_SHARE_BYTES = 12 + _SHARE_PLAIN + 16
 
 
-def receive_statement(round: int, session: bytes, holder: int, sender: int, key: bytes) -> bytes:
-    """What ``holder`` signs for the key it receives ``sender``'s shares under; ``session``:
-    the session binding and the holder's fresh channel key (so it holds for this run only)."""
-    return struct.pack("<III", round, holder, sender) + session + key
+def receive_leaves(peers: list[int], keys: list[bytes]) -> list[bytes]:
+    """The Merkle leaves of the receive keys a client made, one per listed peer, in order (it
+    signs their root: :func:`~fedshield.protocols.secagg.common.advertisement`)."""
+    return [
+        merkle.leaf_hash(b"receive" + struct.pack("<I", peer) + key)
+        for peer, key in zip(peers, keys, strict=True)
+    ]
 
 
-def receive_key_usable(
-    roster: Roster, key: bytes, signature: bytes, *, round: int, session: bytes, holder: int,
-    sender: int,
-) -> bool:  # fmt: skip
-    """Whether ``holder`` signed ``key`` as its receive key for ``sender`` and it is a usable
-    point (a sender checks each before sealing; the server, only when a sender says no)."""
+def receive_key_usable(key: bytes, path: bytes, *, root: bytes, sender: int, index: int,
+                       count: int) -> bool:  # fmt: skip
+    """Whether ``key`` is the receive key its holder made for ``sender`` (leaf ``index`` of
+    ``count`` under the ``root`` the holder signed) and a usable point (a sender checks each
+    before sealing; the server, which holds every key, checks only the point, and only when
+    a sender says no)."""
     try:
         validate_public_key(key)
-        roster.verify(holder, signature, RECEIVE_LABEL,
-                      receive_statement(round, session, holder, sender, key))  # fmt: skip
-    except InvalidMessage:
+        leaf = receive_leaves([sender], [key])[0]
+        return merkle.root_from_path(leaf, index, count, path) == root
+    except (WrongShape, ValueError):
         return False
-    return True
 
 
 def share_key(own: KeyPair, peer_public: bytes, *, round: int, sender: int, holder: int) -> bytes:

@@ -28,12 +28,11 @@ from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.roster import Roster
 from fedshield.protocols.secagg import dealing
 from fedshield.protocols.secagg.channels import (
-    RECEIVE_LABEL,
     SEALED_SHARE_BYTES,
     deal,
     open_shares,
     receive_key_usable,
-    receive_statement,
+    receive_leaves,
     share_key,
 )
 from fedshield.protocols.secagg.common import (
@@ -144,27 +143,26 @@ class SecAggClient(ClientSession):
         # Survivors every stage needs: the threshold, and never fewer than the pinned minimum.
         self.minimum = max(self.threshold, pinned)
         self.quorum = self.config.quorum(self.n)
-        channel, mask = self.channel_keys.public_bytes, self.mask_keys.public_bytes
-        statement = advertisement(self.round, self.session, self.client_id, channel, mask)
-        signature = self.roster.sign(self.identity, ADVERTISE_LABEL, statement)
         # r_{me,p}: one key per listed client p, to receive p's shares under (and reveal if
-        # p's shares are bad: it opens nothing else)
+        # p's shares are bad: it opens nothing else); the root over them is signed
         self.receive_keys = {p: KeyPair.generate() for p in self.clients}
-        publics = [self.receive_keys[p].public_bytes for p in self.clients]
-        signed = [
-            self.roster.sign(self.identity, RECEIVE_LABEL, receive_statement(
-                self.round, self.session + channel, self.client_id, p, key))
-            for p, key in zip(self.clients, publics, strict=True)
-        ]  # fmt: skip
-        return self._client_message(
-            stage, [channel, mask, signature, b"".join(publics), b"".join(signed)]
-        )
+        publics = self._receive_publics()
+        channel, mask = self.channel_keys.public_bytes, self.mask_keys.public_bytes
+        root = merkle.root(receive_leaves(self.clients, publics))
+        statement = advertisement(self.round, self.session, self.client_id, channel, mask, root)
+        signature = self.roster.sign(self.identity, ADVERTISE_LABEL, statement)
+        return self._client_message(stage, [channel, mask, signature, b"".join(publics)])
+
+    def _receive_publics(self) -> list[bytes]:
+        """The public receive keys, in the listed clients' order."""
+        return [self.receive_keys[p].public_bytes for p in self.clients]
 
     @handles(SecAggStage.SHARE_KEYS)
     def _share_keys(self, stage: str, message: wire.Message) -> bytes:
-        message.require_fields(6)
+        message.require_fields(7)
         advertised = message.array(0, dtype="<u4").tolist()  # U_1
         signatures = _keyed(message, 3, advertised, SIGNATURE_BYTES)
+        self.receive_roots = _keyed(message, 4, advertised, merkle.HASH_BYTES)
         me = self.client_id
         if (
             len(set(advertised)) != len(advertised)
@@ -223,31 +221,31 @@ class SecAggClient(ClientSession):
 
     def _holders_receive_keys(self, holders: list[int], message: wire.Message):
         """``(holders, their receive keys, unusable)``: the receive keys each holder made for
-        this client (fields 4 and 5, in holder order). A key that is not signed by its holder
-        or not a usable point makes that holder unusable: no shares are sealed to it, and the
-        server checks the claim and drops whichever of the two is at fault. With fewer than
-        ``t`` usable holders it seals nothing and sits out, but still reports them."""
-        me = self.client_id
-        keys = _keyed(message, 4, holders)
-        signatures = _keyed(message, 5, holders, SIGNATURE_BYTES)
+        this client (fields 5 and 6: keys and Merkle paths, in holder order). A key off its
+        holder's signed root or not a usable point makes that holder unusable: no shares are
+        sealed to it, and the server checks the claim and drops whichever of the two is at
+        fault. With fewer than ``t`` usable holders it seals nothing and sits out, but still
+        reports them."""
+        me, count = self.client_id, len(self.clients)
+        keys = _keyed(message, 5, holders)
+        paths = _keyed(message, 6, holders, merkle.depth(count) * merkle.HASH_BYTES)
         if keys[me] != self.receive_keys[me].public_bytes:
             raise WrongShape("the server relayed a receive key that is not this client's")
+        index = self.clients.index(me)
         usable = {  # its own key it checked above
-            h: h == me or receive_key_usable(
-                self.roster, keys[h], signatures[h], round=self.round, holder=h, sender=me,
-                session=self.session + self.channel_public_keys[h])
+            h: h == me or receive_key_usable(keys[h], paths[h], root=self.receive_roots[h],
+                                             sender=me, index=index, count=count)
             for h in holders
         }  # fmt: skip
         good = [h for h in holders if usable[h]]
         return good, [keys[h] for h in good], [h for h in holders if not usable[h]]
 
     def _check_signed_keys(self, advertised: list[int], signatures: dict[int, bytes]) -> None:
-        """Every relayed key pair must be signed by its site's identity (no key of the
-        server's own, no swapped key)."""
+        """Every relayed key pair and receive-key root must be signed by its site's identity
+        (no key of the server's own, no swapped key)."""
         for c in advertised:
-            statement = advertisement(
-                self.round, self.session, c, self.channel_public_keys[c], self.mask_public_keys[c]
-            )
+            statement = advertisement(self.round, self.session, c, self.channel_public_keys[c],
+                                      self.mask_public_keys[c], self.receive_roots[c])  # fmt: skip
             self.roster.verify(c, signatures[c], ADVERTISE_LABEL, statement)
 
     @handles(SecAggStage.MASKED_INPUT)

@@ -57,10 +57,14 @@ ADVERTISE_LABEL = b"secagg/advertise-keys"  # a site's signature on its round ke
 CONSISTENCY_LABEL = b"secagg/consistency"  # a site's signature on the set it unmasks for
 
 
-def advertisement(round: int, params: bytes, client: int, channel: bytes, mask: bytes) -> bytes:
-    """What a client signs at ``advertise_keys``: its two fresh public keys, bound to the
-    round, the parameters and itself (a server cannot swap them or replay them elsewhere)."""
-    return struct.pack("<II", round, client) + params + channel + mask
+def advertisement(
+    round: int, params: bytes, client: int, channel: bytes, mask: bytes, receive_root: bytes
+) -> bytes:  # fmt: skip
+    """What a client signs at ``advertise_keys``: its two fresh public keys and the Merkle
+    root over the receive keys it made for each listed peer
+    (:func:`~fedshield.protocols.secagg.channels.receive_leaves`), bound to the round, the
+    parameters and itself (a server cannot swap them or replay them elsewhere)."""
+    return struct.pack("<II", round, client) + params + channel + mask + receive_root
 
 
 def survivor_statement(round: int, session: bytes, survivors) -> bytes:

@@ -32,11 +32,10 @@ def check_unusable_claims(server: SecAggServer, sender: int, unusable: list[int]
     s = server
     if len(set(unusable)) != len(unusable) or not set(unusable) <= set(holders) - {sender}:
         raise UnknownSender(f"client {sender} reported keys of clients it does not seal to")
-    for h in unusable:
-        key, signature = s.receive_keys[h][sender]
-        bound = s.session + s.channel_public_keys[h]
-        if receive_key_usable(s.roster, key, signature, round=s.round, session=bound,
-                              holder=h, sender=sender):  # fmt: skip
+    for h in unusable:  # the server holds every key it relayed, under the signed root
+        key, path = s.receive_keys[h][sender]
+        if receive_key_usable(key, path, root=s.key_signatures[h][1], sender=sender,
+                              index=s.clients.index(sender), count=len(s.clients)):  # fmt: skip
             raise FalseComplaint(f"client {sender} refused client {h}'s sound receive key")
     s.unusable.update(unusable)
 

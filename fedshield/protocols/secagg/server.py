@@ -10,7 +10,7 @@ import numpy as np
 
 from fedshield import wire
 from fedshield._validate import check_instance
-from fedshield.crypto import ring, shamir
+from fedshield.crypto import merkle, ring, shamir
 from fedshield.crypto.identity import SIGNATURE_BYTES
 from fedshield.crypto.keys import PUBLIC_KEY_BYTES, validate_public_key
 from fedshield.crypto.prg import SEED_BYTES, ring_dtype
@@ -25,7 +25,7 @@ from fedshield.errors import (
 from fedshield.protocols.base import Revealed, ServerSession, broadcasts, closes, receives
 from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.roster import Roster
-from fedshield.protocols.secagg.channels import SEALED_SHARE_BYTES
+from fedshield.protocols.secagg.channels import SEALED_SHARE_BYTES, receive_leaves
 from fedshield.protocols.secagg.common import (
     ADVERTISE_LABEL,
     CONSISTENCY_LABEL,
@@ -71,6 +71,7 @@ class SecAggServer(ServerSession):
 
     protocol_id = PROTOCOL_ID
     stages = STAGES
+    large_payloads = True  # masked inputs are read in place
 
     def __init__(
         self, *, round: int, clients, dim: int, config: SecAggConfig, roster: Roster,
@@ -100,14 +101,15 @@ class SecAggServer(ServerSession):
         self.graph: dict[int, tuple[int, ...]] = {}
         self.channel_public_keys: dict[int, bytes] = {}  # c_u^PK
         self.mask_public_keys: dict[int, bytes] = {}  # s_u^PK
-        self.key_signatures: dict[int, bytes] = {}  # each client's signature on its keys
+        # each client's signature on its keys, and the root over its receive keys
+        self.key_signatures: dict[int, tuple[bytes, bytes]] = {}
         self.consistency_signatures: dict[int, bytes] = {}  # U_4: signer -> signature on U_3
         # holder -> sender -> (sealed shares, what proves the sender dealt them)
         self.mailbox: dict[int, dict[int, tuple[bytes, Dealt]]] = {}
-        # holder -> sender -> (the receive key the holder made for the sender, its signature)
+        # holder -> sender -> (the receive key the holder made for the sender, its path)
         self.receive_keys: dict[int, dict[int, tuple[bytes, bytes]]] = {}
         self.unusable: set[int] = set()  # clients whose receive key a sender proved unusable
-        self.masked: dict[int, bytes] = {}  # packed masked inputs, already in masked_sum
+        self.masked: dict[int, memoryview] = {}  # packed masked inputs, already in masked_sum
         self.masked_sum = np.zeros(self.length, dtype=ring_dtype(self.bits))
         self.complaints: dict[int, set[int]] = {}  # complainer -> senders of bad shares
         self.shared_keys_survivors: tuple[int, ...] = ()  # U_2
@@ -162,14 +164,17 @@ class SecAggServer(ServerSession):
 
     @receives(SecAggStage.ADVERTISE_KEYS)
     def _take_keys(self, stage: str, sender: int, message: wire.Message) -> None:
-        message.require_fields(5)
+        message.require_fields(4)
         channel_public_key = message.raw(0, length=PUBLIC_KEY_BYTES)
         mask_public_key = message.raw(1, length=PUBLIC_KEY_BYTES)
         signature = message.raw(2, length=SIGNATURE_BYTES)
         validate_public_key(channel_public_key)
         validate_public_key(mask_public_key)
+        publics = message.chunks(3, size=PUBLIC_KEY_BYTES, count=len(self.clients))
+        leaves = receive_leaves(list(self.clients), publics)
+        root = merkle.root(leaves)
         statement = advertisement(
-            self.round, self.session, sender, channel_public_key, mask_public_key
+            self.round, self.session, sender, channel_public_key, mask_public_key, root
         )
         self.roster.verify(sender, signature, ADVERTISE_LABEL, statement)
         if (
@@ -180,15 +185,10 @@ class SecAggServer(ServerSession):
             raise WrongShape(f"client {sender} reused a public key")
         self.channel_public_keys[sender] = channel_public_key
         self.mask_public_keys[sender] = mask_public_key
-        self.key_signatures[sender] = signature
-        n = len(self.clients)
-        publics = message.raw(3, length=n * PUBLIC_KEY_BYTES)
-        signed = message.raw(4, length=n * SIGNATURE_BYTES)
-        self.receive_keys[sender] = {
-            p: (publics[i * PUBLIC_KEY_BYTES : (i + 1) * PUBLIC_KEY_BYTES],
-                signed[i * SIGNATURE_BYTES : (i + 1) * SIGNATURE_BYTES])
-            for i, p in enumerate(self.clients)
-        }  # fmt: skip
+        self.key_signatures[sender] = (signature, root)
+        self.receive_keys[sender] = dict(
+            zip(self.clients, zip(publics, merkle.paths(leaves), strict=True), strict=True)
+        )
 
     # --- share_keys --------------------------------------------------------------------------
     @broadcasts(SecAggStage.SHARE_KEYS)
@@ -199,14 +199,14 @@ class SecAggServer(ServerSession):
         self.graph_seed = graph_seed(self.round, self.session, channel, mask)
         self.run_binding = self.session + self.graph_seed  # this run only: fresh keys in it
         self.graph = neighbour_graph(advertised, self.degree, self.graph_seed)
+        signed = [self.key_signatures[c] for c in advertised]
         keys = [ids(advertised), b"".join(channel.values()), b"".join(mask.values()),
-                b"".join(self.key_signatures[c] for c in advertised)]  # fmt: skip
+                *(b"".join(part) for part in zip(*signed, strict=True))]  # fmt: skip
         out = {}
-        for c in advertised:  # and the receive keys c's holders made for it (unchecked here)
-            holders = sorted((*self.graph[c], c))
-            receive = [self.receive_keys[h][c] for h in holders]
-            out[c] = self._server_message(stage, [*keys, b"".join(k for k, _ in receive),
-                                                  b"".join(sig for _, sig in receive)])  # fmt: skip
+        for c in advertised:  # and the receive keys c's holders made for it, with paths
+            receive = [self.receive_keys[h][c] for h in sorted((*self.graph[c], c))]
+            relayed = (b"".join(part) for part in zip(*receive, strict=True))
+            out[c] = self._server_message(stage, [*keys, *relayed])
         return out
 
     @receives(SecAggStage.SHARE_KEYS)
@@ -259,8 +259,8 @@ class SecAggServer(ServerSession):
     def _take_masked_input(self, stage: str, sender: int, message: wire.Message) -> None:
         message.require_fields(4)
         complaints = check_complaints(self, sender, message)
-        packed = message.raw(3, length=self._packed_len())
-        self.masked_sum += ring.unpack(packed, self.length, self.bits)
+        packed = message.view(3, length=self._packed_len())  # no copy (large_payloads)
+        ring.unpack_add(packed, self.length, self.bits, self.masked_sum)
         self.masked[sender] = packed
         self.complaints[sender] = complaints
 
