@@ -313,15 +313,31 @@ class ClientSession(_StageMachine):
         seed = check_int("quant_seed", quant_seed, low=0, high=2**64 - 1, optional=True)
         # The stochastic-rounding stream: reproducible when the engine passes a seed.
         self.quant_seed = secrets.randbits(64) if seed is None else seed
-        # What the server will decode of this client's input (dequantized values), once sent:
-        # what error feedback compares the update with.
-        self.sent: np.ndarray | None = None
+        self._sent: np.ndarray | None = None
+        self._sent_later: Callable[[], np.ndarray] | None = None
         # (weighted_sum, total_weight) for protocols where clients, not the server, learn the
         # aggregate (he).
         self.aggregate: tuple[np.ndarray, float] | None = None
         # Under adaptive ranges, the summed range statistic where clients learn it (he).
         self.range_counts: np.ndarray | None = None
         self._stage_index = -1
+
+    @property
+    def sent(self) -> np.ndarray | None:
+        """What the server will decode of this client's input (dequantized values), once
+        sent: what error feedback compares the update with (``None`` before). A session may
+        work it out only when asked, after the round, off its critical path."""
+        if self._sent_later is not None:
+            self._sent, self._sent_later = self._sent_later(), None
+        return self._sent
+
+    @sent.setter
+    def sent(self, value: np.ndarray | None) -> None:
+        self._sent, self._sent_later = value, None
+
+    def _send_later(self, compute: Callable[[], np.ndarray]) -> None:
+        """Set :attr:`sent` to ``compute()``, called on first access."""
+        self._sent, self._sent_later = None, compute
 
     def handle(self, stage: str, data: bytes) -> bytes:
         """Answer the server's message for ``stage``. Stages must come in order; only those in

@@ -253,10 +253,9 @@ class Grid:
 
     def encode(
         self, update: np.ndarray, share: float, *, seed: int, out: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(levels, sent, statistic)``: the stochastically rounded levels of
-        ``update * share`` (written into ``out`` when given), the float32 update the sum
-        will count of this site (``dequantized / share``, for error feedback), and this
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(levels, statistic)``: the stochastically rounded levels of ``update * share``
+        (written into ``out`` when given; the same ``seed`` gives the same levels) and this
         site's range statistic (empty with a fixed clip)."""
         # Clip, then weight: a site's levels then stay within ``share`` of the grid's middle,
         # which the decoders check (a weight-0 site with top levels would otherwise pass).
@@ -271,11 +270,15 @@ class Grid:
             if share != 1:
                 np.clip(scaled, -1.0, 1.0, out=scaled)
                 scaled *= np.float32(share)
-        levels = ring.quantize(scaled, seed=seed, out=out, **self._quant)
+        return ring.quantize(scaled, seed=seed, out=out, **self._quant), stat
+
+    def sent(self, levels: np.ndarray, share: float) -> np.ndarray:
+        """The float32 update the sum will count of a site that sent ``levels`` (from
+        :meth:`encode` with this ``share``): ``dequantized / share``, for error feedback."""
         sent = self.restore(ring.dequantize(levels, **self._quant))
         if share != 1:
             sent /= np.float32(share)
-        return levels, sent, stat
+        return sent
 
     def decode_sum(self, level_sum: np.ndarray, count: int) -> np.ndarray:
         """The float64 sum, in the update's units, of ``count`` sites' scaled updates."""

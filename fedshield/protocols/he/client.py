@@ -125,7 +125,8 @@ class HEClient(ClientSession):
         weight = ring.integer_weight(self.weight, config.max_weight, config.weight_bits)
         integer = config.weighting == "integer"
         share = 1.0 if integer else ring.weight_fraction(weight, config.weight_bits)
-        levels, self.sent, stat = self.grid.encode(self.update, share, seed=self.quant_seed)
+        levels, stat = self.grid.encode(self.update, share, seed=self.quant_seed)
+        self._send_later(lambda: self.grid.sent(levels, share))
         rows = pack_slots(levels, plan, scale=weight if integer else 1)
         if integer:
             tail = [weight]

@@ -294,14 +294,16 @@ class SecAggClient(ClientSession):
 
     def _weighted_levels(self, out: np.ndarray) -> None:
         """Write the weighted, quantized update, the weight's tail values and the range
-        statistic into ``out``; keep in :attr:`sent` what the server's mean will count of
-        this update."""
+        statistic into ``out``; :attr:`sent` (what the server's mean will count of this
+        update) is worked out only if asked, from the same levels again (``out`` is masked)."""
         config, dim = self.config, self.update.size
         weight = config.integer_weight(self.weight)
         integer = config.weighting == "integer"
         share = 1.0 if integer else ring.weight_fraction(weight, config.weight_bits)
-        levels, self.sent, stat = self.grid.encode(
-            self.update, share, seed=self.quant_seed, out=out[:dim]
+        seed = self.quant_seed
+        levels, stat = self.grid.encode(self.update, share, seed=seed, out=out[:dim])
+        self._send_later(
+            lambda: self.grid.sent(self.grid.encode(self.update, share, seed=seed)[0], share)
         )
         tail = dim + config.tail_values
         out[tail:] = stat
