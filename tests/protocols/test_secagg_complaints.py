@@ -80,6 +80,32 @@ def _assert_exact_sum_of(server, clients, outcome, survivors):
     np.testing.assert_array_equal(server.unmasked[:D].astype(np.int64), expected[:D])
 
 
+def _garbage_to(victims: tuple[int, ...]) -> type[SecAggClient]:
+    """A client class that seals (and signs) unreadable blobs to ``victims``."""
+
+    class GarbageToSome(SecAggClient):
+        def _deal(self, holders, receive):
+            sealed, commitments, _ = super()._deal(holders, receive)
+            for v in victims:
+                i = holders.index(v)
+                sealed[i] = sealed[i][:20] + bytes([sealed[i][20] ^ 1]) + sealed[i][21:]
+            return sealed, commitments, self._sign_deal(holders, sealed, commitments)
+
+    return GarbageToSome
+
+
+@pytest.mark.parametrize("victims", [(3, 4), (0, 1, 3, 4)], ids=["two", "four"])
+def test_a_sender_leaving_fewer_than_t_readable_blobs_cannot_abort_the_round(victims):
+    """Attacker's finding: with bad blobs to enough holders (t = 4 of 6 here), too few
+    shares of its mask key remain for the holders that masked with it, and the round aborted
+    at ``unmask`` ("3 shares of client 2's key came back"). It is outside the signed
+    survivor set, so its neighbours reveal their pairwise seeds with it instead."""
+    server, clients, outcome = _round(2, _garbage_to(victims))
+    assert server.complaints[victims[0]] == {2} and 2 in server.unkeyed
+    assert 2 not in server.cheaters  # dropped, not proven by its shares: no proof needed
+    _assert_exact_sum_of(server, clients, outcome, [0, 1, 3, 4, 5])
+
+
 def test_a_sender_dealing_a_bad_blob_is_dropped_by_the_proven_complaint():
     server, clients, outcome = _round(2, _GarbageDealer)
     assert 2 in outcome.revealed.dropped

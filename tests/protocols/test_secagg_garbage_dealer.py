@@ -127,6 +127,7 @@ def _forge_proof_against(server, victim: int, tamper=None) -> bytes:
     """The expel message a malicious server would send client 0: a claim that the honest
     ``victim`` dealt garbage, from the victim's real shares (``tamper``-ed)."""
     server.cheaters[victim] = "seed"
+    server.unkeyed.add(victim)
     if tamper is not None:
         tamper(server.self_mask_seed_shares[victim])
     return server._server_message("expel", proofs_for(server)[0])
@@ -148,6 +149,16 @@ def test_a_server_without_a_real_proof_gets_no_pairwise_seed(tamper):
     server, clients = _until_expel(SecAggClient)
     request = _forge_proof_against(server, victim=3, tamper=tamper)
     with pytest.raises(SecAggAbort, match=r"does not hold|never dealt|distinct shares"):
+        clients[0].handle("expel", request)
+
+
+def test_a_survivor_named_without_a_proof_earns_no_seed():
+    """Seed shares of every survivor were revealed: naming one as unkeyed, with no openings
+    (as for a dropped client), would hand the server its last masks."""
+    server, clients = _until_expel(SecAggClient)
+    server.unkeyed.add(3)
+    request = server._server_message("expel", proofs_for(server)[0])
+    with pytest.raises(SecAggAbort, match="distinct shares"):
         clients[0].handle("expel", request)
 
 

@@ -44,7 +44,9 @@ the sender of bad shares and a false accuser alike, and the round goes on. A cli
 own shares decode to nothing it committed to is proven a cheater and expelled
 (:mod:`fedshield.protocols.secagg.expulsion`): the survivors that masked with it check the
 proof and reveal their pairwise seeds with it, and the round completes without it (it
-aborts if one of them then drops).
+aborts if one of them then drops). A dropped client whose mask key cannot be rebuilt (too
+few of its shares came back, say because it dealt blobs that did not open) leaves the sum
+the same way, without a proof: no honest client revealed shares of its seed.
 
 Stages (:class:`SecAggStage`): ``advertise_keys`` (two fresh X25519 public keys per client,
 signed with its identity) →

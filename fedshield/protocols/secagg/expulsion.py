@@ -1,18 +1,26 @@
-"""The ``expel`` stage: taking out of the sum a client proven to have dealt garbage shares.
+"""The ``expel`` stage: taking out of the sum the masks that no rebuilt secret can remove.
 The protocol, its threat model and the legend: :mod:`fedshield.protocols.secagg`.
 
-At ``unmask`` every revealed share is checked against the commitment its dealer signed
-(:mod:`~fedshield.protocols.secagg.dealing`), so the shares the server keeps are the ones the
-dealer dealt. When ``t`` or more of them decode to no secret matching the dealer's signed
-commitment (its self-mask seed, for a survivor) or its signed mask public key (for a client
-that dropped), the dealer cheated: an honest dealer's shares always do. Without that secret
-its masks cannot leave the sum, so the server takes the cheater's masked input out and asks
-each survivor that masked with it for their pairwise mask seed, sending the proof: the
-openings with their Merkle paths, and the dealer's signature. A client checks the proof and
-reveals only the seed it shares with the proven cheater, which the cheater itself knows:
-nothing about an honest client leaks, and a server without a real proof (an honest dealer's
-shares always decode) gets nothing. The honest clients' round completes without the
-cheater, as if it had dropped.
+Two kinds of client need it, and the stage runs only when one exists:
+
+- *A proven cheater among the survivors.* At ``unmask`` every revealed share is checked
+  against the commitment its dealer signed (:mod:`~fedshield.protocols.secagg.dealing`), so
+  the shares the server keeps are the ones the dealer dealt. When ``t`` or more of them
+  decode to no seed matching the dealer's signed commitment, the dealer cheated (an honest
+  dealer's shares always do). The server takes its masked input out and sends each survivor
+  that masked with it the proof: the openings with their Merkle paths, and the dealer's
+  signature. The proof is needed because honest clients revealed shares of every
+  survivor's seed: without it, a server could claim an honest survivor cheated and collect
+  the last masks hiding its input.
+- *A dropped client whose mask key cannot be rebuilt*: fewer than ``t`` of its shares came
+  back (its holders dropped, or the blobs it dealt did not open), or they decode to no key
+  matching its signed public key. No proof is needed: it is outside the survivor set every
+  revealing client signed, so no honest client revealed shares of its seed, and its input
+  stays hidden by its self mask (revealing pairwise seeds with it is what rebuilding its
+  key would have done).
+
+Each survivor asked reveals only its pairwise seed with those clients, and the round
+completes without them; it aborts (revealing nothing more) if one of those survivors drops.
 """
 
 from __future__ import annotations
@@ -44,39 +52,39 @@ __all__ = ["proofs_for", "reveal_pair_seeds"]
 
 
 def proofs_for(server: SecAggServer) -> dict[int, list]:
-    """The ``expel`` message's fields for each survivor that masked with a proven cheater:
-    per cheater, the shares it dealt that the server holds, each with what proves the
-    cheater signed it."""
+    """The ``expel`` message's fields for each survivor that masked with an unkeyed client:
+    per such client, the shares of its seed the server holds with what proves it dealt them
+    (a proven cheater among the survivors), or none (a dropped client)."""
     s, out = server, {}
     for i in sorted(s.alive & set(s.masked)):
-        cheaters = [u for u in sorted(s.cheaters) if i in masked_with(s, u)]
-        if cheaters:
-            out[i] = _proof_fields(s, cheaters)
+        peers = [u for u in sorted(s.unkeyed) if i in masked_with(s, u)]
+        if peers:
+            out[i] = _proof_fields(s, peers)
     return out
 
 
-def _proof_fields(s: SecAggServer, cheaters: list[int]) -> list:
+def _proof_fields(s: SecAggServer, peers: list[int]) -> list:
     counts, holders, shares, deals = [], [], [], []
-    for u in cheaters:
-        store = s.self_mask_seed_shares if s.cheaters[u] == "seed" else s.mask_key_shares
-        held = store[u]
+    for u in peers:
+        held = s.self_mask_seed_shares[u] if s.cheaters.get(u) == "seed" else []
         counts.append(len(held))
         holders += [share.x - 1 for share in held]
         shares += [share.to_bytes() for share in held]
         deals += [s.mailbox[share.x - 1][u] for share in held]
-    return [ids(cheaters), np.array(counts, dtype=np.uint32), np.array(holders, dtype=np.uint32),
+    return [ids(peers), np.array(counts, dtype=np.uint32), np.array(holders, dtype=np.uint32),
             b"".join(shares), *relayed_fields(deals)]  # fmt: skip
 
 
 def reveal_pair_seeds(client: SecAggClient, message: wire.Message):
-    """``(cheaters, the pairwise mask seed with each)``, once each proof holds.
+    """``(peers, the pairwise mask seed with each)``: each a client this one masked with
+    that dropped (in the survivor set it signed), or a survivor proven to have cheated.
 
     Raises:
         SecAggAbort: a proof does not hold, or names a client this one did not mask with.
     """
     message.require_fields(10)
-    cheaters = message.array(0, dtype="<u4").tolist()
-    counts = message.array(1, dtype="<u4", shape=(len(cheaters),)).tolist()
+    peers = message.array(0, dtype="<u4").tolist()
+    counts = message.array(1, dtype="<u4", shape=(len(peers),)).tolist()
     holders = message.array(2, dtype="<u4", shape=(sum(counts),)).tolist()
     try:
         shares = [shamir.Share.from_bytes(share) for share in message.chunks(
@@ -84,26 +92,32 @@ def reveal_pair_seeds(client: SecAggClient, message: wire.Message):
     except ValueError as exc:
         raise WrongShape(f"a malformed share in a proof ({exc})") from None
     deals = [dealt for _, dealt in parse_relayed(message, 4, len(holders), SEALED_SHARE_BYTES)]
-    if not cheaters or len(set(cheaters)) != len(cheaters):
-        raise SecAggAbort(f"client {client.client_id}: no cheater, or one named twice")
+    if not peers or len(set(peers)) != len(peers):
+        raise SecAggAbort(f"client {client.client_id}: no client named, or one named twice")
     seeds, at = [], 0
-    for u, count in zip(cheaters, counts, strict=True):
-        _check_proof(client, u, holders[at : at + count], shares[at : at + count],
-                     deals[at : at + count])  # fmt: skip
+    for u, count in zip(peers, counts, strict=True):
+        _check_masked_with(client, u)
+        if u in client.masked_input_survivors:  # shares of its seed were revealed: proof
+            _check_proof(client, u, holders[at : at + count], shares[at : at + count],
+                         deals[at : at + count])  # fmt: skip
         at += count
         seeds.append(pairwise_seed(client.mask_keys, client.mask_public_keys[u],
                                    round=client.round, me=client.client_id, peer=u,
                                    params=client.params))  # fmt: skip
-    return cheaters, seeds
+    return peers, seeds
+
+
+def _check_masked_with(c: SecAggClient, u: int) -> None:
+    if u not in c.neighbours or u not in c.shared_keys_survivors or u in c.accused:
+        raise SecAggAbort(
+            f"client {c.client_id}: asked for its mask with {u}, which it did not mask with"
+        )
 
 
 def _check_proof(c: SecAggClient, u: int, holders, shares, deals: list[Dealt]) -> None:
-    """Return if ``holders``' ``shares`` of ``u``'s secret, each under ``u``'s signed
-    commitment, decode to no secret ``u`` committed to; else raise :class:`SecAggAbort`."""
+    """Return if ``holders``' ``shares`` of survivor ``u``'s seed, each under ``u``'s signed
+    commitment, decode to no seed ``u`` committed to; else raise :class:`SecAggAbort`."""
     me = c.client_id
-    if u not in c.neighbours or u not in c.shared_keys_survivors or u in c.accused:
-        raise SecAggAbort(f"client {me}: asked for its mask with {u}, which it did not mask with")
-    secret = "seed" if u in c.masked_input_survivors else "key"
     if len(set(holders)) != len(holders) or len(holders) < c.threshold:
         raise SecAggAbort(f"client {me}: a proof against {u} needs {c.threshold} distinct shares")
     try:
@@ -120,12 +134,12 @@ def _check_proof(c: SecAggClient, u: int, holders, shares, deals: list[Dealt]) -
     except InvalidMessage as exc:
         raise SecAggAbort(f"client {me}: the proof against {u}: {exc}") from None
     for h, share, dealt in zip(holders, shares, deals, strict=True):
-        opened = share_commitment(share, round=c.round, owner=u, holder=h, secret=secret)
+        opened = share_commitment(share, round=c.round, owner=u, holder=h, secret="seed")
         if (share.x, share.threshold, share.secret_len) != (h + 1, c.threshold, 32) or (
-            opened != dealt.commitment(secret)
+            opened != dealt.commitment("seed")
         ):
             raise SecAggAbort(f"client {me}: the proof against {u} holds a share it never dealt")
-    check = secret_check(secret, owner=u, round=c.round, seed_commitment=seed_commitment,
+    check = secret_check("seed", owner=u, round=c.round, seed_commitment=seed_commitment,
                          mask_public_key=c.mask_public_keys[u])  # fmt: skip
     try:
         decode_secret(shares, check, threshold=c.threshold)

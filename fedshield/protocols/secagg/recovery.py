@@ -76,10 +76,13 @@ def recover_secrets(server: SecAggServer) -> None:
     each dropped client's mask key that some survivor's mask needs
     (``server.dropped_mask_keys``). A dealer whose shares decode to no secret it committed to
     goes to ``server.cheaters`` (with the secret's name); a cheating survivor's masked input
-    leaves the sum.
+    leaves the sum. Both, and a dropped client whose key has fewer than ``t`` shares (its
+    neighbours dropped, or it dealt blobs that did not open), go to
+    ``server.unkeyed``: their masks leave the sum through the pairwise seeds its neighbours
+    reveal at ``expel``.
 
     Raises:
-        SecAggAbort: fewer than ``t`` shares of a needed secret.
+        SecAggAbort: fewer than ``t`` shares of a survivor's seed.
     """
     s = server
     for c in sorted(s.masked):
@@ -90,10 +93,15 @@ def recover_secrets(server: SecAggServer) -> None:
         s.masked_sum -= ring.unpack(s.masked.pop(u), s.length, s.bits)
         s.alive.discard(u)
     for j in sorted(set(s.shared_keys_survivors) - set(s.masked) - set(s.cheaters)):
-        if masked_with(s, j):
-            key = _recovered(s, j, "key", s.mask_key_shares.get(j, []))
-            if key is not None:
-                s.dropped_mask_keys[j] = KeyPair.from_private_bytes(key)
+        shares = s.mask_key_shares.get(j, [])
+        if not masked_with(s, j):
+            continue
+        key = _recovered(s, j, "key", shares) if len(shares) >= s.threshold else None
+        if key is None:
+            s.unkeyed.add(j)
+        else:
+            s.dropped_mask_keys[j] = KeyPair.from_private_bytes(key)
+    s.unkeyed.update(s.cheaters)
 
 
 def _recovered(s: SecAggServer, owner: int, secret: str, shares: list[shamir.Share]):
@@ -110,7 +118,8 @@ def _recovered(s: SecAggServer, owner: int, secret: str, shares: list[shamir.Sha
     except SecAggAbort:  # every share matched its signed commitment: the dealer is at fault
         s.cheaters[owner] = secret
         return None
-    s.inconsistent.update((owner, h) for h in wrong)
+    if wrong:  # shares that matched their commitments, off the dealer's polynomial
+        s.bad_dealers.add(owner)
     return value
 
 
@@ -120,7 +129,7 @@ def remove_masks(server: SecAggServer, total: np.ndarray) -> None:
     pairwise seeds survivors revealed at ``expel``.
 
     Raises:
-        SecAggAbort: a survivor that masked with a cheater did not reveal that seed.
+        SecAggAbort: a survivor that masked with an unkeyed client did not reveal that seed.
     """
     s = server
     scratch = mask_scratch(s.length, s.bits)
@@ -130,8 +139,8 @@ def remove_masks(server: SecAggServer, total: np.ndarray) -> None:
         for i in masked_with(s, j):  # i added sgn(i, j)·mask(i, j); take it away
             add_pairwise_mask(total, keys, s.mask_public_keys[i], round=s.round, me=i, peer=j,
                               params=s.params, scratch=scratch, undo=True)  # fmt: skip
-    for u in sorted(s.cheaters):
+    for u in sorted(s.unkeyed):
         for i in masked_with(s, u):
             if (i, u) not in s.pair_seeds:
-                raise SecAggAbort(f"client {i} did not reveal its mask with cheater {u}")
+                raise SecAggAbort(f"client {i} did not reveal its mask with client {u}")
             add_pair_seed(total, s.pair_seeds[i, u], me=i, peer=u, scratch=scratch, undo=True)

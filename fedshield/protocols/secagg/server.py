@@ -120,11 +120,12 @@ class SecAggServer(ServerSession):
         self.seeds: dict[int, bytes] = {}  # survivor -> its rebuilt self-mask seed
         self.dropped_mask_keys: dict = {}  # dropped client -> its rebuilt mask key pair
         self.cheaters: dict[int, str] = {}  # dealer -> the secret its shares do not decode to
-        self.pair_seeds: dict[tuple[int, int], bytes] = {}  # (survivor, cheater) -> seed
+        self.bad_dealers: set[int] = set()  # dealt committed shares off its polynomial
+        self.unkeyed: set[int] = set()  # masks leave the sum by pairwise seeds at expel
+        self.pair_seeds: dict[tuple[int, int], bytes] = {}  # (survivor, unkeyed) -> seed
         self.unmasked: np.ndarray | None = None  # the revealed integer sum
-        # (owner, holder) of every revealed share that missed its commitment (the holder
-        # forged it, or the owner and the server framed it) or the decoded secret (the owner
-        # dealt it wrong)
+        # (owner, holder) of every revealed share that missed its commitment: the holder
+        # forged it (or a server colluding with the owner relayed the holder a false one)
         self.inconsistent: set[tuple[int, int]] = set()
 
     def describe(self) -> dict:
@@ -142,6 +143,7 @@ class SecAggServer(ServerSession):
             "aggregate_sha256": digest,
             "inconsistent_shares": [list(pair) for pair in sorted(self.inconsistent)],
             "cheaters": sorted(self.cheaters),
+            "bad_dealers": sorted(self.bad_dealers),
         }
 
     def _packed_len(self) -> int:
@@ -342,14 +344,15 @@ class SecAggServer(ServerSession):
     # --- expel -------------------------------------------------------------------------------
     @broadcasts(SecAggStage.EXPEL)
     def _ask_for_pair_seeds(self, stage: str) -> dict[int, bytes]:
-        """Nobody, unless a dealer was proven to cheat (:mod:`.expulsion`)."""
+        """Nobody, unless a dealer was proven to cheat or a dropped client's mask key cannot
+        be rebuilt (:mod:`.expulsion`)."""
         return {c: self._server_message(stage, f) for c, f in proofs_for(self).items()}
 
     @receives(SecAggStage.EXPEL)
     def _take_pair_seeds(self, stage: str, sender: int, message: wire.Message) -> None:
         message.require_fields(2)
         cheaters = message.array(0, dtype="<u4").tolist()
-        asked = [u for u in sorted(self.cheaters) if sender in masked_with(self, u)]
+        asked = [u for u in sorted(self.unkeyed) if sender in masked_with(self, u)]
         if cheaters != asked:
             raise UnknownSender(f"client {sender} revealed seeds with {cheaters}, not {asked}")
         for u, seed in zip(
