@@ -157,9 +157,11 @@ def dequantize(levels: np.ndarray, *, clip: float, quant_bits: int) -> np.ndarra
     return dequantize_fixed(levels, clip=clip, bits=quant_bits)
 
 
-def pack(values: np.ndarray, bits: int) -> bytes:
-    """Pack unsigned values, each below ``2^bits``, into ``ceil(len * bits / 8)`` bytes."""
-    return bitpack.pack(values, bits)
+def pack(values: np.ndarray, bits: int) -> memoryview:
+    """Pack unsigned values, each below ``2^bits``, into ``ceil(len * bits / 8)`` bytes: a
+    read-only view of a fresh buffer (a message field as it is, with no copy)."""
+    buffer = bitpack.pack_buffer(values.size, bits)
+    return memoryview(buffer)[: bitpack.pack_into(values, bits, buffer)].toreadonly()
 
 
 def unpack(data: bytes, length: int, bits: int) -> np.ndarray:
