@@ -63,7 +63,8 @@ def run_protocol(
 ) -> ProtocolOutcome:
     """Run every stage of ``server``'s protocol through ``transport``.
 
-    Returns the outcome; a :class:`ProtocolAbort` ends the round with ``revealed=None``.
+    Returns the outcome (a stage that addressed nobody is left out of its stages); a
+    :class:`ProtocolAbort` ends the round with ``revealed=None``.
     """
     stages: list[StageStats] = []
     try:
@@ -97,6 +98,9 @@ def run_protocol(
             start = time.perf_counter()
             server.close_stage(stage)
             stats.server_s += time.perf_counter() - start
+            if not outgoing and len(stages) > 1:  # a stage for nobody (secagg's expel, often)
+                stages.pop()
+                stages[-1].server_s += stats.server_s
         start = time.perf_counter()
         revealed = server.reveal()
         stages[-1].server_s += time.perf_counter() - start

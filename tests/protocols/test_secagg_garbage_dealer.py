@@ -101,7 +101,8 @@ def test_a_dropped_client_dealing_garbage_key_shares_is_expelled_and_the_round_c
 
 def test_an_honest_round_has_no_expel_stage_traffic():
     server, clients, outcome = _round(SecAggClient)
-    assert server.cheaters == {} and outcome.stages[-1].bytes_down == {}
+    assert server.cheaters == {} and server.unkeyed == set()
+    assert [s.stage for s in outcome.stages][-1] == "unmask"  # expel addressed nobody
     _assert_exact_sum_of(server, clients, outcome, range(N))
 
 
