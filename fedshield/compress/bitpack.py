@@ -167,11 +167,12 @@ def pack_into(values: np.ndarray, bits: int, out: np.ndarray) -> int:
     return size
 
 
-def pack(values: np.ndarray, bits: int) -> bytes:
-    """Pack unsigned integers (each below ``2^bits``) into :func:`packed_size` bytes."""
+def pack(values: np.ndarray, bits: int) -> memoryview:
+    """Pack unsigned integers (each below ``2^bits``) into :func:`packed_size` bytes: a
+    read-only view of a fresh buffer (a message field as it is, with no copy)."""
     values = _flat_unsigned(values)
     out = pack_buffer(values.size, bits)
-    return out[: pack_into(values, bits, out)].tobytes()
+    return memoryview(out)[: pack_into(values, bits, out)].toreadonly()
 
 
 def _check_unpack(data: bytes, length: int, bits: int, dtype: np.dtype) -> None:
@@ -190,7 +191,9 @@ def _run_unpack(data: bytes, length: int, bits: int, out: np.ndarray, add: bool)
     _unpack_tail(raw, length // _GROUP * _GROUP, length, bits, out, add)
 
 
-def unpack(data: bytes, length: int, bits: int, dtype: np.dtype | type = np.uint64) -> np.ndarray:
+def unpack(
+    data: bytes | memoryview, length: int, bits: int, dtype: np.dtype | type = np.uint64
+) -> np.ndarray:
     """Inverse of :func:`pack`; ``data`` must hold exactly :func:`packed_size` bytes.
 
     ``dtype``: the unsigned output type; it must hold ``bits`` bits.
@@ -202,7 +205,7 @@ def unpack(data: bytes, length: int, bits: int, dtype: np.dtype | type = np.uint
     return out
 
 
-def unpack_add(data: bytes, length: int, bits: int, out: np.ndarray) -> np.ndarray:
+def unpack_add(data: bytes | memoryview, length: int, bits: int, out: np.ndarray) -> np.ndarray:
     """Add the values that :func:`pack` wrote into ``data`` to ``out`` in place, wrapping
     modulo ``2^(8 · out.itemsize)``, with no temporary array; returns ``out``.
 

@@ -14,7 +14,7 @@ import hashlib
 
 from fedshield._validate import check_int
 
-__all__ = ["HASH_BYTES", "depth", "leaf_hash", "paths", "root", "root_from_path"]
+__all__ = ["HASH_BYTES", "depth", "leaf_hash", "path", "paths", "root", "root_from_path", "tree"]
 
 HASH_BYTES = 32
 _EMPTY = hashlib.sha256(b"\x02fedshield/merkle/empty").digest()
@@ -35,8 +35,11 @@ def depth(count: int) -> int:
     return (count - 1).bit_length()
 
 
-def _levels(leaves: list[bytes]) -> list[list[bytes]]:
-    """Every level of the tree over the leaf hashes, leaves first, root last."""
+def tree(leaves: list[bytes]) -> list[list[bytes]]:
+    """Every level of the tree over the leaf hashes, leaves first, root last (keep it to
+    take paths later with :func:`path`)."""
+    if not leaves:
+        raise ValueError("a Merkle tree needs at least one leaf")
     level = [*leaves, *[_EMPTY] * ((1 << depth(len(leaves))) - len(leaves))]
     levels = [level]
     while len(level) > 1:
@@ -47,20 +50,19 @@ def _levels(leaves: list[bytes]) -> list[list[bytes]]:
 
 def root(leaves: list[bytes]) -> bytes:
     """The root over ``leaves`` (each a :func:`leaf_hash`), in order."""
-    if not leaves:
-        raise ValueError("a Merkle tree needs at least one leaf")
-    return _levels(leaves)[-1][0]
+    return tree(leaves)[-1][0]
+
+
+def path(levels: list[list[bytes]], index: int) -> bytes:
+    """The sibling hashes from leaf ``index`` of a :func:`tree` up to its root, concatenated."""
+    check_int("index", index, low=0, high=len(levels[0]) - 1)
+    return b"".join(level[(index >> i) ^ 1] for i, level in enumerate(levels[:-1]))
 
 
 def paths(leaves: list[bytes]) -> list[bytes]:
-    """For each leaf, the sibling hashes from it up to the root, concatenated."""
-    if not leaves:
-        raise ValueError("a Merkle tree needs at least one leaf")
-    below_root = _levels(leaves)[:-1]
-    return [
-        b"".join(level[(index >> i) ^ 1] for i, level in enumerate(below_root))
-        for index in range(len(leaves))
-    ]
+    """For each leaf, its :func:`path`."""
+    levels = tree(leaves)
+    return [path(levels, index) for index in range(len(leaves))]
 
 
 def root_from_path(leaf: bytes, index: int, count: int, siblings: bytes) -> bytes:

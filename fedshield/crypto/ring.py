@@ -158,18 +158,17 @@ def dequantize(levels: np.ndarray, *, clip: float, quant_bits: int) -> np.ndarra
 
 
 def pack(values: np.ndarray, bits: int) -> memoryview:
-    """Pack unsigned values, each below ``2^bits``, into ``ceil(len * bits / 8)`` bytes: a
-    read-only view of a fresh buffer (a message field as it is, with no copy)."""
-    buffer = bitpack.pack_buffer(values.size, bits)
-    return memoryview(buffer)[: bitpack.pack_into(values, bits, buffer)].toreadonly()
+    """Pack unsigned values, each below ``2^bits``, into ``ceil(len * bits / 8)`` bytes (a
+    read-only view: :func:`~fedshield.compress.bitpack.pack`)."""
+    return bitpack.pack(values, bits)
 
 
-def unpack(data: bytes, length: int, bits: int) -> np.ndarray:
+def unpack(data: bytes | memoryview, length: int, bits: int) -> np.ndarray:
     """Inverse of :func:`pack`, as ring elements (:func:`~fedshield.crypto.prg.ring_dtype`)."""
     return bitpack.unpack(data, length, bits, ring_dtype(bits))
 
 
-def unpack_add(data: bytes, length: int, bits: int, acc: np.ndarray) -> np.ndarray:
+def unpack_add(data: bytes | memoryview, length: int, bits: int, acc: np.ndarray) -> np.ndarray:
     """Add the ring elements that :func:`pack` wrote into ``data`` to ``acc`` in place, modulo
     ``acc``'s dtype (a multiple of ``2^bits``), with no temporary array; returns ``acc``.
 

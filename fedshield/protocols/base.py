@@ -321,6 +321,7 @@ class ClientSession(_StageMachine):
         # Under adaptive ranges, the summed range statistic where clients learn it (he).
         self.range_counts: np.ndarray | None = None
         self._stage_index = -1
+        self._failed: str | None = None  # the error that ended this session, if any
 
     @property
     def sent(self) -> np.ndarray | None:
@@ -341,11 +342,19 @@ class ClientSession(_StageMachine):
 
     def handle(self, stage: str, data: bytes) -> bytes:
         """Answer the server's message for ``stage``. Stages must come in order; only those in
-        :attr:`skippable` may pass this client by.
+        :attr:`skippable` may pass this client by. A stage whose message or handling fails
+        ends the session: every later stage is refused (a client that refused to unmask
+        must not answer what comes after, say).
 
         Raises:
-            IllegalTransition: ``stage`` is not one this client may handle now.
+            IllegalTransition: ``stage`` is not one this client may handle now, or an earlier
+                stage failed.
         """
+        if self._failed:
+            raise IllegalTransition(
+                f"client {self.client_id} refuses stage '{stage}': its session ended with "
+                f"{self._failed}"
+            )
         expected = self._stage_index + 1
         while (
             expected < len(self.stages)
@@ -360,11 +369,16 @@ class ClientSession(_StageMachine):
                 f"(last handled: {'none' if done is None else repr(str(done))})"
             )
         self._stage_index = expected
-        message = wire.parse(data, views=self.large_payloads)
-        message.expect(
-            protocol=self.protocol_id, stage=expected + 1, round=self.round, sender=wire.SERVER_ID
-        )
-        return self._handler("handle", stage)(stage, message)
+        try:
+            message = wire.parse(data, views=self.large_payloads)
+            message.expect(
+                protocol=self.protocol_id, stage=expected + 1, round=self.round,
+                sender=wire.SERVER_ID,
+            )  # fmt: skip
+            return self._handler("handle", stage)(stage, message)
+        except Exception as exc:  # the stage is spent: no later stage may build on it
+            self._failed = f"{type(exc).__name__} at stage '{stage}'"
+            raise
 
     def _client_message(self, stage: str, fields: tuple | list) -> bytes:
         code = self.stages.index(stage) + 1

@@ -16,7 +16,7 @@ from fedshield import wire
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
-from fedshield.errors import SecAggAbort
+from fedshield.errors import IllegalTransition, MalformedMessage, SecAggAbort
 from fedshield.protocols.secagg import SecAggClient, SecAggServer
 from fedshield.protocols.secagg.channels import deal
 from fedshield.protocols.secagg.common import pairwise_seed
@@ -106,8 +106,8 @@ def test_an_honest_round_has_no_expel_stage_traffic():
     _assert_exact_sum_of(server, clients, outcome, range(N))
 
 
-def _until_expel(cheater_class):
-    """Sessions driven by hand through ``unmask`` (the server's stage closed)."""
+def _until_expel(cheater_class, through: str = "unmask"):
+    """Sessions driven by hand through ``through`` (the server's stage closed)."""
     rng = np.random.default_rng(5)
     server = SecAggServer(roster=signing_as(0)["roster"], round=1, clients=range(N), dim=D,
                           config=CONFIG)  # fmt: skip
@@ -117,7 +117,8 @@ def _until_expel(cheater_class):
             update=rng.uniform(-1, 1, D).astype(np.float32))
         for c in range(N)
     }  # fmt: skip
-    for stage in ("advertise_keys", "share_keys", "masked_input", "consistency", "unmask"):
+    stages = ["advertise_keys", "share_keys", "masked_input", "consistency", "unmask"]
+    for stage in stages[: stages.index(through) + 1]:
         for c, message in server.broadcast(stage).items():
             server.receive(stage, c, clients[c].handle(stage, message))
         server.close_stage(stage)
@@ -149,7 +150,7 @@ def test_a_server_without_a_real_proof_gets_no_pairwise_seed(tamper):
     dealt misses its commitment: each forged proof is refused, and no seed comes back."""
     server, clients = _until_expel(SecAggClient)
     request = _forge_proof_against(server, victim=3, tamper=tamper)
-    with pytest.raises(SecAggAbort, match=r"does not hold|never dealt|distinct shares"):
+    with pytest.raises(SecAggAbort, match=r"does not hold|dealt and signed|distinct shares"):
         clients[0].handle("expel", request)
 
 
@@ -182,3 +183,31 @@ def test_a_real_proof_earns_exactly_the_seed_the_cheater_already_knows():
                           me=CHEATER, peer=0, params=cheater.params)  # fmt: skip
     assert answer.array(0, dtype="<u4").tolist() == [CHEATER]
     assert answer.raw(1) == known
+
+
+def test_a_client_that_refused_to_unmask_reveals_no_pairwise_seed():
+    """Reviewer's attack: a client whose unmask failed (here on a garbage message) still
+    answered expel, and revealed its seed with a peer it had never unmasked for. A session
+    whose stage failed now refuses every later stage."""
+    server, clients = _until_expel(SecAggClient, through="consistency")
+    with pytest.raises(MalformedMessage):
+        clients[0].handle("unmask", b"garbage")
+    server.unkeyed.add(3)
+    request = server._server_message("expel", proofs_for(server)[0])
+    with pytest.raises(IllegalTransition, match="ended with MalformedMessage at stage 'unmask'"):
+        clients[0].handle("expel", request)
+
+
+@pytest.mark.parametrize(
+    ("gone", "reason"),
+    [([0], "cannot leave the sum"), ([0, 1], "clients left after 'unmask'")],
+    ids=["a-neighbour-left", "too-few-without-the-cheater"],
+)
+def test_expel_aborts_before_asking_anyone_when_it_cannot_complete(gone, reason):
+    """A survivor that masked with the cheater and left before ``expel`` (its mask can never
+    leave the sum), or too few survivors once the cheater is out: the round aborts before
+    any pairwise seed is revealed."""
+    cheater = _dealing(seed=secrets.token_bytes(32))
+    _, _, outcome = _round(cheater, DropoutPolicy(schedule={"unmask": gone}))
+    assert outcome.revealed is None and reason in outcome.aborted
+    assert "expel" not in [s.stage for s in outcome.stages if s.bytes_up]

@@ -46,7 +46,10 @@ own shares decode to nothing it committed to is proven a cheater and expelled
 proof and reveal their pairwise seeds with it, and the round completes without it (it
 aborts if one of them then drops). A dropped client whose mask key cannot be rebuilt (too
 few of its shares came back, say because it dealt blobs that did not open) leaves the sum
-the same way, without a proof: no honest client revealed shares of its seed.
+the same way, without a proof: no honest client revealed shares of its seed. A client
+reveals a pairwise seed only after its own quorum-checked ``unmask`` (a session whose stage
+failed refuses every later one). A survivor revealing a wrong seed there makes the sum fall
+off the grid: the round aborts, and the server cannot tell who lied.
 
 Stages (:class:`SecAggStage`): ``advertise_keys`` (two fresh X25519 public keys per client,
 signed with its identity) →
@@ -54,7 +57,8 @@ signed with its identity) →
 encrypted to each neighbour, relayed by the server) → ``masked_input`` (the bit-packed masked
 vector in Z_{2^b}) → ``consistency`` (each client's signature on the survivor set) →
 ``unmask`` (shares of survivors' self-mask seeds and of dropped clients' secret keys) →
-``expel`` (only in a round with a proven cheater: pairwise seeds with it).
+``expel`` (only in a round with a proven cheater or a dropped client whose mask key cannot
+be rebuilt: the pairwise seeds its neighbours share with it).
 
 Legend: the paper's notation (Bonawitz et al., Figure 4) → our names.
 

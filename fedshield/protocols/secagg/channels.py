@@ -28,7 +28,7 @@ from fedshield.crypto import merkle, shamir
 from fedshield.crypto.keys import KeyPair, open_share, seal_share, validate_public_key
 from fedshield.errors import InvalidShare, WrongShape
 from fedshield.protocols.secagg.common import PAIR
-from fedshield.protocols.secagg.dealing import share_commitments
+from fedshield.protocols.secagg.dealing import Secret, commitment_to, opens, share_commitments
 
 __all__ = [
     "SEALED_SHARE_BYTES",
@@ -59,7 +59,7 @@ def receive_key_usable(key: bytes, path: bytes, *, root: bytes, sender: int, ind
                        count: int) -> bool:  # fmt: skip
     """Whether ``key`` is the receive key its holder made for ``sender`` (leaf ``index`` of
     ``count`` under the ``root`` the holder signed) and a usable point (a sender checks each
-    before sealing; the server, which holds every key, checks only the point, and only when
+    before sealing; the server, which hashed every key into its root itself, only when
     a sender says no)."""
     try:
         validate_public_key(key)
@@ -129,11 +129,13 @@ def open_shares(
         )
     except (ValueError, WrongShape) as exc:
         raise InvalidShare(f"malformed share ({exc})") from None
-    for share in shares:
-        if (share.x, share.threshold, share.secret_len) != (holder + 1, threshold, 32):
-            raise InvalidShare("a share at another point, threshold or length")
-    if share_commitments(shares, round=round, owner=sender, holder=holder) != commitments:
-        raise InvalidShare("shares that miss the commitments their sender signed")
+    for share, secret in zip(shares, Secret, strict=True):
+        if not opens(share, commitment_to(secret, commitments), round=round, owner=sender,
+                     holder=holder, secret=secret, threshold=threshold):  # fmt: skip
+            raise InvalidShare(
+                "a share at another point, threshold or length, or that misses the commitment "
+                "its sender signed"
+            )
     return shares
 
 

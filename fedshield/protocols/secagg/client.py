@@ -78,7 +78,7 @@ class SecAggClient(ClientSession):
 
     protocol_id = PROTOCOL_ID
     stages = STAGES
-    skippable = frozenset({SecAggStage.EXPEL})  # only for the neighbours of a proven cheater
+    skippable = frozenset({SecAggStage.EXPEL})  # only for neighbours of an unkeyed client
 
     def __init__(
         self,

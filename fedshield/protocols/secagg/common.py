@@ -37,7 +37,8 @@ __all__ = [
 
 class SecAggStage(StrEnum):
     """The SecAgg+ stages, in order (Bonawitz et al. rounds 0 to 4, then ``expel``: only in a
-    round where a client is proven to have dealt garbage shares)."""
+    round where a client is proven to have dealt garbage shares, or a dropped client's mask key
+    cannot be rebuilt)."""
 
     ADVERTISE_KEYS = "advertise_keys"
     SHARE_KEYS = "share_keys"

@@ -34,16 +34,20 @@ from fedshield import wire
 from fedshield.crypto import merkle, shamir
 from fedshield.crypto.identity import SIGNATURE_BYTES
 from fedshield.errors import InvalidMessage, WrongShape
+from fedshield.protocols.ids import StrEnum
 from fedshield.protocols.roster import Roster
 
 __all__ = [
     "COMMITMENTS_BYTES",
     "DEAL_LABEL",
-    "SECRETS",
+    "SECRET_BYTES",
     "Dealt",
+    "Secret",
+    "commitment_to",
     "deal_leaves",
     "deal_statement",
     "dealt_leaf",
+    "opens",
     "parse_relayed",
     "relayed_fields",
     "share_commitment",
@@ -52,13 +56,21 @@ __all__ = [
 ]
 
 DEAL_LABEL = b"secagg/dealt-shares"  # a sender's signature on its seed commitment and root
-SECRETS = ("seed", "key")  # the two secrets every client shares: b_u, then s_u^SK
 COMMITMENTS_BYTES = 2 * 32  # per holder: to its share of b_u, then to its share of s_u^SK
+SECRET_BYTES = 32  # b_u and s_u^SK alike
 
 
-def share_commitment(share: shamir.Share, *, round: int, owner: int, holder: int, secret: str):
-    """SHA-256 commitment to ``holder``'s share of ``owner``'s ``secret`` (a name in
-    :data:`SECRETS`)."""
+class Secret(StrEnum):
+    """The two secrets every client shares, in the order its commitments list them."""
+
+    SEED = "seed"  # b_u, the self-mask seed
+    KEY = "key"  # s_u^SK, the mask-agreement secret key
+
+
+def share_commitment(
+    share: shamir.Share, *, round: int, owner: int, holder: int, secret: Secret
+) -> bytes:  # fmt: skip
+    """SHA-256 commitment to ``holder``'s share of ``owner``'s ``secret``."""
     label = b"fedshield/secagg/share/" + secret.encode() + struct.pack("<III", round, owner, holder)
     return hashlib.sha256(label + share.to_bytes()).digest()
 
@@ -67,8 +79,26 @@ def share_commitments(shares, *, round: int, owner: int, holder: int) -> bytes:
     """The two commitments of a holder's ``(seed share, key share)``, concatenated."""
     return b"".join(
         share_commitment(share, round=round, owner=owner, holder=holder, secret=secret)
-        for share, secret in zip(shares, SECRETS, strict=True)
+        for share, secret in zip(shares, Secret, strict=True)
     )
+
+
+def commitment_to(secret: Secret, commitments: bytes) -> bytes:
+    """The commitment to ``secret``'s share among a holder's two (:func:`share_commitments`)."""
+    at = list(Secret).index(secret) * 32
+    return commitments[at : at + 32]
+
+
+def opens(
+    share: shamir.Share, commitment: bytes, *, round: int, owner: int, holder: int,
+    secret: Secret, threshold: int,
+) -> bool:  # fmt: skip
+    """Whether ``share`` is what ``owner`` dealt ``holder`` of its ``secret``: at the holder's
+    point, at the round's threshold, of a 32-byte secret, under ``commitment``."""
+    if (share.x, share.threshold, share.secret_len) != (holder + 1, threshold, SECRET_BYTES):
+        return False
+    opened = share_commitment(share, round=round, owner=owner, holder=holder, secret=secret)
+    return opened == commitment
 
 
 def dealt_leaf(holder: int, sealed_digest: bytes, commitments: bytes) -> bytes:
@@ -85,7 +115,9 @@ def deal_leaves(holders: list[int], sealed: list[bytes], commitments: list[bytes
     ]
 
 
-def deal_statement(round: int, session: bytes, sender: int, seed_commitment: bytes, root: bytes):
+def deal_statement(
+    round: int, session: bytes, sender: int, seed_commitment: bytes, root: bytes
+) -> bytes:  # fmt: skip
     """What ``sender`` signs at ``share_keys``; ``session``: the session binding and the graph
     seed (this run only, so no statement carries over to another run of the round)."""
     return struct.pack("<II", round, sender) + session + seed_commitment + root
@@ -112,16 +144,18 @@ class Dealt:
     path: bytes
     signature: bytes
 
-    def commitment(self, secret: str) -> bytes:
-        """The commitment to the holder's share of ``secret`` (``"seed"`` or ``"key"``)."""
-        return self.commitments[:32] if secret == SECRETS[0] else self.commitments[32:]
+    def commitment(self, secret: Secret) -> bytes:
+        """The commitment to the holder's share of ``secret``."""
+        return commitment_to(secret, self.commitments)
 
     def root(self, holder: int) -> bytes:
         """The Merkle root this holder's leaf and path lead to (``ValueError`` if none)."""
         leaf = dealt_leaf(holder, self.sealed_digest, self.commitments)
         return merkle.root_from_path(leaf, self.index, self.count, self.path)
 
-    def signed(self, roster: Roster, *, round: int, session: bytes, sender: int, holder: int):
+    def signed(
+        self, roster: Roster, *, round: int, session: bytes, sender: int, holder: int
+    ) -> bool:  # fmt: skip
         """Whether ``sender`` signed this deal to ``holder``: its leaf lies under a root the
         sender signed, with the seed commitment (a holder checks this only when its blob
         does not open or its shares miss their commitments, before revealing its key)."""
@@ -167,7 +201,9 @@ def relayed_fields(deals: list[tuple[bytes, Dealt]]) -> list:
     ]
 
 
-def parse_relayed(message: wire.Message, first: int, count: int, sealed_bytes: int):
+def parse_relayed(
+    message: wire.Message, first: int, count: int, sealed_bytes: int
+) -> list[tuple[bytes, Dealt]]:  # fmt: skip
     """Inverse of :func:`relayed_fields`, from field ``first``: ``count`` pairs ``(sealed
     blob, Dealt)``. Raises :class:`WrongShape` on fields of the wrong size."""
     sealed = message.chunks(first, size=sealed_bytes, count=count)

@@ -31,16 +31,15 @@ import numpy as np
 
 from fedshield import wire
 from fedshield.crypto import shamir
-from fedshield.errors import InvalidMessage, SecAggAbort, WrongShape
+from fedshield.errors import SecAggAbort
 from fedshield.protocols.secagg.channels import SEALED_SHARE_BYTES
 from fedshield.protocols.secagg.common import ids, pairwise_seed
 from fedshield.protocols.secagg.dealing import (
-    DEAL_LABEL,
     Dealt,
-    deal_statement,
+    Secret,
+    opens,
     parse_relayed,
     relayed_fields,
-    share_commitment,
 )
 from fedshield.protocols.secagg.recovery import decode_secret, masked_with, secret_check
 
@@ -48,7 +47,23 @@ if TYPE_CHECKING:
     from fedshield.protocols.secagg.client import SecAggClient
     from fedshield.protocols.secagg.server import SecAggServer
 
-__all__ = ["proofs_for", "reveal_pair_seeds"]
+__all__ = ["proofs_for", "require_neighbours", "reveal_pair_seeds"]
+
+
+def require_neighbours(server: SecAggServer, stage: str) -> None:
+    """Before ``expel`` and at its close: every survivor that masked with an unkeyed client
+    must still be there (a pairwise mask nobody reveals would leave the sum garbage).
+
+    Raises:
+        SecAggAbort: one of them dropped.
+    """
+    s = server
+    gone = sorted({i for u in s.unkeyed for i in masked_with(s, u)} - s.alive)
+    if gone:
+        raise SecAggAbort(
+            f"round {s.round}: clients {gone} masked with {sorted(s.unkeyed)} and are gone at "
+            f"'{stage}': those masks cannot leave the sum"
+        )
 
 
 def proofs_for(server: SecAggServer) -> dict[int, list]:
@@ -56,7 +71,7 @@ def proofs_for(server: SecAggServer) -> dict[int, list]:
     per such client, the shares of its seed the server holds with what proves it dealt them
     (a proven cheater among the survivors), or none (a dropped client)."""
     s, out = server, {}
-    for i in sorted(s.alive & set(s.masked)):
+    for i in sorted(s.alive):
         peers = [u for u in sorted(s.unkeyed) if i in masked_with(s, u)]
         if peers:
             out[i] = _proof_fields(s, peers)
@@ -66,7 +81,7 @@ def proofs_for(server: SecAggServer) -> dict[int, list]:
 def _proof_fields(s: SecAggServer, peers: list[int]) -> list:
     counts, holders, shares, deals = [], [], [], []
     for u in peers:
-        held = s.self_mask_seed_shares[u] if s.cheaters.get(u) == "seed" else []
+        held = s.self_mask_seed_shares[u] if s.cheaters.get(u) == Secret.SEED else []
         counts.append(len(held))
         holders += [share.x - 1 for share in held]
         shares += [share.to_bytes() for share in held]
@@ -75,7 +90,9 @@ def _proof_fields(s: SecAggServer, peers: list[int]) -> list:
             b"".join(shares), *relayed_fields(deals)]  # fmt: skip
 
 
-def reveal_pair_seeds(client: SecAggClient, message: wire.Message):
+def reveal_pair_seeds(
+    client: SecAggClient, message: wire.Message
+) -> tuple[list[int], list[bytes]]:  # fmt: skip
     """``(peers, the pairwise mask seed with each)``: each a client this one masked with
     that dropped (in the survivor set it signed), or a survivor proven to have cheated.
 
@@ -86,11 +103,8 @@ def reveal_pair_seeds(client: SecAggClient, message: wire.Message):
     peers = message.array(0, dtype="<u4").tolist()
     counts = message.array(1, dtype="<u4", shape=(len(peers),)).tolist()
     holders = message.array(2, dtype="<u4", shape=(sum(counts),)).tolist()
-    try:
-        shares = [shamir.Share.from_bytes(share) for share in message.chunks(
-            3, size=shamir.SHARE_BYTES, count=len(holders))]  # fmt: skip
-    except ValueError as exc:
-        raise WrongShape(f"a malformed share in a proof ({exc})") from None
+    shares = [shamir.Share.from_bytes(share) for share in message.chunks(
+        3, size=shamir.SHARE_BYTES, count=len(holders))]  # fmt: skip
     deals = [dealt for _, dealt in parse_relayed(message, 4, len(holders), SEALED_SHARE_BYTES)]
     if not peers or len(set(peers)) != len(peers):
         raise SecAggAbort(f"client {client.client_id}: no client named, or one named twice")
@@ -115,34 +129,23 @@ def _check_masked_with(c: SecAggClient, u: int) -> None:
 
 
 def _check_proof(c: SecAggClient, u: int, holders, shares, deals: list[Dealt]) -> None:
-    """Return if ``holders``' ``shares`` of survivor ``u``'s seed, each under ``u``'s signed
-    commitment, decode to no seed ``u`` committed to; else raise :class:`SecAggAbort`."""
-    me = c.client_id
-    if len(set(holders)) != len(holders) or len(holders) < c.threshold:
-        raise SecAggAbort(f"client {me}: a proof against {u} needs {c.threshold} distinct shares")
+    """Return if ``holders``' ``shares`` of survivor ``u``'s seed, each what ``u`` dealt and
+    signed, decode to no seed ``u`` committed to; else raise :class:`SecAggAbort`."""
+    me, t = c.client_id, c.threshold
+    if len(set(holders)) != len(holders) or len(holders) < t:
+        raise SecAggAbort(f"client {me}: a proof against {u} needs {t} distinct shares")
+    one_deal = len({(dealt.seed_commitment, dealt.signature) for dealt in deals}) == 1
+    if not one_deal or not all(
+        dealt.signed(c.roster, round=c.round, session=c.run_binding, sender=u, holder=h)
+        and opens(share, dealt.commitment(Secret.SEED), round=c.round, owner=u, holder=h,
+                  secret=Secret.SEED, threshold=t)
+        for h, share, dealt in zip(holders, shares, deals, strict=True)
+    ):  # fmt: skip
+        raise SecAggAbort(f"client {me}: the proof against {u} is not shares {u} dealt and signed")
+    check = secret_check(Secret.SEED, owner=u, round=c.round,
+                         committed=deals[0].seed_commitment)  # fmt: skip
     try:
-        roots = {dealt.root(h) for h, dealt in zip(holders, deals, strict=True)}
-    except ValueError:
-        roots = set()
-    signed = {(dealt.seed_commitment, dealt.signature) for dealt in deals}
-    if len(roots) != 1 or len(signed) != 1:
-        raise SecAggAbort(f"client {me}: the proof against {u} is not one signed deal")
-    (seed_commitment, signature), root = signed.pop(), roots.pop()
-    try:
-        statement = deal_statement(c.round, c.run_binding, u, seed_commitment, root)
-        c.roster.verify(u, signature, DEAL_LABEL, statement)
-    except InvalidMessage as exc:
-        raise SecAggAbort(f"client {me}: the proof against {u}: {exc}") from None
-    for h, share, dealt in zip(holders, shares, deals, strict=True):
-        opened = share_commitment(share, round=c.round, owner=u, holder=h, secret="seed")
-        if (share.x, share.threshold, share.secret_len) != (h + 1, c.threshold, 32) or (
-            opened != dealt.commitment("seed")
-        ):
-            raise SecAggAbort(f"client {me}: the proof against {u} holds a share it never dealt")
-    check = secret_check("seed", owner=u, round=c.round, seed_commitment=seed_commitment,
-                         mask_public_key=c.mask_public_keys[u])  # fmt: skip
-    try:
-        decode_secret(shares, check, threshold=c.threshold)
+        decode_secret(shares, check, threshold=t)
     except SecAggAbort:
         return  # proven: an honest dealer's shares always decode to what it committed to
     raise SecAggAbort(f"client {me}: the server's proof that client {u} cheated does not hold")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fedshield.crypto import merkle
 from fedshield.crypto.keys import PUBLIC_KEY_BYTES
 from fedshield.errors import FalseComplaint, InvalidShare, UnknownSender
 from fedshield.protocols.secagg.channels import complaint_holds, receive_key_usable
@@ -33,17 +34,18 @@ def check_unusable_claims(server: SecAggServer, sender: int, unusable: list[int]
     if len(set(unusable)) != len(unusable) or not set(unusable) <= set(holders) - {sender}:
         raise UnknownSender(f"client {sender} reported keys of clients it does not seal to")
     for h in unusable:  # the server holds every key it relayed, under the signed root
-        key, path = s.receive_keys[h][sender]
-        if receive_key_usable(key, path, root=s.key_signatures[h][1], sender=sender,
-                              index=s.clients.index(sender), count=len(s.clients)):  # fmt: skip
+        key, at = s.receive_keys[h][sender], s.clients.index(sender)
+        path = merkle.path(s.receive_trees[h], at)
+        if receive_key_usable(key, path, root=s.key_signatures[h][1], sender=sender, index=at,
+                              count=len(s.clients)):  # fmt: skip
             raise FalseComplaint(f"client {sender} refused client {h}'s sound receive key")
     s.unusable.update(unusable)
 
 
 def check_complaints(server: SecAggServer, holder: int, message: wire.Message) -> set[int]:
     """The senders ``holder`` complains about at ``masked_input`` (fields 0 to 2 of its
-    answer): keyed complaints (a revealed receive key) must prove the blob bad, unsigned ones
-    must name a deal whose signature does not hold.
+    answer): keyed complaints (a revealed receive key) must prove the blob bad; an unsigned
+    one is false (the server checked every deal's signature on arrival).
 
     Raises:
         UnknownSender: it complains about shares it was not sent.
@@ -59,11 +61,8 @@ def check_complaints(server: SecAggServer, holder: int, message: wire.Message) -
         raise UnknownSender(f"client {holder} complained about shares it was not sent")
     for sender, revealed in zip(accused, evidence, strict=True):
         _judge(s, holder, sender, revealed)
-    for sender in unsigned:
-        dealt = s.mailbox[holder][sender][1]
-        if dealt.signed(s.roster, round=s.round, session=s.run_binding, sender=sender,
-                        holder=holder):  # fmt: skip
-            raise FalseComplaint(f"client {holder} called client {sender}'s signed deal unsigned")
+    if unsigned:  # every deal's signature was checked on arrival: it is relayed as signed
+        raise FalseComplaint(f"client {holder} called the signed deals of {unsigned} unsigned")
     return complaints
 
 
@@ -73,7 +72,7 @@ def _judge(s: SecAggServer, holder: int, sender: int, revealed: bytes) -> None:
     sealed, dealt = s.mailbox[holder][sender]
     try:
         holds = complaint_holds(
-            revealed, s.receive_keys[holder][sender][0], s.channel_public_keys[sender], sealed,
+            revealed, s.receive_keys[holder][sender], s.channel_public_keys[sender], sealed,
             dealt.commitments, round=s.round, sender=sender, holder=holder,
             threshold=s.threshold,
         )  # fmt: skip

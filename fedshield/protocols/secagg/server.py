@@ -42,13 +42,13 @@ from fedshield.protocols.secagg.common import (
 from fedshield.protocols.secagg.config import SecAggConfig, neighbour_graph
 from fedshield.protocols.secagg.dealing import (
     COMMITMENTS_BYTES,
-    SECRETS,
     Dealt,
+    Secret,
+    opens,
     relayed_fields,
-    share_commitment,
     verified_deals,
 )
-from fedshield.protocols.secagg.expulsion import proofs_for
+from fedshield.protocols.secagg.expulsion import proofs_for, require_neighbours
 from fedshield.protocols.secagg.judge import check_complaints, check_unusable_claims
 from fedshield.protocols.secagg.recovery import masked_with, recover_secrets, remove_masks
 
@@ -62,9 +62,9 @@ class SecAggServer(ServerSession):
         round, clients, dim: as for every :class:`~fedshield.protocols.base.ServerSession`.
         config: the round's :class:`SecAggConfig` (each client checks it is the same).
         roster: the federation's roster: ``clients`` must be members, and no stage goes on
-            with fewer than its ``min_sites``; round keys and consistency signatures are
-            checked on arrival, receive keys and sealed blobs only when a client reports one
-            (:mod:`~fedshield.protocols.secagg.channels`).
+            with fewer than its ``min_sites``; round keys (with the root over the receive
+            keys), deals and consistency signatures are checked on arrival, a blob's
+            contents only when a client complains (:mod:`~fedshield.protocols.secagg.judge`).
         ranges: the round's per-tensor ranges when ``config.clip`` is ``None``; their summed
             statistic is revealed as :attr:`Revealed.range_counts`.
     """
@@ -101,13 +101,12 @@ class SecAggServer(ServerSession):
         self.graph: dict[int, tuple[int, ...]] = {}
         self.channel_public_keys: dict[int, bytes] = {}  # c_u^PK
         self.mask_public_keys: dict[int, bytes] = {}  # s_u^PK
-        # each client's signature on its keys, and the root over its receive keys
-        self.key_signatures: dict[int, tuple[bytes, bytes]] = {}
+        self.key_signatures: dict[int, tuple[bytes, bytes]] = {}  # (signature, receive root)
         self.consistency_signatures: dict[int, bytes] = {}  # U_4: signer -> signature on U_3
         # holder -> sender -> (sealed shares, what proves the sender dealt them)
         self.mailbox: dict[int, dict[int, tuple[bytes, Dealt]]] = {}
-        # holder -> sender -> (the receive key the holder made for the sender, its path)
-        self.receive_keys: dict[int, dict[int, tuple[bytes, bytes]]] = {}
+        self.receive_keys: dict[int, dict[int, bytes]] = {}  # holder -> sender -> its key
+        self.receive_trees: dict[int, list[list[bytes]]] = {}  # holder -> its Merkle tree
         self.unusable: set[int] = set()  # clients whose receive key a sender proved unusable
         self.masked: dict[int, memoryview] = {}  # packed masked inputs, already in masked_sum
         self.masked_sum = np.zeros(self.length, dtype=ring_dtype(self.bits))
@@ -173,8 +172,8 @@ class SecAggServer(ServerSession):
         validate_public_key(channel_public_key)
         validate_public_key(mask_public_key)
         publics = message.chunks(3, size=PUBLIC_KEY_BYTES, count=len(self.clients))
-        leaves = receive_leaves(list(self.clients), publics)
-        root = merkle.root(leaves)
+        levels = merkle.tree(receive_leaves(list(self.clients), publics))
+        root = levels[-1][0]
         statement = advertisement(
             self.round, self.session, sender, channel_public_key, mask_public_key, root
         )
@@ -188,9 +187,8 @@ class SecAggServer(ServerSession):
         self.channel_public_keys[sender] = channel_public_key
         self.mask_public_keys[sender] = mask_public_key
         self.key_signatures[sender] = (signature, root)
-        self.receive_keys[sender] = dict(
-            zip(self.clients, zip(publics, merkle.paths(leaves), strict=True), strict=True)
-        )
+        self.receive_keys[sender] = dict(zip(self.clients, publics, strict=True))
+        self.receive_trees[sender] = levels
 
     # --- share_keys --------------------------------------------------------------------------
     @broadcasts(SecAggStage.SHARE_KEYS)
@@ -206,9 +204,10 @@ class SecAggServer(ServerSession):
                 *(b"".join(part) for part in zip(*signed, strict=True))]  # fmt: skip
         out = {}
         for c in advertised:  # and the receive keys c's holders made for it, with paths
-            receive = [self.receive_keys[h][c] for h in sorted((*self.graph[c], c))]
-            relayed = (b"".join(part) for part in zip(*receive, strict=True))
-            out[c] = self._server_message(stage, [*keys, *relayed])
+            holders, at = sorted((*self.graph[c], c)), self.clients.index(c)
+            keys_for_c = b"".join(self.receive_keys[h][c] for h in holders)
+            paths = b"".join(merkle.path(self.receive_trees[h], at) for h in holders)
+            out[c] = self._server_message(stage, [*keys, keys_for_c, paths])
         return out
 
     @receives(SecAggStage.SHARE_KEYS)
@@ -307,58 +306,64 @@ class SecAggServer(ServerSession):
 
     @receives(SecAggStage.UNMASK)
     def _take_shares(self, stage: str, sender: int, message: wire.Message) -> None:
-        """Shares of the survivors' seeds and the dropped clients' keys; one that misses the
-        commitment its dealer signed is forged: it is dropped and recorded."""
+        """Shares of the survivors' seeds and the dropped clients' keys; one that is not what
+        its dealer dealt this holder (point, threshold, signed commitment) is forged: it is
+        dropped and recorded. Both fields are checked before any share is kept."""
         message.require_fields(4)
         dropped = set(self.shared_keys_survivors) - set(self.masked_input_survivors)
         own_group = {*self.graph[sender], sender}
-        for ids_field, store, allowed, secret in (
-            (0, self.self_mask_seed_shares, set(self.masked_input_survivors), SECRETS[0]),
-            (2, self.mask_key_shares, dropped, SECRETS[1]),
+        revealed = []
+        for ids_field, secret, allowed in (
+            (0, Secret.SEED, set(self.masked_input_survivors)),
+            (2, Secret.KEY, dropped),
         ):
             owners = message.array(ids_field, dtype="<u4").tolist()
             blobs = message.chunks(ids_field + 1, size=shamir.SHARE_BYTES, count=len(owners))
             if len(set(owners)) != len(owners) or not set(owners) <= allowed & own_group:
                 raise InvalidShare(f"client {sender} revealed shares it must not reveal")
-            for owner, blob in zip(owners, blobs, strict=True):
-                share = shamir.Share.from_bytes(blob)
-                if (share.x, share.threshold, share.secret_len) != (
-                    sender + 1, self.threshold, SEED_BYTES,
-                ):  # fmt: skip
-                    raise InvalidShare(f"client {sender} sent a share that is not its own")
-                opened = share_commitment(share, round=self.round, owner=owner, holder=sender,
-                                          secret=secret)  # fmt: skip
-                if opened != self.mailbox[sender][owner][1].commitment(secret):
-                    self.inconsistent.add((owner, sender))
-                    continue
-                store.setdefault(owner, []).append(share)
+            revealed += [(secret, owner, shamir.Share.from_bytes(blob))
+                         for owner, blob in zip(owners, blobs, strict=True)]  # fmt: skip
+        stores = {Secret.SEED: self.self_mask_seed_shares, Secret.KEY: self.mask_key_shares}
+        for secret, owner, share in revealed:
+            commitment = self.mailbox[sender][owner][1].commitment(secret)
+            if opens(share, commitment, round=self.round, owner=owner, holder=sender,
+                     secret=secret, threshold=self.threshold):  # fmt: skip
+                stores[secret].setdefault(owner, []).append(share)
+            else:
+                self.inconsistent.add((owner, sender))
 
     @closes(SecAggStage.UNMASK)
     def _rebuild_secrets(self, stage: str) -> None:
+        """Rebuild the secrets; the survivors left without cheaters must still be enough."""
         self._check_threshold(stage)
         try:
             recover_secrets(self)
         except SecAggAbort as exc:
             raise SecAggAbort(f"round {self.round}: cannot unmask ({exc})") from None
+        self._check_threshold(stage)
 
     # --- expel -------------------------------------------------------------------------------
     @broadcasts(SecAggStage.EXPEL)
     def _ask_for_pair_seeds(self, stage: str) -> dict[int, bytes]:
         """Nobody, unless a dealer was proven to cheat or a dropped client's mask key cannot
-        be rebuilt (:mod:`.expulsion`)."""
+        be rebuilt (:mod:`.expulsion`); the round aborts first if a survivor that masked with
+        one already left (its mask could never leave the sum)."""
+        require_neighbours(self, stage)
         return {c: self._server_message(stage, f) for c, f in proofs_for(self).items()}
 
     @receives(SecAggStage.EXPEL)
     def _take_pair_seeds(self, stage: str, sender: int, message: wire.Message) -> None:
         message.require_fields(2)
-        cheaters = message.array(0, dtype="<u4").tolist()
+        peers = message.array(0, dtype="<u4").tolist()
         asked = [u for u in sorted(self.unkeyed) if sender in masked_with(self, u)]
-        if cheaters != asked:
-            raise UnknownSender(f"client {sender} revealed seeds with {cheaters}, not {asked}")
-        for u, seed in zip(
-            cheaters, message.chunks(1, size=SEED_BYTES, count=len(asked)), strict=True
-        ):
-            self.pair_seeds[sender, u] = seed
+        if peers != asked:
+            raise UnknownSender(f"client {sender} revealed seeds with {peers}, not {asked}")
+        seeds = message.chunks(1, size=SEED_BYTES, count=len(asked))
+        self.pair_seeds.update(((sender, u), seed) for u, seed in zip(peers, seeds, strict=True))
+
+    @closes(SecAggStage.EXPEL)
+    def _check_pair_seeds(self, stage: str) -> None:
+        require_neighbours(self, stage)  # every survivor asked revealed its seeds
 
     @closes(SecAggStage.ADVERTISE_KEYS)
     def _check_threshold(self, stage: str) -> None:
