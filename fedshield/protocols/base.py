@@ -313,8 +313,7 @@ class ClientSession(_StageMachine):
         seed = check_int("quant_seed", quant_seed, low=0, high=2**64 - 1, optional=True)
         # The stochastic-rounding stream: reproducible when the engine passes a seed.
         self.quant_seed = secrets.randbits(64) if seed is None else seed
-        self._sent: np.ndarray | None = None
-        self._sent_later: Callable[[], np.ndarray] | None = None
+        self._sent, self._sent_later = None, None  # see :attr:`sent`
         # (weighted_sum, total_weight) for protocols where clients, not the server, learn the
         # aggregate (he).
         self.aggregate: tuple[np.ndarray, float] | None = None
@@ -325,9 +324,8 @@ class ClientSession(_StageMachine):
 
     @property
     def sent(self) -> np.ndarray | None:
-        """What the server will decode of this client's input (dequantized values), once
-        sent: what error feedback compares the update with (``None`` before). A session may
-        work it out only when asked, after the round, off its critical path."""
+        """What the server will decode of this client's input once sent (``None`` before),
+        for error feedback; a session may work it out when asked, off its critical path."""
         if self._sent_later is not None:
             self._sent, self._sent_later = self._sent_later(), None
         return self._sent
