@@ -11,9 +11,11 @@ on another connection is dropped unanswered, and the site reads (or allocates) n
 before the header's MAC holds.
 
 Each connection is read in its own thread, within one deadline for the whole request
-(``timeout``, extended by the body's size at ``MIN_RATE`` once its header authenticates, so a
-large model is not cut off on a loaded host while a caller without the key gets no more than
-``timeout``), and only authenticated requests reach the site's handler, one at a time: a
+(``timeout``, extended by the body's size at ``MIN_RATE`` once its header authenticates, and
+the reply's send likewise by its size, so a large model is not cut off on a loaded host while
+a caller without the key gets no more than ``timeout``; the caller builds its request before
+it connects, since its header is due within ``timeout``), and only authenticated requests
+reach the site's handler, one at a time: a
 silent, slow or broken caller costs nothing but its own thread for at most ``timeout``, never
 delays another request, and no error of one connection ends the process.
 """
@@ -63,14 +65,15 @@ def ask(
     """Send one request to the site process and return its reply payload (``timeout``: for
     the whole exchange, which may include a local training; ``None`` waits)."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    body = kind.encode() + b"\0" + payload  # before connecting: the header is due at once
+    length = _LENGTH.pack(len(body))
     with socket.create_connection(address, timeout=CONNECT_TIMEOUT) as sock:
         try:
             nonce = _recv_exactly(sock, 32, deadline)
-            body = kind.encode() + b"\0" + payload
-            length = _LENGTH.pack(len(body))
             sock.settimeout(None)
             sock.sendall(length + _mac(authkey, b"length", nonce, length))
-            sock.sendall(body + _mac(authkey, b"request", nonce, body))
+            sock.sendall(body)
+            sock.sendall(_mac(authkey, b"request", nonce, body))
             (size,) = _LENGTH.unpack(_recv_exactly(sock, _LENGTH.size, deadline))
             reply = _recv_exactly(sock, size + _MAC_BYTES, deadline)
         except (EOFError, ConnectionError):
@@ -138,7 +141,7 @@ def _answer(sock, authkey, handle, lock: threading.Lock, stop: threading.Event, 
             reply, answer = b"", b"-" + f"{type(exc).__name__}: {exc}".encode()
         if reply is None:
             stop.set()
-    sock.settimeout(timeout)
+    sock.settimeout(timeout + len(answer) / MIN_RATE)  # a whole sendall: grows with the reply
     sock.sendall(_LENGTH.pack(len(answer)) + answer + _mac(authkey, b"reply", nonce, answer))
 
 
