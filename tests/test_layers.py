@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fedshield"
-TORCH_FREE = ("crypto", "compress", "aggregation", "protocols")
+TORCH_FREE = ("crypto", "compress", "aggregation", "protocols", "privacy")
 
 
 def test_torch_free_layers_import_without_torch():
