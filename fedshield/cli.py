@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fedshield.cli_options import add_data_options, add_protocol_options
+from fedshield.cli_options import add_data_options, add_privacy_options, add_protocol_options
 from fedshield.errors import FedshieldError
 
 __all__ = ["main"]
@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         help="default: cnn-gn (GroupNorm) for synthetic, cnn (BatchNorm) otherwise and for fedbn",
     )
     add_protocol_options(run, d)
+    add_privacy_options(run, d)
     run.add_argument(
         "--sparsify",
         default=None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_data_options", "add_protocol_options"]
+__all__ = ["add_data_options", "add_privacy_options", "add_protocol_options"]
 
 
 def _default(defaults: Any, name: str) -> Any:
@@ -117,3 +117,30 @@ def _add_secagg_options(parser: argparse.ArgumentParser, none: Any) -> None:
         "that must sign the survivor set (default: threshold - 1; lower tolerates more "
         "dropouts after share_keys)",
     )
+
+
+def add_privacy_options(parser: argparse.ArgumentParser, defaults: Any) -> None:
+    """Site-level differential privacy (DP-FedAvg): ``--dp-mode`` and its parameters."""
+    parser.add_argument(
+        "--dp-mode",
+        choices=("central", "local"),
+        default=_default(defaults, "dp_mode"),
+        help="site-level DP-FedAvg: each update is clipped to --dp-clip; central: the server "
+        "adds the noise to the sum it learns (plain, secagg); local: each site adds it",
+    )
+    parser.add_argument(
+        "--dp-clip", type=float, default=_default(defaults, "dp_clip"),
+        help="L2 bound of every site's update (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dp-epsilon", type=float, default=_default(defaults, "dp_epsilon"),
+        help="target epsilon after --rounds: the noise is calibrated to reach it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dp-noise", type=float, default=_default(defaults, "dp_noise"),
+        help="noise multiplier sigma (std = sigma * clip), instead of --dp-epsilon",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dp-delta", type=float, default=_default(defaults, "dp_delta"),
+        help="delta of the reported (epsilon, delta) (default %(default)s)",
+    )  # fmt: skip

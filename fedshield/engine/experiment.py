@@ -22,6 +22,7 @@ from fedshield.engine.server_round import ServerRound
 from fedshield.engine.site import Site, SiteRuntime, make_site
 from fedshield.engine.trainer import Algorithm, LocalTrainer
 from fedshield.errors import ConfigError
+from fedshield.privacy import DPConfig
 from fedshield.protocols.registry import DEFAULT_QUANT_BITS, ProtocolSpec, get_protocol
 
 __all__ = [
@@ -75,6 +76,11 @@ class RunConfig:
     in_channels: int | None = None  # image channels (None: read from the data)
     threads: int | None = None  # torch threads of a training process (None: torch's default
     # in process, 1 per Flower site process); float results depend on it
+    dp_mode: str | None = None  # site-level DP-FedAvg: central, local (None: no DP)
+    dp_clip: float = 1.0  # L2 bound of every site's update under DP
+    dp_epsilon: float | None = None  # target epsilon after the planned rounds...
+    dp_noise: float | None = None  # ...or the noise multiplier itself
+    dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -98,6 +104,32 @@ class RunConfig:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        self._check_privacy()
+
+    def _check_privacy(self) -> None:
+        given = [f"--dp-{n}" for n in ("epsilon", "noise") if getattr(self, f"dp_{n}") is not None]
+        if self.dp_mode is None:
+            if given:
+                raise ConfigError(f"{' and '.join(given)} need --dp-mode central or local")
+            return
+        if len(given) != 1:
+            raise ConfigError("--dp-mode needs exactly one of --dp-epsilon and --dp-noise")
+        if self.dp_mode == "central" and self.protect == "he":
+            raise ConfigError(
+                "--dp-mode central needs a server that learns the sum (plain or secagg); "
+                "under he use --dp-mode local"
+            )
+        self.privacy()  # validates the values, and the target is reachable
+
+    def privacy(self) -> DPConfig | None:
+        """Site-level DP-FedAvg's parameters (``None`` without ``--dp-mode``)."""
+        if self.dp_mode is None:
+            return None
+        common = dict(mode=self.dp_mode, clip=self.dp_clip, delta=self.dp_delta,
+                      rounds=self.rounds, sites=self.sites)  # fmt: skip
+        if self.dp_epsilon is not None:
+            return DPConfig.calibrated(target_epsilon=self.dp_epsilon, **common)
+        return DPConfig(noise_multiplier=self.dp_noise, **common)
 
     def compression(self) -> Compression:
         """The compression chain these options describe."""
@@ -158,6 +190,7 @@ def build_federation(config: RunConfig) -> Federation:
         local_epochs=config.local_epochs,
         compression=config.compression(),
         seed=config.seed,
+        privacy=config.privacy(),
     )
 
 
@@ -177,6 +210,7 @@ def build_site_runtime(config: RunConfig, site_id: int) -> SiteRuntime:
         site_id=site_id, site=_site(config, site_id, data), model=model, spec=spec,
         protocol=_protocol(config, config.max_weight, compressor), algorithm=_algorithm(config),
         trainer=_trainer(config), local_epochs=config.local_epochs, compressor=compressor,
+        privacy=config.privacy(),
     )  # fmt: skip
 
 
@@ -235,6 +269,7 @@ def build_server_round(config: RunConfig) -> ServerRound:
         model=model,
         n_sites=config.sites,
         holds_model=config.protect != "he",
+        privacy=config.privacy(),
     )
 
 
@@ -285,6 +320,8 @@ def _protocol(
 ) -> ProtocolSpec:
     """``config``'s protection; with ``compressor``, bound to its top-k size (every builder
     must agree: the server and the sites parse the same payload format)."""
+    if config.dp_mode is not None:  # every site's weight is 1 under DP
+        max_weight = 1.0
     protocol = get_protocol(
         config.protect, max_weight=max_weight, clip=config.clip, quant_bits=config.quant_bits,
         threshold=config.threshold, neighbours=config.neighbours, colluders=config.colluders,

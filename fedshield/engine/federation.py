@@ -27,6 +27,7 @@ from fedshield.engine.site import Site, SiteRuntime
 from fedshield.engine.trainer import Algorithm, LocalTrainer
 from fedshield.engine.transport import InProcessTransport
 from fedshield.errors import NonFiniteValues
+from fedshield.privacy import DPConfig
 from fedshield.protocols.registry import ProtocolSpec, get_protocol
 
 __all__ = ["Federation"]
@@ -47,6 +48,9 @@ class Federation:
         local_epochs: local epochs per round (FedSGD ignores it).
         compression: the chain before protection (sparsification, error feedback).
         seed: seeds model initialisation, rand-k and stochastic rounding.
+        privacy: site-level DP-FedAvg (:class:`~fedshield.privacy.DPConfig`): sites clip
+            (and under ``local`` noise) their updates and send them with weight 1; under
+            ``central`` the server noises the sum.
 
     Example:
         >>> fed = Federation(model_factory=MyNet, sites=[make_site(d) for d in data])
@@ -66,16 +70,16 @@ class Federation:
         local_epochs: int = 1,
         compression: Compression | None = None,
         seed: int = 0,
+        privacy: DPConfig | None = None,
     ) -> None:
         _check_arguments(model_factory, sites, algorithm, trainer, dropout, local_epochs, seed)
         _check_protect(protect)
         self.sites = list(sites)
         self.algorithm = algorithm or Algorithm()
         self.trainer = trainer or LocalTrainer()
-        if isinstance(protect, str):
-            protect = get_protocol(
-                protect, max_weight=max(s.weight for s in self.sites), sites=len(self.sites)
-            )
+        if isinstance(protect, str):  # every weight is 1 under DP
+            weight = 1.0 if privacy is not None else max(s.weight for s in self.sites)
+            protect = get_protocol(protect, max_weight=weight, sites=len(self.sites))
         torch.manual_seed(seed)
         self.model = _build_model(model_factory)  # one workspace, shared by the runtimes
         bn_local = self.algorithm.exclude_batchnorm
@@ -102,11 +106,13 @@ class Federation:
             spec=self.spec, vector=self.spec.flatten(self.model), server_opt=server_opt,
             compressor=shared, adaptive_ranges=protect.adaptive,
         )  # fmt: skip
-        self.server = ServerRound(protocol=protect, model=model, n_sites=len(ids), dropout=dropout)
+        self.server = ServerRound(
+            protocol=protect, model=model, n_sites=len(ids), dropout=dropout, privacy=privacy
+        )
         self.runtimes = [
             SiteRuntime(site_id=i, site=site, model=self.model, spec=self.spec, protocol=protect,
                         algorithm=self.algorithm, trainer=self.trainer, local_epochs=local_epochs,
-                        compressor=compressor(), identity=identities[i])
+                        compressor=compressor(), identity=identities[i], privacy=privacy)
             for i, site in enumerate(self.sites)
         ]  # fmt: skip
 

@@ -18,6 +18,7 @@ from fedshield.engine.global_model import GlobalModel
 from fedshield.engine.runner import ProtocolOutcome, StageStats, run_protocol
 from fedshield.engine.transport import Transport
 from fedshield.errors import ConfigError
+from fedshield.privacy import DPConfig, SiteLevelDP
 from fedshield.protocols.base import ClientSession, ServerSession
 from fedshield.protocols.registry import ProtocolSpec
 
@@ -45,6 +46,7 @@ class RoundRecord:
     aborted: str | None = None
     protocol: dict = field(default_factory=dict)
     model_sha256: str | None = None  # the global model after the round (None: not held here)
+    privacy: dict | None = None  # dp_mode, clip, noise_multiplier, delta, epsilon spent
 
     def as_dict(self) -> dict:
         """The record in ``result.json``'s round format."""
@@ -70,6 +72,7 @@ class RoundRecord:
             "protocol": self.protocol,
             "per_site": self.per_site,
             "stages": [s.as_dict() for s in self.stages],
+            **(self.privacy or {}),
         }
 
 
@@ -104,6 +107,8 @@ class ServerRound:
         dropout: simulated dropouts per stage (in-process runs).
         holds_model: ``False`` where the server never learns the aggregate (``he``): the
             sites apply it, and records carry no model digest.
+        privacy: site-level DP-FedAvg: under ``central`` the server adds the noise to the sum;
+            the mean divides by ``n_sites``; records carry the epsilon spent.
     """
 
     def __init__(
@@ -114,6 +119,7 @@ class ServerRound:
         n_sites: int,
         dropout: DropoutPolicy | None = None,
         holds_model: bool = True,
+        privacy: DPConfig | None = None,
     ) -> None:
         if not isinstance(protocol, ProtocolSpec):
             raise TypeError(
@@ -131,6 +137,7 @@ class ServerRound:
         self.n_sites = n_sites
         self.dropout = dropout
         self.holds_model = holds_model
+        self.privacy = None if privacy is None else SiteLevelDP(privacy)  # its own CSPRNG
         self.round = 1  # rounds count from 1, on the wire and in records
         self.last_aggregate_round = 0  # the last round whose aggregate was revealed
 
@@ -164,6 +171,8 @@ class ServerRound:
         aggregate = revealed_aggregate(outcome, sessions or {})
         if aggregate is not None:
             weighted_sum, total, counts = aggregate
+            if self.privacy is not None:
+                weighted_sum, total = self.privacy.at_server(weighted_sum)
             self.model.apply_aggregate(weighted_sum, total, self.round, range_counts=counts)
         return time.perf_counter() - t0 + sum(s.server_s for s in outcome.stages)
 
@@ -205,6 +214,7 @@ class ServerRound:
                 **(_he_costs(outcome.stages) if self.protocol.name == "he" else {}),
             },
             model_sha256=self.model.sha256() if self.holds_model else model_sha256,
+            privacy=self.privacy.config.describe(self.round) if self.privacy else None,
         )
         self.round += 1
         return record

@@ -27,6 +27,7 @@ from fedshield.engine.metrics import predict
 from fedshield.engine.paramspec import ParamSpec
 from fedshield.engine.trainer import Algorithm, LocalTrainer
 from fedshield.errors import NonFiniteValues, WrongShape
+from fedshield.privacy import DPConfig, SiteLevelDP
 from fedshield.protocols.base import ClientSession
 from fedshield.protocols.ranges import MAX_EXPONENT, MIN_EXPONENT
 from fedshield.protocols.registry import MODEL_BROADCAST, ProtocolSpec
@@ -95,6 +96,8 @@ class SiteRuntime:
         compressor: this site's compression chain and its residual.
         identity: this site's identity key, which signs its round keys (``secagg``) and its
             key-setup messages (``he``); its public half is on the federation's roster.
+        privacy: site-level DP-FedAvg (:mod:`fedshield.privacy`): every update is clipped
+            (and under ``local`` noised) before it is compressed, and sent with weight 1.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class SiteRuntime:
         local_epochs: int,
         compressor: UpdateCompressor,
         identity: Identity | None = None,
+        privacy: DPConfig | None = None,
     ) -> None:
         if not isinstance(site, Site):
             raise TypeError(f"site must be a Site (make_site), got {type(site).__name__}")
@@ -127,6 +131,7 @@ class SiteRuntime:
         self.compressor = compressor
         self.local_state = spec.local_state(model)  # what never travels (FedBN's BatchNorm)
         self._pending: CompressedUpdate | None = None
+        self.privacy = None if privacy is None else SiteLevelDP(privacy)  # its own CSPRNG
 
     def use_protocol(self, protocol: ProtocolSpec) -> None:
         """Switch to ``protocol`` (``he``: the same protocol, now bound to this site's key)."""
@@ -154,6 +159,8 @@ class SiteRuntime:
                 "weights (it diverged: a lower --lr may help); the site sits this round out"
             )
         self.local_state = self.spec.local_state(self.model)
+        if self.privacy is not None:
+            delta = self.privacy.at_site(delta)
         self._pending = update = self.compressor.compress(round, delta)
         topk = self.compressor.compression.sparsify == "topk"
         indices = {"indices": update.indices} if topk else {}
@@ -161,7 +168,7 @@ class SiteRuntime:
             client_id=self.site_id,
             round=round,
             update=update.values,
-            weight=self.site.weight,
+            weight=1.0 if self.privacy is not None else self.site.weight,
             quant_seed=self.compressor.quant_seed(self.site_id, round),
             identity=self.identity,
             **indices,

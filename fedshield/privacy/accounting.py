@@ -72,7 +72,7 @@ def calibrate_noise(
             dp_accounting.ExplicitBracketInterval(1e-3, 1e3),
             tol=1e-6,
         )
-    except dp_accounting.mechanism_calibration.NoBracketIntervalFoundError:
+    except (ValueError, dp_accounting.mechanism_calibration.NoBracketIntervalFoundError):
         raise ConfigError(
             f"no noise multiplier up to 1000 reaches epsilon {target_epsilon} at delta {delta} "
             f"over {rounds} rounds: raise --dp-epsilon or --dp-delta, or plan fewer rounds"
