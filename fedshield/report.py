@@ -150,6 +150,7 @@ def _run_markdown(result: dict) -> str:
                   "", f"The twin: `{c['plain_result']}`; its critical path is this run's "
                   "training time plus the twin's protocol time (both train the same model).",
                   ]  # fmt: skip
+    lines += _privacy_markdown(result["rounds"])
     lines += ["", "Configuration:", "", "```json", json.dumps(cfg, indent=2), "```", ""]
     env = result.get("reproducibility", {})
     if env:
@@ -162,6 +163,22 @@ def _run_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _privacy_markdown(rounds: list[dict]) -> list[str]:
+    """The epsilon spent after each round, under site-level DP (nothing otherwise)."""
+    if not rounds or rounds[0].get("dp_mode") is None:
+        return []
+    first = rounds[0]
+    lines = ["", "## Differential privacy (site-level DP-FedAvg)", "",
+             f"Mode `{first['dp_mode']}`, clip {first['clip']:g}, noise multiplier "
+             f"{first['noise_multiplier']:.4g}, delta {first['delta']:g} (RDP accountant of "
+             "`dp-accounting`; every round counts).", "",
+             "| round | epsilon |", "|---|---|"]  # fmt: skip
+    for r in rounds:
+        spent = "inf" if r["epsilon"] is None else f"{r['epsilon']:.3f}"
+        lines.append(f"| {r['round']} | {spent} |")
+    return lines
+
+
 def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
@@ -170,7 +187,9 @@ def _plot_curves(rounds: list[dict], path: Path) -> None:
     xs = [r["round"] for r in rounds]
     up = [r["bytes_up_per_client"] / 1e3 for r in rounds]
     down = [r["bytes_down_per_client"] / 1e3 for r in rounds]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    private = bool(rounds) and rounds[0].get("dp_mode") is not None
+    fig, axes = plt.subplots(1, 3 if private else 2, figsize=(15 if private else 10, 4))
+    ax1, ax2 = axes[0], axes[1]
     ax1.plot(xs, [r["accuracy"] for r in rounds], marker="o", label="accuracy")
     ax1.plot(xs, [r["auc"] for r in rounds], marker="s", label="ROC AUC")
     ax1.set(xlabel="round", ylabel="pooled test metric", ylim=(0, 1.02), title="Model quality")
@@ -180,7 +199,12 @@ def _plot_curves(rounds: list[dict], path: Path) -> None:
     ax2.set(xlabel="round", ylabel="kB per client", title="Traffic per client")
     ax2.set_ylim(0, 1.2 * max(up + down + [1e-3]))
     ax2.legend(loc="lower right")
-    for ax in (ax1, ax2):
+    if private:
+        spent = [float("nan") if r["epsilon"] is None else r["epsilon"] for r in rounds]
+        axes[2].plot(xs, spent, marker="o", color="tab:red")
+        axes[2].set(xlabel="round", ylabel="epsilon", ylim=(0, None),
+                    title=f"Privacy spent (delta {rounds[0]['delta']:g})")  # fmt: skip
+    for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.tight_layout()

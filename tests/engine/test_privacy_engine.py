@@ -79,3 +79,5 @@ def test_the_cli_trains_under_dp_and_the_final_epsilon_is_within_the_target(tmp_
     assert [r["dp_mode"] for r in rounds] == ["local", "local"]
     assert rounds[0]["epsilon"] < rounds[-1]["epsilon"] <= 8.0
     assert rounds[-1]["epsilon"] == pytest.approx(8.0, rel=0.01)
+    report = (out / "report.md").read_text()
+    assert "## Differential privacy" in report and f"| 2 | {rounds[-1]['epsilon']:.3f} |" in report
