@@ -129,12 +129,19 @@ def add_privacy_options(parser: argparse.ArgumentParser, defaults: Any) -> None:
         "adds the noise to the sum it learns (plain, secagg); local: each site adds it",
     )
     parser.add_argument(
+        "--dp-sgd", action="store_true",
+        help="record-level DP-SGD inside each site's training (Opacus): per-example gradients "
+        "clipped to --dp-clip, noise per step; BatchNorm becomes GroupNorm",
+    )  # fmt: skip
+    parser.add_argument(
         "--dp-clip", type=float, default=_default(defaults, "dp_clip"),
-        help="L2 bound of every site's update (default %(default)s)",
+        help="L2 bound of every site's update (--dp-mode) or of every example's gradient "
+        "(--dp-sgd) (default %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--dp-epsilon", type=float, default=_default(defaults, "dp_epsilon"),
-        help="target epsilon after --rounds: the noise is calibrated to reach it",
+        help="target epsilon after --rounds: the noise is calibrated to reach it (--dp-sgd: "
+        "per site, for its own number of batches)",
     )  # fmt: skip
     parser.add_argument(
         "--dp-noise", type=float, default=_default(defaults, "dp_noise"),

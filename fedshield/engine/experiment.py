@@ -81,6 +81,7 @@ class RunConfig:
     dp_epsilon: float | None = None  # target epsilon after the planned rounds...
     dp_noise: float | None = None  # ...or the noise multiplier itself
     dp_delta: float = 1e-5
+    dp_sgd: bool = False  # record-level DP-SGD inside each site's training (Opacus)
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -108,9 +109,12 @@ class RunConfig:
 
     def _check_privacy(self) -> None:
         given = [f"--dp-{n}" for n in ("epsilon", "noise") if getattr(self, f"dp_{n}") is not None]
+        if self.dp_sgd:
+            self._check_dp_sgd(given)
+            return
         if self.dp_mode is None:
             if given:
-                raise ConfigError(f"{' and '.join(given)} need --dp-mode central or local")
+                raise ConfigError(f"{' and '.join(given)} need --dp-mode or --dp-sgd")
             return
         if len(given) != 1:
             raise ConfigError("--dp-mode needs exactly one of --dp-epsilon and --dp-noise")
@@ -121,9 +125,20 @@ class RunConfig:
             )
         self.privacy()  # validates the values, and the target is reachable
 
+    def _check_dp_sgd(self, given: list[str]) -> None:
+        if self.dp_mode is not None:
+            raise ConfigError("--dp-sgd (record level) and --dp-mode (site level): choose one")
+        if len(given) != 1:
+            raise ConfigError("--dp-sgd needs exactly one of --dp-epsilon and --dp-noise")
+        if self.algorithm != "fedavg":
+            raise ConfigError(
+                f"--dp-sgd trains with fedavg (got {self.algorithm}: fedbn keeps BatchNorm, "
+                "which DP-SGD replaces; fedsgd and fedprox change the gradient it clips)"
+            )
+
     def privacy(self) -> DPConfig | None:
         """Site-level DP-FedAvg's parameters (``None`` without ``--dp-mode``)."""
-        if self.dp_mode is None:
+        if self.dp_mode is None:  # (record-level DP-SGD lives in the trainer: _trainer)
             return None
         common = dict(mode=self.dp_mode, clip=self.dp_clip, delta=self.dp_delta,
                       rounds=self.rounds, sites=self.sites)  # fmt: skip
@@ -178,7 +193,7 @@ def build_federation(config: RunConfig) -> Federation:
     sites = [_site(config, i, d) for i, d in enumerate(data)]
     in_channels = config.in_channels or data[0].train_x.shape[1]
     return Federation(
-        model_factory=lambda: build_model(config.model, in_channels=in_channels),
+        model_factory=lambda: _model(config, in_channels),
         sites=sites,
         algorithm=_algorithm(config),
         trainer=_trainer(config),
@@ -203,7 +218,7 @@ def build_site_runtime(config: RunConfig, site_id: int) -> SiteRuntime:
     _require_facts(config, "max_weight")
     (data,) = _load(config, only=site_id)
     torch.manual_seed(config.seed)  # the same initial model as the server's
-    model = build_model(config.model, in_channels=data.train_x.shape[1])
+    model = _model(config, data.train_x.shape[1])
     spec = ParamSpec.from_module(model, exclude_batchnorm=_algorithm(config).exclude_batchnorm)
     compressor = _compressor(config, spec)
     return SiteRuntime(
@@ -261,7 +276,7 @@ def build_server_round(config: RunConfig) -> ServerRound:
     _require_facts(config, "max_weight", "in_channels")
     torch.manual_seed(config.seed)
     model = build_global_model(
-        config, build_model(config.model, in_channels=config.in_channels),
+        config, _model(config, config.in_channels),
         adaptive_ranges=_protocol(config, config.max_weight).adaptive,
     )  # fmt: skip
     return ServerRound(
@@ -306,7 +321,29 @@ def _algorithm(config: RunConfig) -> Algorithm:
 
 def _trainer(config: RunConfig) -> LocalTrainer:
     lr = config.lr
-    return LocalTrainer(optimizer_factory=lambda params: torch.optim.Adam(params, lr=lr))
+
+    def adam(params):
+        return torch.optim.Adam(params, lr=lr)
+
+    if not config.dp_sgd:
+        return LocalTrainer(optimizer_factory=adam)
+    from fedshield.engine.dp_sgd import DPSGDTrainer  # imports Opacus
+
+    return DPSGDTrainer(
+        clip=config.dp_clip, delta=config.dp_delta, rounds=config.rounds,
+        epochs=config.local_epochs, noise_multiplier=config.dp_noise,
+        target_epsilon=config.dp_epsilon, optimizer_factory=adam,
+    )  # fmt: skip
+
+
+def _model(config: RunConfig, in_channels: int) -> torch.nn.Module:
+    """``config.model``; under ``--dp-sgd`` with GroupNorm for BatchNorm (Opacus's fix)."""
+    model = build_model(config.model, in_channels=in_channels)
+    if config.dp_sgd:
+        from fedshield.engine.dp_sgd import private_model
+
+        model = private_model(model)
+    return model
 
 
 def _compressor(config: RunConfig, spec: ParamSpec) -> UpdateCompressor:

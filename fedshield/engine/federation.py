@@ -160,13 +160,17 @@ class Federation:
             if runtime.site_id in sessions:
                 runtime.conclude(sessions[runtime.site_id])
         aggregate_s = self.server.apply(outcome, sessions)
-        return self.server.record(
+        record = self.server.record(
             outcome,
             server,
             evaluation=self.evaluate(),
             broadcast_bytes=len(broadcast),
             timing=RoundTiming(start=start, site_train_s=train_s, aggregate_s=aggregate_s),
         )
+        spent = self.trainer.privacy(record.round)  # record-level DP-SGD at the sites
+        if spent is not None:
+            record.privacy = spent
+        return record
 
     def evaluate(self) -> tuple[dict, dict[str, dict]]:
         """Pooled and per-site test metrics of the model each site would deploy now: the

@@ -125,6 +125,10 @@ class LocalTrainer:
                 count += len(y)
         return {"train_loss": total / max(count, 1), "samples": count}
 
+    def privacy(self, rounds: int) -> dict | None:
+        """The privacy this loop spent after ``rounds`` rounds (``None``: not private)."""
+        return None
+
     def gradient_step(self, model: nn.Module, loader, *, lr: float) -> dict:
         """One SGD step with the sample-weighted mean gradient over the whole of ``loader``."""
         n = len(loader.dataset)
