@@ -168,7 +168,8 @@ def _privacy_markdown(rounds: list[dict]) -> list[str]:
     if not rounds or rounds[0].get("dp_mode") is None:
         return []
     first = rounds[0]
-    lines = ["", "## Differential privacy (site-level DP-FedAvg)", "",
+    level = "record-level DP-SGD" if first["dp_mode"] == "dp-sgd" else "site-level DP-FedAvg"
+    lines = ["", f"## Differential privacy ({level})", "",
              f"Mode `{first['dp_mode']}`, clip {first['clip']:g}, noise multiplier "
              f"{first['noise_multiplier']:.4g}, delta {first['delta']:g} (RDP accountant of "
              "`dp-accounting`; every round counts).", "",

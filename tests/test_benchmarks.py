@@ -78,3 +78,19 @@ def test_bench_e2e_quick_compares_every_protection_on_breastmnist(tmp_path):
     for mode in cnn.values():
         assert all(0.5 < auc <= 1 for auc in [*mode["auc_at"].values(), mode["final_auc"]])
     assert (tmp_path / "e2e.png").exists()
+
+
+def test_bench_dp_quick_trains_each_mode_within_its_epsilon(tmp_path):
+    from fedshield.data import breastmnist_path
+    from fedshield.errors import DataError
+
+    try:
+        breastmnist_path()
+    except DataError:
+        pytest.skip("breastmnist.npz is not available")
+    doc = _load("bench_dp").main(["--quick", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "dp.json").read_text())["modes"].keys() == doc["modes"].keys()
+    for runs in doc["modes"].values():
+        for eps, result in runs.items():
+            assert result["epsilon"] <= float(eps) and 0 <= result["auc"] <= 1
+    assert (tmp_path / "dp.png").exists()

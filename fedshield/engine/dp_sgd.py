@@ -10,16 +10,17 @@ sampling known to the adversary would void the amplification the accounting coun
 
 Accounting (``dp-accounting``, :mod:`fedshield.privacy.accounting`): a site with ``b``
 batches per epoch takes ``b`` Poisson-sampled steps at rate ``1 / b`` per epoch (Opacus's
-sampler); over the planned rounds that is ``rounds * epochs * b`` steps. With
-``--dp-epsilon`` each site calibrates its own ``sigma`` for its own ``b``; the round record
-carries the largest epsilon any site has spent.
+sampler), so ``rounds * epochs * b`` steps over the planned rounds: with ``--dp-epsilon``
+each site calibrates its own ``sigma`` for that. The accounting counts the steps each site
+really took, an empty batch included (a noise-only step), and the round record carries the
+largest epsilon any site has spent. Dataset sizes are public (they weigh FedAvg's mean).
 """
 
 from __future__ import annotations
 
-import math
 import secrets
 import warnings
+from dataclasses import dataclass
 
 import torch
 from opacus import PrivacyEngine
@@ -29,7 +30,7 @@ from torch import nn
 
 from fedshield.engine.trainer import LocalTrainer
 from fedshield.errors import ConfigError
-from fedshield.privacy import calibrate_noise, epsilon
+from fedshield.privacy import calibrate_noise, epsilon, spent_record
 
 __all__ = ["DPSGDTrainer", "private_model"]
 
@@ -56,7 +57,8 @@ class DPSGDTrainer(LocalTrainer):
     Args:
         clip: ``C``, the per-example gradient bound.
         delta: the delta of the reported (epsilon, delta).
-        rounds, epochs: the planned rounds and local epochs (the calibration's horizon).
+        rounds, epochs: the planned rounds and local epochs (the calibration's horizon; the
+            accounting counts the steps each site really took).
         noise_multiplier: ``sigma``; or ``target_epsilon`` to calibrate it per site.
         loss_fn, optimizer_factory: as for :class:`LocalTrainer`.
     """
@@ -73,66 +75,80 @@ class DPSGDTrainer(LocalTrainer):
             raise ConfigError(f"--dp-clip must be positive, got {clip}")
         self.clip, self.delta, self.rounds, self.epochs = clip, delta, rounds, epochs
         self.noise_multiplier, self.target_epsilon = noise_multiplier, target_epsilon
-        self._sigmas: dict[int, float] = {}  # batches per epoch -> noise multiplier
+        self._sites: dict[int, _SiteSteps] = {}  # one per site's loader
 
-    def sigma_for(self, batches: int) -> float:
-        """The noise multiplier of a site with ``batches`` batches per epoch."""
-        if batches not in self._sigmas:
-            if self.target_epsilon is None:
-                self._sigmas[batches] = float(self.noise_multiplier)
-            else:
-                steps = self.rounds * self.epochs * batches
-                self._sigmas[batches] = calibrate_noise(
-                    self.target_epsilon, self.delta, steps, sampling_rate=1 / batches
-                )
-        return self._sigmas[batches]
+    def local_update(self, algorithm, model: nn.Module, loader, epochs: int) -> dict:
+        """Refuses what would train without DP (FedSGD's full-batch step, a ``train_fn``)."""
+        if algorithm.name == "fedsgd" or self.train_fn is not None:
+            raise ConfigError("--dp-sgd runs its own loop: not fedsgd, nor a train_fn")
+        return super().local_update(algorithm, model, loader, epochs)
 
-    def privacy(self, rounds: int) -> dict | None:
-        """The largest epsilon any site spent after ``rounds`` rounds, with the parameters."""
-        if not self._sigmas:
+    def _site(self, loader, batches: int) -> _SiteSteps:
+        """The site whose loader this is: its sampling rate and noise multiplier."""
+        if id(loader) not in self._sites:
+            sigma = self.noise_multiplier
+            if sigma is None:
+                sigma = calibrate_noise(
+                    self.target_epsilon, self.delta, self.rounds * self.epochs * batches,
+                    sampling_rate=1 / len(loader), unit="DP-SGD steps",
+                )  # fmt: skip
+            self._sites[id(loader)] = _SiteSteps(1 / len(loader), float(sigma))
+        return self._sites[id(loader)]
+
+    def privacy_spent(self) -> dict | None:
+        """The largest epsilon any site spent over the steps it took, with its sigma, and
+        each site's ``(sigma, epsilon)``."""
+        if not self._sites:
             return None
-        spent = max(
-            epsilon(sigma, rounds * self.epochs * b, self.delta, sampling_rate=1 / b)
-            for b, sigma in self._sigmas.items()
-        )
-        return {
-            "dp_mode": "dp-sgd",
-            "clip": self.clip,
-            "noise_multiplier": max(self._sigmas.values()),
-            "delta": self.delta,
-            "epsilon": spent if math.isfinite(spent) else None,
-        }
+        spent = [
+            (site.sigma, epsilon(site.sigma, site.steps, self.delta, sampling_rate=site.rate))
+            for site in self._sites.values()
+        ]
+        sigma, worst = max(spent, key=lambda pair: pair[1])
+        record = spent_record("dp-sgd", clip=self.clip, noise_multiplier=sigma,
+                              delta=self.delta, epsilon=worst)  # fmt: skip
+        return {**record, "per_site_sigma_epsilon": spent}
 
     def fit(self, model: nn.Module, loader, epochs: int, *, prox_mu: float | None = None):
         """``epochs`` of DP-SGD over Poisson-sampled batches of ``loader``'s data."""
         if prox_mu:
-            raise ConfigError("--dp-sgd trains fedavg and fedbn-free models: not fedprox")
-        sigma = self.sigma_for(len(loader))
+            raise ConfigError("--dp-sgd trains fedavg: not fedprox")
         sampled = DPDataLoader.from_data_loader(loader, generator=_csprng_generator())
+        site = self._site(loader, len(sampled))
         model.train()  # Opacus validates the module in training mode
         with warnings.catch_warnings():  # Opacus warns about its (unused) secure mode
             warnings.simplefilter("ignore")
             module, optimizer, sampled = PrivacyEngine().make_private(
                 module=model, optimizer=self.optimizer_factory(model.parameters()),
-                data_loader=sampled, noise_multiplier=sigma, max_grad_norm=self.clip,
+                data_loader=sampled, noise_multiplier=site.sigma, max_grad_norm=self.clip,
                 poisson_sampling=False, noise_generator=_csprng_generator(),
             )  # fmt: skip
         try:
-            return self._steps(module, optimizer, sampled, epochs)
+            return self._steps(module, optimizer, sampled, epochs, site)
         finally:
             module._close()  # the hooks go: the same model trains again next round
 
-    def _steps(self, module, optimizer, loader, epochs: int) -> dict:
-        module.train()
+    def _steps(self, module, optimizer, loader, epochs: int, site: _SiteSteps) -> dict:
+        """Every sampled batch is a step, an empty one too (Opacus then adds noise alone):
+        skipping it would leave the model unmoved with a probability the data decides."""
         total, count = 0.0, 0
         for _ in range(epochs):
             for x, y in loader:
-                if len(y) == 0:  # an empty Poisson batch (counted as a step: conservative)
-                    continue
                 optimizer.zero_grad()
                 loss = self.loss_fn(module(x), y)
                 loss.backward()
                 optimizer.step()
-                total += loss.item() * len(y)
-                count += len(y)
+                site.steps += 1
+                if len(y):
+                    total += loss.item() * len(y)
+                    count += len(y)
         return {"train_loss": total / max(count, 1), "samples": count}
+
+
+@dataclass
+class _SiteSteps:
+    """One site's DP-SGD: its Poisson sampling rate, noise multiplier and steps taken."""
+
+    rate: float
+    sigma: float
+    steps: int = 0

@@ -12,6 +12,8 @@ import torch
 from fedshield.aggregation import build as build_server_opt
 from fedshield.data import SiteData, load_sites
 from fedshield.engine.compression import Compression, UpdateCompressor
+from fedshield.engine.dp import check_options as check_dp_options
+from fedshield.engine.dp import dp_config, dp_model, dp_trainer
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.federation import Federation
 from fedshield.engine.global_model import GlobalModel
@@ -77,10 +79,10 @@ class RunConfig:
     threads: int | None = None  # torch threads of a training process (None: torch's default
     # in process, 1 per Flower site process); float results depend on it
     dp_mode: str | None = None  # site-level DP-FedAvg: central, local (None: no DP)
-    dp_clip: float = 1.0  # L2 bound of every site's update under DP
+    dp_clip: float | None = None  # L2 bound of an update (--dp-mode) or gradient (--dp-sgd): 1
     dp_epsilon: float | None = None  # target epsilon after the planned rounds...
     dp_noise: float | None = None  # ...or the noise multiplier itself
-    dp_delta: float = 1e-5
+    dp_delta: float | None = None  # the reported (epsilon, delta)'s delta: 1e-5
     dp_sgd: bool = False  # record-level DP-SGD inside each site's training (Opacus)
 
     def __post_init__(self) -> None:
@@ -105,46 +107,12 @@ class RunConfig:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
-        self._check_privacy()
+        check_dp_options(self)
 
-    def _check_privacy(self) -> None:
-        given = [f"--dp-{n}" for n in ("epsilon", "noise") if getattr(self, f"dp_{n}") is not None]
-        if self.dp_sgd:
-            self._check_dp_sgd(given)
-            return
-        if self.dp_mode is None:
-            if given:
-                raise ConfigError(f"{' and '.join(given)} need --dp-mode or --dp-sgd")
-            return
-        if len(given) != 1:
-            raise ConfigError("--dp-mode needs exactly one of --dp-epsilon and --dp-noise")
-        if self.dp_mode == "central" and self.protect == "he":
-            raise ConfigError(
-                "--dp-mode central needs a server that learns the sum (plain or secagg); "
-                "under he use --dp-mode local"
-            )
-        self.privacy()  # validates the values, and the target is reachable
-
-    def _check_dp_sgd(self, given: list[str]) -> None:
-        if self.dp_mode is not None:
-            raise ConfigError("--dp-sgd (record level) and --dp-mode (site level): choose one")
-        if len(given) != 1:
-            raise ConfigError("--dp-sgd needs exactly one of --dp-epsilon and --dp-noise")
-        if self.algorithm != "fedavg":
-            raise ConfigError(
-                f"--dp-sgd trains with fedavg (got {self.algorithm}: fedbn keeps BatchNorm, "
-                "which DP-SGD replaces; fedsgd and fedprox change the gradient it clips)"
-            )
-
-    def privacy(self) -> DPConfig | None:
-        """Site-level DP-FedAvg's parameters (``None`` without ``--dp-mode``)."""
-        if self.dp_mode is None:  # (record-level DP-SGD lives in the trainer: _trainer)
-            return None
-        common = dict(mode=self.dp_mode, clip=self.dp_clip, delta=self.dp_delta,
-                      rounds=self.rounds, sites=self.sites)  # fmt: skip
-        if self.dp_epsilon is not None:
-            return DPConfig.calibrated(target_epsilon=self.dp_epsilon, **common)
-        return DPConfig(noise_multiplier=self.dp_noise, **common)
+    def dp_config(self) -> DPConfig | None:
+        """Site-level DP-FedAvg's parameters (``None`` without ``--dp-mode``; record-level
+        DP-SGD lives in the trainer)."""
+        return dp_config(self)
 
     def compression(self) -> Compression:
         """The compression chain these options describe."""
@@ -205,7 +173,7 @@ def build_federation(config: RunConfig) -> Federation:
         local_epochs=config.local_epochs,
         compression=config.compression(),
         seed=config.seed,
-        privacy=config.privacy(),
+        privacy=config.dp_config(),
     )
 
 
@@ -225,7 +193,7 @@ def build_site_runtime(config: RunConfig, site_id: int) -> SiteRuntime:
         site_id=site_id, site=_site(config, site_id, data), model=model, spec=spec,
         protocol=_protocol(config, config.max_weight, compressor), algorithm=_algorithm(config),
         trainer=_trainer(config), local_epochs=config.local_epochs, compressor=compressor,
-        privacy=config.privacy(),
+        privacy=config.dp_config(),
     )  # fmt: skip
 
 
@@ -284,7 +252,7 @@ def build_server_round(config: RunConfig) -> ServerRound:
         model=model,
         n_sites=config.sites,
         holds_model=config.protect != "he",
-        privacy=config.privacy(),
+        privacy=config.dp_config(),
     )
 
 
@@ -325,25 +293,13 @@ def _trainer(config: RunConfig) -> LocalTrainer:
     def adam(params):
         return torch.optim.Adam(params, lr=lr)
 
-    if not config.dp_sgd:
-        return LocalTrainer(optimizer_factory=adam)
-    from fedshield.engine.dp_sgd import DPSGDTrainer  # imports Opacus
-
-    return DPSGDTrainer(
-        clip=config.dp_clip, delta=config.dp_delta, rounds=config.rounds,
-        epochs=config.local_epochs, noise_multiplier=config.dp_noise,
-        target_epsilon=config.dp_epsilon, optimizer_factory=adam,
-    )  # fmt: skip
+    return dp_trainer(config, adam) if config.dp_sgd else LocalTrainer(optimizer_factory=adam)
 
 
 def _model(config: RunConfig, in_channels: int) -> torch.nn.Module:
     """``config.model``; under ``--dp-sgd`` with GroupNorm for BatchNorm (Opacus's fix)."""
     model = build_model(config.model, in_channels=in_channels)
-    if config.dp_sgd:
-        from fedshield.engine.dp_sgd import private_model
-
-        model = private_model(model)
-    return model
+    return dp_model(model) if config.dp_sgd else model
 
 
 def _compressor(config: RunConfig, spec: ParamSpec) -> UpdateCompressor:

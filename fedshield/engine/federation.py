@@ -26,7 +26,7 @@ from fedshield.engine.server_round import RoundRecord, RoundTiming, ServerRound
 from fedshield.engine.site import Site, SiteRuntime
 from fedshield.engine.trainer import Algorithm, LocalTrainer
 from fedshield.engine.transport import InProcessTransport
-from fedshield.errors import NonFiniteValues
+from fedshield.errors import ConfigError, NonFiniteValues
 from fedshield.privacy import DPConfig
 from fedshield.protocols.registry import ProtocolSpec, get_protocol
 
@@ -80,6 +80,7 @@ class Federation:
         if isinstance(protect, str):  # every weight is 1 under DP
             weight = 1.0 if privacy is not None else max(s.weight for s in self.sites)
             protect = get_protocol(protect, max_weight=weight, sites=len(self.sites))
+        _check_privacy(privacy, protect)
         torch.manual_seed(seed)
         self.model = _build_model(model_factory)  # one workspace, shared by the runtimes
         bn_local = self.algorithm.exclude_batchnorm
@@ -167,7 +168,7 @@ class Federation:
             broadcast_bytes=len(broadcast),
             timing=RoundTiming(start=start, site_train_s=train_s, aggregate_s=aggregate_s),
         )
-        spent = self.trainer.privacy(record.round)  # record-level DP-SGD at the sites
+        spent = self.trainer.privacy_spent()  # record-level DP-SGD at the sites
         if spent is not None:
             record.privacy = spent
         return record
@@ -224,4 +225,15 @@ def _check_protect(protect) -> None:
         raise TypeError(
             "protect must be a protocol name ('plain', 'secagg', 'he') or a ProtocolSpec "
             f"from get_protocol(name, ...), got {type(protect).__name__}"
+        )
+
+
+def _check_privacy(privacy: DPConfig | None, protect: ProtocolSpec) -> None:
+    """Central noise needs the exact sum of clipped updates: no quantizing protection."""
+    if privacy is None or privacy.mode != "central":
+        return
+    if protect.name != "plain" or protect.describe().get("quant_bits"):
+        raise ConfigError(
+            f"central DP noise needs the exact sum of clipped updates, but {protect.name} "
+            "quantizes them (which can push one past the clip): use plain float32, or local DP"
         )

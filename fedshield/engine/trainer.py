@@ -125,8 +125,8 @@ class LocalTrainer:
                 count += len(y)
         return {"train_loss": total / max(count, 1), "samples": count}
 
-    def privacy(self, rounds: int) -> dict | None:
-        """The privacy this loop spent after ``rounds`` rounds (``None``: not private)."""
+    def privacy_spent(self) -> dict | None:
+        """The privacy this loop has spent so far (``None``: not private)."""
         return None
 
     def gradient_step(self, model: nn.Module, loader, *, lr: float) -> dict:

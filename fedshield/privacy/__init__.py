@@ -8,7 +8,13 @@ seeded by the operating system's CSPRNG, never from the run seed
 """
 
 from fedshield.privacy.accounting import calibrate_noise, dp_event, epsilon
-from fedshield.privacy.mechanisms import DPConfig, SiteLevelDP, clip_l2, gaussian_noise
+from fedshield.privacy.mechanisms import (
+    DPConfig,
+    SiteLevelDP,
+    clip_l2,
+    gaussian_noise,
+    spent_record,
+)
 
 __all__ = [
     "DPConfig",
@@ -18,4 +24,5 @@ __all__ = [
     "dp_event",
     "epsilon",
     "gaussian_noise",
+    "spent_record",
 ]

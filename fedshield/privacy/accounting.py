@@ -53,10 +53,12 @@ def epsilon(
 
 
 def calibrate_noise(
-    target_epsilon: float, delta: float, rounds: int, sampling_rate: float = 1.0
-) -> float:
-    """The smallest noise multiplier whose epsilon after ``rounds`` rounds is at most
-    ``target_epsilon`` (to within 0.1%), found by the library's calibration.
+    target_epsilon: float, delta: float, rounds: int, sampling_rate: float = 1.0,
+    *, unit: str = "rounds",
+) -> float:  # fmt: skip
+    """The smallest noise multiplier whose epsilon after ``rounds`` mechanisms (``unit``, in
+    messages: rounds, or DP-SGD's steps) is at most ``target_epsilon``, found by the
+    library's calibration.
 
     Raises:
         ConfigError: no noise multiplier up to 1000 reaches the target.
@@ -75,6 +77,6 @@ def calibrate_noise(
     except (ValueError, dp_accounting.mechanism_calibration.NoBracketIntervalFoundError):
         raise ConfigError(
             f"no noise multiplier up to 1000 reaches epsilon {target_epsilon} at delta {delta} "
-            f"over {rounds} rounds: raise --dp-epsilon or --dp-delta, or plan fewer rounds"
+            f"over {rounds} {unit}: raise --dp-epsilon or --dp-delta, or plan fewer rounds"
         ) from None
     return float(sigma)

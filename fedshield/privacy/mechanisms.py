@@ -22,7 +22,7 @@ from fedshield._validate import check_int, check_real
 from fedshield.errors import ConfigError
 from fedshield.privacy.accounting import calibrate_noise, epsilon
 
-__all__ = ["MODES", "DPConfig", "SiteLevelDP", "clip_l2", "gaussian_noise"]
+__all__ = ["MODES", "DPConfig", "SiteLevelDP", "clip_l2", "gaussian_noise", "spent_record"]
 
 MODES = ("central", "local")
 
@@ -37,7 +37,7 @@ class DPConfig:
         clip: ``C``, the L2 bound of every site's update.
         noise_multiplier: ``sigma``: the noise's standard deviation is ``sigma * C``.
         delta: the delta of the reported (epsilon, delta).
-        rounds: the planned rounds (the fixed denominator's sites, and calibration's horizon).
+        rounds: the planned rounds (the calibration's horizon).
         sites: the planned sites per round (the fixed denominator).
     """
 
@@ -81,16 +81,25 @@ class DPConfig:
         return epsilon(self.noise_multiplier, rounds, self.delta)
 
     def describe(self, rounds: int) -> dict:
-        """What a round record carries: the mode, ``C``, ``sigma``, delta and the epsilon
-        spent after ``rounds`` rounds."""
-        spent = self.epsilon_after(rounds)
-        return {
-            "dp_mode": self.mode,
-            "clip": self.clip,
-            "noise_multiplier": self.noise_multiplier,
-            "delta": self.delta,
-            "epsilon": spent if math.isfinite(spent) else None,
-        }
+        """What a round record carries after ``rounds`` rounds (:func:`spent_record`)."""
+        return spent_record(
+            self.mode, clip=self.clip, noise_multiplier=self.noise_multiplier,
+            delta=self.delta, epsilon=self.epsilon_after(rounds),
+        )  # fmt: skip
+
+
+def spent_record(
+    mode: str, *, clip: float, noise_multiplier: float, delta: float, epsilon: float
+) -> dict:  # fmt: skip
+    """The privacy fields of a round record (``result.json``): ``dp_mode``, ``clip``,
+    ``noise_multiplier``, ``delta`` and the ``epsilon`` spent (``None``: unbounded)."""
+    return {
+        "dp_mode": mode,
+        "clip": clip,
+        "noise_multiplier": noise_multiplier,
+        "delta": delta,
+        "epsilon": epsilon if math.isfinite(epsilon) else None,
+    }
 
 
 def clip_l2(update: np.ndarray, clip: float) -> np.ndarray:

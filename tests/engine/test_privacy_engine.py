@@ -15,7 +15,7 @@ from fedshield.engine.experiment import RunConfig
 from fedshield.engine.models import SmallCNN
 from fedshield.engine.site import SiteRuntime
 from fedshield.errors import ConfigError
-from fedshield.privacy import DPConfig, epsilon
+from fedshield.privacy import DPConfig, SiteLevelDP, clip_l2, epsilon
 
 
 def _federation(tiny_sites, mode: str, protect: str = "plain") -> Federation:
@@ -27,24 +27,38 @@ def _federation(tiny_sites, mode: str, protect: str = "plain") -> Federation:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(("mode", "protect"), [("central", "plain"), ("central", "secagg"),
-                                               ("local", "secagg")])  # fmt: skip
-def test_what_leaves_each_site_is_clipped_and_weighed_one(tiny_sites, monkeypatch, mode, protect):
-    sent = []
+def test_what_leaves_each_site_under_central_is_clipped_and_weighed_one(tiny_sites, monkeypatch):
+    """Measured on what the server decodes of each site (plain float32: exactly the update)."""
+    sessions = []
     train_from = SiteRuntime.train_from
 
     def spy(self, *args, **kwargs):
-        session = train_from(self, *args, **kwargs)
-        sent.append((np.linalg.norm(session.update.astype(np.float64)), session.weight))
-        return session
+        sessions.append(train_from(self, *args, **kwargs))
+        return sessions[-1]
 
     monkeypatch.setattr(SiteRuntime, "train_from", spy)
-    fed = _federation(tiny_sites, mode, protect)
-    record = fed.run_round()
-    assert record.aborted is None and len(sent) == len(tiny_sites)
-    for norm, weight in sent:
-        assert weight == 1.0
-        assert (norm <= 0.05) if mode == "central" else (norm > 0.05)  # local: noised after
+    record = _federation(tiny_sites, "central").run_round()
+    assert record.aborted is None and len(sessions) == len(tiny_sites)
+    for session in sessions:
+        assert session.weight == 1.0
+        assert np.linalg.norm(session.sent.astype(np.float64)) <= 0.05
+
+
+def test_local_mode_sends_the_clipped_update_plus_noise_of_the_planned_spread(
+    tiny_sites, monkeypatch
+):
+    pairs = []
+    at_site = SiteLevelDP.at_site
+
+    def spy(self, update):
+        pairs.append((update, at_site(self, update)))
+        return pairs[-1][1]
+
+    monkeypatch.setattr(SiteLevelDP, "at_site", spy)
+    _federation(tiny_sites, "local", "secagg").run_round()
+    for update, sent in pairs:
+        noise = sent.astype(np.float64) - clip_l2(update, 0.05)
+        assert np.std(noise) == pytest.approx(0.7 * 0.05, rel=0.1)
 
 
 def test_each_round_records_the_epsilon_the_library_gives(tiny_sites):
@@ -58,10 +72,16 @@ def test_each_round_records_the_epsilon_the_library_gives(tiny_sites):
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"dp_epsilon": 8.0}, "need --dp-mode"),
+    [({"dp_epsilon": 8.0}, "need --dp-mode or --dp-sgd"),
+     ({"dp_clip": 0.5}, "--dp-clip need --dp-mode"),
      ({"dp_mode": "central"}, "exactly one of --dp-epsilon and --dp-noise"),
      ({"dp_mode": "central", "dp_noise": 1.0, "dp_epsilon": 8.0}, "exactly one"),
-     ({"dp_mode": "central", "dp_noise": 1.0, "protect": "he"}, "under he use --dp-mode local"),
+     ({"dp_mode": "central", "dp_noise": 1.0}, "quantizing protection \\(secagg"),
+     ({"dp_mode": "central", "dp_noise": 1.0, "protect": "he"}, "or --dp-mode local"),
+     ({"dp_mode": "central", "dp_noise": 1.0, "protect": "plain", "quant_bits": 8}, "8-bit"),
+     ({"dp_mode": "central", "dp_noise": 1.0, "protect": "plain", "error_feedback": True},
+      "drop --error-feedback"),
+     ({"dp_mode": "local", "dp_noise": float("nan")}, "--dp-noise must be a finite"),
      ({"dp_mode": "local", "dp_noise": 1.0, "dp_clip": -1.0}, "--dp-clip must be positive"),
      ({"dp_mode": "local", "dp_epsilon": 1e-9}, "no noise multiplier up to 1000")],
 )  # fmt: skip

@@ -157,8 +157,11 @@ class SiteProcess:
             return
         self.runtime.conclude(self.session)
         if self.held is not None and self.session.aggregate is not None:
+            weighted_sum, total = self.session.aggregate
+            if self.runtime.privacy is not None:  # DP-FedAvg's fixed denominator, as in process
+                weighted_sum, total = self.runtime.privacy.at_server(weighted_sum)
             self.held.apply_aggregate(
-                *self.session.aggregate, self.round, range_counts=self.session.range_counts
+                weighted_sum, total, self.round, range_counts=self.session.range_counts
             )
             self.applied = self.round
         self.session = None

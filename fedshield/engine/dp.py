@@ -1,0 +1,119 @@
+"""The run's differential-privacy options (``--dp-*``): which combinations hold up, and the
+objects they build (:mod:`fedshield.privacy` for site level, :mod:`.dp_sgd` for record level).
+What each placement guarantees: ``docs/privacy.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from fedshield.errors import ConfigError
+from fedshield.privacy import DPConfig
+
+if TYPE_CHECKING:
+    from fedshield.engine.experiment import RunConfig
+    from fedshield.engine.trainer import LocalTrainer
+
+__all__ = ["DEFAULT_CLIP", "DEFAULT_DELTA", "check_options", "dp_config", "dp_model", "dp_trainer"]
+
+DEFAULT_CLIP, DEFAULT_DELTA = 1.0, 1e-5
+
+
+def check_options(config: RunConfig) -> None:
+    """Refuse, naming the option, every ``--dp-*`` set that would train without the privacy
+    it reports, and validate the values (a calibration target must be reachable)."""
+    given = [f"--dp-{n}" for n in ("epsilon", "noise") if getattr(config, f"dp_{n}") is not None]
+    if not config.dp_sgd and config.dp_mode is None:
+        extra = given + [f"--dp-{n}" for n in ("clip", "delta") if getattr(config, f"dp_{n}")]
+        if extra:
+            raise ConfigError(f"{' and '.join(extra)} need --dp-mode or --dp-sgd")
+        return
+    if config.dp_sgd and config.dp_mode is not None:
+        raise ConfigError("--dp-sgd (record level) and --dp-mode (site level): choose one")
+    if len(given) != 1:
+        raise ConfigError("give exactly one of --dp-epsilon and --dp-noise")
+    for name in ("epsilon", "noise", "clip", "delta"):
+        value = getattr(config, f"dp_{name}")
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"--dp-{name} must be a finite number, got {value}")
+    if config.dp_sgd:
+        _check_dp_sgd(config)
+    else:
+        _check_site_level(config)
+
+
+def _check_site_level(config: RunConfig) -> None:
+    if config.dp_mode == "central" and (config.protect != "plain" or config.quant_bits):
+        raise ConfigError(
+            "--dp-mode central adds the noise to the exact sum of clipped updates: quantizing "
+            f"protection ({config.protect}, {config.quant_bits or 32}-bit) can push an update "
+            "past --dp-clip before it is summed. Use --protect plain (float32), or --dp-mode "
+            "local (the sites noise first; quantizing is then harmless)"
+        )
+    if config.dp_mode == "central" and config.error_feedback:
+        raise ConfigError(
+            "--dp-mode central with --error-feedback would send earlier rounds' residual "
+            "beside the clipped update (past --dp-clip): drop --error-feedback"
+        )
+    dp_config(config)  # validates the values; the target must be reachable
+
+
+def _check_dp_sgd(config: RunConfig) -> None:
+    if config.algorithm != "fedavg":
+        raise ConfigError(
+            f"--dp-sgd trains with fedavg (got {config.algorithm}: fedbn keeps BatchNorm, "
+            "which DP-SGD replaces; fedsgd and fedprox change the gradient it clips)"
+        )
+    clip = DEFAULT_CLIP if config.dp_clip is None else config.dp_clip
+    delta = DEFAULT_DELTA if config.dp_delta is None else config.dp_delta
+    if not clip > 0 or not 0 < delta < 1 or (config.dp_noise or 0) < 0:
+        raise ConfigError(
+            f"--dp-clip must be positive, --dp-delta in (0, 1) and --dp-noise >= 0 (got "
+            f"{clip}, {delta}, {config.dp_noise})"
+        )
+    if config.dp_epsilon is not None and not config.dp_epsilon > 0:
+        raise ConfigError(f"--dp-epsilon must be positive, got {config.dp_epsilon}")
+
+
+def dp_config(config: RunConfig) -> DPConfig | None:
+    """Site-level DP-FedAvg's parameters (``None`` without ``--dp-mode``)."""
+    if config.dp_mode is None:
+        return None
+    common = dict(
+        mode=config.dp_mode, rounds=config.rounds, sites=config.sites,
+        clip=DEFAULT_CLIP if config.dp_clip is None else config.dp_clip,
+        delta=DEFAULT_DELTA if config.dp_delta is None else config.dp_delta,
+    )  # fmt: skip
+    if config.dp_epsilon is not None:
+        return DPConfig.calibrated(target_epsilon=config.dp_epsilon, **common)
+    return DPConfig(noise_multiplier=config.dp_noise, **common)
+
+
+def dp_trainer(config: RunConfig, optimizer_factory) -> LocalTrainer:
+    """The record-level DP-SGD trainer ``--dp-sgd`` asks for (imports Opacus)."""
+    from fedshield.engine.dp_sgd import DPSGDTrainer
+
+    return DPSGDTrainer(
+        clip=DEFAULT_CLIP if config.dp_clip is None else config.dp_clip,
+        delta=DEFAULT_DELTA if config.dp_delta is None else config.dp_delta,
+        rounds=config.rounds, epochs=config.local_epochs, noise_multiplier=config.dp_noise,
+        target_epsilon=config.dp_epsilon, optimizer_factory=optimizer_factory,
+    )  # fmt: skip
+
+
+def dp_model(model: nn.Module) -> nn.Module:
+    """``model`` as DP-SGD trains it, saying so when its BatchNorm becomes GroupNorm."""
+    from fedshield.engine.dp_sgd import private_model
+
+    fixed = private_model(model)
+    if fixed is not model:
+        warnings.warn(
+            "--dp-sgd: the model's BatchNorm layers are replaced by GroupNorm (Opacus's "
+            "ModuleValidator.fix: BatchNorm mixes the examples of a batch)",
+            stacklevel=2,
+        )
+    return fixed
