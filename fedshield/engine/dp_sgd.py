@@ -124,7 +124,9 @@ class DPSGDTrainer(LocalTrainer):
                 poisson_sampling=False, noise_generator=_csprng_generator(),
             )  # fmt: skip
         try:
-            return self._steps(module, optimizer, sampled, epochs, site)
+            with warnings.catch_warnings():  # torch, on the first layer's input: harmless
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                return self._steps(module, optimizer, sampled, epochs, site)
         finally:
             module._close()  # the hooks go: the same model trains again next round
 
