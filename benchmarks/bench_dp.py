@@ -23,7 +23,12 @@ from fedshield.engine.experiment import RunConfig, build_federation
 
 MODES = {
     "dp-sgd (record level)": {"dp_sgd": True},
-    "central (site level, plain)": {"dp_mode": "central", "dp_clip": 0.5, "protect": "plain"},
+    "central (site level, plain)": {
+        "dp_mode": "central",
+        "dp_clip": 0.5,
+        "protect": "plain",
+        "quant_bits": None,
+    },
 }
 
 
