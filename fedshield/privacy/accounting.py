@@ -10,6 +10,9 @@ Gaussian mechanism with noise multiplier ``sigma``.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import dp_accounting
 from dp_accounting.rdp import RdpAccountant
 
@@ -48,8 +51,22 @@ def epsilon(
     if noise_multiplier == 0:
         return float("inf")
     accountant = RdpAccountant()
-    accountant.compose(dp_event(noise_multiplier, rounds, sampling_rate))
-    return float(accountant.get_epsilon(delta))
+    with _quiet_library():
+        accountant.compose(dp_event(noise_multiplier, rounds, sampling_rate))
+        return float(accountant.get_epsilon(delta))
+
+
+@contextlib.contextmanager
+def _quiet_library():
+    """The library logs each fractional RDP order it skips (it then uses the others: the
+    epsilon stays an upper bound); keep those warnings out of a run's output."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def calibrate_noise(
@@ -66,14 +83,15 @@ def calibrate_noise(
     if not check_real("target_epsilon", target_epsilon, positive=False) > 0:
         raise ConfigError(f"--dp-epsilon must be positive, got {target_epsilon}")
     try:
-        sigma = dp_accounting.calibrate_dp_mechanism(
-            RdpAccountant,
-            lambda s: dp_event(s, rounds, sampling_rate),
-            target_epsilon,
-            delta,
-            dp_accounting.ExplicitBracketInterval(1e-3, 1e3),
-            tol=1e-6,
-        )
+        with _quiet_library():
+            sigma = dp_accounting.calibrate_dp_mechanism(
+                RdpAccountant,
+                lambda s: dp_event(s, rounds, sampling_rate),
+                target_epsilon,
+                delta,
+                dp_accounting.ExplicitBracketInterval(1e-3, 1e3),
+                tol=1e-6,
+            )
     except (ValueError, dp_accounting.mechanism_calibration.NoBracketIntervalFoundError):
         raise ConfigError(
             f"no noise multiplier up to 1000 reaches epsilon {target_epsilon} at delta {delta} "
