@@ -126,25 +126,13 @@ class DPSGDTrainer(LocalTrainer):
         try:
             with warnings.catch_warnings():  # torch, on the first layer's input: harmless
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                return self._steps(module, optimizer, sampled, epochs, site)
+                # every sampled batch is a step, an empty one too (Opacus then adds noise
+                # alone): skipping it would leave the model unmoved with a probability the
+                # data decides
+                return self.run_epochs(module, optimizer, sampled, epochs,
+                                       after_step=site.count_step)  # fmt: skip
         finally:
             module._close()  # the hooks go: the same model trains again next round
-
-    def _steps(self, module, optimizer, loader, epochs: int, site: _SiteSteps) -> dict:
-        """Every sampled batch is a step, an empty one too (Opacus then adds noise alone):
-        skipping it would leave the model unmoved with a probability the data decides."""
-        total, count = 0.0, 0
-        for _ in range(epochs):
-            for x, y in loader:
-                optimizer.zero_grad()
-                loss = self.loss_fn(module(x), y)
-                loss.backward()
-                optimizer.step()
-                site.steps += 1
-                if len(y):
-                    total += loss.item() * len(y)
-                    count += len(y)
-        return {"train_loss": total / max(count, 1), "samples": count}
 
 
 @dataclass
@@ -154,3 +142,6 @@ class _SiteSteps:
     rate: float
     sigma: float
     steps: int = 0
+
+    def count_step(self) -> None:
+        self.steps += 1

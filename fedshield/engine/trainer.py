@@ -104,10 +104,26 @@ class LocalTrainer:
 
     def fit(self, model: nn.Module, loader, epochs: int, *, prox_mu: float | None = None) -> dict:
         """``epochs`` passes over ``loader``; with ``prox_mu`` set, FedProx's proximal gradient."""
-        anchors = None
+        before_step = None
         if prox_mu is not None:
             anchors = [p.detach().clone() for p in model.parameters()]
+
+            def before_step() -> None:  # FedProx: grad += mu · (w - w_global)
+                with torch.no_grad():
+                    for p, p0 in zip(model.parameters(), anchors, strict=True):
+                        if p.grad is not None:
+                            p.grad.add_(p - p0, alpha=prox_mu)
+
         optimizer = self.optimizer_factory(model.parameters())
+        return self.run_epochs(model, optimizer, loader, epochs, before_step=before_step)
+
+    def run_epochs(
+        self, model: nn.Module, optimizer, loader, epochs: int, *,
+        before_step: Callable[[], None] | None = None,
+        after_step: Callable[[], None] | None = None,
+    ) -> dict:  # fmt: skip
+        """The loop: ``epochs`` passes over ``loader``, one optimizer step per batch (an empty
+        batch too), ``before_step`` after each backward, ``after_step`` after each step."""
         model.train()
         total, count = 0.0, 0
         for _ in range(epochs):
@@ -115,14 +131,14 @@ class LocalTrainer:
                 optimizer.zero_grad()
                 loss = self.loss_fn(model(x), y)
                 loss.backward()
-                if anchors is not None:
-                    with torch.no_grad():
-                        for p, p0 in zip(model.parameters(), anchors, strict=True):
-                            if p.grad is not None:
-                                p.grad.add_(p - p0, alpha=prox_mu)
+                if before_step is not None:
+                    before_step()
                 optimizer.step()
-                total += loss.item() * len(y)
-                count += len(y)
+                if after_step is not None:
+                    after_step()
+                if len(y):
+                    total += loss.item() * len(y)
+                    count += len(y)
         return {"train_loss": total / max(count, 1), "samples": count}
 
     def privacy_spent(self) -> dict | None:

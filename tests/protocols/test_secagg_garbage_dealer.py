@@ -11,6 +11,7 @@ import secrets
 import numpy as np
 import pytest
 from enrolment import signing_as
+from test_secagg_complaints import CONFIG, D, N, _assert_exact_sum_of
 
 from fedshield import wire
 from fedshield.engine.dropout import DropoutPolicy
@@ -20,11 +21,9 @@ from fedshield.errors import IllegalTransition, MalformedMessage, SecAggAbort
 from fedshield.protocols.secagg import SecAggClient, SecAggServer
 from fedshield.protocols.secagg.channels import deal
 from fedshield.protocols.secagg.common import pairwise_seed
-from fedshield.protocols.secagg.config import SecAggConfig
 from fedshield.protocols.secagg.expulsion import proofs_for
 
-N, D, CHEATER = 6, 32, 2
-CONFIG = SecAggConfig(clip=1.0, quant_bits=8, weight_bits=4, max_weight=15.0, weighting="integer")
+CHEATER = 2  # N, D and CONFIG as in the complaint tests, whose sum check this file shares
 
 
 def _dealing(seed=None, mask_key=None, per_holder: bool = False):
@@ -48,7 +47,8 @@ def _dealing(seed=None, mask_key=None, per_holder: bool = False):
     return GarbageDealer
 
 
-def _round(cheater_class, dropout=None):
+def _sessions(cheater_class):
+    """A server and N clients, client CHEATER of ``cheater_class``."""
     rng = np.random.default_rng(5)
     server = SecAggServer(roster=signing_as(0)["roster"], round=1, clients=range(N), dim=D,
                           config=CONFIG)  # fmt: skip
@@ -58,19 +58,13 @@ def _round(cheater_class, dropout=None):
             update=rng.uniform(-1, 1, D).astype(np.float32))
         for c in range(N)
     }  # fmt: skip
+    return server, clients
+
+
+def _round(cheater_class, dropout=None):
+    server, clients = _sessions(cheater_class)
     outcome = run_protocol(server, InProcessTransport(clients), dropout=dropout)
     return server, clients, outcome
-
-
-def _assert_exact_sum_of(server, clients, outcome, survivors):
-    assert outcome.revealed is not None, outcome.aborted
-    assert outcome.revealed.contributors == tuple(survivors)
-    expected = np.zeros(server.length, dtype=np.int64)
-    for c in survivors:
-        own = np.empty(server.length, dtype=server.masked_sum.dtype)
-        clients[c]._weighted_levels(own)  # the same quantization seed: the same levels
-        expected += own.astype(np.int64)
-    np.testing.assert_array_equal(server.unmasked[:D].astype(np.int64), expected[:D])
 
 
 @pytest.mark.parametrize(
@@ -108,15 +102,7 @@ def test_an_honest_round_has_no_expel_stage_traffic():
 
 def _until_expel(cheater_class, through: str = "unmask"):
     """Sessions driven by hand through ``through`` (the server's stage closed)."""
-    rng = np.random.default_rng(5)
-    server = SecAggServer(roster=signing_as(0)["roster"], round=1, clients=range(N), dim=D,
-                          config=CONFIG)  # fmt: skip
-    clients = {
-        c: (cheater_class if c == CHEATER else SecAggClient)(
-            client_id=c, **signing_as(c), round=1, weight=15.0, config=CONFIG, quant_seed=c,
-            update=rng.uniform(-1, 1, D).astype(np.float32))
-        for c in range(N)
-    }  # fmt: skip
+    server, clients = _sessions(cheater_class)
     stages = ["advertise_keys", "share_keys", "masked_input", "consistency", "unmask"]
     for stage in stages[: stages.index(through) + 1]:
         for c, message in server.broadcast(stage).items():
