@@ -123,10 +123,12 @@ def add_privacy_options(parser: argparse.ArgumentParser, defaults: Any) -> None:
     """Site-level differential privacy (DP-FedAvg): ``--dp-mode`` and its parameters."""
     parser.add_argument(
         "--dp-mode",
-        choices=("central", "local"),
+        choices=("central", "local", "distributed"),
         default=_default(defaults, "dp_mode"),
         help="site-level DP-FedAvg: each update is clipped to --dp-clip; central: the server "
-        "adds the noise to the sum it learns (plain, secagg); local: each site adds it",
+        "adds the noise to the sum it learns (plain); local: each site adds it all; "
+        "distributed: each site adds integer noise inside secagg or he (BFV), so that the sum "
+        "of any threshold number of sites carries it all",
     )
     parser.add_argument(
         "--dp-sgd", action="store_true",

@@ -11,14 +11,25 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from fedshield.crypto.ddg import DiscreteGaussianEncoding
 from fedshield.errors import ConfigError
 from fedshield.privacy import DPConfig
+from fedshield.protocols.registry import ProtocolSpec
 
 if TYPE_CHECKING:
     from fedshield.engine.experiment import RunConfig
     from fedshield.engine.trainer import LocalTrainer
 
-__all__ = ["DEFAULT_CLIP", "DEFAULT_DELTA", "check_options", "dp_config", "dp_model", "dp_trainer"]
+__all__ = [
+    "DEFAULT_CLIP",
+    "DEFAULT_DELTA",
+    "check_options",
+    "dp_config",
+    "dp_model",
+    "dp_trainer",
+    "noise_floor",
+    "with_distributed_noise",
+]
 
 DEFAULT_CLIP, DEFAULT_DELTA = 1.0, 1e-5
 
@@ -47,6 +58,8 @@ def check_options(config: RunConfig) -> None:
 
 
 def _check_site_level(config: RunConfig) -> None:
+    if config.dp_mode == "distributed":
+        _check_distributed(config)
     if config.dp_mode == "central" and (config.protect != "plain" or config.quant_bits):
         raise ConfigError(
             "--dp-mode central adds the noise to the exact sum of clipped updates: quantizing "
@@ -60,6 +73,22 @@ def _check_site_level(config: RunConfig) -> None:
             "beside the clipped update (past --dp-clip): drop --error-feedback"
         )
     dp_config(config)  # validates the values; the target must be reachable
+
+
+def _check_distributed(config: RunConfig) -> None:
+    if config.protect not in ("secagg", "he") or (
+        config.protect == "he" and config.he_scheme != "bfv"
+    ):
+        raise ConfigError(
+            "--dp-mode distributed adds integer noise inside secure aggregation or BFV: use "
+            f"--protect secagg or --protect he --he-scheme bfv (got {config.protect}"
+            f"{'/' + config.he_scheme if config.protect == 'he' else ''}), or --dp-mode local"
+        )
+    if config.clip is not None:
+        raise ConfigError(
+            "--dp-mode distributed encodes every update on its own integer grid, bounded by "
+            "--dp-clip (L2): drop --clip"
+        )
 
 
 def _check_dp_sgd(config: RunConfig) -> None:
@@ -91,6 +120,28 @@ def dp_config(config: RunConfig) -> DPConfig | None:
     if config.dp_epsilon is not None:
         return DPConfig.calibrated(target_epsilon=config.dp_epsilon, **common)
     return DPConfig(noise_multiplier=config.dp_noise, **common)
+
+
+def noise_floor(protocol: ProtocolSpec, sites: int) -> int:
+    """``t``: the fewest sites whose summed noise must still reach the target under
+    distributed DP: the protocol's smallest round (``secagg``: its Shamir threshold, which
+    every site pins) and at least a majority (``he``: the decrypting sites refuse fewer)."""
+    return max(protocol.min_sites(sites), sites // 2 + 1)
+
+
+def with_distributed_noise(
+    protocol: ProtocolSpec, privacy: DPConfig | None, *, dim: int, sites: int
+) -> ProtocolSpec:  # fmt: skip
+    """``protocol`` summing distributed DP's noisy levels when ``privacy`` asks for them
+    (:class:`~fedshield.crypto.ddg.DiscreteGaussianEncoding`: each site adds ``1 / sqrt(t)``
+    of the noise, ``t`` = :func:`noise_floor`); otherwise ``protocol`` itself."""
+    if privacy is None or privacy.mode != "distributed":
+        return protocol
+    encoding = DiscreteGaussianEncoding.for_target(
+        clip=privacy.clip, dim=dim, noise_multiplier=privacy.noise_multiplier,
+        min_sites=noise_floor(protocol, sites),
+    )  # fmt: skip
+    return protocol.with_noise(encoding)
 
 
 def dp_trainer(config: RunConfig, optimizer_factory) -> LocalTrainer:

@@ -13,7 +13,7 @@ from fedshield.aggregation import build as build_server_opt
 from fedshield.data import SiteData, load_sites
 from fedshield.engine.compression import Compression, UpdateCompressor
 from fedshield.engine.dp import check_options as check_dp_options
-from fedshield.engine.dp import dp_config, dp_model, dp_trainer
+from fedshield.engine.dp import dp_config, dp_model, dp_trainer, with_distributed_noise
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.federation import Federation
 from fedshield.engine.global_model import GlobalModel
@@ -313,10 +313,13 @@ def _protocol(
 ) -> ProtocolSpec:
     """``config``'s protection; with ``compressor``, bound to its top-k size (every builder
     must agree: the server and the sites parse the same payload format)."""
+    clip = config.clip
     if config.dp_mode is not None:  # every site's weight is 1 under DP
         max_weight = 1.0
+    if config.dp_mode == "distributed":  # its own grid: never adaptive ranges
+        clip = config.dp_config().clip
     protocol = get_protocol(
-        config.protect, max_weight=max_weight, clip=config.clip, quant_bits=config.quant_bits,
+        config.protect, max_weight=max_weight, clip=clip, quant_bits=config.quant_bits,
         threshold=config.threshold, neighbours=config.neighbours, colluders=config.colluders,
         he_scheme=config.he_scheme,
         he_weighting=config.he_weighting, secagg_weighting=config.secagg_weighting,
@@ -324,6 +327,10 @@ def _protocol(
     )  # fmt: skip
     if compressor is not None and compressor.compression.sparsify == "topk":
         protocol = protocol.with_topk(compressor.k)
+    if compressor is not None:
+        protocol = with_distributed_noise(
+            protocol, config.dp_config(), dim=compressor.protocol_dim, sites=config.sites
+        )
     return protocol
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from fedshield.aggregation import ServerOptimizer
 from fedshield.engine.compression import Compression, UpdateCompressor
+from fedshield.engine.dp import with_distributed_noise
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.global_model import GlobalModel
 from fedshield.engine.metrics import pooled_metrics
@@ -50,7 +51,8 @@ class Federation:
         seed: seeds model initialisation, rand-k and stochastic rounding.
         privacy: site-level DP-FedAvg (:class:`~fedshield.privacy.DPConfig`): sites clip
             (and under ``local`` noise) their updates and send them with weight 1; under
-            ``central`` the server noises the sum.
+            ``central`` the server noises the sum; under ``distributed`` the sites add
+            integer noise inside ``secagg`` or ``he``.
 
     Example:
         >>> fed = Federation(model_factory=MyNet, sites=[make_site(d) for d in data])
@@ -93,8 +95,7 @@ class Federation:
             )
 
         shared = compressor()
-        if compression.sparsify == "topk":
-            protect = protect.with_topk(shared.k)
+        protect = _bind_to_updates(protect, privacy, shared, len(self.sites))
         ids = list(range(len(self.sites)))
         # enrolment: a fresh identity per site and the roster every site holds
         self.roster, identities = enrol(protect, ids)
@@ -226,6 +227,16 @@ def _check_protect(protect) -> None:
             "protect must be a protocol name ('plain', 'secagg', 'he') or a ProtocolSpec "
             f"from get_protocol(name, ...), got {type(protect).__name__}"
         )
+
+
+def _bind_to_updates(
+    protect: ProtocolSpec, privacy: DPConfig | None, shared: UpdateCompressor, sites: int
+) -> ProtocolSpec:  # fmt: skip
+    """``protect`` bound to the updates the compressor makes: top-k's size, and distributed
+    DP's encoding of their length."""
+    if shared.compression.sparsify == "topk":
+        protect = protect.with_topk(shared.k)
+    return with_distributed_noise(protect, privacy, dim=shared.protocol_dim, sites=sites)
 
 
 def _check_privacy(privacy: DPConfig | None, protect: ProtocolSpec) -> None:

@@ -214,10 +214,19 @@ class ServerRound:
                 **(_he_costs(outcome.stages) if self.protocol.name == "he" else {}),
             },
             model_sha256=self.model.sha256() if self.holds_model else model_sha256,
-            privacy=self.privacy.config.describe(self.round) if self.privacy else None,
+            privacy=self._privacy_spent(),
         )
         self.round += 1
         return record
+
+    def _privacy_spent(self) -> dict | None:
+        """The round record's privacy fields; under distributed DP with its public encoding
+        (``dp_encoding``: scale, bound, per-site noise, level bits)."""
+        if self.privacy is None:
+            return None
+        spent = self.privacy.config.describe(self.round)
+        encoding = self.protocol.describe().get("dp_noise")
+        return {**spent, "dp_encoding": encoding} if encoding else spent
 
 
 def revealed_aggregate(

@@ -24,7 +24,7 @@ from fedshield.privacy.accounting import calibrate_noise, epsilon
 
 __all__ = ["MODES", "DPConfig", "SiteLevelDP", "clip_l2", "gaussian_noise", "spent_record"]
 
-MODES = ("central", "local")
+MODES = ("central", "local", "distributed")
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,10 @@ class DPConfig:
     """Site-level DP-FedAvg's public parameters.
 
     Attributes:
-        mode: ``central`` (the server adds the noise to the sum it learns) or ``local``
-            (each site adds it to its own update).
+        mode: ``central`` (the server adds the noise to the sum it learns), ``local``
+            (each site adds it to its own update) or ``distributed`` (each site adds
+            integer noise inside secure aggregation or BFV, so that the sum of any ``t`` or
+            more sites carries it all: :mod:`fedshield.crypto.ddg`).
         clip: ``C``, the L2 bound of every site's update.
         noise_multiplier: ``sigma``: the noise's standard deviation is ``sigma * C``.
         delta: the delta of the reported (epsilon, delta).
@@ -128,7 +130,8 @@ class SiteLevelDP:
         self._rng = np.random.default_rng(secrets.randbits(128))
 
     def at_site(self, update: np.ndarray) -> np.ndarray:
-        """The update a site sends: clipped to ``C``; under ``local``, plus its noise."""
+        """The update a site sends: clipped to ``C``; under ``local``, plus its noise (under
+        ``distributed`` the protocol's encoding adds it)."""
         clipped = clip_l2(update, self.config.clip)
         if self.config.mode == "local" and self.config.noise_std > 0:
             clipped += gaussian_noise(clipped.size, self.config.noise_std, self._rng).astype(
@@ -138,7 +141,8 @@ class SiteLevelDP:
 
     def at_server(self, weighted_sum: np.ndarray) -> tuple[np.ndarray, float]:
         """``(sum, denominator)`` the server averages: under ``central`` the sum plus its
-        noise; the denominator is the planned number of sites."""
+        noise (the other modes' noise is in the sum already); the denominator is the planned
+        number of sites."""
         total = np.asarray(weighted_sum, dtype=np.float64)
         if self.config.mode == "central" and self.config.noise_std > 0:
             total = total + gaussian_noise(total.size, self.config.noise_std, self._rng)

@@ -280,6 +280,10 @@ class Grid:
             sent /= np.float32(share)
         return sent
 
+    def sent_from(self, update: np.ndarray, share: float, *, seed: int) -> np.ndarray:
+        """:meth:`sent` of the levels :meth:`encode` makes of ``update`` with ``seed``."""
+        return self.sent(self.encode(update, share, seed=seed)[0], share)
+
     def decode_sum(self, level_sum: np.ndarray, count: int) -> np.ndarray:
         """The float64 sum, in the update's units, of ``count`` sites' scaled updates."""
         return self.restore(ring.dequantize_sum(level_sum, count, **self._quant))

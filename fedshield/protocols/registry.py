@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from fedshield._validate import check_client_ids, check_instance, check_int
+from fedshield.crypto.ddg import DiscreteGaussianEncoding
 from fedshield.crypto.identity import Identity
 from fedshield.errors import ConfigError
 from fedshield.protocols.base import ClientSession, ServerSession
@@ -103,13 +104,20 @@ class ProtocolSpec:
             return self
         return replace(self, roster=roster)  # type: ignore[type-var]
 
-    def with_topk(self, k: int) -> ProtocolSpec:
-        """The same protocol carrying ``k`` (index, value) pairs per client.
+    def with_noise(self, encoding: DiscreteGaussianEncoding) -> ProtocolSpec:
+        """The same protocol summing distributed DP's noisy levels (:mod:`fedshield.crypto.ddg`)
+        with every site's weight 1, in place of quantized updates (``secagg``, ``he`` BFV)."""
+        check_instance("encoding", encoding, DiscreteGaussianEncoding)
+        config = getattr(self, "config", None)
+        if not hasattr(config, "noise"):
+            raise ConfigError(
+                f"distributed DP adds its noise inside secure aggregation or HE (BFV), not under "
+                f"{self.name}: use --protect secagg or he, or --dp-mode central or local"
+            )
+        return replace(self, config=replace(config, noise=encoding, weight_bits=0))  # type: ignore
 
-        Top-k cannot run under secure aggregation or HE: each client keeps different indices,
-        so masked or encrypted vectors would not line up, the sum would need every index, and
-        the indices themselves reveal which parameters moved most.
-        """
+    def with_topk(self, k: int) -> ProtocolSpec:
+        """The same protocol carrying ``k`` (index, value) pairs per client (``plain`` only)."""
         raise ConfigError(
             f"top-k sparsification cannot run under {self.name}: every client keeps different "
             "indices, so the protected vectors would not line up (the sum needs every index) "
@@ -193,7 +201,7 @@ class SecAggSpec(ProtocolSpec):
 
     @property
     def adaptive(self) -> bool:
-        return self.config.clip is None
+        return self.config.clip is None and self.config.noise is None
 
     def min_sites(self, n: int) -> int:
         return max(self.config.min_clients, self.config.threshold_for(n))
@@ -229,6 +237,7 @@ class SecAggSpec(ProtocolSpec):
             "max_weight": c.max_weight,
             "weighting": c.weighting,
             "min_clients": c.min_clients,
+            **({"dp_noise": c.noise.describe()} if c.noise else {}),
         }
 
 
@@ -323,7 +332,8 @@ class HESpec(ProtocolSpec):
         c = self.config
         clip = "adaptive" if c.adaptive else c.clip
         options = {"scheme": c.scheme, "weighting": c.weighting, "clip": clip,
-                   "quant_bits": c.quant_bits, "max_weight": c.max_weight}  # fmt: skip
+                   "quant_bits": c.quant_bits, "max_weight": c.max_weight,
+                   **({"dp_noise": c.noise.describe()} if c.noise else {})}  # fmt: skip
         return {**options, "plan": self.plan} if self.plan else options
 
     def _plan(self) -> HEPlan:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fedshield.cli import main
+from fedshield.crypto.ddg import DiscreteGaussianEncoding
 from fedshield.engine import Federation, make_site
 from fedshield.engine.experiment import RunConfig
 from fedshield.engine.models import SmallCNN
@@ -61,6 +62,29 @@ def test_local_mode_sends_the_clipped_update_plus_noise_of_the_planned_spread(
         assert np.std(noise) == pytest.approx(0.7 * 0.05, rel=0.1)
 
 
+@pytest.mark.parametrize("protect", ["secagg", "he"])
+def test_distributed_mode_sends_rounded_updates_within_the_clip(tiny_sites, monkeypatch, protect):
+    """What leaves each site before the noise, the rounded vector, has L2 norm at most ``B``
+    integer units: the clip plus under 1% for the rounding; the sum holds every site."""
+    rounded = []
+    original = DiscreteGaussianEncoding.rounded
+
+    def spy(self, scaled, rng):
+        vector = original(self, scaled, rng)
+        rounded.append((vector.copy(), self))  # encode then adds the noise in place
+        return vector
+
+    monkeypatch.setattr(DiscreteGaussianEncoding, "rounded", spy)
+    fed = _federation(tiny_sites, "distributed", protect)
+    record = fed.run_round().as_dict()
+    assert record["aborted"] is None and len(record["clients"]) == len(tiny_sites)
+    assert record["dp_mode"] == "distributed" and record["epsilon"] == epsilon(0.7, 1, 1e-5)
+    assert record["dp_encoding"]["min_sites"] == len(tiny_sites) // 2 + 1
+    assert len(rounded) == len(tiny_sites)
+    for vector, encoding in rounded:
+        assert np.linalg.norm(vector) <= encoding.bound <= 1.01 * 0.05 * encoding.scale
+
+
 def test_each_round_records_the_epsilon_the_library_gives(tiny_sites):
     fed = _federation(tiny_sites, "central")
     records = [fed.run_round().as_dict() for _ in range(2)]
@@ -83,20 +107,26 @@ def test_each_round_records_the_epsilon_the_library_gives(tiny_sites):
       "drop --error-feedback"),
      ({"dp_mode": "local", "dp_noise": float("nan")}, "--dp-noise must be a finite"),
      ({"dp_mode": "local", "dp_noise": 1.0, "dp_clip": -1.0}, "--dp-clip must be positive"),
-     ({"dp_mode": "local", "dp_epsilon": 1e-9}, "no noise multiplier up to 1000")],
+     ({"dp_mode": "local", "dp_epsilon": 1e-9}, "no noise multiplier up to 1000"),
+     ({"dp_mode": "distributed", "dp_noise": 1.0, "protect": "plain"}, "--protect secagg"),
+     ({"dp_mode": "distributed", "dp_noise": 1.0, "protect": "he", "he_scheme": "ckks"},
+      "got he/ckks"),
+     ({"dp_mode": "distributed", "dp_noise": 1.0, "clip": 0.1}, "drop --clip")],
 )  # fmt: skip
 def test_bad_option_sets_are_refused_naming_the_option(options, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig(**options)
 
 
-def test_the_cli_trains_under_dp_and_the_final_epsilon_is_within_the_target(tmp_path):
+@pytest.mark.parametrize("mode", ["local", "distributed"])
+def test_the_cli_trains_under_dp_and_the_final_epsilon_is_within_the_target(tmp_path, mode):
     out = tmp_path / "run"
-    code = main(["run", "--rounds", "2", "--sites", "3", "--dp-mode", "local",
+    code = main(["run", "--rounds", "2", "--sites", "3", "--dp-mode", mode,
                  "--dp-epsilon", "8", "--out", str(out)])  # fmt: skip
     assert code == 0
     rounds = json.loads((out / "result.json").read_text())["rounds"]
-    assert [r["dp_mode"] for r in rounds] == ["local", "local"]
+    assert [r["dp_mode"] for r in rounds] == [mode, mode]
+    assert all(r["aborted"] is None and len(r["clients"]) == 3 for r in rounds)
     assert rounds[0]["epsilon"] < rounds[-1]["epsilon"] <= 8.0
     assert rounds[-1]["epsilon"] == pytest.approx(8.0, rel=0.01)
     report = (out / "report.md").read_text()

@@ -126,7 +126,7 @@ class HEClient(ClientSession):
         integer = config.weighting == "integer"
         share = 1.0 if integer else ring.weight_fraction(weight, config.weight_bits)
         levels, stat = self.grid.encode(self.update, share, seed=self.quant_seed)
-        self._send_later(lambda: self.grid.sent(levels, share))
+        self._send_later(lambda: self.grid.sent_from(self.update, share, seed=self.quant_seed))
         rows = pack_slots(levels, plan, scale=weight if integer else 1)
         if integer:
             tail = [weight]

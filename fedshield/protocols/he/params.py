@@ -43,8 +43,10 @@ from dataclasses import asdict, dataclass
 import tenseal.sealapi as sa
 
 from fedshield._validate import check_choice, check_instance, check_int, check_real
+from fedshield.crypto.ddg import DiscreteGaussianEncoding
 from fedshield.crypto.seal import seal_context
 from fedshield.errors import ConfigError
+from fedshield.protocols.noisy import NoisyGrid
 from fedshield.protocols.ranges import BUCKETS, Grid, TensorRanges
 
 __all__ = [
@@ -76,6 +78,9 @@ class HEConfig:
         max_weight: public upper bound of a site's weight (its sample count).
         weighting: BFV: ``"fraction"`` (sites scale their update by their weight before
             quantizing; default) or ``"integer"`` (levels times the integer weight).
+        noise: BFV with distributed differential privacy (:mod:`fedshield.crypto.ddg`):
+            each site encrypts noisy integer levels in place of quantized ones; needs
+            ``weight_bits=0`` (DP-FedAvg's unweighted sum).
 
     Raises:
         TypeError: an argument of the wrong type.
@@ -88,6 +93,7 @@ class HEConfig:
     weight_bits: int = 8
     max_weight: float = 1.0
     weighting: str = "fraction"
+    noise: DiscreteGaussianEncoding | None = None
 
     def __post_init__(self) -> None:
         # Messages name the argument (the CLI maps its flags onto these names).
@@ -100,6 +106,10 @@ class HEConfig:
         object.__setattr__(
             self, "max_weight", check_real("max_weight", self.max_weight, error=ConfigError)
         )
+        if self.noise is not None:
+            check_instance("noise", self.noise, DiscreteGaussianEncoding)
+            if self.scheme != "bfv" or self.weight_bits != 0:
+                raise ConfigError("he: distributed DP needs BFV and weight_bits=0 (unweighted)")
 
     @property
     def weight_digits(self) -> int:
@@ -117,15 +127,20 @@ class HEConfig:
     @property
     def adaptive(self) -> bool:
         """Per-tensor ranges each round (BFV without a fixed clip)."""
-        return self.scheme == "bfv" and self.clip is None
+        return self.scheme == "bfv" and self.clip is None and self.noise is None
 
-    def grid(self, ranges: TensorRanges | None) -> Grid:
-        """The round's BFV quantization grid (see :class:`~fedshield.protocols.ranges.Grid`)."""
+    def grid(self, ranges: TensorRanges | None) -> Grid | NoisyGrid:
+        """The round's BFV quantization grid (see :class:`~fedshield.protocols.ranges.Grid`),
+        or under :attr:`noise` its encoding."""
+        if self.noise is not None:
+            return NoisyGrid(self.noise)
         return Grid.for_round("he", self.clip, ranges, self.quant_bits)
 
     @property
     def field_bits(self) -> int:
         """BFV bits of one value before the ``ceil(log2 n)`` headroom of the sum."""
+        if self.noise is not None:
+            return self.noise.level_bits
         if self.weighting == "integer":
             return self.quant_bits + self.weight_bits
         return self.quant_bits

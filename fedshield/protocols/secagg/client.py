@@ -302,9 +302,7 @@ class SecAggClient(ClientSession):
         share = 1.0 if integer else ring.weight_fraction(weight, config.weight_bits)
         seed = self.quant_seed
         levels, stat = self.grid.encode(self.update, share, seed=seed, out=out[:dim])
-        self._send_later(
-            lambda: self.grid.sent(self.grid.encode(self.update, share, seed=seed)[0], share)
-        )
+        self._send_later(lambda: self.grid.sent_from(self.update, share, seed=seed))
         tail = dim + config.tail_values
         out[tail:] = stat
         if integer:

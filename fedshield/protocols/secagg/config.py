@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from fedshield._validate import check_int, check_real
+from fedshield.crypto.ddg import DiscreteGaussianEncoding
 from fedshield.crypto.ring import integer_weight, ring_bits
 from fedshield.errors import ConfigError
+from fedshield.protocols.noisy import NoisyGrid
 from fedshield.protocols.ranges import Grid, TensorRanges
 
 __all__ = [
@@ -101,6 +103,10 @@ class SecAggConfig:
             ``n · step · (2^weight_bits - 1) / sum W``; equal weights: the unweighted mean's;
             a client clips its update, then scales it, so every level lies within its
             fraction of the grid's middle: the server checks that of the sum).
+        noise: distributed differential privacy (:mod:`fedshield.crypto.ddg`): each client
+            sends noisy integer levels in place of quantized ones (``clip`` and
+            ``quant_bits`` then shape nothing but the weight's digits); needs
+            ``weight_bits=0`` (DP-FedAvg's unweighted sum).
 
     Raises:
         TypeError: an argument of the wrong type (``quant_bits=8.5``, ``clip="1"``).
@@ -116,6 +122,7 @@ class SecAggConfig:
     weighting: str = "fraction"
     min_clients: int = 1
     colluders: int | None = None
+    noise: DiscreteGaussianEncoding | None = None
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
@@ -132,6 +139,7 @@ class SecAggConfig:
         check_int("neighbours", self.neighbours, low=1, optional=True, error=ConfigError)
         check_int("min_clients", self.min_clients, low=1, error=ConfigError)
         check_int("colluders", self.colluders, low=0, optional=True, error=ConfigError)
+        _check_noise(self.noise, self.weight_bits)
 
     def digest(self, ranges: TensorRanges | None = None) -> bytes:
         """SHA-256 of the parameters (and the round's ranges), so parties detect a mismatch
@@ -141,9 +149,14 @@ class SecAggConfig:
             digest.update(ranges.digest())
         return digest.digest()
 
-    def grid(self, ranges: TensorRanges | None) -> Grid:
+    def grid(self, ranges: TensorRanges | None) -> Grid | NoisyGrid:
         """The round's quantization grid: the fixed clip, or ``ranges`` when ``clip`` is
-        ``None`` (each must come with the other's absence)."""
+        ``None`` (each must come with the other's absence); under :attr:`noise`, its
+        encoding."""
+        if self.noise is not None:
+            if ranges is not None:
+                raise ConfigError("secagg: distributed DP takes no adaptive ranges")
+            return NoisyGrid(self.noise)
         return Grid.for_round("secagg", self.clip, ranges, self.quant_bits)
 
     def degree(self, n: int) -> int:
@@ -178,6 +191,8 @@ class SecAggConfig:
 
     def bits(self, n: int) -> int:
         """Ring size for ``n`` clients."""
+        if self.noise is not None:
+            return self.noise.sum_bits(n)
         weight_bits = self.weight_bits if self.weighting == "integer" else 0
         return ring_bits(quant_bits=self.quant_bits, n_clients=n, weight_bits=weight_bits)
 
@@ -198,3 +213,13 @@ class SecAggConfig:
     def integer_weight(self, weight: float) -> int:
         """The client's weight as an integer in ``[1, 2^weight_bits - 1]`` (1 if unweighted)."""
         return integer_weight(weight, self.max_weight, self.weight_bits)
+
+
+def _check_noise(noise: DiscreteGaussianEncoding | None, weight_bits: int) -> None:
+    """Distributed DP's encoding, if any, of the right type, with unweighted sums."""
+    if noise is None:
+        return
+    if not isinstance(noise, DiscreteGaussianEncoding):
+        raise TypeError(f"noise must be a DiscreteGaussianEncoding, got {type(noise).__name__}")
+    if weight_bits != 0:
+        raise ConfigError("distributed DP sums unweighted updates: it needs weight_bits=0")
