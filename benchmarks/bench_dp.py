@@ -1,9 +1,12 @@
 """Privacy against utility on BreastMNIST: the final pooled AUC for a target epsilon.
 
-For each epsilon in {1, 2, 4, 8, inf} (inf: the same run without DP), the same seed, sites
-and rounds: record-level DP-SGD inside each site's training (Opacus, ``--dp-sgd``) and
-site-level DP-FedAvg with the server's noise on the exact sum (``--dp-mode central``, which
-needs ``plain`` float32: under quantization an update could pass its clip). The noise is
+For each epsilon in {1, 2, 4, 8, 64, 1024, inf} (inf: the same run without DP), the same
+seed, sites and rounds: record-level DP-SGD inside each site's training (Opacus,
+``--dp-sgd``, under secagg), site-level DP-FedAvg with the server's noise on the exact sum
+(``--dp-mode central``, which needs ``plain`` float32: under quantization an update could pass
+its clip), and site-level DP-FedAvg with each site's integer noise inside SecAgg+
+(``--dp-mode distributed``). The two large epsilons show where site-level noise stops
+swamping the update of 4 sites. The noise is
 calibrated to reach epsilon after the last round (delta 1e-5). Writes ``dp.json`` (every
 run's final AUC, the epsilon it spent, its noise multiplier) and ``dp.png``.
 
@@ -29,6 +32,7 @@ MODES = {
         "protect": "plain",
         "quant_bits": None,
     },
+    "distributed (site level, secagg)": {"dp_mode": "distributed", "dp_clip": 0.5},
 }
 
 
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--quick", action="store_true", help="2 rounds, epsilon 8 and inf")
     args = parser.parse_args(argv)
-    rounds, epsilons = (2, [8.0]) if args.quick else (10, [1.0, 2.0, 4.0, 8.0])
+    rounds, epsilons = (2, [8.0]) if args.quick else (10, [1.0, 2.0, 4.0, 8.0, 64.0, 1024.0])
     base = RunConfig(dataset="breastmnist", sites=4, rounds=rounds, seed=0, protect="secagg")
     # the same seed and sites for every run; dp-sgd under secagg, central under plain
     results = {"benchmark": "dp", "rounds": rounds, "sites": 4, "delta": 1e-5,

@@ -88,3 +88,14 @@ def test_he_over_flower_keys_travel_sealed_and_sites_apply_the_same_aggregate(tm
     assert row["auc"] == pytest.approx(mine["auc"], abs=1e-9)
     # The server never holds the model under he; the sites report theirs, the in-process one.
     assert row["model_sha256"] == mine["model_sha256"] is not None
+
+
+def test_distributed_dp_over_flower_reports_its_epsilon(tmp_path):
+    """Each site process adds its share of the noise inside SecAgg+; the server's record
+    carries the encoding and the epsilon spent."""
+    config = RunConfig(protect="secagg", sites=3, rounds=1, local_epochs=1,
+                       dp_mode="distributed", dp_noise=1.0)  # fmt: skip
+    (row,) = run_on_flower(config, tmp_path / "out", stage_timeout=30)
+    assert row["aborted"] is None and row["clients"] == [0, 1, 2]
+    assert row["dp_mode"] == "distributed" and row["dp_encoding"]["min_sites"] == 2
+    assert 0 < row["epsilon"] < float("inf") and row["noise_multiplier"] == 1.0

@@ -6,8 +6,12 @@ is refused, and the noise never comes from the run's seed."""
 
 from __future__ import annotations
 
+import math
+
+import dp_accounting
 import numpy as np
 import pytest
+from dp_accounting.rdp import RdpAccountant
 from enrolment import ROSTER, signing_as
 from scipy import stats
 
@@ -17,6 +21,7 @@ from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
 from fedshield.errors import ConfigError
+from fedshield.privacy import epsilon
 from fedshield.protocols.he import HEClient, HEServer
 from fedshield.protocols.he.keys import HEKeyring
 from fedshield.protocols.he.params import HEConfig, plan_for
@@ -195,3 +200,21 @@ def test_bad_encodings_are_refused():
         HEConfig(scheme="ckks", weight_bits=0, noise=_encoding())
     with pytest.raises(ValueError, match="for 1500 values"):
         _encoding().encode(np.zeros(3))
+
+
+def test_the_sum_of_discrete_gaussians_adds_no_slack_to_epsilon():
+    """Kairouz et al.'s Theorem 1 slack for the sum of n discrete Gaussians, at the smallest
+    per-site noise the encoding allows, 1024 sites and 10^8 values: as the zCDP term it is,
+    composed by the library, it leaves epsilon where the Gaussian mechanism puts it."""
+    sigma, n, d = ddg.MIN_SITE_SIGMA, 1024, 10**8
+    tau = 10 * sum(math.exp(-2 * math.pi**2 * sigma**2 * k / (k + 1)) for k in range(1, n))
+    assert tau * d / 4 < 1e-250
+    accountant = RdpAccountant()
+    accountant.compose(dp_accounting.ComposedDpEvent(
+        [dp_accounting.GaussianDpEvent(1.0), dp_accounting.ZCDpEvent(tau * d / 4)]
+    ))  # fmt: skip
+    assert accountant.get_epsilon(1e-5) == epsilon(1.0, 1, 1e-5)
+    for z in (1e-6, 1e-3, 0.5, 20.0):  # every noise level keeps sigma_site >= 8
+        encoding = _encoding(z=z, min_sites=50)
+        assert encoding.site_sigma >= ddg.MIN_SITE_SIGMA
+        assert encoding.noise_multiplier == pytest.approx(z, rel=1e-12)
