@@ -99,3 +99,14 @@ def test_distributed_dp_over_flower_reports_its_epsilon(tmp_path):
     assert row["aborted"] is None and row["clients"] == [0, 1, 2]
     assert row["dp_mode"] == "distributed" and row["dp_encoding"]["min_sites"] == 2
     assert 0 < row["epsilon"] < float("inf") and row["noise_multiplier"] == 1.0
+
+
+def test_dp_sgd_over_flower_reports_the_sites_epsilon(tmp_path):
+    """Each site's DP-SGD spending travels with its evaluation; the server records the
+    largest, as the in-process engine does."""
+    config = RunConfig(protect="secagg", sites=2, rounds=1, local_epochs=1, dp_sgd=True,
+                       dp_noise=1.0)  # fmt: skip
+    (row,) = run_on_flower(config, tmp_path / "out", stage_timeout=30)
+    assert row["aborted"] is None and row["dp_mode"] == "dp-sgd"
+    assert len(row["per_site_sigma_epsilon"]) == 2
+    assert row["epsilon"] == max(eps for _sigma, eps in row["per_site_sigma_epsilon"]) > 0

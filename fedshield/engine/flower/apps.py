@@ -11,6 +11,7 @@ to), ``stage-timeout`` and ``train-timeout`` (seconds). SuperNode configuration
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def main(grid: Grid, context: Context) -> None:
         train_s = {c: trained[c].seconds for c in ready}
         outcome, session = server.drive(transport, ready)
         aggregate_s = server.apply(outcome)
-        *evaluation, digest = _evaluate(server, grid, nodes, names, stage_timeout, he)
+        *evaluation, digest, spent = _evaluate(server, grid, nodes, names, stage_timeout, he)
         record = server.record(
             outcome,
             session,
@@ -93,6 +94,8 @@ def main(grid: Grid, context: Context) -> None:
             timing=RoundTiming(start=start, site_train_s=train_s, aggregate_s=aggregate_s),
             model_sha256=digest,  # under he: the model the sites hold
         )
+        if spent:  # record-level DP-SGD: the largest epsilon any site reported
+            record.privacy = _worst_spent(spent)
         records.append(record.as_dict())
         emit(round=r, event="done", dropped=record.dropped, auc=record.metrics["auc"])
     out = Path(str(cfg["out"]))
@@ -156,7 +159,8 @@ def _distribute_he_keys(server, grid: Grid, nodes: dict[int, int], *, timeout: f
 
 
 def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], timeout, he):
-    """Pooled and per-site metrics from every reachable site's test predictions."""
+    """Pooled and per-site metrics from every reachable site's test predictions, the model
+    digest the sites agree on (under he), and each site's DP-SGD spending (if any)."""
     from fedshield import wire
     from fedshield.engine.flower.transport import FlowerTransport
     from fedshield.engine.metrics import pooled_metrics
@@ -165,21 +169,31 @@ def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], 
     replies = FlowerTransport(grid, nodes, timeout=timeout).request(
         "evaluate", dict.fromkeys(nodes, _round_start(server, he))
     )
-    results, digests = [], set()
+    results, digests, spent = [], set(), []
     for cid in sorted(replies):
         if not replies[cid].data:  # dropped, or a site without a test set
             continue
         message = wire.parse(replies[cid].data)
         message.expect(protocol=MODEL_BROADCAST, stage=1, round=server.round, sender=cid)
-        message.require_fields(4)
+        message.require_fields(5)
         labels = message.array(0, dtype="<f8")
         probs = message.array(1, dtype="<f8", shape=labels.shape)
         (loss,) = message.array(2, dtype="<f8", shape=(1,))
         results.append((names[cid], labels, probs, float(loss)))
         digests.add(message.raw(3, max_len=32).hex() or None)
+        if site_spent := message.raw(4, max_len=1 << 16):
+            spent.append(json.loads(site_spent))
     # Under he every site holds the model; they agree unless one missed an aggregate.
     digest = digests.pop() if len(digests) == 1 else None
-    return (*pooled_metrics(results), digest)
+    return (*pooled_metrics(results), digest, spent)
+
+
+def _worst_spent(spent: list[dict]) -> dict:
+    """The sites' DP-SGD records as one: the largest epsilon, with every site's
+    ``(sigma, epsilon)``."""
+    worst = max(spent, key=lambda s: s["epsilon"] if s["epsilon"] is not None else math.inf)
+    pairs = [pair for s in spent for pair in s.get("per_site_sigma_epsilon", [])]
+    return {**worst, "per_site_sigma_epsilon": pairs}
 
 
 def _plain(value):

@@ -141,7 +141,9 @@ class SiteProcess:
         labels, probs, loss = predictions
         header = wire.Header(MODEL_BROADCAST, 1, round, self.site)
         digest = bytes.fromhex(self.held.sha256()) if self.held is not None else b""
-        fields = [labels.astype(np.float64), probs.astype(np.float64), np.array([loss]), digest]
+        spent = self.runtime.trainer.privacy_spent()  # DP-SGD: what this site has spent
+        fields = [labels.astype(np.float64), probs.astype(np.float64), np.array([loss]), digest,
+                  json.dumps(spent).encode() if spent else b""]  # fmt: skip
         return wire.serialize(header, fields)
 
     def close(self) -> None:
