@@ -150,6 +150,11 @@ def add_privacy_options(parser: argparse.ArgumentParser, defaults: Any) -> None:
         help="noise multiplier sigma (std = sigma * clip), instead of --dp-epsilon",
     )  # fmt: skip
     parser.add_argument(
+        "--dp-colluders", type=int, default=_default(defaults, "dp_colluders"),
+        help="--dp-mode distributed: how many sites of a round may know their noise to the "
+        "adversary (each site knows its own; default 1); the noise is sized for the others",
+    )  # fmt: skip
+    parser.add_argument(
         "--dp-delta", type=float, default=_default(defaults, "dp_delta"),
         help="delta of the reported (epsilon, delta) (default %(default)s)",
     )  # fmt: skip

@@ -12,9 +12,11 @@ shrunk to ``B - sqrt(d)/2``, which always fits); (4) adds discrete Gaussian nois
 each value plus the public :attr:`offset`, a level in ``[0, 2 · offset]``.
 
 **Sizing** (:meth:`for_target`): the noise must protect the sum even when only ``t``
-(``min_sites``) sites survive, so each site adds ``sigma_site = z · B / sqrt(t)``: the sum of
-``s >= t`` survivors carries variance ``s · sigma_site^2 >= (z · B)^2``, the Gaussian mechanism
-of noise multiplier ``z`` on an L2 sensitivity of ``B`` integer units.
+(``min_sites``) sites survive, ``c`` of them (``colluders``) known to the adversary, who can
+take their noise out: each site adds ``sigma_site = z · B / sqrt(t - c)``, so the noise of the
+honest survivors of any sum of ``s >= t`` sites has variance at least
+``(s - c) · sigma_site^2 >= (z · B)^2``, the Gaussian mechanism of noise multiplier ``z`` on an
+L2 sensitivity of ``B`` integer units.
 
 **No wrap-around.** A site's rounded value lies within ``floor(B)`` of zero (one value's size
 is at most the vector's L2 norm) and its noise within ``TAIL_SIGMAS · sigma_site`` (a vector
@@ -60,7 +62,9 @@ class DiscreteGaussianEncoding:
         scale: integer units per unit of the update (``1 / gamma``).
         site_sigma: the standard deviation of each site's discrete Gaussian noise, in integer
             units (0: no noise).
-        min_sites: ``t``, the fewest sites a decoded sum may hold (the noise is sized for it).
+        min_sites: ``t``, the fewest sites a decoded sum may hold.
+        colluders: ``c``, how many of those ``t`` may know their own noise to the adversary
+            (the noise is sized for the ``t - c`` others).
     """
 
     clip: float
@@ -68,6 +72,7 @@ class DiscreteGaussianEncoding:
     scale: float
     site_sigma: float
     min_sites: int
+    colluders: int = 0
 
     def __post_init__(self) -> None:
         for name in ("clip", "scale"):
@@ -75,26 +80,30 @@ class DiscreteGaussianEncoding:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         check_int("dim", self.dim, low=1)
         check_int("min_sites", self.min_sites, low=1)
+        check_int("colluders", self.colluders, low=0, high=self.min_sites - 1)
         sigma = check_real("site_sigma", self.site_sigma, positive=False)
         if sigma != 0 and not sigma >= MIN_SITE_SIGMA:
             raise ValueError(f"site_sigma must be 0 or at least {MIN_SITE_SIGMA}, got {sigma}")
 
     @classmethod
     def for_target(
-        cls, *, clip: float, dim: int, noise_multiplier: float, min_sites: int
+        cls, *, clip: float, dim: int, noise_multiplier: float, min_sites: int,
+        colluders: int = 0,
     ) -> DiscreteGaussianEncoding:  # fmt: skip
-        """The encoding whose summed noise, over any ``min_sites`` or more sites, is the
-        Gaussian mechanism of ``noise_multiplier`` on the sensitivity :attr:`bound`."""
+        """The encoding whose summed noise, over any ``min_sites`` or more sites less
+        ``colluders`` of them, is the Gaussian mechanism of ``noise_multiplier`` on the
+        sensitivity :attr:`bound`."""
         z = check_real("noise_multiplier", noise_multiplier, positive=False)
         check_int("dim", dim, low=1)
         check_int("min_sites", min_sites, low=1)
+        honest = min_sites - check_int("colluders", colluders, low=0, high=min_sites - 1)
         bits = max(MIN_SCALE_BITS, math.ceil(math.log2(8 * math.sqrt(dim))))
-        if z > 0:  # sigma_site = z B / sqrt(t) >= z 2^bits / sqrt(t) must reach MIN_SITE_SIGMA
-            bits = max(bits, math.ceil(math.log2(MIN_SITE_SIGMA * math.sqrt(min_sites) / z)))
+        if z > 0:  # sigma_site = z B / sqrt(h) >= z 2^bits / sqrt(h) must reach MIN_SITE_SIGMA
+            bits = max(bits, math.ceil(math.log2(MIN_SITE_SIGMA * math.sqrt(honest) / z)))
         scale = 2.0**bits / clip
-        bound = _rounding_bound(clip * scale, dim)
-        sigma = z * bound / math.sqrt(min_sites)
-        return cls(clip=clip, dim=dim, scale=scale, site_sigma=sigma, min_sites=min_sites)
+        sigma = z * _rounding_bound(clip * scale, dim) / math.sqrt(honest)
+        return cls(clip=clip, dim=dim, scale=scale, site_sigma=sigma, min_sites=min_sites,
+                   colluders=colluders)  # fmt: skip
 
     @property
     def bound(self) -> float:
@@ -103,8 +112,9 @@ class DiscreteGaussianEncoding:
 
     @property
     def noise_multiplier(self) -> float:
-        """``z``: the noise of ``min_sites`` sites over the sensitivity :attr:`bound`."""
-        return self.site_sigma * math.sqrt(self.min_sites) / self.bound
+        """``z``: the noise of ``min_sites - colluders`` sites over the sensitivity
+        :attr:`bound`."""
+        return self.site_sigma * math.sqrt(self.min_sites - self.colluders) / self.bound
 
     @property
     def tail(self) -> int:
@@ -131,8 +141,14 @@ class DiscreteGaussianEncoding:
         return {**asdict(self), "bound": self.bound, "level_bits": self.level_bits}
 
     def clipped(self, update: np.ndarray) -> np.ndarray:
-        """``update`` (float64) scaled down to L2 norm at most ``C``."""
+        """``update`` (float64) scaled down to L2 norm at most ``C``.
+
+        Raises:
+            ValueError: ``update`` holds NaN or infinity (no norm bounds it).
+        """
         values = np.array(update, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError("the update holds NaN or infinite values: no clip bounds it")
         norm = float(np.linalg.norm(values))
         if norm > self.clip:
             values *= self.clip / norm

@@ -39,7 +39,8 @@ def check_options(config: RunConfig) -> None:
     it reports, and validate the values (a calibration target must be reachable)."""
     given = [f"--dp-{n}" for n in ("epsilon", "noise") if getattr(config, f"dp_{n}") is not None]
     if not config.dp_sgd and config.dp_mode is None:
-        extra = given + [f"--dp-{n}" for n in ("clip", "delta") if getattr(config, f"dp_{n}")]
+        extra = given + [f"--dp-{n}" for n in ("clip", "delta", "colluders")
+                         if getattr(config, f"dp_{n}") is not None]  # fmt: skip
         if extra:
             raise ConfigError(f"{' and '.join(extra)} need --dp-mode or --dp-sgd")
         return
@@ -116,6 +117,7 @@ def dp_config(config: RunConfig) -> DPConfig | None:
         mode=config.dp_mode, rounds=config.rounds, sites=config.sites,
         clip=DEFAULT_CLIP if config.dp_clip is None else config.dp_clip,
         delta=DEFAULT_DELTA if config.dp_delta is None else config.dp_delta,
+        colluders=config.dp_colluders,
     )  # fmt: skip
     if config.dp_epsilon is not None:
         return DPConfig.calibrated(target_epsilon=config.dp_epsilon, **common)
@@ -123,23 +125,33 @@ def dp_config(config: RunConfig) -> DPConfig | None:
 
 
 def noise_floor(protocol: ProtocolSpec, sites: int) -> int:
-    """``t``: the fewest sites whose summed noise must still reach the target under
-    distributed DP: the protocol's smallest round (``secagg``: its Shamir threshold, which
-    every site pins) and at least a majority (``he``: the decrypting sites refuse fewer)."""
-    return max(protocol.min_sites(sites), sites // 2 + 1)
+    """``t``: the fewest sites a sum under distributed DP may hold: ``secagg``'s smallest
+    round (its Shamir threshold, which every site pins from the roster and no stage goes
+    below), ``he``'s a majority (the decrypting sites refuse a sum counting fewer)."""
+    if protocol.name == "he":
+        return max(protocol.min_sites(sites), sites // 2 + 1)
+    return protocol.min_sites(sites)
 
 
 def with_distributed_noise(
     protocol: ProtocolSpec, privacy: DPConfig | None, *, dim: int, sites: int
 ) -> ProtocolSpec:  # fmt: skip
     """``protocol`` summing distributed DP's noisy levels when ``privacy`` asks for them
-    (:class:`~fedshield.crypto.ddg.DiscreteGaussianEncoding`: each site adds ``1 / sqrt(t)``
-    of the noise, ``t`` = :func:`noise_floor`); otherwise ``protocol`` itself."""
+    (:class:`~fedshield.crypto.ddg.DiscreteGaussianEncoding`: each site adds
+    ``1 / sqrt(t - c)`` of the noise, ``t`` = :func:`noise_floor`, ``c`` the privacy's
+    colluders); otherwise ``protocol`` itself."""
     if privacy is None or privacy.mode != "distributed":
         return protocol
+    t = noise_floor(protocol, sites)
+    colluders = min(1, t - 1) if privacy.colluders is None else privacy.colluders
+    if colluders >= t:
+        raise ConfigError(
+            f"--dp-colluders {colluders}: a round may hold as few as {t} sites, so no honest "
+            f"site's noise would be left; at most {t - 1} (or more sites, or --threshold)"
+        )
     encoding = DiscreteGaussianEncoding.for_target(
         clip=privacy.clip, dim=dim, noise_multiplier=privacy.noise_multiplier,
-        min_sites=noise_floor(protocol, sites),
+        min_sites=t, colluders=colluders,
     )  # fmt: skip
     return protocol.with_noise(encoding)
 

@@ -84,6 +84,7 @@ class RunConfig:
     dp_noise: float | None = None  # ...or the noise multiplier itself
     dp_delta: float | None = None  # the reported (epsilon, delta)'s delta: 1e-5
     dp_sgd: bool = False  # record-level DP-SGD inside each site's training (Opacus)
+    dp_colluders: int | None = None  # distributed: sites whose noise may be known (None: 1)
 
     def __post_init__(self) -> None:
         if self.model is None:

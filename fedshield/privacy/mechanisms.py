@@ -41,6 +41,9 @@ class DPConfig:
         delta: the delta of the reported (epsilon, delta).
         rounds: the planned rounds (the calibration's horizon).
         sites: the planned sites per round (the fixed denominator).
+        colluders: ``distributed`` only: how many sites of a sum may give their own noise
+            away (to the server, or read the model knowing it); ``None``: 1, a site that
+            reads the aggregate knowing its own noise (0 when a round may hold one site).
     """
 
     mode: str
@@ -49,6 +52,7 @@ class DPConfig:
     delta: float
     rounds: int
     sites: int
+    colluders: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -61,17 +65,20 @@ class DPConfig:
             raise ConfigError(f"--dp-delta must be in (0, 1), got {self.delta}")
         check_int("rounds", self.rounds, low=1)
         check_int("sites", self.sites, low=1)
+        check_int("colluders", self.colluders, low=0, optional=True, error=ConfigError)
+        if self.colluders is not None and self.mode != "distributed":
+            raise ConfigError("--dp-colluders sizes --dp-mode distributed's noise only")
 
     @classmethod
     def calibrated(
         cls, *, mode: str, clip: float, target_epsilon: float, delta: float, rounds: int,
-        sites: int,
+        sites: int, colluders: int | None = None,
     ) -> DPConfig:  # fmt: skip
         """The config whose noise reaches ``target_epsilon`` after the planned ``rounds``
         (:func:`~fedshield.privacy.accounting.calibrate_noise`)."""
         sigma = calibrate_noise(target_epsilon, delta, rounds)
         return cls(mode=mode, clip=clip, noise_multiplier=sigma, delta=delta, rounds=rounds,
-                   sites=sites)  # fmt: skip
+                   sites=sites, colluders=colluders)  # fmt: skip
 
     @property
     def noise_std(self) -> float:

@@ -97,6 +97,8 @@ class HEClient(ClientSession):
         contributors = message.array(1, dtype="<u4").tolist()
         if not contributors or len(set(contributors)) != len(contributors):
             raise WrongShape("the aggregate names no (or repeated) contributors")
+        if len(contributors) > self.plan.n_clients:
+            raise WrongShape(f"the aggregate names more than the {self.plan.n_clients} sites")
         self.aggregate = self._decrypt(*read_sizes(message, 2, self.plan), len(contributors))
         return self._client_message(stage, [])
 

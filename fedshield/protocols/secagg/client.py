@@ -129,7 +129,10 @@ class SecAggClient(ClientSession):
             raise SecAggAbort(f"client {self.client_id}: ids above {MAX_CLIENT_ID} listed")
         self.n = len(self.clients)
         self.session = session_binding(self.params, self.clients)  # in every signature
-        pinned = max(self.config.min_clients, self.roster.min_sites)
+        noise = self.config.noise  # distributed DP: never a sum of fewer than its t sites
+        pinned = max(
+            self.config.min_clients, self.roster.min_sites, noise.min_sites if noise else 1
+        )
         if self.n < pinned:
             raise SecAggAbort(
                 f"client {self.client_id}: the server lists {self.n} clients, fewer than the "

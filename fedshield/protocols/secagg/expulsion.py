@@ -108,6 +108,12 @@ def reveal_pair_seeds(
     deals = [dealt for _, dealt in parse_relayed(message, 4, len(holders), SEALED_SHARE_BYTES)]
     if not peers or len(set(peers)) != len(peers):
         raise SecAggAbort(f"client {client.client_id}: no client named, or one named twice")
+    left = len(set(client.masked_input_survivors) - set(peers))
+    if left < client.minimum:
+        raise SecAggAbort(
+            f"client {client.client_id}: expelling {peers} would leave {left} inputs in the "
+            f"sum, fewer than the {client.minimum} a round needs"
+        )
     seeds, at = [], 0
     for u, count in zip(peers, counts, strict=True):
         _check_masked_with(client, u)
