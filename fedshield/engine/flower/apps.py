@@ -94,8 +94,7 @@ def main(grid: Grid, context: Context) -> None:
             timing=RoundTiming(start=start, site_train_s=train_s, aggregate_s=aggregate_s),
             model_sha256=digest,  # under he: the model the sites hold
         )
-        if spent:  # record-level DP-SGD: the largest epsilon any site reported
-            record.privacy = _worst_spent(spent)
+        record.privacy = _worst_spent(spent) if spent else record.privacy  # DP-SGD's
         records.append(record.as_dict())
         emit(round=r, event="done", dropped=record.dropped, auc=record.metrics["auc"])
     out = Path(str(cfg["out"]))
