@@ -2,12 +2,14 @@
 Gaussian Mechanism for Federated Learning with Secure Aggregation", ICML 2021, Algorithm 1):
 how a site turns its update into noisy integers that secure aggregation (or BFV) can sum.
 
-A site (1) clips its update to L2 norm ``C``; (2) scales it by ``1/gamma`` (:attr:`scale`
-integer units per unit of the update); (3) rounds it to integers by **conditional randomized
-rounding**: each value up with probability its fractional part, again until the rounded
-vector's L2 norm is at most :attr:`bound` ``B`` (the paper's Section 4 bound with
-``beta = exp(-1/2)``; after :data:`ROUNDING_TRIES` failures, nearest rounding of the vector
-shrunk to ``B - sqrt(d)/2``, which always fits); (4) adds discrete Gaussian noise of variance
+A site (1) clips its update to L2 norm ``c`` (:attr:`inner_clip`, just below ``C``); (2) scales
+it by ``1/gamma`` (:attr:`scale` integer units per unit of the update); (3) rounds it to
+integers by **conditional randomized rounding**: each value up with probability its
+fractional part, again until the rounded vector's L2 norm is at most :attr:`bound`
+``B = C · scale`` (``c`` is the largest clip whose rounding the paper's Section 4 bound, with
+``beta = exp(-1/2)``, keeps within ``B``; after :data:`ROUNDING_TRIES` failures, nearest
+rounding of the vector shrunk to ``B - sqrt(d)/2``, which always fits): so no site's rounded
+update exceeds ``C`` in the update's units; (4) adds discrete Gaussian noise of variance
 ``sigma_site^2`` to every value (:mod:`fedshield.crypto.noise`, from the OS CSPRNG); (5) sends
 each value plus the public :attr:`offset`, a level in ``[0, 2 · offset]``.
 
@@ -27,8 +29,8 @@ the noise's distribution by less than ``d · 4e-33`` in total variation (a ``del
 small beside the reported one; it is not added).
 
 **Granularity.** ``C · scale`` is a power of two of at least ``2^12`` and at least
-``8 sqrt(d)``, so the rounding inflates the sensitivity by well under 1% (``B / (C · scale)``
-is 1.0003 for the default CNN), and large enough that ``sigma_site >= 8``: the sum of discrete
+``8 sqrt(d)``, so the rounding's room costs well under 1% of the clip (``c / C`` is 0.9997 for
+the default CNN), and large enough that ``sigma_site >= 8``: the sum of discrete
 Gaussians then has the privacy of one discrete Gaussian up to the paper's Theorem 1 slack,
 ``tau = 10 sum_{k<n} exp(-2 pi^2 sigma_site^2 k / (k + 1))``, below ``1e-270`` (see
 :func:`~fedshield.privacy.accounting.ddg_slack_rho`).
@@ -101,14 +103,25 @@ class DiscreteGaussianEncoding:
         if z > 0:  # sigma_site = z B / sqrt(h) >= z 2^bits / sqrt(h) must reach MIN_SITE_SIGMA
             bits = max(bits, math.ceil(math.log2(MIN_SITE_SIGMA * math.sqrt(honest) / z)))
         scale = 2.0**bits / clip
-        sigma = z * _rounding_bound(clip * scale, dim) / math.sqrt(honest)
+        sigma = z * clip * scale / math.sqrt(honest)
         return cls(clip=clip, dim=dim, scale=scale, site_sigma=sigma, min_sites=min_sites,
                    colluders=colluders)  # fmt: skip
 
     @property
     def bound(self) -> float:
-        """``B``: the L2 norm no site's rounded vector exceeds (integer units)."""
-        return _rounding_bound(self.clip * self.scale, self.dim)
+        """``B = C · scale``: the L2 norm no site's rounded vector exceeds (integer units)."""
+        return self.clip * self.scale
+
+    @property
+    def inner_clip(self) -> float:
+        """``c``: the clip before rounding, the largest whose rounding bound fits ``B``."""
+        low, high = 0.0, self.bound  # bisection: the rounding bound grows with the clip
+        for _ in range(64):
+            middle = (low + high) / 2
+            low, high = (
+                (middle, high) if _rounding_bound(middle, self.dim) <= self.bound else (low, middle)
+            )
+        return low / self.scale
 
     @property
     def noise_multiplier(self) -> float:
@@ -141,7 +154,7 @@ class DiscreteGaussianEncoding:
         return {**asdict(self), "bound": self.bound, "level_bits": self.level_bits}
 
     def clipped(self, update: np.ndarray) -> np.ndarray:
-        """``update`` (float64) scaled down to L2 norm at most ``C``.
+        """``update`` (float64) scaled down to L2 norm at most :attr:`inner_clip`.
 
         Raises:
             ValueError: ``update`` holds NaN or infinity (no norm bounds it).
@@ -149,9 +162,9 @@ class DiscreteGaussianEncoding:
         values = np.array(update, dtype=np.float64)
         if not np.isfinite(values).all():
             raise ValueError("the update holds NaN or infinite values: no clip bounds it")
-        norm = float(np.linalg.norm(values))
-        if norm > self.clip:
-            values *= self.clip / norm
+        norm, clip = float(np.linalg.norm(values)), self.inner_clip
+        if norm > clip:
+            values *= clip / norm
         return values
 
     def encode(self, update: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:

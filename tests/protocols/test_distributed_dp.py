@@ -142,14 +142,15 @@ def test_no_wrap_around_at_the_documented_maximum(monkeypatch, sign):
     _pin_noise_at_its_tail(monkeypatch, sign)
     encoding = _encoding(z=4.0, d=64)
     n = 5
+    top = math.floor(encoding.inner_clip * encoding.scale)  # the largest whole value sent
     updates = {c: np.zeros(64, np.float32) for c in range(n)}
     for c in range(n):
-        updates[c][0] = sign * CLIP
+        updates[c][0] = sign * top / encoding.scale
     server, outcome = _secagg_round(encoding, updates)
     assert outcome.aborted is None and server.bits == encoding.sum_bits(n)
     expected = np.full(64, n * sign * encoding.tail, dtype=np.int64)
-    expected[0] += n * sign * round(CLIP * encoding.scale)
-    top_level = encoding.offset + round(CLIP * encoding.scale) + encoding.tail
+    expected[0] += n * sign * top
+    top_level = encoding.offset + top + encoding.tail
     assert (n * top_level).bit_length() <= server.bits  # the extreme fits, just
     np.testing.assert_array_equal(outcome.revealed.weighted_sum * encoding.scale, expected)
 
@@ -177,10 +178,10 @@ def test_rounding_keeps_every_sent_vector_within_the_bound():
     for scale in (0.01, 1.0, 100.0):
         update = rng.normal(0, scale, D)
         rounded = encoding.encode(update) - encoding.offset
-        assert np.linalg.norm(rounded) <= encoding.bound
+        assert np.linalg.norm(rounded) / encoding.scale <= CLIP  # what leaves: within C
         # the rounding is within one integer unit of the clipped, scaled update
         assert np.abs(rounded - encoding.clipped(update) * encoding.scale).max() < 1
-    assert encoding.bound / (CLIP * encoding.scale) < 1.01  # rounding costs < 1% sensitivity
+    assert encoding.bound == CLIP * encoding.scale and encoding.inner_clip > 0.999 * CLIP
 
 
 def test_the_fallback_rounding_also_fits(monkeypatch):
@@ -188,7 +189,7 @@ def test_the_fallback_rounding_also_fits(monkeypatch):
     encoding = _encoding(z=0.0)
     update = np.full(D, 1.0)
     rounded = encoding.encode(update) - encoding.offset
-    assert np.linalg.norm(rounded) <= encoding.bound
+    assert np.linalg.norm(rounded) / encoding.scale <= CLIP
 
 
 def test_bad_encodings_are_refused():
