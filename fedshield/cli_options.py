@@ -43,6 +43,11 @@ def add_data_options(parser: argparse.ArgumentParser, defaults: Any) -> None:
         help="per-site acquisition shift (default: on for synthetic only)",
     )
     parser.add_argument("--seed", type=int, default=_default(defaults, "seed"))
+    parser.add_argument(
+        "--classes", type=int, default=_default(defaults, "classes"),
+        help="synthetic data: how many classes (default 2: lesion or not; more: lesion size "
+        "grades); a MedMNIST file brings its own",
+    )  # fmt: skip
 
 
 def add_protocol_options(parser: argparse.ArgumentParser, defaults: Any) -> None:

@@ -32,6 +32,7 @@ def load_sites(
     shift: bool | None = None,
     seed: int = 0,
     only: int | None = None,
+    classes: int | None = None,
 ) -> list[SiteData]:
     """Sites for ``dataset``: ``synthetic``, ``breastmnist`` or ``medmnist:PATH``.
 
@@ -41,12 +42,16 @@ def load_sites(
         partition: ``iid`` or ``dirichlet`` (label skew with ``alpha``), for MedMNIST data.
         shift: give each site its own acquisition shift; by default on for ``synthetic`` (whose
             point it is) and off for MedMNIST (already real, single-source images).
+        classes: ``synthetic``'s number of classes (default 2); a MedMNIST file brings its own.
     """
     if only is not None and not (isinstance(only, int) and 0 <= only < n_sites):
         raise ConfigError(f"only must be a site index in 0..{n_sites - 1}, got {only!r}")
     if dataset == "synthetic":
         shift = True if shift is None else shift
-        return make_synthetic_sites(n_sites, shift=shift, seed=seed, only=only)
+        return make_synthetic_sites(n_sites, shift=shift, seed=seed, only=only,
+                                    classes=2 if classes is None else classes)  # fmt: skip
+    if classes is not None:
+        raise ConfigError(f"--classes shapes the synthetic task; {dataset} brings its own labels")
     if dataset == "breastmnist":
         path = breastmnist_path()
     elif dataset.startswith("medmnist:"):

@@ -1,6 +1,9 @@
-"""Synthetic, multi-site, medical-like images: is there a lesion or not?
+"""Synthetic, multi-site, medical-like images: is there a lesion or not (or, with ``classes``
+``K > 2``, how large is it)?
 
-Each image is a smooth tissue texture; positives carry one small bright, blurred lesion.
+Each image is a smooth tissue texture; positives carry one small bright, blurred lesion. With
+``K`` classes, class 0 has no lesion and class ``k`` a lesion of radius about ``1.2 k + 1.3``
+pixels (a grading task: the classes differ by size alone).
 Each site images its patients with its own scanner (:mod:`fedshield.data.shift`), strong enough
 that a model trained at one site loses accuracy at another. Deterministic given the seed, and
 generated in well under a second per site.
@@ -19,11 +22,17 @@ __all__ = ["make_synthetic_sites", "synthetic_images"]
 
 
 def synthetic_images(
-    n: int, *, size: int = 28, prevalence: float = 0.5, seed: int = 0
+    n: int, *, size: int = 28, prevalence: float = 0.5, seed: int = 0, classes: int = 2
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Unshifted images ``(n, 1, size, size)`` in about [0, 1] and labels (1 = lesion)."""
+    """Unshifted images ``(n, 1, size, size)`` in about [0, 1] and labels (1 = lesion; with
+    ``classes > 2``, uniform over ``0..classes-1``, the lesion's size grade)."""
+    if classes < 2:
+        raise ValueError(f"classes must be at least 2, got {classes}")
     g = torch.Generator().manual_seed(seed)
-    labels = (torch.rand(n, generator=g) < prevalence).long()
+    if classes == 2:
+        labels = (torch.rand(n, generator=g) < prevalence).long()
+    else:
+        labels = torch.randint(0, classes, (n,), generator=g)
     # Tissue: low-frequency noise upsampled, plus a gentle radial vignette.
     coarse = torch.rand(n, 1, size // 4, size // 4, generator=g)
     tissue = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
@@ -34,11 +43,14 @@ def synthetic_images(
     # Lesions: a blurred disc somewhere away from the border, of random radius and contrast.
     cy = torch.randint(size // 4, 3 * size // 4, (n,), generator=g).view(n, 1, 1).float()
     cx = torch.randint(size // 4, 3 * size // 4, (n,), generator=g).view(n, 1, 1).float()
-    radius = (torch.rand(n, generator=g) * 1.5 + 2.0).view(n, 1, 1)
+    if classes == 2:
+        radius = (torch.rand(n, generator=g) * 1.5 + 2.0).view(n, 1, 1)
+    else:  # grade k: radius in [1.2 k + 1.0, 1.2 k + 1.6)
+        radius = (torch.rand(n, generator=g) * 0.6 + 1.0 + 1.2 * labels).view(n, 1, 1)
     contrast = (torch.rand(n, generator=g) * 0.2 + 0.25).view(n, 1, 1)
     dist2 = (yy[None] - cy) ** 2 + (xx[None] - cx) ** 2
     lesion = torch.exp(-dist2 / (2 * radius**2)) * contrast
-    images = images + lesion[:, None] * labels.view(n, 1, 1, 1)
+    images = images + lesion[:, None] * (labels > 0).view(n, 1, 1, 1)
     return images.float().numpy(), labels.numpy().astype(np.int64)
 
 
@@ -51,15 +63,17 @@ def make_synthetic_sites(
     shift: bool = True,
     seed: int = 0,
     only: int | None = None,
+    classes: int = 2,
 ) -> list[SiteData]:
     """``n_sites`` sites of synthetic images, each with its own acquisition shift (``only``:
-    just that site; each site's images depend only on the seed and its index)."""
+    just that site; each site's images depend only on the seed and its index); ``classes``:
+    see :func:`synthetic_images`."""
     if n_sites < 1:
         raise ValueError("need at least one site")
     sites = []
     for s in range(n_sites) if only is None else [only]:
         n = train_per_site + test_per_site
-        x, y = synthetic_images(n, size=size, seed=seed * 1000 + s)
+        x, y = synthetic_images(n, size=size, seed=seed * 1000 + s, classes=classes)
         if shift:
             x = apply_shift(x, site_shift(s, seed), noise_seed=seed * 1000 + s)
         sites.append(

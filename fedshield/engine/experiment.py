@@ -76,6 +76,7 @@ class RunConfig:
     max_weight: float | None = None  # public bound of a site's FedAvg weight (None: the
     # largest site's sample count, read from the data)
     in_channels: int | None = None  # image channels (None: read from the data)
+    classes: int | None = None  # synthetic: how many (default 2); a file's: read from its labels
     threads: int | None = None  # torch threads of a training process (None: torch's default
     # in process, 1 per Flower site process); float results depend on it
     dp_mode: str | None = None  # site-level DP-FedAvg: central, local (None: no DP)
@@ -98,6 +99,8 @@ class RunConfig:
             self.quant_bits = DEFAULT_QUANT_BITS.get(self.protect)
         if self.compression().sparsify == "topk" and self.protect != "plain":
             get_protocol(self.protect, max_weight=1.0).with_topk(1)  # refuses, with the reason
+        if self.classes is not None and self.classes < 2:
+            raise ConfigError(f"--classes must be at least 2, got {self.classes}")
         if self.sites < 1 or self.rounds < 1 or self.local_epochs < 1:
             raise ConfigError("--sites, --rounds and --local-epochs must be at least 1")
         if self.lr <= 0 or self.batch_size < 1:
@@ -146,13 +149,16 @@ def with_data_facts(config: RunConfig) -> RunConfig:
     """``config`` with ``max_weight`` and ``in_channels`` read from the data where unset:
     what every process of a deployment must agree on without seeing the others' data (the
     launcher of a loopback deployment reads them; a real one writes them in the config)."""
-    if config.max_weight is not None and config.in_channels is not None:
-        return config
+    if None not in (config.max_weight, config.in_channels) and (
+        config.classes is not None or config.dataset == "synthetic"
+    ):
+        return replace(config, classes=_classes(config))
     data = _load(config)
     return replace(
         config,
         max_weight=config.max_weight or max(float(d.n_train) for d in data),
         in_channels=config.in_channels or int(data[0].train_x.shape[1]),
+        classes=_classes(config, data),
     )
 
 
@@ -162,7 +168,7 @@ def build_federation(config: RunConfig) -> Federation:
     sites = [_site(config, i, d) for i, d in enumerate(data)]
     in_channels = config.in_channels or data[0].train_x.shape[1]
     return Federation(
-        model_factory=lambda: _model(config, in_channels),
+        model_factory=lambda: _model(config, in_channels, _classes(config, data)),
         sites=sites,
         algorithm=_algorithm(config),
         trainer=_trainer(config),
@@ -187,7 +193,7 @@ def build_site_runtime(config: RunConfig, site_id: int) -> SiteRuntime:
     _require_facts(config, "max_weight")
     (data,) = _load(config, only=site_id)
     torch.manual_seed(config.seed)  # the same initial model as the server's
-    model = _model(config, data.train_x.shape[1])
+    model = _model(config, data.train_x.shape[1], _classes(config, [data]))
     spec = ParamSpec.from_module(model, exclude_batchnorm=_algorithm(config).exclude_batchnorm)
     compressor = _compressor(config, spec)
     return SiteRuntime(
@@ -245,7 +251,7 @@ def build_server_round(config: RunConfig) -> ServerRound:
     _require_facts(config, "max_weight", "in_channels")
     torch.manual_seed(config.seed)
     model = build_global_model(
-        config, _model(config, config.in_channels),
+        config, _model(config, config.in_channels, _classes(config)),
         adaptive_ranges=_protocol(config, config.max_weight).adaptive,
     )  # fmt: skip
     return ServerRound(
@@ -277,7 +283,21 @@ def _load(config: RunConfig, only: int | None = None) -> list[SiteData]:
     return load_sites(
         config.dataset, config.sites, partition=config.partition, alpha=config.alpha,
         shift=config.shift, seed=config.seed, only=only,
+        classes=config.classes if config.dataset == "synthetic" else None,
     )  # fmt: skip
+
+
+def _classes(config: RunConfig, data: list[SiteData] | None = None) -> int:
+    """How many classes the model tells apart: ``--classes``, 2 for synthetic data, else the
+    largest label in ``data`` plus one (a process without data needs it in its config)."""
+    if config.classes is not None:
+        return config.classes
+    if config.dataset == "synthetic":
+        return 2
+    if data is None:
+        _require_facts(config, "classes")
+    labels = [d.train_y for d in data] + [d.test_y for d in data if d.test_y is not None]
+    return max(2, int(max(int(y.max(initial=0)) for y in labels)) + 1)
 
 
 def _site(config: RunConfig, site_id: int, data: SiteData) -> Site:
@@ -297,9 +317,9 @@ def _trainer(config: RunConfig) -> LocalTrainer:
     return dp_trainer(config, adam) if config.dp_sgd else LocalTrainer(optimizer_factory=adam)
 
 
-def _model(config: RunConfig, in_channels: int) -> torch.nn.Module:
+def _model(config: RunConfig, in_channels: int, classes: int) -> torch.nn.Module:
     """``config.model``; under ``--dp-sgd`` with GroupNorm for BatchNorm (Opacus's fix)."""
-    model = build_model(config.model, in_channels=in_channels)
+    model = build_model(config.model, in_channels=in_channels, num_classes=classes)
     return dp_model(model) if config.dp_sgd else model
 
 

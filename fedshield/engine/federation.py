@@ -20,7 +20,7 @@ from fedshield.engine.compression import Compression, UpdateCompressor
 from fedshield.engine.dp import with_distributed_noise
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.global_model import GlobalModel
-from fedshield.engine.metrics import pooled_metrics
+from fedshield.engine.metrics import pooled_metrics, with_failures
 from fedshield.engine.paramspec import ParamSpec
 from fedshield.engine.runner import enrol, setup_protocol
 from fedshield.engine.server_round import RoundRecord, RoundTiming, ServerRound
@@ -176,13 +176,19 @@ class Federation:
 
     def evaluate(self) -> tuple[dict, dict[str, dict]]:
         """Pooled and per-site test metrics of the model each site would deploy now: the
-        global model plus, under FedBN, its own BatchNorm layers."""
-        results = []
+        global model plus, under FedBN, its own BatchNorm layers. A site whose evaluation
+        fails (a user's model or loss, say) is reported under its name with the error; the
+        others are pooled, and the round's record is written all the same."""
+        results, failed = [], {}
         for runtime in self.runtimes:
-            predictions = runtime.predict(self.global_vector)
+            try:
+                predictions = runtime.predict(self.global_vector)
+            except Exception as exc:  # any user code: reported under its name, not lost
+                failed[runtime.site.name] = f"{type(exc).__name__}: {exc}"
+                continue
             if predictions is not None:
                 results.append((runtime.site.name, *predictions))
-        return pooled_metrics(results)
+        return with_failures(*pooled_metrics(results), failed)
 
 
 def _build_model(model_factory: Callable[[], nn.Module]) -> nn.Module:

@@ -1,12 +1,32 @@
-"""Binary classification metrics: accuracy, ROC AUC, sensitivity, specificity, loss."""
+"""Classification metrics for any number of classes: accuracy, ROC AUC, sensitivity,
+specificity, balanced accuracy, loss.
+
+Binary tasks (two classes, or one logit with ``BCEWithLogitsLoss``) report the AUC of class 1's
+score, and the sensitivity and specificity of the 0.5 threshold. With ``K > 2`` classes the
+prediction is the arg-max; ``auc`` is the macro one-vs-rest AUC (the mean over the classes
+present with both members and non-members in the set), ``sensitivity`` and ``specificity``
+their one-vs-rest macro means, and ``per_class_sensitivity`` each class's recall.
+``balanced_accuracy`` is the mean recall over the classes present.
+"""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["binary_metrics", "pooled_metrics", "predict", "roc_auc"]
+__all__ = [
+    "binary_metrics",
+    "classification_metrics",
+    "loss_targets",
+    "pooled_metrics",
+    "predict",
+    "probabilities",
+    "roc_auc",
+    "with_failures",
+]
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -32,46 +52,114 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def binary_metrics(labels: np.ndarray, prob_pos: np.ndarray, loss: float = float("nan")) -> dict:
-    """Accuracy, AUC, sensitivity (recall of class 1), specificity (recall of class 0), loss."""
+    """Accuracy, AUC, sensitivity (recall of class 1), specificity (recall of class 0), their
+    mean (balanced accuracy) and loss, from class 1's probability."""
     labels = np.asarray(labels).astype(np.int64)
     pred = (np.asarray(prob_pos) >= 0.5).astype(np.int64)
     pos, neg = labels == 1, labels == 0
+    sensitivity = float(pred[pos].mean()) if pos.any() else float("nan")
+    specificity = float((1 - pred[neg]).mean()) if neg.any() else float("nan")
     return {
         "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
         "auc": roc_auc(labels, prob_pos),
-        "sensitivity": float(pred[pos].mean()) if pos.any() else float("nan"),
-        "specificity": float((1 - pred[neg]).mean()) if neg.any() else float("nan"),
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "balanced_accuracy": _mean([sensitivity, specificity]),
         "loss": float(loss),
         "n": len(labels),
     }
 
 
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, loss: float) -> dict:
+    """The metrics of ``probs`` (``(n, K)`` class probabilities) against ``labels``: binary
+    metrics for ``K = 2``, one-vs-rest macro means otherwise (see the module docstring)."""
+    labels = np.asarray(labels).astype(np.int64)
+    if not len(labels):
+        return binary_metrics(labels, np.zeros(0), loss)
+    probs = np.asarray(probs, dtype=np.float64).reshape(len(labels), -1)
+    k = probs.shape[1]
+    if k <= 2:
+        return binary_metrics(labels, probs[:, -1], loss)
+    pred = probs.argmax(axis=1)
+    recall, specificity, aucs = [], [], []
+    for c in range(k):
+        member = labels == c
+        recall.append(float((pred[member] == c).mean()) if member.any() else float("nan"))
+        other = ~member
+        specificity.append(float((pred[other] != c).mean()) if other.any() else float("nan"))
+        aucs.append(roc_auc(member, probs[:, c]))
+    return {
+        "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
+        "auc": _mean(aucs),
+        "sensitivity": _mean(recall),
+        "specificity": _mean(specificity),
+        "balanced_accuracy": _mean(recall),
+        "per_class_sensitivity": recall,
+        "loss": float(loss),
+        "n": len(labels),
+    }
+
+
+def loss_targets(loss_fn: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``labels`` as ``loss_fn`` takes them: class indices, or for a binary cross-entropy
+    (one logit per example) float targets of the logits' shape."""
+    if isinstance(loss_fn, nn.BCEWithLogitsLoss | nn.BCELoss):
+        return labels.to(logits.dtype).reshape(logits.shape)
+    return labels
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities ``(n, K)``: a softmax, or for one logit per example its sigmoid as
+    class 1 beside its complement (``(n, 2)``)."""
+    if logits.ndim == 1 or logits.shape[1] == 1:
+        positive = torch.sigmoid(logits.reshape(-1))
+        return torch.stack([1 - positive, positive], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, loader, loss_fn: nn.Module | None = None):
-    """Return ``(labels, probability of class 1, mean loss)`` of ``model`` over ``loader``."""
+    """``(labels, class probabilities (n, K), mean loss)`` of ``model`` over ``loader``."""
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     model.eval()
     labels, probs, total, count = [], [], 0.0, 0
     for x, y in loader:
         logits = model(x)
-        total += float(loss_fn(logits, y)) * len(y)
+        total += float(loss_fn(logits, loss_targets(loss_fn, logits, y))) * len(y)
         count += len(y)
-        probs.append(torch.softmax(logits, dim=1)[:, 1].numpy())
+        probs.append(probabilities(logits).numpy())
         labels.append(y.numpy())
     if not count:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32), float("nan")
+        return np.zeros(0, np.int64), np.zeros((0, 2), np.float32), float("nan")
     return np.concatenate(labels), np.concatenate(probs), total / count
 
 
 def pooled_metrics(
     results: list[tuple[str, np.ndarray, np.ndarray, float]],
 ) -> tuple[dict, dict[str, dict]]:
-    """Pooled and per-site metrics from each site's ``(name, labels, probabilities, loss)``."""
+    """Pooled and per-site metrics from each site's ``(name, labels, probabilities, loss)``
+    (probabilities ``(n, K)``, or class 1's alone for a binary task)."""
     if not results:
         return binary_metrics(np.zeros(0), np.zeros(0)), {}
-    per_site = {name: binary_metrics(y, p, loss) for name, y, p, loss in results}
+    per_site = {name: classification_metrics(y, p, loss) for name, y, p, loss in results}
     labels = np.concatenate([y for _, y, _, _ in results])
-    probs = np.concatenate([p for _, _, p, _ in results])
+    probs = np.concatenate([np.asarray(p).reshape(len(y), -1) for _, y, p, _ in results])
     loss = sum(loss * len(y) for _, y, _, loss in results) / max(1, len(labels))
-    return binary_metrics(labels, probs, loss), per_site
+    return classification_metrics(labels, probs, loss), per_site
+
+
+def with_failures(
+    pooled: dict, per_site: dict[str, dict], failed: dict[str, str]
+) -> tuple[dict, dict[str, dict]]:  # fmt: skip
+    """``(pooled, per_site)`` with each site whose evaluation failed listed under its name:
+    its metrics NaN and ``error`` the reason (a warning names it too)."""
+    for name, error in failed.items():
+        warnings.warn(f"site {name}: evaluation failed ({error}); pooled without it", stacklevel=3)
+        per_site[name] = {**binary_metrics(np.zeros(0), np.zeros(0)), "error": error}
+    return pooled, per_site

@@ -25,6 +25,9 @@ from fedshield.protocols.registry import ProtocolSpec
 __all__ = ["RoundRecord", "RoundTiming", "ServerRound", "revealed_aggregate"]
 
 
+POOLED_EXTRAS = ("balanced_accuracy", "per_class_sensitivity")  # present for classification
+
+
 @dataclass
 class RoundRecord:
     """What happened in one round: metrics, who took part, bytes and seconds."""
@@ -56,6 +59,7 @@ class RoundRecord:
                 k: self.metrics[k]
                 for k in ("accuracy", "auc", "loss", "sensitivity", "specificity")
             },
+            **{k: self.metrics[k] for k in POOLED_EXTRAS if k in self.metrics},
             "clients": self.clients,
             "dropped": self.dropped,
             "bytes_up_per_client": self.bytes_up_per_client,

@@ -28,7 +28,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from fedshield.data import load_sites
 from fedshield.engine.federation import Federation
-from fedshield.engine.metrics import binary_metrics, predict
+from fedshield.engine.metrics import classification_metrics, predict
 from fedshield.engine.models import build_model
 from fedshield.engine.site import make_site
 from fedshield.engine.trainer import Algorithm, LocalTrainer
@@ -138,7 +138,7 @@ def _two_sites(config: SurveyConfig, seed: int):
 
 def _test(model, site, trainer) -> dict:
     y, p, loss = predict(model, site.test, trainer.loss_fn)
-    return binary_metrics(y, p, loss)
+    return classification_metrics(y, p, loss)
 
 
 def _step(on_step, text: str) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fedshield.engine.metrics import loss_targets
 from fedshield.errors import ConfigError
 
 __all__ = ["ALGORITHMS", "Algorithm", "LocalTrainer"]
@@ -129,7 +130,8 @@ class LocalTrainer:
         for _ in range(epochs):
             for x, y in loader:
                 optimizer.zero_grad()
-                loss = self.loss_fn(model(x), y)
+                logits = model(x)
+                loss = self.loss_fn(logits, loss_targets(self.loss_fn, logits, y))
                 loss.backward()
                 if before_step is not None:
                     before_step()
@@ -152,7 +154,8 @@ class LocalTrainer:
         model.zero_grad()
         total = 0.0
         for x, y in loader:
-            loss = self.loss_fn(model(x), y)
+            logits = model(x)
+            loss = self.loss_fn(logits, loss_targets(self.loss_fn, logits, y))
             (loss * (len(y) / n)).backward()
             total += loss.item() * len(y)
         with torch.no_grad():

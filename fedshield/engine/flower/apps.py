@@ -162,21 +162,27 @@ def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], 
     digest the sites agree on (under he), and each site's DP-SGD spending (if any)."""
     from fedshield import wire
     from fedshield.engine.flower.transport import FlowerTransport
-    from fedshield.engine.metrics import pooled_metrics
+    from fedshield.engine.metrics import pooled_metrics, with_failures
+    from fedshield.errors import WrongShape
     from fedshield.protocols.registry import MODEL_BROADCAST
 
     replies = FlowerTransport(grid, nodes, timeout=timeout).request(
         "evaluate", dict.fromkeys(nodes, _round_start(server, he))
     )
-    results, digests, spent = [], set(), []
+    results, digests, spent, failed = [], set(), [], {}
     for cid in sorted(replies):
-        if not replies[cid].data:  # dropped, or a site without a test set
+        if replies[cid].error and cid in names:
+            failed[names[cid]] = replies[cid].error
+        if not replies[cid].data:  # dropped, failed, or a site without a test set
             continue
         message = wire.parse(replies[cid].data)
         message.expect(protocol=MODEL_BROADCAST, stage=1, round=server.round, sender=cid)
         message.require_fields(5)
         labels = message.array(0, dtype="<f8")
-        probs = message.array(1, dtype="<f8", shape=labels.shape)
+        probs = message.array(1, dtype="<f8")
+        if probs.size % max(1, len(labels)):
+            raise WrongShape(f"site {cid}: {probs.size} probabilities for {len(labels)} labels")
+        probs = probs.reshape(len(labels), -1) if len(labels) else probs.reshape(0, 2)  # (n, K)
         (loss,) = message.array(2, dtype="<f8", shape=(1,))
         results.append((names[cid], labels, probs, float(loss)))
         digests.add(message.raw(3, max_len=32).hex() or None)
@@ -184,7 +190,7 @@ def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], 
             spent.append(json.loads(site_spent))
     # Under he every site holds the model; they agree unless one missed an aggregate.
     digest = digests.pop() if len(digests) == 1 else None
-    return (*pooled_metrics(results), digest, spent)
+    return (*with_failures(*pooled_metrics(results), failed), digest, spent)
 
 
 def _worst_spent(spent: list[dict]) -> dict:
