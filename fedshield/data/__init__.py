@@ -52,15 +52,7 @@ def load_sites(
                                     classes=2 if classes is None else classes)  # fmt: skip
     if classes is not None:
         raise ConfigError(f"--classes shapes the synthetic task; {dataset} brings its own labels")
-    if dataset == "breastmnist":
-        path = breastmnist_path()
-    elif dataset.startswith("medmnist:"):
-        path = dataset.split(":", 1)[1]
-    else:
-        raise ConfigError(
-            f"unknown dataset {dataset!r}; use synthetic, breastmnist or medmnist:/path/to/file.npz"
-        )
-    splits = load_medmnist(path)
+    splits = load_medmnist(_medmnist_path(dataset))
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
     most = min(len(train_y), len(test_y))
     if n_sites > most:
@@ -86,3 +78,14 @@ def load_sites(
             xt = apply_shift(xt, scanner, noise_seed=2 * (seed * 1000 + s) + 1)
         sites.append(SiteData(f"site{s}", xs, train_y[tr], xt, test_y[te]))
     return sites
+
+
+def _medmnist_path(dataset: str):
+    """The ``.npz`` a MedMNIST ``dataset`` name points to."""
+    if dataset == "breastmnist":
+        return breastmnist_path()
+    if dataset.startswith("medmnist:"):
+        return dataset.split(":", 1)[1]
+    raise ConfigError(
+        f"unknown dataset {dataset!r}; use synthetic, breastmnist or medmnist:/path/to/file.npz"
+    )

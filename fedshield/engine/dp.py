@@ -29,6 +29,7 @@ __all__ = [
     "dp_trainer",
     "noise_floor",
     "with_distributed_noise",
+    "worst_spent",
 ]
 
 DEFAULT_CLIP, DEFAULT_DELTA = 1.0, 1e-5
@@ -180,3 +181,11 @@ def dp_model(model: nn.Module) -> nn.Module:
             stacklevel=2,
         )
     return fixed
+
+
+def worst_spent(spent: list[dict]) -> dict:
+    """Several DP-SGD records (sites, or their trainers) as one: the largest epsilon, with
+    every site's ``(sigma, epsilon)``."""
+    worst = max(spent, key=lambda s: s["epsilon"] if s["epsilon"] is not None else math.inf)
+    pairs = [pair for s in spent for pair in s.get("per_site_sigma_epsilon", [])]
+    return {**worst, "per_site_sigma_epsilon": pairs}

@@ -17,10 +17,10 @@ from torch import nn
 
 from fedshield.aggregation import ServerOptimizer
 from fedshield.engine.compression import Compression, UpdateCompressor
-from fedshield.engine.dp import with_distributed_noise
+from fedshield.engine.dp import with_distributed_noise, worst_spent
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.global_model import GlobalModel
-from fedshield.engine.metrics import pooled_metrics, with_failures
+from fedshield.engine.metrics import mean_metrics, pooled_metrics, with_failures
 from fedshield.engine.paramspec import ParamSpec
 from fedshield.engine.runner import enrol, setup_protocol
 from fedshield.engine.server_round import RoundRecord, RoundTiming, ServerRound
@@ -65,7 +65,7 @@ class Federation:
         model_factory: Callable[[], nn.Module],
         sites: Sequence[Site],
         algorithm: Algorithm | None = None,
-        trainer: LocalTrainer | None = None,
+        trainer: LocalTrainer | Sequence[LocalTrainer] | None = None,
         protect: str | ProtocolSpec = "plain",
         server_opt: ServerOptimizer | None = None,
         dropout: DropoutPolicy | None = None,
@@ -78,7 +78,8 @@ class Federation:
         _check_protect(protect)
         self.sites = list(sites)
         self.algorithm = algorithm or Algorithm()
-        self.trainer = trainer or LocalTrainer()
+        trainers = trainer if _per_site(trainer) else [trainer] * len(self.sites)
+        self.trainers = [t or LocalTrainer() for t in trainers]
         if isinstance(protect, str):  # every weight is 1 under DP
             weight = 1.0 if privacy is not None else max(s.weight for s in self.sites)
             protect = get_protocol(protect, max_weight=weight, sites=len(self.sites))
@@ -113,9 +114,9 @@ class Federation:
         )
         self.runtimes = [
             SiteRuntime(site_id=i, site=site, model=self.model, spec=self.spec, protocol=protect,
-                        algorithm=self.algorithm, trainer=self.trainer, local_epochs=local_epochs,
+                        algorithm=self.algorithm, trainer=trainer, local_epochs=local_epochs,
                         compressor=compressor(), identity=identities[i], privacy=privacy)
-            for i, site in enumerate(self.sites)
+            for i, (site, trainer) in enumerate(zip(self.sites, self.trainers, strict=True))
         ]  # fmt: skip
 
     @property
@@ -169,26 +170,35 @@ class Federation:
             broadcast_bytes=len(broadcast),
             timing=RoundTiming(start=start, site_train_s=train_s, aggregate_s=aggregate_s),
         )
-        spent = self.trainer.privacy_spent()  # record-level DP-SGD at the sites
-        if spent is not None:
-            record.privacy = spent
+        spent = [s for t in {id(t): t for t in self.trainers}.values()
+                 if (s := t.privacy_spent()) is not None]  # record-level DP-SGD  # fmt: skip
+        if spent:
+            record.privacy = worst_spent(spent)
         return record
+
+    def finalize(self) -> None:
+        """End the federation: each site's runtime (and ``ClientAlgo``) is finalized."""
+        for runtime in self.runtimes:
+            runtime.finalize()
 
     def evaluate(self) -> tuple[dict, dict[str, dict]]:
         """Pooled and per-site test metrics of the model each site would deploy now: the
         global model plus, under FedBN, its own BatchNorm layers. A site whose evaluation
         fails (a user's model or loss, say) is reported under its name with the error; the
         others are pooled, and the round's record is written all the same."""
-        results, failed = [], {}
+        results, failed, own = [], {}, {}
         for runtime in self.runtimes:
             try:
                 predictions = runtime.predict(self.global_vector)
             except Exception as exc:  # any user code: reported under its name, not lost
                 failed[runtime.site.name] = f"{type(exc).__name__}: {exc}"
                 continue
-            if predictions is not None:
+            if isinstance(predictions, dict):  # a ClientAlgo's own metrics
+                own[runtime.site.name] = predictions
+            elif predictions is not None:
                 results.append((runtime.site.name, *predictions))
-        return with_failures(*pooled_metrics(results), failed)
+        pooled, per_site = with_failures(*pooled_metrics(results), failed)
+        return (pooled if results or not own else mean_metrics(own)), {**per_site, **own}
 
 
 def _build_model(model_factory: Callable[[], nn.Module]) -> nn.Module:
@@ -216,8 +226,12 @@ def _check_arguments(model_factory, sites, algorithm, trainer, dropout, local_ep
             f"algorithm must be an Algorithm, e.g. Algorithm({algorithm!r}), got "
             f"{type(algorithm).__name__}"
         )
-    if trainer is not None and not isinstance(trainer, LocalTrainer):
-        raise TypeError(f"trainer must be a LocalTrainer, got {type(trainer).__name__}")
+    trainers = trainer if _per_site(trainer) else [trainer]
+    if _per_site(trainer) and len(trainer) != len(sites):
+        raise ValueError(f"give one trainer per site ({len(sites)}), got {len(trainer)}")
+    bad = [type(t).__name__ for t in trainers if t is not None and not isinstance(t, LocalTrainer)]
+    if bad:
+        raise TypeError(f"trainer must be a LocalTrainer (or one per site), got {bad[0]}")
     if dropout is not None and not isinstance(dropout, DropoutPolicy):
         raise TypeError(f"dropout must be a DropoutPolicy or None, got {type(dropout).__name__}")
     for name, value, low in (("local_epochs", local_epochs, 1), ("seed", seed, 0)):
@@ -225,6 +239,11 @@ def _check_arguments(model_factory, sites, algorithm, trainer, dropout, local_ep
             raise TypeError(f"{name} must be an int, got {value!r}")
         if value < low:
             raise ValueError(f"{name} must be at least {low}, got {value}")
+
+
+def _per_site(trainer) -> bool:
+    """Whether ``trainer`` is one trainer per site (a list), not one for all."""
+    return isinstance(trainer, Sequence) and not isinstance(trainer, str | bytes)
 
 
 def _check_protect(protect) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "binary_metrics",
     "classification_metrics",
     "loss_targets",
+    "mean_metrics",
     "pooled_metrics",
     "predict",
     "probabilities",
@@ -163,3 +164,20 @@ def with_failures(
         warnings.warn(f"site {name}: evaluation failed ({error}); pooled without it", stacklevel=3)
         per_site[name] = {**binary_metrics(np.zeros(0), np.zeros(0)), "error": error}
     return pooled, per_site
+
+
+def mean_metrics(per_site: dict[str, dict]) -> dict:
+    """Pooled metrics where only each site's own are known (``ClientAlgo`` sites): each
+    numeric metric's mean over the sites, weighted by ``n`` where every site gives it, with
+    ``pooled: "site mean"`` saying so."""
+    names = {k for m in per_site.values() for k, v in m.items() if isinstance(v, int | float)}
+    counts = [m.get("n") for m in per_site.values()]
+    weights = counts if all(isinstance(c, int | float) and c > 0 for c in counts) else None
+    pooled: dict = {"pooled": "site mean"}
+    for k in sorted(names - {"n"}):
+        values = [(m[k], w) for m, w in zip(per_site.values(), weights or [1] * len(counts),
+                                            strict=True) if k in m]  # fmt: skip
+        pooled[k] = float(sum(v * w for v, w in values) / sum(w for _, w in values))
+    for k in ("accuracy", "auc", "loss", "sensitivity", "specificity"):
+        pooled.setdefault(k, float("nan"))
+    return pooled

@@ -37,17 +37,18 @@ __all__ = ["Site", "SiteRuntime", "make_site", "parse_broadcast"]
 
 @dataclass(frozen=True)
 class Site:
-    """A site as the engine sees it: loaders and its FedAvg weight (sample count)."""
+    """A site as the engine sees it: loaders and its FedAvg weight (sample count). ``train``
+    is ``None`` for a site whose trainer reads its own data (a MONAI ``ClientAlgo``)."""
 
     name: str
-    train: DataLoader
+    train: DataLoader | None
     test: DataLoader | None
     weight: float
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise TypeError(f"Site name must be a non-empty str, got {self.name!r}")
-        if not isinstance(self.train, DataLoader):
+        if self.train is not None and not isinstance(self.train, DataLoader):
             raise TypeError(
                 f"site {self.name!r}: train must be a torch DataLoader, got "
                 f"{type(self.train).__name__} (make_site(SiteData) builds one)"
@@ -119,6 +120,8 @@ class SiteRuntime:
             raise TypeError(f"site must be a Site (make_site), got {type(site).__name__}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
+        if site.train is None and not trainer.brings_data:
+            raise TypeError(f"site {site.name!r} has no train loader and its trainer reads none")
         self.site_id = site_id
         self.site = site
         self.model = model
@@ -198,16 +201,22 @@ class SiteRuntime:
         self.model.load_state_dict(self.local_state, strict=False)
         return self.model
 
-    def predict(self, vector: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    def predict(
+        self, vector: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, float] | dict | None:  # fmt: skip
         """Labels, predicted probabilities and mean loss on this site's test set (``None``
-        without one), of the model this site would deploy: ``vector`` and its local state."""
+        without one), of the model this site would deploy: ``vector`` and its local state;
+        a ``ClientAlgo`` trainer's own metrics (a dict) instead."""
+        if self.trainer.brings_data:
+            return self.trainer.evaluate(self.load(vector))
         if self.site.test is None:
             return None
         return predict(self.load(vector), self.site.test, self.trainer.loss_fn)
 
     def finalize(self) -> None:
-        """Drop what a finished federation no longer needs."""
+        """Drop what a finished federation no longer needs (and finalize the trainer)."""
         self._pending = None
+        self.trainer.finalize()
 
 
 def parse_broadcast(

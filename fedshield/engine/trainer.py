@@ -143,9 +143,14 @@ class LocalTrainer:
                     count += len(y)
         return {"train_loss": total / max(count, 1), "samples": count}
 
+    brings_data = False  # a ClientAlgo reads its own data (engine/client_algo.py)
+
     def privacy_spent(self) -> dict | None:
         """The privacy this loop has spent so far (``None``: not private)."""
         return None
+
+    def finalize(self) -> None:
+        """Release what the loop holds once the federation is over (nothing here)."""
 
     def gradient_step(self, model: nn.Module, loader, *, lr: float) -> dict:
         """One SGD step with the sample-weighted mean gradient over the whole of ``loader``."""

@@ -11,7 +11,6 @@ to), ``stage-timeout`` and ``train-timeout`` (seconds). SuperNode configuration
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -94,7 +93,7 @@ def main(grid: Grid, context: Context) -> None:
             timing=RoundTiming(start=start, site_train_s=train_s, aggregate_s=aggregate_s),
             model_sha256=digest,  # under he: the model the sites hold
         )
-        record.privacy = _worst_spent(spent) if spent else record.privacy  # DP-SGD's
+        record.privacy = spent or record.privacy  # DP-SGD: the sites' spending
         records.append(record.as_dict())
         emit(round=r, event="done", dropped=record.dropped, auc=record.metrics["auc"])
     out = Path(str(cfg["out"]))
@@ -161,6 +160,7 @@ def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], 
     """Pooled and per-site metrics from every reachable site's test predictions, the model
     digest the sites agree on (under he), and each site's DP-SGD spending (if any)."""
     from fedshield import wire
+    from fedshield.engine.dp import worst_spent
     from fedshield.engine.flower.transport import FlowerTransport
     from fedshield.engine.metrics import pooled_metrics, with_failures
     from fedshield.errors import WrongShape
@@ -190,15 +190,8 @@ def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], 
             spent.append(json.loads(site_spent))
     # Under he every site holds the model; they agree unless one missed an aggregate.
     digest = digests.pop() if len(digests) == 1 else None
+    spent = worst_spent(spent) if spent else None
     return (*with_failures(*pooled_metrics(results), failed), digest, spent)
-
-
-def _worst_spent(spent: list[dict]) -> dict:
-    """The sites' DP-SGD records as one: the largest epsilon, with every site's
-    ``(sigma, epsilon)``."""
-    worst = max(spent, key=lambda s: s["epsilon"] if s["epsilon"] is not None else math.inf)
-    pairs = [pair for s in spent for pair in s.get("per_site_sigma_epsilon", [])]
-    return {**worst, "per_site_sigma_epsilon": pairs}
 
 
 def _plain(value):

@@ -1,0 +1,102 @@
+"""A MONAI ``ClientAlgo`` as a site's trainer: hand fedshield the ``monai.fl.client.ClientAlgo``
+your team already runs (a ``MonaiAlgo`` over a bundle, or your own subclass) and its updates are
+protected and compressed like the built-in trainer's.
+
+Each round, :class:`ClientAlgoTrainer` gives the algorithm the global weights in an
+``ExchangeObject`` (``WeightType.WEIGHTS``) through ``train``, then takes back ``get_weights``:
+full weights or weight differences (``WeightType.WEIGHT_DIFF``), both handled, and writes them
+into the model whose exchanged tensors the site protects. Evaluation calls ``evaluate`` with the
+global weights and reports the metrics it returns for that site. ``initialize`` runs when the
+trainer is made (with the site's name as ``ExtraItems.CLIENT_NAME``), ``abort`` when a round's
+training fails, ``finalize`` when the federation is finalized. As MONAI defines them
+(``monai.fl.utils.constants``, ``monai.fl.utils.exchange_object``).
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.fl.client import ClientAlgo
+from monai.fl.utils.constants import ExtraItems, WeightType
+from monai.fl.utils.exchange_object import ExchangeObject
+from torch import nn
+
+from fedshield.engine.trainer import Algorithm, LocalTrainer
+from fedshield.errors import ConfigError, WrongShape
+
+__all__ = ["ClientAlgoTrainer"]
+
+
+class ClientAlgoTrainer(LocalTrainer):
+    """One site's trainer that is a MONAI ``ClientAlgo`` (it holds its own data and loop).
+
+    Args:
+        algo: the site's ``ClientAlgo``.
+        name: the site's name (given to ``initialize`` as ``ExtraItems.CLIENT_NAME``).
+    """
+
+    brings_data = True  # the algorithm reads its own data: the site needs no loaders
+
+    def __init__(self, algo: ClientAlgo, *, name: str) -> None:
+        if not isinstance(algo, ClientAlgo):
+            raise TypeError(f"algo must be a monai.fl.client.ClientAlgo, got {type(algo).__name__}")
+        super().__init__()
+        self.algo, self.name = algo, name
+        algo.initialize({ExtraItems.CLIENT_NAME: name})
+
+    def local_update(self, algorithm: Algorithm, model: nn.Module, loader, epochs: int) -> dict:
+        """``train`` from ``model``'s (global) weights, then ``get_weights`` into ``model``."""
+        if algorithm.name not in ("fedavg", "fedbn"):
+            raise ConfigError(
+                f"{algorithm.name} changes the local loop, which a ClientAlgo owns: use fedavg "
+                "or fedbn"
+            )
+        start = _weights(model)
+        try:
+            self.algo.train(ExchangeObject(weights=start, weight_type=WeightType.WEIGHTS), {})
+            result = self.algo.get_weights({})
+        except Exception:
+            self.algo.abort({})
+            raise
+        model.load_state_dict(self._new_weights(result, start, model))
+        return dict(result.statistics or {})
+
+    def _new_weights(self, result, start: dict, model: nn.Module) -> dict:
+        if not isinstance(result, ExchangeObject) or not result.is_valid_weights():
+            raise WrongShape(
+                f"site {self.name}: get_weights must return an ExchangeObject with weights "
+                f"and a weight_type, got {type(result).__name__}"
+            )
+        weights = {k: torch.as_tensor(v) for k, v in result.weights.items()}
+        unknown = sorted(set(weights) - set(start))
+        if unknown:
+            raise WrongShape(f"site {self.name}: get_weights names tensors {unknown[:5]} the "
+                             "federation's model does not have")  # fmt: skip
+        if result.weight_type == WeightType.WEIGHT_DIFF:
+            return {k: start[k] + weights[k].to(start[k].dtype) if k in weights else start[k]
+                    for k in start}  # fmt: skip
+        missing = sorted(k for k in start if k not in weights and _travels(model, k))
+        if missing:
+            raise WrongShape(f"site {self.name}: get_weights misses tensors {missing[:5]}")
+        return {k: weights.get(k, start[k]) for k in start}
+
+    def evaluate(self, model: nn.Module) -> dict:
+        """The metrics ``evaluate`` returns for ``model``'s (global) weights."""
+        data = ExchangeObject(weights=_weights(model), weight_type=WeightType.WEIGHTS)
+        result = self.algo.evaluate(data, {})
+        if not isinstance(result, ExchangeObject) or not isinstance(result.metrics, dict):
+            raise WrongShape(f"site {self.name}: evaluate must return an ExchangeObject "
+                             "with a metrics dict")  # fmt: skip
+        return {k: float(v) for k, v in result.metrics.items()}
+
+    def finalize(self) -> None:
+        self.algo.finalize({})
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _travels(model: nn.Module, key: str) -> bool:
+    """Whether ``key`` is a floating tensor (integer buffers such as BatchNorm's batch count
+    may be left out of full weights)."""
+    return model.state_dict()[key].is_floating_point()
