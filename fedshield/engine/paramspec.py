@@ -9,8 +9,15 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
 
-__all__ = ["ParamEntry", "ParamSpec"]
+__all__ = ["LOCAL_NORMS", "ParamEntry", "ParamSpec"]
+
+# FedBN's local layers: every BatchNorm (1d/2d/3d, lazy, sync: torch's classes, which MONAI's
+# Norm factory builds too) and InstanceNorm (its affine and, when tracked, running statistics
+# describe one site's features as BatchNorm's do). GroupNorm and LayerNorm keep no statistics
+# of the data; their affine tensors travel like any weight.
+LOCAL_NORMS: tuple[type[nn.Module], ...] = (_BatchNorm, _InstanceNorm)
 
 
 @dataclass(frozen=True)
@@ -24,12 +31,25 @@ class ParamEntry:
     trainable: bool
 
 
+def _local_norm_tensors(model: nn.Module) -> frozenset[str]:
+    """The state-dict names of the tensors that :data:`LOCAL_NORMS` layers own themselves."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if isinstance(module, LOCAL_NORMS):
+            owned = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            names.update(f"{prefix}.{name}" if prefix else name for name, _ in owned)
+    return frozenset(names)
+
+
 class ParamSpec:
     """Maps a model's exchanged tensors to offsets of one flat float32 vector. Computed once.
 
     Trainable parameters come first (``[0, n_trainable)``), then floating-point buffers such as
     BatchNorm running statistics. Integer buffers (``num_batches_tracked``) never travel. With
-    ``exclude_batchnorm=True`` (FedBN) every BatchNorm tensor stays local too.
+    ``exclude_batchnorm=True`` (FedBN, Li et al., ICLR 2021) every tensor of the
+    normalisation layers in :data:`LOCAL_NORMS` (BatchNorm, InstanceNorm: weight, bias,
+    running mean and variance) stays local too, as the paper keeps its BN layers; GroupNorm
+    and LayerNorm normalise each example by itself, hold no data statistics, and travel.
 
     Example:
         >>> spec = ParamSpec.from_module(nn.Linear(3, 2))
@@ -47,15 +67,12 @@ class ParamSpec:
 
     @classmethod
     def from_module(cls, model: nn.Module, *, exclude_batchnorm: bool = False) -> ParamSpec:
-        """Build the spec of ``model``; BatchNorm tensors are left out when asked (FedBN)."""
-        local_prefixes = tuple(
-            f"{name}." for name, m in model.named_modules() if isinstance(m, _BatchNorm)
-        )
+        """Build the spec of ``model``; normalisation layers' tensors (:data:`LOCAL_NORMS`)
+        are left out when asked (FedBN)."""
+        local = _local_norm_tensors(model) if exclude_batchnorm else frozenset()
 
         def exchanged(name: str, tensor: torch.Tensor) -> bool:
-            if not tensor.is_floating_point():
-                return False
-            return not (exclude_batchnorm and name.startswith(local_prefixes))
+            return tensor.is_floating_point() and name not in local
 
         entries: list[ParamEntry] = []
         offset = 0

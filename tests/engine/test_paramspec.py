@@ -78,3 +78,23 @@ def test_sha256_names_every_bit_of_the_exchanged_state():
     renamed = ParamSpec([ParamEntry("w", e.shape, e.offset, e.size, e.trainable) if i == 0 else e
                          for i, e in enumerate(spec.entries)])  # fmt: skip
     assert renamed.sha256(vector) != digest
+
+
+def test_fedbn_keeps_batch_and_instance_norms_local_and_sends_group_and_layer_norms():
+    """FedBN's choice (``LOCAL_NORMS``): layers that carry statistics of a site's features
+    stay local; per-example norms without statistics travel like any weight."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.InstanceNorm2d(4, affine=True,
+        track_running_stats=True), nn.GroupNorm(2, 4), nn.LayerNorm([4, 6, 6]),
+        nn.SyncBatchNorm(4), nn.Flatten(), nn.Linear(144, 2),
+    )  # fmt: skip
+    spec = ParamSpec.from_module(model, exclude_batchnorm=True)
+    assert spec.names == {"0.weight", "0.bias", "3.weight", "3.bias", "4.weight", "4.bias",
+                          "7.weight", "7.bias"}  # fmt: skip
+    local = set(spec.local_state(model))
+    assert {"1.running_var", "2.weight", "2.running_mean", "5.bias"} <= local
+
+
+def test_fedbn_spec_of_a_bare_batchnorm_layer_is_empty():
+    spec = ParamSpec.from_module(nn.BatchNorm1d(3), exclude_batchnorm=True)
+    assert spec.dim == 0 and ParamSpec.from_module(nn.BatchNorm1d(3)).dim == 12
