@@ -58,7 +58,8 @@ class Algorithm:
 
     @property
     def exclude_batchnorm(self) -> bool:
-        """Whether BatchNorm layers stay local (FedBN)."""
+        """Whether normalisation layers with statistics (BatchNorm, InstanceNorm) stay local
+        (FedBN)."""
         return self.name == "fedbn"
 
 

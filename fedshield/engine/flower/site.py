@@ -142,7 +142,8 @@ class SiteProcess:
         header = wire.Header(MODEL_BROADCAST, 1, round, self.site)
         digest = bytes.fromhex(self.held.sha256()) if self.held is not None else b""
         spent = self.runtime.trainer.privacy_spent()  # DP-SGD: what this site has spent
-        fields = [labels.astype(np.float64), probs.astype(np.float64), np.array([loss]), digest,
+        fields = [labels.astype(np.float64), probs.astype(np.float64).reshape(-1),  # (n K,)
+                  np.array([loss]), digest,
                   json.dumps(spent).encode() if spent else b""]  # fmt: skip
         return wire.serialize(header, fields)
 
