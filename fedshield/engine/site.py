@@ -206,11 +206,15 @@ class SiteRuntime:
     ) -> tuple[np.ndarray, np.ndarray, float] | dict | None:  # fmt: skip
         """Labels, predicted probabilities and mean loss on this site's test set (``None``
         without one), of the model this site would deploy: ``vector`` and its local state;
-        a ``ClientAlgo`` trainer's own metrics (a dict) instead."""
+        the metrics (a dict) of a ``ClientAlgo`` trainer or the trainer's ``evaluate_fn``
+        instead."""
         if self.trainer.brings_data:
             return self.trainer.evaluate(self.load(vector))
         if self.site.test is None:
             return None
+        if self.trainer.evaluate_fn is not None:
+            metrics = self.trainer.evaluate_fn(self.load(vector), self.site.test)
+            return {k: float(v) for k, v in dict(metrics).items()}
         return predict(self.load(vector), self.site.test, self.trainer.loss_fn)
 
     def finalize(self) -> None:

@@ -68,6 +68,9 @@ class LocalTrainer:
 
     Either give ``loss_fn`` and ``optimizer_factory`` (fedshield runs the loop), or a callable
     ``train_fn(model, loader, epochs) -> metrics`` that trains ``model`` in place.
+    ``evaluate_fn(model, test_loader) -> metrics`` replaces fedshield's evaluation at each
+    site (its numeric metrics are reported per site and pooled as an ``n``-weighted mean when
+    each gives ``n``, the site's number of test examples).
 
     Example:
         >>> trainer = LocalTrainer(optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1))
@@ -79,15 +82,19 @@ class LocalTrainer:
         loss_fn: nn.Module | None = None,
         optimizer_factory: Callable[..., torch.optim.Optimizer] | None = None,
         train_fn: TrainFn | None = None,
+        evaluate_fn: Callable[[nn.Module, torch.utils.data.DataLoader], dict] | None = None,
     ) -> None:
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable (an nn.Module loss), got {loss_fn!r}")
-        for name, value in (("optimizer_factory", optimizer_factory), ("train_fn", train_fn)):
+        callables = (("optimizer_factory", optimizer_factory), ("train_fn", train_fn),
+                     ("evaluate_fn", evaluate_fn))  # fmt: skip
+        for name, value in callables:
             if value is not None and not callable(value):
                 raise TypeError(f"{name} must be callable, got {type(value).__name__}")
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
         self.optimizer_factory = optimizer_factory or (lambda p: torch.optim.Adam(p, lr=1e-3))
         self.train_fn = train_fn
+        self.evaluate_fn = evaluate_fn
 
     def local_update(
         self, algorithm: Algorithm, model: nn.Module, loader, epochs: int

@@ -145,3 +145,23 @@ def test_pooled_metrics_take_k_columns_from_every_site():
         np.concatenate([parts[0][1], parts[1][1]]), np.concatenate([parts[0][2], parts[1][2]]), 1
     )
     assert pooled == both
+
+
+def test_a_users_evaluation_function_replaces_ours(tiny_sites):
+    def brier(model, loader):
+        model.eval()
+        with torch.no_grad():
+            errors = [((torch.softmax(model(x), 1)[:, 1] - y) ** 2).sum() for x, y in loader]
+        return {"brier": float(sum(errors)) / len(loader.dataset), "n": len(loader.dataset)}
+
+    fed = Federation(
+        model_factory=lambda: SmallCNN(1, width=4), protect="plain",
+        trainer=LocalTrainer(evaluate_fn=brier),
+        sites=[make_site(s, batch_size=8, seed=i) for i, s in enumerate(tiny_sites)],
+    )  # fmt: skip
+    record = fed.run_round()
+    assert set(record.per_site["site0"]) == {"brier", "n"}
+    sizes = [record.per_site[f"site{i}"]["n"] for i in range(3)]
+    expected = sum(record.per_site[f"site{i}"]["brier"] * sizes[i] for i in range(3)) / sum(sizes)
+    assert record.metrics["brier"] == pytest.approx(expected)
+    assert record.metrics["pooled"] == "site mean"
