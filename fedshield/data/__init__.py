@@ -1,24 +1,30 @@
-"""Offline data: synthetic multi-site images, MedMNIST ``.npz`` files, partitioners."""
+"""Offline data: synthetic multi-site images, MedMNIST and segmentation ``.npz`` files,
+partitioners."""
 
 from __future__ import annotations
 
 from fedshield.data.medmnist import breastmnist_path, load_medmnist
 from fedshield.data.partition import dirichlet_partition, iid_partition
+from fedshield.data.segmentation import load_segmentation, segmentation_sites
 from fedshield.data.shift import AcquisitionShift, apply_shift, site_shift
-from fedshield.data.sites import SiteData
-from fedshield.data.synthetic import make_synthetic_sites
+from fedshield.data.sites import SiteData, deal_sites
+from fedshield.data.synthetic import TASKS, make_synthetic_sites
 from fedshield.errors import ConfigError
 
 __all__ = [
+    "TASKS",
     "AcquisitionShift",
     "SiteData",
     "apply_shift",
     "breastmnist_path",
+    "deal_sites",
     "dirichlet_partition",
     "iid_partition",
     "load_medmnist",
+    "load_segmentation",
     "load_sites",
     "make_synthetic_sites",
+    "segmentation_sites",
     "site_shift",
 ]
 
@@ -33,8 +39,11 @@ def load_sites(
     seed: int = 0,
     only: int | None = None,
     classes: int | None = None,
+    task: str = "classification",
 ) -> list[SiteData]:
-    """Sites for ``dataset``: ``synthetic``, ``breastmnist`` or ``medmnist:PATH``.
+    """Sites for ``dataset``: ``synthetic``, ``breastmnist`` or ``medmnist:PATH``; for
+    ``task="segmentation"``, ``synthetic`` (lesion masks) or the path of a segmentation
+    ``.npz`` (:func:`load_segmentation`).
 
     Args:
         only: build only this site (a deployment's site process never holds another's data);
@@ -43,17 +52,23 @@ def load_sites(
         shift: give each site its own acquisition shift; by default on for ``synthetic`` (whose
             point it is) and off for MedMNIST (already real, single-source images).
         classes: ``synthetic``'s number of classes (default 2); a MedMNIST file brings its own.
+        task: ``classification`` (labels) or ``segmentation`` (masks ``(N, 1, H, W)``).
     """
     if only is not None and not (isinstance(only, int) and 0 <= only < n_sites):
         raise ConfigError(f"only must be a site index in 0..{n_sites - 1}, got {only!r}")
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; use {' or '.join(TASKS)}")
     if dataset == "synthetic":
         shift = True if shift is None else shift
-        return make_synthetic_sites(n_sites, shift=shift, seed=seed, only=only,
+        return make_synthetic_sites(n_sites, shift=shift, seed=seed, only=only, task=task,
                                     classes=2 if classes is None else classes)  # fmt: skip
+    if task == "segmentation":
+        return segmentation_sites(_segmentation_path(dataset), n_sites, partition=partition,
+                                  shift=bool(shift), seed=seed, only=only)  # fmt: skip
     if classes is not None:
         raise ConfigError(f"--classes shapes the synthetic task; {dataset} brings its own labels")
     splits = load_medmnist(_medmnist_path(dataset))
-    (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
+    train_y, test_y = splits["train"][1], splits["test"][1]
     most = min(len(train_y), len(test_y))
     if n_sites > most:
         raise ConfigError(
@@ -67,17 +82,8 @@ def load_sites(
     else:
         raise ConfigError(f"unknown partition {partition!r}; use iid or dirichlet")
     test_parts = iid_partition(test_y, n_sites, seed=seed + 1)
-    sites = []
-    for s, (tr, te) in enumerate(zip(train_parts, test_parts, strict=True)):
-        if only is not None and s != only:
-            continue
-        xs, xt = train_x[tr], test_x[te]
-        if shift:
-            scanner = site_shift(s, seed)
-            xs = apply_shift(xs, scanner, noise_seed=2 * (seed * 1000 + s))
-            xt = apply_shift(xt, scanner, noise_seed=2 * (seed * 1000 + s) + 1)
-        sites.append(SiteData(f"site{s}", xs, train_y[tr], xt, test_y[te]))
-    return sites
+    return deal_sites(splits["train"], splits["test"], (train_parts, test_parts),
+                      shift=bool(shift), seed=seed, only=only)  # fmt: skip
 
 
 def _medmnist_path(dataset: str):
@@ -89,3 +95,14 @@ def _medmnist_path(dataset: str):
     raise ConfigError(
         f"unknown dataset {dataset!r}; use synthetic, breastmnist or medmnist:/path/to/file.npz"
     )
+
+
+def _segmentation_path(dataset: str) -> str:
+    """The ``.npz`` a segmentation ``dataset`` names: a path, never a MedMNIST name."""
+    if dataset == "breastmnist" or dataset.startswith("medmnist:"):
+        raise ConfigError(
+            f"--task segmentation needs masks: {dataset} is a classification data set; use "
+            "--dataset synthetic or the path of a segmentation .npz (train_images, "
+            "train_masks, test_images, test_masks)"
+        )
+    return dataset
