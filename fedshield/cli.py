@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         "--model",
         choices=sorted(MODELS),
         default=None,
-        help="default: cnn-gn (GroupNorm) for synthetic, cnn (BatchNorm) otherwise and for fedbn",
+        help="default: cnn-gn (GroupNorm) for synthetic, cnn (BatchNorm) otherwise and for "
+        "fedbn, unet for --task segmentation",
     )
     add_protocol_options(run, d)
     add_privacy_options(run, d)
@@ -94,7 +95,10 @@ def _parser() -> argparse.ArgumentParser:
         help="inprocess (default) or flower: a local Flower deployment (SuperLink and one "
         "SuperNode per site on loopback), torn down afterwards",
     )
-    run.add_argument("--lr", type=float, default=d.lr, help="local Adam learning rate")
+    run.add_argument(
+        "--lr", type=float, default=None,
+        help="local Adam learning rate (default 1e-3; 3e-3 for --task segmentation)",
+    )  # fmt: skip
     run.add_argument("--batch-size", type=int, default=d.batch_size)
     run.add_argument(
         "--threads",
@@ -209,23 +213,21 @@ def _run_config(args: argparse.Namespace):
 
 
 def _print_tables(result: dict) -> None:
-    from fedshield.report import CONSOLE_COLUMNS, format_cell
+    from fedshield.report import console_columns, final_table
 
+    columns = console_columns(result)
     table = Table(title="Rounds", header_style="bold")
-    for _, title, _ in CONSOLE_COLUMNS:
+    for _, title, _ in columns:
         table.add_column(title, justify="right")
     for row in result["rounds"]:
-        table.add_row(*(cell(row) for _, _, cell in CONSOLE_COLUMNS))
+        table.add_row(*(cell(row) for _, _, cell in columns))
     console.print(table)
-    final = result["final"]
+    titles, rows = final_table(result)
     summary = Table(title="Final test metrics", header_style="bold")
-    for col in ("site", "accuracy", "AUC", "sensitivity", "specificity"):
+    for col in titles:
         summary.add_column(col, justify="right")
-    for name, m in [("pooled", final), *final["per_site"].items()]:
-        summary.add_row(
-            name,
-            *(format_cell("auc", m[k]) for k in ("accuracy", "auc", "sensitivity", "specificity")),
-        )
+    for cells in rows:
+        summary.add_row(*cells)
     console.print(summary)
 
 
@@ -240,8 +242,13 @@ def _environment(config) -> dict:
 
 
 def _round_line(row: dict) -> str:
+    quality = (
+        f"Dice {row['dice']:.3f}, loss {row['loss']:.3f}"
+        if "dice" in row
+        else f"AUC {row['auc']:.3f}, accuracy {row['accuracy']:.3f}"
+    )
     return (
-        f"round {row['round']}: AUC {row['auc']:.3f}, accuracy {row['accuracy']:.3f}, "
+        f"round {row['round']}: {quality}, "
         f"{row['bytes_up_per_client']:,.0f} B up per client"
         + (f", dropped {row['dropped']}" if row["dropped"] else "")
         + (f" [yellow](aborted: {row['aborted']})[/]" if row["aborted"] else "")

@@ -20,12 +20,15 @@ def _default(defaults: Any, name: str) -> Any:
 
 
 def add_data_options(parser: argparse.ArgumentParser, defaults: Any) -> None:
-    """``--dataset``, ``--partition``, ``--alpha``, ``--shift`` and ``--seed``: what each
-    site's data (and so its weight) is built from. ``defaults``: a RunConfig, or None."""
+    """``--dataset``, ``--partition``, ``--alpha``, ``--shift``, ``--seed``, ``--classes`` and
+    ``--task``: what each site's data (and so its weight) is built from. ``defaults``: a
+    RunConfig, or None."""
     parser.add_argument(
         "--dataset",
         default=_default(defaults, "dataset"),
-        help="synthetic | breastmnist | medmnist:PATH (default synthetic)",
+        help="synthetic | breastmnist | medmnist:PATH (default synthetic); --task "
+        "segmentation: synthetic | PATH of a .npz with train_images, train_masks, "
+        "test_images, test_masks",
     )
     parser.add_argument(
         "--partition", choices=("iid", "dirichlet"), default=_default(defaults, "partition")
@@ -47,6 +50,11 @@ def add_data_options(parser: argparse.ArgumentParser, defaults: Any) -> None:
         "--classes", type=int, default=_default(defaults, "classes"),
         help="synthetic data: how many classes (default 2: lesion or not; more: lesion size "
         "grades); a MedMNIST file brings its own",
+    )  # fmt: skip
+    parser.add_argument(
+        "--task", choices=("classification", "segmentation"), default=_default(defaults, "task"),
+        help="classification (default) or segmentation: lesion masks, MONAI UNet (--model "
+        "unet), Dice + cross-entropy loss, Dice per site",
     )  # fmt: skip
 
 

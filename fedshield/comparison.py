@@ -110,9 +110,9 @@ def load_twin(config: RunConfig, path: Path) -> dict:
 
 
 def compare(result: dict, twin: dict) -> dict:
-    """What protection cost against the plain twin: final AUC and its gap, uplink bytes per
-    client, and the critical path per round (medians over the rounds after the first, which
-    pays one-time costs such as numba's compilation).
+    """What protection cost against the plain twin: final AUC (and Dice, for segmentation) and
+    its gap, uplink bytes per client, and the critical path per round (medians over the rounds
+    after the first, which pays one-time costs such as numba's compilation).
 
     The twin's critical path is rebuilt from this run's own training time plus the twin's
     protocol time (the critical path beyond its slowest site's training): both runs train
@@ -128,10 +128,15 @@ def compare(result: dict, twin: dict) -> dict:
     path = statistics.median(r["critical_path_s"] for r in rounds)
     plain_protocol = statistics.median(r["critical_path_s"] - training(r) for r in plain)
     plain_path = statistics.median(training(r) for r in rounds) + plain_protocol
+    dice = {}
+    if "dice" in result["final"] and "dice" in twin["final"]:
+        mine, theirs = result["final"]["dice"], twin["final"]["dice"]
+        dice = {"dice": mine, "plain_dice": theirs, "dice_gap": mine - theirs}
     return {
         "auc": result["final"]["auc"],
         "plain_auc": twin["final"]["auc"],
         "auc_gap": result["final"]["auc"] - twin["final"]["auc"],
+        **dice,
         "bytes_up_per_client": uplink,
         "plain_bytes_up_per_client": plain_uplink,
         "uplink_ratio": uplink / plain_uplink if plain_uplink else None,
@@ -142,13 +147,15 @@ def compare(result: dict, twin: dict) -> dict:
 
 
 def comparison_line(comparison: dict) -> str:
-    """One line: AUC against plain, uplink and critical-path ratios."""
+    """One line: AUC (segmentation: Dice) against plain, uplink and critical-path ratios."""
     c = comparison
     path = c["critical_path_ratio"]
     path_text = f"critical path {path:.2f}x" if path else "critical path n/a"
+    key, name = ("dice", "Dice") if "dice" in c else ("auc", "AUC")
     return (
-        f"vs plain fp32 (same data, seed and rounds): AUC {c['auc']:.3f} vs "
-        f"{c['plain_auc']:.3f} ({c['auc_gap']:+.3f}), uplink {c['uplink_ratio']:.2f}x, " + path_text
+        f"vs plain fp32 (same data, seed and rounds): {name} {c[key]:.3f} vs "
+        f"{c[f'plain_{key}']:.3f} ({c[f'{key}_gap']:+.3f}), uplink {c['uplink_ratio']:.2f}x, "
+        + path_text
     )
 
 

@@ -17,6 +17,8 @@ from fedshield import __version__
 
 __all__ = [
     "CONSOLE_COLUMNS",
+    "console_columns",
+    "final_table",
     "format_cell",
     "progress_bar",
     "run_result",
@@ -38,6 +40,7 @@ ROUND_COLUMNS = (
     ("wall_s", "wall s", "{:.2f}"),
     ("critical_path_s", "critical path s", "{:.2f}"),
 )
+DICE_COLUMN = ("dice", "Dice", "{:.3f}")  # segmentation's, in place of accuracy and AUC
 
 
 # The console table: the same numbers, narrower units so it fits an 80-column terminal.
@@ -60,6 +63,42 @@ CONSOLE_COLUMNS = (
 )
 
 
+def _segmentation(result: dict) -> bool:
+    return result.get("config", {}).get("task") == "segmentation"
+
+
+def _round_columns(result: dict) -> tuple:
+    """The report's round columns: Dice instead of accuracy and AUC for segmentation."""
+    if not _segmentation(result):
+        return ROUND_COLUMNS
+    return (ROUND_COLUMNS[0], DICE_COLUMN, *ROUND_COLUMNS[3:])
+
+
+def console_columns(result: dict) -> tuple:
+    """:data:`CONSOLE_COLUMNS` for ``result``: Dice instead of AUC and accuracy for
+    segmentation."""
+    if not _segmentation(result):
+        return CONSOLE_COLUMNS
+    dice = ("dice", "Dice", lambda r: format_cell("dice", r.get("dice", math.nan)))
+    return (CONSOLE_COLUMNS[0], dice, *CONSOLE_COLUMNS[3:])
+
+
+def final_table(result: dict) -> tuple[list[str], list[list[str]]]:
+    """The final test metrics: column titles, and a row of cells for the pooled metrics then
+    each site (Dice and loss for segmentation; accuracy, AUC, sensitivity, specificity)."""
+    if _segmentation(result):
+        titles, keys = ["site", "Dice", "loss"], ("dice", "loss")
+    else:
+        titles = ["site", "accuracy", "AUC", "sensitivity", "specificity"]
+        keys = ("accuracy", "auc", "sensitivity", "specificity")
+    final = result["final"]
+    rows = [
+        [name, *(format_cell("auc", m.get(k, math.nan)) for k in keys)]
+        for name, m in [("pooled", final), *final["per_site"].items()]
+    ]
+    return titles, rows
+
+
 def progress_bar(console) -> Progress:
     """The progress bar of long work (a rich ``Progress`` on ``console``)."""
     return Progress(
@@ -73,7 +112,7 @@ def progress_bar(console) -> Progress:
 
 def format_cell(key: str, value) -> str:
     """A round value as it appears in tables."""
-    fmt = dict((k, f) for k, _, f in ROUND_COLUMNS).get(key, "{}")
+    fmt = dict((k, f) for k, _, f in (*ROUND_COLUMNS, DICE_COLUMN)).get(key, "{}")
     if isinstance(value, list):
         return ",".join(map(str, value)) or "-"
     if isinstance(value, float) and math.isnan(value):
@@ -96,6 +135,7 @@ def run_result(
         "rounds": rounds,
         "final": {
             **{k: last[k] for k in ("accuracy", "auc", "sensitivity", "specificity", "loss")},
+            **({"dice": last["dice"]} if "dice" in last else {}),
             "per_site": final_per_site,
         },
     }
@@ -107,12 +147,13 @@ def write_run(out: Path, result: dict) -> list[Path]:
     paths = [out / "result.json", out / "report.md", out / "curves.png"]
     paths[0].write_text(json.dumps(_clean(result), indent=2, default=_jsonable) + "\n")
     paths[1].write_text(_run_markdown(result))
-    _plot_curves(result["rounds"], paths[2])
+    _plot_curves(result["rounds"], paths[2], dice=_segmentation(result))
     return paths
 
 
 def _run_markdown(result: dict) -> str:
-    cfg, final = result["config"], result["final"]
+    cfg, columns = result["config"], _round_columns(result)
+    titles, rows = final_table(result)
     lines = [
         "# fedshield run",
         "",
@@ -120,29 +161,21 @@ def _run_markdown(result: dict) -> str:
         f"{cfg['algorithm']}, protection `{cfg['protect']}`, {cfg['rounds']} rounds, seed "
         f"{cfg['seed']}.",
         "",
-        "| " + " | ".join(title for _, title, _ in ROUND_COLUMNS) + " |",
-        "|" + "---|" * len(ROUND_COLUMNS),
+        "| " + " | ".join(title for _, title, _ in columns) + " |",
+        "|" + "---|" * len(columns),
     ]
     for r in result["rounds"]:
-        lines.append("| " + " | ".join(format_cell(k, r[k]) for k, _, _ in ROUND_COLUMNS) + " |")
-    lines += [
-        "",
-        "## Final test metrics",
-        "",
-        "| site | accuracy | AUC | sensitivity | specificity |",
-    ]
-    lines.append("|---|---|---|---|---|")
-    rows = [("pooled", final), *final["per_site"].items()]
-    for name, m in rows:
-        cells = [
-            format_cell("auc", m[k]) for k in ("accuracy", "auc", "sensitivity", "specificity")
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(format_cell(k, r[k]) for k, _, _ in columns) + " |")
+    lines += ["", "## Final test metrics", "", "| " + " | ".join(titles) + " |"]
+    lines.append("|" + "---|" * len(titles))
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     if "comparison" in result:
         c = result["comparison"]
+        key, name = ("dice", "Dice") if "dice" in c else ("auc", "AUC")
         lines += ["", "## Against plain fp32", "", "| | this run | plain fp32 twin | ratio |",
                   "|---|---|---|---|",
-                  f"| final AUC | {c['auc']:.4f} | {c['plain_auc']:.4f} | {c['auc_gap']:+.4f} |",
+                  f"| final {name} | {c[key]:.4f} | {c[f'plain_{key}']:.4f} | "
+                  f"{c[f'{key}_gap']:+.4f} |",
                   f"| uplink per client | {c['bytes_up_per_client']:,.0f} B | "
                   f"{c['plain_bytes_up_per_client']:,.0f} B | {c['uplink_ratio']:.3f}x |",
                   f"| critical path (median round) | {c['critical_path_s']:.3f} s | "
@@ -184,15 +217,18 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def _plot_curves(rounds: list[dict], path: Path) -> None:
+def _plot_curves(rounds: list[dict], path: Path, *, dice: bool = False) -> None:
     xs = [r["round"] for r in rounds]
     up = [r["bytes_up_per_client"] / 1e3 for r in rounds]
     down = [r["bytes_down_per_client"] / 1e3 for r in rounds]
     private = bool(rounds) and rounds[0].get("dp_mode") is not None
     fig, axes = plt.subplots(1, 3 if private else 2, figsize=(15 if private else 10, 4))
     ax1, ax2 = axes[0], axes[1]
-    ax1.plot(xs, [r["accuracy"] for r in rounds], marker="o", label="accuracy")
-    ax1.plot(xs, [r["auc"] for r in rounds], marker="s", label="ROC AUC")
+    if dice:
+        ax1.plot(xs, [r.get("dice", math.nan) for r in rounds], marker="o", label="Dice")
+    else:
+        ax1.plot(xs, [r["accuracy"] for r in rounds], marker="o", label="accuracy")
+        ax1.plot(xs, [r["auc"] for r in rounds], marker="s", label="ROC AUC")
     ax1.set(xlabel="round", ylabel="pooled test metric", ylim=(0, 1.02), title="Model quality")
     ax1.legend(loc="lower right")
     ax2.plot(xs, up, marker="o", label="up")

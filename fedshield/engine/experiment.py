@@ -20,6 +20,7 @@ from fedshield.engine.global_model import GlobalModel
 from fedshield.engine.models import build_model
 from fedshield.engine.paramspec import ParamSpec
 from fedshield.engine.runner import enrol
+from fedshield.engine.segmentation import SEGMENTATION_LR, check_task, segmentation_trainer
 from fedshield.engine.server_round import ServerRound
 from fedshield.engine.site import Site, SiteRuntime, make_site
 from fedshield.engine.trainer import Algorithm, LocalTrainer
@@ -44,6 +45,7 @@ class RunConfig:
     """Every option of ``fedshield run``, with its default."""
 
     dataset: str = "synthetic"
+    task: str = "classification"  # or segmentation: masks, MONAI UNet, Dice
     sites: int = 4
     rounds: int = 5
     local_epochs: int = 2
@@ -70,7 +72,7 @@ class RunConfig:
     alpha: float = 0.5
     shift: bool | None = None
     transport: str = "inprocess"
-    lr: float = 1e-3
+    lr: float | None = None  # local Adam's (None: 1e-3; 3e-3 for segmentation)
     batch_size: int = 32
     seed: int = 0
     max_weight: float | None = None  # public bound of a site's FedAvg weight (None: the
@@ -95,6 +97,11 @@ class RunConfig:
             # in round 5 of the default demo). FedBN needs BatchNorm; MedMNIST keeps it.
             synthetic = self.dataset == "synthetic" and self.algorithm != "fedbn"
             self.model = "cnn-gn" if synthetic else "cnn"
+            if self.task == "segmentation":
+                self.model = "unet"
+        if self.lr is None:
+            self.lr = SEGMENTATION_LR if self.task == "segmentation" else 1e-3
+        check_task(self)
         if self.quant_bits is None:
             self.quant_bits = DEFAULT_QUANT_BITS.get(self.protect)
         if self.compression().sparsify == "topk" and self.protect != "plain":
@@ -283,16 +290,17 @@ def _load(config: RunConfig, only: int | None = None) -> list[SiteData]:
     return load_sites(
         config.dataset, config.sites, partition=config.partition, alpha=config.alpha,
         shift=config.shift, seed=config.seed, only=only,
-        classes=config.classes if config.dataset == "synthetic" else None,
+        classes=config.classes if config.dataset == "synthetic" else None, task=config.task,
     )  # fmt: skip
 
 
 def _classes(config: RunConfig, data: list[SiteData] | None = None) -> int:
-    """How many classes the model tells apart: ``--classes``, 2 for synthetic data, else the
-    largest label in ``data`` plus one (a process without data needs it in its config)."""
+    """How many classes the model tells apart: ``--classes``, 2 for synthetic data and for
+    segmentation (background, lesion), else the largest label in ``data`` plus one (a process
+    without data needs it in its config)."""
     if config.classes is not None:
         return config.classes
-    if config.dataset == "synthetic":
+    if config.dataset == "synthetic" or config.task == "segmentation":
         return 2
     if data is None:
         _require_facts(config, "classes")
@@ -314,6 +322,8 @@ def _trainer(config: RunConfig) -> LocalTrainer:
     def adam(params):
         return torch.optim.Adam(params, lr=lr)
 
+    if config.task == "segmentation":
+        return segmentation_trainer(adam)
     return dp_trainer(config, adam) if config.dp_sgd else LocalTrainer(optimizer_factory=adam)
 
 

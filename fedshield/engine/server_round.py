@@ -25,7 +25,8 @@ from fedshield.protocols.registry import ProtocolSpec
 __all__ = ["RoundRecord", "RoundTiming", "ServerRound", "revealed_aggregate"]
 
 
-POOLED_EXTRAS = ("balanced_accuracy", "per_class_sensitivity")  # present for classification
+# Copied when present: the first two for classification, dice for segmentation.
+POOLED_EXTRAS = ("balanced_accuracy", "per_class_sensitivity", "dice")
 
 
 @dataclass

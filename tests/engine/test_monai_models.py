@@ -28,9 +28,11 @@ from fedshield.data import breastmnist_path
 from fedshield.engine import Algorithm, Federation, make_site
 from fedshield.engine.models import MODELS, MinSize, build_model
 from fedshield.engine.paramspec import LOCAL_NORMS, ParamSpec
+from fedshield.engine.segmentation import SEGMENTATION_MODELS
 from fedshield.errors import ConfigError, DataError
 
 MONAI_MODELS = sorted(set(MODELS) - {"cnn", "cnn-gn"})
+CLASSIFIERS = sorted(set(MONAI_MODELS) - set(SEGMENTATION_MODELS))  # image -> (N, K) logits
 
 
 @functools.cache
@@ -46,7 +48,7 @@ def test_the_registry_holds_the_standard_monai_networks():
     assert expected <= set(MONAI_MODELS) and {"cnn", "cnn-gn"} <= set(MODELS)
 
 
-@pytest.mark.parametrize("name", MONAI_MODELS)
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_each_network_gives_logits_for_any_channels_and_classes_on_28x28(name):
     for in_channels in (1, 3):
         for classes in (2, 4):
@@ -139,7 +141,7 @@ LOCAL = {"densenet-instance": {"InstanceNorm2d"}, "densenet-instance-stats": {"I
          "densenet-group": set(), "resnet-group-stem": {"BatchNorm2d"}}  # fmt: skip
 
 
-@pytest.mark.parametrize("name", MONAI_MODELS + sorted(_VARIANTS))
+@pytest.mark.parametrize("name", CLASSIFIERS + sorted(_VARIANTS))
 def test_fedbn_leaves_out_exactly_the_normalisation_tensors(name):
     """Counted by the type of module each exchanged tensor belongs to: FedBN's spec holds no
     BatchNorm or InstanceNorm tensor and every other tensor of the full spec; GroupNorm
