@@ -12,7 +12,7 @@ from fedshield.data import SiteData, make_synthetic_sites
 from fedshield.engine.experiment import RunConfig, build_federation, with_data_facts
 from fedshield.engine.federation import Federation
 from fedshield.engine.metrics import loss_targets
-from fedshield.engine.models import build_model
+from fedshield.engine.models import PadToMultiple, build_model
 from fedshield.engine.paramspec import ParamSpec
 from fedshield.engine.segmentation import dice_metrics, segmentation_trainer
 from fedshield.engine.site import make_site
@@ -42,9 +42,21 @@ def test_the_unet_gives_a_logit_map_per_class():
         model = build_model("unet", in_channels=in_channels, num_classes=2).eval()
         with torch.no_grad():
             assert model(torch.randn(2, in_channels, 28, 28)).shape == (2, 2, 28, 28)
+        with torch.no_grad():  # sides that its two stride-2 levels do not divide: padded
+            assert model(torch.randn(1, in_channels, 30, 29)).shape == (1, 2, 30, 29)
     spec = ParamSpec.from_module(model)
     fedbn = ParamSpec.from_module(model, exclude_batchnorm=True)
     assert fedbn.names == spec.names  # its InstanceNorm has no tensors: all of it travels
+
+
+def test_pad_to_multiple_checks_its_arguments():
+    with pytest.raises(TypeError, match="wraps an nn"):
+        PadToMultiple("unet", 4)
+    with pytest.raises(ValueError, match="positive int"):
+        PadToMultiple(nn.Identity(), 0)
+    probe = PadToMultiple(nn.Identity(), 4)
+    x = torch.arange(12.0).reshape(1, 1, 3, 4)
+    assert probe(x) is not x and torch.equal(probe(x), x)  # padded, then cropped back
 
 
 def test_dice_ce_loss_takes_the_masks_as_they_are():
