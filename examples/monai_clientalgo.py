@@ -3,7 +3,7 @@ fedshield protects what ``get_weights`` returns.   python examples/monai_clienta
 
 import torch
 from monai.fl.client import ClientAlgo
-from monai.fl.utils.constants import ExtraItems, FlStatistics, WeightType
+from monai.fl.utils.constants import FlStatistics, WeightType
 from monai.fl.utils.exchange_object import ExchangeObject
 from monai.networks.nets import DenseNet121
 from torch.utils.data import DataLoader, TensorDataset
@@ -27,7 +27,6 @@ class MyAlgo(ClientAlgo):
         self.data = data
 
     def initialize(self, extra=None) -> None:
-        self.name = extra[ExtraItems.CLIENT_NAME]
         self.model, self.loss = network(), torch.nn.CrossEntropyLoss()
         train = TensorDataset(
             torch.from_numpy(self.data.train_x), torch.from_numpy(self.data.train_y)
@@ -62,7 +61,7 @@ def main(rounds: int = 3, sites: int = 3) -> list[dict]:
     fed = Federation(
         model_factory=network, protect="secagg",
         sites=[Site(d.name, train=None, test=None, weight=float(d.n_train)) for d in data],
-        trainer=[ClientAlgoTrainer(MyAlgo(d), name=d.name) for d in data],
+        trainer=[ClientAlgoTrainer(MyAlgo(d)) for d in data],  # one per site, in order
     )  # fmt: skip
     records = []
     for _ in range(rounds):

@@ -51,7 +51,8 @@ def load_sites(
         partition: ``iid`` or ``dirichlet`` (label skew with ``alpha``), for MedMNIST data.
         shift: give each site its own acquisition shift; by default on for ``synthetic`` (whose
             point it is) and off for MedMNIST (already real, single-source images).
-        classes: ``synthetic``'s number of classes (default 2); a MedMNIST file brings its own.
+        classes: ``synthetic``'s number of classes (default 2); for a MedMNIST file, checked
+            against its labels (a deployment's processes carry the file's count).
         task: ``classification`` (labels) or ``segmentation`` (masks ``(N, 1, H, W)``).
     """
     if only is not None and not (isinstance(only, int) and 0 <= only < n_sites):
@@ -65,10 +66,14 @@ def load_sites(
     if task == "segmentation":
         return segmentation_sites(_segmentation_path(dataset), n_sites, partition=partition,
                                   shift=bool(shift), seed=seed, only=only)  # fmt: skip
-    if classes is not None:
-        raise ConfigError(f"--classes shapes the synthetic task; {dataset} brings its own labels")
     splits = load_medmnist(_medmnist_path(dataset))
     train_y, test_y = splits["train"][1], splits["test"][1]
+    top = int(max(train_y.max(initial=0), test_y.max(initial=0)))
+    if classes is not None and classes != max(2, top + 1):
+        raise ConfigError(
+            f"{dataset}'s labels run from 0 to {top}: its task has {max(2, top + 1)} classes, "
+            f"not --classes {classes} (leave --classes out for a file)"
+        )
     most = min(len(train_y), len(test_y))
     if n_sites > most:
         raise ConfigError(

@@ -194,13 +194,14 @@ def build_federation(config: RunConfig) -> Federation:
 def build_site_runtime(config: RunConfig, site_id: int) -> SiteRuntime:
     """Site ``site_id``'s runtime, from its own data alone (a deployment's site process).
 
-    ``config.max_weight`` must be set (:func:`with_data_facts`): the site cannot read it from
+    ``config.max_weight`` (and for a data file ``config.classes``) must be set
+    (:func:`with_data_facts`): the site cannot read it from
     the other sites' data. The protocol is not set up (``he``: its key comes through the grid).
     """
     _require_facts(config, "max_weight")
     (data,) = _load(config, only=site_id)
     torch.manual_seed(config.seed)  # the same initial model as the server's
-    model = _model(config, data.train_x.shape[1], _classes(config, [data]))
+    model = _model(config, data.train_x.shape[1], _classes(config))
     spec = ParamSpec.from_module(model, exclude_batchnorm=_algorithm(config).exclude_batchnorm)
     compressor = _compressor(config, spec)
     return SiteRuntime(
@@ -290,7 +291,7 @@ def _load(config: RunConfig, only: int | None = None) -> list[SiteData]:
     return load_sites(
         config.dataset, config.sites, partition=config.partition, alpha=config.alpha,
         shift=config.shift, seed=config.seed, only=only,
-        classes=config.classes if config.dataset == "synthetic" else None, task=config.task,
+        classes=config.classes, task=config.task,
     )  # fmt: skip
 
 
@@ -302,7 +303,7 @@ def _classes(config: RunConfig, data: list[SiteData] | None = None) -> int:
         return config.classes
     if config.dataset == "synthetic" or config.task == "segmentation":
         return 2
-    if data is None:
+    if data is None:  # a site process's own shard may lack a class: the config must say
         _require_facts(config, "classes")
     labels = [d.train_y for d in data] + [d.test_y for d in data if d.test_y is not None]
     return max(2, int(max(int(y.max(initial=0)) for y in labels)) + 1)

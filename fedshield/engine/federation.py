@@ -9,6 +9,7 @@ and :class:`~fedshield.engine.server_round.ServerRound` (in the ``ServerApp``).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -166,7 +167,7 @@ class Federation:
         record = self.server.record(
             outcome,
             server,
-            evaluation=self.evaluate(),
+            evaluation=self._evaluation(),
             broadcast_bytes=len(broadcast),
             timing=RoundTiming(start=start, site_train_s=train_s, aggregate_s=aggregate_s),
         )
@@ -180,6 +181,16 @@ class Federation:
         """End the federation: each site's runtime (and ``ClientAlgo``) is finalized."""
         for runtime in self.runtimes:
             runtime.finalize()
+
+    def _evaluation(self) -> tuple[dict, dict[str, dict]]:
+        """:meth:`evaluate`, never raising: the aggregate is applied, so the round's record
+        must be written (with the error) whatever the evaluation does."""
+        try:
+            return self.evaluate()
+        except Exception as exc:  # pooling itself failed: recorded, not raised
+            reason = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"round {self.round}: evaluation failed ({reason})", stacklevel=2)
+            return {**pooled_metrics([])[0], "error": reason}, {}
 
     def evaluate(self) -> tuple[dict, dict[str, dict]]:
         """Pooled and per-site test metrics of the model each site would deploy now: the
@@ -198,7 +209,10 @@ class Federation:
             elif predictions is not None:
                 results.append((runtime.site.name, *predictions))
         pooled, per_site = with_failures(*pooled_metrics(results), failed)
-        return (pooled if results or not own else mean_metrics(own)), {**per_site, **own}
+        if own:  # some sites report only their own metrics: every site's, as a site mean
+            per_site = {**per_site, **own}
+            pooled = mean_metrics({k: m for k, m in per_site.items() if "error" not in m})
+        return pooled, per_site
 
 
 def _build_model(model_factory: Callable[[], nn.Module]) -> nn.Module:

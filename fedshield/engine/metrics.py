@@ -5,7 +5,8 @@ Binary tasks (two classes, or one logit with ``BCEWithLogitsLoss``) report the A
 score, and the sensitivity and specificity of the 0.5 threshold. With ``K > 2`` classes the
 prediction is the arg-max; ``auc`` is the macro one-vs-rest AUC (the mean over the classes
 present with both members and non-members in the set), ``sensitivity`` and ``specificity``
-their one-vs-rest macro means, and ``per_class_sensitivity`` each class's recall.
+their one-vs-rest macro means over the classes present, and ``per_class_sensitivity`` each
+class's recall (NaN for a class absent from the set).
 ``balanced_accuracy`` is the mean recall over the classes present.
 """
 
@@ -26,6 +27,7 @@ __all__ = [
     "predict",
     "probabilities",
     "roc_auc",
+    "scalar_metrics",
     "with_failures",
 ]
 
@@ -90,10 +92,12 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, loss: float) -
     pred = probs.argmax(axis=1)
     recall, specificity, aucs = [], [], []
     for c in range(k):
-        member = labels == c
-        recall.append(float((pred[member] == c).mean()) if member.any() else float("nan"))
-        other = ~member
-        specificity.append(float((pred[other] != c).mean()) if other.any() else float("nan"))
+        member, other = labels == c, labels != c
+        present = bool(member.any())  # an absent class has no recall, AUC or specificity
+        recall.append(float((pred[member] == c).mean()) if present else float("nan"))
+        specificity.append(
+            float((pred[other] != c).mean()) if present and other.any() else float("nan")
+        )
         aucs.append(roc_auc(member, probs[:, c]))
     return {
         "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
@@ -108,9 +112,14 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, loss: float) -
 
 
 def loss_targets(loss_fn: nn.Module, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``labels`` as ``loss_fn`` takes them: class indices, or for a binary cross-entropy
-    (one logit per example) float targets of the logits' shape."""
-    if isinstance(loss_fn, nn.BCEWithLogitsLoss | nn.BCELoss):
+    """``labels`` as ``loss_fn`` takes them: class indices, or for ``BCEWithLogitsLoss`` (one
+    logit per example) float targets of the logits' shape."""
+    if isinstance(loss_fn, nn.BCEWithLogitsLoss):
+        if logits.numel() != labels.numel():
+            raise ValueError(
+                f"BCEWithLogitsLoss needs one logit per example, got logits of shape "
+                f"{tuple(logits.shape)}: give the model one output, or use CrossEntropyLoss"
+            )
         return labels.to(logits.dtype).reshape(logits.shape)
     return labels
 
@@ -146,9 +155,10 @@ def pooled_metrics(
 ) -> tuple[dict, dict[str, dict]]:
     """Pooled and per-site metrics from each site's ``(name, labels, probabilities, loss)``
     (probabilities ``(n, K)``, or class 1's alone for a binary task)."""
-    if not results:
-        return binary_metrics(np.zeros(0), np.zeros(0)), {}
     per_site = {name: classification_metrics(y, p, loss) for name, y, p, loss in results}
+    results = [r for r in results if len(r[1])]  # a site with an empty test set adds nothing
+    if not results:
+        return binary_metrics(np.zeros(0), np.zeros(0)), per_site
     labels = np.concatenate([y for _, y, _, _ in results])
     probs = np.concatenate([np.asarray(p).reshape(len(y), -1) for _, y, p, _ in results])
     loss = sum(loss * len(y) for _, y, _, loss in results) / max(1, len(labels))
@@ -172,12 +182,30 @@ def mean_metrics(per_site: dict[str, dict]) -> dict:
     ``pooled: "site mean"`` saying so."""
     names = {k for m in per_site.values() for k, v in m.items() if isinstance(v, int | float)}
     counts = [m.get("n") for m in per_site.values()]
-    weights = counts if all(isinstance(c, int | float) and c > 0 for c in counts) else None
-    pooled: dict = {"pooled": "site mean"}
+    weighted = all(isinstance(c, int | float) and c > 0 for c in counts)
+    pooled: dict = {"pooled": "site mean" if weighted else "unweighted site mean"}
     for k in sorted(names - {"n"}):
-        values = [(m[k], w) for m, w in zip(per_site.values(), weights or [1] * len(counts),
-                                            strict=True) if k in m]  # fmt: skip
-        pooled[k] = float(sum(v * w for v, w in values) / sum(w for _, w in values))
+        values = [(float(m[k]), float(m["n"]) if weighted else 1.0) for m in per_site.values()
+                  if isinstance(m.get(k), int | float) and np.isfinite(m[k])]  # fmt: skip
+        total = sum(w for _, w in values)
+        pooled[k] = sum(v * w for v, w in values) / total if total else float("nan")
+    if weighted:
+        pooled["n"] = int(sum(counts))
     for k in ("accuracy", "auc", "loss", "sensitivity", "specificity"):
         pooled.setdefault(k, float("nan"))
     return pooled
+
+
+def scalar_metrics(metrics: dict, site: str) -> dict:
+    """The numeric scalars of a site's own ``metrics`` (a ``ClientAlgo``'s, an
+    ``evaluate_fn``'s) as floats; anything else (a per-class tensor, say) is left out, with a
+    warning naming it."""
+    kept, dropped = {}, []
+    for key, value in dict(metrics).items():
+        try:
+            kept[str(key)] = float(value)  # Python and numpy scalars, one-element tensors
+        except (TypeError, ValueError, RuntimeError):
+            dropped.append(str(key))
+    if dropped:
+        warnings.warn(f"site {site}: metrics {dropped} are not scalars; left out", stacklevel=2)
+    return kept

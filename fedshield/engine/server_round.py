@@ -25,8 +25,7 @@ from fedshield.protocols.registry import ProtocolSpec
 __all__ = ["RoundRecord", "RoundTiming", "ServerRound", "revealed_aggregate"]
 
 
-# Copied when present: the first two for classification, dice for segmentation.
-POOLED_EXTRAS = ("balanced_accuracy", "per_class_sensitivity", "dice")
+STANDARD_METRICS = ("accuracy", "auc", "loss", "sensitivity", "specificity")
 
 
 @dataclass
@@ -56,11 +55,10 @@ class RoundRecord:
         """The record in ``result.json``'s round format."""
         return {
             "round": self.round,
-            **{
-                k: self.metrics[k]
-                for k in ("accuracy", "auc", "loss", "sensitivity", "specificity")
-            },
-            **{k: self.metrics[k] for k in POOLED_EXTRAS if k in self.metrics},
+            **{k: self.metrics[k] for k in STANDARD_METRICS},
+            # and whatever else was pooled: balanced accuracy, per-class sensitivity, dice, a
+            # user's own metric, how it was pooled ("site mean") or why it failed
+            **{k: v for k, v in self.metrics.items() if k not in STANDARD_METRICS and k != "n"},
             "clients": self.clients,
             "dropped": self.dropped,
             "bytes_up_per_client": self.bytes_up_per_client,

@@ -23,10 +23,10 @@ from fedshield import wire
 from fedshield.crypto.identity import Identity
 from fedshield.data.sites import SiteData
 from fedshield.engine.compression import CompressedUpdate, UpdateCompressor
-from fedshield.engine.metrics import predict
+from fedshield.engine.metrics import predict, scalar_metrics
 from fedshield.engine.paramspec import ParamSpec
 from fedshield.engine.trainer import Algorithm, LocalTrainer
-from fedshield.errors import NonFiniteValues, WrongShape
+from fedshield.errors import ConfigError, NonFiniteValues, WrongShape
 from fedshield.privacy import DPConfig, SiteLevelDP
 from fedshield.protocols.base import ClientSession
 from fedshield.protocols.ranges import MAX_EXPONENT, MIN_EXPONENT
@@ -122,6 +122,12 @@ class SiteRuntime:
             raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
         if site.train is None and not trainer.brings_data:
             raise TypeError(f"site {site.name!r} has no train loader and its trainer reads none")
+        if trainer.brings_data and algorithm.name not in ("fedavg", "fedbn"):
+            raise ConfigError(
+                f"site {site.name!r}: {algorithm.name} changes the local loop, which its "
+                "ClientAlgo owns: use fedavg or fedbn"
+            )
+        trainer.join(site.name)
         self.site_id = site_id
         self.site = site
         self.model = model
@@ -213,8 +219,10 @@ class SiteRuntime:
         if self.site.test is None:
             return None
         if self.trainer.evaluate_fn is not None:
-            metrics = self.trainer.evaluate_fn(self.load(vector), self.site.test)
-            return {k: float(v) for k, v in dict(metrics).items()}
+            model = self.load(vector).eval()
+            with torch.no_grad():
+                metrics = self.trainer.evaluate_fn(model, self.site.test)
+            return scalar_metrics(metrics, self.site.name)
         return predict(self.load(vector), self.site.test, self.trainer.loss_fn)
 
     def finalize(self) -> None:

@@ -86,6 +86,11 @@ class LocalTrainer:
     ) -> None:
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable (an nn.Module loss), got {loss_fn!r}")
+        if isinstance(loss_fn, nn.BCELoss):
+            raise ConfigError(
+                "BCELoss takes probabilities, and fedshield's evaluation reads the model's "
+                "logits: output one logit and use BCEWithLogitsLoss"
+            )
         callables = (("optimizer_factory", optimizer_factory), ("train_fn", train_fn),
                      ("evaluate_fn", evaluate_fn))  # fmt: skip
         for name, value in callables:
@@ -156,6 +161,9 @@ class LocalTrainer:
     def privacy_spent(self) -> dict | None:
         """The privacy this loop has spent so far (``None``: not private)."""
         return None
+
+    def join(self, site: str) -> None:
+        """Become ``site``'s trainer (a shared loop serves every site: nothing to do)."""
 
     def finalize(self) -> None:
         """Release what the loop holds once the federation is over (nothing here)."""

@@ -158,13 +158,12 @@ def _distribute_he_keys(server, grid: Grid, nodes: dict[int, int], *, timeout: f
 
 def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], timeout, he):
     """Pooled and per-site metrics from every reachable site's test predictions, the model
-    digest the sites agree on (under he), and each site's DP-SGD spending (if any)."""
-    from fedshield import wire
+    digest the sites agree on (under he), and each site's DP-SGD spending (if any). A site
+    whose evaluation failed, or whose reply does not parse, is listed with the reason."""
     from fedshield.engine.dp import worst_spent
     from fedshield.engine.flower.transport import FlowerTransport
     from fedshield.engine.metrics import pooled_metrics, with_failures
-    from fedshield.errors import WrongShape
-    from fedshield.protocols.registry import MODEL_BROADCAST
+    from fedshield.errors import InvalidMessage
 
     replies = FlowerTransport(grid, nodes, timeout=timeout).request(
         "evaluate", dict.fromkeys(nodes, _round_start(server, he))
@@ -175,23 +174,39 @@ def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], 
             failed[names[cid]] = replies[cid].error
         if not replies[cid].data:  # dropped, failed, or a site without a test set
             continue
-        message = wire.parse(replies[cid].data)
-        message.expect(protocol=MODEL_BROADCAST, stage=1, round=server.round, sender=cid)
-        message.require_fields(5)
-        labels = message.array(0, dtype="<f8")
-        probs = message.array(1, dtype="<f8")
-        if probs.size % max(1, len(labels)):
-            raise WrongShape(f"site {cid}: {probs.size} probabilities for {len(labels)} labels")
-        probs = probs.reshape(len(labels), -1) if len(labels) else probs.reshape(0, 2)  # (n, K)
-        (loss,) = message.array(2, dtype="<f8", shape=(1,))
-        results.append((names[cid], labels, probs, float(loss)))
-        digests.add(message.raw(3, max_len=32).hex() or None)
-        if site_spent := message.raw(4, max_len=1 << 16):
-            spent.append(json.loads(site_spent))
+        try:
+            result, digest, site_spent = _site_result(replies[cid].data, cid, server.round)
+        except (InvalidMessage, ValueError) as exc:  # that site's failure, not the round's
+            failed[names[cid]] = str(exc)
+            continue
+        results.append((names[cid], *result))
+        digests.add(digest)
+        spent += [site_spent] if site_spent else []
     # Under he every site holds the model; they agree unless one missed an aggregate.
     digest = digests.pop() if len(digests) == 1 else None
     spent = worst_spent(spent) if spent else None
     return (*with_failures(*pooled_metrics(results), failed), digest, spent)
+
+
+def _site_result(data: bytes, cid: int, round: int):
+    """``((labels, probabilities (n, K), loss), model digest, DP-SGD spending)`` of one
+    site's evaluation reply."""
+    from fedshield import wire
+    from fedshield.errors import WrongShape
+    from fedshield.protocols.registry import MODEL_BROADCAST
+
+    message = wire.parse(data)
+    message.expect(protocol=MODEL_BROADCAST, stage=1, round=round, sender=cid)
+    message.require_fields(5)
+    labels = message.array(0, dtype="<f8")
+    probs = message.array(1, dtype="<f8")
+    if probs.size % max(1, len(labels)):
+        raise WrongShape(f"site {cid}: {probs.size} probabilities for {len(labels)} labels")
+    probs = probs.reshape(len(labels), -1) if len(labels) else probs.reshape(0, 2)  # (n, K)
+    (loss,) = message.array(2, dtype="<f8", shape=(1,))
+    digest = message.raw(3, max_len=32).hex() or None
+    site_spent = message.raw(4, max_len=1 << 16)
+    return (labels, probs, float(loss)), digest, json.loads(site_spent) if site_spent else None
 
 
 def _plain(value):
