@@ -198,10 +198,13 @@ def mean_metrics(per_site: dict[str, dict]) -> dict:
 
 def scalar_metrics(metrics: dict, site: str) -> dict:
     """The numeric scalars of a site's own ``metrics`` (a ``ClientAlgo``'s, an
-    ``evaluate_fn``'s) as floats; anything else (a per-class tensor, say) is left out, with a
-    warning naming it."""
+    ``evaluate_fn``'s) as floats (integers as ints); anything else (a per-class tensor, say)
+    is left out, with a warning naming it."""
     kept, dropped = {}, []
     for key, value in dict(metrics).items():
+        if isinstance(value, int | np.integer) and not isinstance(value, bool):
+            kept[str(key)] = int(value)  # a count stays a count
+            continue
         try:
             kept[str(key)] = float(value)  # Python and numpy scalars, one-element tensors
         except (TypeError, ValueError, RuntimeError):
