@@ -7,7 +7,8 @@ accuracy), the layout ``MonaiAlgo`` reads by default. Both sites share the bundl
 reads its own data directory through the ``dataset_dir`` override (``train_kwargs`` /
 ``eval_kwargs``). MonaiAlgo sends weight differences (its default ``send_weight_diff=True``),
 which ``ClientAlgoTrainer`` must add to the round's global weights. MonaiAlgo needs
-pytorch-ignite, which fedshield does not install: without it this file is skipped.
+pytorch-ignite, which the ``dev`` and ``monai-fl`` extras install: without it this file is
+skipped.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from fedshield.engine import Federation
 from fedshield.engine.client_algo import ClientAlgoTrainer
 from fedshield.engine.site import Site
 
-# MonaiAlgo and MONAI's engines need pytorch-ignite (>= 0.4.10), which fedshield does not
-# install: without it there is no MonaiAlgo to test
+# MonaiAlgo and MONAI's engines need pytorch-ignite (>= 0.4.10), an extra (dev, monai-fl):
+# without it there is no MonaiAlgo to test
 pytest.importorskip("ignite", minversion="0.4.10")
 from monai.fl.client import MonaiAlgo
 
