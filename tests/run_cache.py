@@ -105,3 +105,15 @@ def final_auc(**options) -> float:
 def mean_upload(**options) -> float:
     """Mean bytes up per client per round of a cached run."""
     return float(np.mean([r["bytes_up_per_client"] for r in cached_run(**options)["rounds"]]))
+
+
+def has_breastmnist() -> bool:
+    """Whether ``breastmnist.npz`` is where fedshield looks (the accuracy tests skip without)."""
+    from fedshield.data import breastmnist_path
+    from fedshield.errors import DataError
+
+    try:
+        breastmnist_path()
+    except DataError:
+        return False
+    return True

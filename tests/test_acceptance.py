@@ -29,11 +29,9 @@ import json
 
 import numpy as np
 import pytest
-from run_cache import cached_run, final_auc, mean_upload
+from run_cache import cached_run, final_auc, has_breastmnist, mean_upload
 
 from fedshield.cli import main
-from fedshield.data import breastmnist_path
-from fedshield.errors import DataError
 
 SEEDS = range(5)
 MATCH_TOLERANCE = 0.01  # the issue's bound on the mean gap (see the module docstring)
@@ -47,16 +45,8 @@ SECAGG = dict(protect="secagg", quant_bits=8)  # the default protection
 HE = dict(protect="he", quant_bits=8)  # BFV, fraction weighting
 
 
-def _has_breastmnist() -> bool:
-    try:
-        breastmnist_path()
-    except DataError:
-        return False
-    return True
-
-
 needs_breastmnist = pytest.mark.skipif(
-    not _has_breastmnist(), reason="breastmnist.npz not available"
+    not has_breastmnist(), reason="breastmnist.npz not available"
 )
 
 
@@ -157,7 +147,7 @@ def test_survey_on_synthetic_shows_the_qualitative_finding():
 def test_the_dp_commands_train_and_report_epsilon_per_round(tmp_path, args):
     """The issue's two commands, as a user types them: every round reports its epsilon, which
     grows to at most the target after the last (the planned) round."""
-    if "breastmnist" in args and not _has_breastmnist():
+    if "breastmnist" in args and not has_breastmnist():
         pytest.skip("breastmnist.npz not available")
     assert main(["run", *args, "--out", str(tmp_path)]) == 0
     rounds = json.loads((tmp_path / "result.json").read_text())["rounds"]

@@ -54,13 +54,7 @@ def load_medmnist(path: str | os.PathLike) -> MedMNIST:
         DataError: if the file is missing, not an npz, lacks a key, or has inconsistent shapes.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file. Pass the path of a MedMNIST .npz file.")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
+    arrays = read_npz(path, "MedMNIST")
     out = MedMNIST()
     for split in _SPLITS:
         for key in (f"{split}_images", f"{split}_labels"):
@@ -87,3 +81,15 @@ def _prepare(path: Path, split: str, images: np.ndarray, labels: np.ndarray):
         raise DataError(f"{path}: {split}_labels must be non-negative integers")
     scale = 255.0 if images.dtype == np.uint8 else 1.0
     return images.astype(np.float32) / scale, labels.astype(np.int64)
+
+
+def read_npz(path: Path, kind: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path`` (no pickles), or a ``DataError`` saying the file
+    is missing or unreadable (``kind``: what the file should be, for the message)."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file. Pass the path of a {kind} .npz file.")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from exc

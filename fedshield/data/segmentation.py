@@ -9,11 +9,11 @@ integer or bool.
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from fedshield.data.medmnist import read_npz
 from fedshield.data.partition import iid_partition
 from fedshield.data.sites import SiteData, deal_sites
 from fedshield.errors import ConfigError, DataError
@@ -32,13 +32,7 @@ def load_segmentation(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np
             that do not fit (the message names the key and what it should hold).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file. Pass the path of a segmentation .npz file.")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
+    arrays = read_npz(path, "segmentation")
     out = {}
     for split in _SPLITS:
         for key in (f"{split}_images", f"{split}_masks"):

@@ -165,3 +165,5 @@ def test_a_users_evaluation_function_replaces_ours(tiny_sites):
     expected = sum(record.per_site[f"site{i}"]["brier"] * sizes[i] for i in range(3)) / sum(sizes)
     assert record.metrics["brier"] == pytest.approx(expected)
     assert record.metrics["pooled"] == "site mean"
+    row = record.as_dict()  # result.json's round row carries the user's metric and its kind
+    assert row["brier"] == record.metrics["brier"] and row["pooled"] == "site mean"

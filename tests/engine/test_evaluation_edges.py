@@ -65,22 +65,6 @@ def test_a_site_mean_skips_a_site_whose_auc_is_undefined():
     assert pooled["auc"] == pytest.approx(0.8)
 
 
-def test_a_users_pooled_metric_and_its_kind_reach_result_json(tiny_sites):
-    def brier(model, loader):
-        model.eval()
-        with torch.no_grad():
-            err = [((torch.softmax(model(x), 1)[:, 1] - y) ** 2).sum() for x, y in loader]
-        return {"brier": float(sum(err)) / len(loader.dataset), "n": len(loader.dataset)}
-
-    fed = Federation(
-        model_factory=lambda: SmallCNN(1, width=4),
-        trainer=LocalTrainer(evaluate_fn=brier),
-        sites=[make_site(s, batch_size=8, seed=i) for i, s in enumerate(tiny_sites)],
-    )
-    row = fed.run_round().as_dict()  # result.json's round row
-    assert "brier" in row and row.get("pooled") == "site mean"
-
-
 def test_evaluate_fn_sees_the_model_in_eval_mode(tiny_sites):
     modes = []
 

@@ -21,15 +21,14 @@ import numpy as np
 import pytest
 import torch
 from monai.networks.nets import DenseNet, ResNet
-from run_cache import final_auc
+from run_cache import final_auc, has_breastmnist
 from torch import nn
 
-from fedshield.data import breastmnist_path
 from fedshield.engine import Algorithm, Federation, make_site
 from fedshield.engine.models import MODELS, MinSize, build_model
 from fedshield.engine.paramspec import LOCAL_NORMS, ParamSpec
 from fedshield.engine.segmentation import SEGMENTATION_MODELS
-from fedshield.errors import ConfigError, DataError
+from fedshield.errors import ConfigError
 
 MONAI_MODELS = sorted(set(MODELS) - {"cnn", "cnn-gn"})
 CLASSIFIERS = sorted(set(MONAI_MODELS) - set(SEGMENTATION_MODELS))  # image -> (N, K) logits
@@ -202,16 +201,8 @@ def test_fedbn_under_secagg_keeps_each_sites_batchnorm_local(tiny_sites):
     assert not torch.equal(means[0], means[1]) and not torch.equal(means[1], means[2])
 
 
-def _has_breastmnist() -> bool:
-    try:
-        breastmnist_path()
-    except DataError:
-        return False
-    return True
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_breastmnist(), reason="breastmnist.npz not available")
+@pytest.mark.skipif(not has_breastmnist(), reason="breastmnist.npz not available")
 def test_monai_densenet121_trains_under_secagg_within_002_auc_of_plain():
     """3 rounds on BreastMNIST, seeds 0-4 (numbers in the module docstring)."""
     setting = dict(dataset="breastmnist", sites=4, rounds=3, model="densenet121")
