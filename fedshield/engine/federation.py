@@ -42,7 +42,9 @@ class Federation:
         model_factory: returns a fresh ``nn.Module`` (the class, or a lambda; called once).
         sites: the participating sites (:func:`~fedshield.engine.site.make_site`).
         algorithm: ``Algorithm("fedavg" | "fedsgd" | "fedprox" | "fedbn", ...)``.
-        trainer: the local training loop (or the user's ``train_fn``).
+        trainer: the local training loop (or the user's ``train_fn``), or one per site (a
+            :class:`~fedshield.engine.client_algo.ClientAlgoTrainer` for a site whose MONAI
+            ``ClientAlgo`` holds its own data and loop).
         protect: a protocol name (``plain``, ``secagg``, ``he`` with default options and the
             sites' largest weight) or a spec from :func:`~fedshield.protocols.get_protocol`.
         server_opt: server optimizer on the trainable part; ``None`` is plain FedAvg.
@@ -171,9 +173,9 @@ class Federation:
             broadcast_bytes=len(broadcast),
             timing=RoundTiming(start=start, site_train_s=train_s, aggregate_s=aggregate_s),
         )
-        spent = [s for t in {id(t): t for t in self.trainers}.values()
-                 if (s := t.privacy_spent()) is not None]  # record-level DP-SGD  # fmt: skip
-        if spent:
+        trainers = {id(t): t for t in self.trainers}.values()  # a shared one counts once
+        spent = [s for s in (t.privacy_spent() for t in trainers) if s is not None]
+        if spent:  # record-level DP-SGD at the sites
             record.privacy = worst_spent(spent)
         return record
 
