@@ -26,7 +26,7 @@ from fedshield.engine.compression import CompressedUpdate, UpdateCompressor
 from fedshield.engine.metrics import predict, scalar_metrics
 from fedshield.engine.paramspec import ParamSpec
 from fedshield.engine.trainer import Algorithm, LocalTrainer
-from fedshield.errors import ConfigError, NonFiniteValues, WrongShape
+from fedshield.errors import ConfigError, NonFiniteValues, WrongRound, WrongShape
 from fedshield.privacy import DPConfig, SiteLevelDP
 from fedshield.protocols.base import ClientSession
 from fedshield.protocols.ranges import MAX_EXPONENT, MIN_EXPONENT
@@ -140,6 +140,7 @@ class SiteRuntime:
         self.compressor = compressor
         self.local_state = spec.local_state(model)  # what never travels (FedBN's BatchNorm)
         self._pending: CompressedUpdate | None = None
+        self.releases = 0  # rounds this site has trained (and sent an update for)
         self.privacy = None if privacy is None else SiteLevelDP(privacy)  # its own CSPRNG
 
     def use_protocol(self, protocol: ProtocolSpec) -> None:
@@ -159,6 +160,7 @@ class SiteRuntime:
         """:meth:`train` from a model vector (and range exponents) this site already holds
         (``he`` over Flower)."""
         ranges = self._round_ranges(round, range_exponents)
+        self._check_privacy_budget(round)
         self.load(start)
         self.trainer.local_update(self.algorithm, self.model, self.site.train, self.local_epochs)
         delta = self.spec.flatten(self.model) - start
@@ -183,6 +185,19 @@ class SiteRuntime:
             **indices,
             **ranges,
         )
+
+    def _check_privacy_budget(self, round: int) -> None:
+        """Under DP, train no more rounds than the noise was calibrated for: the site counts
+        its own releases (a server asking for more would spend more than the epsilon)."""
+        planned = self.privacy.config.rounds if self.privacy is not None else None
+        planned = getattr(self.trainer, "rounds", None) if planned is None else planned
+        if planned is not None and self.releases >= planned:
+            raise WrongRound(
+                f"site {self.site_id}: round {round} would be its {self.releases + 1}th "
+                f"release, but its DP noise is calibrated for {planned} rounds (the privacy "
+                "budget is spent; start a new run with a new budget)"
+            )
+        self.releases += 1
 
     def _round_ranges(self, round: int, exponents: Sequence[int] | None) -> dict:
         """``{"ranges": ...}`` for a protocol with adaptive ranges, else ``{}``."""

@@ -108,10 +108,13 @@ def reveal_pair_seeds(
     deals = [dealt for _, dealt in parse_relayed(message, 4, len(holders), SEALED_SHARE_BYTES)]
     if not peers or len(set(peers)) != len(peers):
         raise SecAggAbort(f"client {client.client_id}: no client named, or one named twice")
-    left = len(set(client.masked_input_survivors) - set(peers))
+    # Only the peers this client masked with are named to it; on a sparse graph the server
+    # may expel survivors outside its neighbourhood unseen: count them as expelled too.
+    seen = set(client.neighbours) | {client.client_id}
+    left = len((set(client.masked_input_survivors) & seen) - set(peers))
     if left < client.minimum:
         raise SecAggAbort(
-            f"client {client.client_id}: expelling {peers} would leave {left} inputs in the "
+            f"client {client.client_id}: expelling {peers} could leave {left} inputs in the "
             f"sum, fewer than the {client.minimum} a round needs"
         )
     seeds, at = [], 0
