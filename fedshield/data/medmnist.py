@@ -69,18 +69,12 @@ def _prepare(path: Path, split: str, images: np.ndarray, labels: np.ndarray):
         labels = labels[:, 0]
     if labels.ndim != 1:
         raise DataError(f"{path}: {split}_labels has shape {labels.shape}, expected (N,) or (N, 1)")
-    if images.ndim == 3:  # (N, H, W) grayscale
-        images = images[:, None]
-    elif images.ndim == 4:  # (N, H, W, C)
-        images = np.moveaxis(images, -1, 1)
-    else:
-        raise DataError(f"{path}: {split}_images has shape {images.shape}, expected (N, H, W[, C])")
+    images = channel_first(path, split, images)
     if len(images) != len(labels):
         raise DataError(f"{path}: {split} has {len(images)} images but {len(labels)} labels")
     if not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
         raise DataError(f"{path}: {split}_labels must be non-negative integers")
-    scale = 255.0 if images.dtype == np.uint8 else 1.0
-    return images.astype(np.float32) / scale, labels.astype(np.int64)
+    return unit_range(images), labels.astype(np.int64)
 
 
 def read_npz(path: Path, kind: str) -> dict[str, np.ndarray]:
@@ -93,3 +87,19 @@ def read_npz(path: Path, kind: str) -> dict[str, np.ndarray]:
             return {key: npz[key] for key in npz.files}
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from exc
+
+
+def channel_first(path: Path, split: str, images: np.ndarray) -> np.ndarray:
+    """``images`` ``(N, H, W)`` or ``(N, H, W, C)`` as ``(N, C, H, W)``, or a ``DataError``
+    naming the key."""
+    if images.ndim == 3:  # (N, H, W) grayscale
+        return images[:, None]
+    if images.ndim == 4:  # (N, H, W, C)
+        return np.moveaxis(images, -1, 1)
+    raise DataError(f"{path}: {split}_images has shape {images.shape}, expected (N, H, W[, C])")
+
+
+def unit_range(images: np.ndarray) -> np.ndarray:
+    """float32 images, uint8 ones scaled from [0, 255] to [0, 1]."""
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    return images.astype(np.float32) / scale

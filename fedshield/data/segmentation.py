@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedshield.data.medmnist import read_npz
+from fedshield.data.medmnist import channel_first, read_npz, unit_range
 from fedshield.data.partition import iid_partition
 from fedshield.data.sites import SiteData, deal_sites
 from fedshield.errors import ConfigError, DataError
@@ -46,12 +46,7 @@ def load_segmentation(path: str | os.PathLike) -> dict[str, tuple[np.ndarray, np
 
 
 def _prepare(path: Path, split: str, images: np.ndarray, masks: np.ndarray):
-    if images.ndim == 3:  # (N, H, W) grayscale
-        images = images[:, None]
-    elif images.ndim == 4:  # (N, H, W, C)
-        images = np.moveaxis(images, -1, 1)
-    else:
-        raise DataError(f"{path}: {split}_images has shape {images.shape}, expected (N, H, W[, C])")
+    images = channel_first(path, split, images)
     if masks.ndim == 4 and masks.shape[-1] == 1:
         masks = masks[..., 0]
     if masks.ndim != 3 or masks.shape != (len(images), *images.shape[2:]):
@@ -69,8 +64,7 @@ def _prepare(path: Path, split: str, images: np.ndarray, masks: np.ndarray):
         )
     if not (np.issubdtype(images.dtype, np.number) and np.isfinite(images).all()):
         raise DataError(f"{path}: {split}_images must be finite numbers")
-    scale = 255.0 if images.dtype == np.uint8 else 1.0
-    return images.astype(np.float32) / scale, masks[:, None].astype(np.int64)
+    return unit_range(images), masks[:, None].astype(np.int64)
 
 
 def segmentation_sites(
