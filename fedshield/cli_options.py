@@ -85,6 +85,13 @@ def add_protocol_options(parser: argparse.ArgumentParser, defaults: Any) -> None
         " default, half the ciphertexts) or integer (levels times the weight, as secagg)",
     )
     parser.add_argument(
+        "--he-keys",
+        choices=("shared", "threshold"),
+        default=_default(defaults, "he_keys"),
+        help="he: shared (one key, held by every site; default) or threshold (each site "
+        "holds a share; only all of them together decrypt the sum)",
+    )
+    parser.add_argument(
         "--secagg-weighting",
         choices=("fraction", "integer"),
         default=_default(defaults, "secagg_weighting"),

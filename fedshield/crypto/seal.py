@@ -114,6 +114,14 @@ class SealIO:
             raise InvalidCiphertext("the secret key does not belong to these parameters")
         return key
 
+    def load_object(self, obj, data: bytes | memoryview) -> None:
+        """Load ``data`` into ``obj`` (any SEAL object type: a key, plaintext or ciphertext
+        this process wrote through :mod:`fedshield.crypto.seal_codec`); SEAL checks it."""
+        self._check_header(data, len(data))
+        self._load_into(obj, data)
+        if not sa.is_valid_for(obj, self.context):
+            raise InvalidCiphertext(f"the {type(obj).__name__} does not belong to these parameters")
+
     def _load_into(self, obj, data: bytes) -> None:
         os.pwrite(self._fd, data, 0)  # SEAL reads the header's size, not to the end of file
         try:

@@ -63,6 +63,7 @@ class RunConfig:
     colluders: int | None = None  # secagg: sizes the consistency quorum (None: threshold - 1)
     he_scheme: str = "bfv"
     he_weighting: str = "fraction"
+    he_keys: str = "shared"  # he: "threshold": no site decrypts alone (n-of-n)
     secagg_weighting: str = "fraction"
     sparsify: str | None = None
     error_feedback: bool = False
@@ -118,6 +119,11 @@ class RunConfig:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.he_keys == "threshold" and (self.dropout or self.dropout_schedule):
+            raise ConfigError(
+                "--he-keys threshold is n-of-n: every site must answer every round, so a "
+                "dropout would abort it; drop --dropout or use --he-keys shared"
+            )
         check_dp_options(self)
 
     def dp_config(self) -> DPConfig | None:
@@ -353,7 +359,7 @@ def _protocol(
     protocol = get_protocol(
         config.protect, max_weight=max_weight, clip=clip, quant_bits=config.quant_bits,
         threshold=config.threshold, neighbours=config.neighbours, colluders=config.colluders,
-        he_scheme=config.he_scheme,
+        he_scheme=config.he_scheme, he_keys=config.he_keys,
         he_weighting=config.he_weighting, secagg_weighting=config.secagg_weighting,
         sites=config.sites,
     )  # fmt: skip

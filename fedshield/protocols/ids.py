@@ -34,3 +34,5 @@ class ProtocolId(IntEnum):
     SECAGG = 2
     HE = 3
     HE_KEYS = 4  # the one-time key distribution of ``he``
+    HE_THRESHOLD = 5  # ``he`` with threshold keys: no site decrypts alone
+    HE_THRESHOLD_KEYS = 6  # its one-time collective key generation

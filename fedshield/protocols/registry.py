@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
-from fedshield._validate import check_client_ids, check_instance, check_int
+from fedshield._validate import check_instance
 from fedshield.crypto.ddg import DiscreteGaussianEncoding
 from fedshield.crypto.identity import Identity
 from fedshield.errors import ConfigError
@@ -25,12 +25,12 @@ from fedshield.protocols.he import (
     HEClient,
     HEConfig,
     HEKeyring,
-    HEKeySetupClient,
-    HEKeySetupServer,
     HEPlan,
     HEServer,
     plan_for,
 )
+from fedshield.protocols.he.setup import KEY_HOLDER, KeySetup
+from fedshield.protocols.he.threshold import ThresholdClient, ThresholdServer
 from fedshield.protocols.ids import ProtocolId
 from fedshield.protocols.plain import PlainClient, PlainFormat, PlainServer
 from fedshield.protocols.ranges import TensorRanges
@@ -52,7 +52,6 @@ __all__ = [
 ]
 
 MODEL_BROADCAST = ProtocolId.MODEL_BROADCAST
-KEY_HOLDER = 0  # the site that makes the HE secret key
 
 
 class ProtocolSpec:
@@ -241,50 +240,6 @@ class SecAggSpec(ProtocolSpec):
         }
 
 
-@dataclass(frozen=True)
-class KeySetup:
-    """``he``'s one-time key distribution for ``clients``: run :meth:`server` against one
-    :meth:`client` per site (with its identity) over any transport, then :meth:`bind` each
-    process's keyrings. The spec needs its roster (:meth:`ProtocolSpec.with_roster`)."""
-
-    spec: HESpec
-    plan: HEPlan
-    clients: list[int]
-    holder: int = KEY_HOLDER
-
-    def __post_init__(self) -> None:
-        check_instance("spec", self.spec, HESpec, "the he protocol's spec")
-        check_instance("plan", self.plan, HEPlan, "from plan_for")
-        check_client_ids("clients", self.clients)
-        clients = [int(c) for c in self.clients]
-        object.__setattr__(self, "clients", clients)
-        if check_int("holder", self.holder, low=0) not in clients:
-            raise ValueError(f"holder must be one of clients {clients}, got {self.holder}")
-
-    def server(self) -> HEKeySetupServer:
-        """The server's session (it verifies every site's signed transport key)."""
-        return HEKeySetupServer(round=0, clients=self.clients, dim=1, plan=self.plan,
-                                holder=self.holder, roster=self._roster())  # fmt: skip
-
-    def client(self, client_id: int, identity: Identity) -> HEKeySetupClient:
-        """Site ``client_id``'s session, signing with its ``identity``."""
-        return HEKeySetupClient(client_id=client_id, plan=self.plan, holder=self.holder,
-                                roster=self._roster(), identity=identity)  # fmt: skip
-
-    def _roster(self) -> Roster:
-        if self.spec.roster is None:
-            raise ConfigError(
-                "he: enrol the sites first (Roster.enrol or Roster.load, then "
-                "spec.with_roster(roster)): the key is sealed only to roster members"
-            )
-        return self.spec.roster
-
-    def bind(self, keyrings: dict[int, HEKeyring]) -> HESpec:
-        """The protocol bound to the plan and the keyrings this process holds (none on the
-        server)."""
-        return replace(self.spec, plan=self.plan, keyrings=dict(keyrings))
-
-
 @register
 @dataclass(frozen=True)
 class HESpec(ProtocolSpec):
@@ -301,10 +256,10 @@ class HESpec(ProtocolSpec):
     def from_options(
         cls, *, max_weight: float, clip: float | None, quant_bits: int | None,
         he_scheme: str = "bfv",
-        he_weighting: str = "fraction", **_ignored,
+        he_weighting: str = "fraction", he_keys: str = "shared", **_ignored,
     ) -> HESpec:  # fmt: skip
         bits = cls.default_quant_bits if quant_bits is None else quant_bits
-        return cls(HEConfig(scheme=he_scheme, clip=clip, quant_bits=bits,
+        return cls(HEConfig(scheme=he_scheme, clip=clip, quant_bits=bits, keys=he_keys,
                             max_weight=max_weight, weighting=he_weighting))  # fmt: skip
 
     @property
@@ -319,6 +274,9 @@ class HESpec(ProtocolSpec):
         self, *, round: int, clients: list[int], dim: int, ranges: TensorRanges | None = None
     ) -> ServerSession:
         # The server only adds ciphertexts: the ranges shape what the sites encrypt.
+        if self.config.keys == "threshold":
+            return ThresholdServer(round=round, clients=clients, dim=dim, plan=self._plan(),
+                                   roster=self.roster)  # fmt: skip
         return HEServer(round=round, clients=clients, dim=dim, plan=self._plan())
 
     def client(
@@ -326,12 +284,16 @@ class HESpec(ProtocolSpec):
     ) -> ClientSession:
         if client_id not in self.keyrings:
             raise ConfigError(f"he: site {client_id} holds no key in this process")
-        return HEClient(client_id=client_id, keyring=self.keyrings[client_id], **kwargs)
+        keyring = self.keyrings[client_id]
+        if self.config.keys == "threshold":
+            return ThresholdClient(client_id=client_id, keyring=keyring, roster=self.roster,
+                                   identity=identity, **kwargs)  # fmt: skip
+        return HEClient(client_id=client_id, keyring=keyring, **kwargs)
 
     def describe(self) -> dict:
         c = self.config
         clip = "adaptive" if c.adaptive else c.clip
-        options = {"scheme": c.scheme, "weighting": c.weighting, "clip": clip,
+        options = {"scheme": c.scheme, "keys": c.keys, "weighting": c.weighting, "clip": clip,
                    "quant_bits": c.quant_bits, "max_weight": c.max_weight,
                    **({"dp_noise": c.noise.describe()} if c.noise else {})}  # fmt: skip
         return {**options, "plan": self.plan} if self.plan else options
@@ -356,6 +318,7 @@ def get_protocol(
     colluders: int | None = None,
     he_scheme: str = "bfv",
     he_weighting: str = "fraction",
+    he_keys: str = "shared",
     secagg_weighting: str = "fraction",
     sites: int | None = None,
 ) -> ProtocolSpec:
@@ -373,7 +336,8 @@ def get_protocol(
         threshold, neighbours: ``secagg``'s Shamir threshold and neighbour count.
         colluders: ``secagg``: the most sites a malicious server may collude with (sizes
             the consistency quorum; ``None``: threshold - 1).
-        he_scheme, he_weighting: ``he``'s scheme (``bfv``, ``ckks``) and weighting.
+        he_scheme, he_weighting, he_keys: ``he``'s scheme (``bfv``, ``ckks``), weighting,
+            and keys (``shared``; ``threshold``: no site decrypts alone).
         secagg_weighting: ``secagg``'s weighting, ``fraction`` (no weight bits in the ring)
             or ``integer`` (:class:`~fedshield.protocols.secagg.SecAggConfig`).
         sites: the federation's size; ``secagg`` then pins its smallest round (and fewest
@@ -394,6 +358,6 @@ def get_protocol(
     return PROTOCOLS[name].from_options(
         max_weight=max_weight, clip=clip, quant_bits=quant_bits, threshold=threshold,
         neighbours=neighbours, colluders=colluders, he_scheme=he_scheme,
-        he_weighting=he_weighting,
+        he_weighting=he_weighting, he_keys=he_keys,
         secagg_weighting=secagg_weighting, sites=sites,
     )  # fmt: skip

@@ -48,6 +48,7 @@ class HEClient(ClientSession):
     protocol_id = PROTOCOL_ID
     stages = STAGES
     large_payloads = True
+    keyring_type: type = HEKeyring
 
     def __init__(
         self,
@@ -64,7 +65,7 @@ class HEClient(ClientSession):
         super().__init__(
             client_id=client_id, round=round, update=update, weight=weight, quant_seed=quant_seed
         )
-        check_instance("keyring", keyring, HEKeyring, "from the key setup")
+        check_instance("keyring", keyring, self.keyring_type, "from the key setup")
         if update.size != keyring.plan.dim:
             raise ValueError(
                 f"update: the keyring's plan is for {keyring.plan.dim} values, got {update.size}"
@@ -141,11 +142,17 @@ class HEClient(ClientSession):
     def _decrypt(
         self, sizes: np.ndarray, blob: memoryview, contributors: int
     ) -> tuple[np.ndarray, float]:
-        plan, config = self.plan, self.plan.config
+        plan = self.plan
         dtype = np.uint64 if plan.scheme == "bfv" else np.float64
         flat = shared_array((plan.n_ciphertexts, plan.slots), dtype)
         workers = worker_count(self.workers, len(sizes), min_items=DECRYPTS_PER_FORK)
         fork_map(partial(_decrypt_rows, self.keyring, sizes, blob, flat), len(sizes), workers)
+        return self._decode_slots(flat, contributors)
+
+    def _decode_slots(self, flat: np.ndarray, contributors: int) -> tuple[np.ndarray, float]:
+        """The weighted sum and total weight from the decrypted slots ``(ciphertexts, slots)``,
+        checked against what honest sites could have sent."""
+        plan, config = self.plan, self.plan.config
         dim = self.update.size
         if plan.scheme == "ckks":
             values = flat.reshape(-1)
@@ -178,7 +185,7 @@ def _encrypt_rows(
                 keyring.encoder.encode(rows[i].tolist(), scale, plaintext)
             else:
                 keyring.encoder.encode(rows[i].tolist(), plaintext)
-            data = io.dump(keyring.encryptor.encrypt_symmetric(plaintext))
+            data = io.dump(keyring.encrypt(plaintext))
             out[i, : len(data)] = np.frombuffer(data, np.uint8)
             sizes[i] = len(data)
 

@@ -24,6 +24,8 @@ __all__ = [
     "STAGES",
     "HEKeyStage",
     "HEStage",
+    "ThresholdKeyStage",
+    "ThresholdStage",
     "key_transport_statement",
     "load_ciphertexts",
     "read_sizes",
@@ -45,7 +47,30 @@ class HEKeyStage(StrEnum):
     INSTALL = "install"  # each site: opens its sealed key
 
 
+class ThresholdKeyStage(StrEnum):
+    """The stages of threshold ``he``'s one-time collective key generation, in order."""
+
+    COMMIT = "commit_share"  # each site: the hash of its public share, signed
+    REVEAL = "reveal_share"  # the server: every signed commitment; each site: its share
+    INSTALL = "install_key"  # the server: every share; each site: the collective key's hash
+
+
+class ThresholdStage(StrEnum):
+    """The stages of a threshold ``he`` round, in order."""
+
+    COMMIT = "commit"  # each site: the signed Merkle root of its ciphertexts' coefficients
+    INPUT = "input"  # each site: the ciphertexts (the server checks them against the root)
+    DECRYPT = "decrypt"  # the server: the sum and spot-check openings; each site: its partial
+    AGGREGATE = "aggregate"  # the server: the sum of the partials; each site decodes the sum
+
+
 PROTOCOL_ID = ProtocolId.HE
+THRESHOLD_ID = ProtocolId.HE_THRESHOLD
+THRESHOLD_STAGES: tuple[ThresholdStage, ...] = tuple(ThresholdStage)
+THRESHOLD_KEY_ID = ProtocolId.HE_THRESHOLD_KEYS
+THRESHOLD_KEY_STAGES: tuple[ThresholdKeyStage, ...] = tuple(ThresholdKeyStage)
+SHARE_COMMIT_LABEL = b"he/threshold-share"  # a site's signature on its public share's hash
+CIPHERTEXT_COMMIT_LABEL = b"he/threshold-ciphertexts"  # ... on its ciphertexts' Merkle root
 STAGES: tuple[HEStage, ...] = tuple(HEStage)
 KEY_PROTOCOL_ID = ProtocolId.HE_KEYS
 KEY_STAGES: tuple[HEKeyStage, ...] = tuple(HEKeyStage)

@@ -104,6 +104,10 @@ class HEKeyring:
         io = SealIO(plan.context())
         return cls(plan, io.load_secret_key(data), io)
 
+    def encrypt(self, plaintext: sa.Plaintext):
+        """A seeded symmetric encryption (a ``Serializable``: dump it to send)."""
+        return self.encryptor.encrypt_symmetric(plaintext)
+
     def secret_bytes(self) -> bytes:
         """The serialized secret key: only ever sealed to another site or written locally."""
         return self.io.dump(self.secret_key)

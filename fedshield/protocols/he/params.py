@@ -45,12 +45,14 @@ import tenseal.sealapi as sa
 from fedshield._validate import check_choice, check_instance, check_int, check_real
 from fedshield.crypto.ddg import DiscreteGaussianEncoding
 from fedshield.crypto.seal import seal_context
+from fedshield.crypto.threshold import flooding_bits
 from fedshield.errors import ConfigError
 from fedshield.protocols.noisy import NoisyGrid
 from fedshield.protocols.ranges import BUCKETS, Grid, TensorRanges
 
 __all__ = [
     "MAX_CLIENTS",
+    "THRESHOLD_MAX_CLIENTS",
     "HEConfig",
     "HEPlan",
     "plan_for",
@@ -61,6 +63,11 @@ MAX_CLIENTS = 1024
 BFV_COEFF_BITS = (60,)
 FRESH_BUDGET_AT_ZERO = 55  # measured: fresh noise budget = 55 - tbits (N = 4096, one 60-bit q)
 CKKS_COEFF_BITS = (60, 49)
+# Threshold keys (fedshield.crypto.threshold): public-key encryption and flooding need room.
+THRESHOLD_POLY_DEGREE = 8192
+THRESHOLD_COEFF_BITS = (60, 60, 20)  # data q: two 60-bit primes; a 20-bit special prime
+THRESHOLD_Q_BITS = 119  # floor(log2 q) of the data level
+THRESHOLD_MAX_CLIENTS = 128
 CKKS_SCALE_BITS = 36
 
 
@@ -81,6 +88,9 @@ class HEConfig:
         noise: BFV with distributed differential privacy (:mod:`fedshield.crypto.ddg`):
             each site encrypts noisy integer levels in place of quantized ones; needs
             ``weight_bits=0`` (DP-FedAvg's unweighted sum).
+        keys: ``"shared"`` (one secret key, made by a key-holder site and sealed to every
+            site) or ``"threshold"`` (BFV: each site holds a share, the sum is decrypted
+            only by all of them together; :mod:`fedshield.crypto.threshold`).
 
     Raises:
         TypeError: an argument of the wrong type.
@@ -94,11 +104,15 @@ class HEConfig:
     max_weight: float = 1.0
     weighting: str = "fraction"
     noise: DiscreteGaussianEncoding | None = None
+    keys: str = "shared"
 
     def __post_init__(self) -> None:
         # Messages name the argument (the CLI maps its flags onto these names).
         check_choice("weighting", self.weighting, ("fraction", "integer"), error=ConfigError)
         check_choice("scheme", self.scheme, ("bfv", "ckks"), error=ConfigError)
+        check_choice("keys", self.keys, ("shared", "threshold"), error=ConfigError)
+        if self.keys == "threshold" and self.scheme != "bfv":
+            raise ConfigError("he: threshold keys need the BFV scheme (he_scheme='bfv')")
         if self.clip is not None:
             object.__setattr__(self, "clip", check_real("clip", self.clip, error=ConfigError))
         check_int("quant_bits", self.quant_bits, low=1, high=16, error=ConfigError)
@@ -163,6 +177,7 @@ class HEPlan:
     n_ciphertexts: int
     config: HEConfig
     stat_values: int = 0  # adaptive ranges: the statistic's values, packed after the tail
+    flood_bits: int = 0  # threshold keys: each partial decryption's flooding (F)
 
     @property
     def params_id(self) -> bytes:
@@ -195,6 +210,8 @@ def plan_for(config: HEConfig, *, n_clients: int, dim: int, tensors: int = 0) ->
     check_int("n_clients", n_clients, low=1, high=MAX_CLIENTS, error=ConfigError)
     check_int("dim", dim, low=1, error=ConfigError)
     check_int("tensors", tensors, low=0, error=ConfigError)
+    if config.keys == "threshold" and n_clients > THRESHOLD_MAX_CLIENTS:
+        raise ConfigError(f"he: threshold keys take at most {THRESHOLD_MAX_CLIENTS} sites")
     if config.adaptive and not tensors:
         raise ConfigError("he: adaptive ranges (no fixed clip) need the number of tensors")
     stat_values = tensors * BUCKETS if config.adaptive else 0
@@ -207,11 +224,15 @@ def plan_for(config: HEConfig, *, n_clients: int, dim: int, tensors: int = 0) ->
             "ckks", n_clients, dim, POLY_DEGREE, CKKS_COEFF_BITS, 0, CKKS_SCALE_BITS, 0, 1,
             slots, -(-length // slots), config, stat_values,
         )  # fmt: skip
-    slots = POLY_DEGREE
+    degree, coeff_bits, flood = POLY_DEGREE, BFV_COEFF_BITS, 0
     plain_bits = FRESH_BUDGET_AT_ZERO - 2 - log_n
+    if config.keys == "threshold":
+        degree, coeff_bits = THRESHOLD_POLY_DEGREE, THRESHOLD_COEFF_BITS
+        flood = flooding_bits(n_clients, degree)
+        plain_bits = min(60, THRESHOLD_Q_BITS - 3 - flood - log_n)
     width = config.field_bits + log_n
     per_slot = (plain_bits - 1) // width
-    budget = FRESH_BUDGET_AT_ZERO - plain_bits - log_n
+    budget = FRESH_BUDGET_AT_ZERO - plain_bits - log_n if not flood else 2
     if per_slot < 1 or budget < 2:
         raise ConfigError(
             f"he: {n_clients} clients with {config.quant_bits}-bit values "
@@ -219,6 +240,6 @@ def plan_for(config: HEConfig, *, n_clients: int, dim: int, tensors: int = 0) ->
             f"{plain_bits}-bit BFV slot holds; lower quant_bits or the number of clients"
         )
     return HEPlan(
-        "bfv", n_clients, dim, POLY_DEGREE, BFV_COEFF_BITS, plain_bits, 0, width, per_slot,
-        slots, -(-length // (slots * per_slot)), config, stat_values,
+        "bfv", n_clients, dim, degree, coeff_bits, plain_bits, 0, width, per_slot,
+        degree, -(-length // (degree * per_slot)), config, stat_values, flood,
     )  # fmt: skip

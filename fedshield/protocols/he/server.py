@@ -138,6 +138,13 @@ class HEServer(ServerSession):
 
     @broadcasts(HEStage.AGGREGATE)
     def _send_aggregate(self, stage: str) -> dict[int, bytes]:
+        sizes, sums = self._collect_sums()
+        message = [self.plan.params_id, np.array(self.contributors, np.uint32), sizes, sums]
+        msg = self._server_message(stage, message)
+        return dict.fromkeys(sorted(self.alive), msg)
+
+    def _collect_sums(self) -> tuple[np.ndarray, memoryview]:
+        """The summed ciphertexts' sizes and their bytes back to back (the workers end)."""
         for part in self.parts:
             part.send("serialize")
         part_sizes = [np.array(part.result(), np.uint32) for part in self.parts]
@@ -148,11 +155,7 @@ class HEServer(ServerSession):
         for part in self.parts:
             part.result()
         self._closer()
-        sums = self.inbox[:offset].data  # the summed ciphertexts, back to back
-        message = [self.plan.params_id, np.array(self.contributors, np.uint32)]
-        message += [np.concatenate(part_sizes), sums]
-        msg = self._server_message(stage, message)
-        return dict.fromkeys(sorted(self.alive), msg)
+        return np.concatenate(part_sizes), self.inbox[:offset].data
 
     def _start_parts(self) -> None:
         plan = self.plan

@@ -1,0 +1,273 @@
+"""Threshold ``he``'s collective key: every site makes a key share, and the public key is the
+sum of their public shares. No one, server or site, ever holds the secret key.
+
+Building block: use ``he`` with ``keys="threshold"`` (:mod:`fedshield.protocols.he`) unless you
+know why not; the arithmetic is :mod:`fedshield.crypto.threshold`.
+
+Commit, then reveal: each site first sends the SHA-256 of its public share, signed by its
+identity on the federation's :class:`~fedshield.protocols.roster.Roster`; only once every
+site's signed commitment is in does the server ask for the shares. A site that reveals last
+therefore cannot choose its share to cancel the others' (a share ``p_m = x - sum p_i`` would
+give the server a key of its own). Every site checks every commitment's signature and every
+share against its commitment, and computes the collective key itself; its answer to
+``install`` is the key's hash, which the server compares across sites.
+
+The key is n-of-n: the list must be exactly the roster's sites, and a site missing at any
+stage aborts the setup.
+
+Stages (:class:`~fedshield.protocols.he.common.ThresholdKeyStage`): ``commit_share`` →
+``reveal_share`` → ``install_key``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import numpy as np
+import tenseal.sealapi as sa
+
+from fedshield import wire
+from fedshield._validate import check_instance
+from fedshield.crypto.identity import SIGNATURE_BYTES, Identity
+from fedshield.crypto.seal import SealIO
+from fedshield.crypto.seal_codec import SealCiphertext
+from fedshield.crypto.threshold import ThresholdKeys, combine
+from fedshield.errors import InvalidShare, ProtocolAbort, UnknownSender, WrongShape
+from fedshield.protocols.base import (
+    ClientSession,
+    Revealed,
+    ServerSession,
+    broadcasts,
+    closes,
+    handles,
+    receives,
+)
+from fedshield.protocols.he.common import (
+    SHARE_COMMIT_LABEL,
+    THRESHOLD_KEY_ID,
+    THRESHOLD_KEY_STAGES,
+    ThresholdKeyStage,
+)
+from fedshield.protocols.he.params import HEPlan
+from fedshield.protocols.roster import Roster
+
+__all__ = ["ThresholdKeySetupClient", "ThresholdKeySetupServer", "ThresholdKeyring"]
+
+
+class ThresholdKeyring:
+    """A site's key share with the collective public key: encrypts, partially decrypts, and
+    decodes a combined sum. Never constructed on the server."""
+
+    def __init__(self, plan: HEPlan, keys: ThresholdKeys) -> None:
+        check_instance("plan", plan, HEPlan)
+        check_instance("keys", keys, ThresholdKeys)
+        if keys.encryptor is None:
+            raise ValueError("keys: install the collective public key first")
+        self.plan, self.keys, self.io, self.context = plan, keys, keys.io, keys.context
+        self.encoder = sa.BatchEncoder(self.context)
+        # (c0 + sum h_i, 0) decrypts to the same plaintext under any key: this site's share.
+        self.decryptor = sa.Decryptor(self.context, keys.secret_key)
+        self.partially_decrypted: set[int] = set()  # rounds: one aggregate each, ever
+
+    def encrypt(self, plaintext: sa.Plaintext) -> sa.Ciphertext:
+        """A fresh encryption under the collective key."""
+        return self.keys.encrypt(plaintext)
+
+    def partial(self, round: int, ciphertexts: list[SealCiphertext]) -> np.ndarray:
+        """This site's flooded partial decryptions of a round's summed ciphertexts,
+        ``(count, moduli, degree)`` u64. Once per round: a second aggregate of the same round
+        (one differing by a site, say) is refused, whatever it is."""
+        if round in self.partially_decrypted:
+            raise ProtocolAbort(f"round {round}: this site already decrypted an aggregate")
+        self.partially_decrypted.add(round)
+        return np.stack([self.keys.partial(ct) for ct in ciphertexts])
+
+    def decrypt_combined(self, ct: SealCiphertext, partials_sum: np.ndarray) -> sa.Plaintext:
+        """The plaintext of ``ct`` given the sum of every site's partial."""
+        combined = sa.Ciphertext()
+        self.io.load_object(combined, combine(ct, partials_sum, self.keys.data_moduli))
+        plaintext = sa.Plaintext()
+        self.decryptor.decrypt(combined, plaintext)
+        return plaintext
+
+
+def _statement(round: int, params_id: bytes, site: int, digest: bytes) -> bytes:
+    return struct.pack("<II", round, site) + params_id + digest
+
+
+def _share_bytes(plan: HEPlan) -> int:
+    return len(plan.coeff_bits) * plan.poly_degree * 8
+
+
+class ThresholdKeySetupServer(ServerSession):
+    """Server side of the collective key generation: relays commitments and shares, and
+    checks that every site installed the same key. It learns public shares only."""
+
+    protocol_id = THRESHOLD_KEY_ID
+    stages = THRESHOLD_KEY_STAGES
+
+    def __init__(self, *, round: int, clients, dim: int, plan: HEPlan, roster: Roster) -> None:
+        super().__init__(round=round, clients=clients, dim=dim)
+        check_instance("plan", plan, HEPlan, "from plan_for")
+        check_instance("roster", roster, Roster, "Roster.enrol or Roster.load")
+        if sorted(self.clients) != sorted(roster.sites) or len(self.clients) != plan.n_clients:
+            raise ValueError("threshold keys: the clients must be exactly the roster's sites")
+        self.plan, self.roster = plan, roster
+        self.digests: dict[int, bytes] = {}
+        self.signatures: dict[int, bytes] = {}
+        self.shares: dict[int, bytes] = {}
+        self.key_digests: dict[int, bytes] = {}
+
+    def _max_message_bytes(self, stage: str) -> int:
+        return 256 + len(self.clients) * (8 + _share_bytes(self.plan))
+
+    def _everyone(self, stage: str) -> None:
+        if self.alive != set(self.clients):
+            missing = sorted(set(self.clients) - self.alive)
+            raise ProtocolAbort(f"threshold keys need every site; {missing} missing at {stage}")
+
+    @broadcasts(ThresholdKeyStage.COMMIT)
+    def _ask_for_commitments(self, stage: str) -> dict[int, bytes]:
+        return dict.fromkeys(sorted(self.alive), self._server_message(stage, [self.plan.params_id]))
+
+    @receives(ThresholdKeyStage.COMMIT)
+    def _take_commitment(self, stage: str, sender: int, message: wire.Message) -> None:
+        message.require_fields(2)
+        digest = message.raw(0, length=32)
+        signature = message.raw(1, length=SIGNATURE_BYTES)
+        statement = _statement(self.round, self.plan.params_id, sender, digest)
+        self.roster.verify(sender, signature, SHARE_COMMIT_LABEL, statement)
+        self.digests[sender], self.signatures[sender] = digest, signature
+
+    @closes(ThresholdKeyStage.COMMIT, ThresholdKeyStage.REVEAL)
+    def _check_everyone(self, stage: str) -> None:
+        self._everyone(stage)
+
+    @broadcasts(ThresholdKeyStage.REVEAL)
+    def _relay_commitments(self, stage: str) -> dict[int, bytes]:
+        sites = sorted(self.digests)
+        fields = [np.array(sites, np.uint32), b"".join(self.digests[c] for c in sites),
+                  b"".join(self.signatures[c] for c in sites)]  # fmt: skip
+        return dict.fromkeys(sorted(self.alive), self._server_message(stage, fields))
+
+    @receives(ThresholdKeyStage.REVEAL)
+    def _take_share(self, stage: str, sender: int, message: wire.Message) -> None:
+        message.require_fields(1)
+        share = message.raw(0, length=_share_bytes(self.plan))
+        if hashlib.sha256(share).digest() != self.digests[sender]:
+            raise WrongShape(f"client {sender}'s public share does not match its commitment")
+        self.shares[sender] = share
+
+    @broadcasts(ThresholdKeyStage.INSTALL)
+    def _relay_shares(self, stage: str) -> dict[int, bytes]:
+        sites = sorted(self.shares)
+        fields = [np.array(sites, np.uint32), b"".join(self.shares[c] for c in sites)]
+        return dict.fromkeys(sorted(self.alive), self._server_message(stage, fields))
+
+    @receives(ThresholdKeyStage.INSTALL)
+    def _take_key_digest(self, stage: str, sender: int, message: wire.Message) -> None:
+        message.require_fields(1)
+        self.key_digests[sender] = message.raw(0, length=32)
+
+    @closes(ThresholdKeyStage.INSTALL)
+    def _check_same_key(self, stage: str) -> None:
+        self._everyone(stage)
+        if len(set(self.key_digests.values())) != 1:
+            raise ProtocolAbort("the sites computed different collective keys")
+
+    def _reveal(self) -> Revealed:
+        return Revealed(
+            contributors=tuple(sorted(self.key_digests)), weighted_sum=None, total_weight=None,
+            dropped=tuple(c for c in self.clients if c not in self.key_digests),
+        )  # fmt: skip
+
+
+class ThresholdKeySetupClient(ClientSession):
+    """Site side of the collective key generation; after ``install_key``, :attr:`keyring`
+    holds its :class:`ThresholdKeyring`.
+
+    Args:
+        client_id: this site's id.
+        plan: the threshold HE parameters (the server's must be the same).
+        roster: the federation: the key is shared among exactly its sites.
+        identity: this site's identity key (its public half is on the roster).
+        round: the session's round (0 for a federation's one-time setup).
+    """
+
+    protocol_id = THRESHOLD_KEY_ID
+    stages = THRESHOLD_KEY_STAGES
+
+    def __init__(
+        self, *, client_id: int, plan: HEPlan, roster: Roster, identity: Identity, round: int = 0
+    ) -> None:
+        super().__init__(
+            client_id=client_id, round=round, update=np.zeros(1, np.float32), weight=1.0
+        )
+        check_instance("plan", plan, HEPlan, "from plan_for")
+        check_instance("roster", roster, Roster, "Roster.enrol or Roster.load")
+        check_instance("identity", identity, Identity)
+        if plan.config.keys != "threshold":
+            raise ValueError("plan: these parameters are not for threshold keys")
+        roster.check_identity(client_id, identity.public_bytes)
+        self.plan, self.roster, self.identity = plan, roster, identity
+        io = SealIO(plan.context())
+        self.keys = ThresholdKeys(io, seed=plan.params_id, flood_bits=plan.flood_bits)
+        self.share = np.ascontiguousarray(self.keys.public_share(), "<u8").tobytes()
+        self.digests: dict[int, bytes] = {}
+        self.keyring: ThresholdKeyring | None = None
+
+    def _check_params(self, message: wire.Message) -> None:
+        if message.raw(0, length=32) != self.plan.params_id:
+            raise WrongShape("the server's HE parameters differ from this site's")
+
+    def _sites(self, message: wire.Message) -> list[int]:
+        sites = message.array(0, dtype="<u4").tolist()
+        if sorted(sites) != list(self.roster.sites) or len(sites) != self.plan.n_clients:
+            raise UnknownSender(
+                f"threshold keys are shared by exactly the roster's sites; the server lists "
+                f"{sorted(sites)}: refused"
+            )
+        return sites
+
+    @handles(ThresholdKeyStage.COMMIT)
+    def _commit(self, stage: str, message: wire.Message) -> bytes:
+        message.require_fields(1)
+        self._check_params(message)
+        digest = hashlib.sha256(self.share).digest()
+        statement = _statement(self.round, self.plan.params_id, self.client_id, digest)
+        signature = self.roster.sign(self.identity, SHARE_COMMIT_LABEL, statement)
+        return self._client_message(stage, [digest, signature])
+
+    @handles(ThresholdKeyStage.REVEAL)
+    def _reveal_share(self, stage: str, message: wire.Message) -> bytes:
+        message.require_fields(3)
+        sites = self._sites(message)
+        digests = message.raw(1, length=32 * len(sites))
+        signatures = message.raw(2, length=SIGNATURE_BYTES * len(sites))
+        for k, site in enumerate(sites):
+            digest = digests[32 * k : 32 * (k + 1)]
+            statement = _statement(self.round, self.plan.params_id, site, digest)
+            signature = signatures[SIGNATURE_BYTES * k : SIGNATURE_BYTES * (k + 1)]
+            self.roster.verify(site, signature, SHARE_COMMIT_LABEL, statement)
+            self.digests[site] = digest
+        if self.digests[self.client_id] != hashlib.sha256(self.share).digest():
+            raise InvalidShare("the server relayed another commitment under this site's name")
+        return self._client_message(stage, [self.share])
+
+    @handles(ThresholdKeyStage.INSTALL)
+    def _install(self, stage: str, message: wire.Message) -> bytes:
+        message.require_fields(2)
+        sites = self._sites(message)
+        size = _share_bytes(self.plan)
+        blob = message.raw(1, length=size * len(sites))
+        shares = []
+        for k, site in enumerate(sites):
+            share = blob[size * k : size * (k + 1)]
+            if hashlib.sha256(share).digest() != self.digests.get(site):
+                raise InvalidShare(f"site {site}'s public share does not match its commitment")
+            shares.append(np.frombuffer(share, "<u8").reshape(-1, self.plan.poly_degree))
+        self.keys.install(shares)
+        self.keyring = ThresholdKeyring(self.plan, self.keys)
+        digest = hashlib.sha256(self.keys.public_key_bytes()).digest()
+        return self._client_message(stage, [digest])
