@@ -1,4 +1,5 @@
-"""Command line: ``fedshield run``, ``fedshield experiment survey`` and ``fedshield roster``."""
+"""Command line: ``fedshield run``, ``fedshield experiment survey``, ``fedshield roster`` and
+``fedshield bench privacy``."""
 
 from __future__ import annotations
 
@@ -131,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     survey.add_argument("--out", type=Path, default=None)
     survey.set_defaults(handler=_cmd_survey)
     add_roster_command(sub, console)
+    from fedshield.attacks.bench import register as add_bench_commands
+
+    add_bench_commands(sub, console)  # bench privacy (bench overhead joins its subparsers)
     return parser
 
 

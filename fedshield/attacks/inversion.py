@@ -163,7 +163,7 @@ def _observed_targets(observed: ObservedUpdate, model: nn.Module):
 
     def chunk(vector: np.ndarray, name: str) -> torch.Tensor:
         e = by_name[name]
-        return torch.from_numpy(np.asarray(vector[e.offset : e.offset + e.size], np.float32))
+        return torch.from_numpy(np.array(vector[e.offset : e.offset + e.size], np.float32))
 
     grads = [-chunk(delta, n).reshape(p.shape) for n, p in params]
     stats = {}

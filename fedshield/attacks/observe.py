@@ -9,6 +9,7 @@ the clear), under ``secagg`` only the revealed sum. The round is then applied as
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,9 +17,9 @@ from fedshield import wire
 from fedshield.attacks.inversion import ObservedUpdate
 from fedshield.engine.federation import Federation
 from fedshield.engine.transport import InProcessTransport, Reply
-from fedshield.errors import ConfigError, ProtocolAbort
+from fedshield.errors import ProtocolAbort
 
-__all__ = ["observe_round"]
+__all__ = ["ServerView", "observe_round"]
 
 
 class _RecordingTransport(InProcessTransport):
@@ -36,23 +37,27 @@ class _RecordingTransport(InProcessTransport):
         return replies
 
 
+@dataclass(frozen=True)
+class ServerView:
+    """What the server could read in one round: each site's own update where the protocol
+    sends it in the clear (float32 ``plain``), and the revealed aggregate (the weighted mean
+    of the updates), all that ``secagg`` shows."""
+
+    per_site: dict[int, ObservedUpdate]
+    aggregate: ObservedUpdate | None
+
+
 def observe_round(
-    fed: Federation, *, image_shape: tuple[int, int, int], target: int | None = None,
-    local_steps: int = 1,
-) -> ObservedUpdate:  # fmt: skip
-    """Run one round of ``fed`` and return the update the server saw.
+    fed: Federation, *, image_shape: tuple[int, int, int], local_steps: int = 1
+) -> ServerView:
+    """Run one round of ``fed`` (real training, real sessions) and keep what its server saw.
 
     Args:
         fed: the federation (its protocol decides what the server sees).
         image_shape: ``(C, H, W)`` of the sites' images.
-        target: under ``plain``, the site whose own update the server reads from its
-            message; ``None``: the round's revealed aggregate (the weighted mean of the
-            updates), all that ``secagg`` shows.
         local_steps: the optimizer steps each site takes (public in the run's config).
 
     Raises:
-        ConfigError: ``target`` set under a protocol whose messages hide the update, or
-            under a quantizing plain format.
         ProtocolAbort: the round revealed nothing.
     """
     start = fed.global_vector.copy()
@@ -64,28 +69,20 @@ def observe_round(
         runtime.conclude(sessions[runtime.site_id])
     fed.server.apply(outcome, sessions)
     fed.server.round += 1  # no evaluation record: the attack needs none
-    if target is not None:
-        delta = _plain_update(fed, transport.received, target)
-    elif outcome.revealed is None or outcome.revealed.weighted_sum is None:
+    revealed = outcome.revealed
+    if revealed is None or revealed.weighted_sum is None:
         raise ProtocolAbort(f"the round revealed no aggregate ({outcome.aborted})")
-    else:
-        revealed = outcome.revealed
-        delta = (revealed.weighted_sum / revealed.total_weight).astype(np.float32)
-    return ObservedUpdate(
-        model=fed.model, spec=fed.spec, start=start, delta=delta[: fed.spec.dim],
-        image_shape=image_shape, local_steps=local_steps,
-    )  # fmt: skip
 
+    def seen(delta: np.ndarray) -> ObservedUpdate:
+        return ObservedUpdate(
+            model=fed.model, spec=fed.spec, start=start,
+            delta=np.asarray(delta[: fed.spec.dim], np.float32), image_shape=image_shape,
+            local_steps=local_steps,
+        )  # fmt: skip
 
-def _plain_update(fed: Federation, received: dict, target: int) -> np.ndarray:
-    """Site ``target``'s float32 update, read from its ``plain`` input message."""
-    if fed.protocol.name != "plain" or fed.protocol.describe().get("quant_bits"):
-        raise ConfigError(
-            f"the server reads a site's own update only under float32 plain, not "
-            f"{fed.protocol.name} ({fed.protocol.describe()})"
-        )
-    data = received.get(("input", target))
-    if data is None:
-        raise ProtocolAbort(f"site {target} sent no update this round")
-    message = wire.parse(data)
-    return message.array(1, dtype="<f4", shape=(fed.spec.dim,)).copy()
+    per_site = {}
+    if fed.protocol.name == "plain" and not fed.protocol.describe().get("quant_bits"):
+        for (stage, cid), data in transport.received.items():
+            if stage == "input":  # (weight, float32 update) in the clear
+                per_site[cid] = seen(wire.parse(data).array(1, dtype="<f4", shape=(fed.spec.dim,)))
+    return ServerView(per_site, seen(revealed.weighted_sum / revealed.total_weight))

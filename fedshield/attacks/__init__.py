@@ -1,0 +1,25 @@
+"""Privacy attacks that show what each protection buys (``fedshield bench privacy``):
+gradient inversion by an honest-but-curious server (:mod:`.inversion`) on what it sees of a
+real round (:mod:`.observe`), and membership inference on the final model
+(:mod:`.membership`). Attack code: it imports the engine, and nothing imports it but the CLI.
+"""
+
+from fedshield.attacks.inversion import InversionConfig, ObservedUpdate, Reconstruction, invert
+from fedshield.attacks.membership import attack_aucs, per_example_loss
+from fedshield.attacks.observe import ServerView, observe_round
+from fedshield.attacks.scores import match, psnr, ssim, unrelated_level
+
+__all__ = [
+    "InversionConfig",
+    "ObservedUpdate",
+    "Reconstruction",
+    "ServerView",
+    "attack_aucs",
+    "invert",
+    "match",
+    "observe_round",
+    "per_example_loss",
+    "psnr",
+    "ssim",
+    "unrelated_level",
+]
