@@ -178,6 +178,10 @@ class ThresholdKeys:
     def partial(self, ciphertext: SealCiphertext) -> np.ndarray:
         """``c1 s_i + E_i`` (coefficient form, one row per data modulus) for a checked
         ciphertext at the data level."""
+        return flood(self.product(ciphertext), self.data_moduli, self.flood_bits)
+
+    def product(self, ciphertext: SealCiphertext) -> np.ndarray:
+        """``c1 s_i`` without flooding: never send it (auditors measure the noise with it)."""
         c1 = ciphertext.data[1]
         if not c1.any():
             raise InvalidCiphertext("a ciphertext with a zero second polynomial: refused")
@@ -187,8 +191,7 @@ class ThresholdKeys:
         self._evaluator.transform_to_ntt_inplace(ct)
         self._evaluator.multiply_plain_inplace(ct, self._share_plain)
         self._evaluator.transform_from_ntt_inplace(ct)
-        product = read_ciphertext(self.io.dump(ct)).data[0]
-        return flood(product, self.data_moduli, self.flood_bits)
+        return read_ciphertext(self.io.dump(ct)).data[0]
 
 
 def sum_public_shares(shares: list[np.ndarray], moduli: list[int]) -> np.ndarray:

@@ -91,6 +91,8 @@ class ThresholdClient(HEClient):
         self.roster, self.identity = roster, identity
         self._blobs: list[memoryview] = []
         self._sums: list = []
+        self._root = b""
+        self.roots: dict[int, bytes] = {}
 
     def _check_params(self, message: wire.Message) -> None:
         if message.raw(0, length=32) != self.plan.params_id:
@@ -102,32 +104,35 @@ class ThresholdClient(HEClient):
         self._check_params(message)
         self._blobs = self._encrypt()
         sizes = np.array([len(b) for b in self._blobs])
-        self.root = spotcheck.commit(_coefficients(sizes, b"".join(self._blobs)))[-1][0]
-        statement = _statement(self.round, self.plan.params_id, self.client_id, self.root)
+        self._root = spotcheck.commit(_coefficients(sizes, b"".join(self._blobs)))[-1][0]
+        statement = _statement(self.round, self.plan.params_id, self.client_id, self._root)
         signature = self.roster.sign(self.identity, CIPHERTEXT_COMMIT_LABEL, statement)
-        return self._client_message(stage, [self.root, signature])
+        return self._client_message(stage, [self._root, signature])
 
     @handles(ThresholdStage.INPUT)
     def _send_ciphertexts(self, stage: str, message: wire.Message) -> bytes:
-        message.require_fields(1)
+        message.require_fields(4)
         self._check_params(message)
+        # Only once every site is bound to its ciphertexts is this one revealed: an accomplice
+        # of the server cannot then commit to the negation of an honest site's.
+        self.roots = self._signed_roots(message)
         sizes = np.array([len(b) for b in self._blobs], dtype=np.uint32)
         blob, self._blobs = b"".join(self._blobs), []
         return self._client_message(stage, [self.plan.params_id, sizes, blob])
 
     @handles(ThresholdStage.DECRYPT)
     def _partially_decrypt(self, stage: str, message: wire.Message) -> bytes:
-        message.require_fields(7)
+        message.require_fields(4)
         self._check_params(message)
-        roots = self._signed_roots(message)
-        sizes, sums = read_sizes(message, 4, self.plan)
+        roots = self.roots
+        sizes, sums = read_sizes(message, 1, self.plan)
         load_ciphertexts(sizes, sums, self.plan, self.keyring.io)  # SEAL's checks first
         self._sums = _read_all(sizes, sums)
         total = np.stack([ct.data for ct in self._sums])
         where = spotcheck.positions(self.round, self.plan.params_id, roots, total)
         leaves = spotcheck.blocks(total).shape[0]
         each = len(where) * (8 * spotcheck.BLOCK + merkle.depth(leaves) * HASH_BYTES)
-        blob = message.raw(6, length=each * len(roots))
+        blob = message.raw(3, length=each * len(roots))
         opened = [
             spotcheck.read_openings(blob[k * each : (k + 1) * each], roots[site], where, leaves)
             for k, site in enumerate(sorted(roots))
@@ -153,7 +158,7 @@ class ThresholdClient(HEClient):
             statement = _statement(self.round, self.plan.params_id, site, root)
             self.roster.verify(site, signature, CIPHERTEXT_COMMIT_LABEL, statement)
             roots[site] = root
-        if roots[self.client_id] != self.root:
+        if roots[self.client_id] != self._root:
             raise ProtocolAbort("the server relayed another root under this site's name")
         return roots
 
@@ -226,6 +231,16 @@ class ThresholdServer(HEServer):
         self.roster.verify(sender, signature, CIPHERTEXT_COMMIT_LABEL, statement)
         self.roots[sender], self.signatures[sender] = root, signature
 
+    @broadcasts(ThresholdStage.INPUT)
+    def _ask_for_ciphertexts(self, stage: str) -> dict[int, bytes]:
+        self._start_parts()
+        sites = sorted(self.roots)
+        fields = [
+            self.plan.params_id, np.array(sites, np.uint32),
+            b"".join(self.roots[c] for c in sites), b"".join(self.signatures[c] for c in sites),
+        ]  # fmt: skip
+        return dict.fromkeys(sorted(self.alive), self._server_message(stage, fields))
+
     @receives(ThresholdStage.INPUT)
     def _take_ciphertexts(self, stage: str, sender: int, message: wire.Message) -> None:
         message.require_fields(3)
@@ -246,11 +261,7 @@ class ThresholdServer(HEServer):
         openings = b"".join(spotcheck.open_blocks(*self.trees[c], where) for c in sites)
         self.trees.clear()
         self.moduli = [int(q) for q in _moduli(self.plan)]
-        fields = [
-            self.plan.params_id, np.array(sites, np.uint32),
-            b"".join(self.roots[c] for c in sites), b"".join(self.signatures[c] for c in sites),
-            sizes, sums, openings,
-        ]  # fmt: skip
+        fields = [self.plan.params_id, sizes, sums, openings]
         self.partials = np.zeros((len(sizes), len(self.moduli), self.plan.poly_degree), np.uint64)
         return dict.fromkeys(sorted(self.alive), self._server_message(stage, fields))
 

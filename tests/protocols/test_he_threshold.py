@@ -1,0 +1,135 @@
+"""Threshold ``he`` as an auditor checks it: the same aggregate as shared-key ``he`` and as
+the plain sum of the quantized levels, one collective key at every site and none on the
+server, n-of-n dropouts, and malformed input refused with a typed error."""
+
+import gc
+
+import numpy as np
+import pytest
+import tenseal.sealapi as sa
+from threshold_federation import CONFIG, DIM, federation, round_sessions, updates
+
+from fedshield.crypto.threshold import ThresholdKeys
+from fedshield.engine.runner import run_protocol
+from fedshield.engine.transport import InProcessTransport
+from fedshield.errors import ConfigError, InvalidMessage, ProtocolAbort
+from fedshield.protocols.he import HEClient, HEServer
+from fedshield.protocols.he.keys import HEKeyring
+from fedshield.protocols.he.params import HEConfig, plan_for
+from fedshield.protocols.he.threshold_keys import ThresholdKeyring
+
+
+def _run(server, clients):
+    return run_protocol(server, InProcessTransport(clients))
+
+
+def test_the_aggregate_equals_shared_key_he_and_the_plain_sum_of_levels():
+    server, clients = round_sessions(3)
+    outcome = _run(server, clients)
+    assert outcome.aborted is None and outcome.revealed.contributors == (0, 1, 2)
+    shared_config = HEConfig(clip=0.5, quant_bits=8, weight_bits=8, max_weight=100.0)
+    plan = plan_for(shared_config, n_clients=3, dim=DIM)
+    keyring = HEKeyring.generate(plan)
+    shared = {
+        c: HEClient(client_id=c, round=1, update=u, weight=10.0 * (c + 1), keyring=keyring,
+                    quant_seed=100 + c)
+        for c, u in enumerate(updates(3))
+    }  # fmt: skip
+    assert _run(HEServer(round=1, clients=[0, 1, 2], dim=DIM, plan=plan), shared).aborted is None
+    for c in range(3):  # every site decodes the same sum, bit for bit the shared-key one
+        assert np.array_equal(clients[c].aggregate[0], shared[0].aggregate[0])
+        assert clients[c].aggregate[1] == shared[0].aggregate[1]
+        assert np.array_equal(clients[c].level_sum, shared[0].level_sum)
+    mean = clients[0].aggregate[0] / clients[0].aggregate[1]
+    weights = np.array([10.0, 20.0, 30.0])
+    plain = (np.stack(updates(3)) * weights[:, None]).sum(0) / weights.sum()
+    # fraction weighting's documented bound: n steps times (2^8 - 1) over the integer weights
+    integer = np.round(weights / 100.0 * 255)
+    assert np.abs(mean - plain).max() <= 3 * (1.0 / 255) * 255 / integer.sum()
+
+
+def test_every_site_holds_the_same_collective_key_and_the_server_none():
+    _plan, _, _, keyrings = federation(3)
+    keys = {kr.keys.public_key_bytes() for kr in keyrings.values()}
+    assert len(keys) == 1
+    secrets = {bytes(kr.io.dump(kr.keys.secret_key)) for kr in keyrings.values()}
+    assert len(secrets) == 3  # three different shares
+    server, clients = round_sessions(3)
+    _run(server, clients)
+    gc.collect()
+    assert not _holds_a_secret(server)
+
+
+def _holds_a_secret(obj, seen=None) -> bool:
+    seen = seen if seen is not None else set()
+    if id(obj) in seen:
+        return False
+    seen.add(id(obj))
+    if isinstance(obj, (sa.SecretKey, sa.Decryptor, ThresholdKeys, ThresholdKeyring)):
+        return True
+    if isinstance(obj, dict):
+        return any(_holds_a_secret(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple, set)):
+        return any(_holds_a_secret(v, seen) for v in obj)
+    if hasattr(obj, "__dict__"):
+        return any(_holds_a_secret(v, seen) for v in vars(obj).values())
+    return False
+
+
+@pytest.mark.parametrize("stage", ["commit", "input", "decrypt"])
+def test_a_site_missing_at_any_stage_aborts_the_round_n_of_n(stage):
+    server, clients = round_sessions(3, round=2)
+
+    class Drop(InProcessTransport):
+        def exchange(self, name, messages):
+            replies = super().exchange(name, messages)
+            if name == stage:
+                replies.pop(2, None)
+            return replies
+
+    outcome = run_protocol(server, Drop(clients))
+    assert outcome.revealed is None
+    assert "n-of-n" in outcome.aborted and "[2]" in outcome.aborted
+
+
+def test_threshold_keys_refuse_ckks_and_too_many_sites():
+    with pytest.raises(ConfigError, match="BFV"):
+        HEConfig(scheme="ckks", keys="threshold")
+    with pytest.raises(ConfigError, match="at most 128"):
+        plan_for(CONFIG, n_clients=129, dim=10)
+    with pytest.raises(ConfigError, match="keys"):
+        HEConfig(keys="split")
+
+
+def test_the_cli_refuses_threshold_keys_with_dropouts():
+    from fedshield.engine.experiment import RunConfig
+
+    with pytest.raises(ConfigError, match="n-of-n"):
+        RunConfig(protect="he", he_keys="threshold", dropout=0.1)
+
+
+def test_a_truncated_ciphertext_is_a_typed_error_and_the_round_aborts():
+    server, clients = round_sessions(3, round=3)
+    for stage in ("commit",):
+        messages = server.broadcast(stage)
+        for c, m in messages.items():
+            server.receive(stage, c, clients[c].handle(stage, m))
+        server.close_stage(stage)
+    messages = server.broadcast("input")
+    answers = {c: clients[c].handle("input", m) for c, m in messages.items()}
+    with pytest.raises(InvalidMessage):
+        server.receive("input", 1, answers[1][:-100])
+    for c in (0, 2):
+        server.receive("input", c, answers[c])
+    with pytest.raises(ProtocolAbort, match="n-of-n"):
+        server.close_stage("input")
+
+
+def test_a_commitment_replayed_from_another_round_is_refused():
+    old_server, old_clients = round_sessions(3, round=4)
+    message = old_server.broadcast("commit")[0]
+    old_answer = old_clients[0].handle("commit", message)
+    server, _clients = round_sessions(3, round=5)
+    server.broadcast("commit")
+    with pytest.raises(InvalidMessage):
+        server.receive("commit", 0, old_answer)  # round 4's header (and signature)

@@ -1,0 +1,154 @@
+"""Threshold ``he`` against a malicious server (and a site colluding with it), driving the real
+sessions: every attack makes the honest sites refuse before any partial decryption."""
+
+import numpy as np
+import pytest
+import tenseal.sealapi as sa
+from threshold_federation import federation, round_sessions
+
+from fedshield import wire
+from fedshield.crypto.seal import SealIO
+from fedshield.engine.runner import run_protocol
+from fedshield.engine.transport import InProcessTransport
+from fedshield.errors import BadSignature, FedshieldError, InvalidShare
+from fedshield.protocols.he.common import CIPHERTEXT_COMMIT_LABEL, read_sizes
+from fedshield.protocols.he.threshold import ThresholdServer, _statement
+from fedshield.protocols.he.threshold_keys import (
+    ThresholdKeySetupClient,
+    ThresholdKeySetupServer,
+)
+
+
+def _drive(server, clients, upto: str) -> None:
+    """Run the honest stages before ``upto``."""
+    for stage in server.stages:
+        if stage == upto:
+            return
+        messages = server.broadcast(stage)
+        for c, m in messages.items():
+            server.receive(stage, c, clients[c].handle(stage, m))
+        server.close_stage(stage)
+
+
+def _refused_by_everyone(server, clients, round: int) -> None:
+    messages = server.broadcast("decrypt")
+    for c, m in messages.items():
+        with pytest.raises(FedshieldError):
+            clients[c].handle("decrypt", m)
+        assert round not in clients[c].keyring.partially_decrypted  # no partial was computed
+
+
+class _Blobs(ThresholdServer):
+    """Keeps each site's ciphertext bytes (the server holds them anyway)."""
+
+    def _take_ciphertexts(self, stage, sender, message):
+        super()._take_ciphertexts(stage, sender, message)
+        sizes, blob = read_sizes(message, 1, self.plan)
+        self.blobs = {**getattr(self, "blobs", {}), sender: (sizes, bytes(blob))}
+
+
+class _OneSitesCiphertext(_Blobs):
+    def _collect_sums(self):
+        super()._collect_sums()
+        sizes, blob = self.blobs[0]
+        return sizes.astype(np.uint32), memoryview(blob)
+
+
+class _MissingASite(_Blobs):
+    def _collect_sums(self):
+        super()._collect_sums()
+        io = SealIO(self.plan.context())
+        evaluator, out, sizes = sa.Evaluator(io.context), [], []
+        for k in range(self.plan.n_ciphertexts):
+            cts = []
+            for site in (0, 1):  # site 2 left out, still listed
+                site_sizes, blob = self.blobs[site]
+                start = int(site_sizes[:k].sum())
+                ct = sa.Ciphertext()
+                io.load_object(ct, blob[start : start + int(site_sizes[k])])
+                cts.append(ct)
+            evaluator.add_inplace(cts[0], cts[1])
+            data = io.dump(cts[0])
+            out.append(data)
+            sizes.append(len(data))
+        return np.array(sizes, np.uint32), memoryview(b"".join(out))
+
+
+@pytest.mark.parametrize("server_class", [_OneSitesCiphertext, _MissingASite])
+def test_a_substituted_aggregate_is_refused_before_any_partial_decryption(server_class):
+    round = 20 + (server_class is _MissingASite)
+    server, clients = round_sessions(3, round=round, server_class=server_class)
+    _drive(server, clients, "decrypt")
+    _refused_by_everyone(server, clients, round)
+
+
+def test_a_round_over_fewer_sites_than_the_federation_is_refused():
+    server, clients = round_sessions(3, round=22)
+    _drive(server, clients, "input")
+    messages = server.broadcast("input")
+    for c, m in messages.items():  # the commitments of sites 0 and 1 only
+        forged = _with_sites(server, m, [0, 1])
+        with pytest.raises(FedshieldError, match="refused"):
+            clients[c].handle("input", forged)
+
+
+def _with_sites(server, message: bytes, sites: list[int]) -> bytes:
+    fields = list(wire.parse(message).fields)
+    fields[1] = np.array(sites, np.uint32)
+    fields[2] = bytes(fields[2])[: 32 * len(sites)]
+    fields[3] = bytes(fields[3])[: 64 * len(sites)]
+    return server._server_message("input", fields)
+
+
+def test_a_site_partially_decrypts_one_aggregate_per_round_ever():
+    server, clients = round_sessions(3, round=23)
+    assert run_protocol(server, InProcessTransport(clients)).aborted is None
+    again, others = round_sessions(3, round=23)  # a second session for the same round
+    _drive(again, others, "decrypt")
+    for c, m in again.broadcast("decrypt").items():
+        with pytest.raises(FedshieldError, match="already decrypted"):
+            others[c].handle("decrypt", m)
+
+
+def test_a_colluding_site_cannot_commit_after_seeing_an_honest_ciphertext():
+    """The server shows site 0's ciphertext to its accomplice (site 2) before site 2 commits;
+    site 2 then submits its negation, so the sum would be site 1's ciphertext alone. Honest
+    sites reveal their ciphertexts only once every site's signed commitment is in."""
+    plan, _roster, _identities, _keyrings = federation(3)
+    server, clients = round_sessions(3, round=24)
+    commit = server.broadcast("commit")
+    honest = {c: clients[c].handle("commit", commit[c]) for c in (0, 1)}
+    early_input = server._server_message("input", [plan.params_id])  # before site 2 committed
+    with pytest.raises(FedshieldError):
+        clients[0].handle("input", early_input)  # site 0 will not reveal its ciphertext yet
+    assert honest
+
+
+def test_the_key_setup_refuses_a_share_that_is_not_the_committed_one():
+    plan, roster, identities, _ = federation(3)
+
+    class SwapShare(ThresholdKeySetupServer):
+        def _relay_shares(self, stage):
+            self.shares[1] = self.shares[0]  # the server's own choice for site 1's share
+            return super()._relay_shares(stage)
+
+    sites = {
+        c: ThresholdKeySetupClient(client_id=c, plan=plan, roster=roster, identity=identities[c])
+        for c in range(3)
+    }
+    server = SwapShare(round=0, clients=[0, 1, 2], dim=1, plan=plan, roster=roster)
+    _drive(server, sites, "install_key")
+    for c, m in server.broadcast("install_key").items():
+        with pytest.raises(InvalidShare, match="commitment"):
+            sites[c].handle("install_key", m)
+        assert sites[c].keyring is None
+
+
+def test_signed_roots_bind_the_round():
+    plan, roster, identities, _ = federation(3)
+    root = b"\x01" * 32
+    signature = roster.sign(
+        identities[0], CIPHERTEXT_COMMIT_LABEL, _statement(1, plan.params_id, 0, root)
+    )
+    with pytest.raises(BadSignature):
+        roster.verify(0, signature, CIPHERTEXT_COMMIT_LABEL, _statement(2, plan.params_id, 0, root))
