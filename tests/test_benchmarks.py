@@ -59,6 +59,14 @@ def test_bench_he_quick_compares_with_the_flare_way(tmp_path):
                 "sum_s_flare_over_ours",
                 "decrypt_s_flare_over_ours",
             }
+        threshold = case["ours_threshold"]  # the sum decoded by every share together
+        assert threshold["max_abs_error"] <= 0.1 / 255 + 1e-6
+        assert threshold["flood_bits"] > 60 and threshold["keygen_s"] > 0
+        assert set(case["targets"]["ours_threshold"]) == {
+            "bytes_over_fp32",
+            "encrypt_s_flare_over_ours",
+            "sum_s_flare_over_ours",
+        }
 
 
 def test_bench_e2e_quick_compares_every_protection_on_breastmnist(tmp_path):

@@ -72,11 +72,13 @@ def test_a_supernode_killed_mid_round_is_a_recovered_dropout(tmp_path):
     assert live_members(seen["pids"]) == []  # the deployment's processes are all gone
 
 
-def test_he_over_flower_keys_travel_sealed_and_sites_apply_the_same_aggregate(tmp_path):
-    """The key-holder site seals the HE key to the others through the grid; the server only
-    adds ciphertexts; every site decrypts and applies the aggregate itself, and the model
-    they evaluate is the in-process engine's."""
-    config = RunConfig(protect="he", sites=2, rounds=1, local_epochs=1)
+@pytest.mark.parametrize("keys", ["shared", "threshold"])
+def test_he_over_flower_keys_travel_sealed_and_sites_apply_the_same_aggregate(tmp_path, keys):
+    """The key-holder site seals the HE key to the others through the grid (threshold keys:
+    the sites make the collective key there); the server only adds ciphertexts; every site
+    decrypts and applies the aggregate itself, and the model they evaluate is the in-process
+    engine's."""
+    config = RunConfig(protect="he", he_keys=keys, sites=2, rounds=1, local_epochs=1)
     events = []
     (row,) = run_on_flower(
         config, tmp_path / "out", on_event=lambda e, _d: events.append(e), stage_timeout=30

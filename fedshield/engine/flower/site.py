@@ -29,7 +29,6 @@ from fedshield.engine.flower.relay import serve
 from fedshield.engine.global_model import GlobalModel
 from fedshield.errors import WrongRound
 from fedshield.protocols.base import ClientSession
-from fedshield.protocols.he.keys import HEKeySetupClient
 from fedshield.protocols.registry import MODEL_BROADCAST, KeySetup
 from fedshield.protocols.roster import Roster
 
@@ -58,7 +57,7 @@ class SiteProcess:
         self.round = 0
         self.applied = 0  # under he: the last round whose aggregate this site applied
         self.key_setup: KeySetup | None = None
-        self.key_session: HEKeySetupClient | None = None
+        self.key_session: ClientSession | None = None
 
     def handle(self, kind: str, payload: bytes) -> bytes | None:
         """One request from the server (through Flower and the relay)."""
@@ -90,7 +89,7 @@ class SiteProcess:
             raise RuntimeError("no key setup in progress")
         stage = kind.removeprefix("keystage:")
         reply = self.key_session.handle(stage, payload)
-        if stage == "install":
+        if stage == self.key_session.stages[-1]:  # installed (shared or threshold keys)
             self.runtime.use_protocol(self.key_setup.bind({self.site: self.key_session.keyring}))
             self.key_session = None
         return reply

@@ -8,7 +8,11 @@ malicious server too: the key holder seals the key only to roster members whose 
 their transport key, and a site installs only a key sealed under the key holder's signed
 transport key, so the server can neither obtain the key nor make a site use one of its own.
 Every site holds the same secret key, so **a server colluding with any one site can decrypt every
-site's update**, exactly as in NVIDIA FLARE's HE; use ``secagg`` where that matters. Ciphertexts
+site's update**, exactly as in NVIDIA FLARE's HE; use ``secagg``, or threshold keys
+(``HEConfig(keys="threshold")``, ``--he-keys threshold``), where that matters: each site then
+holds a key share, and only all of them together decrypt the sum (its own threat model, which
+holds against a deviating server colluding with all but one site:
+:mod:`fedshield.protocols.he.threshold`). Ciphertexts
 carry no integrity: a site (or the network, without TLS) can send a well-formed but wrong
 ciphertext; the server checks only that each is well-formed and under the round's parameters.
 The decrypting sites refuse a sum that honest sites on the grid could not have produced (bits
@@ -44,6 +48,12 @@ from fedshield.protocols.he.keys import HEKeyring, HEKeySetupClient, HEKeySetupS
 from fedshield.protocols.he.packing import pack_slots, unpack_slots
 from fedshield.protocols.he.params import MAX_CLIENTS, HEConfig, HEPlan, plan_for
 from fedshield.protocols.he.server import CiphertextSum, HEServer
+from fedshield.protocols.he.threshold import ThresholdClient, ThresholdServer
+from fedshield.protocols.he.threshold_keys import (
+    ThresholdKeyring,
+    ThresholdKeySetupClient,
+    ThresholdKeySetupServer,
+)
 
 __all__ = [
     "MAX_CLIENTS",
@@ -57,6 +67,11 @@ __all__ = [
     "HEKeyring",
     "HEPlan",
     "HEServer",
+    "ThresholdClient",
+    "ThresholdKeySetupClient",
+    "ThresholdKeySetupServer",
+    "ThresholdKeyring",
+    "ThresholdServer",
     "pack_slots",
     "plan_for",
     "unpack_slots",
