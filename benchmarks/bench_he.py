@@ -173,8 +173,7 @@ THRESHOLD_TARGETS = {"bytes_over_fp32": 2.0, "encrypt_s": 5.0, "sum_s": 5.0}  # 
 
 def ours_threshold(layers: list[np.ndarray], n: int) -> dict:
     """n real sites with key shares (the collective key made by the real sessions); one
-    site's times and bytes, the server's sum (with the aggregate check's openings) and its
-    sum of the partial decryptions."""
+    site's times and bytes, the server's sum and its sum of the partial decryptions."""
     from fedshield.engine.runner import run_protocol
     from fedshield.engine.transport import InProcessTransport
     from fedshield.protocols.he.threshold import ThresholdClient, ThresholdServer
@@ -209,18 +208,18 @@ def ours_threshold(layers: list[np.ndarray], n: int) -> dict:
         times[f"server_{name}"] = server_s
         server.close_stage(name)
 
-    for name in ("commit", "input", "decrypt", "aggregate"):
+    for name in server.stages:
         stage(name)
     weighted_sum, total = clients[0].aggregate
     return {
         "keygen_s": keygen_s / n,
         "encrypt_s": times["commit"],  # encryption and the Merkle commitment
         "bytes_up": sent["commit"] + sent["input"],  # the commitment and the ciphertexts
-        "bytes_total_up": sum(sent.values()),  # ... and the partial decryption
-        "sum_s": times["server_input"] + times["broadcast_decrypt"],  # add; sum + openings
-        "partial_s": times["decrypt"],  # check the sum, then the flooded partials
+        "bytes_total_up": sum(sent.values()),  # ... the openings and the partial decryption
+        "sum_s": times["server_input"] + times["broadcast_open"],  # unpack, check, add; pack
+        "partial_s": times["open"] + times["decrypt"],  # open blocks, check the sum, partials
         "combine_s": times["server_decrypt"] / n + times["aggregate"],  # per site: add, decode
-        "decrypt_s": times["decrypt"] + times["aggregate"],
+        "decrypt_s": times["open"] + times["decrypt"] + times["aggregate"],
         "max_abs_error": float(np.abs(weighted_sum / total - np.clip(update, -CLIP, CLIP)).max()),
         "values_per_slot": plan.per_slot,
         "ciphertexts": plan.n_ciphertexts,

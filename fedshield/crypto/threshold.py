@@ -26,7 +26,8 @@ key). Each site floods with integers uniform in ``[-2^F, 2^F)`` from the OS CSPR
 statistical distance between its partial and one simulated without ``v`` is at most
 ``N |v|_inf / 2^(F+1)``, summed over the ``N`` coefficients: we keep it below ``2^-40`` for the
 noise bound ``B`` of :func:`noise_bound`, i.e. ``F = 40 + log2 N + log2 B - 1``. Decryption
-stays correct while ``n 2^F + B < q / (2 t)``: this fixes the largest plain modulus ``t``.
+stays correct while ``n 2^F + B < q / (2 t)``; the largest plain modulus ``t`` keeps a factor
+of two over it (:func:`fedshield.protocols.he.params.plan_for`).
 """
 
 from __future__ import annotations
@@ -78,9 +79,10 @@ def noise_bound(n: int) -> int:
     """A bound on the noise of a sum of ``n`` fresh public-key encryptions (N = 8192, the
     special prime dividing the encryption noise away): each one's noise is the mod-switch
     rounding ``r0 + r1 s`` with ``s`` the sum of ``n`` ternary keys, standard deviation about
-    ``sqrt(N n / 18) < 22 sqrt(n)``; ``2^9 n`` is over ``10`` standard deviations of the sum of
-    ``n`` of them (measured maxima are below ``2^8 n``: tests/crypto/test_threshold.py)."""
-    return 2**9 * max(1, n)
+    ``sqrt(N n / 18) < 22 sqrt(n)``, so the sum's is below ``22 n``. The bound,
+    ``2^(8 + ceil(log2 n)) >= 256 n``, is over 11 standard deviations (measured maxima over a
+    whole ciphertext: about ``78 n``; tests/crypto/test_threshold.py)."""
+    return 2 ** (8 + math.ceil(math.log2(max(1, n))))
 
 
 def flooding_bits(n: int, poly_degree: int) -> int:

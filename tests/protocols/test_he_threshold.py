@@ -76,7 +76,7 @@ def _holds_a_secret(obj, seen=None) -> bool:
     return False
 
 
-@pytest.mark.parametrize("stage", ["commit", "input", "decrypt"])
+@pytest.mark.parametrize("stage", ["commit", "input", "open", "decrypt"])
 def test_a_site_missing_at_any_stage_aborts_the_round_n_of_n(stage):
     server, clients = round_sessions(3, round=2)
 

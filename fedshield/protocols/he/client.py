@@ -49,6 +49,7 @@ class HEClient(ClientSession):
     stages = STAGES
     large_payloads = True
     keyring_type: type = HEKeyring
+    encrypts_per_fork = ENCRYPTS_PER_FORK
 
     def __init__(
         self,
@@ -117,7 +118,7 @@ class HEClient(ClientSession):
         out = shared_array((plan.n_ciphertexts, plan.max_ciphertext_bytes), np.uint8)
         sizes = shared_array((plan.n_ciphertexts,), np.int64)
         # A fork of a large process costs tens of ms: worth it from ~0.25 s of work per worker.
-        workers = worker_count(self.workers, len(rows), min_items=ENCRYPTS_PER_FORK)
+        workers = worker_count(self.workers, len(rows), min_items=self.encrypts_per_fork)
         fork_map(partial(_encrypt_rows, self.keyring, rows, out, sizes), len(rows), workers)
         return [row[:size].data for row, size in zip(out, sizes, strict=True)]
 

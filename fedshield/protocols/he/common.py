@@ -59,8 +59,9 @@ class ThresholdStage(StrEnum):
     """The stages of a threshold ``he`` round, in order."""
 
     COMMIT = "commit"  # each site: the signed Merkle root of its ciphertexts' coefficients
-    INPUT = "input"  # each site: the ciphertexts (the server checks them against the root)
-    DECRYPT = "decrypt"  # the server: the sum and spot-check openings; each site: its partial
+    INPUT = "input"  # the server: every signed root; each site: its ciphertexts
+    OPEN = "open"  # the server: the sum; each site: its blocks at the spot-check positions
+    DECRYPT = "decrypt"  # the server: every site's openings; each site: its partial
     AGGREGATE = "aggregate"  # the server: the sum of the partials; each site decodes the sum
 
 

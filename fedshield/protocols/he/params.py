@@ -229,7 +229,7 @@ def plan_for(config: HEConfig, *, n_clients: int, dim: int, tensors: int = 0) ->
     if config.keys == "threshold":
         degree, coeff_bits = THRESHOLD_POLY_DEGREE, THRESHOLD_COEFF_BITS
         flood = flooding_bits(n_clients, degree)
-        plain_bits = min(60, THRESHOLD_Q_BITS - 3 - flood - log_n)
+        plain_bits = min(60, THRESHOLD_Q_BITS - 2 - flood - log_n)  # q/2t >= 2 n 2^F
     width = config.field_bits + log_n
     per_slot = (plain_bits - 1) // width
     budget = FRESH_BUDGET_AT_ZERO - plain_bits - log_n if not flood else 2
