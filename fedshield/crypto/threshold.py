@@ -208,19 +208,22 @@ def sum_public_shares(shares: list[np.ndarray], moduli: list[int]) -> np.ndarray
 def flood(poly: np.ndarray, moduli: list[int], bits: int) -> np.ndarray:
     """``poly`` plus one integer per coefficient uniform in ``[-2^bits, 2^bits)``, drawn from
     the OS CSPRNG (``os.urandom``), reduced mod each modulus (``bits`` may exceed a modulus's
-    size: the same integer is reduced mod each)."""
-    if not 1 <= bits <= 120:
-        raise ValueError(f"flooding of {bits} bits is out of range")
+    size, up to 67: the same integer is reduced mod each)."""
+    if not 1 <= bits <= 67:
+        raise ValueError(f"flooding of {bits} bits is out of range (1..67)")
     degree = poly.shape[-1]
-    words = -(-(bits + 1) // 64)
-    raw = np.frombuffer(os.urandom(8 * words * degree), dtype="<u8").reshape(degree, words)
-    wide = np.zeros(degree, dtype=object)
-    for column in range(words):
-        wide = wide * (1 << 64) + raw[:, column].astype(object)
-    noise = wide % (1 << (bits + 1)) - (1 << bits)
+    wide = bits + 1 > 64  # the integer is hi 2^64 + lo - 2^bits, hi below 2^(bits - 63)
+    raw = np.frombuffer(os.urandom(8 * (1 + wide) * degree), dtype="<u8").reshape(degree, -1)
     out = np.empty_like(poly)
     for row, q in enumerate(moduli):
-        out[row] = _addmod(poly[row], np.array(noise % q, dtype=np.uint64), q)
+        q64 = np.uint64(q)
+        if wide:
+            hi = raw[:, 0] >> np.uint64(128 - bits - 1)
+            value = (hi * np.uint64((1 << 64) % q)) % q64 + raw[:, 1] % q64
+        else:
+            value = (raw[:, 0] >> np.uint64(64 - bits - 1)) % q64
+        noise = (value + np.uint64(q - (1 << bits) % q)) % q64  # every term below q: no overflow
+        out[row] = _addmod(poly[row], noise, q)
     return out
 
 

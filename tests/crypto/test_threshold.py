@@ -135,10 +135,18 @@ def test_flooding_is_uniform_in_range_and_drawn_from_the_os_csprng(monkeypatch):
     zero = np.zeros((2, 8192), np.uint64)
     first, second = threshold.flood(zero, moduli, bits), threshold.flood(zero, moduli, bits)
     assert calls == [8 * 8192] * 2  # a 64-bit word per coefficient, from os.urandom
+    _check_uniform(first, moduli, bits)
     assert not np.array_equal(first, second)
+    calls.clear()
+    _check_uniform(threshold.flood(zero, moduli, 67), moduli, 67)  # two words: 68 bits
+    assert calls == [16 * 8192]
+
+
+def _check_uniform(flooded: np.ndarray, moduli: list[int], bits: int) -> None:
+    """The flooding integers (recovered by CRT) lie in [-2^bits, 2^bits), uniformly."""
     q0, q1 = moduli
     q = q0 * q1
-    d0, d1 = first[0].astype(object), first[1].astype(object)
+    d0, d1 = flooded[0].astype(object), flooded[1].astype(object)
     value = (d0 + q0 * (((d1 - d0) * pow(q0, -1, q1)) % q1)) % q  # the same integer mod each
     value = np.where(value > q // 2, value - q, value)
     assert value.min() >= -(2**bits) and value.max() < 2**bits

@@ -3,15 +3,22 @@ sessions: every attack makes the honest sites refuse before any partial decrypti
 
 import numpy as np
 import pytest
-from threshold_federation import federation, round_sessions
+from threshold_federation import DIM, federation, round_sessions, updates
 
 from fedshield import wire
+from fedshield.crypto.seal_codec import SealCiphertext
+from fedshield.crypto.threshold import parms_bytes
 from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
 from fedshield.errors import BadSignature, FedshieldError, InvalidShare
-from fedshield.protocols.he import coefficients
+from fedshield.protocols.he import coefficients, spotcheck
 from fedshield.protocols.he.common import CIPHERTEXT_COMMIT_LABEL
-from fedshield.protocols.he.threshold import ThresholdServer, _statement
+from fedshield.protocols.he.threshold import (
+    ThresholdClient,
+    ThresholdServer,
+    _statement,
+    data_moduli,
+)
 from fedshield.protocols.he.threshold_keys import (
     ThresholdKeySetupClient,
     ThresholdKeySetupServer,
@@ -147,3 +154,59 @@ def test_signed_roots_bind_the_round():
     )
     with pytest.raises(BadSignature):
         roster.verify(0, signature, CIPHERTEXT_COMMIT_LABEL, _statement(2, plan.params_id, 0, root))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="documented limit (fedshield.protocols.he.threshold): no proof that a contribution "
+    "is a well-formed encryption, so a site colluding with the server can extract the honest "
+    "key shares through the decryption of a malformed ciphertext",
+)
+def test_a_colluding_site_cannot_extract_an_honest_key_share_with_a_malformed_ciphertext():
+    """Site 1 (the server's accomplice) adds Delta/4 to the constant coefficient of its
+    ciphertexts' second polynomial: the decrypted sum then carries (Delta/4) s, above the
+    flooding, and d mod Delta reveals s mod 4 coefficient by coefficient; site 1 subtracts
+    its own share and holds site 0's."""
+    plan, roster, identities, keyrings = federation(2)
+    context = plan.context()
+    q0, q1 = data_moduli(plan)
+    t = context.first_context_data().parms().plain_modulus().value()
+    delta = (q0 * q1) // t
+
+    class Malformed(ThresholdClient):
+        def _commit(self, stage, message):
+            super()._commit(stage, message)
+            for row, q in enumerate((q0, q1)):
+                self._mine[:, 1, row, 0] = (self._mine[:, 1, row, 0] + (delta // 4) % q) % q
+            self._tree = spotcheck.commit(self._mine)
+            root = self._tree[-1][0]
+            statement = _statement(self.round, self.plan.params_id, self.client_id, root)
+            signature = self.roster.sign(self.identity, CIPHERTEXT_COMMIT_LABEL, statement)
+            return self._client_message(stage, [root, signature])
+
+    u = updates(2)
+    clients = {
+        c: cls(client_id=c, round=30, update=u[c], weight=10.0, keyring=keyrings[c],
+               roster=roster, identity=identities[c], quant_seed=c)
+        for c, cls in ((0, ThresholdClient), (1, Malformed))
+    }  # fmt: skip
+    server = ThresholdServer(round=30, clients=[0, 1], dim=DIM, plan=plan, roster=roster)
+    _drive(server, clients, "aggregate")  # the honest site's partial is in
+    d0 = (server.total[0, 0, 0].astype(object) + server.partials[0, 0].astype(object)) % q0
+    d1 = (server.total[0, 0, 1].astype(object) + server.partials[0, 1].astype(object)) % q1
+    d = (d0 + q0 * (((d1 - d0) * pow(q0, -1, q1)) % q1)) % (q0 * q1)
+    s_mod_4 = np.array([round((int(x) % delta) / (delta // 4)) % 4 for x in d])
+    own = _share_coefficients(keyrings[1], plan)  # site 1 knows its own share
+    guess = (s_mod_4 - own) % 4
+    honest = _share_coefficients(keyrings[0], plan) % 4  # what the attack is after
+    assert np.mean(guess == honest) < 0.6  # no better than a guess
+
+
+def _share_coefficients(keyring, plan) -> np.ndarray:
+    """A site's key share in coefficient form (its product with the constant 1), centred."""
+    one = np.zeros((2, 2, plan.poly_degree), np.uint64)
+    one[1, :, 0] = 1
+    parms = parms_bytes(keyring.context.first_parms_id())
+    share = keyring.keys.product(SealCiphertext(parms, False, one))[0].astype(np.int64)
+    q0 = keyring.keys.data_moduli[0]
+    return np.where(share > q0 // 2, share - q0, share)

@@ -1,8 +1,16 @@
 """Threshold ``he`` rounds: sites encrypt under the collective key (:mod:`.threshold_keys`), the
 server adds, and only all sites together decrypt the sum.
 
-Threat model. The server may deviate and may collude with all but one site. It cannot decrypt
-an honest site's ciphertext: that needs every site's key share. It cannot make the sites
+Threat model. The server may deviate. It may collude with all but one site as long as those
+sites encrypt honestly (semi-honest colluders): it cannot decrypt an honest site's ciphertext,
+which needs every site's key share. **Limit**: nothing proves that a contribution is a
+well-formed encryption, so a site that colludes with the server *and deviates* can send a
+ciphertext whose second polynomial carries a chosen multiple of a constant; the decrypted sum
+then reveals the honest sites' key shares (``test_he_threshold_attacks.py``, an expected
+failure). Closing it needs zero-knowledge proofs of well-formed encryption (Mouchet et al.,
+PETS 2021, section 7); until then use ``secagg`` against actively malicious sites. The
+server alone cannot mount it: every contribution is signed by a roster site. It cannot make
+the sites
 decrypt anything but the round's true sum: each site checks the sum against the
 contributors' signed, committed ciphertexts (:mod:`.spotcheck`) before its partial
 decryption, and partially decrypts one sum per round, ever (two sums that differ by one site
