@@ -9,10 +9,11 @@ import pytest
 import tenseal.sealapi as sa
 from threshold_federation import CONFIG, DIM, federation, round_sessions, updates
 
+from fedshield import wire
 from fedshield.crypto.threshold import ThresholdKeys
 from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
-from fedshield.errors import ConfigError, InvalidMessage, ProtocolAbort
+from fedshield.errors import ConfigError, InvalidMessage, ProtocolAbort, WrongShape
 from fedshield.protocols.he import HEClient, HEServer
 from fedshield.protocols.he.keys import HEKeyring
 from fedshield.protocols.he.params import HEConfig, plan_for
@@ -76,7 +77,7 @@ def _holds_a_secret(obj, seen=None) -> bool:
     return False
 
 
-@pytest.mark.parametrize("stage", ["commit", "input", "open", "decrypt"])
+@pytest.mark.parametrize("stage", ["input", "digest", "decrypt"])
 def test_a_site_missing_at_any_stage_aborts_the_round_n_of_n(stage):
     server, clients = round_sessions(3, round=2)
 
@@ -108,28 +109,39 @@ def test_the_cli_refuses_threshold_keys_with_dropouts():
         RunConfig(protect="he", he_keys="threshold", dropout=0.1)
 
 
-def test_a_truncated_ciphertext_is_a_typed_error_and_the_round_aborts():
+def test_a_truncated_or_unreduced_ciphertext_is_a_typed_error_and_the_round_aborts():
     server, clients = round_sessions(3, round=3)
-    for stage in ("commit",):
-        messages = server.broadcast(stage)
-        for c, m in messages.items():
-            server.receive(stage, c, clients[c].handle(stage, m))
-        server.close_stage(stage)
     messages = server.broadcast("input")
     answers = {c: clients[c].handle("input", m) for c, m in messages.items()}
     with pytest.raises(InvalidMessage):
         server.receive("input", 1, answers[1][:-100])
-    for c in (0, 2):
-        server.receive("input", c, answers[c])
+    high = wire.parse(answers[2])
+    with pytest.raises(WrongShape, match="not reduced"):  # every coefficient 2^60 - 1 > q
+        server.receive("input", 2, _as(high, b"\xff" * len(high.fields[0])))
+    server.receive("input", 0, answers[0])
     with pytest.raises(ProtocolAbort, match="n-of-n"):
         server.close_stage("input")
 
 
-def test_a_commitment_replayed_from_another_round_is_refused():
+def _as(message, payload: bytes) -> bytes:
+    return wire.serialize(message.header, [payload])
+
+
+def test_a_digest_replayed_from_another_round_is_refused():
     old_server, old_clients = round_sessions(3, round=4)
-    message = old_server.broadcast("commit")[0]
-    old_answer = old_clients[0].handle("commit", message)
-    server, _clients = round_sessions(3, round=5)
-    server.broadcast("commit")
+    _drive(old_server, old_clients, "digest")
+    old_answer = old_clients[0].handle("digest", old_server.broadcast("digest")[0])
+    server, clients = round_sessions(3, round=5)
+    _drive(server, clients, "digest")
+    server.broadcast("digest")
     with pytest.raises(InvalidMessage):
-        server.receive("commit", 0, old_answer)  # round 4's header (and signature)
+        server.receive("digest", 0, old_answer)  # round 4's header (and signature)
+
+
+def _drive(server, clients, upto: str) -> None:
+    for stage in server.stages:
+        if stage == upto:
+            return
+        for c, m in server.broadcast(stage).items():
+            server.receive(stage, c, clients[c].handle(stage, m))
+        server.close_stage(stage)

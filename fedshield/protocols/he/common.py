@@ -51,17 +51,17 @@ class ThresholdKeyStage(StrEnum):
     """The stages of threshold ``he``'s one-time collective key generation, in order."""
 
     COMMIT = "commit_share"  # each site: the hash of its public share, signed
-    REVEAL = "reveal_share"  # the server: every signed commitment; each site: its share
+    CONFIRM = "confirm_shares"  # the server: every signed commitment; each site: its signature
+    REVEAL = "reveal_share"  # the server: every site's confirmation; each site: its share
     INSTALL = "install_key"  # the server: every share; each site: the collective key's hash
 
 
 class ThresholdStage(StrEnum):
     """The stages of a threshold ``he`` round, in order."""
 
-    COMMIT = "commit"  # each site: the signed Merkle root of its ciphertexts' coefficients
-    INPUT = "input"  # the server: every signed root; each site: its ciphertexts
-    OPEN = "open"  # the server: the sum; each site: its blocks at the spot-check positions
-    DECRYPT = "decrypt"  # the server: every site's openings; each site: its partial
+    INPUT = "input"  # each site: its ciphertexts
+    DIGEST = "digest"  # the server: the sum; each site: its signed digest for the sum's challenge
+    DECRYPT = "decrypt"  # the server: every signed digest; each site: its partial decryption
     AGGREGATE = "aggregate"  # the server: the sum of the partials; each site decodes the sum
 
 
@@ -71,7 +71,8 @@ THRESHOLD_STAGES: tuple[ThresholdStage, ...] = tuple(ThresholdStage)
 THRESHOLD_KEY_ID = ProtocolId.HE_THRESHOLD_KEYS
 THRESHOLD_KEY_STAGES: tuple[ThresholdKeyStage, ...] = tuple(ThresholdKeyStage)
 SHARE_COMMIT_LABEL = b"he/threshold-share"  # a site's signature on its public share's hash
-CIPHERTEXT_COMMIT_LABEL = b"he/threshold-ciphertexts"  # ... on its ciphertexts' Merkle root
+SHARE_LIST_LABEL = b"he/threshold-share-list"  # ... on the list of every site's commitment
+DIGEST_LABEL = b"he/threshold-digest"  # ... on its ciphertexts' digest for a round's sum
 STAGES: tuple[HEStage, ...] = tuple(HEStage)
 KEY_PROTOCOL_ID = ProtocolId.HE_KEYS
 KEY_STAGES: tuple[HEKeyStage, ...] = tuple(HEKeyStage)

@@ -1,38 +1,48 @@
 """Threshold ``he`` rounds: sites encrypt under the collective key (:mod:`.threshold_keys`), the
 server adds, and only all sites together decrypt the sum.
 
-Threat model. The server may deviate. It may collude with all but one site as long as those
-sites encrypt honestly (semi-honest colluders): it cannot decrypt an honest site's ciphertext,
-which needs every site's key share. **Limit**: nothing proves that a contribution is a
-well-formed encryption, so a site that colludes with the server *and deviates* can send a
-ciphertext whose second polynomial carries a chosen multiple of a constant; the decrypted sum
-then reveals the honest sites' key shares (``test_he_threshold_attacks.py``, an expected
-failure). Closing it needs zero-knowledge proofs of well-formed encryption (Mouchet et al.,
-PETS 2021, section 7); until then use ``secagg`` against actively malicious sites. The
-server alone cannot mount it: every contribution is signed by a roster site. It cannot make
-the sites
-decrypt anything but the round's true sum: each site checks the sum against the
-contributors' signed, committed ciphertexts (:mod:`.spotcheck`) before its partial
-decryption, and partially decrypts one sum per round, ever (two sums that differ by one site
-would reveal that site). Sites commit to their ciphertexts before any is revealed, so a
-colluding site cannot submit the negation of an honest one to cancel it from the sum. Each
-partial is flooded (:mod:`fedshield.crypto.threshold`), so it reveals nothing of the key
-share beyond the sum. The server learns the sum (it holds every partial), as with
-``secagg``; the sites decode it and check it is on the grid, as with shared-key ``he``.
+Threat model. The server may deviate; sites colluding with it (up to all but one) share
+everything they hold but follow the protocol (semi-honest). Then no one decrypts an honest
+site's ciphertext, which needs every site's key share, and the sites decrypt nothing but the
+round's true sum:
+
+- **The sum is checked whole before any partial decryption.** Each site sends, signed, random
+  linear digests of its own ciphertexts for a challenge drawn from the sum it was shown
+  (:mod:`fedshield.crypto.digest`), so fixed only once the server fixed the sum. Each site
+  checks every site's signature over the same sum and that the digests add up to the sum's
+  own: a sum that leaves out a site, is one site's ciphertext, or differs from the true sum in
+  a single coefficient passes with probability at most ``2^-64`` whatever the server tries.
+- A site partially decrypts one sum per round, ever (two sums that differ by one site would
+  reveal that site).
+- Each partial is flooded (:mod:`fedshield.crypto.threshold`): for a sum of honest
+  encryptions it reveals nothing of the key share (statistical distance ``2^-40`` per
+  ciphertext; ``K R 2^-40`` over ``K`` ciphertexts a round for ``R`` rounds).
+
+The server learns the sum (it holds every partial), as with ``secagg``; the sites decode it and
+check it is on the grid, as with shared-key ``he``.
+
+**Limit: a site that colludes with the server and deviates breaks it.** Nothing proves that a
+contribution is a well-formed encryption, nor that a signed digest is the digest of what the
+site sent. Such a site can send a ciphertext whose second polynomial carries a chosen multiple
+of a constant, and the decrypted sum then reveals the honest key shares; or it can sign a
+false digest, and cancel an honest site from the sum the others decrypt
+(``tests/protocols/test_he_threshold_attacks.py``: strict expected failures). Closing it needs
+zero-knowledge proofs of well-formed encryption (Mouchet et al., PETS 2021); until then use
+``secagg`` against actively malicious sites. The server alone can do neither: every digest is
+signed by a roster site.
 
 Dropouts: none. Decryption needs every site's share (n-of-n), and a site partially decrypts
-only a sum that holds its own contribution: a site missing at any stage aborts the round,
-which then has no result (t-of-n is future work: the issue's note).
+only a sum whose digests every site signed: a site missing at any stage aborts the round,
+which then has no result (t-of-n is future work).
 
 Wire: ciphertexts travel as bit-packed coefficients (:mod:`.coefficients`); the server adds
 them with numpy and never parses a SEAL object.
 
-Stages (:class:`~fedshield.protocols.he.common.ThresholdStage`): ``commit`` (each site: the
-signed Merkle root of its ciphertexts) → ``input`` (the server: every signed root; each site:
-its ciphertexts) → ``open`` (the server: the sum; each site: its committed blocks at the
-sum's spot-check positions) → ``decrypt`` (the server: every site's openings; each site
-checks them and sends its partial decryption) → ``aggregate`` (the server: the sum of the
-partials; each site decodes the sum into :attr:`aggregate`).
+Stages (:class:`~fedshield.protocols.he.common.ThresholdStage`): ``input`` (each site: its
+ciphertexts) → ``digest`` (the server: the sum; each site: its signed digests) → ``decrypt``
+(the server: every signed digest; each site checks them and sends its partial decryption) →
+``aggregate`` (the server: the sum of the partials; each site decodes the sum into
+:attr:`aggregate`).
 """
 
 from __future__ import annotations
@@ -43,9 +53,8 @@ import numpy as np
 
 from fedshield import wire
 from fedshield._validate import check_instance
-from fedshield.crypto import merkle
+from fedshield.crypto import digest
 from fedshield.crypto.identity import SIGNATURE_BYTES, Identity
-from fedshield.crypto.merkle import HASH_BYTES
 from fedshield.crypto.seal_codec import SealCiphertext, read_ciphertext
 from fedshield.crypto.threshold import parms_bytes
 from fedshield.errors import ProtocolAbort, UnknownSender, WrongShape
@@ -57,10 +66,10 @@ from fedshield.protocols.base import (
     handles,
     receives,
 )
-from fedshield.protocols.he import coefficients, spotcheck
+from fedshield.protocols.he import coefficients
 from fedshield.protocols.he.client import HEClient
 from fedshield.protocols.he.common import (
-    CIPHERTEXT_COMMIT_LABEL,
+    DIGEST_LABEL,
     THRESHOLD_ID,
     THRESHOLD_STAGES,
     ThresholdStage,
@@ -69,11 +78,7 @@ from fedshield.protocols.he.params import HEPlan
 from fedshield.protocols.he.threshold_keys import ThresholdKeyring
 from fedshield.protocols.roster import Roster
 
-__all__ = ["ThresholdClient", "ThresholdServer"]
-
-
-def _statement(round: int, params_id: bytes, site: int, root: bytes) -> bytes:
-    return struct.pack("<II", round, site) + params_id + root
+__all__ = ["ThresholdClient", "ThresholdServer", "data_moduli"]
 
 
 def _shape(plan: HEPlan) -> tuple[int, int, int, int]:
@@ -81,11 +86,18 @@ def _shape(plan: HEPlan) -> tuple[int, int, int, int]:
     return (plan.n_ciphertexts, 2, len(plan.coeff_bits) - 1, plan.poly_degree)
 
 
-def _opening_bytes(plan: HEPlan) -> int:
-    """One site's openings: PER_CIPHERTEXT blocks and paths per ciphertext."""
-    leaves = int(np.prod(_shape(plan))) // spotcheck.BLOCK
-    each = 8 * spotcheck.BLOCK + merkle.depth(leaves) * HASH_BYTES
-    return plan.n_ciphertexts * spotcheck.PER_CIPHERTEXT * each
+def _digest_bytes(plan: HEPlan) -> int:
+    return digest.DIGESTS * (len(plan.coeff_bits) - 1) * 8
+
+
+def _seed(round: int, plan: HEPlan, total: np.ndarray) -> bytes:
+    """The challenge's seed: the round, the parameters and the sum itself."""
+    return digest.seed_for(struct.pack("<I", round) + plan.params_id, total)
+
+
+def _statement(round: int, params_id: bytes, site: int, seed: bytes, values: bytes) -> bytes:
+    """What a site signs: its digests of its own ciphertexts for the sum behind ``seed``."""
+    return struct.pack("<II", round, site) + params_id + seed + values
 
 
 def data_moduli(plan: HEPlan) -> list[int]:
@@ -95,11 +107,12 @@ def data_moduli(plan: HEPlan) -> list[int]:
 
 
 class ThresholdClient(HEClient):
-    """Site side of a threshold round: commits, encrypts under the collective key, checks the
-    sum, partially decrypts it, and decodes the combined result.
+    """Site side of a threshold round: encrypts under the collective key, signs digests of its
+    ciphertexts for the sum, checks everyone's against the sum, partially decrypts it, and
+    decodes the combined result.
 
     ``roster`` and ``identity``: the federation's roster and this site's identity (it signs its
-    commitment and checks everyone's).
+    digests and checks everyone's).
     """
 
     protocol_id = THRESHOLD_ID
@@ -114,82 +127,70 @@ class ThresholdClient(HEClient):
         roster.check_identity(self.client_id, identity.public_bytes)
         self.roster, self.identity = roster, identity
         self.moduli = self.keyring.keys.data_moduli
-        self.roots: dict[int, bytes] = {}
         self._mine: np.ndarray | None = None  # this site's ciphertexts' coefficients
-        self._tree: list[list[bytes]] = []
         self._total: np.ndarray | None = None
-        self._where: np.ndarray | None = None
+        self._seed = b""
+        self._expected: np.ndarray | None = None  # the sum's own digests
 
     def _check_params(self, message: wire.Message, fields: int) -> None:
         message.require_fields(fields)
         if message.raw(0, length=32) != self.plan.params_id:
             raise WrongShape("the server's HE parameters differ from this site's")
 
-    @handles(ThresholdStage.COMMIT)
-    def _commit(self, stage: str, message: wire.Message) -> bytes:
+    @handles(ThresholdStage.INPUT)
+    def _send_ciphertexts(self, stage: str, message: wire.Message) -> bytes:
         self._check_params(message, 1)
         self._mine = np.stack([read_ciphertext(blob).data for blob in self._encrypt()])
         if self._mine.shape != _shape(self.plan):
             raise WrongShape("the ciphertexts are not of the plan's shape")
-        self._tree = spotcheck.commit(self._mine)
-        root = self._tree[-1][0]
-        statement = _statement(self.round, self.plan.params_id, self.client_id, root)
-        signature = self.roster.sign(self.identity, CIPHERTEXT_COMMIT_LABEL, statement)
-        return self._client_message(stage, [root, signature])
-
-    @handles(ThresholdStage.INPUT)
-    def _send_ciphertexts(self, stage: str, message: wire.Message) -> bytes:
-        self._check_params(message, 4)
-        # Only once every site is bound to its ciphertexts is this one revealed: an accomplice
-        # of the server cannot then commit to the negation of an honest site's.
-        self.roots = self._signed_roots(message)
         return self._client_message(stage, [coefficients.pack(self._mine)])
 
-    def _signed_roots(self, message: wire.Message) -> dict[int, bytes]:
-        """Every site's root, its signature checked; all sites, this one's its own."""
-        sites = message.array(1, dtype="<u4").tolist()
-        if sorted(sites) != list(self.roster.sites) or len(sites) != self.plan.n_clients:
-            raise UnknownSender(
-                f"threshold he sums every site's ciphertexts; the server lists {sorted(sites)}: "
-                "refused"
-            )
-        raw_roots = message.raw(2, length=HASH_BYTES * len(sites))
-        signatures = message.raw(3, length=SIGNATURE_BYTES * len(sites))
-        roots = {}
-        for k, site in enumerate(sites):
-            root = bytes(raw_roots[HASH_BYTES * k : HASH_BYTES * (k + 1)])
-            signature = signatures[SIGNATURE_BYTES * k : SIGNATURE_BYTES * (k + 1)]
-            statement = _statement(self.round, self.plan.params_id, site, root)
-            self.roster.verify(site, signature, CIPHERTEXT_COMMIT_LABEL, statement)
-            roots[site] = root
-        if roots[self.client_id] != self._tree[-1][0]:
-            raise ProtocolAbort("the server relayed another root under this site's name")
-        return roots
-
-    @handles(ThresholdStage.OPEN)
-    def _open(self, stage: str, message: wire.Message) -> bytes:
+    @handles(ThresholdStage.DIGEST)
+    def _sign_digests(self, stage: str, message: wire.Message) -> bytes:
         self._check_params(message, 2)
         self._total = coefficients.unpack(message.view(1), _shape(self.plan), self.moduli)
-        self._where = spotcheck.positions(self.round, self.plan.params_id, self.roots, self._total)
-        return self._client_message(
-            stage, [spotcheck.open_blocks(self._mine, self._tree, self._where)]
-        )
+        self._seed = _seed(self.round, self.plan, self._total)
+        weights = digest.challenge(self._seed, self._total.size)
+        self._expected = digest.digests(self._total, weights, self.moduli)
+        values = _pack_digests(digest.digests(self._mine, weights, self.moduli))
+        statement = _statement(self.round, self.plan.params_id, self.client_id, self._seed, values)
+        signature = self.roster.sign(self.identity, DIGEST_LABEL, statement)
+        return self._client_message(stage, [values, signature])
 
     @handles(ThresholdStage.DECRYPT)
     def _partially_decrypt(self, stage: str, message: wire.Message) -> bytes:
-        self._check_params(message, 2)
-        each = _opening_bytes(self.plan)
-        blob = message.raw(1, length=each * len(self.roots))
-        leaves = spotcheck.blocks(self._total).shape[0]
-        opened = [
-            spotcheck.read_openings(
-                blob[k * each : (k + 1) * each], self.roots[site], self._where, leaves
+        self._check_params(message, 4)
+        total = np.zeros_like(self._expected)
+        for values in self._signed_digests(message).values():
+            total = total + np.frombuffer(values, "<u8").reshape(total.shape).astype(object)
+        q = np.array(self.moduli, dtype=object)
+        if not np.array_equal(total % q, self._expected):
+            raise ProtocolAbort(
+                "the aggregate is not the sum of every site's ciphertexts (the signed digests do "
+                "not add up to its own): refused before any partial decryption"
             )
-            for k, site in enumerate(sorted(self.roots))
-        ]
-        spotcheck.check_sum(self._total, self._where, opened, self.moduli)
         partials = self.keyring.partial(self.round, self._sums())
         return self._client_message(stage, [partials.reshape(-1)])
+
+    def _signed_digests(self, message: wire.Message) -> dict[int, bytes]:
+        """Every site's digests, each signed over the sum this site was shown."""
+        sites = message.array(1, dtype="<u4").tolist()
+        if sorted(sites) != list(self.roster.sites) or len(sites) != self.plan.n_clients:
+            raise UnknownSender(
+                f"threshold he decrypts only the sum of every site's ciphertexts; the server "
+                f"lists {sorted(sites)}: refused"
+            )
+        size = _digest_bytes(self.plan)
+        blob = message.raw(2, length=size * len(sites))
+        signatures = message.raw(3, length=SIGNATURE_BYTES * len(sites))
+        out = {}
+        for k, site in enumerate(sites):
+            values = blob[size * k : size * (k + 1)]
+            statement = _statement(self.round, self.plan.params_id, site, self._seed, values)
+            signature = signatures[SIGNATURE_BYTES * k : SIGNATURE_BYTES * (k + 1)]
+            self.roster.verify(site, signature, DIGEST_LABEL, statement)
+            out[site] = values
+        return out
 
     def _sums(self) -> list[SealCiphertext]:
         parms_id = parms_bytes(self.keyring.context.first_parms_id())
@@ -210,10 +211,13 @@ class ThresholdClient(HEClient):
         return self._client_message(stage, [])
 
 
+def _pack_digests(values: np.ndarray) -> bytes:
+    return np.array(values.tolist(), dtype="<u8").tobytes()
+
+
 class ThresholdServer(ServerSession):
-    """Server side of a threshold round: relays commitments, adds the ciphertexts'
-    coefficients, relays the sites' openings, and adds the partial decryptions. Holds no key.
-    """
+    """Server side of a threshold round: adds the ciphertexts' coefficients, relays the sites'
+    signed digests, and adds the partial decryptions. Holds no key."""
 
     protocol_id = THRESHOLD_ID
     stages = THRESHOLD_STAGES
@@ -229,10 +233,9 @@ class ThresholdServer(ServerSession):
             raise ValueError("threshold he: every round is over exactly the roster's sites")
         self.plan, self.roster = plan, roster
         self.moduli = data_moduli(plan)
-        self.roots: dict[int, bytes] = {}
-        self.signatures: dict[int, bytes] = {}
         self.total = np.zeros(_shape(plan), np.uint64)
-        self.openings: dict[int, bytes] = {}
+        self.seed = b""
+        self.digests: dict[int, tuple[bytes, bytes]] = {}
         self.partials = np.zeros((plan.n_ciphertexts, len(self.moduli), plan.poly_degree),
                                  np.uint64)  # fmt: skip
 
@@ -244,9 +247,8 @@ class ThresholdServer(ServerSession):
 
     def _max_message_bytes(self, stage: str) -> int:
         sizes = {
-            ThresholdStage.COMMIT: HASH_BYTES + SIGNATURE_BYTES,
             ThresholdStage.INPUT: coefficients.packed_bytes(self.total.size),
-            ThresholdStage.OPEN: _opening_bytes(self.plan),
+            ThresholdStage.DIGEST: _digest_bytes(self.plan) + SIGNATURE_BYTES,
             ThresholdStage.DECRYPT: self.partials.nbytes,
         }
         return 256 + sizes.get(stage, 0)
@@ -255,8 +257,7 @@ class ThresholdServer(ServerSession):
         message = self._server_message(stage, [self.plan.params_id, *fields])
         return dict.fromkeys(sorted(self.alive), message)
 
-    @closes(ThresholdStage.COMMIT, ThresholdStage.INPUT, ThresholdStage.OPEN,
-            ThresholdStage.DECRYPT)  # fmt: skip
+    @closes(ThresholdStage.INPUT, ThresholdStage.DIGEST, ThresholdStage.DECRYPT)
     def _check_everyone(self, stage: str) -> None:
         if self.alive != set(self.clients):
             missing = sorted(set(self.clients) - self.alive)
@@ -265,26 +266,9 @@ class ThresholdServer(ServerSession):
                 f"missing at {stage}"
             )
 
-    @broadcasts(ThresholdStage.COMMIT)
-    def _ask_for_commitments(self, stage: str) -> dict[int, bytes]:
-        return self._broadcast(stage, [])
-
-    @receives(ThresholdStage.COMMIT)
-    def _take_commitment(self, stage: str, sender: int, message: wire.Message) -> None:
-        message.require_fields(2)
-        root = bytes(message.raw(0, length=HASH_BYTES))
-        signature = bytes(message.raw(1, length=SIGNATURE_BYTES))
-        statement = _statement(self.round, self.plan.params_id, sender, root)
-        self.roster.verify(sender, signature, CIPHERTEXT_COMMIT_LABEL, statement)
-        self.roots[sender], self.signatures[sender] = root, signature
-
     @broadcasts(ThresholdStage.INPUT)
     def _ask_for_ciphertexts(self, stage: str) -> dict[int, bytes]:
-        sites = sorted(self.roots)
-        return self._broadcast(stage, [
-            np.array(sites, np.uint32), b"".join(self.roots[c] for c in sites),
-            b"".join(self.signatures[c] for c in sites),
-        ])  # fmt: skip
+        return self._broadcast(stage, [])
 
     @receives(ThresholdStage.INPUT)
     def _take_ciphertexts(self, stage: str, sender: int, message: wire.Message) -> None:
@@ -292,18 +276,27 @@ class ThresholdServer(ServerSession):
         values = coefficients.unpack(message.view(0), self.total.shape, self.moduli)
         coefficients.add_into(self.total, values, self.moduli)
 
-    @broadcasts(ThresholdStage.OPEN)
+    @broadcasts(ThresholdStage.DIGEST)
     def _send_sum(self, stage: str) -> dict[int, bytes]:
+        self.seed = _seed(self.round, self.plan, self.total)
         return self._broadcast(stage, [coefficients.pack(self.total)])
 
-    @receives(ThresholdStage.OPEN)
-    def _take_openings(self, stage: str, sender: int, message: wire.Message) -> None:
-        message.require_fields(1)
-        self.openings[sender] = bytes(message.raw(0, length=_opening_bytes(self.plan)))
+    @receives(ThresholdStage.DIGEST)
+    def _take_digests(self, stage: str, sender: int, message: wire.Message) -> None:
+        message.require_fields(2)
+        values = bytes(message.raw(0, length=_digest_bytes(self.plan)))
+        signature = bytes(message.raw(1, length=SIGNATURE_BYTES))
+        statement = _statement(self.round, self.plan.params_id, sender, self.seed, values)
+        self.roster.verify(sender, signature, DIGEST_LABEL, statement)
+        self.digests[sender] = (values, signature)
 
     @broadcasts(ThresholdStage.DECRYPT)
-    def _relay_openings(self, stage: str) -> dict[int, bytes]:
-        return self._broadcast(stage, [b"".join(self.openings[c] for c in sorted(self.openings))])
+    def _relay_digests(self, stage: str) -> dict[int, bytes]:
+        sites = sorted(self.digests)
+        return self._broadcast(stage, [
+            np.array(sites, np.uint32), b"".join(self.digests[c][0] for c in sites),
+            b"".join(self.digests[c][1] for c in sites),
+        ])  # fmt: skip
 
     @receives(ThresholdStage.DECRYPT)
     def _take_partial(self, stage: str, sender: int, message: wire.Message) -> None:

@@ -4,19 +4,22 @@ sum of their public shares. No one, server or site, ever holds the secret key.
 Building block: use ``he`` with ``keys="threshold"`` (:mod:`fedshield.protocols.he`) unless you
 know why not; the arithmetic is :mod:`fedshield.crypto.threshold`.
 
-Commit, then reveal: each site first sends the SHA-256 of its public share, signed by its
-identity on the federation's :class:`~fedshield.protocols.roster.Roster`; only once every
-site's signed commitment is in does the server ask for the shares. A site that reveals last
-therefore cannot choose its share to cancel the others' (a share ``p_m = x - sum p_i`` would
-give the server a key of its own). Every site checks every commitment's signature and every
-share against its commitment, and computes the collective key itself; its answer to
-``install`` is the key's hash, which the server compares across sites.
+Commit, confirm, then reveal: each site first sends the SHA-256 of its public share, signed by
+its identity on the federation's :class:`~fedshield.protocols.roster.Roster`. The server relays
+every signed commitment; each site checks them and signs the list it saw. Only once every
+site's signature over the same list is in does a site reveal its share. A site that reveals
+last therefore cannot choose its share to cancel the others' (a share ``p_m = x - sum p_i``
+would give the server a key of its own), and the server cannot show different sites different
+commitments (an accomplice committing twice, once after an honest share is out). Every site
+checks every share against its commitment (and that it is reduced mod each prime) and
+computes the collective key itself; its answer to ``install`` is the key's hash, which the
+server compares across sites.
 
 The key is n-of-n: the list must be exactly the roster's sites, and a site missing at any
 stage aborts the setup.
 
 Stages (:class:`~fedshield.protocols.he.common.ThresholdKeyStage`): ``commit_share`` →
-``reveal_share`` → ``install_key``.
+``confirm_shares`` → ``reveal_share`` → ``install_key``.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from fedshield.protocols.base import (
 )
 from fedshield.protocols.he.common import (
     SHARE_COMMIT_LABEL,
+    SHARE_LIST_LABEL,
     THRESHOLD_KEY_ID,
     THRESHOLD_KEY_STAGES,
     ThresholdKeyStage,
@@ -96,6 +100,12 @@ def _statement(round: int, params_id: bytes, site: int, digest: bytes) -> bytes:
     return struct.pack("<II", round, site) + params_id + digest
 
 
+def _list_statement(round: int, params_id: bytes, site: int, digests: dict) -> bytes:
+    """What a site signs at ``confirm_shares``: the list of commitments it saw."""
+    listed = b"".join(struct.pack("<I", c) + digests[c] for c in sorted(digests))
+    return struct.pack("<II", round, site) + params_id + hashlib.sha256(listed).digest()
+
+
 def _share_bytes(plan: HEPlan) -> int:
     return len(plan.coeff_bits) * plan.poly_degree * 8
 
@@ -116,6 +126,7 @@ class ThresholdKeySetupServer(ServerSession):
         self.plan, self.roster = plan, roster
         self.digests: dict[int, bytes] = {}
         self.signatures: dict[int, bytes] = {}
+        self.confirmations: dict[int, bytes] = {}
         self.shares: dict[int, bytes] = {}
         self.key_digests: dict[int, bytes] = {}
 
@@ -140,15 +151,29 @@ class ThresholdKeySetupServer(ServerSession):
         self.roster.verify(sender, signature, SHARE_COMMIT_LABEL, statement)
         self.digests[sender], self.signatures[sender] = digest, signature
 
-    @closes(ThresholdKeyStage.COMMIT, ThresholdKeyStage.REVEAL)
+    @closes(ThresholdKeyStage.COMMIT, ThresholdKeyStage.CONFIRM, ThresholdKeyStage.REVEAL)
     def _check_everyone(self, stage: str) -> None:
         self._everyone(stage)
 
-    @broadcasts(ThresholdKeyStage.REVEAL)
+    @broadcasts(ThresholdKeyStage.CONFIRM)
     def _relay_commitments(self, stage: str) -> dict[int, bytes]:
         sites = sorted(self.digests)
         fields = [np.array(sites, np.uint32), b"".join(self.digests[c] for c in sites),
                   b"".join(self.signatures[c] for c in sites)]  # fmt: skip
+        return dict.fromkeys(sorted(self.alive), self._server_message(stage, fields))
+
+    @receives(ThresholdKeyStage.CONFIRM)
+    def _take_confirmation(self, stage: str, sender: int, message: wire.Message) -> None:
+        message.require_fields(1)
+        signature = message.raw(0, length=SIGNATURE_BYTES)
+        statement = _list_statement(self.round, self.plan.params_id, sender, self.digests)
+        self.roster.verify(sender, signature, SHARE_LIST_LABEL, statement)
+        self.confirmations[sender] = signature
+
+    @broadcasts(ThresholdKeyStage.REVEAL)
+    def _relay_confirmations(self, stage: str) -> dict[int, bytes]:
+        sites = sorted(self.confirmations)
+        fields = [np.array(sites, np.uint32), b"".join(self.confirmations[c] for c in sites)]
         return dict.fromkeys(sorted(self.alive), self._server_message(stage, fields))
 
     @receives(ThresholdKeyStage.REVEAL)
@@ -239,8 +264,8 @@ class ThresholdKeySetupClient(ClientSession):
         signature = self.roster.sign(self.identity, SHARE_COMMIT_LABEL, statement)
         return self._client_message(stage, [digest, signature])
 
-    @handles(ThresholdKeyStage.REVEAL)
-    def _reveal_share(self, stage: str, message: wire.Message) -> bytes:
+    @handles(ThresholdKeyStage.CONFIRM)
+    def _confirm(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(3)
         sites = self._sites(message)
         digests = message.raw(1, length=32 * len(sites))
@@ -253,6 +278,20 @@ class ThresholdKeySetupClient(ClientSession):
             self.digests[site] = digest
         if self.digests[self.client_id] != hashlib.sha256(self.share).digest():
             raise InvalidShare("the server relayed another commitment under this site's name")
+        statement = _list_statement(self.round, self.plan.params_id, self.client_id, self.digests)
+        signature = self.roster.sign(self.identity, SHARE_LIST_LABEL, statement)
+        return self._client_message(stage, [signature])
+
+    @handles(ThresholdKeyStage.REVEAL)
+    def _reveal_share(self, stage: str, message: wire.Message) -> bytes:
+        """Reveal only once every site signed the list of commitments this site saw."""
+        message.require_fields(2)
+        sites = self._sites(message)
+        signatures = message.raw(1, length=SIGNATURE_BYTES * len(sites))
+        for k, site in enumerate(sites):
+            statement = _list_statement(self.round, self.plan.params_id, site, self.digests)
+            signature = signatures[SIGNATURE_BYTES * k : SIGNATURE_BYTES * (k + 1)]
+            self.roster.verify(site, signature, SHARE_LIST_LABEL, statement)
         return self._client_message(stage, [self.share])
 
     @handles(ThresholdKeyStage.INSTALL)
@@ -266,7 +305,10 @@ class ThresholdKeySetupClient(ClientSession):
             share = blob[size * k : size * (k + 1)]
             if hashlib.sha256(share).digest() != self.digests.get(site):
                 raise InvalidShare(f"site {site}'s public share does not match its commitment")
-            shares.append(np.frombuffer(share, "<u8").reshape(-1, self.plan.poly_degree))
+            values = np.frombuffer(share, "<u8").reshape(-1, self.plan.poly_degree)
+            if (values >= np.array(self.keys.key_moduli, np.uint64)[:, None]).any():
+                raise InvalidShare(f"site {site}'s public share is not reduced mod its primes")
+            shares.append(values)
         self.keys.install(shares)
         self.keyring = ThresholdKeyring(self.plan, self.keys)
         digest = hashlib.sha256(self.keys.public_key_bytes()).digest()
