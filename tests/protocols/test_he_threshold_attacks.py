@@ -122,14 +122,16 @@ def test_a_sum_over_fewer_sites_than_the_federation_is_refused():
             clients[c].handle("decrypt", server._server_message("decrypt", fields))
 
 
-def test_a_site_partially_decrypts_one_aggregate_per_round_ever():
+def test_a_site_sends_one_input_and_decrypts_one_aggregate_per_round_ever():
     server, clients = round_sessions(3, round=25)
     assert run_protocol(server, InProcessTransport(clients)).aborted is None
     again, others = round_sessions(3, round=25)  # a second session for the same round
-    _drive(again, others, "decrypt")
-    for c, m in again.broadcast("decrypt").items():
-        with pytest.raises(FedshieldError, match="already decrypted"):
-            others[c].handle("decrypt", m)
+    for c, m in again.broadcast("input").items():
+        with pytest.raises(FedshieldError, match="already sent its input"):
+            others[c].handle("input", m)
+    keyring = clients[0].keyring  # and, behind it, no second partial decryption
+    with pytest.raises(FedshieldError, match="already decrypted"):
+        keyring.partial(25, clients[0]._sums())
 
 
 # --- the key setup --------------------------------------------------------------------------

@@ -12,8 +12,8 @@ round's true sum:
   checks every site's signature over the same sum and that the digests add up to the sum's
   own: a sum that leaves out a site, is one site's ciphertext, or differs from the true sum in
   a single coefficient passes with probability at most ``2^-64`` whatever the server tries.
-- A site partially decrypts one sum per round, ever (two sums that differ by one site would
-  reveal that site).
+- A site sends one input and partially decrypts one sum per round, ever (two sums that differ
+  by one site would reveal that site; two sessions of a round could be mixed into one sum).
 - Each partial is flooded (:mod:`fedshield.crypto.threshold`): for a sum of honest
   encryptions it reveals nothing of the key share (statistical distance ``2^-40`` per
   ciphertext; ``K R 2^-40`` over ``K`` ciphertexts a round for ``R`` rounds).
@@ -140,6 +140,7 @@ class ThresholdClient(HEClient):
     @handles(ThresholdStage.INPUT)
     def _send_ciphertexts(self, stage: str, message: wire.Message) -> bytes:
         self._check_params(message, 1)
+        self.keyring.start_round(self.round)
         self._mine = np.stack([read_ciphertext(blob).data for blob in self._encrypt()])
         if self._mine.shape != _shape(self.plan):
             raise WrongShape("the ciphertexts are not of the plan's shape")

@@ -73,10 +73,18 @@ class ThresholdKeyring:
         # (c0 + sum h_i, 0) decrypts to the same plaintext under any key: this site's share.
         self.decryptor = sa.Decryptor(self.context, keys.secret_key)
         self.partially_decrypted: set[int] = set()  # rounds: one aggregate each, ever
+        self.encrypted: set[int] = set()  # rounds: one input each, ever
 
     def encrypt(self, plaintext: sa.Plaintext) -> sa.Ciphertext:
         """A fresh encryption under the collective key."""
         return self.keys.encrypt(plaintext)
+
+    def start_round(self, round: int) -> None:
+        """Record that this site sends its input for ``round``: once per round, ever (the
+        server could otherwise mix two sessions' inputs of one round into one sum)."""
+        if round in self.encrypted:
+            raise ProtocolAbort(f"round {round}: this site already sent its input")
+        self.encrypted.add(round)
 
     def partial(self, round: int, ciphertexts: list[SealCiphertext]) -> np.ndarray:
         """This site's flooded partial decryptions of a round's summed ciphertexts,
