@@ -1,5 +1,5 @@
-"""Command line: ``fedshield run``, ``fedshield experiment survey``, ``fedshield roster`` and
-``fedshield bench privacy``."""
+"""Command line: ``fedshield run``, ``fedshield experiment survey``, ``fedshield roster``,
+``fedshield bench privacy`` and ``fedshield audit``."""
 
 from __future__ import annotations
 
@@ -135,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     from fedshield.attacks.bench import register as add_bench_commands
 
     add_bench_commands(sub, console)  # bench privacy (bench overhead joins its subparsers)
+    from fedshield.audit.cli import register as add_audit_command
+
+    add_audit_command(sub, console)  # audit: the protocols' claims, and a message fuzzer
     return parser
 
 

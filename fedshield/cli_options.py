@@ -89,7 +89,7 @@ def add_protocol_options(parser: argparse.ArgumentParser, defaults: Any) -> None
         choices=("shared", "threshold"),
         default=_default(defaults, "he_keys"),
         help="he: shared (one key, held by every site; default) or threshold (each site "
-        "holds a share; only all of them together decrypt the sum)",
+        "holds a share; only --threshold of them, every site by default, decrypt the sum)",
     )
     parser.add_argument(
         "--secagg-weighting",
@@ -121,7 +121,8 @@ def _add_secagg_options(parser: argparse.ArgumentParser, none: Any) -> None:
         "--threshold",
         type=int,
         default=none,
-        help="secagg: Shamir threshold (default: a majority of each share group)",
+        help="secagg: Shamir threshold (default: a majority of each share group); he with "
+        "--he-keys threshold: how many sites' key shares decrypt (default: every site)",
     )
     parser.add_argument(
         "--neighbours",

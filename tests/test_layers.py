@@ -38,6 +38,7 @@ def test_lower_layers_never_import_upwards():
                             "fedshield.data",
                             "fedshield.cli",
                             "fedshield.attacks",
+                            "fedshield.audit",
                         )
                     ), (path, name)
 

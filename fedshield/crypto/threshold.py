@@ -58,8 +58,11 @@ __all__ = [
     "common_polynomial",
     "flood",
     "flooding_bits",
+    "lagrange_at_zero",
+    "lagrange_share",
     "noise_bound",
     "parms_bytes",
+    "split_share",
     "sum_public_shares",
 ]
 
@@ -133,11 +136,24 @@ class ThresholdKeys:
         self.a = common_polynomial(seed, self.key_moduli, self.degree)
         self.encryptor: sa.Encryptor | None = None
         self._evaluator = sa.Evaluator(self.context)
-        data_part = self._share[: len(self.data_moduli)].reshape(-1).copy()
-        self._share_plain = self._load(
-            sa.Plaintext(),
-            write_plaintext(SealPlaintext(parms_bytes(self.context.first_parms_id()), data_part)),
-        )
+        self._share_plain = self._plain(self.additive_share())
+        self._decryption_plain = self._share_plain  # until a Shamir share replaces it
+
+    def _plain(self, values: np.ndarray) -> sa.Plaintext:
+        """A data-level NTT-form plaintext of ``values`` (one row per data modulus)."""
+        parms = parms_bytes(self.context.first_parms_id())
+        data = np.ascontiguousarray(values, np.uint64).reshape(-1)
+        return self._load(sa.Plaintext(), write_plaintext(SealPlaintext(parms, data)))
+
+    def additive_share(self) -> np.ndarray:
+        """``s_i`` at the data level (NTT form, one row per data modulus): what this site
+        Shamir-shares for t-of-n decryption. Secret: sealed to each holder, never sent bare."""
+        return self._share[: len(self.data_moduli)].copy()
+
+    def use_decryption_share(self, values: np.ndarray) -> None:
+        """Partially decrypt with ``values`` (NTT form, reduced): this site's Shamir share of
+        ``s`` times its Lagrange coefficient for the round's decrypting sites."""
+        self._decryption_plain = self._plain(values)
 
     def _load(self, obj, data: bytes):
         self.io.load_object(obj, data)
@@ -178,12 +194,13 @@ class ThresholdKeys:
         return ct
 
     def partial(self, ciphertext: SealCiphertext) -> np.ndarray:
-        """``c1 s_i + E_i`` (coefficient form, one row per data modulus) for a checked
-        ciphertext at the data level."""
+        """``c1 d_i + E_i`` (coefficient form, one row per data modulus) for a checked
+        ciphertext at the data level, ``d_i`` the decryption share (``s_i`` by default)."""
         return flood(self.product(ciphertext), self.data_moduli, self.flood_bits)
 
-    def product(self, ciphertext: SealCiphertext) -> np.ndarray:
-        """``c1 s_i`` without flooding: never send it (auditors measure the noise with it)."""
+    def product(self, ciphertext: SealCiphertext, *, additive: bool = False) -> np.ndarray:
+        """``c1 d_i`` (or ``c1 s_i``) without flooding: never send it (auditors measure the
+        noise with it)."""
         c1 = ciphertext.data[1]
         if not c1.any():
             raise InvalidCiphertext("a ciphertext with a zero second polynomial: refused")
@@ -191,9 +208,56 @@ class ThresholdKeys:
                               ciphertext.correction_factor)  # fmt: skip
         ct = self._load(sa.Ciphertext(), write_ciphertext(pair))
         self._evaluator.transform_to_ntt_inplace(ct)
-        self._evaluator.multiply_plain_inplace(ct, self._share_plain)
+        share = self._share_plain if additive else self._decryption_plain
+        self._evaluator.multiply_plain_inplace(ct, share)
         self._evaluator.transform_from_ntt_inplace(ct)
         return read_ciphertext(self.io.dump(ct)).data[0]
+
+
+def split_share(
+    values: np.ndarray, moduli: list[int], threshold: int, points: list[int]
+) -> dict[int, np.ndarray]:
+    """Shamir's sharing (Shamir, CACM 1979) of every coefficient of ``values`` (one row per
+    modulus, each reduced): a random polynomial of degree ``threshold - 1`` per coefficient
+    (coefficients from the OS CSPRNG) whose value at 0 is the coefficient, evaluated at each
+    of ``points`` (nonzero, distinct). Any ``threshold`` shares give ``values`` back
+    (:func:`lagrange_at_zero`); fewer give nothing."""
+    if not 1 <= threshold <= len(points) or 0 in points or len(set(points)) != len(points):
+        raise ValueError(f"threshold {threshold} of points {points}: invalid")
+    degree = values.shape[-1]
+    out = {x: np.empty_like(values) for x in points}
+    for row, q in enumerate(moduli):
+        coefficients = [values[row].astype(object)]
+        for _ in range(threshold - 1):
+            raw = np.frombuffer(os.urandom(16 * degree), "<u8").reshape(degree, 2)
+            wide = raw[:, 0].astype(object) * (1 << 64) + raw[:, 1].astype(object)
+            coefficients.append(wide % q)  # 128 bits mod a 60-bit prime: bias below 2^-68
+        for x in points:
+            acc = np.zeros(degree, dtype=object)
+            for c in reversed(coefficients):  # Horner
+                acc = (acc * x + c) % q
+            out[x][row] = np.array(acc, dtype=np.uint64)
+    return out
+
+
+def lagrange_at_zero(x: int, points: list[int], q: int) -> int:
+    """The Lagrange coefficient of the share at ``x`` for interpolating at 0 from ``points``."""
+    value = 1
+    for other in points:
+        if other != x:
+            value = value * other * pow(other - x, -1, q) % q
+    return value
+
+
+def lagrange_share(share: np.ndarray, x: int, points: list[int], moduli: list[int]) -> np.ndarray:
+    """``share`` (the Shamir share at ``x``, one row per modulus) times its Lagrange
+    coefficient for ``points``, each row mod its own prime: summed over ``points``, these give
+    the shared value back."""
+    rows = []
+    for row, q in enumerate(moduli):
+        factor = np.full(share.shape[-1], lagrange_at_zero(x, points, q), np.uint64)
+        rows.append(_mulmod(share[row], factor, q))
+    return np.stack(rows)
 
 
 def sum_public_shares(shares: list[np.ndarray], moduli: list[int]) -> np.ndarray:

@@ -119,10 +119,12 @@ class RunConfig:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.he_keys == "threshold" and (self.dropout or self.dropout_schedule):
+        n_of_n = self.threshold is None or self.threshold >= self.sites
+        if self.he_keys == "threshold" and n_of_n and (self.dropout or self.dropout_schedule):
             raise ConfigError(
-                "--he-keys threshold is n-of-n: every site must answer every round, so a "
-                "dropout would abort it; drop --dropout or use --he-keys shared"
+                "--he-keys threshold without --threshold is n-of-n: every site must answer "
+                "every round, so a dropout would abort it; set --threshold below --sites (that "
+                "many sites decrypt), drop --dropout, or use --he-keys shared"
             )
         check_dp_options(self)
 

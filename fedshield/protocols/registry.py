@@ -256,11 +256,13 @@ class HESpec(ProtocolSpec):
     def from_options(
         cls, *, max_weight: float, clip: float | None, quant_bits: int | None,
         he_scheme: str = "bfv",
-        he_weighting: str = "fraction", he_keys: str = "shared", **_ignored,
+        he_weighting: str = "fraction", he_keys: str = "shared", threshold=None, **_ignored,
     ) -> HESpec:  # fmt: skip
         bits = cls.default_quant_bits if quant_bits is None else quant_bits
+        threshold = threshold if he_keys == "threshold" else None  # shared keys: no threshold
         return cls(HEConfig(scheme=he_scheme, clip=clip, quant_bits=bits, keys=he_keys,
-                            max_weight=max_weight, weighting=he_weighting))  # fmt: skip
+                            threshold=threshold, max_weight=max_weight,
+                            weighting=he_weighting))  # fmt: skip
 
     @property
     def adaptive(self) -> bool:
@@ -293,7 +295,8 @@ class HESpec(ProtocolSpec):
     def describe(self) -> dict:
         c = self.config
         clip = "adaptive" if c.adaptive else c.clip
-        options = {"scheme": c.scheme, "keys": c.keys, "weighting": c.weighting, "clip": clip,
+        options = {"scheme": c.scheme, "keys": c.keys, "threshold": c.threshold,
+                   "weighting": c.weighting, "clip": clip,
                    "quant_bits": c.quant_bits, "max_weight": c.max_weight,
                    **({"dp_noise": c.noise.describe()} if c.noise else {})}  # fmt: skip
         return {**options, "plan": self.plan} if self.plan else options
@@ -333,7 +336,8 @@ def get_protocol(
             (:mod:`fedshield.protocols.ranges`).
         quant_bits: ``None`` takes the protocol's default (:data:`DEFAULT_QUANT_BITS`):
             float32 for ``plain`` (per-chunk quantization when given), 8 otherwise.
-        threshold, neighbours: ``secagg``'s Shamir threshold and neighbour count.
+        threshold, neighbours: ``secagg``'s Shamir threshold and neighbour count; ``he``
+            with threshold keys: how many sites' shares decrypt (``None``: every site).
         colluders: ``secagg``: the most sites a malicious server may collude with (sizes
             the consistency quorum; ``None``: threshold - 1).
         he_scheme, he_weighting, he_keys: ``he``'s scheme (``bfv``, ``ckks``), weighting,

@@ -162,3 +162,26 @@ def test_the_flooding_rule_keeps_the_statistical_distance_under_2_to_the_minus_4
         assert bound <= 2.0**-40
         # and the sum still decrypts: n floods plus the noise stay under q / (2 t) > 2^(118 - pb)
         assert n * 2**plan.flood_bits + threshold.noise_bound(n) < 2 ** (118 - plan.plain_bits)
+
+
+def test_any_t_shamir_shares_rebuild_the_key_and_t_minus_1_decrypt_nothing():
+    """t-of-n: four sites' key shares, each Shamir-shared at threshold 3 and summed per
+    holder; any three holders' Lagrange-weighted partials decrypt the sum, two do not."""
+    plan, context, keys = _federation(4)
+    moduli, points = keys[0].data_moduli, [1, 2, 3, 4]
+    dealt = [threshold.split_share(k.additive_share(), moduli, 3, points) for k in keys]
+    held = {x: threshold.sum_public_shares([d[x] for d in dealt], moduli) for x in points}
+    rng = np.random.default_rng(2)
+    values = [rng.integers(0, 1000, plan.slots) for _ in keys]
+    total = _sum(context, [_encrypt(k, context, v)[0] for k, v in zip(keys, values, strict=True)])
+    members = read_ciphertext(keys[0].io.dump(total))
+    for decrypting in ([1, 2, 3], [1, 3, 4], [2, 4]):
+        partials = []
+        for x in decrypting:
+            keys[x - 1].use_decryption_share(
+                threshold.lagrange_share(held[x], x, decrypting, moduli)
+            )
+            partials.append(keys[x - 1].partial(members))
+        got = _decode(keys, context, total, threshold.sum_public_shares(partials, moduli))
+        matches = (got == np.sum(values, axis=0)).sum()
+        assert matches == (plan.slots if len(decrypting) >= 3 else 0), decrypting

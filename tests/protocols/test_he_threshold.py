@@ -78,19 +78,65 @@ def _holds_a_secret(obj, seen=None) -> bool:
 
 
 @pytest.mark.parametrize("stage", ["input", "digest", "decrypt"])
-def test_a_site_missing_at_any_stage_aborts_the_round_n_of_n(stage):
+def test_n_of_n_a_site_missing_at_any_stage_aborts_the_round(stage):
     server, clients = round_sessions(3, round={"input": 2, "digest": 6, "decrypt": 7}[stage])
-
-    class Drop(InProcessTransport):
-        def exchange(self, name, messages):
-            replies = super().exchange(name, messages)
-            if name == stage:
-                replies.pop(2, None)
-            return replies
-
-    outcome = run_protocol(server, Drop(clients))
+    outcome = run_protocol(server, _Dropping(clients, {stage: 2}))
     assert outcome.revealed is None
-    assert "n-of-n" in outcome.aborted and "[2]" in outcome.aborted
+    assert ("needs 3" if stage == "input" else "[2] missing") in outcome.aborted
+
+
+class _Dropping(InProcessTransport):
+    """Drops the named site's answer at the named stage."""
+
+    def __init__(self, sessions, drops: dict):
+        super().__init__(sessions)
+        self.drops = drops
+
+    def exchange(self, stage, messages):
+        replies = super().exchange(stage, messages)
+        if stage in self.drops:
+            replies.pop(self.drops[stage], None)
+        return replies
+
+
+def test_t_of_n_a_site_missing_at_input_is_left_out_and_the_others_decrypt():
+    """Four sites, threshold 3: site 3 never sends its ciphertexts; sites 0-2 decrypt their
+    own sum with their Shamir shares, the same sum as shared-key he over those three."""
+    server, clients = round_sessions(4, round=8, threshold=3)
+    outcome = run_protocol(server, _Dropping(clients, {"input": 3}))
+    assert outcome.aborted is None and outcome.revealed.contributors == (0, 1, 2)
+    assert outcome.revealed.dropped == (3,)
+    plan = plan_for(HEConfig(clip=0.5, quant_bits=8, weight_bits=8, max_weight=100.0),
+                    n_clients=4, dim=DIM)  # fmt: skip
+    keyring = HEKeyring.generate(plan)
+    shared = {c: HEClient(client_id=c, round=8, update=u, weight=10.0 * (c + 1), keyring=keyring,
+                          quant_seed=100 + c) for c, u in enumerate(updates(4))}  # fmt: skip
+    reference = run_protocol(HEServer(round=8, clients=[0, 1, 2, 3], dim=DIM, plan=plan),
+                             _Dropping(shared, {"input": 3}))  # fmt: skip
+    assert reference.aborted is None
+    for c in range(3):
+        assert clients[c].aggregate[1] == shared[0].aggregate[1]
+        assert np.array_equal(clients[c].aggregate[0], shared[0].aggregate[0])
+
+
+def test_t_of_n_fewer_than_t_contributors_or_a_dropout_after_the_sum_aborts():
+    server, clients = round_sessions(4, round=9, threshold=3)
+    two_drop = _Dropping(clients, {"input": 3})
+    two_drop.exchange = _drop_two(two_drop.exchange)
+    assert "needs 3" in run_protocol(server, two_drop).aborted
+    server, clients = round_sessions(4, round=10, threshold=3)
+    outcome = run_protocol(server, _Dropping(clients, {"decrypt": 1}))
+    assert outcome.revealed is None and "[1] missing at decrypt" in outcome.aborted
+
+
+def _drop_two(exchange):
+    def dropping(stage, messages):
+        replies = exchange(stage, messages)
+        if stage == "input":
+            replies.pop(2, None)
+        return replies
+
+    return dropping
 
 
 def test_threshold_keys_refuse_ckks_and_too_many_sites():
@@ -107,6 +153,11 @@ def test_the_cli_refuses_threshold_keys_with_dropouts():
 
     with pytest.raises(ConfigError, match="n-of-n"):
         RunConfig(protect="he", he_keys="threshold", dropout=0.1)
+    RunConfig(protect="he", he_keys="threshold", threshold=3, sites=4, dropout=0.1)  # t-of-n
+    with pytest.raises(ConfigError, match="threshold keys"):
+        HEConfig(threshold=2)  # a threshold means nothing for one shared key
+    with pytest.raises(ConfigError, match="exceeds"):
+        plan_for(HEConfig(keys="threshold", threshold=5), n_clients=4, dim=10)
 
 
 def test_a_truncated_or_unreduced_ciphertext_is_a_typed_error_and_the_round_aborts():
@@ -119,7 +170,7 @@ def test_a_truncated_or_unreduced_ciphertext_is_a_typed_error_and_the_round_abor
     with pytest.raises(WrongShape, match="not reduced"):  # every coefficient 2^60 - 1 > q
         server.receive("input", 2, _as(high, b"\xff" * len(high.fields[0])))
     server.receive("input", 0, answers[0])
-    with pytest.raises(ProtocolAbort, match="n-of-n"):
+    with pytest.raises(ProtocolAbort, match="needs 3"):
         server.close_stage("input")
 
 

@@ -11,6 +11,7 @@ from threshold_federation import DIM, federation, round_sessions, updates
 
 from fedshield import wire
 from fedshield.crypto import digest
+from fedshield.crypto.keys import KeyPair
 from fedshield.crypto.seal_codec import SealCiphertext
 from fedshield.crypto.threshold import parms_bytes
 from fedshield.engine.runner import run_protocol
@@ -131,7 +132,7 @@ def test_a_site_sends_one_input_and_decrypts_one_aggregate_per_round_ever():
             others[c].handle("input", m)
     keyring = clients[0].keyring  # and, behind it, no second partial decryption
     with pytest.raises(FedshieldError, match="already decrypted"):
-        keyring.partial(25, clients[0]._sums())
+        keyring.partial(25, clients[0]._sums(), [0, 1, 2])
 
 
 # --- the key setup --------------------------------------------------------------------------
@@ -159,12 +160,32 @@ def test_the_key_setup_refuses_a_share_that_is_not_the_committed_one():
         assert sites[c].keyring is None
 
 
+def test_a_tampered_shamir_share_is_refused_by_its_receiver():
+    plan, roster, identities, _ = federation(4, threshold=3)
+
+    class Tamper(ThresholdKeySetupServer):
+        def _relay_shares(self, stage):
+            sealed = bytearray(self.sealed[(0, 1)])
+            sealed[40] ^= 1  # one bit of site 0's Shamir share for site 1
+            self.sealed[(0, 1)] = bytes(sealed)
+            return super()._relay_shares(stage)
+
+    sites = {c: ThresholdKeySetupClient(client_id=c, plan=plan, roster=roster,
+                                        identity=identities[c]) for c in range(4)}  # fmt: skip
+    server = Tamper(round=0, clients=[0, 1, 2, 3], dim=1, plan=plan, roster=roster)
+    _drive(server, sites, "install_key")
+    messages = server.broadcast("install_key")
+    with pytest.raises(InvalidShare, match="failed authentication"):
+        sites[1].handle("install_key", messages[1])
+    sites[2].handle("install_key", messages[2])  # the others install as usual
+
+
 def test_commitments_shown_differently_to_different_sites_stop_every_reveal():
     """The accomplice (site 2) signs a second commitment; the server shows it to site 0 only
     (so that the accomplice could pick its share after seeing site 1's). The sites sign the
     list they saw, and reveal only when every signature is over their own list."""
     plan, roster, identities, _ = federation(3)
-    other = hashlib.sha256(b"a share chosen later").digest()
+    other = hashlib.sha256(b"a share chosen later").digest() + KeyPair.generate().public_bytes
     forged = roster.sign(identities[2], SHARE_COMMIT_LABEL,
                          share_statement(0, plan.params_id, 2, other))  # fmt: skip
 
@@ -172,7 +193,7 @@ def test_commitments_shown_differently_to_different_sites_stop_every_reveal():
         def _relay_commitments(self, stage):
             honest = super()._relay_commitments(stage)
             fields = list(wire.parse(honest[0]).fields)
-            fields[1] = bytes(fields[1])[:64] + other
+            fields[1] = bytes(fields[1])[:128] + other
             fields[2] = bytes(fields[2])[:128] + forged
             return {**honest, 0: self._server_message(stage, fields)}
 
@@ -248,11 +269,12 @@ def test_a_colluding_site_cannot_extract_an_honest_key_share_with_a_malformed_ci
 
 
 def _share_coefficients(keyring, plan) -> np.ndarray:
-    """A site's key share in coefficient form (its product with the constant 1), centred."""
+    """A site's additive key share in coefficient form (its product with 1), centred."""
     one = np.zeros((2, 2, plan.poly_degree), np.uint64)
     one[1, :, 0] = 1
     parms = parms_bytes(keyring.context.first_parms_id())
-    share = keyring.keys.product(SealCiphertext(parms, False, one))[0].astype(np.int64)
+    share = keyring.keys.product(SealCiphertext(parms, False, one), additive=True)[0]
+    share = share.astype(np.int64)
     q0 = keyring.keys.data_moduli[0]
     return np.where(share > q0 // 2, share - q0, share)
 

@@ -1,6 +1,7 @@
 """A threshold-``he`` federation for protocol tests: the collective key generated through the
 real sessions, and round sessions made on it."""
 
+from dataclasses import replace
 from functools import cache
 
 import numpy as np
@@ -20,10 +21,11 @@ DIM = 20_000
 
 
 @cache
-def federation(n: int = 3, dim: int = DIM):
-    """``(plan, roster, identities, keyrings)`` after a real key generation among ``n`` sites."""
+def federation(n: int = 3, dim: int = DIM, threshold: int | None = None):
+    """``(plan, roster, identities, keyrings)`` after a real key generation among ``n`` sites
+    (``threshold``: how many decrypt; every site by default)."""
     roster, identities = enrol(n)
-    plan = plan_for(CONFIG, n_clients=n, dim=dim)
+    plan = plan_for(replace(CONFIG, threshold=threshold), n_clients=n, dim=dim)
     sites = {
         c: ThresholdKeySetupClient(client_id=c, plan=plan, roster=roster, identity=identities[c])
         for c in range(n)
@@ -41,9 +43,11 @@ def updates(n: int, dim: int = DIM, seed: int = 0) -> list[np.ndarray]:
     return [rng.uniform(-0.5, 0.5, dim).astype(np.float32) for _ in range(n)]
 
 
-def round_sessions(n: int = 3, round: int = 1, server_class=ThresholdServer, dim: int = DIM):
+def round_sessions(
+    n: int = 3, round: int = 1, server_class=ThresholdServer, dim: int = DIM, threshold=None
+):
     """``(server, clients)`` of one round over fresh updates (weights 10, 20, ...)."""
-    plan, roster, identities, keyrings = federation(n, dim)
+    plan, roster, identities, keyrings = federation(n, dim, threshold)
     clients = {
         c: ThresholdClient(
             client_id=c, round=round, update=u, weight=10.0 * (c + 1), keyring=keyrings[c],

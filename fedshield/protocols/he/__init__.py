@@ -10,9 +10,8 @@ transport key, so the server can neither obtain the key nor make a site use one 
 Every site holds the same secret key, so **a server colluding with any one site can decrypt every
 site's update**, exactly as in NVIDIA FLARE's HE; use ``secagg``, or threshold keys
 (``HEConfig(keys="threshold")``, ``--he-keys threshold``), where that matters: each site then
-holds a key share, and only all of them together decrypt the sum (its own threat model, which
-holds against a deviating server colluding with all but one site:
-:mod:`fedshield.protocols.he.threshold`). Ciphertexts
+holds a key share, and only ``threshold`` of them (every site by default) decrypt the sum
+(its own threat model: :mod:`fedshield.protocols.he.threshold`). Ciphertexts
 carry no integrity: a site (or the network, without TLS) can send a well-formed but wrong
 ciphertext; the server checks only that each is well-formed and under the round's parameters.
 The decrypting sites refuse a sum that honest sites on the grid could not have produced (bits

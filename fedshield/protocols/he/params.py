@@ -89,8 +89,11 @@ class HEConfig:
             each site encrypts noisy integer levels in place of quantized ones; needs
             ``weight_bits=0`` (DP-FedAvg's unweighted sum).
         keys: ``"shared"`` (one secret key, made by a key-holder site and sealed to every
-            site) or ``"threshold"`` (BFV: each site holds a share, the sum is decrypted
-            only by all of them together; :mod:`fedshield.crypto.threshold`).
+            site) or ``"threshold"`` (BFV: each site holds a share, and only ``threshold`` of
+            them together decrypt the sum; :mod:`fedshield.crypto.threshold`).
+        threshold: threshold keys: how many sites' shares decrypt (at least 2); ``None``:
+            every site (n-of-n). Fewer than every site lets a round survive dropouts before
+            its sum is fixed, and lets that many colluding sites decrypt.
 
     Raises:
         TypeError: an argument of the wrong type.
@@ -105,6 +108,7 @@ class HEConfig:
     weighting: str = "fraction"
     noise: DiscreteGaussianEncoding | None = None
     keys: str = "shared"
+    threshold: int | None = None
 
     def __post_init__(self) -> None:
         # Messages name the argument (the CLI maps its flags onto these names).
@@ -113,6 +117,9 @@ class HEConfig:
         check_choice("keys", self.keys, ("shared", "threshold"), error=ConfigError)
         if self.keys == "threshold" and self.scheme != "bfv":
             raise ConfigError("he: threshold keys need the BFV scheme (he_scheme='bfv')")
+        check_int("threshold", self.threshold, low=2, optional=True, error=ConfigError)
+        if self.threshold is not None and self.keys != "threshold":
+            raise ConfigError("he: a decryption threshold needs threshold keys (keys='threshold')")
         if self.clip is not None:
             object.__setattr__(self, "clip", check_real("clip", self.clip, error=ConfigError))
         check_int("quant_bits", self.quant_bits, low=1, high=16, error=ConfigError)
@@ -178,6 +185,7 @@ class HEPlan:
     config: HEConfig
     stat_values: int = 0  # adaptive ranges: the statistic's values, packed after the tail
     flood_bits: int = 0  # threshold keys: each partial decryption's flooding (F)
+    key_threshold: int = 0  # threshold keys: how many sites' shares decrypt
 
     @property
     def params_id(self) -> bytes:
@@ -210,8 +218,13 @@ def plan_for(config: HEConfig, *, n_clients: int, dim: int, tensors: int = 0) ->
     check_int("n_clients", n_clients, low=1, high=MAX_CLIENTS, error=ConfigError)
     check_int("dim", dim, low=1, error=ConfigError)
     check_int("tensors", tensors, low=0, error=ConfigError)
-    if config.keys == "threshold" and n_clients > THRESHOLD_MAX_CLIENTS:
-        raise ConfigError(f"he: threshold keys take at most {THRESHOLD_MAX_CLIENTS} sites")
+    key_threshold = 0
+    if config.keys == "threshold":
+        if n_clients > THRESHOLD_MAX_CLIENTS:
+            raise ConfigError(f"he: threshold keys take at most {THRESHOLD_MAX_CLIENTS} sites")
+        key_threshold = config.threshold or n_clients
+        if key_threshold > n_clients:
+            raise ConfigError(f"he: a threshold of {key_threshold} exceeds the {n_clients} sites")
     if config.adaptive and not tensors:
         raise ConfigError("he: adaptive ranges (no fixed clip) need the number of tensors")
     stat_values = tensors * BUCKETS if config.adaptive else 0
@@ -241,5 +254,5 @@ def plan_for(config: HEConfig, *, n_clients: int, dim: int, tensors: int = 0) ->
         )
     return HEPlan(
         "bfv", n_clients, dim, degree, coeff_bits, plain_bits, 0, width, per_slot,
-        degree, -(-length // (degree * per_slot)), config, stat_values, flood,
+        degree, -(-length // (degree * per_slot)), config, stat_values, flood, key_threshold,
     )  # fmt: skip

@@ -31,9 +31,12 @@ zero-knowledge proofs of well-formed encryption (Mouchet et al., PETS 2021); unt
 ``secagg`` against actively malicious sites. The server alone can do neither: every digest is
 signed by a roster site.
 
-Dropouts: none. Decryption needs every site's share (n-of-n), and a site partially decrypts
-only a sum whose digests every site signed: a site missing at any stage aborts the round,
-which then has no result (t-of-n is future work).
+Dropouts: the key's threshold ``t`` (``HEConfig.threshold``; every site by default) is the
+fewest sites whose Shamir shares decrypt (:mod:`.threshold_keyring`). Sites missing at
+``input`` are left out of the sum as long as ``t`` sites sent theirs; once the sum is fixed,
+every contributor must sign its digests and partially decrypt, and a site missing then aborts
+the round (the sites never re-decrypt: the round has no result). Any ``t`` colluding sites
+decrypt whatever they hold.
 
 Wire: ciphertexts travel as bit-packed coefficients (:mod:`.coefficients`); the server adds
 them with numpy and never parses a SEAL object.
@@ -131,6 +134,7 @@ class ThresholdClient(HEClient):
         self._total: np.ndarray | None = None
         self._seed = b""
         self._expected: np.ndarray | None = None  # the sum's own digests
+        self._contributors: list[int] = []
 
     def _check_params(self, message: wire.Message, fields: int) -> None:
         message.require_fields(fields)
@@ -170,17 +174,24 @@ class ThresholdClient(HEClient):
                 "the aggregate is not the sum of every site's ciphertexts (the signed digests do "
                 "not add up to its own): refused before any partial decryption"
             )
-        partials = self.keyring.partial(self.round, self._sums())
+        partials = self.keyring.partial(self.round, self._sums(), self._contributors)
         return self._client_message(stage, [partials.reshape(-1)])
 
     def _signed_digests(self, message: wire.Message) -> dict[int, bytes]:
         """Every site's digests, each signed over the sum this site was shown."""
         sites = message.array(1, dtype="<u4").tolist()
-        if sorted(sites) != list(self.roster.sites) or len(sites) != self.plan.n_clients:
+        strangers = set(sites) - set(self.roster.sites)
+        if strangers or len(set(sites)) != len(sites) or self.client_id not in sites:
             raise UnknownSender(
-                f"threshold he decrypts only the sum of every site's ciphertexts; the server "
-                f"lists {sorted(sites)}: refused"
+                f"the server lists contributors {sites}: not distinct roster sites with this "
+                "one among them: refused"
             )
+        if len(sites) < self.plan.key_threshold:
+            raise UnknownSender(
+                f"the server lists {len(sites)} contributors; the key's threshold is "
+                f"{self.plan.key_threshold}: refused"
+            )
+        self._contributors = sorted(sites)
         size = _digest_bytes(self.plan)
         blob = message.raw(2, length=size * len(sites))
         signatures = message.raw(3, length=SIGNATURE_BYTES * len(sites))
@@ -208,7 +219,7 @@ class ThresholdClient(HEClient):
         for i, (ct, partial_sum) in enumerate(zip(self._sums(), raw, strict=True)):
             plaintext = self.keyring.decrypt_combined(ct, partial_sum)
             flat[i] = self.keyring.encoder.decode_uint64(plaintext)
-        self.aggregate = self._decode_slots(flat, self.plan.n_clients)
+        self.aggregate = self._decode_slots(flat, len(self._contributors))
         return self._client_message(stage, [])
 
 
@@ -235,6 +246,7 @@ class ThresholdServer(ServerSession):
         self.plan, self.roster = plan, roster
         self.moduli = data_moduli(plan)
         self.total = np.zeros(_shape(plan), np.uint64)
+        self.contributors: list[int] = []
         self.seed = b""
         self.digests: dict[int, tuple[bytes, bytes]] = {}
         self.partials = np.zeros((plan.n_ciphertexts, len(self.moduli), plan.poly_degree),
@@ -258,13 +270,22 @@ class ThresholdServer(ServerSession):
         message = self._server_message(stage, [self.plan.params_id, *fields])
         return dict.fromkeys(sorted(self.alive), message)
 
-    @closes(ThresholdStage.INPUT, ThresholdStage.DIGEST, ThresholdStage.DECRYPT)
-    def _check_everyone(self, stage: str) -> None:
-        if self.alive != set(self.clients):
-            missing = sorted(set(self.clients) - self.alive)
+    @closes(ThresholdStage.INPUT)
+    def _fix_contributors(self, stage: str) -> None:
+        if len(self.alive) < self.plan.key_threshold:
             raise ProtocolAbort(
-                f"round {self.round}: threshold he needs every site (n-of-n); {missing} "
-                f"missing at {stage}"
+                f"round {self.round}: {len(self.alive)} sites sent ciphertexts; decrypting "
+                f"needs {self.plan.key_threshold}"
+            )
+        self.contributors = sorted(self.alive)
+
+    @closes(ThresholdStage.DIGEST, ThresholdStage.DECRYPT)
+    def _check_every_contributor(self, stage: str) -> None:
+        if self.alive != set(self.contributors):
+            missing = sorted(set(self.contributors) - self.alive)
+            raise ProtocolAbort(
+                f"round {self.round}: threshold he needs every contributor once the sum is "
+                f"fixed; {missing} missing at {stage}"
             )
 
     @broadcasts(ThresholdStage.INPUT)
@@ -322,6 +343,6 @@ class ThresholdServer(ServerSession):
             raise ProtocolAbort(f"round {self.round}: no site accepted the aggregate")
 
     def _reveal(self) -> Revealed:
-        return Revealed(
-            contributors=tuple(self.clients), weighted_sum=None, total_weight=None, dropped=()
-        )
+        dropped = tuple(c for c in self.clients if c not in self.contributors)
+        return Revealed(contributors=tuple(self.contributors), weighted_sum=None,
+                        total_weight=None, dropped=dropped)  # fmt: skip

@@ -15,8 +15,10 @@ checks every share against its commitment (and that it is reduced mod each prime
 computes the collective key itself; its answer to ``install`` is the key's hash, which the
 server compares across sites.
 
-The key is n-of-n: the list must be exactly the roster's sites, and a site missing at any
-stage aborts the setup.
+With its share each site reveals, sealed to each other site, a Shamir share of its secret
+share (:mod:`.threshold_keyring`; the commitment carries the X25519 key that seals them), so
+any ``threshold`` sites decrypt later. The setup itself needs every site: the list must be
+exactly the roster's sites, and a site missing at any stage aborts it.
 
 Stages (:class:`~fedshield.protocols.he.common.ThresholdKeyStage`): ``commit_share`` →
 ``confirm_shares`` → ``reveal_share`` → ``install_key``.
@@ -28,14 +30,13 @@ import hashlib
 import struct
 
 import numpy as np
-import tenseal.sealapi as sa
 
 from fedshield import wire
 from fedshield._validate import check_instance
 from fedshield.crypto.identity import SIGNATURE_BYTES, Identity
+from fedshield.crypto.keys import KeyPair, validate_public_key
 from fedshield.crypto.seal import SealIO
-from fedshield.crypto.seal_codec import SealCiphertext
-from fedshield.crypto.threshold import ThresholdKeys, combine
+from fedshield.crypto.threshold import ThresholdKeys, sum_public_shares
 from fedshield.errors import InvalidShare, ProtocolAbort, UnknownSender, WrongShape
 from fedshield.protocols.base import (
     ClientSession,
@@ -54,54 +55,16 @@ from fedshield.protocols.he.common import (
     ThresholdKeyStage,
 )
 from fedshield.protocols.he.params import HEPlan
+from fedshield.protocols.he.threshold_keyring import (
+    ThresholdKeyring,
+    open_shamir,
+    seal_shamir,
+    sealed_share_bytes,
+    shamir_shares,
+)
 from fedshield.protocols.roster import Roster
 
 __all__ = ["ThresholdKeySetupClient", "ThresholdKeySetupServer", "ThresholdKeyring"]
-
-
-class ThresholdKeyring:
-    """A site's key share with the collective public key: encrypts, partially decrypts, and
-    decodes a combined sum. Never constructed on the server."""
-
-    def __init__(self, plan: HEPlan, keys: ThresholdKeys) -> None:
-        check_instance("plan", plan, HEPlan)
-        check_instance("keys", keys, ThresholdKeys)
-        if keys.encryptor is None:
-            raise ValueError("keys: install the collective public key first")
-        self.plan, self.keys, self.io, self.context = plan, keys, keys.io, keys.context
-        self.encoder = sa.BatchEncoder(self.context)
-        # (c0 + sum h_i, 0) decrypts to the same plaintext under any key: this site's share.
-        self.decryptor = sa.Decryptor(self.context, keys.secret_key)
-        self.partially_decrypted: set[int] = set()  # rounds: one aggregate each, ever
-        self.encrypted: set[int] = set()  # rounds: one input each, ever
-
-    def encrypt(self, plaintext: sa.Plaintext) -> sa.Ciphertext:
-        """A fresh encryption under the collective key."""
-        return self.keys.encrypt(plaintext)
-
-    def start_round(self, round: int) -> None:
-        """Record that this site sends its input for ``round``: once per round, ever (the
-        server could otherwise mix two sessions' inputs of one round into one sum)."""
-        if round in self.encrypted:
-            raise ProtocolAbort(f"round {round}: this site already sent its input")
-        self.encrypted.add(round)
-
-    def partial(self, round: int, ciphertexts: list[SealCiphertext]) -> np.ndarray:
-        """This site's flooded partial decryptions of a round's summed ciphertexts,
-        ``(count, moduli, degree)`` u64. Once per round: a second aggregate of the same round
-        (one differing by a site, say) is refused, whatever it is."""
-        if round in self.partially_decrypted:
-            raise ProtocolAbort(f"round {round}: this site already decrypted an aggregate")
-        self.partially_decrypted.add(round)
-        return np.stack([self.keys.partial(ct) for ct in ciphertexts])
-
-    def decrypt_combined(self, ct: SealCiphertext, partials_sum: np.ndarray) -> sa.Plaintext:
-        """The plaintext of ``ct`` given the sum of every site's partial."""
-        combined = sa.Ciphertext()
-        self.io.load_object(combined, combine(ct, partials_sum, self.keys.data_moduli))
-        plaintext = sa.Plaintext()
-        self.decryptor.decrypt(combined, plaintext)
-        return plaintext
 
 
 def _statement(round: int, params_id: bytes, site: int, digest: bytes) -> bytes:
@@ -112,6 +75,9 @@ def _list_statement(round: int, params_id: bytes, site: int, digests: dict) -> b
     """What a site signs at ``confirm_shares``: the list of commitments it saw."""
     listed = b"".join(struct.pack("<I", c) + digests[c] for c in sorted(digests))
     return struct.pack("<II", round, site) + params_id + hashlib.sha256(listed).digest()
+
+
+COMMITMENT_BYTES = 64  # the SHA-256 of a site's public share, then its X25519 transport key
 
 
 def _share_bytes(plan: HEPlan) -> int:
@@ -136,10 +102,12 @@ class ThresholdKeySetupServer(ServerSession):
         self.signatures: dict[int, bytes] = {}
         self.confirmations: dict[int, bytes] = {}
         self.shares: dict[int, bytes] = {}
+        self.sealed: dict[tuple[int, int], bytes] = {}  # (sender, receiver): a Shamir share
         self.key_digests: dict[int, bytes] = {}
 
     def _max_message_bytes(self, stage: str) -> int:
-        return 256 + len(self.clients) * (8 + _share_bytes(self.plan))
+        n = len(self.clients)
+        return 256 + _share_bytes(self.plan) + n * (8 + sealed_share_bytes(self.plan))
 
     def _everyone(self, stage: str) -> None:
         if self.alive != set(self.clients):
@@ -153,11 +121,12 @@ class ThresholdKeySetupServer(ServerSession):
     @receives(ThresholdKeyStage.COMMIT)
     def _take_commitment(self, stage: str, sender: int, message: wire.Message) -> None:
         message.require_fields(2)
-        digest = message.raw(0, length=32)
+        commitment = message.raw(0, length=COMMITMENT_BYTES)
+        validate_public_key(commitment[32:])
         signature = message.raw(1, length=SIGNATURE_BYTES)
-        statement = _statement(self.round, self.plan.params_id, sender, digest)
+        statement = _statement(self.round, self.plan.params_id, sender, commitment)
         self.roster.verify(sender, signature, SHARE_COMMIT_LABEL, statement)
-        self.digests[sender], self.signatures[sender] = digest, signature
+        self.digests[sender], self.signatures[sender] = commitment, signature
 
     @closes(ThresholdKeyStage.COMMIT, ThresholdKeyStage.CONFIRM, ThresholdKeyStage.REVEAL)
     def _check_everyone(self, stage: str) -> None:
@@ -186,17 +155,27 @@ class ThresholdKeySetupServer(ServerSession):
 
     @receives(ThresholdKeyStage.REVEAL)
     def _take_share(self, stage: str, sender: int, message: wire.Message) -> None:
-        message.require_fields(1)
+        message.require_fields(2)
         share = message.raw(0, length=_share_bytes(self.plan))
-        if hashlib.sha256(share).digest() != self.digests[sender]:
+        if hashlib.sha256(share).digest() != self.digests[sender][:32]:
             raise WrongShape(f"client {sender}'s public share does not match its commitment")
+        others = [c for c in sorted(self.clients) if c != sender]
+        size = sealed_share_bytes(self.plan)
+        blob = message.raw(1, length=size * len(others))
         self.shares[sender] = share
+        for k, receiver in enumerate(others):
+            self.sealed[(sender, receiver)] = blob[size * k : size * (k + 1)]
 
     @broadcasts(ThresholdKeyStage.INSTALL)
     def _relay_shares(self, stage: str) -> dict[int, bytes]:
         sites = sorted(self.shares)
-        fields = [np.array(sites, np.uint32), b"".join(self.shares[c] for c in sites)]
-        return dict.fromkeys(sorted(self.alive), self._server_message(stage, fields))
+        shares = [np.array(sites, np.uint32), b"".join(self.shares[c] for c in sites)]
+        return {
+            c: self._server_message(
+                stage, [*shares, b"".join(self.sealed[(i, c)] for i in sites if i != c)]
+            )
+            for c in sorted(self.alive)
+        }
 
     @receives(ThresholdKeyStage.INSTALL)
     def _take_key_digest(self, stage: str, sender: int, message: wire.Message) -> None:
@@ -247,8 +226,10 @@ class ThresholdKeySetupClient(ClientSession):
         io = SealIO(plan.context())
         self.keys = ThresholdKeys(io, seed=plan.params_id, flood_bits=plan.flood_bits)
         self.share = np.ascontiguousarray(self.keys.public_share(), "<u8").tobytes()
+        self.transport = KeyPair.generate()  # seals this site's Shamir shares to each site
         self.digests: dict[int, bytes] = {}
         self.keyring: ThresholdKeyring | None = None
+        self._own_shamir: np.ndarray | None = None
 
     def _check_params(self, message: wire.Message) -> None:
         if message.raw(0, length=32) != self.plan.params_id:
@@ -267,24 +248,26 @@ class ThresholdKeySetupClient(ClientSession):
     def _commit(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(1)
         self._check_params(message)
-        digest = hashlib.sha256(self.share).digest()
-        statement = _statement(self.round, self.plan.params_id, self.client_id, digest)
+        commitment = hashlib.sha256(self.share).digest() + self.transport.public_bytes
+        statement = _statement(self.round, self.plan.params_id, self.client_id, commitment)
         signature = self.roster.sign(self.identity, SHARE_COMMIT_LABEL, statement)
-        return self._client_message(stage, [digest, signature])
+        return self._client_message(stage, [commitment, signature])
 
     @handles(ThresholdKeyStage.CONFIRM)
     def _confirm(self, stage: str, message: wire.Message) -> bytes:
         message.require_fields(3)
         sites = self._sites(message)
-        digests = message.raw(1, length=32 * len(sites))
+        commitments = message.raw(1, length=COMMITMENT_BYTES * len(sites))
         signatures = message.raw(2, length=SIGNATURE_BYTES * len(sites))
         for k, site in enumerate(sites):
-            digest = digests[32 * k : 32 * (k + 1)]
-            statement = _statement(self.round, self.plan.params_id, site, digest)
+            commitment = commitments[COMMITMENT_BYTES * k : COMMITMENT_BYTES * (k + 1)]
+            validate_public_key(commitment[32:])
+            statement = _statement(self.round, self.plan.params_id, site, commitment)
             signature = signatures[SIGNATURE_BYTES * k : SIGNATURE_BYTES * (k + 1)]
             self.roster.verify(site, signature, SHARE_COMMIT_LABEL, statement)
-            self.digests[site] = digest
-        if self.digests[self.client_id] != hashlib.sha256(self.share).digest():
+            self.digests[site] = commitment
+        mine = hashlib.sha256(self.share).digest() + self.transport.public_bytes
+        if self.digests[self.client_id] != mine:
             raise InvalidShare("the server relayed another commitment under this site's name")
         statement = _list_statement(self.round, self.plan.params_id, self.client_id, self.digests)
         signature = self.roster.sign(self.identity, SHARE_LIST_LABEL, statement)
@@ -300,24 +283,60 @@ class ThresholdKeySetupClient(ClientSession):
             statement = _list_statement(self.round, self.plan.params_id, site, self.digests)
             signature = signatures[SIGNATURE_BYTES * k : SIGNATURE_BYTES * (k + 1)]
             self.roster.verify(site, signature, SHARE_LIST_LABEL, statement)
-        return self._client_message(stage, [self.share])
+        others = [c for c in sites if c != self.client_id]
+        shares = shamir_shares(self.keys, self.plan.key_threshold, sites)
+        self._own_shamir = shares[self.client_id]
+        sealed = [
+            seal_shamir(shares[c], self._pair_key(c, sender=self.client_id, receiver=c),
+                        round=self.round, sender=self.client_id, receiver=c)
+            for c in others
+        ]  # fmt: skip
+        return self._client_message(stage, [self.share, b"".join(sealed)])
+
+    def _pair_key(self, other: int, *, sender: int, receiver: int) -> bytes:
+        """The AEAD key between this site and ``other``, from their confirmed X25519 keys."""
+        info = b"fedshield/he/threshold-shamir" + self.plan.params_id + struct.pack(
+            "<II", sender, receiver)  # fmt: skip
+        return self.transport.agree(self.digests[other][32:], info=info)
 
     @handles(ThresholdKeyStage.INSTALL)
     def _install(self, stage: str, message: wire.Message) -> bytes:
-        message.require_fields(2)
+        message.require_fields(3)
         sites = self._sites(message)
         size = _share_bytes(self.plan)
         blob = message.raw(1, length=size * len(sites))
         shares = []
         for k, site in enumerate(sites):
             share = blob[size * k : size * (k + 1)]
-            if hashlib.sha256(share).digest() != self.digests.get(site):
+            if hashlib.sha256(share).digest() != self.digests[site][:32]:
                 raise InvalidShare(f"site {site}'s public share does not match its commitment")
             values = np.frombuffer(share, "<u8").reshape(-1, self.plan.poly_degree)
             if (values >= np.array(self.keys.key_moduli, np.uint64)[:, None]).any():
                 raise InvalidShare(f"site {site}'s public share is not reduced mod its primes")
             shares.append(values)
         self.keys.install(shares)
-        self.keyring = ThresholdKeyring(self.plan, self.keys)
+        shamir = self._shamir_total(sites, message)
+        self.keyring = ThresholdKeyring(self.plan, self.keys, shamir, site=self.client_id)
         digest = hashlib.sha256(self.keys.public_key_bytes()).digest()
         return self._client_message(stage, [digest])
+
+    def _shamir_total(self, sites: list[int], message: wire.Message) -> np.ndarray:
+        """This site's Shamir share of the collective key: its own, plus each other site's
+        sealed to it (AES-GCM under their confirmed X25519 keys: the server reads none)."""
+        others = [c for c in sites if c != self.client_id]
+        size = sealed_share_bytes(self.plan)
+        blob = message.raw(2, length=size * len(others))
+        parts = [self._own_shamir]
+        for k, sender in enumerate(others):
+            key = self._pair_key(sender, sender=sender, receiver=self.client_id)
+            parts.append(
+                open_shamir(
+                    blob[size * k : size * (k + 1)],
+                    key,
+                    self.keys,
+                    round=self.round,
+                    sender=sender,
+                    receiver=self.client_id,
+                )
+            )
+        return sum_public_shares(parts, self.keys.data_moduli)
