@@ -36,7 +36,10 @@ fewest sites whose Shamir shares decrypt (:mod:`.threshold_keyring`). Sites miss
 ``input`` are left out of the sum as long as ``t`` sites sent theirs; once the sum is fixed,
 every contributor must sign its digests and partially decrypt, and a site missing then aborts
 the round (the sites never re-decrypt: the round has no result). Any ``t`` colluding sites
-decrypt whatever they hold.
+decrypt whatever they hold, and a server that leaves honest sites out of the sum (claiming
+they dropped) can shrink it to ``t`` contributors: with ``c`` colluding sites among them, the
+sum less theirs is the others' sum, so ``t`` must exceed ``c + 1`` for no single update to be
+exposed (the default, every site, holds for any ``c < n - 1``).
 
 Wire: ciphertexts travel as bit-packed coefficients (:mod:`.coefficients`); the server adds
 them with numpy and never parses a SEAL object.
