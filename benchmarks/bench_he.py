@@ -189,8 +189,11 @@ def ours_threshold(layers: list[np.ndarray], n: int) -> dict:
     roster, ids = Roster.enrol(range(n), min_sites=n)
     setup, keygen_s = _timed(lambda: {c: ThresholdKeySetupClient(
         client_id=c, plan=plan, roster=roster, identity=ids[c]) for c in range(n)})  # fmt: skip
-    run_protocol(ThresholdKeySetupServer(round=0, clients=list(range(n)), dim=1, plan=plan,
-                                         roster=roster), InProcessTransport(setup))  # fmt: skip
+    outcome = run_protocol(ThresholdKeySetupServer(round=0, clients=list(range(n)), dim=1,
+                                                   plan=plan, roster=roster),
+                           InProcessTransport(setup))  # fmt: skip
+    # per site: its share, then its work at every stage (Shamir dealing and sealing included)
+    keygen_s = keygen_s / n + sum(sum(st.client_s.values()) for st in outcome.stages) / n
     clients = {c: ThresholdClient(client_id=c, round=1, update=update, weight=1.0,
                                   keyring=setup[c].keyring, roster=roster, identity=ids[c])
                for c in range(n)}  # fmt: skip
