@@ -241,7 +241,10 @@ def split_share(
 
 
 def lagrange_at_zero(x: int, points: list[int], q: int) -> int:
-    """The Lagrange coefficient of the share at ``x`` for interpolating at 0 from ``points``."""
+    """The Lagrange coefficient of the share at ``x`` for interpolating at 0 from ``points``
+    (distinct, ``x`` among them)."""
+    if x not in points or len(set(points)) != len(points):
+        raise ValueError(f"point {x} among {points}: not distinct points including it")
     value = 1
     for other in points:
         if other != x:

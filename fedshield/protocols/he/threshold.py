@@ -34,8 +34,10 @@ signed by a roster site.
 Dropouts: the key's threshold ``t`` (``HEConfig.threshold``; every site by default) is the
 fewest sites whose Shamir shares decrypt (:mod:`.threshold_keyring`). Sites missing at
 ``input`` are left out of the sum as long as ``t`` sites sent theirs; once the sum is fixed,
-every contributor must sign its digests and partially decrypt, and a site missing then aborts
-the round (the sites never re-decrypt: the round has no result). Any ``t`` colluding sites
+every contributor must sign its digests, and exactly ``t`` of them (the lowest ids) decrypt:
+never more, or the Lagrange-weighted shares would cancel out of sums of the partials and
+leave relations among the flooding noises. A site missing then aborts the round (the sites
+never re-decrypt: the round has no result). Any ``t`` colluding sites
 decrypt whatever they hold, and a server that leaves honest sites out of the sum (claiming
 they dropped) can shrink it to ``t`` contributors: with ``c`` colluding sites among them, the
 sum less theirs is the others' sum, so ``t`` must exceed ``c + 1`` for no single update to be
@@ -84,7 +86,7 @@ from fedshield.protocols.he.params import HEPlan
 from fedshield.protocols.he.threshold_keys import ThresholdKeyring
 from fedshield.protocols.roster import Roster
 
-__all__ = ["ThresholdClient", "ThresholdServer", "data_moduli"]
+__all__ = ["ThresholdClient", "ThresholdServer", "data_moduli", "decrypting_sites"]
 
 
 def _shape(plan: HEPlan) -> tuple[int, int, int, int]:
@@ -104,6 +106,14 @@ def _seed(round: int, plan: HEPlan, total: np.ndarray) -> bytes:
 def _statement(round: int, params_id: bytes, site: int, seed: bytes, values: bytes) -> bytes:
     """What a site signs: its digests of its own ciphertexts for the sum behind ``seed``."""
     return struct.pack("<II", round, site) + params_id + seed + values
+
+
+def decrypting_sites(contributors: list[int], threshold: int) -> list[int]:
+    """The round's decrypting sites: exactly ``threshold`` of them, the lowest ids among the
+    contributors. Never more: with more than ``t`` Lagrange-weighted Shamir shares, their
+    weighted sums at the points vanish, so sums of the partials would cancel the key and
+    leave exact relations among the sites' flooding noises (the third review's finding)."""
+    return sorted(contributors)[:threshold]
 
 
 def data_moduli(plan: HEPlan) -> list[int]:
@@ -177,7 +187,10 @@ class ThresholdClient(HEClient):
                 "the aggregate is not the sum of every site's ciphertexts (the signed digests do "
                 "not add up to its own): refused before any partial decryption"
             )
-        partials = self.keyring.partial(self.round, self._sums(), self._contributors)
+        decryptors = decrypting_sites(self._contributors, self.plan.key_threshold)
+        if self.client_id not in decryptors:
+            return self._client_message(stage, [])  # the sum is checked; others decrypt it
+        partials = self.keyring.partial(self.round, self._sums(), decryptors)
         return self._client_message(stage, [partials.reshape(-1)])
 
     def _signed_digests(self, message: wire.Message) -> dict[int, bytes]:
@@ -284,8 +297,11 @@ class ThresholdServer(ServerSession):
 
     @closes(ThresholdStage.DIGEST, ThresholdStage.DECRYPT)
     def _check_every_contributor(self, stage: str) -> None:
-        if self.alive != set(self.contributors):
-            missing = sorted(set(self.contributors) - self.alive)
+        needed = set(self.contributors)
+        if stage == ThresholdStage.DECRYPT:  # only the decrypting sites' partials are needed
+            needed = set(decrypting_sites(self.contributors, self.plan.key_threshold))
+        if not needed <= self.alive:
+            missing = sorted(needed - self.alive)
             raise ProtocolAbort(
                 f"round {self.round}: threshold he needs every contributor once the sum is "
                 f"fixed; {missing} missing at {stage}"
@@ -325,6 +341,9 @@ class ThresholdServer(ServerSession):
 
     @receives(ThresholdStage.DECRYPT)
     def _take_partial(self, stage: str, sender: int, message: wire.Message) -> None:
+        if sender not in decrypting_sites(self.contributors, self.plan.key_threshold):
+            message.require_fields(0)  # a contributor that does not decrypt this round
+            return
         message.require_fields(1)
         shape = self.partials.shape
         raw = message.array(0, dtype="<u8", shape=(int(np.prod(shape)),)).reshape(shape)

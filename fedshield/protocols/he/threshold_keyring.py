@@ -103,15 +103,17 @@ class ThresholdKeyring:
         self, round: int, ciphertexts: list[SealCiphertext], decryptors: list[int]
     ) -> np.ndarray:
         """This site's flooded partial decryptions of a round's summed ciphertexts,
-        ``(count, moduli, degree)`` u64, for the round's ``decryptors`` (site ids, this one
-        among them, at least the plan's threshold). Once per round: a second aggregate of the
-        same round (one differing by a site, say) is refused, whatever it is."""
+        ``(count, moduli, degree)`` u64, for the round's ``decryptors`` (exactly the plan's
+        threshold of distinct site ids, this one among them). Once per round: a second
+        aggregate of the same round (one differing by a site, say) is refused."""
         if round in self.partially_decrypted:
             raise ProtocolAbort(f"round {round}: this site already decrypted an aggregate")
-        if len(decryptors) < self.plan.key_threshold:
+        if len(set(decryptors)) != self.plan.key_threshold or len(decryptors) != len(
+            set(decryptors)
+        ) or self.site not in decryptors:  # fmt: skip
             raise ProtocolAbort(
-                f"round {round}: {len(decryptors)} sites cannot decrypt; the key's threshold "
-                f"is {self.plan.key_threshold}"
+                f"round {round}: the decrypting sites {decryptors} are not exactly "
+                f"{self.plan.key_threshold} distinct sites with this one among them"
             )
         self.partially_decrypted.add(round)
         points = [site + 1 for site in decryptors]
