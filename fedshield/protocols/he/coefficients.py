@@ -44,8 +44,9 @@ def unpack(data: bytes | memoryview, shape: tuple, moduli: list[int]) -> np.ndar
     raw = memoryview(data).cast("B")
     if len(raw) != 2 * half:
         raise WrongShape(f"{len(raw)} bytes do not hold {count} packed coefficients")
-    high = bitpack.unpack(raw[:half], count, HALF_BITS)
-    out = (high << np.uint64(HALF_BITS)) | bitpack.unpack(raw[half:], count, HALF_BITS)
+    out = bitpack.unpack(raw[:half], count, HALF_BITS)
+    out <<= np.uint64(HALF_BITS)  # in place: no temporaries of the whole vector
+    out |= bitpack.unpack(raw[half:], count, HALF_BITS)
     out = out.reshape(shape)
     q = np.array(moduli, np.uint64).reshape((len(moduli), 1))
     if (out >= q).any():
@@ -57,5 +58,5 @@ def add_into(total: np.ndarray, values: np.ndarray, moduli: list[int]) -> None:
     """``total += values`` mod each limb's prime, in place (both reduced, shape
     ``(..., moduli, degree)``)."""
     q = np.array(moduli, np.uint64).reshape((len(moduli), 1))
-    np.add(total, values, out=total)
-    np.remainder(total, q, out=total)
+    np.add(total, values, out=total)  # both below q < 2^61: no wrap
+    np.subtract(total, q, out=total, where=total >= q)
