@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test acceptance lint bench clean
+.PHONY: install run test acceptance lint bench audit clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script --out runs/bench || exit 1; done
+
+# The protocol audits and 2000 mutated messages (docs/audit.md); exit status 1 on any failure.
+audit: $(STAMP)
+	$(BIN)/fedshield audit --quick --fuzz 2000 --out runs/audit
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .benchmarks  # runs/ holds the test-run cache too
