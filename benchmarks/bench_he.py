@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tenseal as ts
 
+from fedshield.overhead.flare_peer import flare_way
 from fedshield.protocols.he import HEClient, HEServer
 from fedshield.protocols.he.keys import HEKeyring
 from fedshield.protocols.he.params import HEConfig, plan_for
@@ -71,45 +71,6 @@ def _median_of(run, repeats: int) -> dict:
     for key in TIMES:
         out[key] = statistics.median(r[key] for r in runs)
     return out
-
-
-# --- the FLARE way ----------------------------------------------------------------------------
-def flare_way(layers: list[np.ndarray], n: int) -> dict:
-    context = ts.context(
-        ts.SCHEME_TYPE.CKKS,
-        poly_modulus_degree=8192,
-        coeff_mod_bit_sizes=[60, 40, 40],
-        encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
-    )
-    context.global_scale = 2**40
-    blobs, encrypt_s = _timed(
-        lambda: [ts.ckks_vector(context, layer.ravel().tolist()).serialize() for layer in layers]
-    )
-    # The server gets the context without its secret key: enough to add.
-    server_context = ts.context_from(context.serialize(save_secret_key=False))
-
-    def server_sum():
-        total = [ts.ckks_vector_from(server_context, b) for b in blobs]
-        for _ in range(n - 1):  # every site sent the same bytes here; parsing still runs
-            for i, b in enumerate(blobs):
-                total[i] += ts.ckks_vector_from(server_context, b)
-        return [t.serialize() for t in total]
-
-    summed, sum_s = _timed(server_sum)
-    decrypted, decrypt_s = _timed(
-        lambda: [np.array(ts.ckks_vector_from(context, b).decrypt()) for b in summed]
-    )
-    error = max(
-        float(np.abs(d / n - layer.ravel()).max())
-        for d, layer in zip(decrypted, layers, strict=True)
-    )
-    return {
-        "encrypt_s": encrypt_s,
-        "bytes_up": sum(len(b) for b in blobs),
-        "sum_s": sum_s,
-        "decrypt_s": decrypt_s,
-        "max_abs_error": error,
-    }
 
 
 # --- ours -------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ def test_lower_layers_never_import_upwards():
                             "fedshield.cli",
                             "fedshield.attacks",
                             "fedshield.audit",
+                            "fedshield.overhead",
                         )
                     ), (path, name)
 

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction, console) -> argparse.ArgumentParse
     privacy.add_argument("--out", type=Path, default=None, help="output folder (runs/<time>)")
     privacy.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests
     privacy.set_defaults(handler=lambda args: _cmd_privacy(args, console))
+    from fedshield.overhead import add_overhead_command
+
+    add_overhead_command(bench_sub, console)  # bench overhead (fedshield.overhead)
     return bench
 
 
