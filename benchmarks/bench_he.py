@@ -132,21 +132,18 @@ def _as_sender(answer: bytes, sender: int) -> bytes:
 THRESHOLD_TARGETS = {"bytes_over_fp32": 2.0, "encrypt_s": 5.0, "sum_s": 5.0}  # issue 16
 
 
-def ours_threshold(layers: list[np.ndarray], n: int) -> dict:
-    """n real sites with key shares (the collective key made by the real sessions); one
-    site's times and bytes, the server's sum and its sum of the partial decryptions."""
+def _threshold_sites(plan, n: int) -> tuple[dict, float]:
+    """n sites' threshold sessions for round 1 after a real key generation, and one site's
+    share of the key generation's time (the n sites run one after another here: Shamir
+    dealing and sealing included, it is about the total over n)."""
     from fedshield.engine.runner import run_protocol
     from fedshield.engine.transport import InProcessTransport
-    from fedshield.protocols.he.threshold import ThresholdClient, ThresholdServer
     from fedshield.protocols.he.threshold_keys import (
         ThresholdKeySetupClient,
         ThresholdKeySetupServer,
     )
     from fedshield.protocols.roster import Roster
 
-    update = np.concatenate([layer.ravel() for layer in layers])
-    config = HEConfig(clip=CLIP, quant_bits=8, weight_bits=8, max_weight=1.0, keys="threshold")
-    plan = plan_for(config, n_clients=n, dim=update.size)
     roster, ids = Roster.enrol(range(n), min_sites=n)
 
     def keygen():
@@ -156,32 +153,49 @@ def ours_threshold(layers: list[np.ndarray], n: int) -> dict:
                                              roster=roster), InProcessTransport(sites))  # fmt: skip
         return sites
 
-    # the n sites run one after another here: a site's share of the work, Shamir dealing and
-    # sealing included, is about the total over n
     setup, keygen_s = _timed(keygen)
-    keygen_s /= n
-    clients = {c: ThresholdClient(client_id=c, round=1, update=update, weight=1.0,
-                                  keyring=setup[c].keyring, roster=roster, identity=ids[c])
-               for c in range(n)}  # fmt: skip
-    server = ThresholdServer(round=1, clients=range(n), dim=update.size, plan=plan, roster=roster)
-    times, sent = {}, {}
+    keyrings = {c: site.keyring for c, site in setup.items()}
+    return {"roster": roster, "identities": ids, "keyrings": keyrings}, keygen_s / n
 
-    def stage(name: str) -> None:
-        messages, times[f"broadcast_{name}"] = _timed(lambda: server.broadcast(name))
+
+def _timed_stages(server, clients) -> tuple[dict, dict]:
+    """Run every stage; each stage's broadcast, first client and server times, and the
+    first client's bytes up."""
+    times, sent = {}, {}
+    for name in server.stages:
+        messages, times[f"broadcast_{name}"] = _timed(lambda name=name: server.broadcast(name))
         answers = {}
         for c, m in messages.items():
-            answers[c], spent = _timed(lambda c=c, m=m: clients[c].handle(name, m))
+            answers[c], spent = _timed(lambda c=c, m=m, name=name: clients[c].handle(name, m))
             times.setdefault(name, spent)
         sent[name] = len(answers[0])
-        _, server_s = _timed(lambda: [server.receive(name, c, a) for c, a in answers.items()])
-        times[f"server_{name}"] = server_s
+        _, times[f"server_{name}"] = _timed(
+            lambda name=name, answers=answers: [server.receive(name, c, a)
+                                                for c, a in answers.items()]
+        )  # fmt: skip
         server.close_stage(name)
+    return times, sent
 
-    for name in server.stages:
-        stage(name)
+
+def ours_threshold(layers: list[np.ndarray], n: int) -> dict:
+    """n real sites with key shares (the collective key made by the real sessions); one
+    site's times and bytes, the server's sum and its sum of the partial decryptions."""
+    from fedshield.protocols.he.threshold import ThresholdClient, ThresholdServer
+
+    update = np.concatenate([layer.ravel() for layer in layers])
+    config = HEConfig(clip=CLIP, quant_bits=8, weight_bits=8, max_weight=1.0, keys="threshold")
+    plan = plan_for(config, n_clients=n, dim=update.size)
+    federation, keygen_s = _threshold_sites(plan, n)
+    clients = {c: ThresholdClient(client_id=c, round=1, update=update, weight=1.0,
+                                  keyring=federation["keyrings"][c], roster=federation["roster"],
+                                  identity=federation["identities"][c])
+               for c in range(n)}  # fmt: skip
+    server = ThresholdServer(round=1, clients=range(n), dim=update.size, plan=plan,
+                             roster=federation["roster"])  # fmt: skip
+    times, sent = _timed_stages(server, clients)
     weighted_sum, total = clients[0].aggregate
     return {
-        "keygen_s": keygen_s / n,
+        "keygen_s": keygen_s,
         "encrypt_s": times["input"],  # encryption (and reading the coefficients out of SEAL)
         "bytes_up": sent["input"],  # the ciphertexts
         "bytes_total_up": sum(sent.values()),  # ... the signed digests and the partial
