@@ -2,10 +2,11 @@
 registry, with every key made by the real key-setup sessions, and a round driver that can swap
 any message for another on its way.
 
-Modes: ``plain`` (float32), ``secagg`` (SecAgg+, integer weighting), ``he-shared`` (BFV, one
-key sealed to every site) and ``he-threshold`` (BFV, n-of-n key shares). Each mode's options
-are fixed and public (clip 1, 8-bit levels, 8-bit integer weights against a largest weight of
-15), so that the aggregate can be compared with the plain sum of the levels each site encoded.
+Modes: ``plain`` (float32), ``plain-q8`` (8-bit levels with a float32 range per chunk),
+``secagg`` (SecAgg+, integer weighting), ``he-shared`` (BFV, one key sealed to every site) and
+``he-threshold`` (BFV, n-of-n key shares). Each mode's options are fixed and public (clip 1,
+8-bit levels, 8-bit integer weights against a largest weight of 15), so that the aggregate
+can be compared with the plain sum of the levels each site encoded.
 
 A *variant* replaces one session class (``variants={"secagg.client": MyClient}``): it is built
 with the keyword arguments the registry would give the real class, so a subclass of the real
@@ -42,11 +43,11 @@ __all__ = [
     "drive",
 ]
 
-MODES = ("plain", "secagg", "he-shared", "he-threshold")
+MODES = ("plain", "plain-q8", "secagg", "he-shared", "he-threshold")
 SETUP_MODES = ("he-shared-keys", "he-threshold-keys")  # he's one-time key setups
 FUZZ_MODES = MODES + SETUP_MODES
 SESSION_TYPES = tuple(f"{mode}.{side}" for mode in MODES for side in ("server", "client"))
-SITES = {"plain": 5, "secagg": 5, "he-shared": 3, "he-threshold": 3}  # sites per round
+SITES = {"plain": 5, "plain-q8": 5, "secagg": 5, "he-shared": 3, "he-threshold": 3}
 DIM = 256  # values per update
 MAX_WEIGHT = 15.0
 _OPTIONS = {"max_weight": MAX_WEIGHT, "clip": 1.0, "quant_bits": 8}
@@ -60,6 +61,8 @@ def base_spec(mode: str) -> ProtocolSpec:
     """The registry's protocol for ``mode``, with the audit's public options."""
     if mode == "plain":
         return get_protocol("plain")
+    if mode == "plain-q8":  # per-chunk 8-bit levels, with a float32 (low, step) per chunk
+        return get_protocol("plain", quant_bits=8)
     if mode == "secagg":
         return get_protocol("secagg", secagg_weighting="integer", **_OPTIONS)
     if mode in ("he-shared", "he-threshold"):
@@ -78,11 +81,12 @@ class AuditRound:
     dim: int
 
     def expected(self, survivors) -> np.ndarray:
-        """The plain aggregate of ``survivors``: the weighted float sum (``plain``), or the sum
-        of each site's encoded levels times its integer weight, then the weights' sum."""
-        if self.mode == "plain":
+        """The plain aggregate of ``survivors``: the weighted float sum of what each sent
+        (``plain``: its update, or its dequantized levels), or the sum of each site's encoded
+        levels times its integer weight, then the weights' sum."""
+        if self.mode.startswith("plain"):
             return sum(
-                (float(self.clients[c].weight) * self.clients[c].update.astype(np.float64)
+                (float(self.clients[c].weight) * self.clients[c].sent.astype(np.float64)
                  for c in survivors), np.zeros(self.dim),
             )  # fmt: skip
         total = np.zeros(self.dim + 1, dtype=np.int64)
@@ -98,7 +102,7 @@ class AuditRound:
     def observed(self, revealed: Revealed) -> np.ndarray | None:
         """What the round unmasked (``secagg``), decrypted (``he``: the sites' level sum, which
         every site that decoded must agree on) or summed (``plain``); ``None`` if nothing."""
-        if self.mode == "plain":
+        if self.mode.startswith("plain"):
             return revealed.weighted_sum
         if self.mode == "secagg":
             found = getattr(self.server, "unmasked", None)
@@ -122,7 +126,7 @@ class AuditRound:
             return "no aggregate to compare (or the sites decrypted different sums)"
         if got.shape != want.shape:
             return f"aggregate of shape {got.shape}, expected {want.shape}"
-        if self.mode == "plain":
+        if self.mode.startswith("plain"):
             worst = float(np.max(np.abs(got - want)))
             return None if worst <= 1e-9 * max(1.0, float(np.max(np.abs(want)))) else (
                 f"largest difference {worst:.3g} from the float sum"
@@ -238,6 +242,7 @@ class AuditBed:
             return spec.server(**kwargs)
         extra = {
             "plain": lambda: {"payload_format": spec.format},
+            "plain-q8": lambda: {"payload_format": spec.format},
             "secagg": lambda: {"config": spec.config, "roster": spec.roster},
             "he-shared": lambda: {"plan": spec.plan},
             "he-threshold": lambda: {"plan": spec.plan, "roster": spec.roster},
@@ -250,6 +255,7 @@ class AuditBed:
             return spec.client(client_id=client_id, identity=identity, **kwargs)
         extra = {
             "plain": lambda: {"payload_format": spec.format},
+            "plain-q8": lambda: {"payload_format": spec.format},
             "secagg": lambda: {"config": spec.config, "roster": spec.roster,
                                "identity": identity},
             "he-shared": lambda: {"keyring": spec.keyrings[client_id]},

@@ -125,8 +125,8 @@ def run_checks(
 
 
 # --- exact aggregation -----------------------------------------------------------------------
-_FULL_SIZES = {"plain": (1, 5, 12), "secagg": (3, 5, 10), "he-shared": (2, 3, 6),
-               "he-threshold": (2, 3)}  # fmt: skip
+_FULL_SIZES = {"plain": (1, 5, 12), "plain-q8": (1, 5, 12), "secagg": (3, 5, 10),
+               "he-shared": (2, 3, 6), "he-threshold": (2, 3)}  # fmt: skip
 
 
 def _exact(mode: str, bed: AuditBed, rng: np.random.Generator, quick: bool) -> str:
@@ -137,7 +137,7 @@ def _exact(mode: str, bed: AuditBed, rng: np.random.Generator, quick: bool) -> s
         problem = r.mismatch(outcome.revealed, r.clients)
         if problem is not None:
             raise CheckFailed(f"{n} sites: {outcome.aborted or problem}")
-    what = "float sum" if mode == "plain" else "sum of the weighted levels"
+    what = "float sum" if mode.startswith("plain") else "sum of the weighted levels"
     return f"{', '.join(map(str, sizes))} sites x {DIM} values: equals the plain {what}"
 
 

@@ -15,6 +15,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from rich import box
 from rich.table import Table
 
 from fedshield.audit.bed import AuditBed
@@ -128,20 +129,26 @@ def _print(document: dict, results: list[CheckResult], report, console) -> None:
     console.print(f"audit {verdict} in {document['seconds']:.0f} s{failed}", soft_wrap=True)
 
 
+_SHORT = {"mutations": "mutated", "completed": "done", "not_completed": "not done"}
+
+
 def _print_fuzz(report: FuzzReport, console) -> None:
     sessions: dict[str, FuzzCounts] = {}
     for key, counts in sorted(report.by_target.items()):
         sessions.setdefault(key.split("/")[0], FuzzCounts()).add(counts)
     columns = ("mutations", "crashes", "escaped", "rejected", "accepted", "completed",
-               "aborted", "not_completed")  # fmt: skip
-    table = Table(title=f"Fuzz: {report.total.mutations} mutated messages (seed {report.seed})",
-                  header_style="bold")  # fmt: skip
-    table.add_column("session")
+               "inexact", "aborted", "not_completed", "corrupted")  # fmt: skip
+    title = f"Fuzz: {report.total.mutations} mutated messages (seed {report.seed})"
+    table = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD,
+                  caption="done: the honest round completed afterwards; not done: it did not "
+                  "where the protocol tolerates one refused party (docs/audit.md)")  # fmt: skip
+    table.add_column("session", no_wrap=True)
     for column in columns:
-        table.add_column(column.replace("_", " "), justify="right")
+        label = _SHORT.get(column, column)
+        table.add_column(label, justify="right", min_width=len(label), no_wrap=True)
     for name, counts in [*sessions.items(), ("all", report.total)]:
         cells = [str(getattr(counts, c)) for c in columns]
-        for k in (1, 2, 7):  # must be 0
+        for k in (1, 2, 8, 9):  # must be 0
             cells[k] = cells[k] if cells[k] == "0" else f"[bold red]{cells[k]}[/]"
         table.add_row(name, *cells)
     console.print(table)

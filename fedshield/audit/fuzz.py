@@ -16,16 +16,21 @@ honest. Counted per mutation:
   (a masked value, a ciphertext coefficient, a float that is still finite...). What that did
   shows in the round's outcome.
 - **completed** / **aborted**: the honest round's outcome afterwards. Where the protocol
-  tolerates a dropout (``plain``, ``secagg`` at 5 sites, ``he-shared``), a rejected message
-  must leave the round completing (**not completed** otherwise: must be 0); ``he-threshold``
-  decrypts with every site's share, so a rejected site ends the round by design.
+  tolerates a dropout (``plain``, ``plain-q8``, ``secagg`` at 5 sites, ``he-shared``), a
+  rejected message must leave the round completing (**not completed** otherwise: must be
+  0); ``he-threshold`` decrypts with every site's share, so a rejected site ends the round by
+  design.
+- **inexact**: the round completed, but its aggregate is not the plain one of its
+  contributors (an accepted change that stayed within the public range: no integrity covers
+  it). After a *rejected* message it is **corrupted** instead: the rejected message left a
+  trace in the sum. Must be 0.
 
-Mutations (:mod:`fedshield.audit.mutate`) take turns, as do the twelve session types: the
+Mutations (:mod:`fedshield.audit.mutate`) take turns, as do the fourteen session types: the
 server and client of each round mode and of ``he``'s two key setups
 (:data:`~fedshield.audit.bed.FUZZ_MODES`; a key setup needs every site, so a rejection ends
-it, by design); stages, parties and positions are drawn from a
-generator seeded by ``seed``. The protocols' own keys stay fresh (they come from the OS), so a
-rerun with the same seed mutates the same places of messages of the same layout.
+it, by design); stages, parties and positions are drawn from a generator seeded by ``seed``.
+The protocols' own keys stay fresh (they come from the OS), so a rerun with the same seed
+mutates the same places of messages of the same layout.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from fedshield.errors import ConfigError, FedshieldError, InvalidMessage, Protoc
 
 __all__ = ["TOLERANT", "FuzzCounts", "FuzzReport", "fuzz"]
 
-TOLERANT = frozenset({"plain", "secagg", "he-shared"})  # one rejected party: the round goes on
+# one rejected party, and the round goes on
+TOLERANT = frozenset({"plain", "plain-q8", "secagg", "he-shared"})
 _EXAMPLES = 10
 
 
@@ -56,8 +62,10 @@ class FuzzCounts:
     rejected: int = 0
     accepted: int = 0
     completed: int = 0
+    inexact: int = 0
     aborted: int = 0
     not_completed: int = 0
+    corrupted: int = 0
 
     def add(self, other: FuzzCounts) -> None:
         """Add ``other``'s counts to these."""
@@ -82,11 +90,12 @@ class FuzzReport:
 
     @property
     def passed(self) -> bool:
-        """No crash, nothing escaped, every tolerated rejection left the round completing,
-        and every honest round afterwards was exact."""
+        """No crash, nothing escaped, every tolerated rejection left the round completing
+        and no trace in its sum, and every honest round afterwards was exact."""
         t = self.total
         ok_after = all(v == "exact" for v in self.honest_after.values())
-        return t.crashes == 0 and t.escaped == 0 and t.not_completed == 0 and ok_after
+        clean = t.crashes == t.escaped == t.not_completed == t.corrupted == 0
+        return clean and ok_after
 
     def as_dict(self) -> dict:
         """Plain data for ``audit.json``."""
@@ -199,12 +208,14 @@ def _one(bed: AuditBed, report: FuzzReport, rng, *, mode, direction, stage, part
     counts.aborted = 1 - counts.completed
     if counts.rejected and mode in TOLERANT and driven.revealed is None:
         counts.not_completed = 1
+    if driven.revealed is not None and r.mismatch(driven.revealed, driven.revealed.contributors):
+        counts.corrupted, counts.inexact = counts.rejected, 1 - counts.rejected
     side = "server" if direction == "up" else "client"
     for key, table in ((f"{mode}.{side}/{stage}", report.by_target),
                        (mutation, report.by_mutation)):  # fmt: skip
         table.setdefault(key, FuzzCounts()).add(counts)
     report.total.add(counts)
-    if (crashes or counts.escaped or counts.not_completed) and len(
+    if (crashes or counts.escaped or counts.not_completed or counts.corrupted) and len(
         report.crash_examples
     ) < _EXAMPLES:
         problem = crashes[0] if crashes else failure or error

@@ -9,6 +9,9 @@ Site 1's answer at one stage is replaced, on its way to the server, by:
   site as the sender;
 - ``replayed``: the same message twice (the first counts, the copy is refused, nobody drops);
 - ``replayed-old-round``: its message of the same stage in an earlier round;
+- ``relabelled-old-round`` (``secagg`` at ``share_keys``, ``he-threshold`` at ``digest``,
+  where a signature covers the message): its earlier round's message under this round's
+  header, which only the signature's binding to the round (and the round's keys) can tell;
 - ``truncated``: its message less its last byte;
 - ``oversized``: its message with a well-framed extra field of at least 64 KiB.
 
@@ -30,10 +33,12 @@ from fedshield.errors import InvalidMessage
 
 __all__ = ["KINDS", "PARTY"]
 
-KINDS = ("tampered", "replayed", "replayed-old-round", "truncated", "oversized")
+KINDS = ("tampered", "replayed", "replayed-old-round", "relabelled-old-round", "truncated",
+         "oversized")  # fmt: skip
 PARTY = 1  # the site whose message goes bad
-_STAGE = {"plain": "input", "secagg": "masked_input", "he-shared": "input",
-          "he-threshold": "input"}  # fmt: skip
+_STAGE = {"plain": "input", "plain-q8": "input", "secagg": "masked_input",
+          "he-shared": "input", "he-threshold": "input"}  # fmt: skip
+_SIGNED = {"secagg": "share_keys", "he-threshold": "digest"}  # signed answers
 
 
 def _flip(index: int, what: str) -> tuple[str, Callable[[bytes], bytes]]:
@@ -62,6 +67,7 @@ def _other_sender(data: bytes) -> bytes:
 
 _TAMPER: dict[str, tuple[str, tuple[str, Callable[[bytes], bytes]]]] = {
     "plain": ("input", ("its header names another site as the sender", _other_sender)),
+    "plain-q8": ("input", ("its header names another site as the sender", _other_sender)),
     "secagg": ("advertise_keys", _flip(0, "a bit flipped in its signed public key")),
     "he-shared": ("input", _flip(2, "a bit flipped in its ciphertext's SEAL header")),
     "he-threshold": ("digest", _flip(0, "a bit flipped in its signed digests")),
@@ -72,6 +78,20 @@ def _oversized(data: bytes) -> bytes:
     message = wire.parse(data)
     padding = bytes(max(1 << 16, 2 * len(data)))
     return wire.serialize(message.header, [*message.fields, padding])
+
+
+def _earlier(bed: AuditBed, mode: str, stage: str) -> bytes:
+    """Site :data:`PARTY`'s answer at ``stage`` in a fresh honest round."""
+    kept: list[bytes] = []
+
+    def keep(direction: str, s: str, party: int, data: bytes) -> None:
+        if (direction, s, party) == ("up", stage, PARTY):
+            kept.append(data)
+
+    bed.run(bed.round(mode), hook=keep)
+    if not kept:
+        raise CheckFailed(f"an honest round never reached '{stage}' for site {PARTY}")
+    return kept[0]
 
 
 def _bad_message(mode: str, kind: str, bed: AuditBed):
@@ -86,17 +106,14 @@ def _bad_message(mode: str, kind: str, bed: AuditBed):
         what, change = "its last byte cut off", lambda d: d[:-1]
     elif kind == "oversized":
         what, change = "a well-framed extra field of 64 KiB or more", _oversized
-    else:  # replayed-old-round: the site's message from an honest earlier round
-        kept: list[bytes] = []
-
-        def keep(direction: str, s: str, party: int, data: bytes) -> None:
-            if (direction, s, party) == ("up", stage, PARTY):
-                kept.append(data)
-
-        bed.run(bed.round(mode), hook=keep)
-        if not kept:
-            raise CheckFailed(f"an honest round never reached '{stage}' for site {PARTY}")
-        what, change = "its message from an earlier round", lambda d: kept[0]
+    else:  # the site's message from an honest earlier round, as it was or relabelled
+        stage = _SIGNED.get(mode, stage) if kind == "relabelled-old-round" else stage
+        old = _earlier(bed, mode, stage)
+        if kind == "replayed-old-round":
+            what, change = "its message from an earlier round", lambda d: old
+        else:
+            what = "its earlier round's message under this round's header"
+            change = lambda d: wire.serialize(wire.parse(d).header, list(wire.parse(old).fields))  # noqa: E731
 
     def hook(direction: str, s: str, party: int, data: bytes) -> list[bytes] | None:
         if (direction, s, party) != ("up", stage, PARTY):
@@ -143,7 +160,7 @@ def _reject(mode: str, kind: str, bed: AuditBed, rng: np.random.Generator, quick
 
 
 for _mode in MODES:
-    for _kind in KINDS:
+    for _kind in KINDS if _mode in _SIGNED else [k for k in KINDS if k != "relabelled-old-round"]:
         register(
             f"reject/{_mode}/{_kind}",
             f"{_mode}: a {_kind} message is refused",

@@ -16,6 +16,7 @@ from fedshield.audit.cli import run_command
 from fedshield.audit.mutate import MUTATIONS, length_fields, mutate
 from fedshield.cli import main
 from fedshield.errors import ConfigError, MalformedMessage
+from fedshield.protocols.base import receives
 from fedshield.protocols.he import HEKeyring, HEServer
 from fedshield.protocols.plain import PlainServer
 from fedshield.protocols.secagg import SecAggClient
@@ -55,6 +56,19 @@ class FragileServer(PlainServer):
         super().receive(stage, sender, data)
 
 
+class EagerServer(PlainServer):
+    """Adds an update to its sum before its checks, and takes it back only if it passes: a
+    rejected update leaves its trace in the sum."""
+
+    @receives("input")
+    def _receive_input(self, stage, sender, message):
+        weight = float(message.array(0, dtype="<f8", shape=(1,))[0])
+        values = message.array(1, dtype="<f4", shape=(self.dim,)).astype(np.float64)
+        self._sum += weight * values
+        super()._receive_input(stage, sender, message)
+        self._sum -= weight * values
+
+
 def _run(patterns, variants=None):
     bed = AuditBed(variants=variants)
     return {r.name: r for r in run_checks(bed, select(patterns), quick=True)}
@@ -66,7 +80,7 @@ def _args(tmp_path, only, fuzz=0):
 
 def test_the_honest_package_passes_a_tiny_audit():
     results = _run(["exact/*", "reject/plain/*", "reject/secagg/truncated", "no-key/he-shared"])
-    assert len(results) == 4 + 5 + 1 + 1
+    assert len(results) == 5 + 5 + 1 + 1  # every mode exact, plain refusing five bad kinds
     failed = {name: r.detail for name, r in results.items() if not r.passed}
     assert not failed, failed
     assert "exact" in results["reject/secagg/truncated"].detail
@@ -102,12 +116,20 @@ def test_the_fuzzer_counts_a_crash_when_a_session_raises_an_untyped_error():
     assert report.by_target["plain.client/input"].crashes == 0  # the clients are the real ones
 
 
+def test_the_fuzzer_counts_a_rejected_message_that_left_a_trace_in_the_sum():
+    report = fuzz(56, bed=AuditBed(variants={"plain.server": EagerServer}), modes=["plain"])
+    assert report.total.corrupted > 0 and not report.passed
+    assert report.total.crashes == 0 and report.honest_after == {"plain": "exact"}
+    assert report.by_mutation["non-finite"].corrupted > 0
+
+
 def test_the_honest_package_survives_the_fuzzer_and_its_schedule_is_seeded():
     modes = ["plain", "secagg", "he-shared-keys"]  # a round, and he's key distribution
     first = fuzz(42, seed=5, modes=modes)
     again = fuzz(42, seed=5, modes=modes)
     assert first.passed, first.as_dict()
     assert first.total.rejected > 0 and first.total.completed > 0
+    assert first.total.corrupted == 0 and first.by_target["plain.server/input"].mutations == 7
     assert set(first.by_target) == set(again.by_target)
     assert {k: v.mutations for k, v in first.by_target.items()} == {
         k: v.mutations for k, v in again.by_target.items()
