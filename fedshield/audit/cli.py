@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction, console) -> argparse.ArgumentParse
         "audit", help="check the protocols' claims and fuzz their messages (exit 1 on failure)"
     )
     audit.add_argument(
-        "--quick", action="store_true", help="fewer sizes and dropout patterns (a minute or so)"
+        "--quick", action="store_true", help="fewer sizes and dropout patterns (seconds)"
     )
     audit.add_argument(
         "--fuzz", type=int, default=0, metavar="N",
@@ -44,7 +44,9 @@ def register(sub: argparse._SubParsersAction, console) -> argparse.ArgumentParse
         help="run only the checks whose names match (shell-style, repeatable; 'none': no "
         "check, for a fuzz alone), e.g. 'reject/secagg/*'",
     )  # fmt: skip
-    audit.add_argument("--out", type=Path, default=None, help="write audit.json into this folder")
+    audit.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="write audit.json into DIR"
+    )
     audit.set_defaults(handler=lambda args: run_command(args, console))
     return audit
 

@@ -132,7 +132,7 @@ def fuzz(
     if unknown := sorted(set(modes) - set(FUZZ_MODES)):
         raise ConfigError(f"unknown modes {unknown}; choose from {FUZZ_MODES}")
     start, bed = time.perf_counter(), bed or AuditBed(seed=seed)
-    rng = np.random.default_rng([seed, 0xF022])
+    rng = np.random.default_rng([seed, 0xF022])  # the schedule: targets, stages, parties
     report = FuzzReport(seed=seed)
     targets = {mode: _honest_targets(bed, mode) for mode in modes} if n else {}
     kinds = [(m, d) for m in modes for d in ("up", "down") if targets.get(m, {}).get(d)]
@@ -145,7 +145,8 @@ def fuzz(
         party = parties[int(rng.integers(0, len(parties)))]
         if on_step is not None:
             on_step(f"fuzz {mode} {'server' if direction == 'up' else 'client'} {stage}")
-        _one(bed, report, rng, mode=mode, direction=direction, stage=stage, party=party,
+        mutation_rng = np.random.default_rng([seed, 0xF022, i])  # apart from the schedule
+        _one(bed, report, mutation_rng, mode=mode, direction=direction, stage=stage, party=party,
              mutation=mutation)  # fmt: skip
     for mode in modes if n else ():
         r = bed.round(mode)
