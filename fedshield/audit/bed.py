@@ -4,9 +4,10 @@ any message for another on its way.
 
 Modes: ``plain`` (float32), ``plain-q8`` (8-bit levels with a float32 range per chunk),
 ``secagg`` (SecAgg+, integer weighting), ``he-shared`` (BFV, one key sealed to every site) and
-``he-threshold`` (BFV, n-of-n key shares). Each mode's options are fixed and public (clip 1,
-8-bit levels, 8-bit integer weights against a largest weight of 15), so that the aggregate
-can be compared with the plain sum of the levels each site encoded.
+``he-threshold`` (BFV, n-of-n key shares), ``he-threshold-t`` (BFV, any 2 of 3 sites
+decrypt). Each mode's options are fixed and public (clip 1, 8-bit levels, 8-bit integer
+weights against a largest weight of 15), so that the aggregate can be compared with the plain
+sum of the levels each site encoded.
 
 A *variant* replaces one session class (``variants={"secagg.client": MyClient}``): it is built
 with the keyword arguments the registry would give the real class, so a subclass of the real
@@ -43,11 +44,14 @@ __all__ = [
     "drive",
 ]
 
-MODES = ("plain", "plain-q8", "secagg", "he-shared", "he-threshold")
-SETUP_MODES = ("he-shared-keys", "he-threshold-keys")  # he's one-time key setups
+MODES = ("plain", "plain-q8", "secagg", "he-shared", "he-threshold", "he-threshold-t")
+# he's one-time key setups
+SETUP_MODES = ("he-shared-keys", "he-threshold-keys", "he-threshold-t-keys")
 FUZZ_MODES = MODES + SETUP_MODES
 SESSION_TYPES = tuple(f"{mode}.{side}" for mode in MODES for side in ("server", "client"))
-SITES = {"plain": 5, "plain-q8": 5, "secagg": 5, "he-shared": 3, "he-threshold": 3}
+SITES = {"plain": 5, "plain-q8": 5, "secagg": 5, "he-shared": 3, "he-threshold": 3,
+         "he-threshold-t": 3}  # fmt: skip
+KEY_THRESHOLD = 2  # he-threshold-t: any 2 of the 3 sites decrypt
 DIM = 256  # values per update
 MAX_WEIGHT = 15.0
 _OPTIONS = {"max_weight": MAX_WEIGHT, "clip": 1.0, "quant_bits": 8}
@@ -65,9 +69,11 @@ def base_spec(mode: str) -> ProtocolSpec:
         return get_protocol("plain", quant_bits=8)
     if mode == "secagg":
         return get_protocol("secagg", secagg_weighting="integer", **_OPTIONS)
-    if mode in ("he-shared", "he-threshold"):
-        keys = mode.removeprefix("he-")
-        return get_protocol("he", he_weighting="integer", he_keys=keys, **_OPTIONS)
+    if mode in ("he-shared", "he-threshold", "he-threshold-t"):
+        keys = "shared" if mode == "he-shared" else "threshold"
+        threshold = KEY_THRESHOLD if mode == "he-threshold-t" else None
+        return get_protocol("he", he_weighting="integer", he_keys=keys, threshold=threshold,
+                            **_OPTIONS)  # fmt: skip
     raise ConfigError(f"unknown audit mode {mode!r}; choose one of {MODES}")
 
 
@@ -246,6 +252,7 @@ class AuditBed:
             "secagg": lambda: {"config": spec.config, "roster": spec.roster},
             "he-shared": lambda: {"plan": spec.plan},
             "he-threshold": lambda: {"plan": spec.plan, "roster": spec.roster},
+            "he-threshold-t": lambda: {"plan": spec.plan, "roster": spec.roster},
         }[mode]()
         return cls(**kwargs, **extra)
 
@@ -261,6 +268,8 @@ class AuditBed:
             "he-shared": lambda: {"keyring": spec.keyrings[client_id]},
             "he-threshold": lambda: {"keyring": spec.keyrings[client_id],
                                      "roster": spec.roster, "identity": identity},
+            "he-threshold-t": lambda: {"keyring": spec.keyrings[client_id],
+                                       "roster": spec.roster, "identity": identity},
         }[mode]()  # fmt: skip
         return cls(client_id=client_id, **kwargs, **extra)
 

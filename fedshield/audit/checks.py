@@ -18,7 +18,8 @@ audit's seed and the check's name, so each check is reproducible on its own.
   (:mod:`fedshield.audit.keywalk`).
 - ``reject/<mode>/<kind>``: a tampered, replayed (twice, or from an earlier round), truncated
   or oversized message gets a typed rejection, and the honest round completes exactly over
-  the others (``he-threshold``, n-of-n: the round ends, and the next one is exact).
+  the others (where a threshold ``he`` round cannot leave a site out, n-of-n or once its sum
+  is fixed: the round ends, and the next one is exact).
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def run_checks(
 
 # --- exact aggregation -----------------------------------------------------------------------
 _FULL_SIZES = {"plain": (1, 5, 12), "plain-q8": (1, 5, 12), "secagg": (3, 5, 10),
-               "he-shared": (2, 3, 6), "he-threshold": (2, 3)}  # fmt: skip
+               "he-shared": (2, 3, 6), "he-threshold": (2, 3),
+               "he-threshold-t": (3, 4)}  # fmt: skip
 
 
 def _exact(mode: str, bed: AuditBed, rng: np.random.Generator, quick: bool) -> str:
@@ -262,6 +264,6 @@ for _mode in MODES:
              lambda bed, rng, quick, m=_mode: _exact(m, bed, rng, quick))  # fmt: skip
 register("dropout/secagg", "secagg: sampled dropouts at every stage", _dropouts)
 register("uniform/secagg", "secagg: the server's view is uniform over the ring", _uniform)
-for _mode in ("he-shared", "he-threshold"):
+for _mode in ("he-shared", "he-threshold", "he-threshold-t"):
     register(f"no-key/{_mode}", f"{_mode}: no secret key reachable from the server",
              lambda bed, rng, quick, m=_mode: _no_key(m, bed, rng, quick))  # fmt: skip

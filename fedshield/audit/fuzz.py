@@ -19,14 +19,14 @@ honest. Counted per mutation:
   tolerates a dropout (``plain``, ``plain-q8``, ``secagg`` at 5 sites, ``he-shared``), a
   rejected message must leave the round completing (**not completed** otherwise: must be
   0); ``he-threshold`` decrypts with every site's share, so a rejected site ends the round by
-  design.
+  design, and ``he-threshold-t`` (2 of 3) leaves out only sites refused at ``input``.
 - **inexact**: the round completed, but its aggregate is not the plain one of its
   contributors (an accepted change that stayed within the public range: no integrity covers
   it). After a *rejected* message it is **corrupted** instead: the rejected message left a
   trace in the sum. Must be 0.
 
-Mutations (:mod:`fedshield.audit.mutate`) take turns, as do the fourteen session types: the
-server and client of each round mode and of ``he``'s two key setups
+Mutations (:mod:`fedshield.audit.mutate`) take turns, as do the eighteen session types: the
+server and client of each round mode and of ``he``'s three key setups
 (:data:`~fedshield.audit.bed.FUZZ_MODES`; a key setup needs every site, so a rejection ends
 it, by design); stages, parties and positions are drawn from a generator seeded by ``seed``.
 The protocols' own keys stay fresh (they come from the OS), so a rerun with the same seed
@@ -45,10 +45,18 @@ from fedshield.audit.bed import FUZZ_MODES, AuditBed
 from fedshield.audit.mutate import MUTATIONS, mutate
 from fedshield.errors import ConfigError, FedshieldError, InvalidMessage, ProtocolAbort
 
-__all__ = ["TOLERANT", "FuzzCounts", "FuzzReport", "fuzz"]
+__all__ = ["TOLERANT", "FuzzCounts", "FuzzReport", "fuzz", "tolerates"]
 
 # one rejected party, and the round goes on
 TOLERANT = frozenset({"plain", "plain-q8", "secagg", "he-shared"})
+_TOLERANT_STAGES = {"he-threshold-t": frozenset({"input"})}  # t of n: before the sum is fixed
+
+
+def tolerates(mode: str, stage: str) -> bool:
+    """Whether a round of ``mode`` goes on without one party refused at ``stage``."""
+    return mode in TOLERANT or stage in _TOLERANT_STAGES.get(mode, ())
+
+
 _EXAMPLES = 10
 
 
@@ -207,7 +215,7 @@ def _one(bed: AuditBed, report: FuzzReport, rng, *, mode, direction, stage, part
     counts.crashes = int(bool(crashes))
     counts.completed = int(driven.revealed is not None)
     counts.aborted = 1 - counts.completed
-    if counts.rejected and mode in TOLERANT and driven.revealed is None:
+    if counts.rejected and tolerates(mode, stage) and driven.revealed is None:
         counts.not_completed = 1
     if driven.revealed is not None and r.mismatch(driven.revealed, driven.revealed.contributors):
         counts.corrupted, counts.inexact = counts.rejected, 1 - counts.rejected
