@@ -7,7 +7,7 @@ import gc
 import numpy as np
 import pytest
 import tenseal.sealapi as sa
-from threshold_federation import CONFIG, DIM, federation, round_sessions, updates
+from threshold_federation import CONFIG, DIM, drive, federation, round_sessions, updates
 
 from fedshield import wire
 from fedshield.crypto.threshold import ThresholdKeys
@@ -180,19 +180,10 @@ def _as(message, payload: bytes) -> bytes:
 
 def test_a_digest_replayed_from_another_round_is_refused():
     old_server, old_clients = round_sessions(3, round=4)
-    _drive(old_server, old_clients, "digest")
+    drive(old_server, old_clients, "digest")
     old_answer = old_clients[0].handle("digest", old_server.broadcast("digest")[0])
     server, clients = round_sessions(3, round=5)
-    _drive(server, clients, "digest")
+    drive(server, clients, "digest")
     server.broadcast("digest")
     with pytest.raises(InvalidMessage):
         server.receive("digest", 0, old_answer)  # round 4's header (and signature)
-
-
-def _drive(server, clients, upto: str) -> None:
-    for stage in server.stages:
-        if stage == upto:
-            return
-        for c, m in server.broadcast(stage).items():
-            server.receive(stage, c, clients[c].handle(stage, m))
-        server.close_stage(stage)

@@ -7,7 +7,7 @@ import hashlib
 
 import numpy as np
 import pytest
-from threshold_federation import DIM, federation, round_sessions, updates
+from threshold_federation import DIM, drive, federation, round_sessions, updates
 
 from fedshield import wire
 from fedshield.crypto import digest
@@ -31,16 +31,6 @@ from fedshield.protocols.he.threshold_keys import (
     ThresholdKeySetupServer,
 )
 from fedshield.protocols.he.threshold_keys import _statement as share_statement
-
-
-def _drive(server, clients, upto: str) -> None:
-    """Run the stages before ``upto`` (the server's own, honest or not)."""
-    for stage in server.stages:
-        if stage == upto:
-            return
-        for c, m in server.broadcast(stage).items():
-            server.receive(stage, c, clients[c].handle(stage, m))
-        server.close_stage(stage)
 
 
 class _Keeping(ThresholdServer):
@@ -85,7 +75,7 @@ class _OneCoefficientChanged(_Keeping):
 def test_a_substituted_aggregate_is_refused_before_any_partial_decryption(server_class):
     round = {_OneSitesCiphertext: 20, _MissingASite: 21, _OneCoefficientChanged: 22}[server_class]
     server, clients = round_sessions(3, round=round, server_class=server_class)
-    _drive(server, clients, "decrypt")
+    drive(server, clients, "decrypt")
     for c, m in server.broadcast("decrypt").items():
         with pytest.raises(FedshieldError, match="refused before any partial decryption"):
             clients[c].handle("decrypt", m)
@@ -105,7 +95,7 @@ class _Equivocating(_Keeping):
 
 def test_different_sums_shown_to_different_sites_are_refused():
     server, clients = round_sessions(3, round=23, server_class=_Equivocating)
-    _drive(server, clients, "decrypt")
+    drive(server, clients, "decrypt")
     for c, m in server.broadcast("decrypt").items():
         with pytest.raises(BadSignature):  # someone's digests are over another sum
             clients[c].handle("decrypt", m)
@@ -114,7 +104,7 @@ def test_different_sums_shown_to_different_sites_are_refused():
 
 def test_a_sum_over_fewer_sites_than_the_federation_is_refused():
     server, clients = round_sessions(3, round=24)
-    _drive(server, clients, "decrypt")
+    drive(server, clients, "decrypt")
     for c, m in server.broadcast("decrypt").items():
         fields = list(wire.parse(m).fields)
         fields[1] = np.array([0, 1], np.uint32)  # site 2's digests left out
@@ -153,7 +143,7 @@ def test_the_key_setup_refuses_a_share_that_is_not_the_committed_one():
 
     sites = _key_sites(plan, roster, identities)
     server = SwapShare(round=0, clients=[0, 1, 2], dim=1, plan=plan, roster=roster)
-    _drive(server, sites, "install_key")
+    drive(server, sites, "install_key")
     for c, m in server.broadcast("install_key").items():
         with pytest.raises(InvalidShare, match="commitment"):
             sites[c].handle("install_key", m)
@@ -173,7 +163,7 @@ def test_a_tampered_shamir_share_is_refused_by_its_receiver():
     sites = {c: ThresholdKeySetupClient(client_id=c, plan=plan, roster=roster,
                                         identity=identities[c]) for c in range(4)}  # fmt: skip
     server = Tamper(round=0, clients=[0, 1, 2, 3], dim=1, plan=plan, roster=roster)
-    _drive(server, sites, "install_key")
+    drive(server, sites, "install_key")
     messages = server.broadcast("install_key")
     with pytest.raises(InvalidShare, match="failed authentication"):
         sites[1].handle("install_key", messages[1])
@@ -202,7 +192,7 @@ def test_commitments_shown_differently_to_different_sites_stop_every_reveal():
 
     sites = _key_sites(plan, roster, identities)
     server = TwoLists(round=0, clients=[0, 1, 2], dim=1, plan=plan, roster=roster)
-    _drive(server, sites, "reveal_share")
+    drive(server, sites, "reveal_share")
     for c, m in server.broadcast("reveal_share").items():
         with pytest.raises(BadSignature):
             sites[c].handle("reveal_share", m)  # no share leaves any site
@@ -219,7 +209,7 @@ def test_a_public_share_not_reduced_mod_q_is_refused():
     sites = {**_key_sites(plan, roster, identities), 2: Unreduced(
         client_id=2, plan=plan, roster=roster, identity=identities[2])}  # fmt: skip
     server = ThresholdKeySetupServer(round=0, clients=[0, 1, 2], dim=1, plan=plan, roster=roster)
-    _drive(server, sites, "install_key")
+    drive(server, sites, "install_key")
     for c, m in server.broadcast("install_key").items():
         with pytest.raises(InvalidShare, match="not reduced"):
             sites[c].handle("install_key", m)
@@ -257,7 +247,7 @@ def test_a_colluding_site_cannot_extract_an_honest_key_share_with_a_malformed_ci
         for c, cls in ((0, ThresholdClient), (1, Malformed))
     }  # fmt: skip
     server = ThresholdServer(round=30, clients=[0, 1], dim=DIM, plan=plan, roster=roster)
-    _drive(server, clients, "aggregate")  # the honest site's partial is in
+    drive(server, clients, "aggregate")  # the honest site's partial is in
     d0 = (server.total[0, 0, 0].astype(object) + server.partials[0, 0].astype(object)) % q0
     d1 = (server.total[0, 0, 1].astype(object) + server.partials[0, 1].astype(object)) % q1
     d = (d0 + q0 * (((d1 - d0) * pow(q0, -1, q1)) % q1)) % (q0 * q1)
@@ -301,7 +291,7 @@ def test_a_colluding_site_cannot_cancel_an_honest_site_with_a_false_digest():
     server, clients = round_sessions(3, round=31, server_class=_OneSitesCiphertext)
     clients[2] = Accomplice(client_id=2, round=31, update=updates(3)[2], weight=30.0,
                             keyring=keyrings[2], roster=roster, identity=identities[2])  # fmt: skip
-    _drive(server, clients, "decrypt")
+    drive(server, clients, "decrypt")
     assert _seed(31, plan, server.total)  # the sum the sites saw: site 0's ciphertexts
     with pytest.raises(FedshieldError):
         clients[1].handle("decrypt", server.broadcast("decrypt")[1])

@@ -5,7 +5,7 @@ sites decrypted and the keyring checked its decrypting set)."""
 
 import numpy as np
 import pytest
-from threshold_federation import federation, round_sessions
+from threshold_federation import drive, federation, round_sessions
 
 from fedshield import wire
 from fedshield.crypto.seal_codec import SealCiphertext
@@ -23,15 +23,6 @@ from fedshield.protocols.he.threshold_keys import (
     ThresholdKeySetupServer,
     _share_bytes,
 )
-
-
-def _drive(server, clients, upto: str) -> None:
-    for stage in server.stages:
-        if stage == upto:
-            return
-        for c, m in server.broadcast(stage).items():
-            server.receive(stage, c, clients[c].handle(stage, m))
-        server.close_stage(stage)
 
 
 class _KeepingPartials(ThresholdServer):
@@ -92,7 +83,7 @@ def test_a_keyring_refuses_a_decrypting_set_without_itself_or_with_repeats():
     """Defence in depth: the public ThresholdKeyring.partial computes a Lagrange coefficient
     for any list it is given (site 0 with [1, 2, 2], or [1, 2] without itself)."""
     server, clients = round_sessions(3, round=302, threshold=2)
-    _drive(server, clients, "decrypt")
+    drive(server, clients, "decrypt")
     keyring = clients[0].keyring
     sums = clients[0]._sums()
     refused = 0
@@ -109,7 +100,7 @@ def _key_setup(n: int, t: int, server_class):
     sites = {c: ThresholdKeySetupClient(client_id=c, plan=plan, roster=roster,
                                         identity=identities[c]) for c in range(n)}  # fmt: skip
     server = server_class(round=0, clients=list(range(n)), dim=1, plan=plan, roster=roster)
-    _drive(server, sites, "install_key")
+    drive(server, sites, "install_key")
     return server, sites
 
 
@@ -181,7 +172,7 @@ def test_the_largest_honest_reveal_fits_the_servers_bound_at_128_sites():
 def test_keyring_partial_refuses_a_zero_second_polynomial_with_lagrange_scaling():
     """A sum whose c1 is zero would make the partial the bare flooding: refused (typed)."""
     server, clients = round_sessions(3, round=303, threshold=2)
-    _drive(server, clients, "decrypt")
+    drive(server, clients, "decrypt")
     keyring = clients[0].keyring
     data = clients[0]._sums()[0].data.copy()
     data[1] = 0

@@ -57,3 +57,13 @@ def round_sessions(
     }  # fmt: skip
     server = server_class(round=round, clients=list(range(n)), dim=dim, plan=plan, roster=roster)
     return server, clients
+
+
+def drive(server, clients, upto: str) -> None:
+    """Run the stages before ``upto`` (the server's own, honest or not)."""
+    for stage in server.stages:
+        if stage == upto:
+            return
+        for c, m in server.broadcast(stage).items():
+            server.receive(stage, c, clients[c].handle(stage, m))
+        server.close_stage(stage)
