@@ -35,7 +35,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check fedshield tests benchmarks examples
 	$(BIN)/ruff format --check fedshield tests benchmarks examples
 
+# The overhead grid beside Flower's SecAgg+ and the FLARE way (docs/overhead.md), then the
+# per-component benchmarks (kernels, wire, DP, and each protocol's own) into runs/bench.
 bench: $(STAMP)
+	$(BIN)/fedshield bench overhead --out runs/bench/overhead
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script --out runs/bench || exit 1; done
 
 # The protocol audits and 2000 mutated messages (docs/audit.md); exit status 1 on any failure.
