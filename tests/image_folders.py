@@ -4,6 +4,9 @@ check what came back, and a writer for the site's data spec."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,13 @@ def write_csv(path: Path, header: str, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
+def _index(root: Path, name: str, labels: list[int]) -> None:
+    """``root/labels.csv``: ``name.format(k)`` and label of every image ``k``."""
+    write_csv(
+        root / "labels.csv", "path,label", [(name.format(k), str(v)) for k, v in enumerate(labels)]
+    )
+
+
 def write_spec(path: Path, **keys) -> Path:
     """A data spec file holding ``keys`` (YAML; ``.json`` files get JSON)."""
     import json
@@ -53,7 +63,9 @@ def png_site(root: Path, labels: list[int], *, rgb: bool = False) -> Path:
         if rgb:
             pixels = np.stack([pixels] * 3, axis=-1)
         Image.fromarray(pixels).save(root / f"img{k}.png")
-    write_csv(root / "labels.csv", "path,label", [(f"img{k}.png", str(v)) for k, v in enumerate(labels)])
+    write_csv(
+        root / "labels.csv", "path,label", [(f"img{k}.png", str(v)) for k, v in enumerate(labels)]
+    )
     return root
 
 
@@ -69,7 +81,11 @@ def nifti_site(root: Path, labels: list[int], *, depth: int = 0) -> Path:
             volume[..., depth // 2] = pixels
             pixels = volume
         nib.save(nib.Nifti1Image(pixels, np.eye(4)), root / f"img{k}.nii.gz")
-    write_csv(root / "labels.csv", "path,label", [(f"img{k}.nii.gz", str(v)) for k, v in enumerate(labels)])
+    write_csv(
+        root / "labels.csv",
+        "path,label",
+        [(f"img{k}.nii.gz", str(v)) for k, v in enumerate(labels)],
+    )
     return root
 
 
@@ -83,8 +99,12 @@ def dicom_site(root: Path, labels: list[int], *, depth: int = 3) -> Path:
         series = root / f"series{k}"
         series.mkdir()
         for z in reversed(range(depth)):
-            write_dicom(series / f"slice{z}.dcm", pixels if z == depth // 2 else np.flipud(pixels), z)
-    write_csv(root / "labels.csv", "path,label", [(f"series{k}", str(v)) for k, v in enumerate(labels)])
+            write_dicom(
+                series / f"slice{z}.dcm", pixels if z == depth // 2 else np.flipud(pixels), z
+            )
+    write_csv(
+        root / "labels.csv", "path,label", [(f"series{k}", str(v)) for k, v in enumerate(labels)]
+    )
     return root
 
 
@@ -112,3 +132,29 @@ def write_dicom(path: Path, pixels: np.ndarray, z: int, series_uid: str | None =
     ds.InstanceNumber = z + 1
     ds.PixelData = pixels.astype("<u2").tobytes()
     ds.save_as(path, enforce_file_format=True)
+
+
+_OPENED: list[list[str]] = []  # the recorders now listening (the audit hook stays installed)
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _OPENED and event in ("open", "os.listdir", "os.scandir") and args:
+        path = args[0]
+        if isinstance(path, str | bytes | os.PathLike):
+            for record in _OPENED:
+                record.append(os.fsdecode(path))
+
+
+@contextlib.contextmanager
+def opened_paths():
+    """Every path the process opens (files) or lists (folders) inside the ``with``, from
+    Python's audit events (PEP 578), as absolute strings as given."""
+    if not getattr(_audit, "installed", False):
+        sys.addaudithook(_audit)
+        _audit.installed = True
+    record: list[str] = []
+    _OPENED.append(record)
+    try:
+        yield record
+    finally:
+        _OPENED.remove(record)

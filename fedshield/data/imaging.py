@@ -100,8 +100,9 @@ class ImageLoader:
         classes = len(self.spec.classes)
         bad = values[(values != np.round(values)) | (values < 0) | (values >= classes)]
         if bad.size:
+            shown = ", ".join(f"{v:g}" for v in bad[:5])
             raise DataError(
-                f"{mask}: mask values {bad[:5].tolist()} are not class indices 0..{classes - 1} "
+                f"{mask}: mask values {shown} are not class indices 0..{classes - 1} "
                 f"({', '.join(self.spec.classes)}); save the mask with those indices (e.g. 255 "
                 "→ 1)"
             )

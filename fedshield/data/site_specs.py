@@ -33,8 +33,8 @@ def load_site_specs(
         classes: the run's number of classes, if it sets one: every spec must list that many.
 
     Raises:
-        ConfigError: the specs disagree, or one is for another ``task`` or number of
-            ``classes``.
+        ConfigError: the specs disagree or share a site name, or one is for another
+            ``task`` or number of ``classes``.
     """
     specs = _specs(paths, only)
     for spec, path in specs:
@@ -47,6 +47,12 @@ def load_site_specs(
                 f"--classes {classes}, but data spec {path} lists {len(spec.classes)} classes "
                 f"{list(spec.classes)}; leave --classes out (the specs give it)"
             )
+    names = [spec.name for spec, _ in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(
+            f"data specs {', '.join(p for _, p in specs)} give the site names {names}: each "
+            "site needs its own (name: in the spec, else the file's stem)"
+        )
     sites = [load_spec(spec) for spec, _ in specs]
     shapes = {site.train_x.shape[1:]: path for site, (_, path) in zip(sites, specs, strict=True)}
     if len(shapes) > 1:

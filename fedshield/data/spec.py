@@ -161,7 +161,7 @@ def _arguments(raw: Any, path: Path) -> dict[str, Any]:
     args["root"] = (base / args["root"]).resolve()
     if args.get("cache") is not None:
         args["cache"] = (base / args["cache"]).resolve()
-    args["classes"] = _class_names(args.get("classes", _SEGMENTATION_CLASSES))
+    args["classes"] = _class_names(args.get("classes", list(_SEGMENTATION_CLASSES)))
     for key in ("size", "intensity"):
         if isinstance(args.get(key), list):
             args[key] = tuple(args[key])
