@@ -89,22 +89,29 @@ def nifti_site(root: Path, labels: list[int], *, depth: int = 0) -> Path:
     return root
 
 
-def dicom_site(root: Path, labels: list[int], *, depth: int = 3) -> Path:
-    """``root/series<k>/slice<z>.dcm``: one series of ``depth`` slices per image, the mark on
-    the middle slice (by position), the others flipped; written in reverse order so the
-    reader must sort them."""
+def dicom_site(root: Path, labels: list[int], *, depth: int = 4) -> Path:
+    """``root/series<k>/``: one series of ``depth`` slices per image, the mark on the middle
+    slice (by instance number and position), the others flipped. File names run against the
+    slices' order and files are written out of order, so the reader must sort them."""
     root.mkdir(parents=True, exist_ok=True)
     for k, label in enumerate(labels):
         pixels = marked(k, label).astype(np.uint16)
         series = root / f"series{k}"
         series.mkdir()
-        for z in reversed(range(depth)):
-            write_dicom(
-                series / f"slice{z}.dcm", pixels if z == depth // 2 else np.flipud(pixels), z
-            )
-    write_csv(
-        root / "labels.csv", "path,label", [(f"series{k}", str(v)) for k, v in enumerate(labels)]
-    )
+        for z in np.random.default_rng(k).permutation(depth):
+            middle = z == depth // 2
+            name = f"slice{depth - 1 - z}.dcm"
+            write_dicom(series / name, pixels if middle else np.flipud(pixels), int(z))
+    _index(root, "series{}", labels)
+    return root
+
+
+def dicom_files_site(root: Path, labels: list[int]) -> Path:
+    """``root/img<k>.dcm``: one single-slice DICOM file per image."""
+    root.mkdir(parents=True, exist_ok=True)
+    for k, label in enumerate(labels):
+        write_dicom(root / f"img{k}.dcm", marked(k, label).astype(np.uint16), 0)
+    _index(root, "img{}.dcm", labels)
     return root
 
 

@@ -11,6 +11,7 @@ import pytest
 from image_folders import (
     HEIGHT,
     WIDTH,
+    dicom_files_site,
     dicom_site,
     marked,
     nifti_site,
@@ -48,8 +49,9 @@ def _check_marks(site: SiteData, labels: list[int]) -> None:
         (nifti_site, {}),
         (lambda root, labels: nifti_site(root, labels, depth=3), {"volumes": "middle-slice"}),
         (dicom_site, {"volumes": "middle-slice"}),
+        (dicom_files_site, {}),
     ],
-    ids=["png", "nifti", "nifti-volume", "dicom-series"],
+    ids=["png", "nifti", "nifti-volume", "dicom-series", "dicom-files"],
 )
 def test_each_format_loads_with_its_labels_and_shape(tmp_path, build, extra):
     build(tmp_path / "site", LABELS)
