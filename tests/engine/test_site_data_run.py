@@ -66,3 +66,15 @@ def test_site_data_options_that_contradict_each_other_are_refused(tmp_path, caps
         RunConfig(site_data=[], sites=2)
     assert main(["run", "--site-data", *specs, "--sites", "3", "--out", str(tmp_path)]) == 2
     assert "leave --sites out" in capsys.readouterr().out
+
+
+def test_roster_enrol_counts_the_sites_and_their_weights_from_the_specs(tmp_path):
+    specs = _specs(tmp_path)
+    assert main(["roster", "enrol", "--site-data", *specs, "--out", str(tmp_path / "e")]) == 0
+    roster = json.loads((tmp_path / "e" / "roster.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "e").glob("site*.identity")) == [
+        "site0.identity",
+        "site1.identity",
+    ]
+    assert sorted(roster["members"]) == ["0", "1"]
+    assert roster["parameters"]["max_weight"] == 10.0  # the largest site's 10 training images
