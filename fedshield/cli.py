@@ -49,7 +49,10 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="federated training with protected updates")
     add_data_options(run, d)
-    run.add_argument("--sites", type=int, default=d.sites)
+    run.add_argument(
+        "--sites", type=int, default=None,
+        help=f"number of sites (default {d.sites}; with --site-data, the number of specs)",
+    )  # fmt: skip
     run.add_argument("--rounds", type=int, default=d.rounds)
     run.add_argument("--local-epochs", type=int, default=d.local_epochs)
     run.add_argument("--algorithm", choices=ALGORITHMS, default=d.algorithm)
@@ -216,6 +219,8 @@ def _run_config(args: argparse.Namespace):
 
     probability, schedule = parse_dropout(args.dropout)
     options = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
+    if options.get("sites") is None:  # --site-data: one site per spec
+        options["sites"] = len(args.site_data) if args.site_data else RunConfig.sites
     return RunConfig(**{**options, "dropout": probability, "dropout_schedule": schedule})
 
 
