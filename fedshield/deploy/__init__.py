@@ -26,9 +26,8 @@ Command lines (stable)::
     attach = false                      # true: a SuperLink already runs on this host
 
     [deadlines]                         # optional, seconds from each phase's start
-    join = 600.0                        # every site's SuperNode online
-    train = 600.0                       # a site's local training
-    stage = 60.0                        # each protocol stage, the evaluation
+    join = 600.0                        # SuperNodes online (the server waits), then hello
+    train = 600.0                       # also: keys, stage, evaluate, shutdown (Deadlines)
 
     [run]                               # RunConfig options, named as in run.json
     sites = 3

@@ -13,23 +13,16 @@ from pathlib import Path
 
 from fedshield.deploy.toml_table import Table, load_toml
 from fedshield.engine.experiment import RunConfig
+from fedshield.engine.flower.deadlines import PHASES, Deadlines
 from fedshield.errors import ConfigError
 
 __all__ = [
-    "DEADLINE_PHASES",
     "ServerConfig",
     "SiteConfig",
     "SuperLinkSettings",
     "load_server_config",
     "load_site_config",
 ]
-
-# Phases a [deadlines] table may set (seconds, measured from the phase's start): ``join``,
-# every site's SuperNode online (``fedshield server`` waits that long before the run);
-# ``train``, a site's local training; ``stage``, each protocol stage and the evaluation.
-DEADLINE_PHASES = ("join", "train", "stage")
-_DEFAULT_DEADLINES = {"join": 600.0, "train": 600.0, "stage": 60.0}
-_APP_PHASES = ("train", "stage")  # those the ServerApp reads from its run config
 
 
 @dataclass(frozen=True)
@@ -55,16 +48,16 @@ class ServerConfig:
     run: RunConfig
     roster: Path
     out: Path
-    deadlines: dict[str, float]  # phase -> seconds
+    deadlines: Deadlines  # per phase, from the phase's start
 
     @property
     def join_timeout(self) -> float:
-        """Seconds to wait for every site's SuperNode to come online."""
-        return self.deadlines["join"]
+        """Seconds to wait for every site's SuperNode to come online (the ``join`` phase)."""
+        return self.deadlines.join
 
     def run_config_entries(self) -> dict[str, float]:
-        """The ServerApp's deadlines as Flower run-config entries (``train-timeout``...)."""
-        return {f"{phase}-timeout": self.deadlines[phase] for phase in _APP_PHASES}
+        """The deadlines as Flower run-config entries (``train-timeout = 120.0``...)."""
+        return self.deadlines.as_run_config()
 
 
 @dataclass(frozen=True)
@@ -147,6 +140,11 @@ def load_site_config(path: Path) -> SiteConfig:
         connect_timeout=timeout,
     )
     top.finish()
+    if config.data is not None and config.run.classes is None:
+        raise top.error(
+            "data", "a site with its own data needs classes in the run's options (the same "
+            "everywhere: the server cannot read it from the data)",
+        )  # fmt: skip
     if site >= config.run.sites:
         raise top.error("site", f"site {site} is not below the run's {config.run.sites} sites")
     return config
@@ -190,17 +188,16 @@ def _key_paths(link: Table) -> list[Path]:
     return paths
 
 
-def _deadlines(table: Table | None) -> dict[str, float]:
-    deadlines = dict(_DEFAULT_DEADLINES)
+def _deadlines(table: Table | None) -> Deadlines:
+    """``[deadlines]``: seconds per phase (join, keys, train, stage, evaluate, shutdown)."""
     if table is None:
-        return deadlines
-    for phase in DEADLINE_PHASES:
-        seconds = table.take(phase, float, default=deadlines[phase])
-        if not 0 < seconds < float("inf"):
-            raise table.error(phase, f"give a positive number of seconds, got {seconds}")
-        deadlines[phase] = seconds
-    table.finish(f"the phases are {', '.join(DEADLINE_PHASES)}")
-    return deadlines
+        return Deadlines()
+    values = {phase: table.take(phase, float) for phase in PHASES if table.has(phase)}
+    table.finish(f"the phases are {', '.join(PHASES)}")
+    try:
+        return Deadlines.from_mapping(values)
+    except ConfigError as exc:
+        raise table.error(None, str(exc)) from None
 
 
 def _run_options(top: Table) -> RunConfig:
@@ -223,6 +220,9 @@ def _run_options(top: Table) -> RunConfig:
     for f in fields(RunConfig):
         if table.has(f.name):
             options[f.name] = table.take(f.name, hints[f.name])
+    if table.has("site_data"):
+        raise table.error("site_data", "no site's data paths here: a site names its own spec "
+                          "as data = \"spec.yaml\" in its site.toml (or --data)")  # fmt: skip
     table.finish("the options of `fedshield run`, named as in run.json")
     try:
         run = RunConfig(**{**options, "transport": "flower"})

@@ -82,7 +82,7 @@ def test_valid_configs_load_with_paths_resolved(certs, tmp_path):
     server = load_server_config(_write(tmp_path / "s.toml", _toml(_server_values(certs, tmp_path))))
     assert server.superlink.supernode_keys == tuple(p for _, p in certs.supernode_keys.values())
     assert server.run.transport == "flower" and server.run.sites == 2
-    assert server.run_config_entries() == {"train-timeout": 600.0, "stage-timeout": 60.0}
+    assert server.run_config_entries()["train-timeout"] == 120.0  # Deadlines' default
     site = load_site_config(_write(tmp_path / "site.toml", _toml(_site_values(certs, tmp_path))))
     assert site.roster == tmp_path / "roster.json" and site.data is None
     assert site.logs == tmp_path / "site0-logs"
@@ -102,7 +102,7 @@ def test_valid_configs_load_with_paths_resolved(certs, tmp_path):
         (lambda v: v["run"].pop("max_weight"), r"\[run\] max_weight: missing"),
         (lambda v: v["run"].update(sites=0), r"\[run\]: --sites.*at least 1"),
         (lambda v: v.update(run_config="run.json"), r"either as a \[run\] table or as run_config"),
-        (lambda v: v.update(deadlines={"train": -1}), r"\[deadlines\] train: give a positive"),
+        (lambda v: v.update(deadlines={"train": -1}), r"\[deadlines\]: deadline 'train'"),
         (lambda v: v.update(deadlines={"warmup": 1}), r"\[deadlines\] warmup: unknown key"),
     ],
 )  # fmt: skip
@@ -124,6 +124,8 @@ def test_a_bad_server_config_names_the_file_and_the_key(certs, tmp_path, change,
         (lambda v: v.update(site="0"), r"site: expected an integer"),
         (lambda v: v.update(data="elsewhere/spec.yaml"), r"data: .*spec\.yaml does not exist"),
         (lambda v: v.update(connect_timeout=0), r"connect_timeout: give a positive"),
+        (lambda v: v.update(data="roster.json"), r"data: a site with its own data needs classes"),
+        (lambda v: v["run"].update(site_data=["a.yaml"]), r"site_data: no site's data paths"),
     ],
 )
 def test_a_bad_site_config_names_the_file_and_the_key(certs, tmp_path, change, message):

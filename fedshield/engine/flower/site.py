@@ -29,7 +29,7 @@ from fedshield.crypto.identity import Identity
 from fedshield.engine.experiment import RunConfig, build_global_model, build_site_runtime
 from fedshield.engine.flower.relay import serve
 from fedshield.engine.global_model import GlobalModel
-from fedshield.errors import ConfigError, WrongRound
+from fedshield.errors import WrongRound
 from fedshield.protocols.base import ClientSession
 from fedshield.protocols.registry import MODEL_BROADCAST, KeySetup
 from fedshield.protocols.roster import Roster
@@ -97,10 +97,12 @@ class SiteProcess:
         return reply
 
     def _train(self, payload: bytes) -> bytes:
-        self._close_previous()
         header = wire.parse(payload).header
         if header.protocol != MODEL_BROADCAST or header.stage != 0 or header.round <= self.round:
+            # refused before anything changes: a late duplicate (a hung site's, woken up)
+            # must not close the session of the round in progress
             raise WrongRound(f"a train request for round {header.round} after {self.round}")
+        self._close_previous()
         self.round = header.round
         if self.held is not None:
             self._check_not_stale(wire.parse(payload))
@@ -197,11 +199,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _with_own_data(config: RunConfig, site: int, data: Path) -> RunConfig:
-    """``config`` reading site ``site``'s data from its own spec ``data`` alone."""
-    raise ConfigError(
-        f"--data {data}: this fedshield has no data specs yet (fedshield.data.site_specs); "
-        "use the run's dataset option"
-    )
+    """``config`` reading site ``site``'s data from its own spec ``data`` (docs/data.md)
+    alone: the other sites' entries are placeholders this process never opens."""
+    specs = [f"<site {i}'s own data, not at this site>" for i in range(config.sites)]
+    specs[site] = str(data)
+    return RunConfig(**{**config.as_dict(), "site_data": specs})
 
 
 if __name__ == "__main__":
