@@ -220,7 +220,7 @@ def _run_options(top: Table) -> RunConfig:
     for f in fields(RunConfig):
         if table.has(f.name):
             options[f.name] = table.take(f.name, hints[f.name])
-    if table.has("site_data"):
+    if options.get("site_data") is not None:
         raise table.error("site_data", "no site's data paths here: a site names its own spec "
                           "as data = \"spec.yaml\" in its site.toml (or --data)")  # fmt: skip
     table.finish("the options of `fedshield run`, named as in run.json")
