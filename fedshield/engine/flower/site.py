@@ -7,7 +7,9 @@ Started by :mod:`.deploy` next to the site's SuperNode; in a real deployment eac
 it next to its own SuperNode.
 
     python -m fedshield.engine.flower.site --config run.json --site 0 --port 7000 --key-file K \
-        --roster roster.json --identity site0.identity
+        --roster roster.json --identity site0.identity [--data site0.yaml]
+
+(``fedshield site`` starts it with its SuperNode; see :mod:`fedshield.deploy`.)
 """
 
 from __future__ import annotations
@@ -182,8 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key-file", type=Path, required=True)
     parser.add_argument("--roster", type=Path, required=True, help="the federation's roster")
     parser.add_argument("--identity", type=Path, required=True, help="this site's identity key")
+    parser.add_argument("--data", type=Path, default=None, help="this site's own data spec")
     args = parser.parse_args(argv)
     config = RunConfig(**json.loads(args.config.read_text()))
+    if args.data is not None:
+        config = _with_own_data(config, args.site, args.data)
     torch.set_num_threads(config.threads or 1)  # float sums depend on it; one core per site
     stop = threading.Event()  # SIGTERM (a supervisor, `LocalDeployment.stop`): stop serving
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
@@ -191,6 +196,14 @@ def main(argv: list[str] | None = None) -> None:
     process = SiteProcess(config, args.site, Roster.load(args.roster), Identity.load(args.identity))
     serve(("127.0.0.1", args.port), args.key_file.read_bytes(), process.handle, stop=stop)
     process.close()
+
+
+def _with_own_data(config: RunConfig, site: int, data: Path) -> RunConfig:
+    """``config`` reading site ``site``'s data from its own spec ``data`` (docs/data.md)
+    alone: the other sites' entries are placeholders this process never opens."""
+    specs = [f"<site {i}'s own data, not at this site>" for i in range(config.sites)]
+    specs[site] = str(data)
+    return RunConfig(**{**config.as_dict(), "site_data": specs})
 
 
 if __name__ == "__main__":
