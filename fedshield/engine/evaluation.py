@@ -8,20 +8,28 @@ balanced accuracy, per-class recall and loss exactly (the same numbers as
 :func:`~fedshield.engine.metrics.classification_metrics` on the pooled predictions); the AUC
 from the histograms, binned.
 
-**The bins.** ``AUC_BINS = 2048`` bins of equal width in the score's logit,
-``log(p / (1 - p))``, over ``[-16, 16]`` (width 1/64); a score beyond either end falls in the
-end bin. A trained model's scores crowd near 0 and 1, where bins of equal width in ``p``
-would put most of the test set in a handful of bins; in the logit, ``p = 1e-3`` and
-``p = 1e-4`` lie 2.3 apart (147 bins). The end bins begin at ``p ≈ 1.1e-7`` and
-``1 - 1.1e-7``, about float32's resolution next to 1, where softmax scores tie anyway.
+**The bins.** ``AUC_BINS = 4096`` per class: one for scores of exactly 0, one for exactly 1
+(saturated float32 softmax scores, which tie in the exact AUC too), and between them 4094 of
+equal width in ``asinh(logit / 0.05)``, where ``logit = log(p / (1 - p))`` is clipped to
+``[-104, 104]`` (every positive float32 score). That scale is linear near ``p = 0.5`` (a bin
+spans 5e-5 in ``p`` there: an untrained model's scores crowd around one half) and
+logarithmic in the logit beyond (a bin spans 0.4 % of the logit: a trained model's scores
+crowd near 0 and 1, ``p = 1e-4`` and ``1e-3`` lie 57 bins apart, ``1e-30`` and ``1e-29``
+still 6). Measured on 3000 scores of seven shapes, five seeds each (smooth; crowded near 0
+and 1; down to float32's smallest; ``0.5 ± 0.01``, ``± 0.003``, ``± 0.001``): the binned AUC
+is within 0.0002 of the exact one (``tests/engine/test_evaluation.py``), against the 0.005
+target of issue 19. Bins of equal width in the logit missed it: 8192 of them over
+``[-32, 32]`` erred by 0.037 on ``0.5 ± 0.001``; 2048 over ``[-16, 16]`` by 0.017 on scores
+of float32's extremes.
 
-**The AUC's error.** The bins keep the scores' order, so the binned Mann-Whitney statistic
-(a positive and a negative in one bin count one half) differs from the exact one only by the
-pairs that share a bin: by at most ``sum_b P_b N_b / (2 P N)`` (``P_b``, ``N_b``: positives and
-negatives in bin ``b``). The pooled metrics report that bound as ``auc_bin_error_max``,
-computed from the pooled histograms (for ``K > 2`` the mean of the classes' bounds, as the
-macro AUC is their mean): a few thousandths on smooth score distributions
-(``tests/engine/test_evaluation.py`` measures it, the 0.005 target of issue 19 included).
+**The AUC's error bound.** The bins keep the scores' order, so the binned Mann-Whitney
+statistic (a positive and a negative in one bin count one half) differs from the exact one
+only by the pairs that share an inner bin with different scores: by at most
+``sum_b P_b N_b / (2 P N)`` over the inner bins (``P_b``, ``N_b``: positives and negatives in
+bin ``b``). The pooled metrics report that worst case as ``auc_bin_error_max`` (for
+``K > 2`` the mean of the classes' bounds, as the macro AUC is their mean), computed from the
+pooled histograms. The actual error is smaller still: it counts only how much more often the
+pairs inside a bin are ordered one way than the other.
 
 **The layout** (:meth:`EvaluationSummary.to_vector`, float64, every entry but the loss an
 integer count): ``[n, loss_sum, confusion (K x K, row = true class, column = predicted),
@@ -60,8 +68,9 @@ __all__ = [
     "summary_length",
 ]
 
-AUC_BINS = 2048
-LOGIT_LIMIT = 16.0  # bins span logits [-16, 16]: p from 1.1e-7 to 1 - 1.1e-7
+AUC_BINS = 4096
+LOGIT_LIMIT = 104.0  # |logit| of the smallest positive float32 score (1.4e-45)
+LOGIT_SCALE = 0.05  # the bins are uniform in asinh(logit / LOGIT_SCALE)
 MAX_CLASSES = 1000
 # How the pooled metrics were pooled. In the clear: the server sees each site's summary (its
 # binned scores per class, no example's identity); a secure sum is future work (docs/evaluation.md).
@@ -71,8 +80,9 @@ EXACT = ("accuracy", "sensitivity", "specificity", "balanced_accuracy",
 
 
 def score_bins(scores: np.ndarray, bins: int = AUC_BINS) -> np.ndarray:
-    """Each score's bin: equal widths in the logit over ``[-LOGIT_LIMIT, LOGIT_LIMIT]``,
-    the end bins open. Non-decreasing in the score.
+    """Each score's bin: 0 for a score of exactly 0, ``bins - 1`` for exactly 1, and between
+    them ``bins - 2`` bins of equal width in ``asinh(logit / LOGIT_SCALE)`` with the logit
+    clipped to ``[-LOGIT_LIMIT, LOGIT_LIMIT]``. Non-decreasing in the score.
 
     Raises:
         NonFiniteValues: a score that is NaN or outside ``[0, 1]``.
@@ -81,9 +91,11 @@ def score_bins(scores: np.ndarray, bins: int = AUC_BINS) -> np.ndarray:
     if not (np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()):
         raise NonFiniteValues("scores must be probabilities in [0, 1] (a NaN or an overflow)")
     with np.errstate(divide="ignore"):
-        logit = np.log(p) - np.log1p(-p)  # -inf at 0, +inf at 1
-    position = (np.clip(logit, -LOGIT_LIMIT, LOGIT_LIMIT) + LOGIT_LIMIT) / (2 * LOGIT_LIMIT)
-    return np.minimum((position * bins).astype(np.int64), bins - 1)
+        logit = np.clip(np.log(p) - np.log1p(-p), -LOGIT_LIMIT, LOGIT_LIMIT)
+    top = np.arcsinh(LOGIT_LIMIT / LOGIT_SCALE)
+    position = (np.arcsinh(logit / LOGIT_SCALE) + top) / (2 * top)  # in [0, 1]
+    inner = 1 + np.minimum((position * (bins - 2)).astype(np.int64), bins - 3)
+    return np.where(p == 0, 0, np.where(p == 1, bins - 1, inner))
 
 
 def summary_length(classes: int, bins: int = AUC_BINS) -> int:
@@ -274,7 +286,8 @@ def _binned_auc(members: np.ndarray, others: np.ndarray) -> tuple[float, float]:
     below = np.cumsum(others) - others  # non-members in lower bins
     same = float(members @ others)
     wins = float(members @ below) + 0.5 * same
-    return wins / (pos * neg), 0.5 * same / (pos * neg)
+    ties = members[0] * others[0] + members[-1] * others[-1]  # scores of exactly 0 or 1
+    return wins / (pos * neg), 0.5 * (same - ties) / (pos * neg)
 
 
 @dataclass(frozen=True)
@@ -310,7 +323,7 @@ class SiteEvaluation:
         own = site_metrics(metrics)
         if own.get("n") != parsed.n:
             raise InvalidMessage(
-                f"the site's metrics count n={own.get('n')}, its summary {parsed.n}"
+                f"the site's metrics count n={own.get('n')}, its summary n={parsed.n}"
             )
         return cls(parsed, own)
 

@@ -84,9 +84,7 @@ def main(grid: Grid, context: Context) -> None:
         train_s = {c: trained[c].seconds for c in ready}
         outcome, session = server.drive(transport, ready)
         aggregate_s = server.apply(outcome)
-        *evaluation, digest, spent = _evaluate(
-            server, grid, nodes, names, stage_timeout, he, classes=config.classes or 2
-        )
+        *evaluation, digest, spent = _evaluate(server, grid, nodes, names, stage_timeout, config)
         record = server.record(
             outcome,
             session,
@@ -158,22 +156,26 @@ def _distribute_he_keys(server, grid: Grid, nodes: dict[int, int], *, timeout: f
     server.use_protocol(setup.bind({}))
 
 
-def _evaluate(
-    server, grid: Grid, nodes: dict[int, int], names: dict[int, str], timeout, he, *, classes
-):
+def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], timeout, config):
     """Pooled and per-site metrics from every reachable site's evaluation summary and own
     metrics (no site sends an example's label or prediction), the model digest the sites
     agree on (under he), and each site's DP-SGD spending (if any). A site whose evaluation
-    failed, or whose reply does not parse, is listed with the reason. ``classes``: the run's
-    public number of classes, which sizes every summary."""
-    from fedshield.engine.dp import worst_spent
-    from fedshield.engine.evaluation import pool_evaluations
+    failed, or whose reply does not parse, is listed with the reason. The run's ``config``
+    says its protection and its public number of classes, which sizes every summary."""
     from fedshield.engine.flower.transport import FlowerTransport
-    from fedshield.errors import InvalidMessage
 
     replies = FlowerTransport(grid, nodes, timeout=timeout).request(
-        "evaluate", dict.fromkeys(nodes, _round_start(server, he))
+        "evaluate", dict.fromkeys(nodes, _round_start(server, config.protect == "he"))
     )
+    return _pool_replies(replies, names, server.round, config.classes or 2)
+
+
+def _pool_replies(replies: dict, names: dict[int, str], round: int, classes: int):
+    """:func:`_evaluate`'s result from the sites' replies (``Reply`` per site id)."""
+    from fedshield.engine.dp import worst_spent
+    from fedshield.engine.evaluation import pool_evaluations
+    from fedshield.errors import InvalidMessage
+
     evaluations, digests, spent, failed = {}, set(), [], {}
     for cid in sorted(replies):
         if replies[cid].error and cid in names:
@@ -181,8 +183,7 @@ def _evaluate(
         if not replies[cid].data:  # dropped, failed, or a site without a test set
             continue
         try:
-            evaluation, digest, site_spent = _site_result(replies[cid].data, cid, server.round,
-                                                          classes)  # fmt: skip
+            evaluation, digest, site_spent = _site_result(replies[cid].data, cid, round, classes)
         except (InvalidMessage, ValueError) as exc:  # that site's failure, not the round's
             failed[names[cid]] = f"{type(exc).__name__}: {exc}"
             continue
