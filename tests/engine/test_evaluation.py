@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedshield import wire
+from fedshield.crypto.identity import Identity
 from fedshield.engine.evaluation import (
     AUC_BINS,
     EvaluationSummary,
@@ -20,11 +21,19 @@ from fedshield.engine.evaluation import (
     site_metrics,
     summary_length,
 )
-from fedshield.engine.flower.apps import _pool_replies
-from fedshield.engine.metrics import classification_metrics, roc_auc
+from fedshield.engine.experiment import (
+    RunConfig,
+    build_server_round,
+    enrol_sites,
+    with_data_facts,
+)
+from fedshield.engine.flower.apps import _pool_replies, _site_result
+from fedshield.engine.flower.site import SiteProcess
+from fedshield.engine.metrics import classification_metrics, predict, roc_auc
 from fedshield.engine.transport import Reply
 from fedshield.errors import InvalidMessage, NonFiniteValues, WrongShape
 from fedshield.protocols.registry import MODEL_BROADCAST
+from fedshield.protocols.roster import Roster
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -244,7 +253,6 @@ def test_a_site_with_only_its_own_metrics_makes_the_pooled_metrics_a_site_mean()
 
 def test_a_federation_records_binned_and_exact_metrics_and_each_sites_own(tiny_sites):
     from fedshield.engine import Federation, make_site
-    from fedshield.engine.metrics import predict
     from fedshield.engine.models import SmallCNN
 
     sites = [make_site(s, batch_size=8, seed=i) for i, s in enumerate(tiny_sites)]
@@ -260,3 +268,28 @@ def test_a_federation_records_binned_and_exact_metrics_and_each_sites_own(tiny_s
     exact = classification_metrics(np.concatenate(labels), np.concatenate(probs), 0.0)
     assert row["accuracy"] == exact["accuracy"]
     assert abs(row["auc"] - exact["auc"]) <= row["auc_bin_error_max"] + 1e-12
+
+
+def test_a_site_process_evaluation_reply_parses_into_its_own_metrics(tmp_path):
+    """The Flower site's reply, built and parsed without Flower: its summary is the one of
+    its predictions, its metrics are its own, and the server pools them."""
+    config = with_data_facts(RunConfig(sites=2, rounds=1))
+    roster = Roster.load(enrol_sites(config, tmp_path))
+    broadcast = build_server_round(config).broadcast()
+    replies, expected = {}, {}
+    for site in (0, 1):
+        process = SiteProcess(
+            config, site, roster, Identity.load(tmp_path / f"site{site}.identity")
+        )
+        replies[site] = Reply(process.handle("evaluate", broadcast))
+        runtime = process.runtime
+        labels, probs, loss = predict(runtime.model, runtime.site.test, runtime.trainer.loss_fn)
+        expected[site] = SiteEvaluation.of(labels, probs, loss)
+        evaluation, digest, spent = _site_result(replies[site].data, site, 1, 2)
+        np.testing.assert_array_equal(
+            evaluation.summary.to_vector(), expected[site].summary.to_vector()
+        )
+        assert evaluation.metrics == expected[site].metrics and digest is None and spent is None
+    pooled, per_site, _, _ = _pool_replies(replies, {0: "site0", 1: "site1"}, 1, 2)
+    assert pooled == pool_evaluations({f"site{s}": e for s, e in expected.items()})[0]
+    assert per_site == {f"site{s}": e.metrics for s, e in expected.items()}
