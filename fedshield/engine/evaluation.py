@@ -136,6 +136,17 @@ class EvaluationSummary:
     members: np.ndarray  # (S, B) int64
     others: np.ndarray  # (S, B) int64
 
+    def __post_init__(self) -> None:
+        k = self.classes
+        if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= MAX_CLASSES:
+            raise ValueError(f"classes must be an int in [2, {MAX_CLASSES}], got {k!r}")
+        shapes = [np.shape(a) for a in (self.confusion, self.members, self.others)]
+        if shapes[0] != (k, k) or len(shapes[1]) != 2 or shapes[1][0] != _scored(k) or \
+                shapes[2] != shapes[1]:  # fmt: skip
+            raise WrongShape(f"a {k}-class summary needs a ({k}, {k}) confusion matrix and "
+                             f"({_scored(k)}, B) histograms, got shapes {shapes}")  # fmt: skip
+        self._check_consistent()
+
     @property
     def bins(self) -> int:
         """Histogram bins per class."""
@@ -200,7 +211,8 @@ class EvaluationSummary:
         finite values, counts that are non-negative integers and agree with each other.
 
         Raises:
-            WrongShape: a wrong length or counts that contradict each other.
+            WrongShape: a wrong length or counts that contradict each other (checked when
+                any summary is made).
             NonFiniteValues: a NaN or infinite entry.
             InvalidMessage: a negative or fractional count.
         """
@@ -220,10 +232,8 @@ class EvaluationSummary:
         k, s = classes, _scored(classes)
         split = np.cumsum([2, k * k, s * bins])
         confusion, members, others = (a.astype(np.int64) for a in np.split(vector, split)[1:])
-        summary = cls(k, int(vector[0]), float(vector[1]), confusion.reshape(k, k),
-                      members.reshape(s, bins), others.reshape(s, bins))  # fmt: skip
-        summary._check_consistent()
-        return summary
+        return cls(k, int(vector[0]), float(vector[1]), confusion.reshape(k, k),
+                   members.reshape(s, bins), others.reshape(s, bins))  # fmt: skip
 
     def _check_consistent(self) -> None:
         """The counts tell one story: ``n`` examples, each once in the confusion matrix and

@@ -179,14 +179,16 @@ def test_a_malformed_summary_is_a_typed_error(change, error, match):
 
 
 def test_histograms_that_contradict_the_confusion_counts_are_refused():
-    s = EvaluationSummary.from_vector(_vector(3), classes=3)
-    members, others = s.members.copy(), s.others.copy()
-    row = int(np.flatnonzero(members[0])[0])
-    members[0, row] -= 1
-    others[0, row] += 1  # an example of class 0 moved to "not class 0": totals still hold
-    forged = EvaluationSummary(3, s.n, s.loss_sum, s.confusion, members, others)
+    v = _vector(3)
+    members = 2 + 9  # class 0's member histogram starts after n, loss and the 3 x 3 counts
+    others = members + 3 * AUC_BINS
+    row = int(np.flatnonzero(v[members : members + AUC_BINS])[0])
+    v[members + row] -= 1
+    v[others + row] += 1  # an example of class 0 moved to "not class 0": totals still hold
     with pytest.raises(WrongShape, match="disagree with its confusion"):
-        EvaluationSummary.from_vector(forged.to_vector(), classes=3)
+        EvaluationSummary.from_vector(v, classes=3)
+    with pytest.raises(WrongShape, match=r"\(3, 3\) confusion"):
+        EvaluationSummary(3, 0, 0.0, np.zeros((2, 2), np.int64), *np.zeros((2, 3, 4), np.int64))
 
 
 @pytest.mark.parametrize(
