@@ -141,10 +141,12 @@ class EvaluationSummary:
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= MAX_CLASSES:
             raise ValueError(f"classes must be an int in [2, {MAX_CLASSES}], got {k!r}")
         shapes = [np.shape(a) for a in (self.confusion, self.members, self.others)]
-        if shapes[0] != (k, k) or len(shapes[1]) != 2 or shapes[1][0] != _scored(k) or \
-                shapes[2] != shapes[1]:  # fmt: skip
-            raise WrongShape(f"a {k}-class summary needs a ({k}, {k}) confusion matrix and "
-                             f"({_scored(k)}, B) histograms, got shapes {shapes}")  # fmt: skip
+        histograms = len(shapes[1]) == 2 and shapes[1][0] == _scored(k) == shapes[2][0]
+        if shapes[0] != (k, k) or not histograms or shapes[2] != shapes[1]:
+            raise WrongShape(
+                f"a {k}-class summary needs a ({k}, {k}) confusion matrix and "
+                f"({_scored(k)}, B) histograms, got shapes {shapes}"
+            )
         self._check_consistent()
 
     @property
