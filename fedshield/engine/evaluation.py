@@ -141,8 +141,8 @@ class EvaluationSummary:
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= MAX_CLASSES:
             raise ValueError(f"classes must be an int in [2, {MAX_CLASSES}], got {k!r}")
         shapes = [np.shape(a) for a in (self.confusion, self.members, self.others)]
-        histograms = len(shapes[1]) == 2 and shapes[1][0] == _scored(k) == shapes[2][0]
-        if shapes[0] != (k, k) or not histograms or shapes[2] != shapes[1]:
+        histograms = len(shapes[1]) == 2 and shapes[1][0] == _scored(k) and shapes[2] == shapes[1]
+        if shapes[0] != (k, k) or not histograms:
             raise WrongShape(
                 f"a {k}-class summary needs a ({k}, {k}) confusion matrix and "
                 f"({_scored(k)}, B) histograms, got shapes {shapes}"
