@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedshield.cli_options import add_data_options, add_privacy_options, add_protocol_options
-from fedshield.errors import FedshieldError
+from fedshield.errors import ConfigError, FedshieldError
 
 __all__ = ["main"]
 
@@ -49,7 +49,10 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="federated training with protected updates")
     add_data_options(run, d)
-    run.add_argument("--sites", type=int, default=d.sites)
+    run.add_argument(
+        "--sites", type=int, default=None,
+        help=f"number of sites (default {d.sites}; with --site-data, the number of specs)",
+    )  # fmt: skip
     run.add_argument("--rounds", type=int, default=d.rounds)
     run.add_argument("--local-epochs", type=int, default=d.local_epochs)
     run.add_argument("--algorithm", choices=ALGORITHMS, default=d.algorithm)
@@ -95,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
         default=d.transport,
         help="inprocess (default) or flower: a local Flower deployment (SuperLink and one "
         "SuperNode per site on loopback), torn down afterwards",
+    )
+    run.add_argument(
+        "--deadline",
+        default="",
+        metavar="PHASE=S,...",
+        help="--transport flower: seconds the server waits for the sites in a phase, from its "
+        "start, before a site counts as dropped, e.g. train=120,stage=30 (phases: join, keys, "
+        "train, stage, evaluate, shutdown; defaults 120, 60, 120, 30, 60, 5)",
     )
     run.add_argument(
         "--lr", type=float, default=None,
@@ -150,6 +161,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fedshield.report import run_result, write_run
 
     config = _run_config(args)
+    deadlines = _deadlines(args, config)  # a wrong value must cost no training either
     if args.compare_plain not in (None, "cached"):  # a wrong path must cost no training
         from fedshield.comparison import load_twin
 
@@ -172,7 +184,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if config.transport == "flower":
         config = with_data_facts(config)  # what every process must agree on
-        rounds = _run_flower(config, out)
+        rounds = _run_flower(config, out, deadlines)
     else:
         fed = build_federation(config)
         console.print(f"model {config.model}: {fed.spec.dim:,} exchanged values per update")
@@ -208,6 +220,17 @@ def _compare_with_plain(result: dict, config, source: str) -> None:
         result["comparison"] = {**compare(result, document), "plain_result": str(path)}
 
 
+def _deadlines(args: argparse.Namespace, config):
+    """``--deadline``'s per-phase deadlines (``None`` when not given)."""
+    if not args.deadline:
+        return None
+    from fedshield.engine.flower.deadlines import Deadlines
+
+    if config.transport != "flower":
+        raise ConfigError("--deadline applies to --transport flower only")
+    return Deadlines.parse(args.deadline)
+
+
 def _run_config(args: argparse.Namespace):
     """The RunConfig the command line describes (every option has a field of that name)."""
     from dataclasses import fields
@@ -216,6 +239,8 @@ def _run_config(args: argparse.Namespace):
 
     probability, schedule = parse_dropout(args.dropout)
     options = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
+    if options.get("sites") is None:  # --site-data: one site per spec
+        options["sites"] = len(args.site_data) if args.site_data else RunConfig.sites
     return RunConfig(**{**options, "dropout": probability, "dropout_schedule": schedule})
 
 
@@ -275,7 +300,7 @@ def _run_local(fed, config, *, quiet: bool = False) -> list[dict]:
     return rounds
 
 
-def _run_flower(config, out: Path) -> list[dict]:
+def _run_flower(config, out: Path, deadlines=None) -> list[dict]:
     from fedshield.engine.flower.deploy import run_on_flower
 
     with _progress() as progress:
@@ -291,7 +316,7 @@ def _run_flower(config, out: Path) -> list[dict]:
                 dropped = f", dropped {event['dropped']}" if event["dropped"] else ""
                 progress.console.print(f"round {event['round']}: AUC {event['auc']:.3f}{dropped}")
 
-        return run_on_flower(config, out, on_event=on_event)
+        return run_on_flower(config, out, on_event=on_event, deadlines=deadlines)
 
 
 def _cmd_survey(args: argparse.Namespace) -> int:

@@ -20,9 +20,9 @@ def _default(defaults: Any, name: str) -> Any:
 
 
 def add_data_options(parser: argparse.ArgumentParser, defaults: Any) -> None:
-    """``--dataset``, ``--partition``, ``--alpha``, ``--shift``, ``--seed``, ``--classes`` and
-    ``--task``: what each site's data (and so its weight) is built from. ``defaults``: a
-    RunConfig, or None."""
+    """``--dataset`` (or ``--site-data``), ``--partition``, ``--alpha``, ``--shift``, ``--seed``,
+    ``--classes`` and ``--task``: what each site's data (and so its weight) is built from.
+    ``defaults``: a RunConfig, or None."""
     parser.add_argument(
         "--dataset",
         default=_default(defaults, "dataset"),
@@ -30,6 +30,11 @@ def add_data_options(parser: argparse.ArgumentParser, defaults: Any) -> None:
         "segmentation: synthetic | PATH of a .npz with train_images, train_masks, "
         "test_images, test_masks",
     )
+    parser.add_argument(
+        "--site-data", nargs="+", metavar="SPEC", default=_default(defaults, "site_data"),
+        help="each site's own image folder: one data spec (YAML/JSON) per site, in site "
+        "order, instead of --dataset; --sites follows their number (docs/data.md)",
+    )  # fmt: skip
     parser.add_argument(
         "--partition", choices=("iid", "dirichlet"), default=_default(defaults, "partition")
     )

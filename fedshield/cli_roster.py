@@ -74,6 +74,8 @@ def _enrol_config(args: argparse.Namespace):
 
     given = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
     if args.config is None:
+        if "sites" not in given and given.get("site_data"):
+            given["sites"] = len(given["site_data"])  # one site per data spec
         if "sites" not in given:
             raise ConfigError("roster enrol: give --sites N (or --config RUN_JSON)")
         return RunConfig(**given)

@@ -1,27 +1,33 @@
-"""Offline data: synthetic multi-site images, MedMNIST and segmentation ``.npz`` files,
-partitioners."""
+"""Offline data: synthetic multi-site images, MedMNIST and segmentation ``.npz`` files, a
+site's own image folders (data specs), partitioners."""
 
 from __future__ import annotations
 
+from fedshield.data.folder import load_data_spec
 from fedshield.data.medmnist import breastmnist_path, load_medmnist
 from fedshield.data.partition import dirichlet_partition, iid_partition
 from fedshield.data.segmentation import load_segmentation, segmentation_sites
 from fedshield.data.shift import AcquisitionShift, apply_shift, site_shift
+from fedshield.data.site_specs import load_site_specs
 from fedshield.data.sites import SiteData, deal_sites
+from fedshield.data.spec import DataSpec
 from fedshield.data.synthetic import TASKS, make_synthetic_sites
 from fedshield.errors import ConfigError
 
 __all__ = [
     "TASKS",
     "AcquisitionShift",
+    "DataSpec",
     "SiteData",
     "apply_shift",
     "breastmnist_path",
     "deal_sites",
     "dirichlet_partition",
     "iid_partition",
+    "load_data_spec",
     "load_medmnist",
     "load_segmentation",
+    "load_site_specs",
     "load_sites",
     "make_synthetic_sites",
     "segmentation_sites",

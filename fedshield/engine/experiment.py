@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from fedshield.aggregation import build as build_server_opt
-from fedshield.data import SiteData, load_sites
+from fedshield.data import SiteData, load_site_specs, load_sites
+from fedshield.data.site_specs import SITE_DATA, check_site_data, spec_classes
 from fedshield.engine.compression import Compression, UpdateCompressor
 from fedshield.engine.dp import check_options as check_dp_options
 from fedshield.engine.dp import dp_config, dp_model, dp_trainer, with_distributed_noise
@@ -45,6 +46,7 @@ class RunConfig:
     """Every option of ``fedshield run``, with its default."""
 
     dataset: str = "synthetic"
+    site_data: list[str] | None = None  # one data spec per site (docs/data.md), not --dataset
     task: str = "classification"  # or segmentation: masks, MONAI UNet, Dice
     sites: int = 4
     rounds: int = 5
@@ -91,6 +93,9 @@ class RunConfig:
     dp_colluders: int | None = None  # distributed: sites whose noise may be known (None: 1)
 
     def __post_init__(self) -> None:
+        if self.site_data is not None:  # the sites' own folders: --dataset stands aside
+            check_site_data(self.site_data, sites=self.sites, dataset=self.dataset)
+            self.site_data, self.dataset = [str(p) for p in self.site_data], SITE_DATA
         if self.model is None:
             # The multi-scanner synthetic sites get the GroupNorm CNN: BatchNorm statistics
             # averaged across scanners miscalibrate the shared model, and under a quantizing
@@ -209,7 +214,7 @@ def build_site_runtime(config: RunConfig, site_id: int) -> SiteRuntime:
     _require_facts(config, "max_weight")
     (data,) = _load(config, only=site_id)
     torch.manual_seed(config.seed)  # the same initial model as the server's
-    model = _model(config, data.train_x.shape[1], _classes(config))
+    model = _model(config, data.train_x.shape[1], _classes(config, only=site_id))
     spec = ParamSpec.from_module(model, exclude_batchnorm=_algorithm(config).exclude_batchnorm)
     compressor = _compressor(config, spec)
     return SiteRuntime(
@@ -296,6 +301,10 @@ def build_global_model(
 
 
 def _load(config: RunConfig, only: int | None = None) -> list[SiteData]:
+    if config.site_data is not None:  # only: that site's spec and folder alone
+        return load_site_specs(
+            config.site_data, only=only, task=config.task, classes=config.classes
+        )
     return load_sites(
         config.dataset, config.sites, partition=config.partition, alpha=config.alpha,
         shift=config.shift, seed=config.seed, only=only,
@@ -303,12 +312,15 @@ def _load(config: RunConfig, only: int | None = None) -> list[SiteData]:
     )  # fmt: skip
 
 
-def _classes(config: RunConfig, data: list[SiteData] | None = None) -> int:
-    """How many classes the model tells apart: ``--classes``, 2 for synthetic data and for
-    segmentation (background, lesion), else the largest label in ``data`` plus one (a process
-    without data needs it in its config)."""
+def _classes(config: RunConfig, data: list[SiteData] | None = None, only: int | None = None) -> int:
+    """How many classes the model tells apart: ``--classes``, the data specs' class list
+    (``only``: that site's spec), 2 for synthetic data and for segmentation (background,
+    lesion), else the largest label in ``data`` plus one (a process without data needs it in
+    its config)."""
     if config.classes is not None:
         return config.classes
+    if config.site_data is not None:
+        return spec_classes(config.site_data, only=only)
     if config.dataset == "synthetic" or config.task == "segmentation":
         return 2
     if data is None:  # a site process's own shard may lack a class: the config must say

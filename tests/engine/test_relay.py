@@ -135,3 +135,33 @@ def test_key_files_are_new_and_owner_only(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with pytest.raises(FileExistsError):
         write_key(path)  # never overwrite (or follow) an existing file
+
+
+def test_a_hung_site_process_holds_its_caller_no_longer_than_the_deadline():
+    """A site process stopped with SIGSTOP: the kernel still accepts the connection, but no
+    nonce comes and nothing is read; the caller (the ClientApp) gives up at its deadline,
+    also while sending a body too large for the socket's buffers."""
+    with socket.create_server(("127.0.0.1", 0)) as hung:  # listens, never accepts nor reads
+        for payload in (b"small", b"x" * (64 << 20)):
+            start = time.monotonic()
+            with pytest.raises(TimeoutError):
+                ask(hung.getsockname(), KEY, "train", payload, timeout=0.5)
+            assert time.monotonic() - start < 1.5
+
+
+def test_a_site_that_sends_the_nonce_then_hangs_holds_its_caller_no_longer(relay):
+    """The caller's send is bounded too: a peer that stops reading after the nonce."""
+    with socket.create_server(("127.0.0.1", 0)) as stuck:
+
+        def nonce_then_nothing():
+            conn, _ = stuck.accept()
+            conn.sendall(b"n" * 32)
+            time.sleep(3)  # reads nothing: a 64 MiB body fills the buffers
+            conn.close()
+
+        threading.Thread(target=nonce_then_nothing, daemon=True).start()
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            ask(stuck.getsockname(), KEY, "train", b"x" * (64 << 20), timeout=0.5)
+        assert time.monotonic() - start < 1.5
+    assert ask(relay, KEY, "train", b"still") == b"train:still"  # others unaffected

@@ -6,5 +6,6 @@
   which keep their state across stages and rounds (Flower starts one ClientApp process per
   message, so session state cannot live there);
 - :mod:`.transport`: one protocol stage = one send-and-receive through Flower's grid;
+- :mod:`.deadlines`: how long the server waits for the sites in each phase (``Deadlines``);
 - :mod:`.deploy`: a whole deployment on loopback for ``fedshield run --transport flower``.
 """

@@ -4,7 +4,9 @@ each message to its site's process (:mod:`.site`) and sends the answer back.
 Run configuration (``flwr run --run-config``): ``config`` (path of the RunConfig JSON),
 ``roster`` (path of the federation's roster),
 ``out`` (folder for ``rounds.json``), ``events`` (a file the server appends progress events
-to), ``stage-timeout`` and ``train-timeout`` (seconds). SuperNode configuration
+to) and the per-phase deadlines in seconds (``join-timeout``, ``keys-timeout``,
+``train-timeout``, ``stage-timeout``, ``evaluate-timeout``, ``shutdown-timeout``: see
+:mod:`.deadlines`; a missing one takes its default). SuperNode configuration
 (``--node-config``): ``site-port`` and ``site-key-file`` of the site's process.
 """
 
@@ -32,65 +34,90 @@ def relay(message: Message, context: Context) -> Message:
     record = message.content["fedshield"]
     port = int(context.node_config["site-port"])
     key = Path(str(context.node_config["site-key-file"])).read_bytes()
+    # The server's deadline for this request: a hung site process must not hold this ClientApp
+    # (and its process) past it; a late answer would be refused anyway.
+    timeout = float(record["timeout"]) if "timeout" in record else None
     try:
-        data = ask(("127.0.0.1", port), key, str(record["kind"]), bytes(record["data"]))
+        data = ask(
+            ("127.0.0.1", port), key, str(record["kind"]), bytes(record["data"]), timeout=timeout
+        )
         reply = ConfigRecord({"ok": True, "data": data})
     except RelayError as exc:
         reply = ConfigRecord({"ok": False, "error": str(exc)})
+    except TimeoutError:
+        reply = ConfigRecord(
+            {"ok": False, "error": f"the site process did not answer within {timeout:g} s"}
+        )
+    except OSError as exc:  # its process is gone (connection refused), or the link broke
+        reply = ConfigRecord({"ok": False, "error": f"the site process is unreachable: {exc}"})
     return Message(RecordDict({"fedshield": reply}), reply_to=message)
 
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    """All rounds: model out, training, the protocol's stages, evaluation; then the records."""
-    # Server-side imports here: the ClientApp relay, in the same module, stays light.
-    from fedshield.engine.experiment import RunConfig, build_server_round
-    from fedshield.engine.flower.transport import FlowerTransport
-    from fedshield.engine.server_round import RoundTiming
-    from fedshield.protocols.roster import Roster
-
+    """All rounds: model out, training, the protocol's stages, evaluation; then the records.
+    A failure is reported as a ``failed`` event (the launcher's error message) and re-raised."""
     cfg = context.run_config
-    config = RunConfig(**json.loads(Path(str(cfg["config"])).read_text()))
     events = Path(str(cfg["events"]))
-    stage_timeout, train_timeout = float(cfg["stage-timeout"]), float(cfg["train-timeout"])
 
     def emit(**event) -> None:
         with events.open("a") as f:
             f.write(json.dumps(event) + "\n")
 
+    try:
+        _serve_rounds(grid, cfg, emit)
+    except Exception as exc:
+        emit(event="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _serve_rounds(grid: Grid, cfg, emit) -> None:
+    """:func:`main`'s work: each phase waits for the sites until its deadline (from its start;
+    a site that misses it is a dropout for that phase, its late answer never used)."""
+    # Server-side imports here: the ClientApp relay, in the same module, stays light.
+    from fedshield.engine.experiment import RunConfig, build_server_round
+    from fedshield.engine.flower.deadlines import Deadlines
+    from fedshield.engine.flower.transport import FlowerTransport
+    from fedshield.engine.server_round import RoundTiming
+    from fedshield.protocols.roster import Roster
+
+    config = RunConfig(**json.loads(Path(str(cfg["config"])).read_text()))
+    deadlines = Deadlines.from_mapping({k: v for k, v in cfg.items() if k.endswith("-timeout")})
     he = config.protect == "he"
     server = build_server_round(config)  # no site's data: only the config's public facts
-    roster = Roster.load(str(cfg["roster"]))
-    server.use_protocol(server.protocol.with_roster(roster))
-    nodes, names = _discover_sites(grid, config.sites, timeout=train_timeout)
+    server.use_protocol(server.protocol.with_roster(Roster.load(str(cfg["roster"]))))
+    nodes, names = _discover_sites(grid, config.sites, timeout=deadlines.join)
     emit(event="sites", nodes={str(c): n for c, n in nodes.items()})
     if he:
-        _distribute_he_keys(server, grid, nodes, timeout=stage_timeout)
+        _distribute_he_keys(server, grid, nodes, timeout=deadlines.keys)
         emit(event="keys")
     records = []
     for _ in range(config.rounds):
         r = server.round
         start = time.perf_counter()
-        transport = FlowerTransport(
-            grid, nodes, timeout=stage_timeout, on_stage=lambda s, r=r: emit(round=r, stage=s)
-        )
         broadcast = _round_start(server, he)
-        trained = FlowerTransport(grid, nodes, timeout=train_timeout).request(
+        emit(round=r, stage="train")
+        trained = FlowerTransport(grid, nodes, timeout=deadlines.train).request(
             "train", dict.fromkeys(nodes, broadcast)
         )
         ready = sorted(c for c, reply in trained.items() if reply.data is not None)
         if not ready:
             raise RuntimeError(f"round {r}: no site trained: {trained}")
-        train_s = {c: trained[c].seconds for c in ready}
+        transport = FlowerTransport(
+            grid, nodes, timeout=deadlines.stage, on_stage=lambda s, r=r: emit(round=r, stage=s)
+        )
         outcome, session = server.drive(transport, ready)
         aggregate_s = server.apply(outcome)
-        *evaluation, digest, spent = _evaluate(server, grid, nodes, names, stage_timeout, config)
+        *evaluation, digest, spent = _evaluate(
+            server, grid, nodes, names, deadlines.evaluate, config
+        )  # fmt: skip
+        timing = RoundTiming(start, {c: trained[c].seconds for c in ready}, aggregate_s)
         record = server.record(
             outcome,
             session,
             evaluation=tuple(evaluation),
             broadcast_bytes=len(broadcast),
-            timing=RoundTiming(start=start, site_train_s=train_s, aggregate_s=aggregate_s),
+            timing=timing,
             model_sha256=digest,  # under he: the model the sites hold
         )
         record.privacy = spent or record.privacy  # DP-SGD: the sites' spending
@@ -99,26 +126,41 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(cfg["out"]))
     out.mkdir(parents=True, exist_ok=True)
     (out / "rounds.json").write_text(json.dumps(_plain(records)) + "\n")
-    FlowerTransport(grid, nodes, timeout=5).request("shutdown", dict.fromkeys(nodes, b""))
+    FlowerTransport(grid, nodes, timeout=deadlines.shutdown).request(
+        "shutdown", dict.fromkeys(nodes, b"")
+    )
     emit(event="finished")
 
 
 def _discover_sites(
     grid: Grid, n_sites: int, *, timeout: float
 ) -> tuple[dict[int, int], dict[int, str]]:
-    """Which Flower node serves which site id, and each site's name."""
+    """Which Flower node serves which site id, and each site's name: asks every connected
+    node until ``n_sites`` sites have answered or ``timeout`` (from the start) has passed."""
     from fedshield.engine.flower.transport import FlowerTransport
 
-    node_ids = list(grid.get_node_ids())
-    hello = FlowerTransport(grid, {n: n for n in node_ids}, timeout=timeout)
-    nodes, names = {}, {}
-    for node, reply in hello.request("hello", dict.fromkeys(node_ids, b"")).items():
-        if reply.data is not None:
-            site = json.loads(reply.data.decode())
-            nodes[int(site["id"])] = node
-            names[int(site["id"])] = str(site["name"])
+    deadline = time.monotonic() + timeout
+    nodes: dict[int, int] = {}
+    names: dict[int, str] = {}
+    asked: set[int] = set()
+    while len(nodes) < n_sites and time.monotonic() < deadline:
+        new = [n for n in grid.get_node_ids() if n not in asked]
+        if not new:  # SuperNodes still connecting
+            time.sleep(0.5)
+            continue
+        asked.update(new)
+        left = max(0.1, deadline - time.monotonic())
+        hello = FlowerTransport(grid, {n: n for n in new}, timeout=left)
+        for node, reply in hello.request("hello", dict.fromkeys(new, b"")).items():
+            if reply.data is not None:
+                site = json.loads(reply.data.decode())
+                nodes[int(site["id"])] = node
+                names[int(site["id"])] = str(site["name"])
     if len(nodes) < n_sites:
-        raise RuntimeError(f"only {len(nodes)} of {n_sites} sites answered")
+        raise RuntimeError(
+            f"only {len(nodes)} of {n_sites} sites answered within the {timeout:g} s join "
+            f"deadline (sites {sorted(nodes)})"
+        )
     return nodes, names
 
 

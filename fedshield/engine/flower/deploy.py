@@ -19,9 +19,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from fedshield.engine.flower.deadlines import Deadlines
 from fedshield.engine.flower.relay import write_key
 from fedshield.errors import ConfigError, FedshieldError
 
@@ -54,9 +55,7 @@ config = ""
 out = ""
 events = ""
 roster = ""
-stage-timeout = 60.0
-train-timeout = 300.0
-"""
+""" + "".join(f"{key} = {seconds}\n" for key, seconds in Deadlines().as_run_config().items())
 
 
 class FlowerRunError(FedshieldError):
@@ -221,17 +220,25 @@ def run_on_flower(
     out: Path,
     *,
     on_event: Callable[[dict, LocalDeployment], None] | None = None,
-    stage_timeout: float = 30.0,
-    train_timeout: float = 600.0,
+    deadlines: Deadlines | None = None,
+    stage_timeout: float | None = None,
+    train_timeout: float | None = None,
     timeout: float = 3600.0,
 ) -> list[dict]:
     """Run ``config`` (a RunConfig) on a fresh loopback deployment; the round records.
 
     ``on_event(event, deployment)`` sees each progress event of the ServerApp as it happens
-    (``{"round": r, "stage": s}`` when a stage opens, ``{"round": r, "event": "done", ...}``).
+    (``{"round": r, "stage": s}`` when a phase opens, ``train`` and each protocol stage;
+    ``{"round": r, "event": "done", ...}``). ``deadlines``: how long the server waits for the
+    sites in each phase (default :class:`Deadlines`' defaults); ``stage_timeout`` and
+    ``train_timeout``, where given, override its ``stage`` and ``train``. ``timeout``: for the
+    whole run.
     """
     from fedshield.engine.experiment import enrol_sites, with_data_facts
 
+    deadlines = deadlines or Deadlines()
+    overrides = {"stage": stage_timeout, "train": train_timeout}
+    deadlines = replace(deadlines, **{k: v for k, v in overrides.items() if v is not None})
     config = with_data_facts(config)  # public facts every process needs, read here once
     workdir = Path(tempfile.mkdtemp(prefix="fedshield-flower-"))
     config_path, app, events = _write_app(workdir, config)
@@ -241,7 +248,7 @@ def run_on_flower(
         deployment.start(config_path)
         run_config = (
             f'config="{config_path}" out="{out}" events="{events}" roster="{roster}" '
-            f"stage-timeout={float(stage_timeout)} train-timeout={float(train_timeout)}"
+            + " ".join(f"{key}={seconds}" for key, seconds in deadlines.as_run_config().items())
         )
         runner = deployment._start(
             "flwr-run",
@@ -249,28 +256,34 @@ def run_on_flower(
              "--run-config", run_config],
             env=deployment.env,
         )  # fmt: skip
-        seen = 0
-        deadline = time.monotonic() + timeout
-        finished = False
-        while time.monotonic() < deadline:
-            lines = events.read_text().splitlines()
-            for line in lines[seen:]:
-                event = json.loads(line)
-                finished |= event.get("event") == "finished"
-                if on_event:
-                    on_event(event, deployment)
-            seen = len(lines)
-            if finished:
-                break
-            if runner.poll() is not None and not finished:
-                time.sleep(0.5)
-                if "finished" not in events.read_text():
-                    raise FlowerRunError(f"the Flower run ended without results; logs in {workdir}")
-            time.sleep(0.1)
-        else:
-            raise FlowerRunError(f"the Flower run took longer than {timeout:.0f} s")
+        _follow(events, runner, deployment, on_event, timeout)
     shutil.rmtree(workdir, ignore_errors=True)
     return json.loads((out / "rounds.json").read_text())
+
+
+def _follow(events: Path, runner, deployment: LocalDeployment, on_event, timeout: float) -> None:
+    """Hand each event of the ServerApp to ``on_event`` until the run has finished; a
+    ``FlowerRunError`` when it failed, ended without results or outlived ``timeout``."""
+    workdir = deployment.workdir
+    seen = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = events.read_text().splitlines()
+        for line in lines[seen:]:
+            event = json.loads(line)
+            if event.get("event") == "failed":  # the ServerApp's own account of it
+                raise FlowerRunError(f"the Flower run failed: {event['error']}; logs in {workdir}")
+            if on_event:
+                on_event(event, deployment)
+            if event.get("event") == "finished":
+                return
+        seen = len(lines)
+        if runner.poll() is not None:
+            time.sleep(0.5)
+            if "finished" not in events.read_text():
+                raise FlowerRunError(f"the Flower run ended without results; logs in {workdir}")
+        time.sleep(0.1)
+    raise FlowerRunError(f"the Flower run took longer than {timeout:.0f} s")
 
 
 def _write_app(workdir: Path, config) -> tuple[Path, Path, Path]:

@@ -67,10 +67,13 @@ def ask(
     deadline = None if timeout is None else time.monotonic() + timeout
     body = kind.encode() + b"\0" + payload  # before connecting: the header is due at once
     length = _LENGTH.pack(len(body))
-    with socket.create_connection(address, timeout=CONNECT_TIMEOUT) as sock:
+    connect_s = CONNECT_TIMEOUT if timeout is None else min(CONNECT_TIMEOUT, timeout)
+    with socket.create_connection(address, timeout=connect_s) as sock:
         try:
             nonce = _recv_exactly(sock, 32, deadline)
-            sock.settimeout(None)
+            # within the deadline too: a site process that stops reading (hung) fills the
+            # socket's buffers, and a send without a timeout would then wait forever
+            sock.settimeout(None if deadline is None else _left(deadline))
             sock.sendall(length + _mac(authkey, b"length", nonce, length))
             sock.sendall(body)
             sock.sendall(_mac(authkey, b"request", nonce, body))
@@ -163,6 +166,14 @@ def _recv_exactly(sock: socket.socket, size: int, deadline: float | None) -> byt
             raise EOFError("the peer closed the connection")
         got += n
     return bytes(buffer)
+
+
+def _left(deadline: float) -> float:
+    """Seconds left before ``deadline`` (``time.monotonic``); ``TimeoutError`` when none."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the peer did not answer in time")
+    return left
 
 
 def _mac(key: bytes, label: bytes, nonce: bytes, body: bytes) -> bytes:

@@ -96,10 +96,12 @@ class SiteProcess:
         return reply
 
     def _train(self, payload: bytes) -> bytes:
-        self._close_previous()
         header = wire.parse(payload).header
         if header.protocol != MODEL_BROADCAST or header.stage != 0 or header.round <= self.round:
+            # refused before anything changes: a late duplicate (a hung site's, woken up)
+            # must not close the session of the round in progress
             raise WrongRound(f"a train request for round {header.round} after {self.round}")
+        self._close_previous()
         self.round = header.round
         if self.held is not None:
             self._check_not_stale(wire.parse(payload))
