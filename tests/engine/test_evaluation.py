@@ -295,3 +295,24 @@ def test_a_site_process_evaluation_reply_parses_into_its_own_metrics(tmp_path):
     pooled, per_site, _, _ = _pool_replies(replies, {0: "site0", 1: "site1"}, 1, 2)
     assert pooled == pool_evaluations({f"site{s}": e for s, e in expected.items()})[0]
     assert per_site == {f"site{s}": e.metrics for s, e in expected.items()}
+
+
+def test_a_segmentation_site_process_sends_its_dice_means_alone(tmp_path):
+    """A site whose trainer evaluates itself (segmentation's Dice) sends an empty summary and
+    its own scalars; the server pools them as a site mean (the old reply unpacked the Dice
+    dict as if it were labels and failed)."""
+    config = with_data_facts(RunConfig(task="segmentation", sites=2, rounds=1))
+    roster = Roster.load(enrol_sites(config, tmp_path))
+    broadcast = build_server_round(config).broadcast()
+    replies = {}
+    for site in (0, 1):
+        identity = Identity.load(tmp_path / f"site{site}.identity")
+        replies[site] = Reply(
+            SiteProcess(config, site, roster, identity).handle("evaluate", broadcast)
+        )
+        evaluation, _, _ = _site_result(replies[site].data, site, 1, 2)
+        assert set(evaluation) == {"dice", "loss", "n"}
+        assert wire.parse(replies[site].data).fields[0].size == 0  # no summary
+    pooled, per_site, _, _ = _pool_replies(replies, {0: "site0", 1: "site1"}, 1, 2)
+    assert pooled["pooled"] == "site mean" and 0 <= pooled["dice"] <= 1
+    assert all("error" not in m for m in per_site.values())
