@@ -2,7 +2,8 @@
 
 It builds only its own :class:`~fedshield.engine.site.SiteRuntime` (its own data, the same
 options and seeds as every other process) and serves its part of every round: train on the
-received model and open the protocol session, answer each stage, report test predictions.
+received model and open the protocol session, answer each stage, report its evaluation
+(a summary of counts and its own metrics, never an example's label or prediction).
 Started by :mod:`.deploy` next to the site's SuperNode; in a real deployment each hospital runs
 it next to its own SuperNode.
 
@@ -138,16 +139,19 @@ class SiteProcess:
             vector = self.held.vector
         else:
             vector = message.array(0, dtype="<f4", shape=(self.runtime.spec.dim,))
-        predictions = self.runtime.predict(vector)
-        if predictions is None:
+        evaluation = self.runtime.evaluate(vector)
+        if evaluation is None:
             return b""  # no test set at this site
-        labels, probs, loss = predictions
         header = wire.Header(MODEL_BROADCAST, 1, round, self.site)
         digest = bytes.fromhex(self.held.sha256()) if self.held is not None else b""
         spent = self.runtime.trainer.privacy_spent()  # DP-SGD: what this site has spent
-        fields = [labels.astype(np.float64), probs.astype(np.float64).reshape(-1),  # (n K,)
-                  np.array([loss]), digest,
-                  json.dumps(spent).encode() if spent else b""]  # fmt: skip
+        # Aggregates only: the summary (empty where the site has only its own metrics) and
+        # its own scalar metrics; never an example's label or prediction.
+        own_only = isinstance(evaluation, dict)
+        empty = own_only or evaluation.summary.n == 0  # an empty test set: its metrics alone
+        summary = np.zeros(0) if empty else evaluation.summary.to_vector()
+        metrics = json.dumps(evaluation).encode() if own_only else evaluation.metrics_bytes()
+        fields = [summary, metrics, digest, json.dumps(spent).encode() if spent else b""]
         return wire.serialize(header, fields)
 
     def close(self) -> None:
