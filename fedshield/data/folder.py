@@ -80,6 +80,8 @@ def read_index(spec: DataSpec) -> list[IndexRow]:
             does not exist, a label not in the spec's classes.
     """
     where = spec.csv_path
+    if not spec.root.is_dir():
+        raise DataError(f"{spec.root}: no such folder; fix root: in the spec")
     if not where.is_file():
         raise DataError(
             f"{where}: no such file; the spec's labels: names the CSV, relative to its root "
@@ -99,8 +101,8 @@ def read_index(spec: DataSpec) -> list[IndexRow]:
         other = [t for t, h in CSV_HEADERS.items() if [c.strip() for c in first] == list(h)]
         hint = f" (that is a {other[0]} CSV: set task: {other[0]})" if other else ""
         raise DataError(
-            f"{where}: line {lines[0][0]}: header {','.join(first)!r}; a {spec.task} CSV starts "
-            f"with {header}{hint}"
+            f"{where}: line {lines[0][0]}: header {','.join(first)!r}; a {spec.task} CSV's first "
+            f"line is the header {header}, and its rows have those two columns only{hint}"
         )
     if not rows:
         raise DataError(f"{where}: no rows after the header; list one image per line")

@@ -224,3 +224,16 @@ def test_a_link_leaving_the_root_is_refused_naming_where_it_points(tmp_path):
     write_csv(root / "labels.csv", "path,label", [*rows, ("case", "0")])
     with pytest.raises(DataError, match=r"line 12: .*case/s1\.dcm.* links to .*other/s\.dcm"):
         load_data_spec(spec)
+
+
+def test_a_missing_root_and_extra_csv_columns_say_what_to_fix(tmp_path):
+    """The docs' example copied as is (root: /data/ultrasound/), and a CSV with a patient
+    column: each message names the problem itself."""
+    spec = write_spec(tmp_path / "s.yaml", root="nowhere/", classes=CLASSES)
+    with pytest.raises(DataError, match=r"nowhere: no such folder; fix root: in the spec"):
+        load_data_spec(spec)
+    root = png_site(tmp_path / "nowhere", LABELS)
+    rows = [f"img{k}.png,{v},p{k}" for k, v in enumerate(LABELS)]
+    (root / "labels.csv").write_text("\n".join(["path,label,patient", *rows]) + "\n")
+    with pytest.raises(DataError, match=r"line 1: .*path,label, and its rows have those two"):
+        load_data_spec(spec)
