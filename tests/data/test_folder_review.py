@@ -237,3 +237,31 @@ def test_a_missing_root_and_extra_csv_columns_say_what_to_fix(tmp_path):
     (root / "labels.csv").write_text("\n".join(["path,label,patient", *rows]) + "\n")
     with pytest.raises(DataError, match=r"line 1: .*path,label, and its rows have those two"):
         load_data_spec(spec)
+
+
+def test_16_bit_pngs_with_upper_case_suffixes_keep_their_levels(tmp_path):
+    """A 16-bit PNG (``.PNG``, as some scanners name them) through a fixed window: its true
+    levels, not 8-bit ones."""
+    from PIL import Image
+
+    root = tmp_path / "site"
+    root.mkdir()
+    for k, label in enumerate(LABELS):
+        Image.fromarray(marked(k, label).astype(np.uint16) * 200).save(root / f"IMG{k}.PNG")
+    write_csv(
+        root / "labels.csv", "path,label", [(f"IMG{k}.PNG", str(v)) for k, v in enumerate(LABELS)]
+    )
+    spec = write_spec(tmp_path / "s.yaml", root="site", classes=CLASSES, intensity=[0, 50000])
+    site = load_data_spec(spec)
+    for x in site.train_x:
+        k, label = read_mark(x)
+        np.testing.assert_allclose(x[0], marked(k, label) / 250, atol=1e-6)  # 200 * v / 50000
+
+
+def test_a_cache_that_cannot_be_written_is_named_and_leaves_nothing(tmp_path):
+    png_site(tmp_path / "site", LABELS)
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    spec = write_spec(tmp_path / "s.yaml", root="site", classes=CLASSES, cache="cache")
+    with pytest.raises(DataError, match=r"cache/s-[0-9a-f]{24}\.npz: cannot write the cache"):
+        load_data_spec(spec)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "s.yaml", "site"]
