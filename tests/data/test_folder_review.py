@@ -265,3 +265,24 @@ def test_a_cache_that_cannot_be_written_is_named_and_leaves_nothing(tmp_path):
     with pytest.raises(DataError, match=r"cache/s-[0-9a-f]{24}\.npz: cannot write the cache"):
         load_data_spec(spec)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "s.yaml", "site"]
+
+
+def test_the_cache_follows_a_changed_label_and_a_changed_preparation(tmp_path):
+    root = png_site(tmp_path / "site", LABELS)
+    spec = tmp_path / "s.yaml"
+
+    def load(**keys):
+        site = load_data_spec(write_spec(spec, root="site", classes=CLASSES, cache="c", **keys))
+        x = np.concatenate([site.train_x, site.test_x])
+        y = np.concatenate([site.train_y, site.test_y])
+        return x, {read_mark(i)[0]: int(v) for i, v in zip(x, y, strict=True)}
+
+    x, labels = load()
+    assert labels[3] == 1
+    rows = [(f"img{k}.png", str(1 - v if k == 3 else v)) for k, v in enumerate(LABELS)]
+    write_csv(root / "labels.csv", "path,label", rows)
+    assert load()[1][3] == 0  # the changed label, not the cached one
+    assert load(size=[12, 10])[0].shape[2:] == (12, 10)
+    window, _ = load(intensity=[0, 500])
+    assert window.max() == pytest.approx(0.5) and x.max() == 1.0
+    assert len(list((tmp_path / "c").iterdir())) == 1  # each new key replaced the old cache
