@@ -102,7 +102,12 @@ def _serve_rounds(grid: Grid, cfg, emit) -> None:
         )
         ready = sorted(c for c, reply in trained.items() if reply.data is not None)
         if not ready:
-            raise RuntimeError(f"round {r}: no site trained: {trained}")
+            errors = {c: reply.error for c, reply in trained.items()}
+            raise RuntimeError(
+                f"round {r}: no site trained within the train deadline ({deadlines.train:g} s):"
+                f" {errors}; a large model or a slow site needs a longer one ([deadlines] "
+                "train in server.toml, --deadline train=SECONDS on the command line)"
+            )
         transport = FlowerTransport(
             grid, nodes, timeout=deadlines.stage, on_stage=lambda s, r=r: emit(round=r, stage=s)
         )
