@@ -1,5 +1,6 @@
 """Command line: ``fedshield run``, ``fedshield experiment survey``, ``fedshield roster``,
-``fedshield bench privacy`` and ``fedshield audit``."""
+``fedshield bench privacy``, ``fedshield audit``, and a deployment's ``fedshield server``,
+``fedshield site`` and ``fedshield deploy certs``."""
 
 from __future__ import annotations
 
@@ -149,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     from fedshield.audit.cli import register as add_audit_command
 
     add_audit_command(sub, console)  # audit: the protocols' claims, and a message fuzzer
+    from fedshield.deploy.cli import register as add_deploy_commands
+
+    add_deploy_commands(sub, console)  # server, site, deploy certs: a Flower deployment
     return parser
 
 

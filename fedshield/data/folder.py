@@ -3,8 +3,9 @@
 The spec (:class:`~fedshield.data.spec.DataSpec`) names one folder and a CSV indexing it:
 ``path,label`` rows for classification, ``image,mask`` rows for segmentation. Every image is
 read and prepared through MONAI (:class:`~fedshield.data.imaging.ImageLoader`), the arrays are
-cached (``.npz``, keyed by the spec and every file's size and mtime), and the site splits them
-into train and test itself, with the spec's seed (stratified by label for classification).
+cached (``.npz``, keyed by the spec and every file's size, times and inode), and the site
+splits them into train and test itself, with the spec's seed (stratified by label for
+classification).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +35,7 @@ __all__ = [
     "split_indices",
 ]
 
-_CACHE_VERSION = 1  # bump when the preparation changes what a spec's arrays are
+_CACHE_VERSION = 2  # bump when the preparation changes what a spec's arrays are
 
 
 def load_data_spec(path: str | os.PathLike) -> SiteData:
@@ -53,7 +55,9 @@ def load_spec(spec: DataSpec) -> SiteData:
     rows = read_index(spec)
     x, y = _cached_arrays(spec, rows)
     labels = y if spec.task == "classification" else None
-    train, test = split_indices(labels, len(y), spec.test_fraction, spec.seed, where=spec.csv_path)
+    root = spec.root.resolve()
+    keys = [r.image.resolve().relative_to(root).as_posix() for r in rows]
+    train, test = split_indices(labels, keys, spec.test_fraction, spec.seed, where=spec.csv_path)
     return SiteData(spec.name, x[train], y[train], x[test], y[test])
 
 
@@ -76,6 +80,8 @@ def read_index(spec: DataSpec) -> list[IndexRow]:
             does not exist, a label not in the spec's classes.
     """
     where = spec.csv_path
+    if not spec.root.is_dir():
+        raise DataError(f"{spec.root}: no such folder; fix root: in the spec")
     if not where.is_file():
         raise DataError(
             f"{where}: no such file; the spec's labels: names the CSV, relative to its root "
@@ -83,7 +89,8 @@ def read_index(spec: DataSpec) -> list[IndexRow]:
         )
     try:
         with where.open(newline="", encoding="utf-8-sig") as file:
-            lines = [(n, row) for n, row in enumerate(csv.reader(file), 1) if any(row)]
+            reader = csv.reader(file, skipinitialspace=True)
+            lines = [(n, row) for n, row in enumerate(reader, 1) if any(row)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{where}: cannot read it as a UTF-8 CSV ({exc})") from None
     header = ",".join(CSV_HEADERS[spec.task])
@@ -94,12 +101,26 @@ def read_index(spec: DataSpec) -> list[IndexRow]:
         other = [t for t, h in CSV_HEADERS.items() if [c.strip() for c in first] == list(h)]
         hint = f" (that is a {other[0]} CSV: set task: {other[0]})" if other else ""
         raise DataError(
-            f"{where}: line {lines[0][0]}: header {','.join(first)!r}; a {spec.task} CSV starts "
-            f"with {header}{hint}"
+            f"{where}: line {lines[0][0]}: header {','.join(first)!r}; a {spec.task} CSV's first "
+            f"line is the header {header}, and its rows have those two columns only{hint}"
         )
     if not rows:
         raise DataError(f"{where}: no rows after the header; list one image per line")
-    return [_row(spec, n, row) for n, row in rows]
+    return _once(spec, [_row(spec, n, row) for n, row in rows])
+
+
+def _once(spec: DataSpec, rows: list[IndexRow]) -> list[IndexRow]:
+    """``rows``, checked to list every image once (however spelt, or through a link): a
+    repeated image could land in both train and test, or carry two labels."""
+    first: dict[Path, int] = {}
+    for row in rows:
+        seen = first.setdefault(row.image.resolve(), row.line)
+        if seen != row.line:
+            raise DataError(
+                f"{spec.csv_path}: line {row.line}: {row.image} is the image of line {seen} "
+                "too; list every image once"
+            )
+    return rows
 
 
 def _row(spec: DataSpec, line: int, row: list[str]) -> IndexRow:
@@ -121,10 +142,17 @@ def _file(spec: DataSpec, text: str, where: str) -> Path:
     if not text or relative.is_absolute():
         raise DataError(f"{where}: path {text!r} must be relative to the root {spec.root}")
     path = spec.root / relative
-    if not path.resolve().is_relative_to(spec.root.resolve()):
+    if Path(os.path.normpath(text)).parts[:1] == ("..",):
         raise DataError(f"{where}: path {text!r} leaves the root {spec.root}")
     if not path.exists():
         raise DataError(f"{where}: {path}: no such file (paths are relative to {spec.root})")
+    for member in sorted(path.iterdir()) if path.is_dir() else [path]:  # a DICOM series
+        target = member.resolve()
+        if not target.is_relative_to(spec.root.resolve()):
+            raise DataError(
+                f"{where}: {member} links to {target}, outside the root {spec.root}; a site "
+                "reads only its own folder: copy the file in"
+            )
     return path
 
 
@@ -141,16 +169,19 @@ def _class_index(spec: DataSpec, label: str, where: str) -> int:
 
 
 def split_indices(
-    labels: np.ndarray | None, n: int, test_fraction: float, seed: int, *, where: Path
+    labels: np.ndarray | None, keys: list[str], test_fraction: float, seed: int, *, where: Path
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test row indices (each sorted) of ``n`` rows, ``test_fraction`` of them in
-    test, drawn with ``seed``; with ``labels``, per class (stratified: each class with at
-    least two rows has at least one in each part).
+    """Train and test row indices (each sorted) of the rows named by ``keys`` (their paths),
+    ``test_fraction`` of them in test; with ``labels``, per class (stratified: each class
+    with at least two rows has at least one in each part).
+
+    The test rows are those whose SHA-256 of ``seed`` and key is smallest: the split depends
+    on the rows' paths and the seed only, not on the CSV's order, the machine or numpy.
 
     Raises:
         DataError: naming ``where``, when the rows are too few for both parts.
     """
-    rng = np.random.default_rng(seed)
+    n = len(keys)
     groups = (
         [np.arange(n)]
         if labels is None
@@ -161,7 +192,8 @@ def split_indices(
         if len(rows) < 2:
             continue
         k = min(max(round(len(rows) * test_fraction), 1), len(rows) - 1)
-        test.append(rng.permutation(rows)[:k])
+        ranked = sorted(rows, key=lambda r: hashlib.sha256(f"{seed}/{keys[r]}".encode()).digest())
+        test.append(np.array(ranked[:k], dtype=np.int64))
     test = np.sort(np.concatenate(test)) if test else np.zeros(0, np.int64)
     train = np.setdiff1d(np.arange(n), test)
     if not len(test) or not len(train):
@@ -173,7 +205,7 @@ def split_indices(
 
 def _cached_arrays(spec: DataSpec, rows: list[IndexRow]) -> tuple[np.ndarray, np.ndarray]:
     """Every row's prepared image and target; read from ``spec.cache`` when its key (the
-    spec's preparation, the rows, every file's size and mtime) matches, else loaded and
+    spec's preparation, the rows, every file's size, times and inode) matches, else loaded and
     written there."""
     if spec.cache is None:
         return _load_arrays(spec, rows)
@@ -203,7 +235,8 @@ def _cache_key(spec: DataSpec, rows: list[IndexRow]) -> str:
     for row in rows:
         for path in (row.image, row.target) if isinstance(row.target, Path) else (row.image,):
             members = sorted(path.iterdir()) if path.is_dir() else [path]
-            files += [(str(m), m.stat().st_size, m.stat().st_mtime_ns) for m in members]
+            stats = [(m, m.stat()) for m in members]  # a replaced file: new inode or ctime
+            files += [(str(m), s.st_size, s.st_mtime_ns, s.st_ino, s.st_ctime_ns) for m, s in stats]
     facts = {
         "version": _CACHE_VERSION,
         "spec": spec.fingerprint(),
@@ -230,9 +263,14 @@ def _write_cache(path: Path, x: np.ndarray, y: np.ndarray, *, stale) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         old = [p for p in stale if p != path]
-        part = path.with_suffix(".part.npz")
-        np.savez(part, x=x, y=y)
-        os.replace(part, path)
+        # a name of its own: another process may be writing this cache at the same time
+        handle, part = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".part")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                np.savez(file, x=x, y=y)
+            os.replace(part, path)
+        finally:
+            Path(part).unlink(missing_ok=True)  # gone once replaced; a failed write's part
         for p in old:
             p.unlink(missing_ok=True)
     except OSError as exc:

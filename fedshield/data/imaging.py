@@ -56,7 +56,7 @@ class ImageLoader:
         from monai.transforms import Compose, Resize, ScaleIntensity, ScaleIntensityRange
 
         self._readers = {
-            "pil": PILReader(reverse_indexing=False),
+            "pil": PILReader(reverse_indexing=False, converter=self._shown_levels),
             "nifti": NibabelReader(),
             "dicom": PydicomReader(swap_ij=False),
         }
@@ -68,6 +68,7 @@ class ImageLoader:
         steps = [] if spec.size is None else [Resize(spec.size, mode="area")]
         self._image = Compose([*steps, scale])
         self._mask = Compose([] if spec.size is None else [Resize(spec.size, mode="nearest")])
+        self._mask_pil = PILReader(reverse_indexing=False)  # a palette mask's indices: classes
         self.spec = spec
         self._first: tuple[tuple[int, ...], Path] | None = None
 
@@ -90,7 +91,7 @@ class ImageLoader:
                 another shape than its image's, or a value that is not a class index.
         """
         raw_image = self._read(image)
-        raw = self._read(mask)
+        raw = self._read(mask, mask=True)
         if raw.shape[0] != 1 or raw.shape[1:] != raw_image.shape[1:]:
             raise DataError(
                 f"{mask}: mask of shape {raw.shape} for image {image} of (H, W) "
@@ -125,17 +126,34 @@ class ImageLoader:
                 )
         return _numpy(self._image(raw), np.float32)
 
-    def _read(self, path: Path) -> np.ndarray:
+    def _shown_levels(self, image):
+        """A PIL image as the levels it shows: a palette image's indices become its palette's
+        colours (PNG optimisers store grey images so, in any index order), one grey channel
+        when the spec has one channel and every colour is grey."""
+        if image.mode not in ("P", "PA"):
+            return image
+        alpha = image.mode == "PA" or "transparency" in image.info
+        rgb = image.convert("RGBA" if alpha else "RGB")
+        pixels = np.asarray(rgb)
+        grey = (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+        if self.spec.channels == 1 and grey:
+            return rgb.convert("LA" if alpha else "L")
+        return rgb
+
+    def _read(self, path: Path, *, mask: bool = False) -> np.ndarray:
         """``path``'s pixels as ``(C, H, W)`` float32, a volume sliced as the spec says."""
         kind = image_format(path)
+        reader = self._mask_pil if mask and kind == "pil" else self._readers[kind]
         try:
-            raw = _numpy(_load_image()(str(path), reader=self._readers[kind]), np.float32)
+            raw = _numpy(_load_image()(str(path), reader=reader), np.float32)
         except Exception as exc:  # any reader's failure: PIL, nibabel, pydicom, MONAI
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise DataError(
                 f"{path}: cannot read it as {kind} ({type(exc).__name__}: {reason}); replace "
                 "or remove the file"
             ) from exc
+        if kind == "dicom" and path.is_dir():
+            _check_series(path)
         if raw.ndim == 4 and raw.shape[3] == 1:
             raw = raw[..., 0]
         elif raw.ndim == 4 and self.spec.volumes == "middle-slice":
@@ -151,6 +169,31 @@ class ImageLoader:
         if not np.isfinite(raw).all():
             raise DataError(f"{path}: NaN or infinite pixel values; fix or remove the file")
         return raw
+
+
+def _check_series(folder: Path) -> None:
+    """Refuse a DICOM folder the reader would stack wrongly: more than one series (say a
+    localizer beside the axial series), or one ``InstanceNumber`` on two slices."""
+    import pydicom
+    from pydicom.misc import is_dicom
+
+    uids, numbers = set(), []
+    for file in sorted(f for f in folder.iterdir() if f.is_file() and is_dicom(f)):
+        tags = ["SeriesInstanceUID", "InstanceNumber"]
+        ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=tags)
+        uids.add(str(ds.get("SeriesInstanceUID", "")))
+        numbers.append(ds.get("InstanceNumber"))
+    if len(uids) > 1:
+        raise DataError(
+            f"{folder}: {len(uids)} DICOM series ({', '.join(sorted(uids))}) in one folder; "
+            "a folder holds one series: move the others out"
+        )
+    twice = sorted({n for n in numbers if n is not None and numbers.count(n) > 1})
+    if twice:
+        raise DataError(
+            f"{folder}: InstanceNumber {twice[0]} twice; the slices' order is ambiguous: keep "
+            "one acquisition per folder"
+        )
 
 
 @functools.cache

@@ -20,8 +20,8 @@ from fedshield.aggregation import ServerOptimizer
 from fedshield.engine.compression import Compression, UpdateCompressor
 from fedshield.engine.dp import with_distributed_noise, worst_spent
 from fedshield.engine.dropout import DropoutPolicy
+from fedshield.engine.evaluation import SiteEvaluation, pool_evaluations
 from fedshield.engine.global_model import GlobalModel
-from fedshield.engine.metrics import mean_metrics, pooled_metrics, with_failures
 from fedshield.engine.paramspec import ParamSpec
 from fedshield.engine.runner import enrol, setup_protocol
 from fedshield.engine.server_round import RoundRecord, RoundTiming, ServerRound
@@ -192,29 +192,28 @@ class Federation:
         except Exception as exc:  # pooling itself failed: recorded, not raised
             reason = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"round {self.round}: evaluation failed ({reason})", stacklevel=2)
-            return {**pooled_metrics([])[0], "error": reason}, {}
+            return {**pool_evaluations({})[0], "error": reason}, {}
 
     def evaluate(self) -> tuple[dict, dict[str, dict]]:
         """Pooled and per-site test metrics of the model each site would deploy now: the
         global model plus, under FedBN, its own BatchNorm layers. A site whose evaluation
         fails (a user's model or loss, say) is reported under its name with the error; the
         others are pooled, and the round's record is written all the same."""
-        results, failed, own = [], {}, {}
+        evaluations, failed = {}, {}
         for runtime in self.runtimes:
             try:
-                predictions = runtime.predict(self.global_vector)
+                evaluation = runtime.evaluate(self.global_vector)
             except Exception as exc:  # any user code: reported under its name, not lost
                 failed[runtime.site.name] = f"{type(exc).__name__}: {exc}"
                 continue
-            if isinstance(predictions, dict):  # a ClientAlgo's own metrics
-                own[runtime.site.name] = predictions
-            elif predictions is not None:
-                results.append((runtime.site.name, *predictions))
-        pooled, per_site = with_failures(*pooled_metrics(results), failed)
-        if own:  # some sites report only their own metrics: every site's, as a site mean
-            per_site = {**per_site, **own}
-            pooled = mean_metrics({k: m for k, m in per_site.items() if "error" not in m})
-        return pooled, per_site
+            if isinstance(evaluation, SiteEvaluation):  # through what a Flower site sends
+                evaluation = SiteEvaluation.parse(
+                    evaluation.summary.to_vector(), evaluation.metrics_bytes(),
+                    classes=evaluation.summary.classes,
+                )  # fmt: skip
+            if evaluation is not None:
+                evaluations[runtime.site.name] = evaluation
+        return pool_evaluations(evaluations, failed)
 
 
 def _build_model(model_factory: Callable[[], nn.Module]) -> nn.Module:

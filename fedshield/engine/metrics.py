@@ -8,6 +8,8 @@ present with both members and non-members in the set), ``sensitivity`` and ``spe
 their one-vs-rest macro means over the classes present, and ``per_class_sensitivity`` each
 class's recall (NaN for a class absent from the set).
 ``balanced_accuracy`` is the mean recall over the classes present.
+
+Pooling across sites takes no example from any site: :mod:`fedshield.engine.evaluation`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ __all__ = [
     "classification_metrics",
     "loss_targets",
     "mean_metrics",
-    "pooled_metrics",
     "predict",
     "probabilities",
     "roc_auc",
@@ -148,21 +149,6 @@ def predict(model: nn.Module, loader, loss_fn: nn.Module | None = None):
     if not count:
         return np.zeros(0, np.int64), np.zeros((0, 2), np.float32), float("nan")
     return np.concatenate(labels), np.concatenate(probs), total / count
-
-
-def pooled_metrics(
-    results: list[tuple[str, np.ndarray, np.ndarray, float]],
-) -> tuple[dict, dict[str, dict]]:
-    """Pooled and per-site metrics from each site's ``(name, labels, probabilities, loss)``
-    (probabilities ``(n, K)``, or class 1's alone for a binary task)."""
-    per_site = {name: classification_metrics(y, p, loss) for name, y, p, loss in results}
-    results = [r for r in results if len(r[1])]  # a site with an empty test set adds nothing
-    if not results:
-        return binary_metrics(np.zeros(0), np.zeros(0)), per_site
-    labels = np.concatenate([y for _, y, _, _ in results])
-    probs = np.concatenate([np.asarray(p).reshape(len(y), -1) for _, y, p, _ in results])
-    loss = sum(loss * len(y) for _, y, _, loss in results) / max(1, len(labels))
-    return classification_metrics(labels, probs, loss), per_site
 
 
 def with_failures(

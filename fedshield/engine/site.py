@@ -23,6 +23,7 @@ from fedshield import wire
 from fedshield.crypto.identity import Identity
 from fedshield.data.sites import SiteData
 from fedshield.engine.compression import CompressedUpdate, UpdateCompressor
+from fedshield.engine.evaluation import SiteEvaluation
 from fedshield.engine.metrics import predict, scalar_metrics
 from fedshield.engine.paramspec import ParamSpec
 from fedshield.engine.trainer import Algorithm, LocalTrainer
@@ -239,6 +240,16 @@ class SiteRuntime:
                 metrics = self.trainer.evaluate_fn(model, self.site.test)
             return scalar_metrics(metrics, self.site.name)
         return predict(self.load(vector), self.site.test, self.trainer.loss_fn)
+
+    def evaluate(self, vector: np.ndarray) -> SiteEvaluation | dict | None:
+        """What this site's evaluation of ``vector`` sends: its summary and own metrics
+        (:class:`~fedshield.engine.evaluation.SiteEvaluation`, no example's label or
+        prediction), a ``ClientAlgo``'s or ``evaluate_fn``'s own metrics, or ``None``
+        without a test set."""
+        predictions = self.predict(vector)
+        if predictions is None or isinstance(predictions, dict):
+            return predictions
+        return SiteEvaluation.of(*predictions)
 
     def finalize(self) -> None:
         """Drop what a finished federation no longer needs (and finalize the trainer)."""

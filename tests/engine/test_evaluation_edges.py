@@ -12,13 +12,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedshield.engine import Federation, make_site
+from fedshield.engine.evaluation import SiteEvaluation, pool_evaluations
 from fedshield.engine.experiment import (
     RunConfig,
     build_federation,
     build_site_runtime,
     with_data_facts,
 )
-from fedshield.engine.metrics import mean_metrics, pooled_metrics, predict
+from fedshield.engine.metrics import mean_metrics, predict
 from fedshield.engine.models import SmallCNN
 from fedshield.engine.site import Site
 from fedshield.engine.trainer import LocalTrainer
@@ -26,14 +27,17 @@ from fedshield.errors import ConfigError
 
 
 def test_pooled_metrics_survive_a_site_with_an_empty_test_set():
-    """predict() returns (0, 2) probabilities for an empty loader; pooled_metrics' reshape
-    (len(y), -1) of a size-0 array raises, after the aggregate was applied (record lost)."""
+    """predict() returns (0, 2) probabilities for an empty loader; the old pooling's reshape
+    (len(y), -1) of a size-0 array raised, after the aggregate was applied (record lost).
+    Now that site's summary (of two classes, n = 0) meets a three-class site's: it adds
+    nothing and its empty metrics are its own."""
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 10)
     p = rng.dirichlet(np.ones(3), 10)
-    pooled, _ = pooled_metrics([("a", np.zeros(0, np.int64), np.zeros((0, 2)), float("nan")),
-                                ("b", y, p, 1.0)])  # fmt: skip
-    assert pooled["n"] == 10
+    empty = SiteEvaluation.of(np.zeros(0, np.int64), np.zeros((0, 2)), float("nan"))
+    pooled, per_site = pool_evaluations({"a": empty, "b": SiteEvaluation.of(y, p, 1.0)})
+    assert pooled["n"] == 10 and len(pooled["per_class_sensitivity"]) == 3
+    assert per_site["a"]["n"] == 0 and per_site["b"]["n"] == 10
 
 
 def test_a_user_site_with_an_empty_test_loader_keeps_the_round(tiny_sites):

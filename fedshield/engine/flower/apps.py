@@ -102,14 +102,19 @@ def _serve_rounds(grid: Grid, cfg, emit) -> None:
         )
         ready = sorted(c for c, reply in trained.items() if reply.data is not None)
         if not ready:
-            raise RuntimeError(f"round {r}: no site trained: {trained}")
+            errors = {c: reply.error for c, reply in trained.items()}
+            raise RuntimeError(
+                f"round {r}: no site trained within the train deadline ({deadlines.train:g} s):"
+                f" {errors}; a large model or a slow site needs a longer one ([deadlines] "
+                "train in server.toml, --deadline train=SECONDS on the command line)"
+            )
         transport = FlowerTransport(
             grid, nodes, timeout=deadlines.stage, on_stage=lambda s, r=r: emit(round=r, stage=s)
         )
         outcome, session = server.drive(transport, ready)
         aggregate_s = server.apply(outcome)
         *evaluation, digest, spent = _evaluate(
-            server, grid, nodes, names, deadlines.evaluate, he
+            server, grid, nodes, names, deadlines.evaluate, config
         )  # fmt: skip
         timing = RoundTiming(start, {c: trained[c].seconds for c in ready}, aggregate_s)
         record = server.record(
@@ -198,57 +203,68 @@ def _distribute_he_keys(server, grid: Grid, nodes: dict[int, int], *, timeout: f
     server.use_protocol(setup.bind({}))
 
 
-def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], timeout, he):
-    """Pooled and per-site metrics from every reachable site's test predictions, the model
-    digest the sites agree on (under he), and each site's DP-SGD spending (if any). A site
-    whose evaluation failed, or whose reply does not parse, is listed with the reason."""
-    from fedshield.engine.dp import worst_spent
+def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], timeout, config):
+    """Pooled and per-site metrics from every reachable site's evaluation summary and own
+    metrics (no site sends an example's label or prediction), the model digest the sites
+    agree on (under he), and each site's DP-SGD spending (if any). A site whose evaluation
+    failed, or whose reply does not parse, is listed with the reason. The run's ``config``
+    says its protection and its public number of classes, which sizes every summary."""
     from fedshield.engine.flower.transport import FlowerTransport
-    from fedshield.engine.metrics import pooled_metrics, with_failures
-    from fedshield.errors import InvalidMessage
 
     replies = FlowerTransport(grid, nodes, timeout=timeout).request(
-        "evaluate", dict.fromkeys(nodes, _round_start(server, he))
+        "evaluate", dict.fromkeys(nodes, _round_start(server, config.protect == "he"))
     )
-    results, digests, spent, failed = [], set(), [], {}
+    return _pool_replies(replies, names, server.round, config.classes or 2)
+
+
+def _pool_replies(replies: dict, names: dict[int, str], round: int, classes: int):
+    """:func:`_evaluate`'s result from the sites' replies (``Reply`` per site id)."""
+    from fedshield.engine.dp import worst_spent
+    from fedshield.engine.evaluation import pool_evaluations
+    from fedshield.errors import InvalidMessage
+
+    evaluations, digests, spent, failed = {}, set(), [], {}
     for cid in sorted(replies):
         if replies[cid].error and cid in names:
             failed[names[cid]] = replies[cid].error
         if not replies[cid].data:  # dropped, failed, or a site without a test set
             continue
         try:
-            result, digest, site_spent = _site_result(replies[cid].data, cid, server.round)
+            evaluation, digest, site_spent = _site_result(replies[cid].data, cid, round, classes)
         except (InvalidMessage, ValueError) as exc:  # that site's failure, not the round's
-            failed[names[cid]] = str(exc)
+            failed[names[cid]] = f"{type(exc).__name__}: {exc}"
             continue
-        results.append((names[cid], *result))
+        evaluations[names[cid]] = evaluation
         digests.add(digest)
         spent += [site_spent] if site_spent else []
     # Under he every site holds the model; they agree unless one missed an aggregate.
     digest = digests.pop() if len(digests) == 1 else None
     spent = worst_spent(spent) if spent else None
-    return (*with_failures(*pooled_metrics(results), failed), digest, spent)
+    return (*pool_evaluations(evaluations, failed), digest, spent)
 
 
-def _site_result(data: bytes, cid: int, round: int):
-    """``((labels, probabilities (n, K), loss), model digest, DP-SGD spending)`` of one
-    site's evaluation reply."""
+def _site_result(data: bytes, cid: int, round: int, classes: int):
+    """``(evaluation, model digest, DP-SGD spending)`` of one site's evaluation reply: a
+    :class:`~fedshield.engine.evaluation.SiteEvaluation`, or the site's own metrics alone
+    (a dict: a ``ClientAlgo``, an ``evaluate_fn``) where its summary is empty."""
     from fedshield import wire
-    from fedshield.errors import WrongShape
+    from fedshield.engine.evaluation import EvaluationSummary, SiteEvaluation, site_metrics
     from fedshield.protocols.registry import MODEL_BROADCAST
 
     message = wire.parse(data)
     message.expect(protocol=MODEL_BROADCAST, stage=1, round=round, sender=cid)
-    message.require_fields(5)
-    labels = message.array(0, dtype="<f8")
-    probs = message.array(1, dtype="<f8")
-    if probs.size % max(1, len(labels)):
-        raise WrongShape(f"site {cid}: {probs.size} probabilities for {len(labels)} labels")
-    probs = probs.reshape(len(labels), -1) if len(labels) else probs.reshape(0, 2)  # (n, K)
-    (loss,) = message.array(2, dtype="<f8", shape=(1,))
-    digest = message.raw(3, max_len=32).hex() or None
-    site_spent = message.raw(4, max_len=1 << 16)
-    return (labels, probs, float(loss)), digest, json.loads(site_spent) if site_spent else None
+    message.require_fields(4)
+    summary = message.array(0, dtype="<f8")
+    metrics = message.raw(1, max_len=1 << 16)
+    if summary.size:
+        evaluation = SiteEvaluation.parse(summary, metrics, classes=classes)
+    else:  # a site's own metrics alone; of an empty test set, with an empty summary
+        evaluation = site_metrics(metrics)
+        if evaluation.get("n") == 0:
+            evaluation = SiteEvaluation(EvaluationSummary.empty(classes), evaluation)
+    digest = message.raw(2, max_len=32).hex() or None
+    site_spent = message.raw(3, max_len=1 << 16)
+    return evaluation, digest, json.loads(site_spent) if site_spent else None
 
 
 def _plain(value):

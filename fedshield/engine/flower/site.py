@@ -2,12 +2,15 @@
 
 It builds only its own :class:`~fedshield.engine.site.SiteRuntime` (its own data, the same
 options and seeds as every other process) and serves its part of every round: train on the
-received model and open the protocol session, answer each stage, report test predictions.
+received model and open the protocol session, answer each stage, report its evaluation
+(a summary of counts and its own metrics, never an example's label or prediction).
 Started by :mod:`.deploy` next to the site's SuperNode; in a real deployment each hospital runs
 it next to its own SuperNode.
 
     python -m fedshield.engine.flower.site --config run.json --site 0 --port 7000 --key-file K \
-        --roster roster.json --identity site0.identity
+        --roster roster.json --identity site0.identity [--data site0.yaml]
+
+(``fedshield site`` starts it with its SuperNode; see :mod:`fedshield.deploy`.)
 """
 
 from __future__ import annotations
@@ -136,16 +139,19 @@ class SiteProcess:
             vector = self.held.vector
         else:
             vector = message.array(0, dtype="<f4", shape=(self.runtime.spec.dim,))
-        predictions = self.runtime.predict(vector)
-        if predictions is None:
+        evaluation = self.runtime.evaluate(vector)
+        if evaluation is None:
             return b""  # no test set at this site
-        labels, probs, loss = predictions
         header = wire.Header(MODEL_BROADCAST, 1, round, self.site)
         digest = bytes.fromhex(self.held.sha256()) if self.held is not None else b""
         spent = self.runtime.trainer.privacy_spent()  # DP-SGD: what this site has spent
-        fields = [labels.astype(np.float64), probs.astype(np.float64).reshape(-1),  # (n K,)
-                  np.array([loss]), digest,
-                  json.dumps(spent).encode() if spent else b""]  # fmt: skip
+        # Aggregates only: the summary (empty where the site has only its own metrics) and
+        # its own scalar metrics; never an example's label or prediction.
+        own_only = isinstance(evaluation, dict)
+        empty = own_only or evaluation.summary.n == 0  # an empty test set: its metrics alone
+        summary = np.zeros(0) if empty else evaluation.summary.to_vector()
+        metrics = json.dumps(evaluation).encode() if own_only else evaluation.metrics_bytes()
+        fields = [summary, metrics, digest, json.dumps(spent).encode() if spent else b""]
         return wire.serialize(header, fields)
 
     def close(self) -> None:
@@ -182,8 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key-file", type=Path, required=True)
     parser.add_argument("--roster", type=Path, required=True, help="the federation's roster")
     parser.add_argument("--identity", type=Path, required=True, help="this site's identity key")
+    parser.add_argument("--data", type=Path, default=None, help="this site's own data spec")
     args = parser.parse_args(argv)
     config = RunConfig(**json.loads(args.config.read_text()))
+    if args.data is not None:
+        config = _with_own_data(config, args.site, args.data)
     torch.set_num_threads(config.threads or 1)  # float sums depend on it; one core per site
     stop = threading.Event()  # SIGTERM (a supervisor, `LocalDeployment.stop`): stop serving
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
@@ -191,6 +200,14 @@ def main(argv: list[str] | None = None) -> None:
     process = SiteProcess(config, args.site, Roster.load(args.roster), Identity.load(args.identity))
     serve(("127.0.0.1", args.port), args.key_file.read_bytes(), process.handle, stop=stop)
     process.close()
+
+
+def _with_own_data(config: RunConfig, site: int, data: Path) -> RunConfig:
+    """``config`` reading site ``site``'s data from its own spec ``data`` (docs/data.md)
+    alone: the other sites' entries are placeholders this process never opens."""
+    specs = [f"<site {i}'s own data, not at this site>" for i in range(config.sites)]
+    specs[site] = str(data)
+    return RunConfig(**{**config.as_dict(), "site_data": specs})
 
 
 if __name__ == "__main__":
