@@ -1,31 +1,29 @@
-"""fedshield on Flower across hosts: the SuperLink and the server in one Linux network
-namespace, each site (its fedshield site process and its SuperNode) in its own, joined only by
-the veth links the test creates; TLS with a CA made in the test and SuperNode authentication
-on. Needs root (CI runs as root); see ``netns.py``.
+"""fedshield on Flower across hosts: ``fedshield server`` (the SuperLink and the ServerApp)
+in one Linux network namespace, ``fedshield site`` (a site process and its SuperNode) in one
+namespace per site, joined only by the veth links the test creates; TLS with a CA made in the
+test and SuperNode authentication on. Needs root (CI runs as root); see ``netns.py``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from certs import make_supernode_key, make_tls
 from flower_lab import BIN, FlowerLab
 from netns import NetnsLab, alive, unavailable
 
 from fedshield.engine.experiment import RunConfig, enrol_sites, with_data_facts
-from fedshield.engine.flower.deploy import _write_app
-from fedshield.engine.flower.relay import write_key
 
 pytestmark = [
     pytest.mark.flower,
     pytest.mark.skipif((why := unavailable()) is not None, reason=str(why)),
 ]
-
-SITE_PORT = 7000  # every site process listens on its own namespace's loopback
 
 
 def _tls_probe(address: str, port: int, cafile: str | None) -> str:
@@ -60,7 +58,7 @@ def test_only_registered_supernodes_join_and_only_over_the_tests_tls(tmp_path):
         assert any(refusal in line and "activate-node HTTP/1.1\" 412" in line
                    for line in lab.log("superlink").splitlines()), lab.log("superlink")  # fmt: skip
         assert flower.online() == {node}
-        # The SuperLink speaks only TLS, with the certificate of the test's CA for its address.
+        # The SuperLink's certificate verifies against the test's CA, and only against it.
         for cafile, expected in (
             (str(flower.tls["ca"]), "handshake TLSv1.3"),
             (None, "refused unable to get local issuer certificate"),
@@ -83,67 +81,71 @@ def _in_process(out: Path) -> dict:
     return json.loads((out / "result.json").read_text())
 
 
-def _start_sites(lab: NetnsLab, flower: FlowerLab, work: Path, config_path: Path) -> set[int]:
-    """Site i's process and SuperNode in site i's namespace; the SuperNodes' node ids."""
-    for i, host in enumerate(lab.sites):
-        write_key(work / f"site{i}.key")
-        lab.start(
-            host, f"site{i}",
-            [sys.executable, "-m", "fedshield.engine.flower.site", "--config", str(config_path),
-             "--site", str(i), "--port", str(SITE_PORT), "--key-file", str(work / f"site{i}.key"),
-             "--roster", str(work / "roster.json"), "--identity", str(work / f"site{i}.identity")],
-            env=flower.env,
-        )  # fmt: skip
-    nodes = set()
-    for i, host in enumerate(lab.sites):  # they load data and torch at once
-        lab.wait_for_port(host, "127.0.0.1", SITE_PORT, timeout=180)
-        key, node = flower.supernode_key(f"site{i}", register=True)
-        node_config = f'site-port={SITE_PORT} site-key-file="{work / f"site{i}.key"}"'
-        flower.start_supernode(host, f"supernode{i}", key, node_config)
-        nodes.add(node)
-    return nodes
+def _toml(values: dict) -> str:
+    """A TOML document of strings, numbers and lists, with one level of tables."""
+    lines, tables = [], []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            tables += [f"[{key}]", *(f"{k} = {json.dumps(v)}" for k, v in value.items())]
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines + tables) + "\n"
 
 
-def _wait_finished(lab: NetnsLab, events: Path, seen: set, timeout: float = 600) -> None:
-    """Wait for the ServerApp's ``finished`` event; ``seen`` collects the lab's processes."""
-    deadline = time.monotonic() + timeout
-    while '"finished"' not in events.read_text():
-        seen |= lab.snapshot()
-        if lab.processes["flwr-run"].poll() is not None and '"finished"' not in events.read_text():
-            time.sleep(1)
-            if '"finished"' not in events.read_text():
-                pytest.fail(f"the Flower run ended without results:\n{lab.log('flwr-run')}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"no result in {timeout:.0f} s; events: {events.read_text()}")
-        time.sleep(0.5)
+def _configs(lab: NetnsLab, tmp_path: Path, config: RunConfig) -> tuple[Path, list[Path]]:
+    """server.toml for the hub and one site.toml per site host: TLS material and SuperNode
+    keys made here, the roster and identities from the enrolment; a site's file names only
+    its own key, identity and logs."""
+    enrolment = tmp_path / "enrolment"
+    roster = enrol_sites(config, enrolment)
+    run_json = tmp_path / "run.json"
+    public = {k: v for k, v in config.as_dict().items() if k != "site_data"}  # a site's own
+    run_json.write_text(json.dumps(public))
+    tls = make_tls(tmp_path / "tls", [lab.hub.address])
+    keys = [make_supernode_key(tmp_path / "keys", f"site{i}") for i in range(len(lab.sites))]
+    address = f"{lab.hub.address}:9093"
+    server = tmp_path / "server.toml"
+    server.write_text(_toml({
+        "roster": str(roster), "out": str(tmp_path / "flower"), "run_config": str(run_json),
+        "superlink": {"address": address, "ca_cert": str(tls["ca"]), "cert": str(tls["cert"]),
+                      "key": str(tls["key"]), "supernode_keys": [str(p) for _, p in keys]},
+        "deadlines": {"join": 300.0, "train": 120.0, "stage": 30.0},
+    }))  # fmt: skip
+    sites = []
+    for i, (private, _) in enumerate(keys):
+        sites.append(tmp_path / f"site{i}.toml")
+        sites[-1].write_text(_toml({
+            "site": i, "superlink": address, "ca_cert": str(tls["ca"]), "auth_key": str(private),
+            "roster": str(roster), "identity": str(enrolment / f"site{i}.identity"),
+            "logs": str(tmp_path / f"site{i}-logs"), "run_config": str(run_json),
+        }))  # fmt: skip
+    return server, sites
 
 
 def test_secagg_across_namespaces_with_tls_and_auth_unmasks_the_in_process_aggregate(tmp_path):
-    """Two secagg rounds of three sites on three hosts give the in-process engine's unmasked
-    aggregate and global model (SHA-256), and every process of every host is gone after."""
+    """`fedshield server` in the hub and `fedshield site` on each of three site hosts: two
+    secagg rounds give the in-process engine's unmasked aggregate and global model (SHA-256),
+    every command exits 0, and every process of every host is gone after."""
     local = _in_process(tmp_path / "inprocess")
     config = with_data_facts(RunConfig(**{**local["config"], "transport": "flower"}))
-    work = tmp_path / "deploy"
-    roster = enrol_sites(config, work)
-    config_path, app, events = _write_app(work, config)
-    out = tmp_path / "flower"
+    env = {**os.environ, "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}
     seen: set = set()
     with NetnsLab(sites=3, logs=tmp_path / "logs") as lab:
-        flower = FlowerLab(lab, tmp_path)
-        flower.start_superlink()
-        flower.wait_online(_start_sites(lab, flower, work, config_path))
-        run_config = (
-            f'config="{config_path}" out="{out}" events="{events}" roster="{roster}" '
-            "stage-timeout=30.0 train-timeout=120.0"
-        )
-        lab.start(lab.hub, "flwr-run",
-                  [str(BIN / "flwr"), "run", str(app), "lab", "--stream",
-                   "--run-config", run_config], env=flower.env)  # fmt: skip
-        _wait_finished(lab, events, seen)
-        seen |= lab.snapshot()
+        server, sites = _configs(lab, tmp_path, config)
+        fedshield = str(BIN / "fedshield")
+        lab.start(lab.hub, "server", [fedshield, "server", "--config", str(server)], env=env)
+        for i, site in enumerate(sites):
+            lab.start(lab.sites[i], f"site{i}", [fedshield, "site", "--config", str(site)], env=env)
+        deadline = time.monotonic() + 600
+        while any(p.poll() is None for p in lab.processes.values()):
+            seen |= lab.snapshot()
+            assert time.monotonic() < deadline, "the deployment took over 600 s"
+            time.sleep(0.5)
+        codes = {name: p.returncode for name, p in lab.processes.items()}
+        assert set(codes.values()) == {0}, (codes, lab.log("server")[-3000:])
     assert alive(seen) == [] and lab.leftovers() == []
-    remote = json.loads((out / "rounds.json").read_text())
-    for theirs, mine in zip(remote, local["rounds"], strict=True):
+    remote = json.loads((tmp_path / "flower" / "result.json").read_text())
+    for theirs, mine in zip(remote["rounds"], local["rounds"], strict=True):
         assert theirs["clients"] == [0, 1, 2] and theirs["dropped"] == []
         digest = theirs["protocol"]["aggregate_sha256"]
         assert digest is not None and digest == mine["protocol"]["aggregate_sha256"]
