@@ -97,26 +97,16 @@ def _serve_rounds(grid: Grid, cfg, emit) -> None:
         start = time.perf_counter()
         broadcast = _round_start(server, he)
         emit(round=r, stage="train")
-        trained = FlowerTransport(grid, nodes, timeout=deadlines.train).request(
-            "train", dict.fromkeys(nodes, broadcast)
-        )
-        ready = sorted(c for c, reply in trained.items() if reply.data is not None)
-        if not ready:
-            errors = {c: reply.error for c, reply in trained.items()}
-            raise RuntimeError(
-                f"round {r}: no site trained within the train deadline ({deadlines.train:g} s):"
-                f" {errors}; a large model or a slow site needs a longer one ([deadlines] "
-                "train in server.toml, --deadline train=SECONDS on the command line)"
-            )
+        train_s = _train(grid, nodes, broadcast, r, deadlines.train)
         transport = FlowerTransport(
             grid, nodes, timeout=deadlines.stage, on_stage=lambda s, r=r: emit(round=r, stage=s)
         )
-        outcome, session = server.drive(transport, ready)
+        outcome, session = server.drive(transport, sorted(train_s))
         aggregate_s = server.apply(outcome)
         *evaluation, digest, spent = _evaluate(
             server, grid, nodes, names, deadlines.evaluate, config
         )  # fmt: skip
-        timing = RoundTiming(start, {c: trained[c].seconds for c in ready}, aggregate_s)
+        timing = RoundTiming(start, train_s, aggregate_s)
         record = server.record(
             outcome,
             session,
@@ -135,6 +125,25 @@ def _serve_rounds(grid: Grid, cfg, emit) -> None:
         "shutdown", dict.fromkeys(nodes, b"")
     )
     emit(event="finished")
+
+
+def _train(grid: Grid, nodes: dict[int, int], broadcast: bytes, r: int, deadline: float):
+    """Every site trains on the round's broadcast; the seconds of each that answered within
+    ``deadline`` (the others are this round's dropouts)."""
+    from fedshield.engine.flower.transport import FlowerTransport
+
+    trained = FlowerTransport(grid, nodes, timeout=deadline).request(
+        "train", dict.fromkeys(nodes, broadcast)
+    )
+    train_s = {c: reply.seconds for c, reply in sorted(trained.items()) if reply.data is not None}
+    if not train_s:
+        errors = {c: reply.error for c, reply in trained.items()}
+        raise RuntimeError(
+            f"round {r}: no site trained within the train deadline ({deadline:g} s): {errors}; "
+            "a large model or a slow site needs a longer one ([deadlines] train in server.toml, "
+            "--deadline train=SECONDS on the command line)"
+        )
+    return train_s
 
 
 def _discover_sites(
