@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from certs import make_supernode_key, make_tls
 from netns import Host, LabError, NetnsLab
+
+from fedshield.deploy.certs import write_dev_certificates, write_supernode_keys
 
 __all__ = ["FlowerLab"]
 
@@ -31,12 +32,12 @@ class FlowerLab:
     def __init__(self, lab: NetnsLab, work: Path, *, port: int = 9093) -> None:
         self.lab, self.work, self.port = lab, Path(work), port
         self.address = f"{lab.hub.address}:{port}"
-        self.tls = make_tls(self.work / "tls", [lab.hub.address])
+        self.tls = write_dev_certificates(self.work / "tls", addresses=[lab.hub.address], sites=0)
         home = self.work / "flwr-home"
         home.mkdir(parents=True, exist_ok=True)
         (home / "config.toml").write_text(
             '[superlink]\ndefault = "lab"\n\n[superlink.lab]\n'
-            f'address = "{self.address}"\nroot-certificates = "{self.tls["ca"]}"\n'
+            f'address = "{self.address}"\nroot-certificates = "{self.tls.ca_cert}"\n'
         )
         self.env = {
             **os.environ,
@@ -51,8 +52,8 @@ class FlowerLab:
         self.lab.start(
             self.lab.hub,
             "superlink",
-            [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(self.tls["ca"]),
-             "--ssl-certfile", str(self.tls["cert"]), "--ssl-keyfile", str(self.tls["key"]),
+            [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(self.tls.ca_cert),
+             "--ssl-certfile", str(self.tls.server_cert), "--ssl-keyfile", str(self.tls.server_key),
              "--enable-supernode-auth", "--host", self.lab.hub.address, "--port",
              str(self.port), "--disable-runtime-dependency-installation"],
             env=self.env,
@@ -73,10 +74,12 @@ class FlowerLab:
             raise LabError(f"flwr {' '.join(args)} failed: {answer}")
         return answer
 
-    def supernode_key(self, name: str, *, register: bool) -> tuple[Path, int | None]:
+    def supernode_key(self, site: int, *, register: bool) -> tuple[Path, int | None]:
         """A fresh SuperNode key pair; registered with the SuperLink when ``register``: the
         private key's path and the node id the SuperLink gave it."""
-        private, public = make_supernode_key(self.work / "supernode-keys", name)
+        folder = self.work / "supernode-keys"
+        folder.mkdir(parents=True, exist_ok=True)
+        private, public = write_supernode_keys(folder, site)
         if not register:
             return private, None
         return private, int(self.flwr("supernode", "register", str(public))["node-id"])
@@ -87,7 +90,7 @@ class FlowerLab:
         """A SuperNode in ``host``: TLS towards the hub (the test CA as root) and signed with
         ``private_key``."""
         args = [str(BIN / "flower-supernode"), "--superlink", self.address,
-                "--root-certificates", str(self.tls["ca"]),
+                "--root-certificates", str(self.tls.ca_cert),
                 "--auth-supernode-private-key", str(private_key)]  # fmt: skip
         if node_config:
             args += ["--node-config", node_config]

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from certs import make_supernode_key, make_tls
 from flower_lab import BIN, FlowerLab
 from netns import NetnsLab, alive, unavailable
 
+from fedshield.deploy.certs import write_dev_certificates
 from fedshield.engine.experiment import RunConfig, enrol_sites, with_data_facts
 
 pytestmark = [
@@ -47,8 +47,8 @@ def test_only_registered_supernodes_join_and_only_over_the_tests_tls(tmp_path):
     with NetnsLab(sites=2, logs=tmp_path / "logs") as lab:
         flower = FlowerLab(lab, tmp_path)
         flower.start_superlink()
-        key, node = flower.supernode_key("site0", register=True)
-        stranger, _ = flower.supernode_key("site1", register=False)
+        key, node = flower.supernode_key(0, register=True)
+        stranger, _ = flower.supernode_key(1, register=False)
         flower.start_supernode(lab.sites[0], "supernode0", key)
         flower.start_supernode(lab.sites[1], "supernode1", stranger)
         flower.wait_online({node})
@@ -60,7 +60,7 @@ def test_only_registered_supernodes_join_and_only_over_the_tests_tls(tmp_path):
         assert flower.online() == {node}
         # The SuperLink's certificate verifies against the test's CA, and only against it.
         for cafile, expected in (
-            (str(flower.tls["ca"]), "handshake TLSv1.3"),
+            (str(flower.tls.ca_cert), "handshake TLSv1.3"),
             (None, "refused unable to get local issuer certificate"),
         ):
             probe = _tls_probe(lab.hub.address, flower.port, cafile)
@@ -101,21 +101,22 @@ def _configs(lab: NetnsLab, tmp_path: Path, config: RunConfig) -> tuple[Path, li
     run_json = tmp_path / "run.json"
     public = {k: v for k, v in config.as_dict().items() if k != "site_data"}  # a site's own
     run_json.write_text(json.dumps(public))
-    tls = make_tls(tmp_path / "tls", [lab.hub.address])
-    keys = [make_supernode_key(tmp_path / "keys", f"site{i}") for i in range(len(lab.sites))]
+    n = len(lab.sites)
+    tls = write_dev_certificates(tmp_path / "tls", addresses=[lab.hub.address], sites=n)
+    keys = [tls.supernode_keys[i] for i in range(n)]
     address = f"{lab.hub.address}:9093"
     server = tmp_path / "server.toml"
     server.write_text(_toml({
         "roster": str(roster), "out": str(tmp_path / "flower"), "run_config": str(run_json),
-        "superlink": {"address": address, "ca_cert": str(tls["ca"]), "cert": str(tls["cert"]),
-                      "key": str(tls["key"]), "supernode_keys": [str(p) for _, p in keys]},
+        "superlink": {"address": address, "ca_cert": str(tls.ca_cert), "cert": str(tls.server_cert),
+                      "key": str(tls.server_key), "supernode_keys": [str(p) for _, p in keys]},
         "deadlines": {"join": 300.0, "train": 120.0, "stage": 30.0},
     }))  # fmt: skip
     sites = []
     for i, (private, _) in enumerate(keys):
         sites.append(tmp_path / f"site{i}.toml")
         sites[-1].write_text(_toml({
-            "site": i, "superlink": address, "ca_cert": str(tls["ca"]), "auth_key": str(private),
+            "site": i, "superlink": address, "ca_cert": str(tls.ca_cert), "auth_key": str(private),
             "roster": str(roster), "identity": str(enrolment / f"site{i}.identity"),
             "logs": str(tmp_path / f"site{i}-logs"), "run_config": str(run_json),
         }))  # fmt: skip
