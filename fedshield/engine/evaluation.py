@@ -72,8 +72,9 @@ AUC_BINS = 4096
 LOGIT_LIMIT = 104.0  # |logit| of the smallest positive float32 score (1.4e-45)
 LOGIT_SCALE = 0.05  # the bins are uniform in asinh(logit / LOGIT_SCALE)
 MAX_CLASSES = 1000
-# How the pooled metrics were pooled. In the clear: the server sees each site's summary (its
-# binned scores per class, no example's identity); a secure sum is future work (docs/evaluation.md).
+# How the pooled metrics were pooled. In the clear (plain, he): the server sees each site's
+# summary (its binned scores per class, no example's identity); under secagg the summaries are
+# summed by a count session (fedshield/engine/secure_eval.py, docs/evaluation.md).
 POOLED = "summed summaries, in the clear"
 EXACT = ("accuracy", "sensitivity", "specificity", "balanced_accuracy",
          "per_class_sensitivity", "loss", "n")  # fmt: skip

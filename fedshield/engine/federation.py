@@ -24,11 +24,18 @@ from fedshield.engine.evaluation import SiteEvaluation, pool_evaluations
 from fedshield.engine.global_model import GlobalModel
 from fedshield.engine.paramspec import ParamSpec
 from fedshield.engine.runner import enrol, setup_protocol
+from fedshield.engine.secure_eval import (
+    count_spec,
+    counts_client,
+    drive_counts,
+    own_metrics,
+    pool_secure,
+)
 from fedshield.engine.server_round import RoundRecord, RoundTiming, ServerRound
 from fedshield.engine.site import Site, SiteRuntime
 from fedshield.engine.trainer import Algorithm, LocalTrainer
 from fedshield.engine.transport import InProcessTransport
-from fedshield.errors import ConfigError, NonFiniteValues
+from fedshield.errors import ConfigError, InvalidMessage, NonFiniteValues
 from fedshield.privacy import DPConfig
 from fedshield.protocols.registry import ProtocolSpec, get_protocol
 
@@ -198,7 +205,8 @@ class Federation:
         """Pooled and per-site test metrics of the model each site would deploy now: the
         global model plus, under FedBN, its own BatchNorm layers. A site whose evaluation
         fails (a user's model or loss, say) is reported under its name with the error; the
-        others are pooled, and the round's record is written all the same."""
+        others are pooled, and the round's record is written all the same. Under ``secagg``
+        the summaries are summed in a count session (:mod:`~fedshield.engine.secure_eval`)."""
         evaluations, failed = {}, {}
         for runtime in self.runtimes:
             try:
@@ -206,14 +214,41 @@ class Federation:
             except Exception as exc:  # any user code: reported under its name, not lost
                 failed[runtime.site.name] = f"{type(exc).__name__}: {exc}"
                 continue
+            if evaluation is not None:
+                evaluations[runtime.site_id] = evaluation
+        spec = count_spec(self.protocol)
+        summaries = all(isinstance(e, SiteEvaluation) for e in evaluations.values())
+        if spec is not None and evaluations and summaries:
+            return self._pool_securely(spec, evaluations, failed)
+        for cid, evaluation in evaluations.items():
             if isinstance(evaluation, SiteEvaluation):  # through what a Flower site sends
-                evaluation = SiteEvaluation.parse(
+                evaluations[cid] = SiteEvaluation.parse(
                     evaluation.summary.to_vector(), evaluation.metrics_bytes(),
                     classes=evaluation.summary.classes,
                 )  # fmt: skip
-            if evaluation is not None:
-                evaluations[runtime.site.name] = evaluation
-        return pool_evaluations(evaluations, failed)
+        names = {cid: self.runtimes[cid].site.name for cid in evaluations}
+        return pool_evaluations({names[c]: e for c, e in evaluations.items()}, failed)
+
+    def _pool_securely(
+        self, spec: ProtocolSpec, evaluations: dict[int, SiteEvaluation], failed: dict
+    ) -> tuple[dict, dict[str, dict]]:  # fmt: skip
+        """The summaries' counts summed in a SecAgg+ count session, in process: each site's
+        own metrics and masked counts go through the bytes a Flower site sends."""
+        classes = next(iter(evaluations.values())).summary.classes
+        sessions, own = {}, {}
+        for cid, evaluation in evaluations.items():
+            runtime = self.runtimes[cid]
+            try:
+                own[cid] = (runtime.site.name, own_metrics(evaluation.metrics_bytes()))
+                sessions[cid] = counts_client(spec, site_id=cid, round=self.round,
+                                              summary=evaluation.summary,
+                                              identity=runtime.identity)  # fmt: skip
+            except (ConfigError, InvalidMessage) as exc:  # refused at the site: not sent
+                own.pop(cid, None)
+                failed[runtime.site.name] = f"{type(exc).__name__}: {exc}"
+        outcome = drive_counts(spec, InProcessTransport(sessions), round=self.round,
+                               clients=sorted(sessions), classes=classes)  # fmt: skip
+        return pool_secure(outcome, own, failed, classes=classes)
 
 
 def _build_model(model_factory: Callable[[], nn.Module]) -> nn.Module:

@@ -115,6 +115,13 @@ class ProtocolSpec:
             )
         return replace(self, config=replace(config, noise=encoding, weight_bits=0))  # type: ignore
 
+    def for_counts(self, max_count: int) -> ProtocolSpec | None:
+        """The protocol's session that sums integer counts of at most ``max_count`` exactly
+        (evaluation summaries, :mod:`fedshield.engine.secure_eval`), with this spec's roster,
+        threshold, neighbours, colluders and pinned minimum; ``None`` where the protocol has
+        none (``plain``; ``he``: not built yet), and the counts are summed in the clear."""
+        return None
+
     def with_topk(self, k: int) -> ProtocolSpec:
         """The same protocol carrying ``k`` (index, value) pairs per client (``plain`` only)."""
         raise ConfigError(
@@ -200,7 +207,14 @@ class SecAggSpec(ProtocolSpec):
 
     @property
     def adaptive(self) -> bool:
-        return self.config.clip is None and self.config.noise is None
+        c = self.config
+        return c.clip is None and c.noise is None and c.counts is None
+
+    def for_counts(self, max_count: int) -> SecAggSpec:
+        # a fixed clip keeps the grid's digits sane; it shapes nothing (CountGrid sends counts)
+        config = replace(self.config, counts=max_count, weight_bits=0, noise=None,
+                         clip=self.config.clip or 1.0)  # fmt: skip
+        return replace(self, config=config)
 
     def min_sites(self, n: int) -> int:
         return max(self.config.min_clients, self.config.threshold_for(n))

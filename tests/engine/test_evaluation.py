@@ -210,7 +210,7 @@ def test_site_metrics_that_are_not_numbers_are_refused(raw):
 def _reply(cid: int, summary: np.ndarray, metrics: dict | bytes, round: int = 1) -> Reply:
     header = wire.Header(MODEL_BROADCAST, 1, round, cid)
     raw = metrics if isinstance(metrics, bytes) else json.dumps(metrics).encode()
-    return Reply(wire.serialize(header, [summary, raw, b"", b""]))
+    return Reply(wire.serialize(header, [summary, raw, b"", b"", b""]))
 
 
 def test_a_malformed_reply_fails_its_site_and_the_others_are_pooled():
@@ -274,8 +274,9 @@ def test_a_federation_records_binned_and_exact_metrics_and_each_sites_own(tiny_s
 
 def test_a_site_process_evaluation_reply_parses_into_its_own_metrics(tmp_path):
     """The Flower site's reply, built and parsed without Flower: its summary is the one of
-    its predictions, its metrics are its own, and the server pools them."""
-    config = with_data_facts(RunConfig(sites=2, rounds=1))
+    its predictions, its metrics are its own, and the server pools them (in the clear under
+    plain; under secagg: tests/engine/test_secure_evaluation.py)."""
+    config = with_data_facts(RunConfig(sites=2, rounds=1, protect="plain"))
     roster = Roster.load(enrol_sites(config, tmp_path))
     broadcast = build_server_round(config).broadcast()
     replies, expected = {}, {}
@@ -287,11 +288,12 @@ def test_a_site_process_evaluation_reply_parses_into_its_own_metrics(tmp_path):
         runtime = process.runtime
         labels, probs, loss = predict(runtime.model, runtime.site.test, runtime.trainer.loss_fn)
         expected[site] = SiteEvaluation.of(labels, probs, loss)
-        evaluation, digest, spent = _site_result(replies[site].data, site, 1, 2)
+        evaluation, digest, spent, masked = _site_result(replies[site].data, site, 1, 2)
         np.testing.assert_array_equal(
             evaluation.summary.to_vector(), expected[site].summary.to_vector()
         )
         assert evaluation.metrics == expected[site].metrics and digest is None and spent is None
+        assert not masked
     pooled, per_site, _, _ = _pool_replies(replies, {0: "site0", 1: "site1"}, 1, 2)
     assert pooled == pool_evaluations({f"site{s}": e for s, e in expected.items()})[0]
     assert per_site == {f"site{s}": e.metrics for s, e in expected.items()}
@@ -310,7 +312,7 @@ def test_a_segmentation_site_process_sends_its_dice_means_alone(tmp_path):
         replies[site] = Reply(
             SiteProcess(config, site, roster, identity).handle("evaluate", broadcast)
         )
-        evaluation, _, _ = _site_result(replies[site].data, site, 1, 2)
+        evaluation, *_ = _site_result(replies[site].data, site, 1, 2)
         assert set(evaluation) == {"dice", "loss", "n"}
         assert wire.parse(replies[site].data).fields[0].size == 0  # no summary
     pooled, per_site, _, _ = _pool_replies(replies, {0: "site0", 1: "site1"}, 1, 2)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fedshield import wire
+from fedshield.crypto import ring
 from fedshield.engine.evaluation import summary_length
 from fedshield.engine.experiment import RunConfig
 from fedshield.engine.flower.deploy import run_on_flower
@@ -78,13 +79,16 @@ def test_no_site_message_to_the_server_holds_a_label_or_prediction(tmp_path, mon
     (row,) = run_on_flower(config, tmp_path / "out", stage_timeout=30)
     assert row["aborted"] is None and row["clients"] == [0, 1, 2]
     assert row["binned"] == ["auc"] and 0 <= row["auc"] <= 1
+    assert row["pooled"] == "summed under secagg" and len(row["pooled_sites"]) == 3
 
     oracles = sorted(capture.glob("*-predictions.npz"))
     assert len(oracles) == 3  # each site's own evaluation, recorded in its process
     pids = {f.name.split("-")[0] for f in oracles}
     sent = {pid: sorted(capture.glob(f"{pid}-*.bin")) for pid in pids}
     kinds = {f.name.split("-", 2)[2] for files in sent.values() for f in files}
-    assert {"hello.bin", "train.bin", "evaluate.bin", "stage_masked_input.bin"} <= kinds
+    assert {"hello.bin", "train.bin", "evaluate.bin", "stage_masked_input.bin",
+            "evalstage_masked_input.bin"} <= kinds  # fmt: skip
+    pooled = {"tp": 0}
     for oracle in oracles:
         pid = oracle.name.split("-")[0]
         predictions = np.load(oracle)
@@ -95,6 +99,15 @@ def test_no_site_message_to_the_server_holds_a_label_or_prediction(tmp_path, mon
             assert _leaks(message.read_bytes(), patterns) == [], message.name
         (reply,) = [f for f in sent[pid] if f.name.endswith("-evaluate.bin")]
         fields = wire.parse(reply.read_bytes()).fields
-        # what grows with the test set: nothing; the summary has its fixed length
-        assert fields[0].shape == (summary_length(2),) and len(fields[1]) < 1024
-        assert fields[0][0] == len(labels)  # n, a count
+        # under secagg no summary in the clear: its counts go masked in the count session
+        assert fields[0].size == 0 and fields[4] == b"\x01" and len(fields[1]) < 1024
+        (masked,) = [f for f in sent[pid] if f.name.endswith("-evalstage_masked_input.bin")]
+        packed = wire.parse(masked.read_bytes()).raw(3)
+        dim, bits = summary_length(2) - 1, 18  # ring of 3 sites of at most 65,535 counts
+        values = ring.unpack(packed, dim + 2, bits)[:dim].astype(np.int64)
+        counts = np.bincount(values >> (bits - 6), minlength=64)
+        expected = len(values) / 64
+        assert ((counts - expected) ** 2 / expected).sum() < 120  # uniform: df 63, p < 1e-5
+        pooled["tp"] += int(((probs[:, 1] >= 0.5) & (labels == 1)).sum())
+    positives = sum(int(np.load(o)["labels"].sum()) for o in oracles)
+    assert row["sensitivity"] == pooled["tp"] / positives

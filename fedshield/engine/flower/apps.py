@@ -219,61 +219,104 @@ def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], 
     failed, or whose reply does not parse, is listed with the reason. The run's ``config``
     says its protection and its public number of classes, which sizes every summary."""
     from fedshield.engine.flower.transport import FlowerTransport
+    from fedshield.engine.secure_eval import count_spec, drive_counts
 
     replies = FlowerTransport(grid, nodes, timeout=timeout).request(
         "evaluate", dict.fromkeys(nodes, _round_start(server, config.protect == "he"))
     )
-    return _pool_replies(replies, names, server.round, config.classes or 2)
+    spec, classes = count_spec(server.protocol), config.classes or 2
+
+    def drive(clients: list[int]):  # the count session's stages, each within the deadline
+        transport = FlowerTransport(grid, nodes, timeout=timeout, prefix="evalstage")
+        return drive_counts(spec, transport, round=server.round, clients=clients, classes=classes)
+
+    return _pool_replies(replies, names, server.round, classes, drive if spec else None)
 
 
-def _pool_replies(replies: dict, names: dict[int, str], round: int, classes: int):
-    """:func:`_evaluate`'s result from the sites' replies (``Reply`` per site id)."""
+def _pool_replies(replies: dict, names: dict[int, str], round: int, classes: int, drive=None):
+    """:func:`_evaluate`'s result from the sites' replies (``Reply`` per site id). With
+    ``drive`` (under secagg: runs the count session over the given sites), sites send their
+    counts masked: when every evaluating site opened a count session, the pooled metrics are
+    those of its revealed sum (:func:`~fedshield.engine.secure_eval.pool_secure`)."""
     from fedshield.engine.dp import worst_spent
     from fedshield.engine.evaluation import pool_evaluations
+    from fedshield.engine.secure_eval import pool_secure
     from fedshield.errors import InvalidMessage
 
-    evaluations, digests, spent, failed = {}, set(), [], {}
+    evaluations, counted, digests, spent, failed = {}, {}, set(), [], {}
     for cid in sorted(replies):
         if replies[cid].error and cid in names:
             failed[names[cid]] = replies[cid].error
         if not replies[cid].data:  # dropped, failed, or a site without a test set
             continue
         try:
-            evaluation, digest, site_spent = _site_result(replies[cid].data, cid, round, classes)
+            evaluation, digest, site_spent, masked = _site_result(
+                replies[cid].data, cid, round, classes, secure=drive is not None
+            )
         except (InvalidMessage, ValueError) as exc:  # that site's failure, not the round's
             failed[names[cid]] = f"{type(exc).__name__}: {exc}"
             continue
-        evaluations[names[cid]] = evaluation
+        if masked:
+            counted[cid] = (names[cid], evaluation)
+        else:
+            evaluations[names[cid]] = evaluation
         digests.add(digest)
         spent += [site_spent] if site_spent else []
     # Under he every site holds the model; they agree unless one missed an aggregate.
     digest = digests.pop() if len(digests) == 1 else None
     spent = worst_spent(spent) if spent else None
+    if counted and not evaluations:  # every evaluating site sends its counts masked
+        outcome = drive(sorted(counted))
+        return (*pool_secure(outcome, counted, failed, classes=classes), digest, spent)
+    evaluations.update(counted.values())  # some site has only its own metrics: the site mean
     return (*pool_evaluations(evaluations, failed), digest, spent)
 
 
-def _site_result(data: bytes, cid: int, round: int, classes: int):
-    """``(evaluation, model digest, DP-SGD spending)`` of one site's evaluation reply: a
-    :class:`~fedshield.engine.evaluation.SiteEvaluation`, or the site's own metrics alone
-    (a dict: a ``ClientAlgo``, an ``evaluate_fn``) where its summary is empty."""
+def _site_result(data: bytes, cid: int, round: int, classes: int, *, secure: bool = False):
+    """``(evaluation, model digest, DP-SGD spending, masked)`` of one site's evaluation
+    reply: a :class:`~fedshield.engine.evaluation.SiteEvaluation`, or the site's own metrics
+    alone (a dict: a ``ClientAlgo``, an ``evaluate_fn``) where its summary is empty; under
+    ``secure`` (secagg), ``masked`` says the site opened a count session for its summary (its
+    own metrics, a dict, then carry the ``n`` and ``loss`` the pooled loss needs).
+
+    Raises:
+        InvalidMessage: a malformed reply, or a site sending its summary in the clear under
+            secagg (or a count session where there is none).
+    """
     from fedshield import wire
-    from fedshield.engine.evaluation import EvaluationSummary, SiteEvaluation, site_metrics
+    from fedshield.engine.secure_eval import own_metrics
+    from fedshield.errors import InvalidMessage
     from fedshield.protocols.registry import MODEL_BROADCAST
 
     message = wire.parse(data)
     message.expect(protocol=MODEL_BROADCAST, stage=1, round=round, sender=cid)
-    message.require_fields(4)
+    message.require_fields(5)
     summary = message.array(0, dtype="<f8")
     metrics = message.raw(1, max_len=1 << 16)
+    masked = message.raw(4, max_len=1) == b"\x01"
+    if (secure and summary.size) or (masked and (summary.size or not secure)):
+        raise InvalidMessage(
+            "the run sums evaluation summaries under secagg: a site sends its counts in a "
+            "count session, never in the clear" if secure else
+            "this run sums summaries in the clear: there is no count session to open"
+        )  # fmt: skip
+    rest = message.raw(2, max_len=32).hex() or None, message.raw(3, max_len=1 << 16)
+    evaluation = own_metrics(metrics) if masked else _clear_evaluation(summary, metrics, classes)
+    return evaluation, rest[0], json.loads(rest[1]) if rest[1] else None, masked
+
+
+def _clear_evaluation(summary, metrics: bytes, classes: int):
+    """A site's evaluation sent in the clear: its summary and own metrics, or its own metrics
+    alone."""
+    from fedshield.engine.evaluation import EvaluationSummary, SiteEvaluation, site_metrics
+
     if summary.size:
         evaluation = SiteEvaluation.parse(summary, metrics, classes=classes)
     else:  # a site's own metrics alone; of an empty test set, with an empty summary
         evaluation = site_metrics(metrics)
         if evaluation.get("n") == 0:
             evaluation = SiteEvaluation(EvaluationSummary.empty(classes), evaluation)
-    digest = message.raw(2, max_len=32).hex() or None
-    site_spent = message.raw(3, max_len=1 << 16)
-    return evaluation, digest, json.loads(site_spent) if site_spent else None
+    return evaluation
 
 
 def _plain(value):

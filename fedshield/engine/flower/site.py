@@ -27,9 +27,11 @@ import torch
 
 from fedshield import wire
 from fedshield.crypto.identity import Identity
+from fedshield.engine.evaluation import SiteEvaluation
 from fedshield.engine.experiment import RunConfig, build_global_model, build_site_runtime
 from fedshield.engine.flower.relay import serve
 from fedshield.engine.global_model import GlobalModel
+from fedshield.engine.secure_eval import count_spec, counts_client
 from fedshield.errors import WrongRound
 from fedshield.protocols.base import ClientSession
 from fedshield.protocols.registry import MODEL_BROADCAST, KeySetup
@@ -61,6 +63,7 @@ class SiteProcess:
         self.applied = 0  # under he: the last round whose aggregate this site applied
         self.key_setup: KeySetup | None = None
         self.key_session: ClientSession | None = None
+        self.count_session: ClientSession | None = None  # the evaluation's (under secagg)
 
     def handle(self, kind: str, payload: bytes) -> bytes | None:
         """One request from the server (through Flower and the relay)."""
@@ -76,6 +79,10 @@ class SiteProcess:
             return self.session.handle(kind.removeprefix("stage:"), payload)
         if kind == "evaluate":
             return self._evaluate(payload)
+        if kind.startswith("evalstage:"):
+            if self.count_session is None:
+                raise RuntimeError("no open count session: the server skipped the evaluation")
+            return self.count_session.handle(kind.removeprefix("evalstage:"), payload)
         if kind == "shutdown":
             return None
         raise ValueError(f"unknown request {kind!r}")
@@ -139,25 +146,42 @@ class SiteProcess:
             vector = self.held.vector
         else:
             vector = message.array(0, dtype="<f4", shape=(self.runtime.spec.dim,))
+        self.count_session = None
         evaluation = self.runtime.evaluate(vector)
         if evaluation is None:
             return b""  # no test set at this site
         header = wire.Header(MODEL_BROADCAST, 1, round, self.site)
         digest = bytes.fromhex(self.held.sha256()) if self.held is not None else b""
         spent = self.runtime.trainer.privacy_spent()  # DP-SGD: what this site has spent
-        # Aggregates only: the summary (empty where the site has only its own metrics) and
-        # its own scalar metrics; never an example's label or prediction.
+        # Aggregates only: the summary (empty where the site has only its own metrics, or
+        # sends its counts masked in a count session, flagged in the last field) and its own
+        # scalar metrics; never an example's label or prediction.
         own_only = isinstance(evaluation, dict)
-        empty = own_only or evaluation.summary.n == 0  # an empty test set: its metrics alone
+        counted = self._open_count_session(evaluation, round)
+        empty = own_only or counted or evaluation.summary.n == 0
         summary = np.zeros(0) if empty else evaluation.summary.to_vector()
         metrics = json.dumps(evaluation).encode() if own_only else evaluation.metrics_bytes()
-        fields = [summary, metrics, digest, json.dumps(spent).encode() if spent else b""]
+        fields = [summary, metrics, digest, json.dumps(spent).encode() if spent else b"",
+                  b"\x01" if counted else b""]  # fmt: skip
         return wire.serialize(header, fields)
+
+    def _open_count_session(self, evaluation, round: int) -> bool:
+        """Under ``secagg``: open this site's count session for its summary (it answers the
+        ``evalstage:`` requests next); whether one was opened. A test set too large for the
+        count ring is refused here, before anything is sent (``ConfigError``)."""
+        spec = count_spec(self.runtime.protocol)
+        if spec is None or not isinstance(evaluation, SiteEvaluation):
+            return False
+        self.count_session = counts_client(spec, site_id=self.site, round=round,
+                                           summary=evaluation.summary,
+                                           identity=self.runtime.identity)  # fmt: skip
+        return True
 
     def close(self) -> None:
         """Drop this process's secret material: the identity key, the protocol's keys (its
         ``he`` secret key), the open session and any key setup. Nothing answers after it."""
         self.session = self.key_session = self.key_setup = self.held = None
+        self.count_session = None
         del self.runtime  # holds the identity key and the protocol's keys
 
     def _close_previous(self) -> None:

@@ -16,6 +16,7 @@ from fedshield._validate import check_int, check_real
 from fedshield.crypto.ddg import DiscreteGaussianEncoding
 from fedshield.crypto.ring import integer_weight, ring_bits
 from fedshield.errors import ConfigError
+from fedshield.protocols.counts import CountGrid, count_ring_bits
 from fedshield.protocols.noisy import NoisyGrid
 from fedshield.protocols.ranges import Grid, TensorRanges
 
@@ -107,6 +108,10 @@ class SecAggConfig:
             sends noisy integer levels in place of quantized ones (``clip`` and
             ``quant_bits`` then shape nothing but the weight's digits); needs
             ``weight_bits=0`` (DP-FedAvg's unweighted sum).
+        counts: a session that sums integer counts in ``[0, counts]`` exactly
+            (:class:`~fedshield.protocols.counts.CountGrid`: evaluation summaries); needs
+            ``weight_bits=0`` and no ``noise``; the ring holds ``ceil(log2(n · counts + 1))``
+            bits. ``None`` (an update session) leaves the digest as it always was.
 
     Raises:
         TypeError: an argument of the wrong type (``quant_bits=8.5``, ``clip="1"``).
@@ -123,6 +128,7 @@ class SecAggConfig:
     min_clients: int = 1
     colluders: int | None = None
     noise: DiscreteGaussianEncoding | None = None
+    counts: int | None = None
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
@@ -140,19 +146,27 @@ class SecAggConfig:
         check_int("min_clients", self.min_clients, low=1, error=ConfigError)
         check_int("colluders", self.colluders, low=0, optional=True, error=ConfigError)
         _check_noise(self.noise, self.weight_bits)
+        _check_counts(self.counts, self.weight_bits, self.noise)
 
     def digest(self, ranges: TensorRanges | None = None) -> bytes:
         """SHA-256 of the parameters (and the round's ranges), so parties detect a mismatch
         in the first stage."""
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+        fields = asdict(self)
+        if self.counts is None:  # an update session's digest, as before counts existed
+            del fields["counts"]
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
         if ranges is not None:
             digest.update(ranges.digest())
         return digest.digest()
 
-    def grid(self, ranges: TensorRanges | None) -> Grid | NoisyGrid:
+    def grid(self, ranges: TensorRanges | None) -> Grid | NoisyGrid | CountGrid:
         """The round's quantization grid: the fixed clip, or ``ranges`` when ``clip`` is
         ``None`` (each must come with the other's absence); under :attr:`noise`, its
-        encoding."""
+        encoding; with :attr:`counts`, the exact integer grid."""
+        if self.counts is not None:
+            if ranges is not None:
+                raise ConfigError("secagg: a count session takes no adaptive ranges")
+            return CountGrid(self.counts)
         if self.noise is not None:
             if ranges is not None:
                 raise ConfigError("secagg: distributed DP takes no adaptive ranges")
@@ -193,6 +207,8 @@ class SecAggConfig:
         """Ring size for ``n`` clients."""
         if self.noise is not None:
             return self.noise.sum_bits(n)
+        if self.counts is not None:
+            return count_ring_bits(n, self.counts)
         weight_bits = self.weight_bits if self.weighting == "integer" else 0
         return ring_bits(quant_bits=self.quant_bits, n_clients=n, weight_bits=weight_bits)
 
@@ -213,6 +229,15 @@ class SecAggConfig:
     def integer_weight(self, weight: float) -> int:
         """The client's weight as an integer in ``[1, 2^weight_bits - 1]`` (1 if unweighted)."""
         return integer_weight(weight, self.max_weight, self.weight_bits)
+
+
+def _check_counts(counts: int | None, weight_bits: int, noise) -> None:
+    """A count session's bound, if any: a valid ``max_count``, unweighted, without noise."""
+    if counts is None:
+        return
+    CountGrid(counts)  # its type and range
+    if weight_bits != 0 or noise is not None:
+        raise ConfigError("a count session sums unweighted counts: weight_bits=0, no noise")
 
 
 def _check_noise(noise: DiscreteGaussianEncoding | None, weight_bits: int) -> None:
