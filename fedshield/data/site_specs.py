@@ -43,9 +43,14 @@ def load_site_specs(
                 f"data spec {path} is for {spec.task}; run with --task {spec.task} or fix its task:"
             )
         if classes is not None and classes != len(spec.classes):
+            fix = (  # a deployment's site: the run's options must give classes
+                "list the federation's classes in this spec, as every site does"
+                if only is not None
+                else "leave --classes out (the specs give it)"
+            )
             raise ConfigError(
-                f"--classes {classes}, but data spec {path} lists {len(spec.classes)} classes "
-                f"{list(spec.classes)}; leave --classes out (the specs give it)"
+                f"the run's classes is {classes}, but data spec {path} lists "
+                f"{len(spec.classes)} classes {list(spec.classes)}; {fix}"
             )
     names = [spec.name for spec, _ in specs]
     if len(set(names)) != len(names):

@@ -112,7 +112,7 @@ def _cmd_site(args: argparse.Namespace, console: Console) -> int:
     from fedshield.deploy.config import load_site_config
     from fedshield.deploy.site import run_site
 
-    config = load_site_config(args.config).with_data(args.data)
+    config = load_site_config(args.config, data=args.data)
     console.print(
         f"[bold]fedshield site[/] {config.site}: SuperLink {config.superlink}, "
         f"data {config.data or config.run.dataset}; logs in {config.logs}"

@@ -11,6 +11,7 @@ import typing
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from fedshield.data.site_specs import SITE_DATA
 from fedshield.deploy.toml_table import Table, load_toml
 from fedshield.engine.experiment import RunConfig
 from fedshield.engine.flower.deadlines import PHASES, Deadlines
@@ -77,13 +78,14 @@ class SiteConfig:
     connect_timeout: float | None  # give up when the SuperLink refuses or is unreachable
 
     def with_data(self, data: Path | None) -> SiteConfig:
-        """This config with ``data`` (the command line's ``--data``) when given."""
+        """This config with ``data`` (the command line's ``--data``) when given, checked
+        against the run's ``dataset`` as :func:`load_site_config` checks ``data =``."""
         if data is None:
             return self
         data = Path(data).resolve()
         if not data.exists():
             raise ConfigError(f"--data {data}: no such file or folder")
-        return replace(self, data=data)
+        return _check_data(replace(self, data=data), "--data")
 
 
 def load_server_config(path: Path) -> ServerConfig:
@@ -116,8 +118,9 @@ def load_server_config(path: Path) -> ServerConfig:
     return config
 
 
-def load_site_config(path: Path) -> SiteConfig:
-    """Read and check ``site.toml``."""
+def load_site_config(path: Path, *, data: Path | None = None) -> SiteConfig:
+    """Read and check ``site.toml``; ``data``: the command line's ``--data``, which takes
+    the place of the file's ``data =``."""
     path = Path(path).resolve()
     top = Table(load_toml(path), file=path)
     site = top.take("site", int, what="this site's id in the roster")
@@ -140,13 +143,29 @@ def load_site_config(path: Path) -> SiteConfig:
         connect_timeout=timeout,
     )
     top.finish()
-    if config.data is not None and config.run.classes is None:
-        raise top.error(
-            "data", "a site with its own data needs classes in the run's options (the same "
-            "everywhere: the server cannot read it from the data)",
-        )  # fmt: skip
     if site >= config.run.sites:
         raise top.error("site", f"site {site} is not below the run's {config.run.sites} sites")
+    if data is not None:
+        return config.with_data(data)
+    return _check_data(config, f"{path}: data")
+
+
+def _check_data(config: SiteConfig, where: str) -> SiteConfig:
+    """``config`` when its data agrees with the run's ``dataset``: a site's own data spec
+    exactly when the run is on the sites' own data (``"dataset": "site-data"``), so that no
+    site silently trains on synthetic data, and every process builds the same model."""
+    dataset = config.run.dataset
+    if config.data is not None and dataset != SITE_DATA:
+        raise ConfigError(
+            f"{where}: this site has its own data, but the run's options say dataset "
+            f'{dataset!r}: write "dataset": "{SITE_DATA}" (and classes) in the run\'s '
+            "options, the same file at the server and every site"
+        )
+    if config.data is None and dataset == SITE_DATA:
+        raise ConfigError(
+            f"{where}: missing: the run is on the sites' own data (dataset {SITE_DATA!r}); "
+            'give this site\'s data spec as data = "spec.yaml" (docs/data.md) or --data'
+        )
     return config
 
 

@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from fedshield.deploy.config import SiteConfig
@@ -31,6 +32,13 @@ from fedshield.engine.flower.relay import write_key
 __all__ = ["run_site"]
 
 _SITE_START_S = 300.0  # the site process imports torch and loads (and caches) its data
+# Flower 1.42 refuses a SuperNode whose key is not registered, or whose key another online
+# SuperNode holds, with this code, and the SuperNode then exits at once. The server registers
+# the keys only once its SuperLink is up, so a site started first is refused for a few
+# seconds: refusals are retried until connect_timeout (without one, for _REFUSED_S).
+_REFUSED = "[code: 2004]"
+_REFUSED_S = 120.0
+_REFUSED_PAUSE_S = 3.0
 
 
 def run_site(config: SiteConfig, *, stop: threading.Event | None = None) -> int:
@@ -38,9 +46,11 @@ def run_site(config: SiteConfig, *, stop: threading.Event | None = None) -> int:
     ended it), or until ``stop`` is set (0).
 
     Raises:
-        FlowerRunError: the site process failed to start or exited with an error, or the
-            SuperNode exited (refused by the SuperLink, or unreachable past
-            ``connect_timeout``); the message names the log to read.
+        FlowerRunError: the site process failed to start or exited with an error (the
+            message ends with its error), or the SuperNode exited: refused by the SuperLink
+            past ``connect_timeout`` (a refusal is retried until then: the server registers
+            the keys after its SuperLink starts), its TLS certificate does not verify, or
+            unreachable past ``connect_timeout``; the message names the cause and the log.
     """
     stop = stop or threading.Event()
     config.logs.mkdir(parents=True, exist_ok=True)
@@ -51,7 +61,8 @@ def run_site(config: SiteConfig, *, stop: threading.Event | None = None) -> int:
         with ProcessGroup(config.logs, env=env) as group:
             port, key_file = _start_site_process(group, config, workdir)
             _start_supernode(group, config, port, key_file)
-            return _serve(group, config, stop)
+            return _serve(group, config, stop, restart=lambda: _start_supernode(
+                group, config, port, key_file))  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # the relay key and the run's options
 
@@ -72,8 +83,19 @@ def _start_site_process(group: ProcessGroup, config: SiteConfig, workdir: Path):
     try:
         wait_for_port(port, _SITE_START_S, process, "the site process")
     except FlowerRunError as exc:
-        raise FlowerRunError(f"{exc}: see {config.logs / 'site.log'}") from None
+        raise FlowerRunError(f"{exc}{_last_line(config.logs / 'site.log')}") from None
     return port, key_file
+
+
+def _last_line(log: Path) -> str:
+    """``: <the log's last line>; see <log>``: a failed process's error (a site process's
+    last line is its exception, e.g. a DataError naming the file to fix)."""
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    last = f": {lines[-1].strip()[-1000:]}" if lines else ""
+    return f"{last}; see {log}"
 
 
 def _start_supernode(group: ProcessGroup, config: SiteConfig, port: int, key_file: Path):
@@ -88,19 +110,51 @@ def _start_supernode(group: ProcessGroup, config: SiteConfig, port: int, key_fil
     group.launch("supernode", args)
 
 
-def _serve(group: ProcessGroup, config: SiteConfig, stop: threading.Event) -> int:
-    site, node = group.processes["site"], group.processes["supernode"]
+def _serve(group: ProcessGroup, config: SiteConfig, stop: threading.Event, restart) -> int:
+    """Wait for the run's end (the site process exits with 0) or ``stop``; ``restart`` the
+    SuperNode while the SuperLink refuses it, up to the connect deadline."""
+    refused_until = time.monotonic() + (config.connect_timeout or _REFUSED_S)
     while not stop.wait(0.2):
+        site, node = group.processes["site"], group.processes["supernode"]
         if site.poll() is not None:
             if site.returncode != 0:
                 raise FlowerRunError(
-                    f"the site process exited with code {site.returncode}: see "
-                    f"{config.logs / 'site.log'}"
+                    f"the site process exited with code {site.returncode}"
+                    f"{_last_line(config.logs / 'site.log')}"
                 )
             return 0
         if node.poll() is not None:
+            log = config.logs / "supernode.log"
+            refused = _REFUSED in log.read_text(errors="replace")
+            if refused and time.monotonic() < refused_until:
+                if not stop.wait(_REFUSED_PAUSE_S):
+                    restart()
+                continue
             raise FlowerRunError(
-                f"the SuperNode exited with code {node.returncode} (refused by the SuperLink "
-                f"at {config.superlink}, or unreachable?): see {config.logs / 'supernode.log'}"
+                f"the SuperNode exited with code {node.returncode}: {_node_cause(config, log)}; "
+                f"see {log}"
             )
     return 0
+
+
+def _node_cause(config: SiteConfig, log: Path) -> str:
+    """Why the SuperNode gave up, from its log, with what to check."""
+    text = log.read_text(errors="replace")
+    if _REFUSED in text:
+        return (
+            f"the SuperLink at {config.superlink} refused this SuperNode's key {config.auth_key}"
+            ": it is not registered (is its .pub in the server's supernode_keys?), or another "
+            "SuperNode with this key is online (is this site started twice?)"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return (
+            f"the TLS certificate at {config.superlink} does not verify against ca_cert "
+            f"{config.ca_cert} (another CA, or a certificate without this address)"
+        )
+    if "Giving up reconnection" not in text:
+        return "see its log's last lines"
+    wait = f" within connect_timeout {config.connect_timeout:g} s" if config.connect_timeout else ""
+    return (
+        f"no SuperLink answered at {config.superlink}{wait} (check the address and that "
+        "`fedshield server` runs there)"
+    )

@@ -175,7 +175,9 @@ def test_the_sites_of_a_run_must_agree(tmp_path):
         )
     with pytest.raises(ConfigError, match="run with --task classification"):
         load_site_specs([a], task="segmentation")
-    with pytest.raises(ConfigError, match="--classes 3, but data spec"):
+    with pytest.raises(ConfigError, match=r"classes is 3, but data spec.*leave --classes out"):
         load_site_specs([a], classes=3)
+    with pytest.raises(ConfigError, match=r"classes is 3, but .*list the federation's classes"):
+        load_site_specs([a, b], classes=3, only=0)  # a deployment's site process
     with pytest.raises(ConfigError, match=r"only must be a site index in 0\.\.1"):
         load_site_specs([a, b], only=2)

@@ -124,7 +124,7 @@ def test_a_bad_server_config_names_the_file_and_the_key(certs, tmp_path, change,
         (lambda v: v.update(site="0"), r"site: expected an integer"),
         (lambda v: v.update(data="elsewhere/spec.yaml"), r"data: .*spec\.yaml does not exist"),
         (lambda v: v.update(connect_timeout=0), r"connect_timeout: give a positive"),
-        (lambda v: v.update(data="roster.json"), r"data: a site with its own data needs classes"),
+        (lambda v: v.update(data="roster.json"), r"data: .*own data, but .*dataset 'synthetic'"),
         (lambda v: v["run"].update(site_data=["a.yaml"]), r"site_data: no site's data paths"),
     ],
 )

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import TensorDataset
 
 from fedshield import wire
 from fedshield.crypto.identity import Identity
@@ -32,7 +33,8 @@ from fedshield.engine.experiment import RunConfig, build_global_model, build_sit
 from fedshield.engine.flower.relay import serve
 from fedshield.engine.global_model import GlobalModel
 from fedshield.engine.secure_eval import count_spec, counts_client
-from fedshield.errors import WrongRound
+from fedshield.engine.site import SiteRuntime
+from fedshield.errors import ConfigError, WrongRound
 from fedshield.protocols.base import ClientSession
 from fedshield.protocols.registry import MODEL_BROADCAST, KeySetup
 from fedshield.protocols.roster import Roster
@@ -46,6 +48,7 @@ class SiteProcess:
     def __init__(self, config: RunConfig, site: int, roster: Roster, identity: Identity) -> None:
         self.site = site
         self.runtime = build_site_runtime(config, site)
+        _check_public_facts(config, self.runtime)
         protocol = self.runtime.protocol
         roster.check_parameters(protocol.pinned_parameters())
         roster.check_identity(site, identity.public_bytes)
@@ -199,6 +202,31 @@ class SiteProcess:
             )
             self.applied = self.round
         self.session = None
+
+
+def _check_public_facts(config: RunConfig, runtime: SiteRuntime) -> None:
+    """Refuse this site's data where it contradicts the run's public parameters, from which
+    the server built its model and every site its protocol: more training examples than
+    ``max_weight`` (the FedAvg weight would be silently capped), or other image channels
+    than ``in_channels`` (another model)."""
+    site = runtime.site
+    fix = "the same in the run's options at the server and every site"
+    if config.dp_mode is None and site.weight > config.max_weight:
+        raise ConfigError(
+            f"site {runtime.site_id} ({site.name}) has {site.weight:g} training examples, more "
+            f"than the run's max_weight {config.max_weight:g} (its weight would be capped): "
+            f"raise max_weight to at least {site.weight:g}, {fix}, and enrol again (the "
+            "roster pins max_weight)"
+        )
+    data = site.train.dataset if site.train is not None else None
+    if isinstance(data, TensorDataset) and config.in_channels is not None:
+        channels = int(data.tensors[0].shape[1])
+        if channels != config.in_channels:
+            raise ConfigError(
+                f"site {runtime.site_id} ({site.name}) prepares images with {channels} "
+                f"channel(s), the run's in_channels is {config.in_channels}: set channels: "
+                f"{config.in_channels} in this site's data spec, or in_channels, {fix}"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
