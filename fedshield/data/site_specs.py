@@ -11,7 +11,7 @@ from fedshield.data.sites import SiteData
 from fedshield.data.spec import DataSpec
 from fedshield.errors import ConfigError
 
-__all__ = ["SITE_DATA", "check_site_data", "load_site_specs", "spec_classes"]
+__all__ = ["SITE_DATA", "check_site_data", "load_site_specs", "spec_class_names", "spec_classes"]
 
 SITE_DATA = "site-data"  # a run's dataset when its sites come from data specs
 
@@ -22,6 +22,7 @@ def load_site_specs(
     only: int | None = None,
     task: str = "classification",
     classes: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> list[SiteData]:
     """One site per data spec (``fedshield run --site-data``), checked to agree on the task,
     the classes, the channels and the prepared image size (one model for every site).
@@ -31,10 +32,13 @@ def load_site_specs(
             process never opens another site's data); the list then has one element.
         task: the run's task; every spec must be for it.
         classes: the run's number of classes, if it sets one: every spec must list that many.
+        class_names: the run's class list, if it pins one (a deployment: each host reads its
+            own spec alone, so the run's options carry the list): every spec must list exactly
+            these, in this order (label ``i`` is ``class_names[i]`` at every site).
 
     Raises:
         ConfigError: the specs disagree or share a site name, or one is for another
-            ``task`` or number of ``classes``.
+            ``task``, number of ``classes`` or ``class_names``.
     """
     specs = _specs(paths, only)
     for spec, path in specs:
@@ -51,6 +55,12 @@ def load_site_specs(
             raise ConfigError(
                 f"the run's classes is {classes}, but data spec {path} lists "
                 f"{len(spec.classes)} classes {list(spec.classes)}; {fix}"
+            )
+        if class_names is not None and list(spec.classes) != list(class_names):
+            raise ConfigError(
+                f"data spec {path} lists the classes {list(spec.classes)}, but the run's "
+                f"class_names are {list(class_names)}: list exactly these, in this order (label "
+                "i is class i at every site; another order would swap the model's outputs)"
             )
     names = [spec.name for spec, _ in specs]
     if len(set(names)) != len(names):
@@ -73,6 +83,11 @@ def spec_classes(paths: Sequence[str | os.PathLike], *, only: int | None = None)
     """How many classes the data specs ``paths`` list (every spec lists the same;
     ``only``: read that site's spec alone)."""
     return len(_specs(paths, only)[0][0].classes)
+
+
+def spec_class_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """The class list every data spec in ``paths`` gives, in order (they must agree)."""
+    return [str(name) for name in _specs(paths, None)[0][0].classes]
 
 
 def _specs(paths: Sequence[str | os.PathLike], only: int | None) -> list[tuple[DataSpec, str]]:

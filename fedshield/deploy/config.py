@@ -250,10 +250,13 @@ def _run_options(top: Table) -> RunConfig:
     needed = ["max_weight", "in_channels"]
     if run.task == "classification" and run.dataset != "synthetic":
         needed.append("classes")
+    if run.task == "classification" and run.dataset == SITE_DATA:
+        needed.append("class_names")
     missing = [name for name in needed if getattr(run, name) is None]
     if missing:
         raise table.error(missing[0], "missing: every process of a deployment needs "
                           f"{', '.join(missing)} in the run's options, the same everywhere "
                           "(max_weight: the largest site's training-set size; in_channels: "
-                          "image channels; classes: how many labels)")  # fmt: skip
+                          "image channels; classes: how many labels; class_names: the "
+                          "data specs' class list, in order)")  # fmt: skip
     return run

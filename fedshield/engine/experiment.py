@@ -11,7 +11,7 @@ import torch
 
 from fedshield.aggregation import build as build_server_opt
 from fedshield.data import SiteData, load_site_specs, load_sites
-from fedshield.data.site_specs import SITE_DATA, check_site_data, spec_classes
+from fedshield.data.site_specs import SITE_DATA, check_site_data, spec_class_names, spec_classes
 from fedshield.engine.compression import Compression, UpdateCompressor
 from fedshield.engine.dp import check_options as check_dp_options
 from fedshield.engine.dp import dp_config, dp_model, dp_trainer, with_distributed_noise
@@ -47,6 +47,7 @@ class RunConfig:
 
     dataset: str = "synthetic"
     site_data: list[str] | None = None  # one data spec per site (docs/data.md), not --dataset
+    class_names: list[str] | None = None  # the specs' classes in order (None: read from them)
     task: str = "classification"  # or segmentation: masks, MONAI UNet, Dice
     sites: int = 4
     rounds: int = 5
@@ -169,6 +170,8 @@ def with_data_facts(config: RunConfig) -> RunConfig:
     """``config`` with ``max_weight`` and ``in_channels`` read from the data where unset:
     what every process of a deployment must agree on without seeing the others' data (the
     launcher of a loopback deployment reads them; a real one writes them in the config)."""
+    if config.site_data is not None and config.class_names is None:  # every host checks them
+        config = replace(config, class_names=spec_class_names(config.site_data))
     if None not in (config.max_weight, config.in_channels) and (
         config.classes is not None or config.dataset == "synthetic"
     ):
@@ -303,8 +306,9 @@ def build_global_model(
 def _load(config: RunConfig, only: int | None = None) -> list[SiteData]:
     if config.site_data is not None:  # only: that site's spec and folder alone
         return load_site_specs(
-            config.site_data, only=only, task=config.task, classes=config.classes
-        )
+            config.site_data, only=only, task=config.task, classes=config.classes,
+            class_names=config.class_names,
+        )  # fmt: skip
     return load_sites(
         config.dataset, config.sites, partition=config.partition, alpha=config.alpha,
         shift=config.shift, seed=config.seed, only=only,

@@ -24,7 +24,7 @@ from fedshield.protocols.roster import Roster
 
 _LABELS = [0, 1] * 5  # 10 images: 8 to train, 2 to test (test_fraction 0.2)
 _RUN = {"sites": 2, "protect": "secagg", "rounds": 1, "max_weight": 8.0, "in_channels": 1,
-        "classes": 2, "dataset": "site-data"}  # fmt: skip
+        "classes": 2, "class_names": ["benign", "malignant"], "dataset": "site-data"}  # fmt: skip
 
 
 def _spec(tmp_path: Path, name: str = "site0", **keys) -> Path:
@@ -96,6 +96,18 @@ def test_a_site_whose_data_contradicts_the_public_parameters_is_refused(tmp_path
     rgb = _spec(tmp_path, "rgb", channels=3)
     with pytest.raises(ConfigError, match=r"3 channel\(s\), the run's in_channels is 1"):
         _site_process(tmp_path / "ch", _RUN, rgb)
+
+
+def test_the_class_order_is_pinned_across_hosts(tmp_path):
+    """Each host reads its own spec alone, so only the run's ``class_names`` can tell that a
+    hospital listed the classes in another order (its labels would train the other output):
+    such a site is refused, and a ``site-data`` run without ``class_names`` too."""
+    swapped = _spec(tmp_path, classes=["malignant", "benign"])
+    with pytest.raises(ConfigError, match=r"lists the classes \['malignant', 'benign'\], but"):
+        _site_process(tmp_path / "swapped", _RUN, swapped)
+    unpinned = {k: v for k, v in _RUN.items() if k != "class_names"}
+    with pytest.raises(ConfigError, match=r"class_names: missing"):
+        load_site_config(_site_toml(tmp_path / "u", unpinned, data=None), data=swapped)
 
 
 def test_a_site_process_that_fails_at_start_shows_its_error(tmp_path):
