@@ -71,13 +71,16 @@ def own_metrics(raw: bytes) -> dict:
     with the ``n`` and ``loss`` the pooled loss needs.
 
     Raises:
-        InvalidMessage: metrics without a count ``n`` (a non-negative integer) or a ``loss``
-            (finite where ``n > 0``: one site's NaN or infinity would be the pooled loss).
+        InvalidMessage: metrics without a count ``n`` (an integer in ``[0, MAX_COUNT]``, the
+            count ring's bound) or a ``loss`` (finite where ``n > 0``: one site's NaN or
+            infinity would be the pooled loss).
     """
     metrics = site_metrics(raw)
     n, loss = metrics.get("n"), metrics.get("loss")
-    if not isinstance(n, int) or n < 0 or not isinstance(loss, int | float):
-        raise InvalidMessage("a site's metrics must give its test set's size n and its loss")
+    if not isinstance(n, int) or not 0 <= n <= MAX_COUNT or not isinstance(loss, int | float):
+        raise InvalidMessage(
+            f"a site's metrics must give its test set's size n (at most {MAX_COUNT}) and its loss"
+        )
     if n and not math.isfinite(loss):
         raise InvalidMessage(f"a site's loss must be finite on its {n} examples, got {loss}")
     return metrics

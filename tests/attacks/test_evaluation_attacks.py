@@ -240,6 +240,7 @@ def _tampered(reply: Reply, round: int, site: int, field: int, value: bytes) -> 
     [
         (1, b'{"n": 9, "loss": NaN, "accuracy": 0.5}', "loss"),
         (1, b'{"n": 9, "loss": Infinity}', "loss"),
+        (1, b'{"n": 1' + b"0" * 400 + b', "loss": 0.5}', "size n"),
         (3, b'"spent"', "DP-SGD"),
         (3, b'{"epsilon": "x"}', "DP-SGD"),
         (3, b"[1, 2]", "DP-SGD"),
