@@ -229,30 +229,35 @@ def test_limit_one_site_moves_the_pooled_auc_as_far_as_max_count_examples_can(fe
     assert "error" not in pooled and pooled["auc"] < 0.01
 
 
-def _tampered(reply: Reply, round: int, site: int, field: int, value: bytes) -> Reply:
+def _tampered(reply: Reply, round: int, site: int, changes: dict[int, bytes]) -> Reply:
     fields = list(wire.parse(reply.data).fields)
-    fields[field] = value
+    for field, value in changes.items():
+        fields[field] = value
     return Reply(wire.serialize(wire.Header(MODEL_BROADCAST, 1, round, site), fields))
 
 
+HUGE_N = b'{"n": 1' + b"0" * 400 + b', "loss": 0.5}'
+
+
 @pytest.mark.parametrize(
-    ("field", "value", "reason"),
+    ("changes", "reason"),
     [
-        (1, b'{"n": 9, "loss": NaN, "accuracy": 0.5}', "loss"),
-        (1, b'{"n": 9, "loss": Infinity}', "loss"),
-        (1, b'{"n": 1' + b"0" * 400 + b', "loss": 0.5}', "size n"),
-        (3, b'"spent"', "DP-SGD"),
-        (3, b'{"epsilon": "x"}', "DP-SGD"),
-        (3, b"[1, 2]", "DP-SGD"),
+        ({1: b'{"n": 9, "loss": NaN, "accuracy": 0.5}'}, "loss"),
+        ({1: b'{"n": 9, "loss": Infinity}'}, "loss"),
+        ({1: HUGE_N}, "'n'"),
+        ({1: HUGE_N, 4: b""}, "'n'"),  # its own metrics alone, as a ClientAlgo site sends
+        ({3: b'"spent"'}, "DP-SGD"),
+        ({3: b'{"epsilon": "x"}'}, "DP-SGD"),
+        ({3: b"[1, 2]"}, "DP-SGD"),
     ],
 )
 def test_a_malformed_evaluation_reply_fails_that_site_and_the_others_are_pooled(
-    federation, field, value, reason
+    federation, changes, reason
 ):
     server, processes, spec = federation
     round = next(ROUNDS)  # a fresh round per case
     replies = _evaluate_all(server, processes, round)
-    replies[2] = _tampered(replies[2], round, 2, field, value)
+    replies[2] = _tampered(replies[2], round, 2, changes)
     pooled, per_site, _, _ = _pool_replies(replies, NAMES, round, 2,
                                            _drive(spec, processes, round))  # fmt: skip
     assert reason in per_site["site2"]["error"]
@@ -295,3 +300,12 @@ def test_a_two_round_secagg_run_pools_exact_metrics_and_the_auc_within_0005():
             assert row[key] == exact[key], key
         error = abs(row["auc"] - exact["auc"])
         assert error <= min(0.005, row["auc_bin_error_max"] + 1e-12)
+
+
+def test_own_metrics_refuse_a_size_beyond_the_count_bound():
+    from fedshield.engine.secure_eval import own_metrics
+    from fedshield.errors import InvalidMessage
+
+    assert own_metrics(b'{"n": 65535, "loss": 0.5}')["n"] == MAX_COUNT
+    with pytest.raises(InvalidMessage, match="at most 65535"):
+        own_metrics(b'{"n": 65536, "loss": 0.5}')
