@@ -5,6 +5,7 @@ What each placement guarantees: ``docs/privacy.md``.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from typing import TYPE_CHECKING
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from fedshield.crypto.ddg import DiscreteGaussianEncoding
-from fedshield.errors import ConfigError
+from fedshield.errors import ConfigError, InvalidMessage
 from fedshield.privacy import DPConfig
 from fedshield.protocols.registry import ProtocolSpec
 
@@ -28,6 +29,7 @@ __all__ = [
     "dp_model",
     "dp_trainer",
     "noise_floor",
+    "site_spent",
     "with_distributed_noise",
     "worst_spent",
 ]
@@ -189,3 +191,38 @@ def worst_spent(spent: list[dict]) -> dict:
     worst = max(spent, key=lambda s: s["epsilon"] if s["epsilon"] is not None else math.inf)
     pairs = [pair for s in spent for pair in s.get("per_site_sigma_epsilon", [])]
     return {**worst, "per_site_sigma_epsilon": pairs}
+
+
+def site_spent(raw: bytes) -> dict:
+    """A site's DP-SGD record as it arrives (JSON, :meth:`privacy_spent
+    <fedshield.engine.trainer.LocalTrainer.privacy_spent>`), checked before it is pooled.
+
+    Raises:
+        InvalidMessage: anything but an object with a string ``dp_mode``, numbers ``clip``,
+            ``noise_multiplier`` and ``delta``, an ``epsilon`` that is a number or null, and
+            optionally ``per_site_sigma_epsilon``, a list of ``[sigma, epsilon]`` pairs.
+    """
+    try:
+        spent = json.loads(bytes(raw).decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidMessage(f"a site's DP-SGD record is not JSON ({exc})") from None
+
+    def number(v, none: bool = False) -> bool:
+        return (v is None and none) or (isinstance(v, int | float) and not isinstance(v, bool))
+
+    pairs = spent.get("per_site_sigma_epsilon", []) if isinstance(spent, dict) else None
+    valid = (
+        isinstance(spent, dict)
+        and isinstance(spent.get("dp_mode"), str)
+        and all(number(spent.get(k)) for k in ("clip", "noise_multiplier", "delta"))
+        and number(spent.get("epsilon"), none=True)
+        and isinstance(pairs, list)
+        and all(isinstance(p, list) and len(p) == 2 and all(map(number, p)) for p in pairs)
+    )
+    if not valid:
+        raise InvalidMessage(
+            "a site's DP-SGD record must be an object with dp_mode, clip, noise_multiplier, "
+            "delta, epsilon (a number or null) and per_site_sigma_epsilon ([sigma, epsilon] "
+            f"pairs), got {bytes(raw)[:80]!r}"
+        )
+    return spent

@@ -343,7 +343,8 @@ class SiteEvaluation:
 
 def site_metrics(raw: bytes, *, max_keys: int = 64) -> dict:
     """A site's own metrics from its JSON: an object of at most ``max_keys`` numbers (or
-    lists of at most ``MAX_CLASSES`` numbers, per-class values), nothing else.
+    lists of at most ``MAX_CLASSES`` numbers, per-class values), nothing else; an integer
+    beyond ``2^53`` is no count (as a float it would overflow or round).
 
     Raises:
         InvalidMessage: anything else (what, in the message).
@@ -356,7 +357,8 @@ def site_metrics(raw: bytes, *, max_keys: int = 64) -> dict:
         raise InvalidMessage(f"a site's metrics must be a JSON object of at most {max_keys} keys")
 
     def number(v) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool)
+        integer = isinstance(v, int) and not isinstance(v, bool)
+        return (integer and abs(v) <= 2**53) or isinstance(v, float)
 
     for key, value in metrics.items():
         values = value if isinstance(value, list) and len(value) <= MAX_CLASSES else [value]

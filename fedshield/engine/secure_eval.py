@@ -1,5 +1,7 @@
 """Evaluation summaries summed under secure aggregation: the server learns the pooled counts,
-never one site's (docs/evaluation.md, "What the server learns").
+never one site's histograms (docs/evaluation.md, "What the server learns": each site's own
+metrics, sent beside, give its size and confusion counts; two sums over one model that
+differ by one site give that site's counts).
 
 After a round's update session, each evaluating site opens a **second SecAgg+ session** whose
 input is its summary's counts (:meth:`EvaluationSummary.to_vector
@@ -31,6 +33,7 @@ sends anyway, ``per_site``); the same float the clear sum gives.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -39,7 +42,7 @@ from fedshield.engine.evaluation import EvaluationSummary, site_metrics, summary
 from fedshield.engine.metrics import binary_metrics, with_failures
 from fedshield.engine.runner import ProtocolOutcome, run_protocol
 from fedshield.engine.transport import Transport
-from fedshield.errors import ConfigError, InvalidMessage
+from fedshield.errors import ConfigError, FedshieldError, InvalidMessage
 from fedshield.protocols.base import ClientSession, ServerSession
 from fedshield.protocols.registry import ProtocolSpec
 
@@ -68,12 +71,18 @@ def own_metrics(raw: bytes) -> dict:
     with the ``n`` and ``loss`` the pooled loss needs.
 
     Raises:
-        InvalidMessage: metrics without a count ``n`` (a non-negative integer) or a ``loss``.
+        InvalidMessage: metrics without a count ``n`` (an integer in ``[0, MAX_COUNT]``, the
+            count ring's bound) or a ``loss`` (finite where ``n > 0``: one site's NaN or
+            infinity would be the pooled loss).
     """
     metrics = site_metrics(raw)
     n, loss = metrics.get("n"), metrics.get("loss")
-    if not isinstance(n, int) or n < 0 or not isinstance(loss, int | float):
-        raise InvalidMessage("a site's metrics must give its test set's size n and its loss")
+    if not isinstance(n, int) or not 0 <= n <= MAX_COUNT or not isinstance(loss, int | float):
+        raise InvalidMessage(
+            f"a site's metrics must give its test set's size n (at most {MAX_COUNT}) and its loss"
+        )
+    if n and not math.isfinite(loss):
+        raise InvalidMessage(f"a site's loss must be finite on its {n} examples, got {loss}")
     return metrics
 
 
@@ -142,11 +151,15 @@ def pool_secure(
     metrics = [own[c][1] for c in contributors]
     loss_sum = sum(float(m["loss"]) * m["n"] for m in metrics if m.get("n"))
     counts = np.asarray(revealed.weighted_sum, dtype=np.float64)
-    vector = np.insert(counts, 1, loss_sum)
-    total = EvaluationSummary.from_vector(vector, classes=classes)
-    if total.n != sum(m["n"] for m in metrics):  # a site's own n contradicts its counts
-        pooled["error"] = "the sites' own sizes n disagree with their summed counts"
-        pooled["pooled_sites"] = []
+    try:  # one site's counts that are no summary spoil the sum (which site: secret)
+        total = EvaluationSummary.from_vector(np.insert(counts, 1, loss_sum), classes=classes)
+        error = None
+    except FedshieldError as exc:
+        error = f"the summed counts are inconsistent (some site sent no summary): {exc}"
+    if error is None and total.n != sum(m["n"] for m in metrics):  # a site's own n lies
+        error = "the sites' own sizes n disagree with their summed counts"
+    if error is not None:
+        pooled["error"], pooled["pooled_sites"] = error, []
         return with_failures(pooled, per_site, dict(failed))
     if total.n:
         pooled = {**total.metrics(), "pooled": POOLED_SECURE}

@@ -280,10 +280,11 @@ def _site_result(data: bytes, cid: int, round: int, classes: int, *, secure: boo
     own metrics, a dict, then carry the ``n`` and ``loss`` the pooled loss needs).
 
     Raises:
-        InvalidMessage: a malformed reply, or a site sending its summary in the clear under
-            secagg (or a count session where there is none).
+        InvalidMessage: a malformed reply (its metrics, its DP-SGD record), or a site sending
+            its summary in the clear under secagg (or a count session where there is none).
     """
     from fedshield import wire
+    from fedshield.engine.dp import site_spent
     from fedshield.engine.secure_eval import own_metrics
     from fedshield.errors import InvalidMessage
     from fedshield.protocols.registry import MODEL_BROADCAST
@@ -302,7 +303,7 @@ def _site_result(data: bytes, cid: int, round: int, classes: int, *, secure: boo
         )  # fmt: skip
     rest = message.raw(2, max_len=32).hex() or None, message.raw(3, max_len=1 << 16)
     evaluation = own_metrics(metrics) if masked else _clear_evaluation(summary, metrics, classes)
-    return evaluation, rest[0], json.loads(rest[1]) if rest[1] else None, masked
+    return evaluation, rest[0], site_spent(rest[1]) if rest[1] else None, masked
 
 
 def _clear_evaluation(summary, metrics: bytes, classes: int):

@@ -67,6 +67,7 @@ class SiteProcess:
         self.key_setup: KeySetup | None = None
         self.key_session: ClientSession | None = None
         self.count_session: ClientSession | None = None  # the evaluation's (under secagg)
+        self.evaluated = 0  # the last round this site evaluated (each round once)
 
     def handle(self, kind: str, payload: bytes) -> bytes | None:
         """One request from the server (through Flower and the relay)."""
@@ -143,7 +144,14 @@ class SiteProcess:
         round = message.header.round
         if round < self.round:  # a site that missed this round's training still evaluates
             raise WrongRound(f"an evaluation of round {round} after round {self.round}")
+        if round <= self.evaluated:  # a second count session over one summary: refused
+            raise WrongRound(
+                f"round {round} asked for an evaluation, but this site already evaluated round "
+                f"{self.evaluated}: a second count session over the same counts would let the "
+                "server subtract two sums"
+            )
         message.expect(protocol=MODEL_BROADCAST, stage=0, round=round, sender=wire.SERVER_ID)
+        self.evaluated = round
         self._close_previous()
         if self.held is not None:
             vector = self.held.vector
