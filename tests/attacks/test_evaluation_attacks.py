@@ -245,7 +245,7 @@ HUGE_N = b'{"n": 1' + b"0" * 400 + b', "loss": 0.5}'
         ({1: b'{"n": 9, "loss": NaN, "accuracy": 0.5}'}, "loss"),
         ({1: b'{"n": 9, "loss": Infinity}'}, "loss"),
         ({1: HUGE_N}, "'n'"),
-        ({1: HUGE_N, 4: b""}, "'n'"),  # its own metrics alone, as a ClientAlgo site sends
+        ({1: HUGE_N, 4: b""}, "nor its own metrics alone"),  # a downgrade to the site mean
         ({3: b'"spent"'}, "DP-SGD"),
         ({3: b'{"epsilon": "x"}'}, "DP-SGD"),
         ({3: b"[1, 2]"}, "DP-SGD"),

@@ -200,6 +200,7 @@ def test_histograms_that_contradict_the_confusion_counts_are_refused():
         b'{"auc": true}',
         b'{"x": [1, "a"]}',
         json.dumps({f"k{i}": 1 for i in range(65)}).encode(),
+        b'{"n": 1' + b"0" * 400 + b', "loss": 0.5}',  # beyond 2^53: no exact float
     ],
 )
 def test_site_metrics_that_are_not_numbers_are_refused(raw):

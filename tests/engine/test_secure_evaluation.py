@@ -210,3 +210,8 @@ def test_a_clear_summary_under_secagg_or_a_count_session_under_plain_is_refused(
     replies = {0: Reply(clear)}
     _, per_site, _, _ = _pool_replies(replies, {0: "site0"}, 1, 2, drive=lambda c: None)
     assert "never in the clear" in per_site["site0"]["error"]
+    # its own metrics alone would make the round pool the site mean, the others' counts unsummed
+    own_only = wire.serialize(header, [np.zeros(0), metrics, b"", b"", b""])
+    with pytest.raises(InvalidMessage, match="nor its own metrics alone"):
+        _site_result(own_only, 0, 1, 2, secure=True)
+    assert _site_result(own_only, 0, 1, 2, secure=False)[0] == evaluation.metrics

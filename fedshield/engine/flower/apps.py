@@ -230,14 +230,17 @@ def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], 
         transport = FlowerTransport(grid, nodes, timeout=timeout, prefix="evalstage")
         return drive_counts(spec, transport, round=server.round, clients=clients, classes=classes)
 
-    return _pool_replies(replies, names, server.round, classes, drive if spec else None)
+    counts = spec is not None and config.task == "classification"  # every site counts, masked
+    return _pool_replies(replies, names, server.round, classes, drive if counts else None)
 
 
 def _pool_replies(replies: dict, names: dict[int, str], round: int, classes: int, drive=None):
     """:func:`_evaluate`'s result from the sites' replies (``Reply`` per site id). With
-    ``drive`` (under secagg: runs the count session over the given sites), sites send their
-    counts masked: when every evaluating site opened a count session, the pooled metrics are
-    those of its revealed sum (:func:`~fedshield.engine.secure_eval.pool_secure`)."""
+    ``drive`` (under secagg, classification: runs the count session over the given sites),
+    every site sends its counts masked and the pooled metrics are those of the revealed sum
+    (:func:`~fedshield.engine.secure_eval.pool_secure`); a site answering with its own metrics
+    alone would turn the round's pooling into the site mean and leave the others' counts
+    unsummed, so it fails instead."""
     from fedshield.engine.dp import worst_spent
     from fedshield.engine.evaluation import pool_evaluations
     from fedshield.engine.secure_eval import pool_secure
@@ -295,7 +298,12 @@ def _site_result(data: bytes, cid: int, round: int, classes: int, *, secure: boo
     summary = message.array(0, dtype="<f8")
     metrics = message.raw(1, max_len=1 << 16)
     masked = message.raw(4, max_len=1) == b"\x01"
-    if (secure and summary.size) or (masked and (summary.size or not secure)):
+    if secure and not masked:  # its summary in the clear, or its own metrics alone
+        raise InvalidMessage(
+            "the run sums evaluation summaries under secagg: a site sends its counts in a "
+            "count session, never in the clear nor its own metrics alone"
+        )
+    if masked and (summary.size or not secure):
         raise InvalidMessage(
             "the run sums evaluation summaries under secagg: a site sends its counts in a "
             "count session, never in the clear" if secure else
