@@ -29,6 +29,9 @@ pytestmark = pytest.mark.flower
 DEADLINES = Deadlines(train=15, stage=15, evaluate=10, shutdown=3)
 # A round with a silent site waits for it twice: its training, then its evaluation.
 SILENT_ROUND_S = DEADLINES.train + DEADLINES.evaluate
+# the rest of a round with a silent site: the others' work, SecAgg+'s stages for the update
+# and for the evaluation counts (each a Flower round trip of ~4-5 s, more on a loaded host)
+ROUND_WORK_S = 120
 MARGIN_S = 5.0  # the last pull's latency, and the test's 0.1 s reading of the events
 JITTER_S = 0.5  # the test reads each event up to 0.1 s (plus its own work) after it happens
 
@@ -96,7 +99,7 @@ def test_a_site_killed_during_training_is_dropped_at_the_train_deadline(tmp_path
     # the train phase waited for site 2 until its deadline, not longer; the whole round
     # waited out its train and evaluate deadlines, plus the others' work
     assert DEADLINES.train - JITTER_S <= _train_phase_s(seen, 1) < DEADLINES.train + MARGIN_S
-    assert SILENT_ROUND_S <= row["wall_s"] < SILENT_ROUND_S + 60
+    assert SILENT_ROUND_S <= row["wall_s"] < SILENT_ROUND_S + ROUND_WORK_S
     # the survivors' aggregate is the in-process engine's with site 2 gone, bit for bit
     mine = _without_site_2(config)
     assert mine["clients"] == [0, 1]
@@ -129,7 +132,7 @@ def test_a_hung_site_is_dropped_and_its_wakeup_corrupts_nothing(tmp_path):
     assert seen.get("stopped") and seen.get("resumed")
     assert first["aborted"] is None and first["clients"] == [0, 1] and first["dropped"] == [2]
     assert DEADLINES.train - JITTER_S <= _train_phase_s(seen, 1) < DEADLINES.train + MARGIN_S
-    assert SILENT_ROUND_S <= first["wall_s"] < SILENT_ROUND_S + 60
+    assert SILENT_ROUND_S <= first["wall_s"] < SILENT_ROUND_S + ROUND_WORK_S
     mine = _without_site_2(config)
     assert first["protocol"]["aggregate_sha256"] == mine["protocol"]["aggregate_sha256"]
     # awake again, site 2 is in round 2 (the survivors' model of round 1, its fresh update)
