@@ -93,7 +93,7 @@ def test_a_site_killed_during_training_is_dropped_at_the_train_deadline(tmp_path
 
     start = time.monotonic()
     (row,) = run_on_flower(config, tmp_path / "out", on_event=kill_site_2, deadlines=DEADLINES)
-    assert seen.get("killed") and time.monotonic() - start < 150  # not a 600 s stall
+    assert seen.get("killed") and time.monotonic() - start < 300  # not a 600 s stall
     assert row["aborted"] is None
     assert row["clients"] == [0, 1] and row["dropped"] == [2]
     # the train phase waited for site 2 until its deadline, not longer; the whole round
