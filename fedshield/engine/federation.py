@@ -248,7 +248,7 @@ class Federation:
                 failed[runtime.site.name] = f"{type(exc).__name__}: {exc}"
         outcome = drive_counts(spec, InProcessTransport(sessions), round=self.round,
                                clients=sorted(sessions), classes=classes)  # fmt: skip
-        return pool_secure(outcome, own, failed, classes=classes)
+        return pool_secure(outcome, own, failed, classes=classes, protection=spec.name)
 
 
 def _build_model(model_factory: Callable[[], nn.Module]) -> nn.Module:

@@ -48,6 +48,7 @@ from fedshield.protocols.registry import ProtocolSpec
 
 __all__ = [
     "MAX_COUNT",
+    "POOLED_HE",
     "POOLED_SECURE",
     "count_spec",
     "count_vector",
@@ -59,6 +60,7 @@ __all__ = [
 
 MAX_COUNT = 65_535  # public bound of a site's test set under secagg (ring: 18 bits at n = 3)
 POOLED_SECURE = "summed under secagg"
+POOLED_HE = "summed under he"
 
 
 def count_spec(protocol: ProtocolSpec) -> ProtocolSpec | None:
@@ -135,13 +137,17 @@ def pool_secure(
     failed: Mapping[str, str],
     *,
     classes: int,
+    protection: str = "secagg",
 ) -> tuple[dict, dict[str, dict]]:
     """``(pooled, per_site)`` from the count session's ``outcome`` and each evaluating site's
     own metrics (``own``: site id → (name, metrics)): the pooled metrics of the revealed sum
     (``pooled_sites`` names its contributors), each site's own metrics, each failed one listed
-    with its error. If the session aborted, the pooled metrics are NaN with the reason."""
+    with its error. If the session aborted, the pooled metrics are NaN with the reason.
+    ``protection``: the run's (``secagg``, or ``he`` where the sites decrypted the sum and
+    reported it, :mod:`fedshield.protocols.he.count_sum`)."""
+    label = POOLED_HE if protection == "he" else POOLED_SECURE
     per_site = {name: dict(metrics) for name, metrics in own.values()}
-    pooled = {**binary_metrics(np.zeros(0), np.zeros(0)), "pooled": POOLED_SECURE}
+    pooled = {**binary_metrics(np.zeros(0), np.zeros(0)), "pooled": label}
     revealed = outcome.revealed
     if revealed is None:
         pooled["error"] = f"the secure sum of the evaluation summaries aborted: {outcome.aborted}"
@@ -162,6 +168,6 @@ def pool_secure(
         pooled["error"], pooled["pooled_sites"] = error, []
         return with_failures(pooled, per_site, dict(failed))
     if total.n:
-        pooled = {**total.metrics(), "pooled": POOLED_SECURE}
+        pooled = {**total.metrics(), "pooled": label}
     pooled["pooled_sites"] = [own[c][0] for c in contributors]
     return with_failures(pooled, per_site, dict(failed))

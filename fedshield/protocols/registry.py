@@ -119,7 +119,8 @@ class ProtocolSpec:
         """The protocol's session that sums integer counts of at most ``max_count`` exactly
         (evaluation summaries, :mod:`fedshield.engine.secure_eval`), with this spec's roster,
         threshold, neighbours, colluders and pinned minimum; ``None`` where the protocol has
-        none (``plain``; ``he``: not built yet), and the counts are summed in the clear."""
+        none (``plain``; ``he`` under CKKS or before its key setup), and the counts are summed
+        in the clear."""
         return None
 
     def with_topk(self, k: int) -> ProtocolSpec:
@@ -314,6 +315,13 @@ class HESpec(ProtocolSpec):
                    "quant_bits": c.quant_bits, "max_weight": c.max_weight,
                    **({"dp_noise": c.noise.describe()} if c.noise else {})}  # fmt: skip
         return {**options, "plan": self.plan} if self.plan else options
+
+    def for_counts(self, max_count: int) -> ProtocolSpec | None:
+        if self.config.scheme != "bfv":
+            return None  # CKKS sums floats, not exactly: counts are summed in the clear
+        from fedshield.protocols.he.count_sum import HECountSpec  # imports this module
+
+        return HECountSpec(self, max_count)
 
     def _plan(self) -> HEPlan:
         if self.plan is None:

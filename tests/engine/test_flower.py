@@ -88,6 +88,9 @@ def test_he_over_flower_keys_travel_sealed_and_sites_apply_the_same_aggregate(tm
     assert row["protocol"]["ciphertext_bytes_up"] > 0
     (mine,) = _in_process(config)
     assert row["auc"] == pytest.approx(mine["auc"], abs=1e-9)
+    # The sites decrypted the summed counts and reported them: the in-process engine's numbers.
+    assert row["pooled"] == mine["pooled"] == "summed under he"
+    assert row["pooled_sites"] == mine["pooled_sites"] and len(row["pooled_sites"]) == 2
     # The server never holds the model under he; the sites report theirs, the in-process one.
     assert row["model_sha256"] == mine["model_sha256"] is not None
 

@@ -215,3 +215,18 @@ def test_a_clear_summary_under_secagg_or_a_count_session_under_plain_is_refused(
     with pytest.raises(InvalidMessage, match="nor its own metrics alone"):
         _site_result(own_only, 0, 1, 2, secure=True)
     assert _site_result(own_only, 0, 1, 2, secure=False)[0] == evaluation.metrics
+
+
+def test_a_federation_under_he_pools_the_clear_sums_numbers(tiny_sites):
+    from fedshield.engine import Federation, make_site
+    from fedshield.engine.models import SmallCNN
+    from fedshield.engine.secure_eval import POOLED_HE
+
+    sites = [make_site(s, batch_size=8, seed=i) for i, s in enumerate(tiny_sites)]
+    fed = Federation(model_factory=lambda: SmallCNN(1, width=4), sites=sites, protect="he")
+    row = fed.run_round()
+    assert row.metrics["pooled"] == POOLED_HE
+    assert row.metrics["pooled_sites"] == [s.name for s in sites]
+    clear = pool_evaluations({r.site.name: r.evaluate(fed.global_vector) for r in fed.runtimes})
+    _same_metrics(row.metrics, clear[0])
+    assert row.per_site == clear[1]

@@ -231,10 +231,14 @@ def _evaluate(server, grid: Grid, nodes: dict[int, int], names: dict[int, str], 
         return drive_counts(spec, transport, round=server.round, clients=clients, classes=classes)
 
     counts = spec is not None and config.task == "classification"  # every site counts, masked
-    return _pool_replies(replies, names, server.round, classes, drive if counts else None)
+    return _pool_replies(replies, names, server.round, classes, drive if counts else None,
+                         protection=config.protect)  # fmt: skip
 
 
-def _pool_replies(replies: dict, names: dict[int, str], round: int, classes: int, drive=None):
+def _pool_replies(
+    replies: dict, names: dict[int, str], round: int, classes: int, drive=None, *,
+    protection: str = "secagg",
+):  # fmt: skip
     """:func:`_evaluate`'s result from the sites' replies (``Reply`` per site id). With
     ``drive`` (under secagg, classification: runs the count session over the given sites),
     every site sends its counts masked and the pooled metrics are those of the revealed sum
@@ -270,7 +274,8 @@ def _pool_replies(replies: dict, names: dict[int, str], round: int, classes: int
     spent = worst_spent(spent) if spent else None
     if counted and not evaluations:  # every evaluating site sends its counts masked
         outcome = drive(sorted(counted))
-        return (*pool_secure(outcome, counted, failed, classes=classes), digest, spent)
+        pooled = pool_secure(outcome, counted, failed, classes=classes, protection=protection)
+        return (*pooled, digest, spent)
     evaluations.update(counted.values())  # some site has only its own metrics: the site mean
     return (*pool_evaluations(evaluations, failed), digest, spent)
 

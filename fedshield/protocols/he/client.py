@@ -30,6 +30,7 @@ from fedshield.protocols.he.forked import (
 )
 from fedshield.protocols.he.keys import HEKeyring
 from fedshield.protocols.he.packing import pack_slots, place_values, unpack_slots
+from fedshield.protocols.he.reports import report_fields
 from fedshield.protocols.ranges import TensorRanges
 
 __all__ = ["HEClient"]
@@ -102,7 +103,7 @@ class HEClient(ClientSession):
         if len(contributors) > self.plan.n_clients:
             raise WrongShape(f"the aggregate names more than the {self.plan.n_clients} sites")
         self.aggregate = self._decrypt(*read_sizes(message, 2, self.plan), len(contributors))
-        return self._client_message(stage, [])
+        return self._client_message(stage, report_fields(self.plan, self.aggregate))
 
     def _encrypt(self) -> list[memoryview]:
         plan, config = self.plan, self.plan.config

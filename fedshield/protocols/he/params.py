@@ -47,6 +47,7 @@ from fedshield.crypto.ddg import DiscreteGaussianEncoding
 from fedshield.crypto.seal import seal_context
 from fedshield.crypto.threshold import flooding_bits
 from fedshield.errors import ConfigError
+from fedshield.protocols.counts import CountGrid
 from fedshield.protocols.noisy import NoisyGrid
 from fedshield.protocols.ranges import BUCKETS, Grid, TensorRanges
 
@@ -94,6 +95,9 @@ class HEConfig:
         threshold: threshold keys: how many sites' shares decrypt (at least 2); ``None``:
             every site (n-of-n). Fewer than every site lets a round survive dropouts before
             its sum is fixed, and lets that many colluding sites decrypt.
+        counts: a count session (:mod:`fedshield.protocols.he.count_sum`): each value is an
+            integer count in ``[0, counts]`` summed exactly (``CountGrid``, every weight 1);
+            needs BFV, ``weight_bits=0`` and no noise.
 
     Raises:
         TypeError: an argument of the wrong type.
@@ -109,6 +113,7 @@ class HEConfig:
     noise: DiscreteGaussianEncoding | None = None
     keys: str = "shared"
     threshold: int | None = None
+    counts: int | None = None
 
     def __post_init__(self) -> None:
         # Messages name the argument (the CLI maps its flags onto these names).
@@ -131,6 +136,10 @@ class HEConfig:
             check_instance("noise", self.noise, DiscreteGaussianEncoding)
             if self.scheme != "bfv" or self.weight_bits != 0:
                 raise ConfigError("he: distributed DP needs BFV and weight_bits=0 (unweighted)")
+        if self.counts is not None:
+            CountGrid(self.counts)  # checks the bound
+            if self.scheme != "bfv" or self.weight_bits != 0 or self.noise is not None:
+                raise ConfigError("he: a count session needs BFV, weight_bits=0 and no noise")
 
     @property
     def weight_digits(self) -> int:
@@ -148,11 +157,13 @@ class HEConfig:
     @property
     def adaptive(self) -> bool:
         """Per-tensor ranges each round (BFV without a fixed clip)."""
-        return self.scheme == "bfv" and self.clip is None and self.noise is None
+        return self.scheme == "bfv" and self.clip is None and self.noise is None and not self.counts
 
-    def grid(self, ranges: TensorRanges | None) -> Grid | NoisyGrid:
+    def grid(self, ranges: TensorRanges | None) -> Grid | NoisyGrid | CountGrid:
         """The round's BFV quantization grid (see :class:`~fedshield.protocols.ranges.Grid`),
-        or under :attr:`noise` its encoding."""
+        under :attr:`noise` its encoding, under :attr:`counts` the exact integer grid."""
+        if self.counts is not None:
+            return CountGrid(self.counts)
         if self.noise is not None:
             return NoisyGrid(self.noise)
         return Grid.for_round("he", self.clip, ranges, self.quant_bits)
@@ -160,6 +171,8 @@ class HEConfig:
     @property
     def field_bits(self) -> int:
         """BFV bits of one value before the ``ceil(log2 n)`` headroom of the sum."""
+        if self.counts is not None:  # n counts of at most 2^b - 1 sum below 2^(b + log2 n)
+            return max(self.counts.bit_length(), self.quant_bits)
         if self.noise is not None:
             return self.noise.level_bits
         if self.weighting == "integer":
@@ -190,7 +203,10 @@ class HEPlan:
     @property
     def params_id(self) -> bytes:
         """SHA-256 of everything both sides must agree on; every ciphertext message names it."""
-        return hashlib.sha256(repr(sorted(asdict(self).items())).encode()).digest()
+        fields = asdict(self)
+        if fields["config"]["counts"] is None:  # an update session's id is as before counts
+            del fields["config"]["counts"]
+        return hashlib.sha256(repr(sorted(fields.items())).encode()).digest()
 
     def context(self) -> sa.SEALContext:
         """The SEAL context (public parameters only)."""

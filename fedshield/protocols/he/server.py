@@ -28,6 +28,7 @@ from fedshield.protocols.he.forked import (
     worker_count,
 )
 from fedshield.protocols.he.params import HEPlan
+from fedshield.protocols.he.reports import SumReports
 
 __all__ = ["CiphertextSum", "HEServer"]
 
@@ -112,6 +113,8 @@ class HEServer(ServerSession):
         self.inbox = np.empty(0, np.uint8)  # made (shared) when the input stage opens
         self._closer = weakref.finalize(self, _close_all, self.parts)
         self.contributors: list[int] = []
+        self.reports = SumReports(plan)  # a count session's decrypted sums
+        self.reported: np.ndarray | None = None
 
     def describe(self) -> dict:
         """Scheme, parameters and packing of this round."""
@@ -128,7 +131,7 @@ class HEServer(ServerSession):
     def _max_message_bytes(self, stage: str) -> int:
         if stage == HEStage.INPUT:
             return 256 + self.plan.n_ciphertexts * (4 + self.plan.max_ciphertext_bytes)
-        return 256
+        return 256 + self.reports.max_bytes()
 
     @broadcasts(HEStage.INPUT)
     def _ask_for_input(self, stage: str) -> dict[int, bytes]:
@@ -166,7 +169,7 @@ class HEServer(ServerSession):
 
     @receives(HEStage.AGGREGATE)
     def _take_receipt(self, stage: str, sender: int, message: wire.Message) -> None:
-        message.require_fields(0)
+        self.reports.take(sender, message)
 
     @closes(HEStage.AGGREGATE)
     def _check_receipts(self, stage: str) -> None:
@@ -174,6 +177,7 @@ class HEServer(ServerSession):
         (every site refused a sum off the grid, say), the round produced nothing."""
         if not self.alive:
             raise ProtocolAbort(f"round {self.round}: no site accepted the aggregate")
+        self.reported = self.reports.agreed(self.round, self.alive)
 
     @receives(HEStage.INPUT)
     def _take_input(self, stage: str, sender: int, message: wire.Message) -> None:
@@ -208,10 +212,11 @@ class HEServer(ServerSession):
             raise ProtocolAbort(f"round {self.round}: no site delivered a valid ciphertext")
 
     def _reveal(self) -> Revealed:
+        total = None if self.reported is None else float(len(self.contributors))
         return Revealed(
             contributors=tuple(sorted(self.contributors)),
-            weighted_sum=None,
-            total_weight=None,
+            weighted_sum=self.reported,  # a count session's sum, as the sites reported it
+            total_weight=total,
             dropped=tuple(c for c in self.clients if c not in self.contributors),
         )
 

@@ -83,6 +83,7 @@ from fedshield.protocols.he.common import (
     ThresholdStage,
 )
 from fedshield.protocols.he.params import HEPlan
+from fedshield.protocols.he.reports import SumReports, report_fields
 from fedshield.protocols.he.threshold_keys import ThresholdKeyring
 from fedshield.protocols.roster import Roster
 
@@ -236,7 +237,7 @@ class ThresholdClient(HEClient):
             plaintext = self.keyring.decrypt_combined(ct, partial_sum)
             flat[i] = self.keyring.encoder.decode_uint64(plaintext)
         self.aggregate = self._decode_slots(flat, len(self._contributors))
-        return self._client_message(stage, [])
+        return self._client_message(stage, report_fields(self.plan, self.aggregate))
 
 
 def _pack_digests(values: np.ndarray) -> bytes:
@@ -267,6 +268,8 @@ class ThresholdServer(ServerSession):
         self.digests: dict[int, tuple[bytes, bytes]] = {}
         self.partials = np.zeros((plan.n_ciphertexts, len(self.moduli), plan.poly_degree),
                                  np.uint64)  # fmt: skip
+        self.reports = SumReports(plan)  # a count session's decrypted sums
+        self.reported: np.ndarray | None = None
 
     def describe(self) -> dict:
         p = self.plan
@@ -279,6 +282,7 @@ class ThresholdServer(ServerSession):
             ThresholdStage.INPUT: coefficients.packed_bytes(self.total.size),
             ThresholdStage.DIGEST: _digest_bytes(self.plan) + SIGNATURE_BYTES,
             ThresholdStage.DECRYPT: self.partials.nbytes,
+            ThresholdStage.AGGREGATE: self.reports.max_bytes(),
         }
         return 256 + sizes.get(stage, 0)
 
@@ -357,14 +361,16 @@ class ThresholdServer(ServerSession):
 
     @receives(ThresholdStage.AGGREGATE)
     def _take_receipt(self, stage: str, sender: int, message: wire.Message) -> None:
-        message.require_fields(0)
+        self.reports.take(sender, message)
 
     @closes(ThresholdStage.AGGREGATE)
     def _check_receipts(self, stage: str) -> None:
         if not self.alive:
             raise ProtocolAbort(f"round {self.round}: no site accepted the aggregate")
+        self.reported = self.reports.agreed(self.round, self.alive)
 
     def _reveal(self) -> Revealed:
         dropped = tuple(c for c in self.clients if c not in self.contributors)
-        return Revealed(contributors=tuple(self.contributors), weighted_sum=None,
-                        total_weight=None, dropped=dropped)  # fmt: skip
+        total = None if self.reported is None else float(len(self.contributors))
+        return Revealed(contributors=tuple(self.contributors), weighted_sum=self.reported,
+                        total_weight=total, dropped=dropped)  # fmt: skip

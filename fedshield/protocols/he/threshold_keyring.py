@@ -87,6 +87,18 @@ class ThresholdKeyring:
         self.decryptor = sa.Decryptor(self.context, keys.secret_key)
         self.partially_decrypted: set[int] = set()  # rounds: one aggregate each, ever
         self.encrypted: set[int] = set()  # rounds: one input each, ever
+        self.views: dict[bytes, ThresholdKeyring] = {}  # other plans' (count sessions)
+
+    def for_plan(self, plan: HEPlan) -> ThresholdKeyring:
+        """This share under another plan on the same context (a count session,
+        :mod:`fedshield.protocols.he.count_sum`), with its own once-per-round records, kept
+        across rounds: one input and one partial decryption per round in each session kind."""
+        if plan.params_id == self.plan.params_id:
+            return self
+        if plan.params_id not in self.views:
+            self.views[plan.params_id] = ThresholdKeyring(plan, self.keys, self.shamir,
+                                                          site=self.site)  # fmt: skip
+        return self.views[plan.params_id]
 
     def encrypt(self, plaintext: sa.Plaintext) -> sa.Ciphertext:
         """A fresh encryption under the collective key."""

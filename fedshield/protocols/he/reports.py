@@ -1,0 +1,76 @@
+"""The decrypted count sum's way back to the server (evaluation under ``he``,
+:mod:`fedshield.protocols.he.count_sum`).
+
+In an update session a site acknowledges the aggregate with an empty message: the sum stays
+with the sites. In a **count session** (:attr:`HEConfig.counts
+<fedshield.protocols.he.params.HEConfig.counts>` set) each site that decrypted and accepted the
+sum answers with it (int64, one value per count): the server learns the pooled counts, exactly
+what it learns under ``secagg``, and never decrypts anything. It reveals the sum only if every
+reporting site sent the same one; otherwise the session aborts (the pooled metrics carry the
+error).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedshield import wire
+from fedshield.errors import ProtocolAbort, WrongShape
+from fedshield.protocols.he.params import HEPlan
+
+__all__ = ["SumReports", "report_fields"]
+
+
+def report_fields(plan: HEPlan, aggregate: tuple[np.ndarray, float]) -> list:
+    """A site's answer to the aggregate: the decrypted count sum in a count session, else
+    nothing."""
+    if plan.config.counts is None:
+        return []
+    return [np.ascontiguousarray(aggregate[0], dtype="<i8")]
+
+
+class SumReports:
+    """The server's record of the sums the sites report (count sessions only)."""
+
+    def __init__(self, plan: HEPlan) -> None:
+        self.plan = plan
+        self.sums: dict[int, np.ndarray] = {}
+
+    @property
+    def counts(self) -> bool:
+        """Whether this session reports its sum (a count session)."""
+        return self.plan.config.counts is not None
+
+    def max_bytes(self) -> int:
+        """Bytes a receipt may carry beyond the header."""
+        return 8 * self.plan.dim if self.counts else 0
+
+    def take(self, sender: int, message: wire.Message) -> None:
+        """One site's receipt: empty in an update session, its decrypted sum in a count one.
+
+        Raises:
+            WrongShape: a receipt of the wrong form or a negative count.
+        """
+        if not self.counts:
+            message.require_fields(0)
+            return
+        message.require_fields(1)
+        values = message.array(0, dtype="<i8", shape=(self.plan.dim,)).astype(np.int64)
+        if values.size and int(values.min()) < 0:
+            raise WrongShape(f"client {sender} reported a negative count")
+        self.sums[sender] = values
+
+    def agreed(self, round: int, alive) -> np.ndarray | None:
+        """The sum every site still in the session reported (``None`` in an update session).
+
+        Raises:
+            ProtocolAbort: the sites reported different sums.
+        """
+        if not self.counts:
+            return None
+        sums = [self.sums[c] for c in sorted(alive)]
+        if any(not np.array_equal(sums[0], s) for s in sums[1:]):
+            raise ProtocolAbort(
+                f"round {round}: the sites decrypted different count sums; nothing is recorded"
+            )
+        return sums[0]
