@@ -42,26 +42,7 @@ def load_site_specs(
     """
     specs = _specs(paths, only)
     for spec, path in specs:
-        if spec.task != task:
-            raise ConfigError(
-                f"data spec {path} is for {spec.task}; run with --task {spec.task} or fix its task:"
-            )
-        if classes is not None and classes != len(spec.classes):
-            fix = (  # a deployment's site: the run's options must give classes
-                "list the federation's classes in this spec, as every site does"
-                if only is not None
-                else "leave --classes out (the specs give it)"
-            )
-            raise ConfigError(
-                f"the run's classes is {classes}, but data spec {path} lists "
-                f"{len(spec.classes)} classes {list(spec.classes)}; {fix}"
-            )
-        if class_names is not None and list(spec.classes) != list(class_names):
-            raise ConfigError(
-                f"data spec {path} lists the classes {list(spec.classes)}, but the run's "
-                f"class_names are {list(class_names)}: list exactly these, in this order (label "
-                "i is class i at every site; another order would swap the model's outputs)"
-            )
+        _check_spec(spec, path, task=task, classes=classes, class_names=class_names, own=only)
     names = [spec.name for spec, _ in specs]
     if len(set(names)) != len(names):
         raise ConfigError(
@@ -77,6 +58,33 @@ def load_site_specs(
             "input; give every spec the same size: and channels:"
         )
     return sites
+
+
+def _check_spec(
+    spec: DataSpec, path: str, *, task: str, classes: int | None,
+    class_names: Sequence[str] | None, own: int | None,
+) -> None:  # fmt: skip
+    """Refuse a spec for another task, number of classes or class list than the run's."""
+    if spec.task != task:
+        raise ConfigError(
+            f"data spec {path} is for {spec.task}; run with --task {spec.task} or fix its task:"
+        )
+    if classes is not None and classes != len(spec.classes):
+        fix = (  # a deployment's site: the run's options must give classes
+            "list the federation's classes in this spec, as every site does"
+            if own is not None
+            else "leave --classes out (the specs give it)"
+        )
+        raise ConfigError(
+            f"the run's classes is {classes}, but data spec {path} lists "
+            f"{len(spec.classes)} classes {list(spec.classes)}; {fix}"
+        )
+    if class_names is not None and list(spec.classes) != list(class_names):
+        raise ConfigError(
+            f"data spec {path} lists the classes {list(spec.classes)}, but the run's "
+            f"class_names are {list(class_names)}: list exactly these, in this order (label "
+            "i is class i at every site; another order would swap the model's outputs)"
+        )
 
 
 def spec_classes(paths: Sequence[str | os.PathLike], *, only: int | None = None) -> int:
