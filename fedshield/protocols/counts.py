@@ -18,8 +18,8 @@ import math
 
 import numpy as np
 
-from fedshield.crypto import ring
 from fedshield.errors import ConfigError, InvalidMessage
+from fedshield.protocols.noisy import check_unit_weights
 
 __all__ = ["MAX_COUNT_LIMIT", "CountGrid", "count_ring_bits"]
 
@@ -88,16 +88,7 @@ class CountGrid:
         Raises:
             ValueError: a sum that ``count`` honest sites could not send.
         """
-        digits = values[dim : dim + config.weight_digits]
-        weight = ring.from_digits(digits, quant_bits=config.quant_bits)
-        counted = count
-        if config.weighting == "fraction":
-            counted = int(values[dim + config.weight_digits])
-        if weight != count or counted != count:
-            raise ValueError(
-                f"the count sum holds {counted} inputs of total weight {weight}, {count} sites "
-                "of weight 1 were named"
-            )
+        check_unit_weights(values, count, config=config, dim=dim, what="count inputs")
         sums = np.asarray(values[:dim]).astype(np.int64)
         if sums.size and int(sums.max()) > count * self.max_count:
             raise ValueError(

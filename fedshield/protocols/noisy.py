@@ -57,18 +57,28 @@ class NoisyGrid:
         Raises:
             ValueError: a sum honest sites could not send, or one with too little noise.
         """
-        digits = values[dim : dim + config.weight_digits]
-        weight = ring.from_digits(digits, quant_bits=config.quant_bits)
-        counted = count
-        if config.weighting == "fraction":
-            counted = int(values[dim + config.weight_digits])
-        if weight != count or counted != count:
-            raise ValueError(
-                f"the sum holds {counted} updates of total weight {weight}, {count} sites of "
-                "weight 1 were named"
-            )
+        check_unit_weights(values, count, config=config, dim=dim, what="updates")
         self.encoding.check_sum(values[:dim], count)
         return self.encoding.decode_sum(values[:dim], count), count, None
+
+
+def check_unit_weights(values: np.ndarray, count: int, *, config, dim: int, what: str) -> None:
+    """Check the weight tail of a ring sum of ``count`` unweighted inputs (``[values][weight
+    digits][count]``): the summed weights and the count must both be ``count``.
+
+    Raises:
+        ValueError: a sum that ``count`` sites of weight 1 could not send.
+    """
+    digits = values[dim : dim + config.weight_digits]
+    weight = ring.from_digits(digits, quant_bits=config.quant_bits)
+    counted = count
+    if config.weighting == "fraction":
+        counted = int(values[dim + config.weight_digits])
+    if weight != count or counted != count:
+        raise ValueError(
+            f"the sum holds {counted} {what} of total weight {weight}, {count} sites of weight 1 "
+            "were named"
+        )
 
 
 def _check_unweighted(share: float) -> None:
