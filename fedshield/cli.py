@@ -311,16 +311,22 @@ def _run_flower(config, out: Path, deadlines=None) -> list[dict]:
         task = progress.add_task("starting the Flower deployment", total=config.rounds)
 
         def on_event(event: dict, _deployment) -> None:
-            if event.get("event") == "sites":
-                progress.update(task, description="sites connected")
-            elif "stage" in event:
-                progress.update(task, description=f"round {event['round']}: {event['stage']}")
-            elif event.get("event") == "done":
-                progress.advance(task)
-                dropped = f", dropped {event['dropped']}" if event["dropped"] else ""
-                progress.console.print(f"round {event['round']}: AUC {event['auc']:.3f}{dropped}")
+            show_round_event(progress, task, event)
 
         return run_on_flower(config, out, on_event=on_event, deadlines=deadlines)
+
+
+def show_round_event(progress, task, event: dict) -> None:
+    """A Flower server's progress event (sites connected, a stage, a round done) on ``task``
+    of a rich progress display (``fedshield run --transport flower``, ``fedshield server``)."""
+    if event.get("event") == "sites":
+        progress.update(task, description="sites connected")
+    elif "stage" in event:
+        progress.update(task, description=f"round {event['round']}: {event['stage']}")
+    elif event.get("event") == "done":
+        progress.advance(task)
+        dropped = f", dropped {event['dropped']}" if event["dropped"] else ""
+        progress.console.print(f"round {event['round']}: AUC {event['auc']:.3f}{dropped}")
 
 
 def _cmd_survey(args: argparse.Namespace) -> int:

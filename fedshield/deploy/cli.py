@@ -94,18 +94,14 @@ def _cmd_server(args: argparse.Namespace, console: Console) -> int:
 
 def _show(progress, task, event: dict) -> None:
     """One progress event of ``fedshield server`` on the rich progress display."""
+    from fedshield.cli import show_round_event
+
     if event.get("event") == "superlink":
         progress.update(task, description="SuperLink up; registering the sites' keys")
     elif event.get("event") == "waiting":
         progress.update(task, description=f"sites online: {event['online']}/{event['sites']}")
-    elif event.get("event") == "sites":
-        progress.update(task, description="sites connected")
-    elif "stage" in event:
-        progress.update(task, description=f"round {event['round']}: {event['stage']}")
-    elif event.get("event") == "done":
-        progress.advance(task)
-        dropped = f", dropped {event['dropped']}" if event["dropped"] else ""
-        progress.console.print(f"round {event['round']}: AUC {event['auc']:.3f}{dropped}")
+    else:
+        show_round_event(progress, task, event)
 
 
 def _cmd_site(args: argparse.Namespace, console: Console) -> int:
