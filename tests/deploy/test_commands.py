@@ -13,6 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from in_process import in_process
 
 from fedshield.cli import main
 from fedshield.deploy import load_server_config, load_site_config, write_dev_certificates
@@ -169,27 +170,6 @@ def test_dev_certificates_never_overwrite(tmp_path):
         write_dev_certificates(tmp_path / "other", addresses=["10.0.0.1:9093"], sites=0)
 
 
-_IN_PROCESS = """
-import json, sys, torch
-from fedshield.engine.experiment import RunConfig, build_federation
-torch.set_num_threads(1)  # as the site processes
-fed = build_federation(RunConfig(**json.loads(sys.argv[1])))
-print(json.dumps([fed.run_round().as_dict() for _ in range({rounds})], default=str))
-"""
-
-
-def _in_process(config: RunConfig) -> list[dict]:
-    """The same run in process, in a fresh interpreter like the sites' (as
-    tests/engine/test_flower.py compares)."""
-    config = RunConfig(**{**config.as_dict(), "transport": "inprocess"})
-    done = subprocess.run(
-        [sys.executable, "-c", _IN_PROCESS.format(rounds=config.rounds),
-         json.dumps(config.as_dict())],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def _command(args: list[str], log: Path) -> subprocess.Popen:
     """``fedshield ARGS`` in its own process group, as a host would start it."""
     return subprocess.Popen(
@@ -257,7 +237,7 @@ def test_two_commands_over_tls_with_supernode_auth_unmask_the_in_process_aggrega
     result = json.loads((out / "result.json").read_text())
     assert (out / "report.md").is_file()
     assert result["config"]["max_weight"] == config.max_weight
-    local = _in_process(RunConfig(**result["config"]))
+    local = in_process(RunConfig(**result["config"]))
     for remote, mine in zip(result["rounds"], local, strict=True):
         assert remote["clients"] == [0, 1] and remote["dropped"] == []
         digest = remote["protocol"]["aggregate_sha256"]

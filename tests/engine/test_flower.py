@@ -1,10 +1,9 @@
 """fedshield over a real Flower deployment on loopback (SuperLink, SuperNodes, flwr run)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+from in_process import in_process
 
 from fedshield.cli import main
 from fedshield.engine.experiment import RunConfig
@@ -13,34 +12,13 @@ from fedshield.engine.flower.deploy import live_members, run_on_flower
 pytestmark = pytest.mark.flower
 
 
-_IN_PROCESS = """
-import json, sys, torch
-from fedshield.engine.experiment import RunConfig, build_federation
-torch.set_num_threads(1)  # as the site processes
-fed = build_federation(RunConfig(**json.loads(sys.argv[1])))
-print(json.dumps([fed.run_round().as_dict() for _ in range({rounds})], default=str))
-"""
-
-
-def _in_process(config: RunConfig) -> list[dict]:
-    """The same run on the in-process transport, in a fresh interpreter like the sites'
-    (a test worker's process has run other tests first; the comparison is clean-to-clean)."""
-    config = RunConfig(**{**config.as_dict(), "transport": "inprocess"})
-    done = subprocess.run(
-        [sys.executable, "-c", _IN_PROCESS.format(rounds=config.rounds),
-         json.dumps(config.as_dict())],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def test_cli_secagg_over_flower_unmasks_the_in_process_aggregate_bit_for_bit(tmp_path):
     out = tmp_path / "flower"
     args = ["run", "--transport", "flower", "--protect", "secagg", "--sites", "3"]
     assert main([*args, "--rounds", "2", "--out", str(out)]) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["config"]["transport"] == "flower"
-    local = _in_process(RunConfig(**result["config"]))
+    local = in_process(RunConfig(**result["config"]))
     for remote, mine in zip(result["rounds"], local, strict=True):
         assert remote["clients"] == [0, 1, 2] and remote["dropped"] == []
         digest = remote["protocol"]["aggregate_sha256"]
@@ -86,7 +64,7 @@ def test_he_over_flower_keys_travel_sealed_and_sites_apply_the_same_aggregate(tm
     assert {"event": "keys"} in events
     assert row["clients"] == [0, 1] and row["protocol"]["name"] == "he"
     assert row["protocol"]["ciphertext_bytes_up"] > 0
-    (mine,) = _in_process(config)
+    (mine,) = in_process(config)
     assert row["auc"] == pytest.approx(mine["auc"], abs=1e-9)
     # The sites decrypted the summed counts and reported them: the in-process engine's numbers.
     assert row["pooled"] == mine["pooled"] == "summed under he"

@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from test_flower import _in_process  # the same run in process, in a fresh interpreter
+from in_process import in_process  # the same run in process, in a fresh interpreter
 
 from fedshield.crypto.identity import Identity
 from fedshield.engine.experiment import (
@@ -56,7 +56,7 @@ def _config(rounds: int) -> RunConfig:
 def _without_site_2(config: RunConfig) -> dict:
     """Round 1 in process with site 2 gone before the protocol's first stage."""
     schedule = {"advertise_keys": [2]}
-    return _in_process(RunConfig(**{**config.as_dict(), "dropout_schedule": schedule}))[0]
+    return in_process(RunConfig(**{**config.as_dict(), "dropout_schedule": schedule}))[0]
 
 
 def test_a_site_process_that_wakes_up_refuses_its_stale_requests(tmp_path):
