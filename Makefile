@@ -1,12 +1,13 @@
-# Two set-up commands: `make run` (a demo) and `make test` (the test suite);
-# `make acceptance`: the multi-run accuracy checks on real images (CI runs both).
+# Two set-up commands: `make run` (a demo) and `make test` (the test suite); `make deployment`:
+# the real Flower deployments; `make acceptance`: the multi-run accuracy checks on real images
+# (CI runs all three).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test acceptance lint bench audit clean
+.PHONY: install run test deployment acceptance lint bench audit clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +26,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check fedshield tests benchmarks examples
-	$(BIN)/python -m pytest -n 3 --dist worksteal --benchmark-disable -m "not slow" tests
+	$(BIN)/python -m pytest -n 3 --dist worksteal --benchmark-disable -m "not slow and not flower" tests
+
+# Real Flower deployments (loopback, TLS and SuperNode auth, network namespaces): many processes
+# each, mostly waiting on Flower's polling; CI runs them after `make test`.
+deployment: $(STAMP)
+	$(BIN)/python -m pytest -n 3 --dist worksteal --benchmark-disable -m "flower and not slow" tests
 
 # Each training runs once, in its own process, cached under runs/test-cache (tests/run_cache.py).
 acceptance: $(STAMP)

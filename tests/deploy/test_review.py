@@ -149,6 +149,7 @@ def _tls_listener(cert: Path, key: Path):
         server.close()
 
 
+@pytest.mark.flower
 def test_a_wrong_ca_or_address_is_named_and_nothing_waits_for_minutes(tmp_path):
     """A SuperLink whose certificate another CA signed: the SuperNode fails its handshake
     and the site says to check ca_cert; no SuperLink at the address: it gives up after
