@@ -43,6 +43,7 @@ def run_overhead_bench(preset_name: str, out: Path, *, console=None) -> tuple[di
         ConfigError: an unknown preset.
     """
     from fedshield.engine.reproducibility import environment
+    from fedshield.overhead.eval_cost import EVAL_PROTECTIONS, run_evaluation_grid
     from fedshield.overhead.grid import PRESETS, run_grid
     from fedshield.overhead.report import add_ratios, write_outputs
     from fedshield.overhead.training import train_auc
@@ -51,15 +52,18 @@ def run_overhead_bench(preset_name: str, out: Path, *, console=None) -> tuple[di
     if preset_name not in PRESETS:
         raise ConfigError(f"unknown preset {preset_name!r}; choose one of {sorted(PRESETS)}")
     preset, start = PRESETS[preset_name], time.perf_counter()
-    total = len(preset.models) * len(preset.sites) * len(preset.protections)
+    evaluated = [p for p in preset.protections if p in EVAL_PROTECTIONS]
+    grid = len(preset.models) * len(preset.sites) * len(preset.protections)
+    total = grid + len(evaluated) * len(preset.sites) + len(preset.protections)  # and the AUCs
     with progress_bar(console) as progress:
-        task = progress.add_task("overhead", total=total + len(preset.protections))
+        task = progress.add_task("overhead", total=total)
 
         def on_cell(description: str) -> None:
             progress.update(task, description=description)
             progress.advance(task)
 
         cells = run_grid(preset, on_cell=on_cell)
+        evaluation = run_evaluation_grid(evaluated, preset.sites, cells, on_cell=on_cell)
         auc = {}
         for protection in preset.protections:
             on_cell(f"AUC: {protection}")
@@ -75,6 +79,7 @@ def run_overhead_bench(preset_name: str, out: Path, *, console=None) -> tuple[di
             "cell_budget_s": preset.cell_budget_s,
         },
         "cells": cells,
+        "evaluation": evaluation,
         "auc": auc,
         "seconds": time.perf_counter() - start,
         "environment": {**environment(), "cpus": len(os.sched_getaffinity(0))},

@@ -57,6 +57,7 @@ class _LocalGrid(Grid):
         self.copy_seconds = 0.0  # the simulated transport's copies: neither side's work
         self.bytes_up: dict[int, int] = dict.fromkeys(apps, 0)
         self.bytes_down: dict[int, int] = dict.fromkeys(apps, 0)
+        self.model_down: dict[int, int] = dict.fromkeys(apps, 0)  # its fit instructions' model
         self._run = None
 
     def set_run(self, run) -> None:
@@ -86,6 +87,7 @@ class _LocalGrid(Grid):
             if node in self.drop.get(str(stage), ()):
                 continue  # the node is gone: no reply, as with a timeout
             self.bytes_down[node] += _content_bytes(message)
+            self.model_down[node] += _model_bytes(message)
             start = time.perf_counter()
             delivered = copy.deepcopy(message)  # a real transport gives each node its own copy
             self.copy_seconds += time.perf_counter() - start
@@ -113,6 +115,17 @@ def _content_bytes(message: Message) -> int:
             values = value if isinstance(value, list) else [value]
             total += sum(len(v) if isinstance(v, bytes) else 8 for v in values)
     return total
+
+
+def _model_bytes(message: Message) -> int:
+    """Bytes of the model a message carries: the arrays of its fit instructions' parameters
+    (``fitins.parameters``, sent with the key shares before the masked vectors)."""
+    return sum(
+        len(array.data)
+        for name, record in message.content.array_records.items()
+        if name.startswith("fitins.")
+        for array in record.values()
+    )
 
 
 def _server_context(grid: _LocalGrid, node_ids: list[int], dim: int) -> LegacyContext:
@@ -156,8 +169,9 @@ def run_flower_secaggplus(
     """One SecAgg+ round of Flower's own workflow over ``updates`` (client id -> flat float32
     update; ``num_shares``: the group size, the client included); returns the ``aggregate``
     (the mean), ``round_s``, ``server_s``, ``critical_s``, ``client_s`` (mean) and bytes up and
-    down per client. Clients in ``drop_before_masked_input`` (our ids) vanish before sending
-    masked vectors.
+    down per client (down: every message, and ``model_bytes_down_per_client`` of them the
+    model its fit instructions carry). Clients in ``drop_before_masked_input`` (our ids)
+    vanish before sending masked vectors.
     """
     logging.getLogger("flwr").setLevel(logging.WARNING)
     # What Flower's runtime sets for a ServerApp process before it creates messages.
@@ -192,15 +206,18 @@ def run_flower_secaggplus(
         context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True
     )
     (aggregate,) = parameters_to_ndarrays(result)
-    client_s = float(np.mean(list(grid.client_seconds.values())))
+    return {"aggregate": aggregate, "round_s": wall, **_costs(grid, wall)}
+
+
+def _costs(grid: _LocalGrid, wall: float) -> dict:
+    """A round's seconds and bytes per client from what ``grid`` timed and counted."""
     server_s = wall - sum(grid.client_seconds.values()) - grid.copy_seconds
     return {
-        "aggregate": aggregate,
-        "round_s": wall,
         "server_s": server_s,
         # as deployed: each exchange waits for its slowest node, plus the server's own work
         "critical_s": server_s + sum(grid.slowest_per_exchange),
-        "client_s": client_s,
+        "client_s": float(np.mean(list(grid.client_seconds.values()))),
         "bytes_up_per_client": float(np.mean(list(grid.bytes_up.values()))),
         "bytes_down_per_client": float(np.mean(list(grid.bytes_down.values()))),
+        "model_bytes_down_per_client": float(np.mean(list(grid.model_down.values()))),
     }

@@ -4,20 +4,28 @@ Ours (``plain``, ``secagg``, ``he`` with shared or threshold keys) run every sit
 through :func:`fedshield.engine.runner.run_protocol` in this process; the peers run as
 :mod:`.flower_peer` (Flower's SecAgg+) and :mod:`.flare_peer` (the FLARE way) do. Every cell
 reports the same columns: ``client_s`` (a site's protect time: its work in every stage, mean
-over sites), ``server_s``, ``bytes_up`` / ``bytes_down`` per site, ``round_s`` (this process's
-wall time, the sites one after another) and ``critical_s`` (a deployment's round: per stage the
-slowest site, plus the server; transfers not counted).
+over sites), ``server_s``, ``bytes_up`` / ``bytes_down`` per site (the protocol's messages
+only, like for like), ``model_bytes_down`` and ``bytes_down_with_model`` (plus the model each
+framework sends a site per round: :mod:`.broadcast` for ours, Flower's fit instructions, none
+beside the FLARE way's encrypted sum), ``round_s`` (this process's wall time, the sites one
+after another) and ``critical_s`` (a deployment's round: per stage the slowest site, plus the
+server; transfers not counted).
 """
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedshield.errors import ConfigError
 
-__all__ = ["CLIP", "PROTECTIONS", "measure", "update_layers"]
+if TYPE_CHECKING:
+    from fedshield.engine.runner import StageStats
+    from fedshield.protocols.registry import ProtocolSpec
+
+__all__ = ["CLIP", "PROTECTIONS", "measure", "prepare", "stage_columns", "update_layers"]
 
 CLIP = 0.1  # updates are drawn in [-CLIP/2, CLIP/2]; quantizing protocols clip to [-CLIP, CLIP]
 PROTECTIONS: dict[str, dict] = {  # name -> (kind, options)
@@ -48,7 +56,7 @@ def measure(protection: str, layers: list[np.ndarray], n: int) -> dict:
     kind = PROTECTIONS[protection]["kind"]
     start = time.perf_counter()
     if kind == "ours":
-        row = _ours(PROTECTIONS[protection], layers, n)
+        row = _ours(protection, layers, n)
     elif kind == "flower":
         row = _flower(layers, n)
     else:
@@ -57,12 +65,20 @@ def measure(protection: str, layers: list[np.ndarray], n: int) -> dict:
     return row
 
 
-def _ours(options: dict, layers: list[np.ndarray], n: int) -> dict:
-    from fedshield.engine.runner import enrol, run_protocol, setup_protocol
-    from fedshield.engine.transport import InProcessTransport
+def prepare(protection: str, n: int, dim: int) -> tuple[ProtocolSpec, dict]:
+    """``protection``'s spec for ``n`` sites (ids ``0 .. n - 1``) and vectors of ``dim``
+    values, enrolled and past its one-time setup (``he``: the key setup, timed as
+    ``setup_s``); returns it and the sites' identities.
+
+    Raises:
+        ConfigError: not one of ours, or a protocol that refuses ``n``.
+    """
+    from fedshield.engine.runner import enrol, setup_protocol
     from fedshield.protocols.registry import get_protocol
 
-    update = np.concatenate([layer.ravel() for layer in layers])
+    options = PROTECTIONS.get(protection, {})
+    if options.get("kind") != "ours":
+        raise ConfigError(f"{protection!r} is not one of fedshield's protections")
     spec = get_protocol(
         options["protect"], max_weight=1.0, clip=CLIP, he_keys=options.get("he_keys", "shared"),
         sites=n,
@@ -70,9 +86,36 @@ def _ours(options: dict, layers: list[np.ndarray], n: int) -> dict:
     ids = list(range(n))
     roster, identities = enrol(spec, ids)
     spec = spec.with_roster(roster)
-    setup_start = time.perf_counter()
-    spec = setup_protocol(spec, clients=ids, dim=update.size, identities=identities)
-    setup_s = time.perf_counter() - setup_start
+    start = time.perf_counter()
+    spec = setup_protocol(spec, clients=ids, dim=dim, identities=identities)
+    return spec, {"identities": identities, "setup_s": time.perf_counter() - start}
+
+
+def stage_columns(stages: list[StageStats], ids: list[int]) -> dict:
+    """A round's columns from its stages: ``client_s`` (a site's time in every stage, mean over
+    ``ids``), ``server_s``, ``bytes_up`` and ``bytes_down`` per site (mean) and
+    ``critical_s`` (per stage the slowest site, plus the server)."""
+
+    def per_site(attr: str) -> float:
+        return float(np.mean([sum(getattr(s, attr).get(c, 0) for s in stages) for c in ids]))
+
+    return {
+        "client_s": per_site("client_s"),
+        "server_s": sum(s.server_s for s in stages),
+        "bytes_up": per_site("bytes_up"),
+        "bytes_down": per_site("bytes_down"),
+        "critical_s": sum(max(s.client_s.values(), default=0.0) + s.server_s for s in stages),
+    }
+
+
+def _ours(protection: str, layers: list[np.ndarray], n: int) -> dict:
+    from fedshield.engine.runner import run_protocol
+    from fedshield.engine.transport import InProcessTransport
+    from fedshield.overhead.broadcast import model_broadcast_bytes
+
+    update = np.concatenate([layer.ravel() for layer in layers])
+    spec, setup = prepare(protection, n, update.size)
+    identities, ids = setup["identities"], list(range(n))
     clients = {
         c: spec.client(client_id=c, round=1, update=update, weight=1.0, quant_seed=c,
                        identity=identities[c])
@@ -83,18 +126,16 @@ def _ours(options: dict, layers: list[np.ndarray], n: int) -> dict:
     outcome = run_protocol(server, InProcessTransport(clients))
     round_s = time.perf_counter() - start
     if outcome.revealed is None:
-        raise ConfigError(f"{options['protect']}: the round aborted: {outcome.aborted}")
-    stages = outcome.stages
-    client_s = {c: sum(s.client_s.get(c, 0.0) for s in stages) for c in ids}
+        raise ConfigError(f"{protection}: the round aborted: {outcome.aborted}")
+    row = stage_columns(outcome.stages, ids)
+    model_bytes = model_broadcast_bytes(spec, [layer.shape for layer in layers])
     return {
-        "client_s": float(np.mean(list(client_s.values()))),
-        "server_s": sum(s.server_s for s in stages),
-        "bytes_up": float(np.mean([sum(s.bytes_up.get(c, 0) for s in stages) for c in ids])),
-        "bytes_down": float(np.mean([sum(s.bytes_down.get(c, 0) for s in stages) for c in ids])),
+        **row,
+        "model_bytes_down": float(model_bytes),
+        "bytes_down_with_model": row["bytes_down"] + model_bytes,
         "round_s": round_s,
-        "critical_s": sum(max(s.client_s.values(), default=0.0) + s.server_s for s in stages),
-        "setup_s": setup_s,
-        "max_abs_error": _error(outcome.revealed, update, options["protect"]),
+        "setup_s": setup["setup_s"],
+        "max_abs_error": _error(outcome.revealed, update, spec.name),
     }
 
 
@@ -142,7 +183,10 @@ def _flower(layers: list[np.ndarray], n: int) -> dict:
         "client_s": out["client_s"],
         "server_s": out["server_s"],
         "bytes_up": out["bytes_up_per_client"],
-        "bytes_down": out["bytes_down_per_client"],
+        # like for like: its protocol's messages; its fit instructions carry the model too
+        "bytes_down": out["bytes_down_per_client"] - out["model_bytes_down_per_client"],
+        "model_bytes_down": out["model_bytes_down_per_client"],
+        "bytes_down_with_model": out["bytes_down_per_client"],
         "round_s": out["round_s"],
         "critical_s": out["critical_s"],
         "setup_s": 0.0,
@@ -162,6 +206,9 @@ def _flare(layers: list[np.ndarray], n: int) -> dict:
         "server_s": out["sum_s"],
         "bytes_up": float(out["bytes_up"]),
         "bytes_down": float(out["bytes_down"]),
+        # the encrypted sum is the model a site decrypts and applies: nothing else comes down
+        "model_bytes_down": 0.0,
+        "bytes_down_with_model": float(out["bytes_down"]),
         # one site encrypts and decrypts here: the others would do the same work again
         "round_s": n * (out["encrypt_s"] + out["decrypt_s"]) + out["sum_s"],
         "critical_s": critical,

@@ -11,7 +11,15 @@ from fedshield.overhead.measure import PROTECTIONS
 
 __all__ = ["COLUMNS", "add_ratios", "write_outputs"]
 
-COLUMNS = ("client_s", "server_s", "bytes_up", "bytes_down", "round_s", "critical_s")
+COLUMNS = (
+    "client_s",
+    "server_s",
+    "bytes_up",
+    "bytes_down",
+    "bytes_down_with_model",
+    "round_s",
+    "critical_s",
+)
 PEERS = {"secagg": "flower-secagg+", "he-shared": "flare-he", "he-threshold": "flare-he"}
 
 
@@ -59,31 +67,71 @@ def _fmt(value, spec: str) -> str:
 
 
 def markdown(doc: dict) -> str:
-    """The tables of ``bench.md``: every cell (measured, refused or skipped), then the AUC."""
+    """The tables of ``bench.md``: every cell (measured, refused or skipped), the secure
+    evaluation's count session, then the AUC."""
+    return "\n".join(_cells_table(doc) + _evaluation_table(doc) + _auc_table(doc)) + "\n"
+
+
+def _cells_table(doc: dict) -> list[str]:
     lines = [
         f"# fedshield bench overhead ({doc['preset']})", "",
         f"{doc['seconds']:.0f} s on {doc['environment'].get('cpus', '?')} CPUs. Per site and "
-        "round; bytes: one protocol round (the model broadcast not counted); critical: per "
-        "stage the slowest site plus the server. Ratios: peer / ours (above 1: ours cheaper).",
-        "", "| protection | model | n | client s | server s | up B | down B | round s | "
-        "critical s | up / plain | peer | client × | server × | up × | critical × |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "round; bytes: one protocol round; down B: the protocol's messages only (like for "
+        "like, the ratio); down+model B: plus the model each framework sends a site per round; "
+        "critical: per stage the slowest site plus the server. Ratios: peer / ours (above 1: "
+        "ours cheaper).",
+        "", "| protection | model | n | client s | server s | up B | down B | down+model B | "
+        "round s | critical s | up / plain | peer | client × | server × | up × | down × | "
+        "critical × |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in doc["cells"]:
         head = f"| {r['protection']} | {r['model']} | {r['n']} |"
         if r["status"] != "ok":
-            lines.append(f"{head} {r['status']}: {r['reason']} |" + " |" * 11)
+            lines.append(f"{head} {r['status']}: {r['reason']} |" + " |" * 13)
             continue
         v, p = r.get("vs_peer") or {}, r.get("vs_plain") or {}
         lines.append(
             f"{head} {r['client_s']:.4f} | {r['server_s']:.4f} | {r['bytes_up']:,.0f} | "
-            f"{r['bytes_down']:,.0f} | {r['round_s']:.3f} | {r['critical_s']:.4f} | "
-            f"{_fmt(p.get('bytes_up_over_plain'), '.3f')} | {r.get('peer', '-')} | "
+            f"{r['bytes_down']:,.0f} | {r['bytes_down_with_model']:,.0f} | {r['round_s']:.3f} | "
+            f"{r['critical_s']:.4f} | {_fmt(p.get('bytes_up_over_plain'), '.3f')} | "
+            f"{r.get('peer', '-')} | "
             + " | ".join(_fmt(v.get(f"{c}_peer_over_ours"), ".2f")
-                         for c in ("client_s", "server_s", "bytes_up", "critical_s"))
+                         for c in ("client_s", "server_s", "bytes_up", "bytes_down", "critical_s"))
             + " |"
         )  # fmt: skip
-    lines += [
+    return lines
+
+
+def _evaluation_table(doc: dict) -> list[str]:
+    lines = [
+        "", "## Secure evaluation: the round's count session",
+        "", "The pooled metrics' counts (8,197 per site for a binary task, whatever the model) "
+        "summed so the server learns only their sum; no peer has one (Flower's SecAgg+ and the "
+        "FLARE way protect the update only). eval / train: the count session over the same "
+        "protection's training round at that n, per model (critical s; bytes up).",
+        "", "| protection | n | client s | server s | up B | down B | round s | critical s | "
+        "eval / train critical | eval / train up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in doc.get("evaluation", []):
+        head = f"| {r['protection']} | {r['n']} |"
+        if r["status"] != "ok":
+            lines.append(f"{head} {r['status']}: {r['reason']} |" + " |" * 7)
+            continue
+        vs = r["vs_train"]
+        crit = ", ".join(f"{m} {_fmt(x.get('critical_s'), '.3f')}" for m, x in vs.items())
+        up = ", ".join(f"{m} {_fmt(x.get('bytes_up'), '.3f')}" for m, x in vs.items())
+        lines.append(
+            f"{head} {r['client_s']:.4f} | {r['server_s']:.4f} | {r['bytes_up']:,.0f} | "
+            f"{r['bytes_down']:,.0f} | {r['round_s']:.3f} | {r['critical_s']:.4f} | "
+            f"{crit or '-'} | {up or '-'} |"
+        )
+    return lines
+
+
+def _auc_table(doc: dict) -> list[str]:
+    lines = [
         "",
         "## Final AUC of a short training per protection",
         "",
@@ -95,7 +143,7 @@ def markdown(doc: dict) -> str:
             f"| {name} | {_fmt(a.get('auc'), '.3f')} | {a.get('rounds', '-')} | "
             f"{_fmt(a.get('critical_path_s'), '.2f')} | {a.get('reason', '')} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _plot(path: Path, cells: list[dict], column: str) -> Path:

@@ -1,7 +1,9 @@
 """The AUC column: a short BreastMNIST training per protection, cached on disk.
 
 Each of our protections trains the same federation (same seed, sites, rounds) in process, as
-``fedshield run`` does (:func:`fedshield.engine.experiment.build_federation`); the peers are
+``fedshield run --threads 1`` does (:func:`fedshield.engine.experiment.build_federation`, one
+torch thread: with more on a loaded machine, a site's training once took 2.5 s instead of
+0.05 s, and the round's critical path with it; docs/overhead.md); the peers are
 measured on one round of synthetic updates and not trained (their AUC is ``None``, with the
 reason). Results are cached as JSON under ``<out>/auc-cache/``, keyed by the whole training
 configuration, so a rerun into the same folder skips the training.
@@ -24,6 +26,9 @@ PEER_NOT_TRAINED = (
     "a peer: measured on one round of synthetic updates with its own library; fedshield's "
     "engine does not train with it"
 )
+
+
+CACHE_VERSION = 2  # 2: one torch thread, per-round critical paths (older results retrain)
 
 
 def _config(preset, protection: str):
@@ -53,7 +58,8 @@ def train_auc(preset, protection: str, cache: Path) -> dict:
         config = _config(preset, protection)
     except ConfigError as exc:
         return {"auc": None, "reason": f"refused: {exc}"}
-    key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:16]
+    keyed = {**asdict(config), "cache_version": CACHE_VERSION}
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / f"{protection}-{key}.json"
     if path.exists():
         return {**json.loads(path.read_text()), "cached": True}
@@ -73,10 +79,16 @@ def _train(config) -> dict:
 
     from fedshield.engine.experiment import build_federation
 
-    torch.manual_seed(config.seed)
-    start = time.perf_counter()
-    federation = build_federation(config)
-    rows = [federation.run_round().as_dict() for _ in range(config.rounds)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)  # as `fedshield run --threads` does
+    try:
+        torch.manual_seed(config.seed)
+        start = time.perf_counter()
+        federation = build_federation(config)
+        rows = [federation.run_round().as_dict() for _ in range(config.rounds)]
+        used_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
     later = rows[1:] or rows  # round 1 pays one-time compilation
     return {
         "auc": float(rows[-1]["auc"]),
@@ -87,5 +99,9 @@ def _train(config) -> dict:
         "local_epochs": config.local_epochs,
         "bytes_up_per_client": float(rows[-1]["bytes_up_per_client"]),
         "critical_path_s": float(sorted(r["critical_path_s"] for r in later)[len(later) // 2]),
+        # the engine's rule: the slowest site's training is part of every round's path
+        "critical_path_s_per_round": [float(r["critical_path_s"]) for r in rows],
+        "slowest_train_s_per_round": [max(r["site_train_s"].values()) for r in rows],
+        "torch_threads": used_threads,
         "seconds": time.perf_counter() - start,
     }

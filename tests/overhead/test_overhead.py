@@ -116,3 +116,89 @@ def test_update_shapes_come_from_the_models_state_dicts():
     cnn = model_shapes("cnn")
     assert sum(int(__import__("math").prod(s)) for s in cnn) > 1000
     assert model_shapes("tiny") != cnn
+
+
+def test_bytes_down_counts_the_protocol_alone_and_beside_it_the_model(tiny_run):
+    _, doc = tiny_run
+    for protection in PROTECTIONS:
+        row = _ok(doc, protection, 3)
+        fp32 = row["fp32_bytes"]
+        assert row["bytes_down_with_model"] == row["bytes_down"] + row["model_bytes_down"]
+        if protection in ("plain", "secagg", "flower-secagg+"):  # the float32 model, framed
+            assert fp32 <= row["model_bytes_down"] < fp32 + 1024, protection
+        elif protection == "flare-he":  # the encrypted sum is the model a site decrypts
+            assert row["model_bytes_down"] == 0
+        else:  # he: the sites hold the model; a round starts with a short message
+            assert 0 < row["model_bytes_down"] < 100
+    # Flower's fit instructions carry the model: taken out of its protocol's bytes down
+    flower = _ok(doc, "flower-secagg+", 3)
+    assert flower["bytes_down"] < fp32 < flower["bytes_down_with_model"]
+    ours = _ok(doc, "secagg", 3)
+    for column in ("bytes_down", "bytes_down_with_model"):
+        ratio = ours["vs_peer"][f"{column}_peer_over_ours"]
+        assert ratio == pytest.approx(flower[column] / ours[column])
+    assert "down+model B" in markdown(doc)
+
+
+@pytest.mark.parametrize("protect", ["plain", "secagg", "he"])
+def test_the_model_bytes_are_what_the_engine_sends_a_deployed_site(protect):
+    from types import SimpleNamespace
+
+    from fedshield.engine.experiment import RunConfig, build_federation
+    from fedshield.engine.flower.apps import _round_start
+    from fedshield.overhead.broadcast import model_broadcast_bytes
+
+    fed = build_federation(RunConfig(protect=protect, sites=3, rounds=1))
+    shapes = [e.shape for e in fed.spec.entries]
+    server = SimpleNamespace(round=1, last_aggregate_round=0, broadcast=fed.server.broadcast)
+    sent = _round_start(server, protect == "he")  # what the Flower ServerApp sends
+    assert model_broadcast_bytes(fed.protocol, shapes) == len(sent)
+    if protect != "he":
+        assert len(sent) == len(fed.server.broadcast()) > 4 * fed.spec.dim
+
+
+def test_secure_evaluation_is_measured_beside_the_training_round(tiny_run):
+    from fedshield.overhead.eval_cost import EVAL_PROTECTIONS
+
+    out, doc = tiny_run
+    rows = {(r["protection"], r["n"]): r for r in doc["evaluation"]}
+    assert set(rows) == {(p, n) for p in EVAL_PROTECTIONS for n in PRESETS["tiny"].sites}
+    for protection in EVAL_PROTECTIONS:
+        row = rows[(protection, 3)]
+        assert row["status"] == "ok" and row["values"] == 8197  # n, confusion, 2 x 4096 bins
+        assert row["client_s"] > 0 and row["server_s"] > 0 and row["critical_s"] > 0
+        assert row["bytes_up"] > row["values"] // 8  # every count travels, masked or encrypted
+        train = _ok(doc, protection, 3)
+        assert row["vs_train"]["tiny"]["bytes_up"] == pytest.approx(
+            row["bytes_up"] / train["bytes_up"]
+        )
+    assert "Secure evaluation" in (out / "bench.md").read_text()
+
+
+def test_only_a_protection_with_a_count_session_is_measured():
+    from fedshield.overhead.eval_cost import measure_evaluation
+
+    for protection in ("plain", "flower-secagg+", "flare-he"):
+        with pytest.raises(ConfigError, match="no secure evaluation"):
+            measure_evaluation(protection, 3)
+
+
+def test_training_runs_on_one_torch_thread_and_its_path_includes_the_training(tiny_run, tmp_path):
+    import torch
+
+    from fedshield.overhead.training import train_auc
+
+    _, doc = tiny_run
+    for protection in ("plain", "secagg", "he-shared", "he-threshold"):
+        result = doc["auc"][protection]
+        assert result["torch_threads"] == 1
+        for path, train in zip(result["critical_path_s_per_round"],
+                               result["slowest_train_s_per_round"], strict=True):  # fmt: skip
+            assert path > train > 0
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert train_auc(PRESETS["tiny"], "plain", tmp_path)["torch_threads"] == 1
+        assert torch.get_num_threads() == 2  # the process's own setting comes back
+    finally:
+        torch.set_num_threads(before)
