@@ -12,6 +12,7 @@ Example:
     [True]
 """
 
+from fedshield.audit import counts as _counts  # noqa: F401  (registers the count sessions')
 from fedshield.audit import rejection as _rejection  # noqa: F401  (registers reject/*)
 from fedshield.audit.bed import MODES, SESSION_TYPES, AuditBed, AuditRound, drive
 from fedshield.audit.checks import (

@@ -1,6 +1,6 @@
 """The federations an audit drives: the real sessions of every mode, made through the protocol
-registry, with every key made by the real key-setup sessions, and a round driver that can swap
-any message for another on its way.
+registry, with every key made by the real key-setup sessions (the round driver:
+:mod:`fedshield.audit.drive`).
 
 Modes: ``plain`` (float32), ``plain-q8`` (8-bit levels with a float32 range per chunk),
 ``secagg`` (SecAgg+, integer weighting), ``he-shared`` (BFV, one key sealed to every site) and
@@ -8,6 +8,13 @@ Modes: ``plain`` (float32), ``plain-q8`` (8-bit levels with a float32 range per 
 decrypt). Each mode's options are fixed and public (clip 1, 8-bit levels, 8-bit integer
 weights against a largest weight of 15), so that the aggregate can be compared with the plain
 sum of the levels each site encoded.
+
+Count modes (:data:`COUNT_MODES`): the sessions of secure evaluation (docs/evaluation.md) that
+sum each site's integer counts exactly, derived from a run mode's spec as the engine derives
+them (``for_counts(MAX_COUNT)``): ``secagg-counts`` (SecAgg+ on the exact count grid),
+``he-shared-counts``, ``he-threshold-counts`` and ``he-threshold-t-counts`` (the HE count sum
+under the run's keys; each site reports the decrypted sum back). Each site's counts are
+integers in ``[0, MAX_COUNT]``, both ends included; the revealed counts must equal their sum.
 
 A *variant* replaces one session class (``variants={"secagg.client": MyClient}``): it is built
 with the keyword arguments the registry would give the real class, so a subclass of the real
@@ -17,20 +24,23 @@ session (a broken one, in the tests) is audited exactly like the real one.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fedshield.audit.drive import Delivery, Driven, Hook, drive
 from fedshield.crypto.ring import integer_weight
 from fedshield.engine.runner import run_protocol
+from fedshield.engine.secure_eval import MAX_COUNT
 from fedshield.engine.transport import InProcessTransport
-from fedshield.errors import ConfigError, FedshieldError, ProtocolAbort
+from fedshield.errors import ConfigError
 from fedshield.protocols.base import ClientSession, Revealed, ServerSession
 from fedshield.protocols.registry import ProtocolSpec, get_protocol
 from fedshield.protocols.roster import Roster
 
 __all__ = [
+    "COUNT_MODES",
     "DIM",
     "FUZZ_MODES",
     "MODES",
@@ -44,21 +54,28 @@ __all__ = [
     "drive",
 ]
 
-MODES = ("plain", "plain-q8", "secagg", "he-shared", "he-threshold", "he-threshold-t")
+# the count sessions of secure evaluation, each named after the run mode it derives from
+COUNT_MODES = ("secagg-counts", "he-shared-counts", "he-threshold-counts",
+               "he-threshold-t-counts")  # fmt: skip
+MODES = ("plain", "plain-q8", "secagg", "he-shared", "he-threshold", "he-threshold-t",
+         *COUNT_MODES)  # fmt: skip
 # he's one-time key setups
 SETUP_MODES = ("he-shared-keys", "he-threshold-keys", "he-threshold-t-keys")
 FUZZ_MODES = MODES + SETUP_MODES
 SESSION_TYPES = tuple(f"{mode}.{side}" for mode in MODES for side in ("server", "client"))
 SITES = {"plain": 5, "plain-q8": 5, "secagg": 5, "he-shared": 3, "he-threshold": 3,
          "he-threshold-t": 3}  # fmt: skip
+SITES.update({mode: SITES[mode.removesuffix("-counts")] for mode in COUNT_MODES})
 KEY_THRESHOLD = 2  # he-threshold-t: any 2 of the 3 sites decrypt
 DIM = 256  # values per update
 MAX_WEIGHT = 15.0
 _OPTIONS = {"max_weight": MAX_WEIGHT, "clip": 1.0, "quant_bits": 8}
 
-# A hook sees each message on its way, (direction, stage, party, data), with direction "down"
-# (server to client) or "up"; it returns the messages to deliver instead, or None.
-Hook = Callable[[str, str, int, bytes], "list[bytes] | None"]
+
+def run_mode(mode: str) -> str:
+    """The run mode a count session derives from (``he-shared-counts``: ``he-shared``);
+    ``mode`` itself for any other."""
+    return mode.removesuffix("-counts") if mode in COUNT_MODES else mode
 
 
 def base_spec(mode: str) -> ProtocolSpec:
@@ -89,7 +106,11 @@ class AuditRound:
     def expected(self, survivors) -> np.ndarray:
         """The plain aggregate of ``survivors``: the weighted float sum of what each sent
         (``plain``: its update, or its dequantized levels), or the sum of each site's encoded
-        levels times its integer weight, then the weights' sum."""
+        levels times its integer weight, then the weights' sum; a count session: the sum of
+        the sites' counts (int64)."""
+        if self.mode in COUNT_MODES:
+            zero = np.zeros(self.dim, np.int64)
+            return sum((self.clients[c].update.astype(np.int64) for c in survivors), zero)
         if self.mode.startswith("plain"):
             return sum(
                 (float(self.clients[c].weight) * self.clients[c].sent.astype(np.float64)
@@ -107,9 +128,10 @@ class AuditRound:
 
     def observed(self, revealed: Revealed) -> np.ndarray | None:
         """What the round unmasked (``secagg``), decrypted (``he``: the sites' level sum, which
-        every site that decoded must agree on) or summed (``plain``); ``None`` if nothing."""
-        if self.mode.startswith("plain"):
-            return revealed.weighted_sum
+        every site that decoded must agree on) or summed (``plain``); ``None`` if nothing. A
+        count session: the counts it revealed (unmasked, or as the sites reported them)."""
+        if self.mode.startswith("plain") or self.mode in COUNT_MODES:
+            return None if revealed.weighted_sum is None else np.asarray(revealed.weighted_sum)
         if self.mode == "secagg":
             found = getattr(self.server, "unmasked", None)
             return None if found is None else found.astype(np.int64)
@@ -180,6 +202,8 @@ class AuditBed:
         """``mode``'s protocol bound to the roster of ``n`` sites; under ``he``, after the key
         setup ran through its real sessions (its server kept in :attr:`setup_servers`)."""
         key = (mode, n, dim)
+        if key not in self._specs and mode in COUNT_MODES:  # derived from the run's spec
+            self._specs[key] = self.spec(run_mode(mode), n, dim).for_counts(MAX_COUNT)
         if key not in self._specs:
             roster, identities = self.roster(n)
             spec = base_spec(mode).with_roster(roster)
@@ -211,12 +235,21 @@ class AuditBed:
         server = self._server(mode, spec, round=number, clients=ids, dim=dim)
         identities, clients = self.roster(n)[1], {}
         for c in ids:
-            update = self.rng.uniform(-1.0, 1.0, dim).astype(np.float32)
-            weight = float(1 + (3 * c + number) % 15)
+            update, weight = self._input(mode, c, number, dim)
             clients[c] = self._client(mode, spec, client_id=c, identity=identities[c],
                                       round=number, update=update, weight=weight,
                                       quant_seed=1000 * number + c)  # fmt: skip
         return AuditRound(mode, server, clients, dim)
+
+    def _input(self, mode: str, c: int, number: int, dim: int) -> tuple[np.ndarray, float]:
+        """Site ``c``'s update and weight (a count session: counts in ``[0, MAX_COUNT]``, both
+        ends included, and weight 1)."""
+        if mode in COUNT_MODES:
+            counts = self.rng.integers(0, MAX_COUNT + 1, dim)
+            counts[self.rng.integers(0, dim, 2)] = (0, MAX_COUNT)
+            return counts.astype(np.float32), 1.0
+        update = self.rng.uniform(-1.0, 1.0, dim).astype(np.float32)
+        return update, float(1 + (3 * c + number) % 15)
 
     def _setup_round(self, mode: str, dim: int) -> AuditRound:
         base = mode.removesuffix("-keys")
@@ -246,112 +279,35 @@ class AuditBed:
         cls = self.variants.get(f"{mode}.server")
         if cls is None:
             return spec.server(**kwargs)
-        extra = {
-            "plain": lambda: {"payload_format": spec.format},
-            "plain-q8": lambda: {"payload_format": spec.format},
-            "secagg": lambda: {"config": spec.config, "roster": spec.roster},
-            "he-shared": lambda: {"plan": spec.plan},
-            "he-threshold": lambda: {"plan": spec.plan, "roster": spec.roster},
-            "he-threshold-t": lambda: {"plan": spec.plan, "roster": spec.roster},
-        }[mode]()
-        return cls(**kwargs, **extra)
+        family, roster = _family(mode), getattr(getattr(spec, "run", spec), "roster", None)
+        if family == "plain":
+            return cls(**kwargs, payload_format=spec.format)
+        if family == "secagg":
+            return cls(**kwargs, config=spec.config, roster=roster)
+        plan = spec.plan(kwargs["dim"]) if mode in COUNT_MODES else spec.plan
+        extra = {"roster": roster} if family == "he-threshold" else {}
+        return cls(**kwargs, plan=plan, **extra)
 
     def _client(self, mode: str, spec, *, client_id: int, identity, **kwargs) -> ClientSession:
         cls = self.variants.get(f"{mode}.client")
         if cls is None:
             return spec.client(client_id=client_id, identity=identity, **kwargs)
-        extra = {
-            "plain": lambda: {"payload_format": spec.format},
-            "plain-q8": lambda: {"payload_format": spec.format},
-            "secagg": lambda: {"config": spec.config, "roster": spec.roster,
-                               "identity": identity},
-            "he-shared": lambda: {"keyring": spec.keyrings[client_id]},
-            "he-threshold": lambda: {"keyring": spec.keyrings[client_id],
-                                     "roster": spec.roster, "identity": identity},
-            "he-threshold-t": lambda: {"keyring": spec.keyrings[client_id],
-                                       "roster": spec.roster, "identity": identity},
-        }[mode]()  # fmt: skip
-        return cls(client_id=client_id, **kwargs, **extra)
+        family, roster = _family(mode), getattr(getattr(spec, "run", spec), "roster", None)
+        if family == "plain":
+            return cls(client_id=client_id, **kwargs, payload_format=spec.format)
+        if family == "secagg":
+            return cls(client_id=client_id, **kwargs, config=spec.config, roster=roster,
+                       identity=identity)  # fmt: skip
+        if mode in COUNT_MODES:  # the run's key under the count plan
+            keyring = spec.keyring(client_id, kwargs["update"].size)
+        else:
+            keyring = spec.keyrings[client_id]
+        extra = {"roster": roster, "identity": identity} if family == "he-threshold" else {}
+        return cls(client_id=client_id, **kwargs, keyring=keyring, **extra)
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """One message delivered: its direction (``down``: to a client; ``up``: to the server),
-    stage and party, whether a hook put it there, and the error it raised (``None``: taken)."""
-
-    direction: str
-    stage: str
-    party: int
-    hooked: bool
-    error: BaseException | None
-
-
-@dataclass
-class Driven:
-    """What driving a round gave: the revealed aggregate (``None`` when it aborted), every
-    delivery, and an error that broadcast, close_stage or reveal raised other than an abort."""
-
-    revealed: Revealed | None = None
-    aborted: str | None = None
-    deliveries: list[Delivery] = field(default_factory=list)
-    failure: BaseException | None = None
-
-    @property
-    def crashes(self) -> list[BaseException]:
-        """Every error raised that is not one of fedshield's typed errors."""
-        errors = [d.error for d in self.deliveries if d.error is not None] + [self.failure]
-        return [e for e in errors if e is not None and not isinstance(e, FedshieldError)]
-
-    def hooked(self) -> list[Delivery]:
-        """The deliveries a hook put in place of the honest message."""
-        return [d for d in self.deliveries if d.hooked]
-
-
-def drive(
-    server: ServerSession,
-    clients: Mapping[int, ClientSession],
-    *,
-    hook: Hook | None = None,
-    absent: Mapping[str, set[int]] | None = None,
-) -> Driven:
-    """Run every stage of ``server``'s round against ``clients`` in this process, as the round
-    runner does (a client that raises gives no answer; the server drops a sender whose message
-    it rejects), but with every message passing ``hook`` first and every error recorded:
-    nothing raised by a session escapes. ``absent``: clients that vanish at a stage."""
-    out, absent = Driven(), absent or {}
-    try:
-        for stage in server.stages:
-            for cid, message in sorted(server.broadcast(stage).items()):
-                if cid in absent.get(stage, ()) or cid not in clients:
-                    continue
-                handle = clients[cid].handle
-                answer = _deliver(out, hook, "down", stage, cid, message,
-                                  lambda m, s=stage, h=handle: h(s, m))  # fmt: skip
-                if answer is not None:
-                    _deliver(out, hook, "up", stage, cid, answer,
-                             lambda m, s=stage, c=cid: server.receive(s, c, m))  # fmt: skip
-            server.close_stage(stage)
-        out.revealed = server.reveal()
-    except ProtocolAbort as exc:
-        out.aborted = f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # recorded: the audit reports it
-        out.failure = exc
-    return out
-
-
-def _deliver(out: Driven, hook, direction: str, stage: str, party: int, data, call):
-    """Deliver ``data`` (or what ``hook`` puts in its place); the first answer given."""
-    data = bytes(data)
-    replaced = hook(direction, stage, party, data) if hook is not None else None
-    answer = None
-    for message in [data] if replaced is None else replaced:
-        try:
-            value = call(bytes(message))
-        except Exception as exc:  # recorded, never raised: the audit counts it
-            out.deliveries.append(Delivery(direction, stage, party, replaced is not None, exc))
-            if direction == "up" and isinstance(exc, ProtocolAbort):
-                raise  # the server ended the round, as the round runner lets it
-            continue
-        out.deliveries.append(Delivery(direction, stage, party, replaced is not None, None))
-        answer = value if answer is None else answer
-    return answer
+def _family(mode: str) -> str:
+    """The session classes ``mode`` uses: ``plain``, ``secagg``, ``he-shared`` or
+    ``he-threshold`` (with any key threshold)."""
+    base = run_mode(mode)
+    return {"plain-q8": "plain", "he-threshold-t": "he-threshold"}.get(base, base)

@@ -7,10 +7,12 @@ does not hold; any other exception fails it too, as a crash. ``rng`` is seeded f
 audit's seed and the check's name, so each check is reproducible on its own.
 
 - ``exact/<mode>``: the unmasked (``secagg``) or decrypted (``he``) aggregate equals the plain
-  sum of the levels each site encoded, times its integer weight; ``plain``: the float sum.
-- ``dropout/secagg``: random sites vanish at random stages; the round completes exactly over
-  the survivors while the threshold and the consistency quorum hold, and aborts (typed, with
-  nothing revealed) otherwise.
+  sum of the levels each site encoded, times its integer weight; ``plain``: the float sum; a
+  count session (``*-counts``): the revealed counts equal the plain sum of the sites' counts.
+- ``dropout/secagg``, ``dropout/secagg-counts``: random sites vanish at random stages; the
+  round completes exactly over the survivors while the threshold and the consistency quorum
+  hold, and aborts (typed, with nothing revealed) otherwise (``he`` count sessions:
+  :mod:`fedshield.audit.counts`).
 - ``uniform/secagg``: each masked upload, and the masked sum the server holds before
   unmasking, pass a chi-square test of uniformity over the ring (top and bottom 6 bits).
 - ``no-key/<he mode>``: no secret key, decryptor, keyring or private key is reachable from the
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedshield import wire
-from fedshield.audit.bed import DIM, MODES, SITES, AuditBed
+from fedshield.audit.bed import COUNT_MODES, DIM, MODES, SITES, AuditBed, AuditRound, run_mode
 from fedshield.audit.keywalk import reachable_secrets
 from fedshield.crypto import ring
 from fedshield.engine.dropout import DropoutPolicy
@@ -41,7 +43,18 @@ from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
 from fedshield.errors import ConfigError, FedshieldError
 
-__all__ = ["CHECKS", "Check", "CheckFailed", "CheckResult", "register", "run_checks", "select"]
+__all__ = [
+    "CHECKS",
+    "Check",
+    "CheckFailed",
+    "CheckResult",
+    "Pattern",
+    "drop",
+    "register",
+    "run_checks",
+    "sampled_dropouts",
+    "select",
+]
 
 CheckFn = Callable[[AuditBed, np.random.Generator, bool], str]
 
@@ -129,6 +142,7 @@ def run_checks(
 _FULL_SIZES = {"plain": (1, 5, 12), "plain-q8": (1, 5, 12), "secagg": (3, 5, 10),
                "he-shared": (2, 3, 6), "he-threshold": (2, 3),
                "he-threshold-t": (3, 4)}  # fmt: skip
+_FULL_SIZES.update({mode: _FULL_SIZES[run_mode(mode)] for mode in COUNT_MODES})
 
 
 def _exact(mode: str, bed: AuditBed, rng: np.random.Generator, quick: bool) -> str:
@@ -140,20 +154,33 @@ def _exact(mode: str, bed: AuditBed, rng: np.random.Generator, quick: bool) -> s
         if problem is not None:
             raise CheckFailed(f"{n} sites: {outcome.aborted or problem}")
     what = "float sum" if mode.startswith("plain") else "sum of the weighted levels"
+    what = "sum of the sites' counts" if mode in COUNT_MODES else what
     return f"{', '.join(map(str, sizes))} sites x {DIM} values: equals the plain {what}"
 
 
 # --- dropouts --------------------------------------------------------------------------------
-def _dropouts(bed: AuditBed, rng: np.random.Generator, quick: bool) -> str:
-    completed, aborted, dropped_at = 0, 0, dict.fromkeys(bed.round_stages("secagg"), 0)
-    for _ in range(60 if quick else 300):
-        n = int(rng.integers(3, 9))
-        t = int(rng.integers(1, n // 2 + 2))  # up to the default, a majority
-        r = bed.round("secagg", n=n, threshold=t)
-        schedule, survivors, enough = _dropout_pattern(r, n, t, rng, dropped_at)
+# One sampled pattern: the round, who vanishes at each stage, the sites whose input must be in
+# the sum, whether the protocol must complete, and a label for the report.
+Pattern = tuple[AuditRound, dict[str, list[int]], set[int], bool, str]
+
+
+def sampled_dropouts(
+    patterns: int, stages: Iterable[str], sample: Callable[[], Pattern]
+) -> str:  # fmt: skip
+    """Run ``patterns`` rounds drawn by ``sample`` through the real round runner with their
+    sites vanishing as scheduled: where the protocol must complete, exactly over the sites the
+    pattern names; elsewhere, with nothing revealed.
+
+    Raises:
+        CheckFailed: a round that should complete is not exact, or one that should abort
+            revealed a sum.
+    """
+    completed, aborted, dropped_at = 0, 0, dict.fromkeys(stages, 0)
+    for _ in range(patterns):
+        r, schedule, survivors, enough, label = sample()
         outcome = run_protocol(r.server, InProcessTransport(r.clients),
                                dropout=DropoutPolicy(schedule=schedule))  # fmt: skip
-        pattern = f"n={n}, t={t}, dropped {schedule}"
+        pattern = f"{label}, dropped {schedule}"
         if enough:
             problem = r.mismatch(outcome.revealed, survivors)
             if problem is not None:
@@ -162,13 +189,32 @@ def _dropouts(bed: AuditBed, rng: np.random.Generator, quick: bool) -> str:
             for stage, gone in schedule.items():
                 dropped_at[stage] += bool(gone)
         elif outcome.revealed is not None:
-            raise CheckFailed(f"{pattern}: below the threshold or quorum, yet it revealed a sum")
+            raise CheckFailed(f"{pattern}: the protocol cannot complete, yet it revealed a sum")
         else:
             aborted += 1
     where = ", ".join(f"{stage} {count}" for stage, count in dropped_at.items())
     return (f"{completed + aborted} patterns: {completed} exact over their survivors (with "
-            f"dropouts at {where}), {aborted} aborted with nothing revealed below the "
-            "threshold or quorum")  # fmt: skip
+            f"dropouts at {where}), {aborted} aborted with nothing revealed")  # fmt: skip
+
+
+def drop(rng: np.random.Generator, alive: set[int]) -> list[int]:
+    """0 to 2 of the ``alive`` sites, drawn to vanish at one stage (none, most often)."""
+    size = min(len(alive), int(rng.choice([0, 0, 0, 0, 1, 1, 2])))
+    return sorted(int(c) for c in rng.choice(sorted(alive), size, replace=False))
+
+
+def _dropouts(mode: str, bed: AuditBed, rng: np.random.Generator, quick: bool) -> str:
+    stages = bed.round_stages(mode)
+
+    def sample() -> Pattern:
+        n = int(rng.integers(3, 9))
+        t = int(rng.integers(1, n // 2 + 2))  # up to the default, a majority
+        r = bed.round(mode, n=n, threshold=t)
+        schedule, survivors, enough = _dropout_pattern(r, n, t, rng, stages)
+        return r, schedule, survivors, enough, f"n={n}, t={t}"
+
+    detail = sampled_dropouts(60 if quick else 300, stages, sample)
+    return f"{detail} below the threshold or quorum"
 
 
 def _dropout_pattern(r, n: int, t: int, rng: np.random.Generator, stages) -> tuple:
@@ -177,8 +223,7 @@ def _dropout_pattern(r, n: int, t: int, rng: np.random.Generator, stages) -> tup
     quorum of signers (Bonawitz et al. 2017, the rounds' abort conditions)."""
     schedule, alive, enough, survivors = {}, set(range(n)), True, set()
     for stage in stages:
-        size = min(len(alive), int(rng.choice([0, 0, 0, 0, 1, 1, 2])))
-        schedule[stage] = sorted(int(c) for c in rng.choice(sorted(alive), size, replace=False))
+        schedule[stage] = drop(rng, alive)
         alive -= set(schedule[stage])
         enough &= len(alive) >= t
         if stage == "consistency":
@@ -245,7 +290,7 @@ def _no_key(mode: str, bed: AuditBed, rng: np.random.Generator, quick: bool) -> 
     driven = bed.run(r, hook=walk)
     if driven.revealed is None:
         raise CheckFailed(f"the round did not complete: {driven.aborted or driven.failure}")
-    setup = bed.setup_servers.get((mode, SITES[mode], DIM))
+    setup = bed.setup_servers.get((run_mode(mode), SITES[mode], DIM))
     after, _ = reachable_secrets(r.server)
     found += [f"after the round: {p}" for p in after]
     if setup is not None:
@@ -262,8 +307,10 @@ def _no_key(mode: str, bed: AuditBed, rng: np.random.Generator, quick: bool) -> 
 for _mode in MODES:
     register(f"exact/{_mode}", f"{_mode}: the aggregate equals the plain sum",
              lambda bed, rng, quick, m=_mode: _exact(m, bed, rng, quick))  # fmt: skip
-register("dropout/secagg", "secagg: sampled dropouts at every stage", _dropouts)
+for _mode in ("secagg", "secagg-counts"):
+    register(f"dropout/{_mode}", f"{_mode}: sampled dropouts at every stage",
+             lambda bed, rng, quick, m=_mode: _dropouts(m, bed, rng, quick))  # fmt: skip
 register("uniform/secagg", "secagg: the server's view is uniform over the ring", _uniform)
-for _mode in ("he-shared", "he-threshold", "he-threshold-t"):
+for _mode in [m for m in MODES if run_mode(m).startswith("he-")]:
     register(f"no-key/{_mode}", f"{_mode}: no secret key reachable from the server",
              lambda bed, rng, quick, m=_mode: _no_key(m, bed, rng, quick))  # fmt: skip

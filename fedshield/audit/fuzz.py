@@ -19,16 +19,19 @@ honest. Counted per mutation:
   tolerates a dropout (``plain``, ``plain-q8``, ``secagg`` at 5 sites, ``he-shared``), a
   rejected message must leave the round completing (**not completed** otherwise: must be
   0); ``he-threshold`` decrypts with every site's share, so a rejected site ends the round by
-  design, and ``he-threshold-t`` (2 of 3) leaves out only sites refused at ``input``.
+  design, and ``he-threshold-t`` (2 of 3) leaves out only sites refused at ``input``. The
+  count sessions (``*-counts``) tolerate what their run mode does and, under threshold ``he``,
+  a refused report of the decrypted sum too (the other sites' reports reveal it).
 - **inexact**: the round completed, but its aggregate is not the plain one of its
   contributors (an accepted change that stayed within the public range: no integrity covers
   it). After a *rejected* message it is **corrupted** instead: the rejected message left a
   trace in the sum. Must be 0.
 
-Mutations (:mod:`fedshield.audit.mutate`) take turns, as do the eighteen session types: the
-server and client of each round mode and of ``he``'s three key setups
-(:data:`~fedshield.audit.bed.FUZZ_MODES`; a key setup needs every site, so a rejection ends
-it, by design); stages, parties and positions are drawn from a generator seeded by ``seed``.
+Mutations (:mod:`fedshield.audit.mutate`) take turns, as do the twenty-six session types: the
+server and client of each round mode (the count sessions included) and of ``he``'s three key
+setups (:data:`~fedshield.audit.bed.FUZZ_MODES`; a key setup needs every site, so a rejection
+ends it, by design); stages, parties and positions are drawn from a generator seeded by
+``seed``.
 The protocols' own keys stay fresh (they come from the OS), so a rerun with the same seed
 mutates the same places of messages of the same layout.
 """
@@ -48,8 +51,14 @@ from fedshield.errors import ConfigError, FedshieldError, InvalidMessage, Protoc
 __all__ = ["TOLERANT", "FuzzCounts", "FuzzReport", "fuzz", "tolerates"]
 
 # one rejected party, and the round goes on
-TOLERANT = frozenset({"plain", "plain-q8", "secagg", "he-shared"})
-_TOLERANT_STAGES = {"he-threshold-t": frozenset({"input"})}  # t of n: before the sum is fixed
+TOLERANT = frozenset({"plain", "plain-q8", "secagg", "he-shared", "secagg-counts",
+                      "he-shared-counts"})  # fmt: skip
+_TOLERANT_STAGES = {
+    "he-threshold-t": frozenset({"input"}),  # t of n: before the sum is fixed
+    # a count session: any one site's report of the decrypted sum reveals it
+    "he-threshold-counts": frozenset({"aggregate"}),
+    "he-threshold-t-counts": frozenset({"input", "aggregate"}),
+}
 
 
 def tolerates(mode: str, stage: str) -> bool:

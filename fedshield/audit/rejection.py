@@ -15,6 +15,9 @@ Site 1's answer at one stage is replaced, on its way to the server, by:
 - ``truncated``: its message less its last byte;
 - ``oversized``: its message with a well-framed extra field of at least 64 KiB.
 
+A count session (``*-counts``) is checked as its run mode is, at the same stages (its report
+of the decrypted sum: :mod:`fedshield.audit.counts`).
+
 ``he-threshold`` decrypts with every site's share (n-of-n), and ``he-threshold-t`` (2 of 3)
 with a fixed set of sites once the sum is fixed: where a refused site cannot be left out, the
 round ends with a typed abort and nothing revealed, and the next round must be exact.
@@ -27,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedshield import wire
-from fedshield.audit.bed import MODES, AuditBed
+from fedshield.audit.bed import COUNT_MODES, MODES, AuditBed, run_mode
 from fedshield.audit.checks import CheckFailed, register
 from fedshield.audit.fuzz import tolerates
 from fedshield.errors import InvalidMessage
@@ -75,6 +78,8 @@ _TAMPER: dict[str, tuple[str, tuple[str, Callable[[bytes], bytes]]]] = {
     "he-threshold": ("digest", _flip(0, "a bit flipped in its signed digests")),
     "he-threshold-t": ("digest", _flip(0, "a bit flipped in its signed digests")),
 }
+for _table in (_STAGE, _SIGNED, _TAMPER):  # a count session's messages are its run mode's
+    _table.update({m: _table[run_mode(m)] for m in COUNT_MODES if run_mode(m) in _table})
 
 
 def _oversized(data: bytes) -> bytes:

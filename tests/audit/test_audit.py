@@ -80,7 +80,7 @@ def _args(tmp_path, only, fuzz=0):
 
 def test_the_honest_package_passes_a_tiny_audit():
     results = _run(["exact/*", "reject/plain/*", "reject/secagg/truncated", "no-key/he-shared"])
-    assert len(results) == 6 + 5 + 1 + 1  # every mode exact, plain refusing five bad kinds
+    assert len(results) == 10 + 5 + 1 + 1  # every mode exact (4 count sessions), plain 5 kinds
     failed = {name: r.detail for name, r in results.items() if not r.passed}
     assert not failed, failed
     assert "exact" in results["reject/secagg/truncated"].detail

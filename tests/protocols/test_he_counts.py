@@ -13,6 +13,7 @@ from fedshield.audit.keywalk import reachable_secrets
 from fedshield.engine.runner import run_protocol
 from fedshield.engine.transport import InProcessTransport
 from fedshield.errors import ConfigError, IllegalTransition, WrongShape
+from fedshield.protocols.counts import MAX_COUNT_LIMIT, CountGrid
 from fedshield.protocols.he.common import HEStage
 from fedshield.protocols.he.keys import HEKeyring
 from fedshield.protocols.he.params import HEConfig, plan_for
@@ -174,3 +175,20 @@ def _rebind(client, lying):
         return original(stage, payload)
 
     return handle
+
+
+@pytest.mark.parametrize("keys", ["shared", "threshold"])
+def test_a_site_that_sends_a_count_beyond_the_bound_cannot_have_a_sum_recorded(keys):
+    # Found by `fedshield audit` (bounds/he-*-counts): the honest sites refused the sum off the
+    # grid by going silent, so the liar's report was the only one and the server recorded it.
+    spec, identities = _spec(keys)
+    counts = _counts(3)
+    for c in counts:
+        c[5] = 0
+    server, clients = _sessions(spec, identities, counts, round=7)
+    clients[1].grid = CountGrid(MAX_COUNT_LIMIT)  # the liar's code skips its own check
+    clients[1].update[5] = 3 * MAX + 1  # the smallest sum three honest sites cannot send
+    outcome = run_protocol(server, InProcessTransport(clients))
+    assert outcome.revealed is None
+    assert "refused the decrypted count sum" in outcome.aborted
+    assert clients[0].aggregate is None and clients[2].aggregate is None

@@ -30,7 +30,7 @@ from fedshield.protocols.he.forked import (
 )
 from fedshield.protocols.he.keys import HEKeyring
 from fedshield.protocols.he.packing import pack_slots, place_values, unpack_slots
-from fedshield.protocols.he.reports import report_fields
+from fedshield.protocols.he.reports import answer_aggregate
 from fedshield.protocols.ranges import TensorRanges
 
 __all__ = ["HEClient"]
@@ -102,8 +102,10 @@ class HEClient(ClientSession):
             raise WrongShape("the aggregate names no (or repeated) contributors")
         if len(contributors) > self.plan.n_clients:
             raise WrongShape(f"the aggregate names more than the {self.plan.n_clients} sites")
-        self.aggregate = self._decrypt(*read_sizes(message, 2, self.plan), len(contributors))
-        return self._client_message(stage, report_fields(self.plan, self.aggregate))
+        sizes, blob = read_sizes(message, 2, self.plan)
+        decode = partial(self._decrypt, sizes, blob, len(contributors))
+        self.aggregate, fields = answer_aggregate(self.plan, decode)
+        return self._client_message(stage, fields)
 
     def _encrypt(self) -> list[memoryview]:
         plan, config = self.plan, self.plan.config

@@ -45,6 +45,7 @@ from fedshield.protocols.he.keys import HEKeyring
 from fedshield.protocols.he.params import HEConfig, HEPlan, plan_for
 from fedshield.protocols.he.server import HEServer
 from fedshield.protocols.he.threshold import ThresholdClient, ThresholdServer
+from fedshield.protocols.he.threshold_keyring import ThresholdKeyring
 from fedshield.protocols.registry import HESpec, ProtocolSpec
 
 __all__ = ["HECountSpec", "count_config"]
@@ -97,16 +98,25 @@ class HECountSpec(ProtocolSpec):
         self, *, client_id: int, update: np.ndarray, identity=None, **kwargs
     ) -> ClientSession:
         CountGrid(self.max_count).check(update)  # refused before anything is encrypted
+        keyring = self.keyring(client_id, update.size)
+        if keyring.plan.config.keys == "threshold":
+            return ThresholdClient(client_id=client_id, keyring=keyring, roster=self.run.roster,
+                                   identity=identity, update=update, **kwargs)  # fmt: skip
+        return HEClient(client_id=client_id, keyring=keyring, update=update, **kwargs)
+
+    def keyring(self, client_id: int, dim: int) -> HEKeyring | ThresholdKeyring:
+        """Site ``client_id``'s run key (or key share) seen under the count plan for ``dim``
+        counts: the same key, the count plan's encoding.
+
+        Raises:
+            ConfigError: the site holds no key in this process.
+        """
         if client_id not in self.run.keyrings:
             raise ConfigError(f"he: site {client_id} holds no key in this process")
-        keyring = self.run.keyrings[client_id]
-        plan = self.plan(update.size)
+        keyring, plan = self.run.keyrings[client_id], self.plan(dim)
         if plan.config.keys == "threshold":
-            return ThresholdClient(client_id=client_id, keyring=keyring.for_plan(plan),
-                                   roster=self.run.roster, identity=identity, update=update,
-                                   **kwargs)  # fmt: skip
-        view = HEKeyring(plan, keyring.secret_key, keyring.io)
-        return HEClient(client_id=client_id, keyring=view, update=update, **kwargs)
+            return keyring.for_plan(plan)
+        return HEKeyring(plan, keyring.secret_key, keyring.io)
 
     def describe(self) -> dict:
         return {**self.run.describe(), "counts": self.max_count}

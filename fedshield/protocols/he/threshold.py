@@ -83,7 +83,7 @@ from fedshield.protocols.he.common import (
     ThresholdStage,
 )
 from fedshield.protocols.he.params import HEPlan
-from fedshield.protocols.he.reports import SumReports, report_fields
+from fedshield.protocols.he.reports import SumReports, answer_aggregate
 from fedshield.protocols.he.threshold_keys import ThresholdKeyring
 from fedshield.protocols.roster import Roster
 
@@ -236,8 +236,9 @@ class ThresholdClient(HEClient):
         for i, (ct, partial_sum) in enumerate(zip(self._sums(), raw, strict=True)):
             plaintext = self.keyring.decrypt_combined(ct, partial_sum)
             flat[i] = self.keyring.encoder.decode_uint64(plaintext)
-        self.aggregate = self._decode_slots(flat, len(self._contributors))
-        return self._client_message(stage, report_fields(self.plan, self.aggregate))
+        decode = lambda: self._decode_slots(flat, len(self._contributors))  # noqa: E731
+        self.aggregate, fields = answer_aggregate(self.plan, decode)
+        return self._client_message(stage, fields)
 
 
 def _pack_digests(values: np.ndarray) -> bytes:
