@@ -158,25 +158,36 @@ def _simulate_site(model, work: LocalWork, rules, x, y, steps: int, bn: dict):
     return params, running
 
 
-def _simulate(observed: ObservedUpdate, model, work: LocalWork, x, y, groups: int):
-    """The mean over ``groups`` sites (the images split evenly) of each site's simulated
-    ``new - old`` per trainable tensor in the spec, and running-statistic deltas per layer."""
-    bn = bn_layers(model, observed.spec)
-    for name, module in bn.items():
-        if module.momentum is None:
-            raise ConfigError(f"BatchNorm {name} has momentum None (cumulative): not simulated")
-    rules = work.rules(model)
-    start = dict(model.named_parameters())
-    names = [n for n in start if n in observed.spec.names]
-    updates, moved = [], []
-    for xg, yg in zip(x.chunk(groups), y.chunk(groups), strict=True):
-        params, running = _simulate_site(model, work, rules, xg, yg, observed.local_steps, bn)
-        updates.append([params[n] - start[n] for n in names])
-        moved.append({n: (running[n][0] - m.running_mean, running[n][1] - m.running_var)
-                      for n, m in bn.items()})  # fmt: skip
-    update = [torch.stack(parts).mean(0) for parts in zip(*updates, strict=True)]
-    stats = {n: tuple(torch.stack([d[n][i] for d in moved]).mean(0) for i in (0, 1)) for n in bn}
-    return names, update, stats
+class _Simulator:
+    """``observed.local_steps`` steps of ``work`` from ``model`` (holding the broadcast
+    weights), its optimizer read and its BatchNorm layers found once."""
+
+    def __init__(self, observed: ObservedUpdate, model: nn.Module, work: LocalWork) -> None:
+        self.observed, self.model, self.work = observed, model, work
+        self.bn = bn_layers(model, observed.spec)
+        for name, module in self.bn.items():
+            if module.momentum is None:
+                raise ConfigError(f"BatchNorm {name} has momentum None (cumulative): not simulated")
+        self.rules = work.rules(model)
+        self.names = [n for n, _ in model.named_parameters() if n in observed.spec.names]
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, groups: int):
+        """The mean over ``groups`` sites (the images split evenly) of each site's simulated
+        ``new - old`` per trainable tensor of the spec, and running-statistic deltas."""
+        start, steps = dict(self.model.named_parameters()), self.observed.local_steps
+        updates, moved = [], []
+        for xg, yg in zip(x.chunk(groups), y.chunk(groups), strict=True):
+            params, running = _simulate_site(self.model, self.work, self.rules, xg, yg, steps,
+                                             self.bn)  # fmt: skip
+            updates.append([params[n] - start[n] for n in self.names])
+            moved.append({n: (running[n][0] - m.running_mean, running[n][1] - m.running_var)
+                          for n, m in self.bn.items()})  # fmt: skip
+        update = [torch.stack(parts).mean(0) for parts in zip(*updates, strict=True)]
+        stats = {
+            n: tuple(torch.stack([d[n][i] for d in moved]).mean(0) for i in (0, 1))
+            for n in self.bn
+        }  # fmt: skip
+        return self.names, update, stats
 
 
 def simulated_delta(
@@ -189,7 +200,7 @@ def simulated_delta(
     check_instance("observed", observed, ObservedUpdate)
     model = copy_model(observed, True)
     x, y = torch.as_tensor(images, dtype=torch.float32), torch.as_tensor(labels)
-    names, update, stats = _simulate(observed, model, work, x, y, groups)
+    names, update, stats = _Simulator(observed, model, work)(x, y, groups)
     out = np.zeros(observed.spec.dim, np.float32)
     by_name = {e.name: e for e in observed.spec.entries}
     tensors = dict(zip(names, update, strict=True))
@@ -205,11 +216,12 @@ def _unrolled_loss(observed, model, work, y, config: InversionConfig):
     """The attack's loss of dummy images ``x``: the cosine of the simulated and observed
     updates, the implied batch statistics' error, total variation."""
     want_stats = observed_stats(observed, model)
-    target, momenta = None, {n: m.momentum for n, m in bn_layers(model, observed.spec).items()}
+    simulate, target = _Simulator(observed, model, work), None
+    momenta = {n: m.momentum for n, m in simulate.bn.items()}
 
     def loss_of(x: torch.Tensor) -> torch.Tensor:
         nonlocal target
-        names, update, moved = _simulate(observed, model, work, x, y, config.groups)
+        names, update, moved = simulate(x, y, config.groups)
         if target is None:
             target = [chunk(observed.delta, observed.spec, n).reshape(u.shape)
                       for n, u in zip(names, update, strict=True)]  # fmt: skip
