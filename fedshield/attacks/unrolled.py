@@ -87,13 +87,16 @@ class LocalWork:
                 f"cannot simulate {type(optimizer).__name__}; the attack knows "
                 f"{', '.join(r.__name__ for r in _RULES)}"
             )
-        kind, by_id = type(optimizer).__name__, {}
+        by_id = {}
         for group in optimizer.param_groups:
             if group.get("amsgrad") or group.get("maximize") or group.get("dampening"):
                 raise ConfigError("cannot simulate amsgrad, maximize or dampening")
             options = {k: float(v) if torch.is_tensor(v) else v for k, v in group.items()}
-            by_id.update({id(p): options for p in group["params"]})
-        return {name: (kind, by_id[id(p)]) for name, p in model.named_parameters()}
+            kind = "SGD" if isinstance(optimizer, torch.optim.SGD) else "Adam"
+            if kind == "Adam" and group.get("decoupled_weight_decay"):
+                kind = "AdamW"  # torch's AdamW is Adam with decoupled weight decay
+            by_id.update({id(p): (kind, options) for p in group["params"]})
+        return {name: by_id[id(p)] for name, p in model.named_parameters()}
 
 
 def _sqrt(v: torch.Tensor) -> torch.Tensor:
@@ -115,7 +118,7 @@ def _step(kind: str, o: dict, p, g, state: dict, anchor, mu: float):
             g = g + o["momentum"] * buf if o.get("nesterov") else buf
         return p - o["lr"] * g
     b1, b2 = o["betas"]
-    if kind == "AdamW":
+    if kind == "AdamW":  # decoupled weight decay
         p = p * (1 - o["lr"] * o["weight_decay"])
     elif o["weight_decay"]:
         g = g + o["weight_decay"] * p

@@ -52,6 +52,7 @@ OPTIMIZERS = {
         p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3
     ),
     "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, betas=(0.8, 0.99)),
+    "adam with L2 weight decay": lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=0.05),
 }
 
 
@@ -59,7 +60,7 @@ OPTIMIZERS = {
     ("algorithm", "optimizer"),
     [("fedavg", "adam (the default loop)"), ("fedprox", "adam (the default loop)"),
      ("fedsgd", "adam (the default loop)"), ("fedavg", "sgd nesterov + weight decay"),
-     ("fedprox", "adamw")],
+     ("fedprox", "adamw"), ("fedavg", "adam with L2 weight decay")],
 )  # fmt: skip
 def test_simulating_the_true_images_reproduces_the_real_update(images, algorithm, optimizer):
     """The attack's model of a site is right: its steps on the site's true images give the
