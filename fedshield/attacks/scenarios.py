@@ -86,7 +86,7 @@ class RoundSpec:
     attacks: tuple[tuple[str, int | None, int, int, bool], ...] = ()
     # each: (label, target site or None, images to reconstruct, groups, labels known)
     unrolled: bool = False  # simulate the sites' local steps (.unrolled), not one gradient
-    budget: tuple[tuple[str, int], ...] = ()  # this row's InversionConfig overrides
+    budget: tuple[tuple[str, float], ...] = ()  # this row's InversionConfig overrides
 
 
 def inversion_rounds(preset: BenchPreset) -> list[RoundSpec]:
