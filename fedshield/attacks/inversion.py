@@ -157,28 +157,52 @@ def infer_labels(observed: ObservedUpdate, count: int = 1) -> np.ndarray:
 def _observed_targets(observed: ObservedUpdate, model: nn.Module):
     """The gradient direction (``-delta`` per trainable tensor) and, per BatchNorm layer in
     the spec, the batch mean and standard deviation its running statistics imply."""
-    spec, delta, start = observed.spec, observed.delta, observed.start
-    by_name = {e.name: e for e in spec.entries}
-    params = [(n, p) for n, p in model.named_parameters() if n in by_name]
+    params = [(n, p) for n, p in model.named_parameters() if n in observed.spec.names]
+    grads = [-chunk(observed.delta, observed.spec, n).reshape(p.shape) for n, p in params]
+    return [p for _, p in params], grads, observed_stats(observed, model)
 
-    def chunk(vector: np.ndarray, name: str) -> torch.Tensor:
-        e = by_name[name]
-        return torch.from_numpy(np.array(vector[e.offset : e.offset + e.size], np.float32))
 
-    grads = [-chunk(delta, n).reshape(p.shape) for n, p in params]
+def chunk(vector: np.ndarray, spec: ParamSpec, name: str) -> torch.Tensor:
+    """Tensor ``name``'s entries of a flat ``spec`` vector, as a float32 torch vector."""
+    e = next(e for e in spec.entries if e.name == name)
+    return torch.from_numpy(np.array(vector[e.offset : e.offset + e.size], np.float32))
+
+
+def bn_layers(model: nn.Module, spec: ParamSpec) -> dict[str, _BatchNorm]:
+    """The BatchNorm layers whose running mean and variance both travel in ``spec``."""
+    return {
+        name: m for name, m in model.named_modules()
+        if isinstance(m, _BatchNorm)
+        and {f"{name}.running_mean", f"{name}.running_var"} <= set(spec.names)
+    }  # fmt: skip
+
+
+def decode_stats(start_mean, start_var, moved_mean, moved_var, momentum: float, steps: int):
+    """The batch ``(mean, std)`` a BatchNorm layer's running statistics imply: after ``steps``
+    train-mode steps on steady statistics they moved ``1 - (1 - momentum) ** steps`` of the
+    way from ``start_*`` (``moved_*``: the running statistics' deltas)."""
+    moved = 1.0 - (1.0 - momentum) ** steps
+    var = start_var + moved_var / moved
+    return start_mean + moved_mean / moved, var.clamp_min(0).sqrt()
+
+
+def observed_stats(observed: ObservedUpdate, model: nn.Module) -> dict:
+    """Per BatchNorm layer of the spec, the batch mean and std that ``observed`` implies."""
+    spec, start, delta = observed.spec, observed.start, observed.delta
     stats = {}
-    for name, module in model.named_modules():
+    for name, module in bn_layers(model, spec).items():
         keys = (f"{name}.running_mean", f"{name}.running_var")
-        if isinstance(module, _BatchNorm) and all(k in by_name for k in keys):
-            moved = 1.0 - (1.0 - (module.momentum or 0.1)) ** observed.local_steps
-            mean = chunk(start, keys[0]) + chunk(delta, keys[0]) / moved
-            var = chunk(start, keys[1]) + chunk(delta, keys[1]) / moved
-            stats[name] = (mean, var.clamp_min(0).sqrt())
-    return [p for _, p in params], grads, stats
+        stats[name] = decode_stats(
+            chunk(start, spec, keys[0]), chunk(start, spec, keys[1]),
+            chunk(delta, spec, keys[0]), chunk(delta, spec, keys[1]),
+            module.momentum or 0.1, observed.local_steps,
+        )  # fmt: skip
+    return stats
 
 
-def _batch_stats(model: nn.Module, names: set[str]):
-    """Forward hooks recording each named BatchNorm layer's input batch mean and std."""
+def record_batch_stats(model: nn.Module, names: set[str]):
+    """Forward hooks recording each named BatchNorm layer's input batch mean and (unbiased)
+    variance, once per forward pass; returns the record and the hooks' handles."""
     recorded: dict[str, list] = {n: [] for n in names}
     handles = []
     for name, module in model.named_modules():
@@ -187,21 +211,44 @@ def _batch_stats(model: nn.Module, names: set[str]):
             def hook(_m, inputs, _out, name=name):
                 x = inputs[0]
                 dims = [0, *range(2, x.dim())]
-                recorded[name].append((x.mean(dims), x.var(dims, unbiased=True).sqrt()))
+                recorded[name].append((x.mean(dims), x.var(dims, unbiased=True)))
 
             handles.append(module.register_forward_hook(hook))
     return recorded, handles
 
 
-def _total_variation(x: torch.Tensor) -> torch.Tensor:
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """The mean absolute difference of neighbouring pixels, down plus across (the prior)."""
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (
         x[..., :, 1:] - x[..., :, :-1]
     ).abs().mean()
 
 
+def update_distance(dummy, target, layerwise: bool) -> torch.Tensor:
+    """``1 - cos(dummy, target)`` of two lists of tensors: one cosine over them all (Geiping
+    et al., Eq. 4), or with ``layerwise`` the mean of one cosine per tensor."""
+    if layerwise:
+        cosines = [F.cosine_similarity(d.flatten(), g.flatten(), dim=0, eps=1e-12)
+                   for d, g in zip(dummy, target, strict=True)]  # fmt: skip
+        return 1.0 - torch.stack(cosines).mean()
+    dot = sum((d * g).sum() for d, g in zip(dummy, target, strict=True))
+    norms = sum((d * d).sum() for d in dummy).sqrt() * sum((g * g).sum() for g in target).sqrt()
+    return 1.0 - dot / norms.clamp_min(1e-12)
+
+
+def stats_error(got: dict, want: dict) -> torch.Tensor | float:
+    """The relative squared error of each layer's batch ``(mean, std)``, summed over layers."""
+    total = 0.0
+    for name, (mean, std) in want.items():
+        scale = (mean * mean).sum() + (std * std).sum() + 1e-8
+        error = ((got[name][0] - mean) ** 2).sum() + ((got[name][1] - std) ** 2).sum()
+        total = total + error / scale
+    return total
+
+
 def _match_loss(model, params, grads, stats, x, labels, config: InversionConfig):
     """``1 - cos(dummy gradient, observed)`` + BatchNorm statistics + TV, for images ``x``."""
-    recorded, handles = _batch_stats(model, set(stats) if config.bn_weight else set())
+    recorded, handles = record_batch_stats(model, set(stats) if config.bn_weight else set())
     try:
         losses = [
             F.cross_entropy(model(xg), yg)
@@ -211,40 +258,62 @@ def _match_loss(model, params, grads, stats, x, labels, config: InversionConfig)
         for h in handles:
             h.remove()
     dummy = torch.autograd.grad(torch.stack(losses).mean(), params, create_graph=True)
-    if config.layerwise:  # one cosine per tensor, averaged
-        cosines = [F.cosine_similarity(d.flatten(), g.flatten(), dim=0, eps=1e-12)
-                   for d, g in zip(dummy, grads, strict=True)]  # fmt: skip
-        loss = 1.0 - torch.stack(cosines).mean()
-    else:  # one cosine over the whole update (Geiping et al., Eq. 4)
-        dot = sum((d * g).sum() for d, g in zip(dummy, grads, strict=True))
-        norms = sum((d * d).sum() for d in dummy).sqrt() * sum((g * g).sum() for g in grads).sqrt()
-        loss = 1.0 - dot / norms.clamp_min(1e-12)
-    for name, (mean, std) in stats.items() if config.bn_weight else ():
-        got_mean = torch.stack([m for m, _ in recorded[name]]).mean(0)
-        got_std = torch.stack([s for _, s in recorded[name]]).mean(0)
-        scale = (mean * mean).sum() + (std * std).sum() + 1e-8
-        error = ((got_mean - mean) ** 2).sum() + ((got_std - std) ** 2).sum()
-        loss = loss + config.bn_weight * error / scale
-    return loss + config.tv_weight * _total_variation(x)
+    loss = update_distance(dummy, grads, config.layerwise)
+    if config.bn_weight:
+        got = {
+            name: (torch.stack([m for m, _ in seen]).mean(0),
+                   torch.stack([v.sqrt() for _, v in seen]).mean(0))
+            for name, seen in recorded.items()
+        }  # fmt: skip
+        loss = loss + config.bn_weight * stats_error(got, stats)
+    return loss + config.tv_weight * total_variation(x)
 
 
-def _one_restart(model, params, grads, stats, labels, shape, config, generator):
+def _one_restart(loss_of, shape, config: InversionConfig, generator):
+    """One random start optimised on ``loss_of(images)``: Geiping et al.'s signed Adam, step
+    decay x0.1 at 3/8, 5/8 and 7/8 of the steps, images clamped to [0, 1]."""
     x = torch.rand(shape, generator=generator).requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=config.lr)
     milestones = [int(config.steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
     for _ in range(config.steps):
         optimizer.zero_grad()
-        loss = _match_loss(model, params, grads, stats, x, labels, config)
-        (x.grad,) = torch.autograd.grad(loss, [x])
+        (x.grad,) = torch.autograd.grad(loss_of(x), [x])
         if config.signed:
             x.grad.sign_()  # Geiping et al.: signed gradients
         optimizer.step()
         schedule.step()
         with torch.no_grad():
             x.clamp_(0.0, 1.0)
-    final = _match_loss(model, params, grads, stats, x, labels, config)
-    return x.detach(), float(final.detach())
+    return x.detach(), float(loss_of(x).detach())
+
+
+def run_restarts(loss_of, shape, labels: np.ndarray, config: InversionConfig) -> Reconstruction:
+    """``config.restarts`` random starts optimised on ``loss_of``, combined as ``config`` says
+    (the restarts' aligned mean, or the lowest-loss one)."""
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(config.seed)
+    runs = [_one_restart(loss_of, shape, config, generator) for _ in range(config.restarts)]
+    runs.sort(key=lambda run: run[1])
+    images = runs[0][0].numpy()
+    if config.combine == "mean":
+        images = _aligned_mean([r[0].numpy() for r in runs], config.groups)
+    return Reconstruction(
+        images=images, labels=labels, loss=runs[0][1],
+        seconds=time.perf_counter() - start, losses=[r[1] for r in runs],
+    )  # fmt: skip
+
+
+def attack_labels(observed, count: int, labels, config: InversionConfig) -> np.ndarray:
+    """Check ``count`` against the groups; the given labels checked, or inferred (iDLG)."""
+    check_instance("observed", observed, ObservedUpdate)
+    check_int("count", count, low=1, error=ConfigError)
+    if count % config.groups:
+        raise ConfigError(f"count {count} must be a multiple of groups {config.groups}")
+    labels = infer_labels(observed, count) if labels is None else np.asarray(labels, np.int64)
+    if labels.shape != (count,):
+        raise ConfigError(f"labels must be {count} class indices, got shape {labels.shape}")
+    return labels
 
 
 def invert(
@@ -271,30 +340,13 @@ def invert(
         ConfigError: ``count`` not a multiple of the groups, or labels of the wrong length.
     """
     config = config or InversionConfig()
-    check_instance("observed", observed, ObservedUpdate)
-    check_int("count", count, low=1, error=ConfigError)
-    if count % config.groups:
-        raise ConfigError(f"count {count} must be a multiple of groups {config.groups}")
-    labels = infer_labels(observed, count) if labels is None else np.asarray(labels, np.int64)
-    if labels.shape != (count,):
-        raise ConfigError(f"labels must be {count} class indices, got shape {labels.shape}")
-    start = time.perf_counter()
-    model = _copy_model(observed, config.bn_mode == "train")
+    labels = attack_labels(observed, count, labels, config)
+    model = copy_model(observed, config.bn_mode == "train")
     params, grads, stats = _observed_targets(observed, model)
     y = torch.from_numpy(labels)
-    generator = torch.Generator().manual_seed(config.seed)
-    runs = [
-        _one_restart(model, params, grads, stats, y, (count, *observed.image_shape), config,
-                     generator)
-        for _ in range(config.restarts)
-    ]  # fmt: skip
-    runs.sort(key=lambda run: run[1])
-    images = runs[0][0].numpy()
-    if config.combine == "mean":
-        images = _aligned_mean([r[0].numpy() for r in runs], config.groups)
-    return Reconstruction(
-        images=images, labels=labels, loss=runs[0][1],
-        seconds=time.perf_counter() - start, losses=[r[1] for r in runs],
+    return run_restarts(
+        lambda x: _match_loss(model, params, grads, stats, x, y, config),
+        (count, *observed.image_shape), labels, config,
     )  # fmt: skip
 
 
@@ -315,7 +367,7 @@ def _aligned_mean(candidates: list[np.ndarray], groups: int) -> np.ndarray:
     return np.mean(aligned, axis=0)
 
 
-def _copy_model(observed: ObservedUpdate, mode: bool) -> nn.Module:
+def copy_model(observed: ObservedUpdate, mode: bool) -> nn.Module:
     """A private copy of the model holding the broadcast weights, in the sites' BN mode."""
     import copy
 

@@ -3,7 +3,8 @@
 Gradient inversion (:mod:`.inversion`) on what the server sees of one round:
 
 - ``plain`` FedSGD at batch 1 (each site holds one image) and batch 4, and FedAvg (several
-  local Adam steps): the server reads each site's update from its message;
+  local Adam steps, attacked as one gradient and by simulating the steps, :mod:`.unrolled`):
+  the server reads each site's update from its message;
 - ``secagg`` with 4 sites at batch 1: the server learns only the sum, attacked as one image
   and as four (one per site, each normalising its own batch);
 - ``plain`` under local DP (each site clips and noises its update).
@@ -26,6 +27,7 @@ from fedshield.attacks.inversion import InversionConfig, ObservedUpdate, invert
 from fedshield.attacks.membership import attack_aucs, per_example_loss, train_reference
 from fedshield.attacks.observe import observe_round
 from fedshield.attacks.scores import match, unrelated_level
+from fedshield.attacks.unrolled import LocalWork, invert_unrolled
 from fedshield.data.sites import SiteData
 from fedshield.engine.federation import Federation
 from fedshield.engine.models import SmallCNN, build_model
@@ -83,6 +85,8 @@ class RoundSpec:
     dp: bool = False
     attacks: tuple[tuple[str, int | None, int, int, bool], ...] = ()
     # each: (label, target site or None, images to reconstruct, groups, labels known)
+    unrolled: bool = False  # simulate the sites' local steps (.unrolled), not one gradient
+    budget: tuple[tuple[str, float], ...] = ()  # this row's InversionConfig overrides
 
 
 def inversion_rounds(preset: BenchPreset) -> list[RoundSpec]:
@@ -95,6 +99,8 @@ def inversion_rounds(preset: BenchPreset) -> list[RoundSpec]:
                   attacks=(("plain-fedsgd-b4", 0, 4, 1, True),)),
         RoundSpec("plain fedavg b1 x5 steps", "plain", "fedavg", 1, 1, local_epochs=5,
                   attacks=(("plain-fedavg-b1-5steps", 0, 1, 1, False),)),
+        RoundSpec("plain fedavg b1 x5 steps, unrolled", "plain", "fedavg", 1, 1, local_epochs=5,
+                  unrolled=True, attacks=(("plain-fedavg-b1-5steps-unrolled", 0, 1, 1, False),)),
         RoundSpec("secagg fedsgd 4 sites b1", "secagg", "fedsgd", 4, 1, attacks=(
             ("secagg-sum4-as-1-image", None, 1, 1, False),
             ("secagg-sum4-as-4-sites", None, 4, 4, True),
@@ -142,18 +148,24 @@ def run_round(spec: RoundSpec, preset: BenchPreset, images, labels, pool) -> lis
     for label, target, count, groups, known in spec.attacks:
         seen = view.aggregate if target is None else view.per_site[target]
         truth_idx = np.split(chosen, spec.sites)[target] if target is not None else chosen
-        config = replace(preset.attack, groups=groups)
+        config = replace(preset.attack, groups=groups, **dict(spec.budget))
+        work = LocalWork(fed.trainers[target or 0], fed.algorithm) if spec.unrolled else None
         rows.append(
             _attack(label, spec, seen, images[truth_idx], labels[truth_idx] if known else None,
-                    count, config, pool)
+                    count, config, pool, work)
         )  # fmt: skip
         if privacy is not None:
             rows[-1]["privacy"] = privacy.describe(1)
     return rows
 
 
-def _attack(label, spec, seen: ObservedUpdate, truth, known_labels, count, config, pool) -> dict:
-    reconstruction = invert(seen, count=count, labels=known_labels, config=config)
+def _attack(label, spec, seen: ObservedUpdate, truth, known_labels, count, config, pool,
+            work: LocalWork | None = None) -> dict:  # fmt: skip
+    if work is None:
+        reconstruction = invert(seen, count=count, labels=known_labels, config=config)
+    else:  # simulates the site's local steps
+        reconstruction = invert_unrolled(seen, work, count=count, labels=known_labels,
+                                         config=config)  # fmt: skip
     pairs = match(reconstruction.images, truth)
     return {
         "scenario": label,
