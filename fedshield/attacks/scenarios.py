@@ -5,8 +5,12 @@ Gradient inversion (:mod:`.inversion`) on what the server sees of one round:
 - ``plain`` FedSGD at batch 1 (each site holds one image) and batch 4, and FedAvg (several
   local Adam steps): the server reads each site's update from its message;
 - ``secagg`` with 4 sites at batch 1: the server learns only the sum, attacked as one image
-  and as four (one per site, each normalising its own batch);
+  and as four (one per site, each normalising its own batch); with 10 sites, as one image;
+- threshold ``he`` with 4 sites: the sum the server decrypts from the partials (:mod:`.he_view`);
 - ``plain`` under local DP (each site clips and noises its update).
+
+Rows marked ``control`` are also run with the sites holding other images, for the
+victim-absent control and the verdict (:mod:`.reference`).
 
 Membership inference (:mod:`.membership`) on the final model of a short training through
 :func:`~fedshield.engine.experiment.build_federation`, plain against DP.
@@ -182,6 +186,10 @@ def _protection(spec: RoundSpec):
                         sites=spec.sites)  # fmt: skip
 
 
+_SEES = {"secagg": "the sum only",
+         "he-threshold": "ciphertexts (nothing to invert), then the sum it decrypts"}  # fmt: skip
+
+
 def _attack(label, spec, seen: ObservedUpdate, truth, known_labels, count, config, pool) -> dict:
     reconstruction = invert(seen, count=count, labels=known_labels, config=config)
     pairs = match(reconstruction.images, truth)
@@ -192,7 +200,7 @@ def _attack(label, spec, seen: ObservedUpdate, truth, known_labels, count, confi
         "sites": spec.sites,
         "batch": spec.per_site,
         "local_epochs": spec.local_epochs,
-        "server_sees": "one site's update" if label.startswith("plain") else "the sum only",
+        "server_sees": _SEES.get(spec.protect, "one site's update"),
         "images": count,
         "labels": "known" if known_labels is not None else "inferred (iDLG)",
         "pairs": pairs,
