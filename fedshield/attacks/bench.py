@@ -53,6 +53,7 @@ def run_privacy_bench(preset_name: str, out: Path, *, console=None) -> tuple[dic
     write its files into ``out``; returns the JSON document and the paths written."""
     import torch
 
+    from fedshield.attacks.reference import add_references
     from fedshield.attacks.scenarios import (
         PRESETS,
         inversion_rounds,
@@ -73,7 +74,8 @@ def run_privacy_bench(preset_name: str, out: Path, *, console=None) -> tuple[dic
         task = progress.add_task("privacy bench", total=len(rounds) + 2)
         for spec in rounds:
             progress.update(task, description=f"inversion: {spec.name}")
-            rows += run_round(spec, preset, images, labels, pool)
+            rows += add_references(spec, preset, images, labels, pool,
+                                   run_round(spec, preset, images, labels, pool))  # fmt: skip
             progress.advance(task)
         for dp in (False, True):
             progress.update(task, description=f"membership: {'DP' if dp else 'plain'}")
@@ -101,6 +103,7 @@ def _document(preset, rows: list[dict], membership: list[dict], seconds: float) 
             "ssim": float(np.mean([r["ssim"] for r in reference])),
             "what": "each true image against unrelated images of the same dataset (test split)",
         },
+        "references": REFERENCES,
         "membership": membership,
         "seconds": seconds,
         "environment": environment(),
@@ -130,19 +133,15 @@ def _markdown(doc: dict) -> str:
         f"# fedshield bench privacy ({doc['preset']})", "",
         f"Dataset {doc['dataset']}, model {doc['model']}; {doc['seconds']:.0f} s.", "",
         "## Gradient inversion (honest-but-curious server)", "",
-        f"Unrelated-image reference level: PSNR {ref['psnr']:.2f} dB, SSIM {ref['ssim']:.3f}.",
-        "",
+        f"Unrelated-image reference level (one image against one, averaged): PSNR "
+        f"{ref['psnr']:.2f} dB, SSIM {ref['ssim']:.3f}.", "",
+        *(f"- **{name}**: {what}" for name, what in REFERENCES.items()), "",
         "| scenario | server sees | images | labels | PSNR dB (per image) | SSIM | "
-        "unrelated PSNR | s |",
-        "|---|---|---|---|---|---|---|---|",
+        "control PSNR (draws) | verdict (gain / margin) | unrelated, matched | dataset mean | "
+        "unrelated, 1:1 | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    for r in doc["inversion"]:
-        each = ", ".join(f"{p['psnr']:.1f}" for p in r["pairs"])
-        lines.append(
-            f"| {r['scenario']} | {r['server_sees']} | {r['images']} | {r['labels']} | "
-            f"{r['psnr_mean']:.2f} ({each}) | {r['ssim_mean']:.3f} | "
-            f"{r['unrelated']['psnr']:.2f} | {r['seconds']:.0f} |"
-        )
+    lines += [_inversion_line(r) for r in doc["inversion"]]
     lines += [
         "", "## Membership inference on the final model", "",
         "| protection | DP | epsilon | model test AUC | attack AUC (loss threshold) | "
@@ -157,6 +156,37 @@ def _markdown(doc: dict) -> str:
             f"{m['members']} / {m['non_members']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+REFERENCES = {
+    "control": "victim-absent control: the same round (protocol, sites, batch, labels) with the "
+    "sites holding other training images of the victims' labels, the same attack, scored "
+    "against the victims with the same matching; mean +- sd over draws",
+    "verdict": "leaks when the PSNR exceeds the control's mean by more than max(2 sd, 0.5 dB), "
+    "else at reference",
+    "unrelated_matched": "as many unrelated test images as reconstructed ones, matched to the "
+    "true images like a reconstruction (mean over disjoint draws)",
+    "dataset_mean": "the training set's mean image (victims left out), matched the same way",
+    "unrelated": "each true image against 16 unrelated test images, one to one, averaged",
+}
+
+
+def _inversion_line(r: dict) -> str:
+    """One Markdown row of the inversion table."""
+    refs = r.get("references", {})
+    each = ", ".join(f"{p['psnr']:.1f}" for p in r["pairs"])
+    control, verdict = "-", "-"
+    if "control" in refs:
+        c = refs["control"]
+        control = f"{c['psnr']:.2f} +- {c['sd']:.2f} ({', '.join(f'{v:.1f}' for v in c['values'])})"
+        verdict = f"**{r['verdict']}** ({r['gain_db']:+.2f} / {r['margin_db']:.2f})"
+    matched = f"{refs['unrelated_matched']['psnr']:.2f}" if refs else "-"
+    mean = f"{refs['dataset_mean']['psnr']:.2f}" if refs else "-"
+    return (
+        f"| {r['scenario']} | {r['server_sees']} | {r['images']} | {r['labels']} | "
+        f"{r['psnr_mean']:.2f} ({each}) | {r['ssim_mean']:.3f} | {control} | {verdict} | "
+        f"{matched} | {mean} | {r['unrelated']['psnr']:.2f} | {r['seconds']:.0f} |"
+    )
 
 
 def _grid_png(path: Path, row: dict) -> Path:
@@ -188,11 +218,13 @@ def _print_summary(doc: dict, console) -> None:
     from rich.table import Table
 
     table = Table(title="Gradient inversion", header_style="bold")
-    for col in ("scenario", "server sees", "PSNR dB", "SSIM", "unrelated PSNR"):
+    for col in ("scenario", "server sees", "PSNR dB", "control dB", "verdict", "unrelated dB"):
         table.add_column(col, justify="right")
     for r in doc["inversion"]:
+        control = r.get("references", {}).get("control")
         table.add_row(r["scenario"], r["server_sees"], f"{r['psnr_mean']:.2f}",
-                      f"{r['ssim_mean']:.3f}", f"{r['unrelated']['psnr']:.2f}")  # fmt: skip
+                      f"{control['psnr']:.2f} +- {control['sd']:.2f}" if control else "-",
+                      r.get("verdict", "-"), f"{r['unrelated']['psnr']:.2f}")  # fmt: skip
     console.print(table)
     table = Table(title="Membership inference (attack AUC)", header_style="bold")
     for col in ("protection", "DP", "loss threshold", "calibrated", "model test AUC"):

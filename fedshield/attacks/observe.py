@@ -3,7 +3,9 @@
 :func:`observe_round` runs a round of a :class:`~fedshield.engine.federation.Federation`
 (the sites' real training, the protocol's real sessions, every message as bytes) and keeps
 what the server could read: under ``plain`` each site's input message (a float32 update in
-the clear), under ``secagg`` only the revealed sum. The round is then applied as usual.
+the clear), under ``secagg`` only the revealed sum, under threshold ``he`` the ciphertexts
+and the sum it decrypts from the sites' partial decryptions (:mod:`.he_view`). The round is
+then applied as usual.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedshield import wire
+from fedshield.attacks.he_view import server_decrypted_sum
 from fedshield.attacks.inversion import ObservedUpdate
 from fedshield.engine.federation import Federation
+from fedshield.engine.server_round import revealed_aggregate
 from fedshield.engine.transport import InProcessTransport, Reply
 from fedshield.errors import ProtocolAbort
+from fedshield.protocols.he.threshold import ThresholdServer
 
 __all__ = ["ServerView", "observe_round"]
 
@@ -64,14 +69,13 @@ def observe_round(
     broadcast = fed.server.broadcast()
     sessions = {r.site_id: r.train(broadcast, fed.round) for r in fed.runtimes}
     transport = _RecordingTransport(sessions)
-    outcome, _ = fed.server.drive(transport, list(sessions))
+    ranges = fed.server.model.round_ranges(fed.round)  # broadcast: the server knows them
+    outcome, server = fed.server.drive(transport, list(sessions))
     for runtime in fed.runtimes:
         runtime.conclude(sessions[runtime.site_id])
     fed.server.apply(outcome, sessions)
     fed.server.round += 1  # no evaluation record: the attack needs none
-    revealed = outcome.revealed
-    if revealed is None or revealed.weighted_sum is None:
-        raise ProtocolAbort(f"the round revealed no aggregate ({outcome.aborted})")
+    mean = _server_mean(outcome, server, ranges, sessions)
 
     def seen(delta: np.ndarray) -> ObservedUpdate:
         return ObservedUpdate(
@@ -85,4 +89,21 @@ def observe_round(
         for (stage, cid), data in transport.received.items():
             if stage == "input":  # (weight, float32 update) in the clear
                 per_site[cid] = seen(wire.parse(data).array(1, dtype="<f4", shape=(fed.spec.dim,)))
-    return ServerView(per_site, seen(revealed.weighted_sum / revealed.total_weight))
+    return ServerView(per_site, seen(mean))
+
+
+def _server_mean(outcome, server, ranges, sessions) -> np.ndarray:
+    """The weighted mean of the updates as the server learns it: revealed (``plain``,
+    ``secagg``) or decrypted from what it holds (threshold ``he``)."""
+    revealed = outcome.revealed
+    if revealed is None:
+        raise ProtocolAbort(f"the round revealed no aggregate ({outcome.aborted})")
+    if revealed.weighted_sum is not None:
+        return revealed.weighted_sum / revealed.total_weight
+    if isinstance(server, ThresholdServer):
+        weighted_sum, total = server_decrypted_sum(server, ranges)
+        held = revealed_aggregate(outcome, sessions)  # what the sites decrypted
+        if held is None or not np.array_equal(held[0], weighted_sum) or held[1] != total:
+            raise ProtocolAbort("the server's decryption of the sum differs from the sites'")
+        return weighted_sum / total
+    raise ProtocolAbort(f"the server of {type(server).__name__} learns no aggregate to attack")

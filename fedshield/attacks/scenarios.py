@@ -6,8 +6,12 @@ Gradient inversion (:mod:`.inversion`) on what the server sees of one round:
   local Adam steps, attacked as one gradient and by simulating the steps, :mod:`.unrolled`):
   the server reads each site's update from its message;
 - ``secagg`` with 4 sites at batch 1: the server learns only the sum, attacked as one image
-  and as four (one per site, each normalising its own batch);
+  and as four (one per site, each normalising its own batch); with 10 sites, as one image;
+- threshold ``he`` with 4 sites: the sum the server decrypts from the partials (:mod:`.he_view`);
 - ``plain`` under local DP (each site clips and noises its update).
+
+Rows marked ``control`` are also run with the sites holding other images, for the
+victim-absent control and the verdict (:mod:`.reference`).
 
 Membership inference (:mod:`.membership`) on the final model of a short training through
 :func:`~fedshield.engine.experiment.build_federation`, plain against DP.
@@ -52,6 +56,7 @@ class BenchPreset:
     mi_epochs: int
     mi_sites: int = 4
     dp_noise: float = 1.0  # DP rounds' noise multiplier (clip 1)
+    control_draws: int = 3  # victim-absent control rounds per controlled row (.reference)
 
     def model_factory(self) -> Callable[[], nn.Module]:
         """A fresh network of this preset's architecture."""
@@ -66,9 +71,10 @@ PRESETS = {
         "quick", "breastmnist", "cnn", 2, InversionConfig(steps=1000, restarts=3), 5, 2
     ),
     "tiny": BenchPreset(
-        "tiny", "synthetic", "tiny", 1, InversionConfig(steps=60, restarts=1), 1, 1, mi_sites=2
+        "tiny", "synthetic", "tiny", 1, InversionConfig(steps=60, restarts=1), 1, 1, mi_sites=2,
+        control_draws=2,
     ),
-}
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class RoundSpec:
     # each: (label, target site or None, images to reconstruct, groups, labels known)
     unrolled: bool = False  # simulate the sites' local steps (.unrolled), not one gradient
     budget: tuple[tuple[str, float], ...] = ()  # this row's InversionConfig overrides
+    control: bool = False  # also attack victim-absent rounds (.reference)
 
 
 def inversion_rounds(preset: BenchPreset) -> list[RoundSpec]:
@@ -94,7 +101,7 @@ def inversion_rounds(preset: BenchPreset) -> list[RoundSpec]:
     n = preset.b1_images
     b1 = tuple((f"plain-fedsgd-b1-site{i}", i, 1, 1, False) for i in range(n))
     return [
-        RoundSpec("plain fedsgd b1", "plain", "fedsgd", n, 1, attacks=b1),
+        RoundSpec("plain fedsgd b1", "plain", "fedsgd", n, 1, attacks=b1, control=True),
         RoundSpec("plain fedsgd b4", "plain", "fedsgd", 1, 4,
                   attacks=(("plain-fedsgd-b4", 0, 4, 1, True),)),
         RoundSpec("plain fedavg b1 x5 steps", "plain", "fedavg", 1, 1, local_epochs=5,
@@ -104,7 +111,13 @@ def inversion_rounds(preset: BenchPreset) -> list[RoundSpec]:
         RoundSpec("secagg fedsgd 4 sites b1", "secagg", "fedsgd", 4, 1, attacks=(
             ("secagg-sum4-as-1-image", None, 1, 1, False),
             ("secagg-sum4-as-4-sites", None, 4, 4, True),
-        )),
+        ), control=True),
+        RoundSpec("secagg fedsgd 10 sites b1", "secagg", "fedsgd", 10, 1, attacks=(
+            ("secagg-sum10-as-1-image", None, 1, 1, False),
+        ), control=True),
+        RoundSpec("he threshold fedsgd 4 sites b1", "he-threshold", "fedsgd", 4, 1, attacks=(
+            ("he-threshold-sum4-as-1-image", None, 1, 1, False),
+        ), control=True),
         RoundSpec("plain fedsgd b1 local DP", "plain", "fedsgd", 1, 1, dp=True,
                   attacks=(("plain-fedsgd-b1-local-dp", 0, 1, 1, False),)),
     ]  # fmt: skip
@@ -127,9 +140,16 @@ def load_images(preset: BenchPreset) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return (*splits["train"], splits["test"][0])
 
 
-def run_round(spec: RoundSpec, preset: BenchPreset, images, labels, pool) -> list[dict]:
-    """Train one real round of ``spec`` on ``images``, then run each of its attacks."""
-    chosen = np.arange(spec.sites * spec.per_site)
+def run_round(
+    spec: RoundSpec, preset: BenchPreset, images, labels, pool, *, chosen: np.ndarray | None = None
+) -> list[dict]:
+    """Train one real round of ``spec``, then run each of its attacks, scored against the
+    victims (the first ``sites x per_site`` training images). ``chosen``: the training
+    images the sites hold instead (a victim-absent control, :mod:`.reference`)."""
+    victims = np.arange(spec.sites * spec.per_site)
+    chosen = victims if chosen is None else np.asarray(chosen, np.int64)
+    if chosen.shape != victims.shape:
+        raise ConfigError(f"chosen must hold {len(victims)} image indices, got {chosen.shape}")
     sites = [
         make_site(SiteData(f"site{s}", images[part], labels[part], images[:0], labels[:0]))
         for s, part in enumerate(np.split(chosen, spec.sites))
@@ -140,23 +160,41 @@ def run_round(spec: RoundSpec, preset: BenchPreset, images, labels, pool) -> lis
                            delta=1e-5, rounds=1, sites=spec.sites)  # fmt: skip
     fed = Federation(
         model_factory=preset.model_factory(), sites=sites, algorithm=Algorithm(spec.algorithm),
-        protect=spec.protect, local_epochs=spec.local_epochs, seed=0, privacy=privacy,
+        protect=_protection(spec), local_epochs=spec.local_epochs, seed=0, privacy=privacy,
     )  # fmt: skip
     steps = spec.local_epochs if spec.algorithm != "fedsgd" else 1
     view = observe_round(fed, image_shape=tuple(images.shape[1:]), local_steps=steps)
     rows = []
     for label, target, count, groups, known in spec.attacks:
         seen = view.aggregate if target is None else view.per_site[target]
-        truth_idx = np.split(chosen, spec.sites)[target] if target is not None else chosen
+        given = labels[_part(chosen, spec.sites, target)] if known else None
         config = replace(preset.attack, groups=groups, **dict(spec.budget))
+        truth = images[_part(victims, spec.sites, target)]
         work = LocalWork(fed.trainers[target or 0], fed.algorithm) if spec.unrolled else None
-        rows.append(
-            _attack(label, spec, seen, images[truth_idx], labels[truth_idx] if known else None,
-                    count, config, pool, work)
-        )  # fmt: skip
+        rows.append(_attack(label, spec, seen, truth, given, count, config, pool, work))
         if privacy is not None:
             rows[-1]["privacy"] = privacy.describe(1)
     return rows
+
+
+def _part(indices: np.ndarray, sites: int, target: int | None) -> np.ndarray:
+    """The images of site ``target`` (``None``: every site's) among ``indices``."""
+    return indices if target is None else np.split(indices, sites)[target]
+
+
+def _protection(spec: RoundSpec):
+    """``spec.protect`` for the Federation: ``he-threshold`` is ``he`` with threshold keys
+    (n-of-n), made through the real key-setup sessions when the Federation is built."""
+    if spec.protect != "he-threshold":
+        return spec.protect
+    from fedshield.protocols.registry import get_protocol
+
+    return get_protocol("he", he_keys="threshold", max_weight=float(spec.per_site),
+                        sites=spec.sites)  # fmt: skip
+
+
+_SEES = {"secagg": "the sum only",
+         "he-threshold": "ciphertexts (nothing to invert), then the sum it decrypts"}  # fmt: skip
 
 
 def _attack(label, spec, seen: ObservedUpdate, truth, known_labels, count, config, pool,
@@ -174,7 +212,7 @@ def _attack(label, spec, seen: ObservedUpdate, truth, known_labels, count, confi
         "sites": spec.sites,
         "batch": spec.per_site,
         "local_epochs": spec.local_epochs,
-        "server_sees": "one site's update" if label.startswith("plain") else "the sum only",
+        "server_sees": _SEES.get(spec.protect, "one site's update"),
         "images": count,
         "labels": "known" if known_labels is not None else "inferred (iDLG)",
         "pairs": pairs,

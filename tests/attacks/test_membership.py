@@ -68,8 +68,13 @@ def test_bench_privacy_writes_json_markdown_and_plots(tmp_path):
     assert {"plain-fedsgd-b1-site0", "secagg-sum4-as-1-image", "secagg-sum4-as-4-sites"} <= (
         scenarios
     )
+    assert {"secagg-sum10-as-1-image", "he-threshold-sum4-as-1-image"} <= scenarios
     for row in doc["inversion"]:
         assert np.isfinite(row["psnr_mean"]) and -1 <= row["ssim_mean"] <= 1
+        assert {"unrelated_matched", "dataset_mean"} <= set(row["references"])
+        if "control" in row["references"]:  # victim-absent rounds, scored like the attack
+            assert len(row["references"]["control"]["values"]) == 2
+            assert row["verdict"] in ("leaks", "at reference")
         assert (tmp_path / f"inversion-{row['scenario']}.png").read_bytes()[:4] == b"\x89PNG"
     assert [m["dp"] is None for m in doc["membership"]] == [True, False]
     assert all(0 <= m["auc_loss_threshold"] <= 1 for m in doc["membership"])
