@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction, console) -> argparse.ArgumentParse
     )
     privacy.add_argument("--quick", action="store_true", help="a reduced grid (< 10 minutes)")
     privacy.add_argument("--out", type=Path, default=None, help="output folder (runs/<time>)")
+    privacy.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: steady on a busy host)"
+    )
     privacy.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests
     privacy.set_defaults(handler=lambda args: _cmd_privacy(args, console))
     from fedshield.overhead import add_overhead_command
@@ -42,15 +45,18 @@ def _cmd_privacy(args: argparse.Namespace, console) -> int:
     preset = "tiny" if args.tiny else "quick" if args.quick else "full"
     out = args.out or Path("runs") / f"bench-privacy-{datetime.now():%Y%m%d-%H%M%S}"
     console.print(f"[bold]fedshield bench privacy[/] ({preset}) → {out}")
-    document, paths = run_privacy_bench(preset, out, console=console)
+    document, paths = run_privacy_bench(preset, out, console=console, threads=args.threads)
     _print_summary(document, console)
     console.print(f"done in {document['seconds']:.0f} s; wrote " + ", ".join(map(str, paths)))
     return 0
 
 
-def run_privacy_bench(preset_name: str, out: Path, *, console=None) -> tuple[dict, list[Path]]:
-    """Run the privacy grid of preset ``preset_name`` (``full``, ``quick`` or ``tiny``) and
-    write its files into ``out``; returns the JSON document and the paths written."""
+def run_privacy_bench(
+    preset_name: str, out: Path, *, console=None, threads: int = 1
+) -> tuple[dict, list[Path]]:
+    """Run the privacy grid of preset ``preset_name`` (``full``, ``quick`` or ``tiny``) on
+    ``threads`` torch threads and write its files into ``out``; returns the JSON document and
+    the paths written."""
     import torch
 
     from fedshield.attacks.reference import add_references
@@ -61,6 +67,7 @@ def run_privacy_bench(preset_name: str, out: Path, *, console=None) -> tuple[dic
         membership_run,
         run_round,
     )
+    from fedshield.engine.reproducibility import torch_threads
     from fedshield.errors import ConfigError
     from fedshield.report import progress_bar
 
@@ -70,7 +77,7 @@ def run_privacy_bench(preset_name: str, out: Path, *, console=None) -> tuple[dic
     rounds = inversion_rounds(preset)
     images, labels, pool = load_images(preset)
     rows, membership = [], []
-    with progress_bar(console) as progress:
+    with torch_threads(threads), progress_bar(console) as progress:
         task = progress.add_task("privacy bench", total=len(rounds) + 2)
         for spec in rounds:
             progress.update(task, description=f"inversion: {spec.name}")
@@ -83,6 +90,7 @@ def run_privacy_bench(preset_name: str, out: Path, *, console=None) -> tuple[dic
             membership.append(membership_run(preset, dp=dp))
             progress.advance(task)
     document = _document(preset, rows, membership, time.perf_counter() - start)
+    document["torch_threads"] = threads
     return document, _write(out, document, rows)
 
 

@@ -78,17 +78,13 @@ def _train(config) -> dict:
     import torch
 
     from fedshield.engine.experiment import build_federation
+    from fedshield.engine.reproducibility import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)  # as `fedshield run --threads` does
-    try:
+    with torch_threads(config.threads) as used_threads:  # as `fedshield run --threads` does
         torch.manual_seed(config.seed)
         start = time.perf_counter()
         federation = build_federation(config)
         rows = [federation.run_round().as_dict() for _ in range(config.rounds)]
-        used_threads = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(threads)
     later = rows[1:] or rows  # round 1 pays one-time compilation
     return {
         "auc": float(rows[-1]["auc"]),
