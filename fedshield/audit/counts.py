@@ -74,23 +74,34 @@ def _he_dropouts(mode: str, bed: AuditBed, rng: np.random.Generator, quick: bool
 
 
 def _bounds(mode: str, bed: AuditBed, rng: np.random.Generator, quick: bool) -> str:
-    r = bed.round(mode)
-    n, entry = len(r.clients), int(rng.integers(0, r.dim))
-    for client in r.clients.values():
-        client.update[entry] = 0
-    liar = r.clients[_PARTY]
-    liar.update[entry] = too_many = n * MAX_COUNT + 1
-    liar.grid = CountGrid(MAX_COUNT_LIMIT)  # a site running code that skips its own check
-    driven = bed.run(r)
-    if driven.crashes:
-        raise CheckFailed(f"crashed: {driven.crashes[0]!r}")
-    if driven.revealed is not None:
-        got = r.observed(driven.revealed)
-        shown = "nothing" if got is None else int(got[entry])
-        raise CheckFailed(f"site {_PARTY} sent a count of {too_many} (> MAX_COUNT {MAX_COUNT}) "
-                          f"and the round revealed a sum ({shown} at that entry)")  # fmt: skip
-    return (f"site {_PARTY}'s count of {too_many} (n * MAX_COUNT + 1, the others 0): nothing "
-            f"revealed ({driven.aborted})")  # fmt: skip
+    """A site whose code skips its own check sends ``n * MAX_COUNT + 1``: nothing may be
+    revealed, whether the others answer every stage or go silent at the last one (then the
+    liar's own report is the only one, and the server's own bound must stop it)."""
+    outcomes = []
+    for silent in (False, True):
+        r = bed.round(mode)
+        n, entry = len(r.clients), int(rng.integers(0, r.dim))
+        for client in r.clients.values():
+            client.update[entry] = 0
+        liar = r.clients[_PARTY]
+        liar.update[entry] = too_many = n * MAX_COUNT + 1
+        liar.grid = CountGrid(MAX_COUNT_LIMIT)  # a site running code that skips its own check
+        last = bed.round_stages(mode)[-1]
+        others = {c for c in r.clients if c != _PARTY}
+        driven = bed.run(r, absent={last: others} if silent else None)
+        if driven.crashes:
+            raise CheckFailed(f"crashed: {driven.crashes[0]!r}")
+        when = "the others silent at the last stage" if silent else "every site answering"
+        if driven.revealed is not None:
+            got = r.observed(driven.revealed)
+            shown = "nothing" if got is None else int(got[entry])
+            raise CheckFailed(f"site {_PARTY} sent a count of {too_many} (> MAX_COUNT "
+                              f"{MAX_COUNT}), {when}, and the round revealed a sum ({shown} at "
+                              "that entry)")  # fmt: skip
+        outcomes.append(f"{when}: nothing revealed ({driven.aborted})")
+    return f"site {_PARTY}'s count of {too_many} (n * MAX_COUNT + 1, the others 0); " + "; ".join(
+        outcomes
+    )
 
 
 def _bad_report(kind: str, data: bytes) -> bytes:

@@ -50,6 +50,13 @@ class SilentCountClient(HEClient):
         return answer
 
 
+class UnboundedReportServer(HEServer):
+    """Records the agreed report without checking it against the count grid's bound."""
+
+    def _check_receipts(self, stage):
+        self.reported = self.reports.agreed(self.round, self.alive, contributors=2**40)
+
+
 class FirstReportServer(HEServer):
     """Records the first site's report of the count sum, never comparing the others'."""
 
@@ -98,13 +105,26 @@ def test_count_masks_that_do_not_cancel_fail_the_audit():
 
 
 def test_a_site_that_goes_silent_on_a_sum_off_the_grid_fails_the_bounds_audit():
-    # the count session's behaviour before the refusal receipt: the liar's report is the only
-    # one left, and the server records whatever it claims
+    # the count session before the refusal receipt and the server's own bound: the liar's
+    # report is the only one left, and the server records whatever it claims
     results = _run(["bounds/he-shared-counts", "exact/he-shared-counts"],
-                   {"he-shared-counts.client": SilentCountClient})  # fmt: skip
+                   {"he-shared-counts.client": SilentCountClient,
+                    "he-shared-counts.server": UnboundedReportServer})  # fmt: skip
     assert results["exact/he-shared-counts"].passed
     assert not results["bounds/he-shared-counts"].passed
     assert "revealed a sum (196606 at that entry)" in results["bounds/he-shared-counts"].detail
+
+
+def test_the_servers_own_bound_is_needed_when_the_refusing_sites_go_silent():
+    # the refusal receipt alone: the honest sites that would refuse may die at the last stage
+    unbounded = _run(
+        ["bounds/he-shared-counts"], {"he-shared-counts.server": UnboundedReportServer}
+    )
+    check = unbounded["bounds/he-shared-counts"]
+    assert not check.passed and "the others silent at the last stage" in check.detail
+    # the server's bound alone (sites that go silent instead of refusing): still nothing revealed
+    silent = _run(["bounds/he-shared-counts"], {"he-shared-counts.client": SilentCountClient})
+    assert silent["bounds/he-shared-counts"].passed, silent["bounds/he-shared-counts"].detail
 
 
 def test_a_server_that_records_one_report_fails_the_report_audit():

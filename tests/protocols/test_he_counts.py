@@ -11,7 +11,7 @@ from threshold_federation import CONFIG, federation
 from fedshield import wire
 from fedshield.audit.keywalk import reachable_secrets
 from fedshield.engine.runner import run_protocol
-from fedshield.engine.transport import InProcessTransport
+from fedshield.engine.transport import InProcessTransport, Reply
 from fedshield.errors import ConfigError, IllegalTransition, WrongShape
 from fedshield.protocols.counts import MAX_COUNT_LIMIT, CountGrid
 from fedshield.protocols.he.common import HEStage
@@ -192,3 +192,36 @@ def test_a_site_that_sends_a_count_beyond_the_bound_cannot_have_a_sum_recorded(k
     assert outcome.revealed is None
     assert "refused the decrypted count sum" in outcome.aborted
     assert clients[0].aggregate is None and clients[2].aggregate is None
+
+
+class _SilentAt(InProcessTransport):
+    """The ``silent`` sites never answer ``stage`` (they died, or were cut off)."""
+
+    def __init__(self, sessions, stage: str, silent: set[int]) -> None:
+        super().__init__(sessions)
+        self.stage, self.silent = stage, silent
+
+    def exchange(self, stage, messages):
+        cut = self.silent if stage == self.stage else set()
+        replies = super().exchange(stage, {c: m for c, m in messages.items() if c not in cut})
+        replies.update({c: Reply(None, error="gone") for c in cut & set(messages)})
+        return replies
+
+
+@pytest.mark.parametrize("keys", ["shared", "threshold"])
+def test_a_lone_report_of_a_count_sum_off_the_grid_is_not_recorded(keys):
+    # Found in review: with the honest sites gone at the last stage, the liar's own report of
+    # the off-grid sum was the only one, and the server (which checked only for negative
+    # counts) recorded it. The server knows the contributors and the bound, so it checks.
+    spec, identities = _spec(keys)
+    counts = _counts(3)
+    server, clients = _sessions(
+        spec, identities, counts, round=8
+    )  # keyrings are shared: one input per round, ever
+    clients[1].grid = CountGrid(MAX_COUNT_LIMIT)  # the liar's code skips its own check
+    clients[1].update[5] = 3 * MAX + 1
+    for c in (0, 2):  # honest sites that would refuse the sum never answer
+        clients[c].grid = CountGrid(MAX_COUNT_LIMIT)
+    outcome = run_protocol(server, _SilentAt(clients, "aggregate", {0, 2}))
+    assert outcome.revealed is None
+    assert "beyond" in outcome.aborted

@@ -94,11 +94,14 @@ class SumReports:
             raise WrongShape(f"client {sender} reported a negative count")
         self.sums[sender] = values
 
-    def agreed(self, round: int, alive) -> np.ndarray | None:
-        """The sum every site still in the session reported (``None`` in an update session).
+    def agreed(self, round: int, alive, contributors: int) -> np.ndarray | None:
+        """The sum every site still in the session reported (``None`` in an update session),
+        checked against the grid of ``contributors`` sites: a lone reporter cannot have a sum
+        recorded that honest sites could not have sent.
 
         Raises:
-            ProtocolAbort: a site refused the sum, or the sites reported different sums.
+            ProtocolAbort: a site refused the sum, the sites reported different sums, or the
+                sum is beyond ``contributors`` times the bound.
         """
         if not self.counts:
             return None
@@ -112,5 +115,11 @@ class SumReports:
         if any(not np.array_equal(sums[0], s) for s in sums[1:]):
             raise ProtocolAbort(
                 f"round {round}: the sites decrypted different count sums; nothing is recorded"
+            )
+        bound = contributors * int(self.plan.config.counts)
+        if sums[0].size and int(sums[0].max()) > bound:
+            raise ProtocolAbort(
+                f"round {round}: the reported count sum is beyond {bound} ({contributors} sites "
+                f"of at most {self.plan.config.counts}); nothing is recorded"
             )
         return sums[0]

@@ -177,7 +177,7 @@ class HEServer(ServerSession):
         (every site refused a sum off the grid, say), the round produced nothing."""
         if not self.alive:
             raise ProtocolAbort(f"round {self.round}: no site accepted the aggregate")
-        self.reported = self.reports.agreed(self.round, self.alive)
+        self.reported = self.reports.agreed(self.round, self.alive, len(self.contributors))
 
     @receives(HEStage.INPUT)
     def _take_input(self, stage: str, sender: int, message: wire.Message) -> None:

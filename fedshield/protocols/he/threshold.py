@@ -368,7 +368,7 @@ class ThresholdServer(ServerSession):
     def _check_receipts(self, stage: str) -> None:
         if not self.alive:
             raise ProtocolAbort(f"round {self.round}: no site accepted the aggregate")
-        self.reported = self.reports.agreed(self.round, self.alive)
+        self.reported = self.reports.agreed(self.round, self.alive, len(self.contributors))
 
     def _reveal(self) -> Revealed:
         dropped = tuple(c for c in self.clients if c not in self.contributors)
