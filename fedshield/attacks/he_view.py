@@ -62,8 +62,11 @@ def server_decrypted_sum(
         io.close()
     config = plan.config
     values = unpack_slots(flat, plan, plan.dim + config.tail_values + plan.stat_values)
-    weighted_sum, total, _ = config.grid(ranges).decode_checked(
-        values, len(server.contributors), config=config, dim=plan.dim,
-        ranges=ranges if plan.stat_values else None,
-    )  # fmt: skip
+    try:
+        weighted_sum, total, _ = config.grid(ranges).decode_checked(
+            values, len(server.contributors), config=config, dim=plan.dim,
+            ranges=ranges if plan.stat_values else None,
+        )  # fmt: skip
+    except ValueError as exc:  # as the sites' own decoding reports it
+        raise ProtocolAbort(f"the decrypted sum is off the grid: {exc}") from exc
     return weighted_sum, float(total)

@@ -170,7 +170,9 @@ def run_round(
         given = labels[_part(chosen, spec.sites, target)] if known else None
         config = replace(preset.attack, groups=groups, **dict(spec.budget))
         truth = images[_part(victims, spec.sites, target)]
-        work = LocalWork(fed.trainers[target or 0], fed.algorithm) if spec.unrolled else None
+        site = fed.sites[target or 0]
+        work = (LocalWork(fed.trainers[target or 0], fed.algorithm,
+                          batch_size=site.train.batch_size) if spec.unrolled else None)  # fmt: skip
         rows.append(_attack(label, spec, seen, truth, given, count, config, pool, work))
         if privacy is not None:
             rows[-1]["privacy"] = privacy.describe(1)

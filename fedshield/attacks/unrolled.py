@@ -62,17 +62,32 @@ class LocalWork:
             and loss; a user's ``train_fn`` or another loop cannot be simulated).
         algorithm: ``fedavg``/``fedbn`` (the trainer's optimizer), ``fedprox`` (plus the
             proximal gradient) or ``fedsgd`` (one SGD step of ``sgd_lr``).
+        batch_size: the site's loader batch size. The simulation takes each site's images to be
+            one batch per step, so a site holding more is refused (``ConfigError``); ``None``:
+            the caller vouches that every site's set is one batch.
     """
 
     trainer: LocalTrainer
     algorithm: Algorithm = field(default_factory=Algorithm)
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
         check_instance("algorithm", self.algorithm, Algorithm)
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if type(self.trainer) is not LocalTrainer or self.trainer.train_fn is not None:
             raise ConfigError(
                 "only fedshield's own LocalTrainer loop (no train_fn) can be simulated, got "
                 f"{type(self.trainer).__name__}"
+            )
+
+    def check_fits(self, per_site: int) -> None:
+        """Refuse ``per_site`` images a site would not train on as one batch per step."""
+        if self.batch_size is not None and per_site > self.batch_size:
+            raise ConfigError(
+                f"a site's {per_site} images span several batches of {self.batch_size}: the "
+                "loader's shuffled order is unknown to the server, so its steps cannot be "
+                "simulated; attack sites of at most one batch"
             )
 
     def rules(self, model: nn.Module) -> dict[str, tuple[str, dict]]:
@@ -93,8 +108,10 @@ class LocalWork:
                 raise ConfigError("cannot simulate amsgrad, maximize or dampening")
             options = {k: float(v) if torch.is_tensor(v) else v for k, v in group.items()}
             kind = "SGD" if isinstance(optimizer, torch.optim.SGD) else "Adam"
-            if kind == "Adam" and group.get("decoupled_weight_decay"):
-                kind = "AdamW"  # torch's AdamW is Adam with decoupled weight decay
+            if kind == "Adam" and (
+                isinstance(optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay")
+            ):
+                kind = "AdamW"  # decoupled weight decay (its own class before torch 2.6)
             by_id.update({id(p): (kind, options) for p in group["params"]})
         return {name: by_id[id(p)] for name, p in model.named_parameters()}
 
@@ -201,6 +218,8 @@ def simulated_delta(
     ``images`` would send from ``observed.start``: what the attack takes a site to do.
     Tensors the simulation does not move (integer buffers) are 0."""
     check_instance("observed", observed, ObservedUpdate)
+    check_instance("work", work, LocalWork)
+    work.check_fits(len(images) // max(groups, 1))
     model = copy_model(observed, True)
     x, y = torch.as_tensor(images, dtype=torch.float32), torch.as_tensor(labels)
     names, update, stats = _Simulator(observed, model, work)(x, y, groups)
@@ -269,6 +288,7 @@ def invert_unrolled(
     check_instance("work", work, LocalWork)
     if config.bn_mode != "train":
         raise ConfigError("the sites' loop trains in train mode: bn_mode must be train")
+    work.check_fits(count // config.groups)
     labels = attack_labels(observed, count, labels, config)
     model = copy_model(observed, True)
     loss_of = _unrolled_loss(observed, model, work, torch.from_numpy(labels), config)

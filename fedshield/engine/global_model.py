@@ -17,7 +17,7 @@ from fedshield.engine.paramspec import ParamSpec
 from fedshield.protocols.ranges import TensorRanges
 from fedshield.protocols.registry import MODEL_BROADCAST
 
-__all__ = ["GlobalModel"]
+__all__ = ["GlobalModel", "he_round_start"]
 
 
 class GlobalModel:
@@ -94,3 +94,11 @@ class GlobalModel:
     def sha256(self) -> str:
         """SHA-256 of the global model's exchanged state dict (equal digests: equal bits)."""
         return self.spec.sha256(self.vector)
+
+
+def he_round_start(round: int, last_aggregate_round: int) -> bytes:
+    """The message that starts a deployed ``he`` round in place of the model broadcast (the
+    sites hold the model, the server never learns it): the round in the header, and the last
+    round whose aggregate the sites decrypted (a site that missed it must not train)."""
+    header = wire.Header(MODEL_BROADCAST, 0, round, wire.SERVER_ID)
+    return wire.serialize(header, [np.array([last_aggregate_round], dtype="<u4")])

@@ -6,9 +6,8 @@ engine sends it to a deployed site (the ``bytes_down_with_model`` column's addit
   the wire header, the float32 model and, under adaptive ranges, one int32 exponent per tensor.
 - ``he``: the server never learns the aggregate; every site decrypts it and applies it to the
   model it holds. Over Flower a round therefore starts with a short message, never the model:
-  the round and the last round that produced an aggregate (``_round_start`` in
-  :mod:`fedshield.engine.flower.apps`, which needs Flower installed; its size is rebuilt
-  here from the same wire format, and a test holds the two equal).
+  the round and the last round that produced an aggregate
+  (:func:`~fedshield.engine.global_model.he_round_start`, which the Flower server app sends).
 
 (The in-process :class:`~fedshield.engine.federation.Federation` sends every site the model
 broadcast under every protection: it is a simulation, not what a deployed ``he`` site gets.)
@@ -21,17 +20,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedshield import wire
-from fedshield.protocols.registry import MODEL_BROADCAST, ProtocolSpec
+from fedshield.engine.global_model import he_round_start
+from fedshield.protocols.registry import ProtocolSpec
 
-__all__ = ["he_round_start", "model_broadcast_bytes"]
-
-
-def he_round_start(round: int, last_aggregate_round: int) -> bytes:
-    """The message that starts a deployed ``he`` round: the round in the header, and the last
-    round whose aggregate the sites decrypted (a site that missed it must not train)."""
-    header = wire.Header(MODEL_BROADCAST, 0, round, wire.SERVER_ID)
-    return wire.serialize(header, [np.array([last_aggregate_round], dtype="<u4")])
+__all__ = ["model_broadcast_bytes"]
 
 
 def model_broadcast_bytes(spec: ProtocolSpec, shapes: Sequence[tuple[int, ...]]) -> int:

@@ -135,3 +135,16 @@ def test_what_cannot_be_simulated_is_refused(images):
         invert_unrolled(seen, work, config=InversionConfig(steps=1, restarts=1, bn_mode="eval"))
     with pytest.raises(ConfigError):
         invert_unrolled(seen, work, count=3, config=InversionConfig(steps=1, restarts=1, groups=2))
+
+
+def test_a_site_of_several_batches_is_refused_not_simulated_wrongly(images):
+    x, y, _ = images
+    view, fed = _round(x, y, per_site=2, epochs=2)
+    assert fed.sites[0].train.batch_size >= 2  # the real site: one batch, simulated
+    work = LocalWork(fed.trainers[0], fed.algorithm, batch_size=1)  # 2 images: 2 batches
+    with pytest.raises(ConfigError, match="span several batches of 1"):
+        simulated_delta(view.per_site[0], work, x[:2], y[:2])
+    with pytest.raises(ConfigError, match="span several batches"):
+        invert_unrolled(view.per_site[0], work, count=2, labels=y[:2])
+    with pytest.raises(ConfigError, match="batch_size must be at least 1"):
+        LocalWork(fed.trainers[0], batch_size=0)

@@ -181,15 +181,9 @@ def _discover_sites(
 def _round_start(server, he: bool) -> bytes:
     """The model broadcast; under ``he`` the round number and the last round that produced an
     aggregate (the sites hold the model; one that missed an aggregate must not train)."""
-    import numpy as np
+    from fedshield.engine.global_model import he_round_start
 
-    from fedshield import wire
-    from fedshield.protocols.registry import MODEL_BROADCAST
-
-    if not he:
-        return server.broadcast()
-    header = wire.Header(MODEL_BROADCAST, 0, server.round, wire.SERVER_ID)
-    return wire.serialize(header, [np.array([server.last_aggregate_round], dtype="<u4")])
+    return he_round_start(server.round, server.last_aggregate_round) if he else server.broadcast()
 
 
 def _distribute_he_keys(server, grid: Grid, nodes: dict[int, int], *, timeout: float) -> None:
