@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedshield._validate import check_int
-from fedshield.attacks.scenarios import run_round
+from fedshield.attacks.scenarios import BenchPreset, RoundSpec, run_round
 from fedshield.attacks.scores import match
 from fedshield.errors import ConfigError
 
@@ -108,7 +108,10 @@ def verdict(psnr: float, control: dict) -> dict:
             "margin_db": float(margin)}  # fmt: skip
 
 
-def add_references(spec, preset, images, labels, pool, rows: list[dict]) -> list[dict]:
+def add_references(
+    spec: RoundSpec, preset: BenchPreset, images: np.ndarray, labels: np.ndarray,
+    pool: np.ndarray, rows: list[dict],
+) -> list[dict]:  # fmt: skip
     """Give each row of ``run_round(spec, ...)`` its reference levels (``references``) and,
     when ``spec.control``, the victim-absent control over ``preset.control_draws`` rounds
     and the verdict (``verdict``, ``gain_db``, ``margin_db``). Returns ``rows``."""

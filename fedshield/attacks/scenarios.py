@@ -141,8 +141,9 @@ def load_images(preset: BenchPreset) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def run_round(
-    spec: RoundSpec, preset: BenchPreset, images, labels, pool, *, chosen: np.ndarray | None = None
-) -> list[dict]:
+    spec: RoundSpec, preset: BenchPreset, images: np.ndarray, labels: np.ndarray,
+    pool: np.ndarray, *, chosen: np.ndarray | None = None,
+) -> list[dict]:  # fmt: skip
     """Train one real round of ``spec``, then run each of its attacks, scored against the
     victims (the first ``sites x per_site`` training images). ``chosen``: the training
     images the sites hold instead (a victim-absent control, :mod:`.reference`)."""
