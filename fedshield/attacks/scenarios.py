@@ -8,7 +8,8 @@ Gradient inversion (:mod:`.inversion`) on what the server sees of one round:
 - ``secagg`` with 4 sites at batch 1: the server learns only the sum, attacked as one image
   and as four (one per site, each normalising its own batch); with 10 sites, as one image;
 - threshold ``he`` with 4 sites: the sum the server decrypts from the partials (:mod:`.he_view`);
-- ``plain`` under local DP (each site clips and noises its update).
+- ``plain`` under local DP (each site clips and noises its update), and ``secagg`` with 4 sites
+  under distributed DP (each site adds integer noise inside the sum, :mod:`fedshield.crypto.ddg`).
 
 Rows marked ``control`` are also run with the sites holding other images, for the
 victim-absent control and the verdict (:mod:`.reference`).
@@ -88,7 +89,7 @@ class RoundSpec:
     sites: int
     per_site: int  # images per site (its batch: FedSGD uses the full local set)
     local_epochs: int = 1
-    dp: bool = False
+    dp: str | None = None  # a DPConfig mode: local (each site noises) or distributed (in the sum)
     attacks: tuple[tuple[str, int | None, int, int, bool], ...] = ()
     # each: (label, target site or None, images to reconstruct, groups, labels known)
     unrolled: bool = False  # simulate the sites' local steps (.unrolled), not one gradient
@@ -118,8 +119,11 @@ def inversion_rounds(preset: BenchPreset) -> list[RoundSpec]:
         RoundSpec("he threshold fedsgd 4 sites b1", "he-threshold", "fedsgd", 4, 1, attacks=(
             ("he-threshold-sum4-as-1-image", None, 1, 1, False),
         ), control=True),
-        RoundSpec("plain fedsgd b1 local DP", "plain", "fedsgd", 1, 1, dp=True,
+        RoundSpec("plain fedsgd b1 local DP", "plain", "fedsgd", 1, 1, dp="local",
                   attacks=(("plain-fedsgd-b1-local-dp", 0, 1, 1, False),)),
+        RoundSpec("secagg fedsgd 4 sites b1 distributed DP", "secagg", "fedsgd", 4, 1,
+                  dp="distributed", control=True,
+                  attacks=(("secagg-sum4-distributed-dp-as-1-image", None, 1, 1, False),)),
     ]  # fmt: skip
 
 
@@ -157,7 +161,7 @@ def run_round(
     ]
     privacy = None
     if spec.dp:
-        privacy = DPConfig(mode="local", clip=1.0, noise_multiplier=preset.dp_noise,
+        privacy = DPConfig(mode=spec.dp, clip=1.0, noise_multiplier=preset.dp_noise,
                            delta=1e-5, rounds=1, sites=spec.sites)  # fmt: skip
     fed = Federation(
         model_factory=preset.model_factory(), sites=sites, algorithm=Algorithm(spec.algorithm),

@@ -69,6 +69,10 @@ def test_bench_privacy_writes_json_markdown_and_plots(tmp_path):
         scenarios
     )
     assert {"secagg-sum10-as-1-image", "he-threshold-sum4-as-1-image"} <= scenarios
+    noised = [
+        r for r in doc["inversion"] if r["scenario"] == "secagg-sum4-distributed-dp-as-1-image"
+    ]
+    assert noised[0]["privacy"]["dp_mode"] == "distributed" and "control" in noised[0]["references"]
     for row in doc["inversion"]:
         assert np.isfinite(row["psnr_mean"]) and -1 <= row["ssim_mean"] <= 1
         assert {"unrelated_matched", "dataset_mean"} <= set(row["references"])
