@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         help="carry what compression dropped into the next round (per-site residual)",
     )
     run.add_argument(
+        "--train-all-coordinates",
+        action="store_true",
+        help="rand-k: sites train every coordinate and send the round's kept ones (the "
+        "classic way); by default they train only the kept ones (docs/compression.md)",
+    )
+    run.add_argument(
         "--dropout",
         default="0",
         help="per-stage dropout probability, or a JSON schedule "

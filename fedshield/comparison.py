@@ -34,16 +34,17 @@ __all__ = [
 ]
 
 TWIN_CACHE = Path("runs") / "plain-twins"
-_COMPARED = ("protect", "quant_bits", "clip", "sparsify", "error_feedback", "transport",
-             "dropout", "dropout_schedule", "threshold", "neighbours")  # fmt: skip
+_COMPARED = ("protect", "quant_bits", "clip", "sparsify", "error_feedback",
+             "train_all_coordinates", "transport", "dropout", "dropout_schedule", "threshold",
+             "neighbours")  # fmt: skip
 
 
 def twin_config(config: RunConfig) -> RunConfig:
     """``config`` as plain fp32, uncompressed, in process, without dropouts."""
     return replace(
         config, protect="plain", quant_bits=None, clip=None, sparsify=None,
-        error_feedback=False, transport="inprocess", dropout=0.0, dropout_schedule={},
-        threshold=None, neighbours=None,
+        error_feedback=False, train_all_coordinates=False, transport="inprocess",
+        dropout=0.0, dropout_schedule={}, threshold=None, neighbours=None,
     )  # fmt: skip
 
 

@@ -24,7 +24,8 @@ from monai.fl.utils.exchange_object import ExchangeObject
 from torch import nn
 
 from fedshield.engine.metrics import scalar_metrics
-from fedshield.engine.trainer import Algorithm, LocalTrainer
+from fedshield.engine.subspace import Subspace
+from fedshield.engine.trainer import SUBSPACE_NEEDS_OUR_LOOP, Algorithm, LocalTrainer
 from fedshield.errors import ConfigError, WrongShape
 
 __all__ = ["ClientAlgoTrainer"]
@@ -57,8 +58,13 @@ class ClientAlgoTrainer(LocalTrainer):
         self.name, self.joined = site, True
         self.algo.initialize({ExtraItems.CLIENT_NAME: site})
 
-    def local_update(self, algorithm: Algorithm, model: nn.Module, loader, epochs: int) -> dict:
+    def local_update(
+        self, algorithm: Algorithm, model: nn.Module, loader, epochs: int, *,
+        subspace: Subspace | None = None,
+    ) -> dict:  # fmt: skip
         """``train`` from ``model``'s (global) weights, then ``get_weights`` into ``model``."""
+        if subspace is not None:
+            raise ConfigError(SUBSPACE_NEEDS_OUR_LOOP)
         if algorithm.name not in ("fedavg", "fedbn"):
             raise ConfigError(
                 f"{algorithm.name} changes the local loop, which a ClientAlgo owns: use fedavg "

@@ -28,6 +28,7 @@ from opacus.data_loader import DPDataLoader
 from opacus.validators import ModuleValidator
 from torch import nn
 
+from fedshield.engine.subspace import Subspace
 from fedshield.engine.trainer import LocalTrainer
 from fedshield.errors import ConfigError
 from fedshield.privacy import calibrate_noise, epsilon, spent_record
@@ -77,11 +78,14 @@ class DPSGDTrainer(LocalTrainer):
         self.noise_multiplier, self.target_epsilon = noise_multiplier, target_epsilon
         self._sites: dict[int, _SiteSteps] = {}  # one per site's loader
 
-    def local_update(self, algorithm, model: nn.Module, loader, epochs: int) -> dict:
+    def local_update(
+        self, algorithm, model: nn.Module, loader, epochs: int, *,
+        subspace: Subspace | None = None,
+    ) -> dict:  # fmt: skip
         """Refuses what would train without DP (FedSGD's full-batch step, a ``train_fn``)."""
         if algorithm.name == "fedsgd" or self.train_fn is not None:
             raise ConfigError("--dp-sgd runs its own loop: not fedsgd, nor a train_fn")
-        return super().local_update(algorithm, model, loader, epochs)
+        return super().local_update(algorithm, model, loader, epochs, subspace=subspace)
 
     def _site(self, loader, batches: int) -> _SiteSteps:
         """The site whose loader this is: its sampling rate and noise multiplier."""
@@ -109,8 +113,12 @@ class DPSGDTrainer(LocalTrainer):
                               delta=self.delta, epsilon=worst)  # fmt: skip
         return {**record, "per_site_sigma_epsilon": spent}
 
-    def fit(self, model: nn.Module, loader, epochs: int, *, prox_mu: float | None = None):
-        """``epochs`` of DP-SGD over Poisson-sampled batches of ``loader``'s data."""
+    def fit(
+        self, model: nn.Module, loader, epochs: int, *, prox_mu: float | None = None,
+        subspace: Subspace | None = None,
+    ) -> dict:  # fmt: skip
+        """``epochs`` of DP-SGD over Poisson-sampled batches of ``loader``'s data (only the
+        coordinates of ``subspace`` move when one is given; the noise elsewhere is dropped)."""
         if prox_mu:
             raise ConfigError("--dp-sgd trains fedavg: not fedprox")
         sampled = DPDataLoader.from_data_loader(loader, generator=_csprng_generator())
@@ -129,8 +137,15 @@ class DPSGDTrainer(LocalTrainer):
                 # every sampled batch is a step, an empty one too (Opacus then adds noise
                 # alone): skipping it would leave the model unmoved with a probability the
                 # data decides
+                restore = None if subspace is None else subspace.hold(model, optimizer)
+
+                def after_step() -> None:
+                    site.count_step()
+                    if restore is not None:
+                        restore()
+
                 return self.run_epochs(module, optimizer, sampled, epochs,
-                                       after_step=site.count_step)  # fmt: skip
+                                       after_step=after_step)  # fmt: skip
         finally:
             module._close()  # the hooks go: the same model trains again next round
 

@@ -70,6 +70,7 @@ class RunConfig:
     secagg_weighting: str = "fraction"
     sparsify: str | None = None
     error_feedback: bool = False
+    train_all_coordinates: bool = False  # rand-k: the classic way (sites train everything)
     dropout: float = 0.0
     dropout_schedule: dict[str, list[int]] = field(default_factory=dict)
     partition: str = "iid"
@@ -79,8 +80,7 @@ class RunConfig:
     lr: float | None = None  # local Adam's (None: 1e-3; 3e-3 for segmentation)
     batch_size: int = 32
     seed: int = 0
-    max_weight: float | None = None  # public bound of a site's FedAvg weight (None: the
-    # largest site's sample count, read from the data)
+    max_weight: float | None = None  # public bound of a site's weight (None: largest site's n)
     in_channels: int | None = None  # image channels (None: read from the data)
     classes: int | None = None  # synthetic: how many (default 2); a file's: read from its labels
     threads: int | None = None  # torch threads of a training process (None: torch's default
@@ -141,7 +141,8 @@ class RunConfig:
 
     def compression(self) -> Compression:
         """The compression chain these options describe."""
-        return Compression.parse(self.sparsify, error_feedback=self.error_feedback)
+        feedback, train_all = self.error_feedback, self.train_all_coordinates
+        return Compression.parse(self.sparsify, error_feedback=feedback, train_all=train_all)
 
     def as_dict(self) -> dict:
         """Every effective option as plain data."""

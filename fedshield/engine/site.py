@@ -26,7 +26,8 @@ from fedshield.engine.compression import CompressedUpdate, UpdateCompressor
 from fedshield.engine.evaluation import SiteEvaluation
 from fedshield.engine.metrics import predict, scalar_metrics
 from fedshield.engine.paramspec import ParamSpec
-from fedshield.engine.trainer import Algorithm, LocalTrainer
+from fedshield.engine.subspace import Subspace
+from fedshield.engine.trainer import SUBSPACE_NEEDS_OUR_LOOP, Algorithm, LocalTrainer
 from fedshield.errors import ConfigError, NonFiniteValues, WrongRound, WrongShape
 from fedshield.privacy import DPConfig, SiteLevelDP
 from fedshield.protocols.base import ClientSession
@@ -128,6 +129,9 @@ class SiteRuntime:
                 f"site {site.name!r}: {algorithm.name} changes the local loop, which its "
                 "ClientAlgo owns: use fedavg or fedbn"
             )
+        own_loop = not (trainer.brings_data or trainer.train_fn is not None)
+        if compressor.compression.subspace and algorithm.name != "fedsgd" and not own_loop:
+            raise ConfigError(f"site {site.name!r}: {SUBSPACE_NEEDS_OUR_LOOP}")
         trainer.join(site.name)
         self.site_id = site_id
         self.site = site
@@ -163,7 +167,10 @@ class SiteRuntime:
         ranges = self._round_ranges(round, range_exponents)
         self._check_privacy_budget(round)
         self.load(start)
-        self.trainer.local_update(self.algorithm, self.model, self.site.train, self.local_epochs)
+        self.trainer.local_update(
+            self.algorithm, self.model, self.site.train, self.local_epochs,
+            subspace=self._subspace(round),
+        )  # fmt: skip
         delta = self.spec.flatten(self.model) - start
         if not np.isfinite(delta).all():  # before it can touch the local state or residual
             raise NonFiniteValues(
@@ -186,6 +193,13 @@ class SiteRuntime:
             **indices,
             **ranges,
         )
+
+    def _subspace(self, round: int) -> Subspace | None:
+        """The coordinates this round trains (rand-k's subspace training; ``None``: all)."""
+        kept = self.compressor.training_subspace(round)
+        if kept is None or self.algorithm.name == "fedsgd":
+            return None
+        return Subspace.of_round(self.spec, *kept)
 
     def _check_privacy_budget(self, round: int) -> None:
         """Under DP, train no more rounds than the noise was calibrated for: the site counts

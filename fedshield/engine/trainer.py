@@ -21,9 +21,16 @@ import torch
 from torch import nn
 
 from fedshield.engine.metrics import loss_targets
+from fedshield.engine.subspace import Subspace
 from fedshield.errors import ConfigError
 
-__all__ = ["ALGORITHMS", "Algorithm", "LocalTrainer"]
+__all__ = ["ALGORITHMS", "SUBSPACE_NEEDS_OUR_LOOP", "Algorithm", "LocalTrainer"]
+
+SUBSPACE_NEEDS_OUR_LOOP = (
+    "rand-k sites train only the round's kept coordinates, which needs fedshield's own loop "
+    "(a train_fn or a ClientAlgo owns its loop): use --train-all-coordinates "
+    "(Compression(..., train_all=True)) to train every coordinate and send the kept ones"
+)
 
 ALGORITHMS = ("fedavg", "fedsgd", "fedprox", "fedbn")
 
@@ -102,22 +109,32 @@ class LocalTrainer:
         self.evaluate_fn = evaluate_fn
 
     def local_update(
-        self, algorithm: Algorithm, model: nn.Module, loader, epochs: int
-    ) -> dict[str, float]:
-        """Do ``algorithm``'s local work on ``model`` (which holds the global weights)."""
+        self, algorithm: Algorithm, model: nn.Module, loader, epochs: int, *,
+        subspace: Subspace | None = None,
+    ) -> dict[str, float]:  # fmt: skip
+        """Do ``algorithm``'s local work on ``model`` (which holds the global weights), moving
+        only the coordinates of ``subspace`` when one is given (rand-k's subspace training)."""
         if algorithm.name == "fedsgd":
             if self.train_fn is not None:
                 raise ConfigError("fedsgd needs fedshield's own loop; drop train_fn to use it")
+            if subspace is not None:
+                raise ConfigError("fedsgd sends one gradient: it has no subspace training")
             return self.gradient_step(model, loader, lr=algorithm.sgd_lr)
         mu = algorithm.mu if algorithm.name == "fedprox" else None
         if self.train_fn is not None:
             if mu:
                 raise ConfigError("fedprox with mu > 0 needs fedshield's own loop, not train_fn")
+            if subspace is not None:
+                raise ConfigError(SUBSPACE_NEEDS_OUR_LOOP)
             return dict(self.train_fn(model, loader, epochs) or {})
-        return self.fit(model, loader, epochs, prox_mu=mu)
+        return self.fit(model, loader, epochs, prox_mu=mu, subspace=subspace)
 
-    def fit(self, model: nn.Module, loader, epochs: int, *, prox_mu: float | None = None) -> dict:
-        """``epochs`` passes over ``loader``; with ``prox_mu`` set, FedProx's proximal gradient."""
+    def fit(
+        self, model: nn.Module, loader, epochs: int, *, prox_mu: float | None = None,
+        subspace: Subspace | None = None,
+    ) -> dict:  # fmt: skip
+        """``epochs`` passes over ``loader``; with ``prox_mu`` set, FedProx's proximal gradient;
+        with ``subspace``, only its coordinates move, at its scaled learning rate."""
         before_step = None
         if prox_mu is not None:
             anchors = [p.detach().clone() for p in model.parameters()]
@@ -129,7 +146,9 @@ class LocalTrainer:
                             p.grad.add_(p - p0, alpha=prox_mu)
 
         optimizer = self.optimizer_factory(model.parameters())
-        return self.run_epochs(model, optimizer, loader, epochs, before_step=before_step)
+        after_step = None if subspace is None else subspace.hold(model, optimizer)
+        return self.run_epochs(model, optimizer, loader, epochs, before_step=before_step,
+                               after_step=after_step)  # fmt: skip
 
     def run_epochs(
         self, model: nn.Module, optimizer, loader, epochs: int, *,
