@@ -23,7 +23,7 @@ the model to AUC 0.5). Buffers are few; they always travel dense and without a r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -60,6 +60,11 @@ class Compression:
     def subspace(self) -> bool:
         """Whether sites train only the round's kept coordinates (rand-k, by default)."""
         return self.sparsify == "randk" and not self.train_all
+
+    def for_algorithm(self, algorithm: str) -> Compression:
+        """This chain as ``algorithm``'s sites run it: FedSGD sends one gradient, taken at the
+        global model, so its rand-k is always the classic way."""
+        return replace(self, train_all=True) if self.subspace and algorithm == "fedsgd" else self
 
     @classmethod
     def parse(
@@ -140,17 +145,22 @@ class UpdateCompressor:
     def shared_indices(self, round: int) -> np.ndarray | None:
         """Rand-k's coordinates for ``round``: public, the same at every client and the server.
 
-        Rounds walk through the disjoint blocks of one random order of the coordinates, then
-        draw a new order (rand-k without replacement): every coordinate travels at least once
-        per ``n_trainable // k`` rounds. Drawn independently each round, 12% of the coordinates
-        would wait more than 20 rounds at 10% (0.9^20), and the global model would lag there.
+        Rounds walk through one random order of the coordinates in blocks of ``k`` places,
+        then draw a new order (rand-k without replacement): a cycle of ``ceil(n / k)`` rounds
+        visits every coordinate, the last block taking the order's last ``k`` places (when
+        ``k`` does not divide ``n`` it repeats a few of the block before). Drawn independently
+        each round, 12% of the coordinates would wait more than 20 rounds at 10% (0.9^20),
+        and the global model would lag there.
         """
         if self.compression.sparsify != "randk":
             return None
-        blocks = max(1, self.n_trainable // self.k_trainable)
-        cycle, block = divmod(round - 1, blocks)
+        n, k = self.n_trainable, self.k_trainable
+        cycle, block = divmod(round - 1, -(-n // k))
         seed = derive_seed("randk", self.seed, cycle)
-        kept = randk(self.n_trainable, self.k_trainable, seed=seed, block=block)
+        if block < n // k:
+            kept = randk(n, k, seed=seed, block=block)
+        else:  # the order's last k places: all but its first n - k
+            kept = np.setdiff1d(np.arange(n), randk(n, n - k, seed=seed), assume_unique=True)
         return np.concatenate([kept, self._buffers])
 
     def training_subspace(self, round: int) -> tuple[np.ndarray, float] | None:

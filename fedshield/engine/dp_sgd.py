@@ -137,7 +137,7 @@ class DPSGDTrainer(LocalTrainer):
                 # every sampled batch is a step, an empty one too (Opacus then adds noise
                 # alone): skipping it would leave the model unmoved with a probability the
                 # data decides
-                restore = None if subspace is None else subspace.hold(model, optimizer)
+                restore = None if subspace is None else subspace.hold(model)
 
                 def after_step() -> None:
                     site.count_step()

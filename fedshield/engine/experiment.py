@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -140,9 +141,10 @@ class RunConfig:
         return dp_config(self)
 
     def compression(self) -> Compression:
-        """The compression chain these options describe."""
+        """The compression chain these options describe (FedSGD's rand-k: the classic way)."""
         feedback, train_all = self.error_feedback, self.train_all_coordinates
-        return Compression.parse(self.sparsify, error_feedback=feedback, train_all=train_all)
+        chain = Compression.parse(self.sparsify, error_feedback=feedback, train_all=train_all)
+        return chain.for_algorithm(self.algorithm)
 
     def as_dict(self) -> dict:
         """Every effective option as plain data."""
@@ -343,11 +345,7 @@ def _algorithm(config: RunConfig) -> Algorithm:
 
 
 def _trainer(config: RunConfig) -> LocalTrainer:
-    lr = config.lr
-
-    def adam(params):
-        return torch.optim.Adam(params, lr=lr)
-
+    adam = partial(torch.optim.Adam, lr=config.lr)
     if config.task == "segmentation":
         return segmentation_trainer(adam)
     return dp_trainer(config, adam) if config.dp_sgd else LocalTrainer(optimizer_factory=adam)

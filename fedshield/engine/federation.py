@@ -99,6 +99,8 @@ class Federation:
         bn_local = self.algorithm.exclude_batchnorm
         self.spec = ParamSpec.from_module(self.model, exclude_batchnorm=bn_local)
         compression = compression or Compression()
+        if isinstance(compression, Compression):  # else UpdateCompressor says what it needs
+            compression = compression.for_algorithm(self.algorithm.name)
 
         def compressor() -> UpdateCompressor:
             return UpdateCompressor(

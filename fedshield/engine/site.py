@@ -129,8 +129,8 @@ class SiteRuntime:
                 f"site {site.name!r}: {algorithm.name} changes the local loop, which its "
                 "ClientAlgo owns: use fedavg or fedbn"
             )
-        own_loop = not (trainer.brings_data or trainer.train_fn is not None)
-        if compressor.compression.subspace and algorithm.name != "fedsgd" and not own_loop:
+        subspace = compressor.compression.subspace and algorithm.name != "fedsgd"
+        if subspace and not trainer.trains_subspaces:
             raise ConfigError(f"site {site.name!r}: {SUBSPACE_NEEDS_OUR_LOOP}")
         trainer.join(site.name)
         self.site_id = site_id

@@ -12,6 +12,7 @@ Algorithms (what a site does with the global model each round):
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable
@@ -28,8 +29,9 @@ __all__ = ["ALGORITHMS", "SUBSPACE_NEEDS_OUR_LOOP", "Algorithm", "LocalTrainer"]
 
 SUBSPACE_NEEDS_OUR_LOOP = (
     "rand-k sites train only the round's kept coordinates, which needs fedshield's own loop "
-    "(a train_fn or a ClientAlgo owns its loop): use --train-all-coordinates "
-    "(Compression(..., train_all=True)) to train every coordinate and send the kept ones"
+    "(a train_fn, a ClientAlgo or a fit without a subspace argument owns its loop): use "
+    "--train-all-coordinates (Compression(..., train_all=True)) to train every coordinate "
+    "and send the kept ones"
 )
 
 ALGORITHMS = ("fedavg", "fedsgd", "fedprox", "fedbn")
@@ -127,7 +129,19 @@ class LocalTrainer:
             if subspace is not None:
                 raise ConfigError(SUBSPACE_NEEDS_OUR_LOOP)
             return dict(self.train_fn(model, loader, epochs) or {})
+        if subspace is None:  # a subclass's fit may predate subspace training
+            return self.fit(model, loader, epochs, prox_mu=mu)
+        if not self.trains_subspaces:
+            raise ConfigError(SUBSPACE_NEEDS_OUR_LOOP)
         return self.fit(model, loader, epochs, prox_mu=mu, subspace=subspace)
+
+    @property
+    def trains_subspaces(self) -> bool:
+        """Whether this trainer can keep its local work to rand-k's kept coordinates: its
+        loop is fedshield's (no ``train_fn``, no ClientAlgo) and its ``fit`` takes a
+        ``subspace``."""
+        own_loop = self.train_fn is None and not self.brings_data
+        return own_loop and "subspace" in inspect.signature(self.fit).parameters
 
     def fit(
         self, model: nn.Module, loader, epochs: int, *, prox_mu: float | None = None,
@@ -146,7 +160,7 @@ class LocalTrainer:
                             p.grad.add_(p - p0, alpha=prox_mu)
 
         optimizer = self.optimizer_factory(model.parameters())
-        after_step = None if subspace is None else subspace.hold(model, optimizer)
+        after_step = None if subspace is None else subspace.hold(model)
         return self.run_epochs(model, optimizer, loader, epochs, before_step=before_step,
                                after_step=after_step)  # fmt: skip
 

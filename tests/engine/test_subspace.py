@@ -130,11 +130,14 @@ def test_the_secure_sum_moves_only_the_kept_coordinates_and_the_record_says_how(
     assert record.protocol["local_training"] == "kept coordinates"
 
 
-def test_fedsgd_sends_its_gradient_the_classic_way(tiny_sites):
+def test_fedsgd_sends_its_gradient_the_classic_way_and_says_so(tiny_sites):
     fed = _federation(tiny_sites, Compression("randk", 0.1, error_feedback=True),
                       algorithm=Algorithm("fedsgd"))  # fmt: skip
-    fed.run_round()
+    record = fed.run_round()
     assert np.count_nonzero(fed.runtimes[0].compressor.feedback.residual) > 0
+    assert record.protocol["local_training"] == "all coordinates"
+    config = RunConfig(protect="plain", sparsify="randk:0.1", algorithm="fedsgd")
+    assert config.compression().train_all  # what a deployed site and server build
     with pytest.raises(ConfigError, match="no subspace training"):
         spec, _, kept = _round_subspace(SmallCNN(width=4))
         LocalTrainer().local_update(Algorithm("fedsgd"), SmallCNN(width=4), None, 1,
@@ -169,4 +172,69 @@ def test_a_subspace_checks_its_inputs():
     subspace = Subspace.of_round(spec, *kept)
     other = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="has no parameter"):
-        subspace.hold(other, torch.optim.SGD(other.parameters(), lr=0.1))
+        subspace.hold(other)
+
+
+def _bn_parameters(model):
+    """Copies of the BatchNorm layers' own parameters (FedBN keeps them local)."""
+    return {
+        f"{prefix}.{name}": p.detach().clone()
+        for prefix, module in model.named_modules()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+        for name, p in module.named_parameters(recurse=False)
+    }
+
+
+def _one_batch(tiny_sites):
+    dataset = make_site(tiny_sites[0], batch_size=64, seed=0).train.dataset
+    return torch.utils.data.DataLoader(dataset, batch_size=64)
+
+
+def test_fedbn_local_batchnorm_trains_every_round_at_the_users_rate(tiny_sites):
+    """Found in review: the scale is for exchanged coordinates, which train one round in
+    n / k; FedBN's local BatchNorm trains every round and must step as the user asked."""
+    trainer = LocalTrainer(optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.01))
+    fedbn, loader = Algorithm("fedbn"), _one_batch(tiny_sites)
+    torch.manual_seed(0)
+    dense = SmallCNN(width=4)
+    torch.manual_seed(0)
+    sparse = SmallCNN(width=4)
+    before = _bn_parameters(dense)
+    spec = ParamSpec.from_module(sparse, exclude_batchnorm=True)
+    compressor = UpdateCompressor(Compression("randk", 0.1), dim=spec.dim, seed=5,
+                                  n_trainable=spec.n_trainable)  # fmt: skip
+    subspace = Subspace.of_round(spec, *compressor.training_subspace(1))
+    trainer.local_update(fedbn, dense, loader, 1)
+    trainer.local_update(fedbn, sparse, loader, 1, subspace=subspace)
+    assert before and subspace.lr_scale > 9 and not set(before) & set(subspace.masks)
+    for name, start in _bn_parameters(sparse).items():
+        np.testing.assert_allclose(start - before[name], _bn_parameters(dense)[name] - before[name],
+                                   rtol=1e-4, atol=1e-7)  # fmt: skip
+
+
+def test_an_optimizer_kept_across_rounds_keeps_its_learning_rate(tiny_sites):
+    """Found in review: scaling the optimizer's rate in place compounded round after round
+    for a factory that returns the same optimizer."""
+    torch.manual_seed(0)
+    model = SmallCNN(width=4)
+    kept = torch.optim.Adam(model.parameters(), lr=1e-3)
+    trainer = LocalTrainer(optimizer_factory=lambda params: kept)
+    spec, compressor, _ = _round_subspace(model)
+    for round in (1, 2, 3):
+        subspace = Subspace.of_round(spec, *compressor.training_subspace(round))
+        trainer.local_update(FEDAVG, model, _one_batch(tiny_sites), 1, subspace=subspace)
+    assert kept.param_groups[0]["lr"] == 1e-3
+
+
+def test_a_fit_that_predates_subspaces_runs_dense_and_is_refused_under_rand_k(tiny_sites):
+    """Found in review: a subclass's ``fit`` without the ``subspace`` argument broke every run
+    with a bare TypeError; now it runs as before, and rand-k names the way out."""
+
+    class Mine(LocalTrainer):
+        def fit(self, model, loader, epochs, *, prox_mu=None):
+            return super().fit(model, loader, epochs, prox_mu=prox_mu)
+
+    Mine().local_update(FEDAVG, SmallCNN(width=4), _one_batch(tiny_sites), 1)
+    assert not Mine().trains_subspaces and LocalTrainer().trains_subspaces
+    with pytest.raises(ConfigError, match="--train-all-coordinates"):
+        _federation(tiny_sites, Compression("randk", 0.1), trainer=Mine())
