@@ -3,8 +3,9 @@
 For each model (our BatchNorm CNN ``cnn``, the one BreastMNIST runs use, and MONAI's
 ``resnet18``) and each protection mode (``plain`` fp32, ``secagg`` 8-bit with adaptive ranges,
 ``he`` packed BFV, ``he-ckks``, and ``randk``: SecAgg of a 10% rand-k sparsified update with
-error feedback), it trains BreastMNIST over 4 sites with the same seed for N rounds, in process,
-exactly as ``fedshield run`` does. Reported per model and mode: the AUC at rounds 3, 5 and 10
+error feedback, its sites training only the round's kept coordinates: ``docs/compression.md``),
+it trains BreastMNIST over 4 sites with the same seed for N rounds, in process, exactly as
+``fedshield run`` does. Reported per model and mode: the AUC at rounds 3, 5 and 10
 (those that exist), the uplink bytes per client per round (median over rounds) and its ratio
 to the same model's plain fp32 run, the critical-path seconds per round (median over the
 rounds after the first, which pays one-time compilation) and its ratio to plain, and the wall
