@@ -136,6 +136,7 @@ class UpdateCompressor:
         # Values each client sends: the kept trainable values and every buffer.
         self.k = None if self.k_trainable is None else self.k_trainable + self._buffers.size
         self.feedback: ErrorFeedback | None = None  # the residual, made on first use
+        self._drawn: tuple[int, np.ndarray] | None = None  # the last round's rand-k indices
 
     @property
     def protocol_dim(self) -> int:
@@ -154,14 +155,23 @@ class UpdateCompressor:
         """
         if self.compression.sparsify != "randk":
             return None
+        if self._drawn is None or self._drawn[0] != round:  # a round asks several times
+            self._drawn = (round, self._draw(round))
+        return self._drawn[1]
+
+    def _draw(self, round: int) -> np.ndarray:
         n, k = self.n_trainable, self.k_trainable
         cycle, block = divmod(round - 1, -(-n // k))
         seed = derive_seed("randk", self.seed, cycle)
         if block < n // k:
             kept = randk(n, k, seed=seed, block=block)
         else:  # the order's last k places: all but its first n - k
-            kept = np.setdiff1d(np.arange(n), randk(n, n - k, seed=seed), assume_unique=True)
-        return np.concatenate([kept, self._buffers])
+            rest = np.ones(n, dtype=bool)
+            rest[randk(n, n - k, seed=seed)] = False
+            kept = np.flatnonzero(rest)
+        indices = np.concatenate([kept, self._buffers])
+        indices.flags.writeable = False  # shared by every caller of the round
+        return indices
 
     def training_subspace(self, round: int) -> tuple[np.ndarray, float] | None:
         """Subspace training's ``(coordinates, lr_scale)`` for ``round``: the kept trainable

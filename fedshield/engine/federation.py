@@ -98,9 +98,7 @@ class Federation:
         self.model = _build_model(model_factory)  # one workspace, shared by the runtimes
         bn_local = self.algorithm.exclude_batchnorm
         self.spec = ParamSpec.from_module(self.model, exclude_batchnorm=bn_local)
-        compression = compression or Compression()
-        if isinstance(compression, Compression):  # else UpdateCompressor says what it needs
-            compression = compression.for_algorithm(self.algorithm.name)
+        compression = _chain(compression, self.algorithm)
 
         def compressor() -> UpdateCompressor:
             return UpdateCompressor(
@@ -291,6 +289,15 @@ def _check_arguments(model_factory, sites, algorithm, trainer, dropout, local_ep
             raise TypeError(f"{name} must be an int, got {value!r}")
         if value < low:
             raise ValueError(f"{name} must be at least {low}, got {value}")
+
+
+def _chain(compression: Compression | None, algorithm: Algorithm) -> Compression:
+    """The compression chain as ``algorithm``'s sites run it (a wrong type passes through for
+    ``UpdateCompressor`` to name)."""
+    compression = compression or Compression()
+    if isinstance(compression, Compression):
+        return compression.for_algorithm(algorithm.name)
+    return compression
 
 
 def _per_site(trainer) -> bool:

@@ -83,16 +83,20 @@ class Subspace:
         if missing:
             raise ValueError(f"the model has no parameter {missing[0]!r} of the subspace")
         held = [
-            (params[name], mask, params[name].detach().clone()) for name, mask in self.masks.items()
+            (
+                params[name],
+                mask.to(params[name].dtype) * self.lr_scale,
+                params[name].detach().clone(),
+            )
+            for name, mask in self.masks.items()
         ]
-        before = [start.clone() for _, _, start in held]  # each parameter before the step
-        scale = self.lr_scale
 
         def scale_and_restore() -> None:
+            # param = before + scale · mask · (param - before), in place; ``before`` is the
+            # parameter before the step, which outside the subspace is where it started
             with torch.no_grad():
-                for (param, mask, start), last in zip(held, before, strict=True):
-                    stepped = last.add_(param - last, alpha=scale) if scale != 1.0 else param
-                    param.copy_(torch.where(mask, stepped, start))
-                    last.copy_(param)
+                for param, scaled_mask, before in held:
+                    param.sub_(before).mul_(scaled_mask).add_(before)
+                    before.copy_(param)
 
         return scale_and_restore

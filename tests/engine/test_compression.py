@@ -117,5 +117,6 @@ def test_a_rand_k_cycle_visits_every_coordinate_even_when_k_does_not_divide_n(n,
     for round in range(1, -(-n // k) + 1):
         kept = compressor.shared_indices(round)
         assert kept.size == k and np.unique(kept).size == k
+        assert compressor.shared_indices(round) is kept and not kept.flags.writeable  # shared
         visits[kept] += 1
     assert visits.min() == 1 and visits.sum() - n < k  # all once, fewer than k twice
