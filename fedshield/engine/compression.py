@@ -175,9 +175,9 @@ class UpdateCompressor:
 
     def training_subspace(self, round: int) -> tuple[np.ndarray, float] | None:
         """Subspace training's ``(coordinates, lr_scale)`` for ``round``: the kept trainable
-        coordinates, and the factor on the local learning rate that gives each coordinate,
-        trained one round in ``n_trainable / k``, the step budget it has in dense training
-        (``None`` unless :attr:`Compression.subspace`)."""
+        coordinates, and the factor on their local steps that gives each coordinate, trained
+        one round in ``n_trainable / k``, the step budget it has in dense training (``None``
+        unless :attr:`Compression.subspace`)."""
         if not self.compression.subspace:
             return None
         kept = self.shared_indices(round)[: self.k_trainable]

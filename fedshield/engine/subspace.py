@@ -16,9 +16,8 @@ the model the server will hold.
 A coordinate trains in one round out of ``n_trainable / k``, so its steps are scaled by that
 factor (for the usual optimizers, the same as scaling its learning rate): over a run each
 coordinate gets the step budget it has in dense training (Adam's steps are about ``lr`` each
-whatever the gradient's scale). Measured at 10%
-over 10 rounds: without the scale, subspace training is as slow as the classic way; with it,
-within 0.01 AUC of plain fp32.
+whatever the gradient's scale). Measured at 10% over 10 rounds: without the scale, subspace
+training is as slow as the classic way; with it, within 0.01 AUC of plain fp32.
 
 Parameters outside the exchanged vector (FedBN's local BatchNorm) train freely.
 """
@@ -39,12 +38,13 @@ __all__ = ["Subspace"]
 
 @dataclass(frozen=True)
 class Subspace:
-    """The coordinates a site may move this round, per parameter, and its learning-rate scale.
+    """The coordinates a site may move this round, per parameter, and the scale of their steps.
 
     Args:
         masks: parameter name -> boolean tensor of the parameter's shape, ``True`` where the
             coordinate trains; parameters not named train freely.
-        lr_scale: the factor on every parameter group's learning rate.
+        lr_scale: the factor on every step of the coordinates that train (the same as on
+            their learning rate, for the usual optimizers).
     """
 
     masks: dict[str, torch.Tensor]
