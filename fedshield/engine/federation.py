@@ -21,7 +21,7 @@ from fedshield.engine.compression import Compression, UpdateCompressor
 from fedshield.engine.dp import with_distributed_noise, worst_spent
 from fedshield.engine.dropout import DropoutPolicy
 from fedshield.engine.evaluation import SiteEvaluation, pool_evaluations
-from fedshield.engine.global_model import GlobalModel
+from fedshield.engine.global_model import GlobalModel, he_round_start
 from fedshield.engine.paramspec import ParamSpec
 from fedshield.engine.runner import enrol, setup_protocol
 from fedshield.engine.secure_eval import (
@@ -153,6 +153,7 @@ class Federation:
         """Train every site, protect and aggregate their updates, update the global model."""
         start = time.perf_counter()
         broadcast = self.server.broadcast()
+        round_start_bytes = self._round_start_bytes(broadcast)
         sessions, train_s = {}, {}
         for runtime in self.runtimes:
             t0 = time.perf_counter()
@@ -177,7 +178,7 @@ class Federation:
             outcome,
             server,
             evaluation=self._evaluation(),
-            broadcast_bytes=len(broadcast),
+            broadcast_bytes=round_start_bytes,
             timing=RoundTiming(start=start, site_train_s=train_s, aggregate_s=aggregate_s),
         )
         trainers = {id(t): t for t in self.trainers}.values()  # a shared one counts once
@@ -185,6 +186,15 @@ class Federation:
         if spent:  # record-level DP-SGD at the sites
             record.privacy = worst_spent(spent)
         return record
+
+    def _round_start_bytes(self, broadcast: bytes) -> int:
+        """What starting the round sends each site in a deployment: the model broadcast, or
+        under ``he``, whose sites hold the model, the round-start message
+        (:func:`~fedshield.engine.global_model.he_round_start`). In process the sites are
+        handed the broadcast either way."""
+        if self.protocol.name != "he":
+            return len(broadcast)
+        return len(he_round_start(self.round, self.server.last_aggregate_round))
 
     def finalize(self) -> None:
         """End the federation: each site's runtime (and ``ClientAlgo``) is finalized."""
